@@ -1,0 +1,11 @@
+"""kimi-deploy: plan, download, render, launch and check self-hosted Kimi-K2.5 deployments.
+
+The library API mirrors the CLI verbs, one module each::
+
+    from deploy.hardware import load_profile
+    from deploy.planner import plan
+    result = plan(load_profile("hardware/h200x8.yaml"), model="kimi-k2.5")
+    print(result.chosen_candidate.id)
+"""
+
+__version__ = "0.1.0"

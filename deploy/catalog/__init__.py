@@ -1,0 +1,155 @@
+"""The model catalog: one YAML file per model in this folder, loaded into plain values.
+
+    >>> from deploy.catalog import load_model
+    >>> model = load_model("kimi-k2.5")
+    >>> model.variant("UD-Q2_K_XL").repo
+    'unsloth/Kimi-K2.5-GGUF'
+
+A file may say ``extends: <other model>``: mappings merge key by key, and ``variants`` merge by ``id``,
+so a sibling with the same architecture (Kimi-K2.6) is a few lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deploy import constants
+from deploy.errors import CatalogError
+
+ENGINES = ("vllm", "sglang", "ktransformers", "llama.cpp")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One weights variant of a model: where its files are and which engines load it."""
+
+    id: str
+    description: str
+    repo: str
+    revision: str
+    format: str  # "safetensors" | "gguf"
+    fidelity: int  # higher is closer to the released weights; the planner ranks on it first
+    quant: dict[str, Any]
+    allow_patterns: list[str]
+    file_count: int
+    file_bytes: int  # from the repo listing; a cross-check for the computed size, never the plan's source
+    engines: list[str]
+    serves_vision: bool
+
+
+@dataclass(frozen=True)
+class Model:
+    """A catalog entry. ``architecture`` is config.json's text_config (or ``kind: gguf`` + a source)."""
+
+    name: str
+    display_name: str
+    family: str
+    served_model_name: str
+    architecture: dict[str, Any]
+    capabilities: dict[str, bool]
+    parsers: dict[str, str]
+    modes: dict[str, Any]
+    engines: dict[str, dict[str, Any]]  # ordered: the catalog's engine preference
+    variants: list[Variant]
+    expected: dict[str, Any] = field(default_factory=dict)
+    source_file: str = ""
+
+    def variant(self, variant_id: str) -> Variant:
+        for v in self.variants:
+            if v.id == variant_id:
+                return v
+        known = ", ".join(v.id for v in self.variants)
+        raise CatalogError(f"model {self.name!r} has no variant {variant_id!r} (known: {known})")
+
+    @property
+    def engine_preference(self) -> list[str]:
+        return list(self.engines)
+
+
+def available_models(catalog_dir: Path | None = None) -> list[str]:
+    directory = catalog_dir or constants.CATALOG_DIR
+    return sorted(p.stem for p in directory.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise CatalogError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if key == "variants" and isinstance(base.get("variants"), list):
+            by_id = {v["id"]: dict(v) for v in base["variants"]}
+            for v in value:
+                if v.get("id") in by_id:
+                    by_id[v["id"]].update(v)
+                else:
+                    by_id[v["id"]] = dict(v)
+            merged[key] = list(by_id.values())
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _resolve(name: str, directory: Path, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(available_models(directory)) or "none"
+        raise CatalogError(f"unknown model {name!r} (catalog has: {known})")
+    if name in seen:
+        raise CatalogError(f"{path}: 'extends' loops through {' -> '.join(seen + (name,))}")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent:
+        data = _merge(_resolve(parent, directory, seen + (name,)), data)
+    data["source_file"] = str(path)
+    return data
+
+
+_REQUIRED = ("name", "display_name", "served_model_name", "architecture", "capabilities", "parsers",
+             "modes", "engines", "variants")
+_VARIANT_REQUIRED = ("id", "repo", "revision", "format", "fidelity", "allow_patterns", "file_bytes", "engines")
+
+
+def load_model(name: str, catalog_dir: Path | None = None) -> Model:
+    """Load one model from the catalog by name (the file stem), resolving ``extends``."""
+    directory = catalog_dir or constants.CATALOG_DIR
+    data = _resolve(name, directory)
+    src = data["source_file"]
+    for key in _REQUIRED:
+        if key not in data:
+            raise CatalogError(f"{src}: missing key {key!r}")
+    unknown = set(data["engines"]) - set(ENGINES)
+    if unknown:
+        raise CatalogError(f"{src}: engines: unknown engine(s) {sorted(unknown)}; known: {list(ENGINES)}")
+    variants = []
+    for i, v in enumerate(data["variants"]):
+        for key in _VARIANT_REQUIRED:
+            if key not in v:
+                raise CatalogError(f"{src}: variants[{i}] ({v.get('id', '?')}): missing key {key!r}")
+        variants.append(Variant(
+            id=v["id"], description=v.get("description", ""), repo=v["repo"], revision=str(v["revision"]),
+            format=v["format"], fidelity=int(v["fidelity"]), quant=dict(v.get("quant") or {}),
+            allow_patterns=list(v["allow_patterns"]), file_count=int(v.get("file_count", 0)),
+            file_bytes=int(v["file_bytes"]), engines=list(v["engines"]),
+            serves_vision=bool(v.get("serves_vision", False)),
+        ))
+    return Model(
+        name=data["name"], display_name=data["display_name"], family=data.get("family", data["name"]),
+        served_model_name=data["served_model_name"], architecture=dict(data["architecture"]),
+        capabilities=dict(data["capabilities"]), parsers=dict(data["parsers"]), modes=dict(data["modes"]),
+        engines=dict(data["engines"]), variants=variants, expected=dict(data.get("expected") or {}),
+        source_file=src,
+    )

