@@ -34,6 +34,9 @@ STATE_DIR = _path_from_env("KIMI_DEPLOY_STATE_DIR", Path.cwd() / ".kimi-deploy")
 HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
+#: Fault injection for tests of the disk check: pretend the download destination has this many bytes free.
+FREE_BYTES_OVERRIDE = int(os.environ["KIMI_DEPLOY_FREE_BYTES"]) if os.environ.get("KIMI_DEPLOY_FREE_BYTES") else None
+
 #: The full context of the Kimi models; a plan below it is `reduced`.
 DEFAULT_MODEL = "kimi-k2.5"
 

@@ -13,6 +13,7 @@ its input (a path, a text, a module or a callable) as a parameter, so tests feed
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -25,15 +26,20 @@ from types import ModuleType
 from typing import Any
 
 import psutil
+import yaml
 
-from deploy.constants import GIB
+from deploy.constants import GIB, MIB
 from deploy.errors import InputError
 from deploy.hardware import Cpu, HardwareProfile, Node, gpu_spec
 
 #: The ISA flags the planner and engines care about (AVX2/AVX-512 kernels, AMX for KTransformers).
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
-NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits"]
+NVIDIA_SMI_QUERY = [
+    "nvidia-smi",
+    "--query-gpu=name,memory.total,compute_cap",
+    "--format=csv,noheader,nounits",
+]
 
 DEFAULT_WEIGHTS_DIR = "models"  # relative to the working directory
 
@@ -77,8 +83,13 @@ def gpus_from_nvml(nvml: ModuleType | Any) -> list[GpuInfo]:
             name = name.decode() if isinstance(name, bytes) else str(name)
             total = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
             major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
-            gpus.append(GpuInfo(name=name.strip(), memory_mib=total // (1024 * 1024),
-                                compute_capability=f"{major}.{minor}"))
+            gpus.append(
+                GpuInfo(
+                    name=name.strip(),
+                    memory_mib=total // MIB,
+                    compute_capability=f"{major}.{minor}",
+                )
+            )
         return gpus
     finally:
         with contextlib.suppress(Exception):
@@ -156,7 +167,7 @@ def summarize_gpus(gpus: Sequence[GpuInfo]) -> tuple[str, int, int, str]:
     ('H100', 8, 81559, '8x NVIDIA H100 80GB HBM3 (sm 9.0)')
     """
     if not gpus:
-        return "none", 0, 0, "no GPU"
+        return "none", 0, 0, "none found"
     counts = Counter(g.name for g in gpus)
     name, count = counts.most_common(1)[0]
     kept = [g for g in gpus if g.name == name]
@@ -197,8 +208,12 @@ def parse_cpuinfo(text: str) -> CpuInfo:
             sockets.add(value)
         elif key == "core id":
             cores.add((physical_id, value))
-    return CpuInfo(model=model, isa=tuple(f for f in ISA_FLAGS if f in flags), sockets=max(1, len(sockets)),
-                   physical_cores=len(cores))
+    return CpuInfo(
+        model=model,
+        isa=tuple(f for f in ISA_FLAGS if f in flags),
+        sockets=max(1, len(sockets)),
+        physical_cores=len(cores),
+    )
 
 
 def count_numa_nodes(sys_node_dir: str | Path = "/sys/devices/system/node") -> int:
@@ -225,12 +240,14 @@ def nearest_existing(path: str | Path) -> Path:
     for candidate in (p, *p.parents):
         try:
             candidate.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             continue
         except ValueError as exc:
             raise InputError(f"--weights-dir {str(path)!r}: not a usable path ({exc})") from None
         except OSError as exc:
-            raise InputError(f"--weights-dir {str(path)!r}: cannot stat {candidate} ({exc.strerror})") from None
+            raise InputError(
+                f"--weights-dir {str(path)!r}: cannot stat {candidate} ({exc.strerror})"
+            ) from None
         if not candidate.is_dir():
             raise InputError(f"--weights-dir {str(path)!r}: {candidate} is not a directory")
         return candidate
@@ -323,16 +340,22 @@ def probe(
     gpus, gpu_source = probe_gpus(nvml, nvidia_smi)
     model, count, memory_mib, gpu_note = summarize_gpus(gpus)
     cpuinfo = parse_cpuinfo(cpuinfo_text if cpuinfo_text is not None else _read("/proc/cpuinfo"))
-    iface = pick_interface(route_text if route_text is not None else _read("/proc/net/route"),
-                           psutil.net_if_stats())
+    iface = pick_interface(
+        route_text if route_text is not None else _read("/proc/net/route"), psutil.net_if_stats()
+    )
     host = socket.gethostname() or "localhost"
     node = Node(
         name=host,
         gpu_model=model,
         gpu_count=count,
         gpu_memory_mib=memory_mib,
-        cpu=Cpu(model=cpuinfo.model, physical_cores=physical_cores(cpuinfo), isa=cpuinfo.isa,
-                numa_nodes=count_numa_nodes(sys_node_dir), sockets=cpuinfo.sockets),
+        cpu=Cpu(
+            model=cpuinfo.model,
+            physical_cores=physical_cores(cpuinfo),
+            isa=cpuinfo.isa,
+            numa_nodes=count_numa_nodes(sys_node_dir),
+            sockets=cpuinfo.sockets,
+        ),
         ram_gib=round(psutil.virtual_memory().total / GIB, 2),
         weights_dir=str(weights.absolute()),
         disk_free_gib=round(disk, 2),
@@ -340,12 +363,44 @@ def probe(
         network_interface=iface,
         address=interface_address(iface, psutil.net_if_addrs()),
     )
-    return HardwareProfile(name=host, nodes=(node,), description=f"probed on {host} ({gpu_source}): {gpu_note}",
-                           source=f"kimi-deploy inventory on {host}")
+    how = "NVML and nvidia-smi" if gpu_source == "none" else gpu_source
+    return HardwareProfile(
+        name=host,
+        nodes=(node,),
+        description=f"probed on {host}; GPUs ({how}): {gpu_note}",
+        source=f"kimi-deploy inventory on {host}",
+    )
+
+
+def dump_profile(profile: HardwareProfile, as_json: bool = False) -> str:
+    """The profile as the text of a ``hardware/*.yaml`` file (or JSON), which `load_profile` reads back.
+
+    >>> print(dump_profile(probe()))  # doctest: +SKIP
+    name: vm
+    ...
+    """
+    data = profile.to_dict()
+    if as_json:
+        return json.dumps(data, indent=2) + "\n"
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 __all__ = [
-    "CpuInfo", "GpuInfo", "ISA_FLAGS", "count_numa_nodes", "default_route_interface", "disk_free_gib",
-    "gpus_from_nvml", "interface_address", "nearest_existing", "parse_cpuinfo", "parse_nvidia_smi_csv",
-    "pick_interface", "probe", "probe_gpus", "shm_gib", "summarize_gpus",
+    "CpuInfo",
+    "GpuInfo",
+    "ISA_FLAGS",
+    "count_numa_nodes",
+    "default_route_interface",
+    "disk_free_gib",
+    "dump_profile",
+    "gpus_from_nvml",
+    "interface_address",
+    "nearest_existing",
+    "parse_cpuinfo",
+    "parse_nvidia_smi_csv",
+    "pick_interface",
+    "probe",
+    "probe_gpus",
+    "shm_gib",
+    "summarize_gpus",
 ]

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import json
-
 import click
-import yaml
 
 from deploy import inventory
 from deploy.fsutil import atomic_write_text
 
 
 @click.command("inventory")
-@click.option("--weights-dir", default=inventory.DEFAULT_WEIGHTS_DIR, show_default=True,
-              help="Where the weights will live; free disk is measured there (or at its nearest existing parent).")
+@click.option(
+    "--weights-dir",
+    default=inventory.DEFAULT_WEIGHTS_DIR,
+    show_default=True,
+    help="Where the weights will live; free disk is measured there (or at its nearest existing parent).",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML (also implied by -o FILE.json).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the profile to FILE (atomically).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write the profile to FILE (atomically)."
+)
 def inventory_command(weights_dir: str, as_json: bool, output: str | None) -> None:
     """Probe GPUs, CPU, RAM, NUMA, disk and network into a hardware profile for `plan --hardware`."""
-    data = inventory.probe(weights_dir).to_dict()
-    if as_json or (output or "").endswith(".json"):
-        text = json.dumps(data, indent=2) + "\n"
-    else:
-        text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+    profile = inventory.probe(weights_dir)
+    text = inventory.dump_profile(profile, as_json=as_json or (output or "").endswith(".json"))
     if output:
         atomic_write_text(output, text)
         click.echo(f"wrote {output}", err=True)

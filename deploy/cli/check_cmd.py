@@ -1,0 +1,103 @@
+"""`kimi-deploy check`: run the conformance suite against a deployment (from plan.json) or any URL."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from deploy import check
+from deploy.errors import CheckFailedError, InputError
+from deploy.fsutil import atomic_write_json
+from deploy.plan import load_plan
+
+
+@click.command("check")
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Check what this plan deploys "
+              "(default: plan.json when no --url is given).")
+@click.option("--url", help="Any OpenAI-compatible endpoint instead of a plan, e.g. http://10.0.0.5:8000 or "
+              "https://api.moonshot.ai/v1.")
+@click.option("--model", "model_name", help="Served model name (with --url).")
+@click.option("--api-key-env", metavar="NAME", help="Environment variable holding the API key (never printed).")
+@click.option("--flavor", type=click.Choice(check.FLAVORS), help="Engine dialect for health and instant mode "
+              "(with --url; default vllm). moonshot sends thinking={type: disabled}.")
+@click.option("--catalog-model", metavar="NAME", help="Catalog entry whose capabilities apply (with --url; "
+              "default: the entry matching --model, else kimi-k2.5).")
+@click.option("--few-shot/--no-few-shot", default=None, help="Send a few-shot history with each request "
+              "(base models; default from the catalog's modes.few_shot).")
+@click.option("--metrics/--no-metrics", default=None, help="Require /metrics (with --url; default: vLLM only).")
+@click.option("--vision/--no-vision", default=None, help="Whether the URL serves images (with --url; default "
+              "from the catalog).")
+@click.option("--max-model-len", type=int, help="Context the URL must report at least (with --url).")
+@click.option("--tool-calls", "tool_calls", type=click.Path(dir_okay=False), metavar="FILE.jsonl",
+              help="Also run a K2-Vendor-Verifier sample set (one request body per line).")
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many --tool-calls requests.")
+@click.option("--concurrency", type=int, default=4, show_default=True, help="Parallel --tool-calls requests.")
+@click.option("--threshold", type=float, default=0.95, show_default=True,
+              help="Schema accuracy --tool-calls must reach.")
+@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
+              help="Seconds per request.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to FILE.")
+def check_command(
+    plan_path: str | None,
+    url: str | None,
+    model_name: str | None,
+    api_key_env: str | None,
+    flavor: str | None,
+    catalog_model: str | None,
+    few_shot: bool | None,
+    metrics: bool | None,
+    vision: bool | None,
+    max_model_len: int | None,
+    tool_calls: str | None,
+    limit: int,
+    concurrency: int,
+    threshold: float,
+    timeout_s: float,
+    as_json: bool,
+    output: str | None,
+) -> None:
+    """Check liveness, models, instant and thinking chat, tool calls, streaming, vision and metrics.
+
+    Exits 0 only when every required check passes (7 otherwise); skips come from declared capabilities.
+    """
+    if url and plan_path:
+        raise InputError("give either --plan or --url, not both")
+    if url:
+        if not model_name:
+            raise InputError("--url needs --model (the served model name)")
+        target = check.target_from_url(
+            url, model_name, flavor=flavor or "vllm", api_key_env=api_key_env, catalog_model=catalog_model,
+            few_shot=few_shot, metrics=metrics, vision=vision, max_model_len=max_model_len, timeout_s=timeout_s,
+        )
+    else:
+        for name, value in (("--model", model_name), ("--flavor", flavor), ("--catalog-model", catalog_model),
+                            ("--max-model-len", max_model_len)):
+            if value is not None:
+                raise InputError(f"{name} goes with --url; a plan names its own")
+        target = check.target_from_plan(load_plan(plan_path or "plan.json"), api_key_env, timeout_s=timeout_s)
+        if few_shot is not None:
+            target.few_shot = few_shot
+    report = check.run_checks(target)
+    if tool_calls:
+        if any(r.name == "liveness" and r.status == check.FAIL for r in report.results):
+            result = check.CheckResult("tool_call_set", check.FAIL, "not run: the server is not live")
+            summary = None
+        else:
+            result, summary = check.run_tool_call_set(target, tool_calls, concurrency, threshold, limit)
+        report.results.append(result)
+        report.tool_call_set = summary
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(check.render_table(report))
+    if output:
+        atomic_write_json(output, report.to_dict())
+        click.echo(f"wrote {output}", err=True)
+    if not report.ok:
+        names = ", ".join(r.name for r in report.failed)
+        raise CheckFailedError(f"{len(report.failed)} check(s) failed: {names}")
+
+
+COMMANDS = [check_command]

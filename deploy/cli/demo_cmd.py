@@ -1,0 +1,37 @@
+"""`kimi-deploy demo`: the whole pipeline on a small real model, every stage printed as it runs."""
+
+from __future__ import annotations
+
+import click
+
+from deploy import demo
+
+
+@click.command("demo")
+@click.option(
+    "--workdir",
+    default=".demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the demo keeps everything it writes (mirror, weights, plan, rendered files, state).",
+)
+@click.option(
+    "--keep-running",
+    is_flag=True,
+    help="Leave the engine up at the end (stop it with KIMI_DEPLOY_STATE_DIR=<workdir>/state "
+    "kimi-deploy down).",
+)
+def demo_command(workdir: str, keep_running: bool) -> None:
+    """Build (cached), stage, serve, plan, download, verify, render, up, check, report, down.
+
+    Runs Gemma 3 270M (GGUF from PyPI) on llama.cpp's llama-server through the same commands a deployment
+    of Kimi-K2.5 uses. Exits with the failing stage's code (5 verify, 6 up, 7 check) and always cleans up.
+    """
+    result = demo.run_demo(workdir, keep_running=keep_running)
+    click.echo(
+        f"\ndemo passed: {result.check.get('summary', {}).get('pass', 0)} checks passed "
+        f"in {result.timings.get('total', 0):.0f} s"
+    )
+
+
+COMMANDS = [demo_command]

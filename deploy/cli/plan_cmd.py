@@ -1,0 +1,113 @@
+"""`kimi-deploy plan`: size every engine x variant x layout on a hardware profile and choose one."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from deploy import constants
+from deploy.errors import InputError, NothingRunnableError
+from deploy.hardware import HardwareProfile, load_profile, profile_from_gpus
+from deploy.plan import save_plan
+from deploy.plan_report import render_report
+from deploy.planner import plan
+
+
+def _number(value: str | None, option: str, kind: type) -> int | float | None:
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise InputError(
+            f"{option} {value!r}: expected {'an integer' if kind is int else 'a number'}"
+        ) from None
+
+
+def _profile(hardware: str | None, gpus: str | None, weights_dir: str | None) -> HardwareProfile:
+    if hardware and gpus:
+        raise InputError("give either --hardware FILE or --gpus SPEC, not both")
+    if hardware:
+        return load_profile(hardware)
+    if gpus:
+        return profile_from_gpus(gpus)
+    try:
+        from deploy import inventory
+    except ImportError:
+        raise InputError("no hardware given: pass --hardware FILE or --gpus SPEC (e.g. 8xH200)") from None
+    return inventory.probe(weights_dir) if weights_dir else inventory.probe()
+
+
+@click.command("plan")
+@click.option("--hardware", metavar="FILE", help="Hardware profile (YAML/JSON, or a name under hardware/).")
+@click.option("--gpus", metavar="SPEC", help="Plan for hardware you do not have: 8xH200, 2x8xH100, ...")
+@click.option("--model", default=constants.DEFAULT_MODEL, show_default=True, help="Catalog model.")
+@click.option("--engine", help="Only this engine (vllm, sglang, ktransformers, llama.cpp).")
+@click.option("--variant", help="Only this weights variant (e.g. int4, UD-Q2_K_XL).")
+@click.option("--context", metavar="N", help="Context (max_model_len) wanted; default: the model's maximum.")
+@click.option(
+    "--gpu-memory-utilization",
+    metavar="F",
+    help="vLLM --gpu-memory-utilization / SGLang --mem-fraction-static, in (0, 1].",
+)
+@click.option("--kv-cache-dtype", default="bf16", show_default=True, help="bf16 or fp8.")
+@click.option(
+    "--decode-context-parallel",
+    default="1",
+    show_default=True,
+    metavar="N",
+    help="vLLM --decode-context-parallel-size: splits the KV cache N ways across TP ranks.",
+)
+@click.option("--tensor-parallel", metavar="N", help="Force this TP size (must divide the attention heads).")
+@click.option(
+    "--weights-dir", help="Where weights live on every node (default: the head node's weights_dir)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print plan.json on stdout instead of the table.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write plan.json here (atomically).")
+def plan_command(
+    hardware: str | None,
+    gpus: str | None,
+    model: str,
+    engine: str | None,
+    variant: str | None,
+    context: str | None,
+    gpu_memory_utilization: str | None,
+    kv_cache_dtype: str,
+    decode_context_parallel: str,
+    tensor_parallel: str | None,
+    weights_dir: str | None,
+    as_json: bool,
+    output: str | None,
+) -> None:
+    """Plan a deployment: a table of every candidate, the chosen one's memory, and why it was chosen.
+
+    Exit 3 (after printing the table) when nothing can run; -o still writes plan.json then."""
+    profile = _profile(hardware, gpus, weights_dir)
+    result = plan(
+        profile,
+        model=model,
+        engine=engine,
+        variant=variant,
+        context=_number(context, "--context", int),
+        gpu_memory_utilization=_number(gpu_memory_utilization, "--gpu-memory-utilization", float),
+        kv_cache_dtype=kv_cache_dtype,
+        decode_context_parallel=_number(decode_context_parallel, "--decode-context-parallel", int) or 1,
+        weights_dir=weights_dir,
+        tensor_parallel=_number(tensor_parallel, "--tensor-parallel", int),
+    )
+    if output:
+        save_plan(result, output)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(render_report(result))
+    if output:
+        click.echo(f"wrote {output}", err=True)
+    if result.chosen is None:
+        raise NothingRunnableError(
+            f"nothing can run {model} on {profile.name} (see the table and the explanation above)"
+        )
+
+
+COMMANDS = [plan_command]

@@ -1,0 +1,178 @@
+"""Why an engine did not come up: read its log (and exit status) and name the cause in one line.
+
+    >>> from deploy.diagnosis import diagnose
+    >>> d = diagnose("E srv  start: couldn't bind HTTP server socket, hostname: 127.0.0.1, port: 8001\\n", 1)
+    >>> d.kind, d.summary
+    ('port_in_use', 'the port is already in use (another server holds it)')
+
+Patterns are matched against the whole log, most specific first, so a KV-cache refusal that also mentions
+"memory" is reported as the KV cache, not as an out-of-memory. Patterns cover vLLM, SGLang, KTransformers and
+llama.cpp's messages for the same failures.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A cause: a stable ``kind`` (for scripts and tests), a one-line ``summary`` and a ``hint``."""
+
+    kind: str
+    summary: str
+    hint: str
+    evidence: str = ""  # the log line that matched, when one did
+
+
+@dataclass(frozen=True)
+class _Rule:
+    kind: str
+    patterns: tuple[str, ...]
+    summary: str
+    hint: str
+
+
+_RULES: tuple[_Rule, ...] = (
+    _Rule(
+        "kv_cache_too_small",
+        (
+            r"is larger than the maximum number of tokens that can be stored in KV cache",
+            r"KV cache is needed, which is larger than the available KV cache memory",
+            r"No available memory for the cache blocks",
+            r"Not enough memory\. Please try to increase --mem-fraction-static",
+            r"max_total_num_tokens=\d+.*(?:too small|less than)",
+            r"failed to allocate buffer for kv cache",
+        ),
+        "the KV cache is too small for max_model_len",
+        "re-plan with a smaller --context, or raise gpu_memory_utilization / mem_fraction_static",
+    ),
+    _Rule(
+        "cuda_oom",
+        (
+            r"CUDA out of memory",
+            r"torch\.(?:cuda\.)?OutOfMemoryError",
+            r"CUDA error: out of memory",
+            r"cudaMalloc failed: out of memory",
+            r"cudaErrorMemoryAllocation",
+            r"ggml_backend_cuda_buffer_type_alloc_buffer: allocating .* failed",
+        ),
+        "the GPU ran out of memory",
+        "re-plan with a lower gpu_memory_utilization, a smaller context or more GPUs",
+    ),
+    _Rule(
+        "host_oom",
+        (
+            r"\bMemoryError\b",
+            r"std::bad_alloc",
+            r"Cannot allocate memory",
+            r"Out of memory: Killed process",
+            r"^Killed$",
+        ),
+        "the host ran out of memory",
+        "free host RAM (other processes, page cache pinned by /dev/shm) or re-plan for this node's RAM",
+    ),
+    _Rule(
+        "port_in_use",
+        (
+            r"[Aa]ddress already in use",
+            r"couldn't bind",
+            r"[Ff]ailed to bind",
+            r"\[Errno 98\]",
+        ),
+        "the port is already in use (another server holds it)",
+        "stop the other server (`kimi-deploy down`, or find it with `ss -ltnp`) or render with another port",
+    ),
+    _Rule(
+        "unknown_flag",
+        (
+            r"unrecognized arguments?:",
+            r"error: invalid argument: ",
+            r"error: unknown argument",
+            r"error: argument [^:]+: invalid choice",
+            r"ambiguous option:",
+        ),
+        "the engine rejected a flag (its version does not match the renderer's pins)",
+        "install the pinned engine version (`kimi-deploy engine install`) or re-render for the installed one",
+    ),
+    _Rule(
+        "engine_missing",
+        (
+            r"line \d+: \S+: (?:No such file or directory|command not found)",
+            r"command not found",
+            r"No module named '?(?:vllm|sglang|ktransformers)",
+        ),
+        "the engine is not installed where the launch script looks for it",
+        "install it with `kimi-deploy engine install <engine>` (or `make setup`)",
+    ),
+    _Rule(
+        "missing_weights",
+        (
+            r"failed to load model",
+            r"failed to open GGUF file",
+            r"No such file or directory",
+            r"does not appear to have a file named",
+            r"is not a valid model identifier",
+            r"Can't load (?:the )?(?:config|tokenizer|model)",
+            r"FileNotFoundError",
+        ),
+        "the engine could not load the model files",
+        "check the weights path in the plan and run `kimi-deploy download` and `kimi-deploy verify`",
+    ),
+)
+
+_COMPILED = tuple((rule, tuple(re.compile(p, re.MULTILINE) for p in rule.patterns)) for rule in _RULES)
+
+
+def diagnose(log_text: str, returncode: int | None, timed_out: bool = False) -> Diagnosis:
+    """Name the cause of a failed start from the engine's log and exit status.
+
+    ``returncode`` is the process's status (negative: killed by that signal), ``None`` while it still runs
+    (the deadline passed). ``timed_out`` says the deadline, not the process, ended the wait.
+
+        >>> diagnose("Killed\\n", -9).kind
+        'host_oom'
+    """
+    for rule, patterns in _COMPILED:
+        for pattern in patterns:
+            match = pattern.search(log_text)
+            if match:
+                return Diagnosis(rule.kind, rule.summary, rule.hint, _line_at(log_text, match.start()))
+    if returncode is not None and returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
+        return Diagnosis(
+            "host_oom",
+            "the engine was killed (SIGKILL), most likely by the kernel's out-of-memory killer",
+            "check `dmesg` for the OOM killer, free host RAM or re-plan for this node's RAM",
+        )
+    if returncode == 127:
+        rule = next(r for r in _RULES if r.kind == "engine_missing")
+        return Diagnosis(rule.kind, rule.summary, rule.hint)
+    if timed_out:
+        return Diagnosis(
+            "deadline",
+            "the engine did not become ready before the deadline",
+            "raise --deadline if it was still loading (see the last log lines), or check the log",
+        )
+    return Diagnosis(
+        "exited",
+        f"the engine exited with status {returncode} and no known cause in its log",
+        "read the log lines below",
+    )
+
+
+def last_lines(log_text: str, count: int = 15) -> list[str]:
+    """The last ``count`` non-empty lines of a log.
+
+    >>> last_lines("a\\n\\nb\\nc\\n", 2)
+    ['b', 'c']
+    """
+    lines = [line for line in log_text.splitlines() if line.strip()]
+    return lines[-count:]
+
+
+def _line_at(text: str, index: int) -> str:
+    start = text.rfind("\n", 0, index) + 1
+    end = text.find("\n", index)
+    return text[start : end if end != -1 else len(text)].strip()

@@ -1,0 +1,601 @@
+"""`up`, `down` and `status`: start the rendered launch script, wait until the engine is ready, stop it.
+
+    >>> from deploy.launch import up, down
+    >>> result = up("plan.json", "rendered")            # doctest: +SKIP
+    starting llama.cpp on node ci: rendered/launch-ci.sh (log .kimi-deploy/run/ci.log)
+    ready in 3.1 s at http://127.0.0.1:8001 (pid 4242)
+    >>> down()                                          # doctest: +SKIP
+    ['ci: stopped pid 4242 (SIGTERM, 0.2 s)']
+
+Rules, in order:
+
+1. Weights must have passed ``kimi-deploy verify`` (the lockfile's stat-only stamp); otherwise refuse.
+2. One server per node: an ``flock`` guards the start, and a live pidfile means "already running". A second
+   ``up`` on a node whose server answers 200 says so and succeeds (exit 0), so ``up`` is idempotent like
+   ``down``; a second ``up`` while the first is still starting, or beside a server that is not ready, fails
+   (exit 6) and says which.
+3. The port must be free before the engine starts (a server already there would otherwise answer our
+   health probe).
+4. Wait for ``/health`` 200 until the plan's ``time_to_ready_s`` (or ``deadline_s``), backoff capped at
+   250 ms, reporting elapsed time and the last log line. If the process exits or the deadline passes, stop
+   it, read the cause from its log (deploy.diagnosis) and raise LaunchError (exit 6) after printing the last
+   log lines.
+
+With ``systemd=True`` the node's rendered unit is installed and started (``systemctl daemon-reload``,
+``enable --now``) instead, and the same wait runs; the engine's log is then the unit's journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from deploy import constants, diagnosis, lockfile, readiness, supervise
+from deploy.errors import LaunchError, PlanError, VerificationError
+from deploy.plan import Plan, load_plan
+
+#: Where `up --systemd` installs units.
+SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
+#: How long a worker node's process (no HTTP endpoint) must stay up to count as started.
+WORKER_SETTLE_S = 5.0
+#: Log lines shown with a failure.
+FAILURE_LOG_LINES = 15
+_SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What `up` starts on one node, from plan.json and the rendered folder."""
+
+    node: str
+    head: bool
+    engine: str
+    host: str
+    port: int
+    script: Path
+    unit: Path
+    env_file: Path
+    weights_dir: Path
+    deadline_s: float
+
+    @property
+    def url(self) -> str:
+        return readiness.health_url(self.engine, self.host, self.port)
+
+    @property
+    def base_url(self) -> str:
+        return self.url.rsplit("/", 1)[0]
+
+
+def node_names(plan: Plan) -> list[str]:
+    """The plan's node names, head first (the chosen candidate may use only the first ``nodes``)."""
+    nodes = plan.hardware.get("nodes") or []
+    names = [str(n.get("name") or f"node{i}") for i, n in enumerate(nodes)]
+    count = plan.chosen_candidate.nodes or 1
+    return names[:count] or ["node0"]
+
+
+def target_for(
+    plan: Plan, rendered: str | Path, node: str | None = None, deadline_s: float | None = None
+) -> Target:
+    """Resolve the node (default: the head), its rendered script and unit, its port and deadline.
+
+    >>> t = target_for(load_plan("plan.json"), "rendered")  # doctest: +SKIP
+    >>> t.script.name, t.url  # doctest: +SKIP
+    ('launch-ci.sh', 'http://127.0.0.1:8001/health')
+    """
+    cand = plan.chosen_candidate
+    names = node_names(plan)
+    node = node or names[0]
+    if node not in names:
+        raise PlanError(f"plan has no node {node!r} (nodes: {', '.join(names)})")
+    args = cand.engine_args
+    try:
+        port = int(args["port"])
+    except (KeyError, TypeError, ValueError):
+        raise PlanError(f"plan candidate {cand.id!r}: engine_args.port is missing or not a number") from None
+    if not cand.weights.local_dir:
+        raise PlanError(f"plan candidate {cand.id!r}: weights.local_dir is empty (re-run `kimi-deploy plan`)")
+    rendered = Path(rendered)
+    script = rendered / f"launch-{node}.sh"
+    if not script.is_file():
+        raise PlanError(f"{script}: no rendered launch script for node {node!r} (run `kimi-deploy render`)")
+    if deadline_s is not None and deadline_s <= 0:
+        raise PlanError(f"--deadline must be positive, got {deadline_s}")
+    return Target(
+        node=node,
+        head=node == names[0],
+        engine=cand.engine,
+        host=str(args.get("host") or "127.0.0.1"),
+        port=port,
+        script=script,
+        unit=rendered / f"kimi-deploy-{node}.service",
+        env_file=rendered / "kimi-deploy.env",
+        weights_dir=Path(cand.weights.local_dir),
+        deadline_s=float(deadline_s if deadline_s is not None else cand.time_to_ready_s),
+    )
+
+
+def require_verified(weights_dir: str | Path) -> None:
+    """Raise VerificationError (exit 5) unless ``weights_dir`` passed `kimi-deploy verify` unchanged since."""
+    st = lockfile.verification_status(weights_dir)
+    if st.verified:
+        return
+    hint = "" if "kimi-deploy verify" in st.reason else f"; run `kimi-deploy verify {weights_dir}`"
+    raise VerificationError(f"refusing to start on unverified weights: {st.reason}{hint}")
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Who already listens on ``host:port`` ('pid N (name)' when visible, else 'another process'), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        # the engines set SO_REUSEADDR too, so a port in TIME_WAIT is not "taken"
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return None
+        except OSError:
+            pass
+    with contextlib.suppress(Exception):
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    return "another process"
+
+
+@dataclass
+class UpResult:
+    """What `up` did: ``already`` True when a ready server was found and nothing was started."""
+
+    node: str
+    url: str
+    pid: int
+    ready_s: float = 0.0
+    already: bool = False
+    log: str = ""
+
+
+@dataclass
+class _Reporter:
+    """Progress lines: rewritten in place on a terminal, one line every few seconds otherwise."""
+
+    stream: TextIO
+    tty: bool
+    _open_line: bool = field(default=False, init=False)
+
+    @classmethod
+    def for_stream(cls, stream: TextIO | None) -> _Reporter:
+        stream = stream or sys.stderr
+        try:
+            tty = stream.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        return cls(stream, tty)
+
+    @property
+    def every_s(self) -> float:
+        return 0.5 if self.tty else 5.0
+
+    def line(self, text: str) -> None:
+        self.end_status()
+        print(text, file=self.stream, flush=True)
+
+    def status(self, text: str) -> None:
+        if self.tty:
+            width = shutil.get_terminal_size((120, 20)).columns - 1
+            print("\r\033[K" + text[:width], end="", file=self.stream, flush=True)
+            self._open_line = True
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def end_status(self) -> None:
+        if self._open_line:
+            print(file=self.stream, flush=True)
+            self._open_line = False
+
+
+def up(
+    plan_path: str | Path = "plan.json",
+    rendered: str | Path = "rendered",
+    *,
+    node: str | None = None,
+    systemd: bool = False,
+    deadline_s: float | None = None,
+    state_dir: str | Path | None = None,
+    stream: TextIO | None = None,
+    unit_dir: Path = SYSTEMD_UNIT_DIR,
+) -> UpResult:
+    """Start the node's engine and return once ``/health`` answers 200 (see the module docstring)."""
+    plan = load_plan(plan_path)
+    target = target_for(plan, rendered, node, deadline_s)
+    require_verified(target.weights_dir)
+    files = supervise.RunFiles.for_node(state_dir or constants.STATE_DIR, target.node)
+    out = _Reporter.for_stream(stream)
+    with supervise.node_lock(files):
+        existing = supervise.running(files)
+        if existing is not None:
+            return _already_running(existing, target, out)
+        supervise.forget(files)
+        if target.head:
+            holder = port_holder(target.host, target.port)
+            if holder is not None:
+                raise LaunchError(
+                    f"port {target.port} on {target.host} is already in use by {holder}; "
+                    f"stop it or render with another port"
+                )
+        if systemd:
+            return _up_systemd(target, files, out, unit_dir)
+        return _up_process(target, files, out)
+
+
+def _already_running(existing: supervise.Running, target: Target, out: _Reporter) -> UpResult:
+    url = str(existing.meta.get("url") or target.url)
+    state = readiness.probe(url, str(existing.meta.get("engine") or target.engine))
+    if state.state == readiness.READY:
+        out.line(f"{target.node}: already running (pid {existing.pid}) and ready at {url.rsplit('/', 1)[0]}")
+        return UpResult(target.node, url, existing.pid, already=True, log=str(existing.files.log))
+    raise LaunchError(
+        f"node {target.node!r} already has a server (pid {existing.pid}) that is not ready "
+        f"({state.describe(target.engine)}); run `kimi-deploy down` first"
+    )
+
+
+def _launch_env(target: Target) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> UpResult:
+    argv = (
+        [str(target.script.resolve())] if os.access(target.script, os.X_OK) else ["bash", str(target.script)]
+    )
+    out.line(f"starting {target.engine} on node {target.node}: {target.script} (log {files.log})")
+    meta = {
+        "node": target.node,
+        "engine": target.engine,
+        "url": target.url,
+        "script": str(target.script),
+        "mode": "process",
+    }
+    launched = supervise.start(argv, files, meta, env=_launch_env(target))
+    proc, run, log_offset = launched.proc, launched.run, launched.log_offset
+    secrets = _secret_values(target.env_file)
+    try:
+        if target.head:
+            result = readiness.wait_ready(
+                target.url,
+                target.engine,
+                target.deadline_s,
+                proc.poll,
+                on_progress=_progress(out, target, files.log, log_offset, secrets),
+                progress_every_s=out.every_s,
+            )
+        else:
+            result = _settle(proc, min(WORKER_SETTLE_S, target.deadline_s))
+    except BaseException:
+        out.end_status()
+        supervise.stop(run, grace_s=5, proc=proc)
+        supervise.forget(files)
+        raise
+    out.end_status()
+    if result.ready:
+        supervise.update_pidfile(files, ready_s=round(result.elapsed_s, 3))
+        what = f"ready in {result.elapsed_s:.1f} s at {target.base_url}" if target.head else "worker started"
+        out.line(f"{target.node}: {what} (pid {proc.pid})")
+        return UpResult(target.node, target.url, proc.pid, ready_s=result.elapsed_s, log=str(files.log))
+    supervise.stop(run, grace_s=10, proc=proc)
+    supervise.forget(files)
+    log_text = _read_from(files.log, log_offset)
+    raise _failure(
+        target,
+        log_text,
+        result.returncode,
+        result.timed_out,
+        result.elapsed_s,
+        str(files.log),
+        secrets,
+        out,
+        last=result.last if target.head else None,
+    )
+
+
+def _settle(proc: subprocess.Popen[bytes], seconds: float) -> readiness.WaitResult:
+    """A worker has no HTTP endpoint: it counts as started when it is still running after ``seconds``."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        rc = proc.poll()
+        if rc is not None:
+            return readiness.WaitResult(
+                False, time.monotonic() - t0, 0, readiness.Probe(readiness.REFUSED), rc
+            )
+        time.sleep(0.1)
+    return readiness.WaitResult(True, time.monotonic() - t0, 0, readiness.Probe(readiness.READY))
+
+
+def _progress(
+    out: _Reporter, target: Target, log: Path, offset: int, secrets: list[str]
+) -> Callable[[float, readiness.Probe], None]:
+    def report(elapsed: float, probe: readiness.Probe) -> None:
+        last = diagnosis.last_lines(_tail(log, offset), 1)
+        tail = f" | {redact(last[0], secrets)}" if last else ""
+        out.status(
+            f"  {target.node}: {elapsed:5.1f}s / {target.deadline_s:g}s  "
+            f"{probe.describe(target.engine)}{tail}"
+        )
+
+    return report
+
+
+def _failure(
+    target: Target,
+    log_text: str,
+    rc: int | None,
+    timed_out: bool,
+    elapsed: float,
+    log_name: str,
+    secrets: list[str],
+    out: _Reporter,
+    last: readiness.Probe | None = None,
+) -> LaunchError:
+    cause = diagnosis.diagnose(log_text, rc, timed_out=timed_out)
+    waiting = f" (last: {last.describe(target.engine)})" if last is not None else ""
+    how = (
+        f"did not become ready in {target.deadline_s:g} s{waiting}"
+        if timed_out
+        else f"exited with status {rc} after {elapsed:.1f} s"
+    )
+    shown = diagnosis.last_lines(log_text, FAILURE_LOG_LINES)
+    out.line(
+        f"{target.node}: {target.engine} {how}; "
+        + (f"last log lines ({log_name}):" if shown else "its log is empty")
+    )
+    for line in shown:
+        out.line(f"    {redact(line, secrets)}")
+    out.line(f"hint: {cause.hint}")
+    return LaunchError(
+        f"{target.engine} on node {target.node} {how}: {cause.summary} [{cause.kind}] (log {log_name})"
+    )
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _tail(path: Path, offset: int, size: int = 8192) -> str:
+    try:
+        with open(path, "rb") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, end - size))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _secret_values(env_file: Path) -> list[str]:
+    """Secret values from the env file and the environment, so log lines shown never carry them."""
+    values: list[str] = []
+    pairs: list[tuple[str, str]] = list(os.environ.items())
+    with contextlib.suppress(OSError):
+        for raw in env_file.read_text().splitlines():
+            line = raw.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.removeprefix("export ").split("=", 1)
+                pairs.append((key.strip(), value.strip().strip("'\"")))
+    for key, value in pairs:
+        if any(w in key.upper() for w in _SECRET_WORDS) and len(value) >= 6:
+            values.append(value)
+    return sorted(set(values), key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Replace every secret value in ``text`` with ``***``.
+
+    >>> redact("--api-key s3cr3t-value", ["s3cr3t-value"])
+    '--api-key ***'
+    """
+    for value in secrets:
+        text = text.replace(value, "***")
+    return text
+
+
+# --- systemd ----------------------------------------------------------------------------------------------
+
+
+def systemd_up_commands(unit: Path, unit_dir: Path = SYSTEMD_UNIT_DIR) -> list[list[str]]:
+    """The commands `up --systemd` runs: install the unit, reload, enable and start it.
+
+    >>> systemd_up_commands(Path("rendered/kimi-deploy-ci.service"), Path("/etc/systemd/system"))[1:]
+    [['systemctl', 'daemon-reload'], ['systemctl', 'enable', '--now', 'kimi-deploy-ci.service']]
+    """
+    return [
+        ["install", "-m", "0644", str(unit), str(unit_dir / unit.name)],
+        ["systemctl", "daemon-reload"],
+        ["systemctl", "enable", "--now", unit.name],
+    ]
+
+
+def systemd_down_commands(unit_name: str) -> list[list[str]]:
+    """The commands `down` runs for a unit started by `up --systemd` (the unit file stays installed).
+
+    >>> systemd_down_commands("kimi-deploy-ci.service")
+    [['systemctl', 'disable', '--now', 'kimi-deploy-ci.service']]
+    """
+    return [["systemctl", "disable", "--now", unit_name]]
+
+
+def systemd_available() -> bool:
+    """True when systemd is PID 1 here (``/run/systemd/system`` exists) and ``systemctl`` is on PATH."""
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
+
+
+def _run_all(commands: list[list[str]]) -> None:
+    for cmd in commands:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            detail = (done.stderr or done.stdout).strip().splitlines()
+            raise LaunchError(
+                f"`{' '.join(cmd)}` failed (status {done.returncode})" + (f": {detail[-1]}" if detail else "")
+            )
+
+
+def _unit_exit_status(unit_name: str) -> Callable[[], int | None]:
+    def status() -> int | None:
+        done = subprocess.run(["systemctl", "is-failed", "--quiet", unit_name], check=False)
+        return 1 if done.returncode == 0 else None
+
+    return status
+
+
+def _journal(unit_name: str, lines: int = 200) -> str:
+    done = subprocess.run(
+        ["journalctl", "-u", unit_name, "-n", str(lines), "--no-pager", "-o", "cat"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout
+
+
+def _up_systemd(target: Target, files: supervise.RunFiles, out: _Reporter, unit_dir: Path) -> UpResult:
+    if not target.unit.is_file():
+        raise PlanError(
+            f"{target.unit}: no rendered systemd unit for node {target.node!r} (run `kimi-deploy render`)"
+        )
+    if not systemd_available():
+        raise LaunchError(
+            "systemd is not running on this machine (no /run/systemd/system); "
+            "run `kimi-deploy up` without --systemd"
+        )
+    name = target.unit.name
+    out.line(f"installing {name} into {unit_dir} and starting it")
+    _run_all(systemd_up_commands(target.unit, unit_dir))
+    main_pid = subprocess.run(
+        ["systemctl", "show", "-p", "MainPID", "--value", name], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    pid = int(main_pid) if main_pid.isdigit() else 0
+    supervise.write_pidfile(
+        files,
+        pid,
+        {"node": target.node, "engine": target.engine, "url": target.url, "mode": "systemd", "unit": name},
+    )
+    secrets = _secret_values(target.env_file)
+    result = readiness.wait_ready(
+        target.url,
+        target.engine,
+        target.deadline_s,
+        _unit_exit_status(name),
+        on_progress=lambda e, p: out.status(
+            f"  {target.node}: {e:5.1f}s / {target.deadline_s:g}s  {p.describe(target.engine)}"
+        ),
+        progress_every_s=out.every_s,
+    )
+    out.end_status()
+    if result.ready:
+        out.line(f"{target.node}: ready in {result.elapsed_s:.1f} s at {target.base_url} (unit {name})")
+        return UpResult(target.node, target.url, pid, ready_s=result.elapsed_s, log=f"journalctl -u {name}")
+    log_text = _journal(name)
+    with contextlib.suppress(LaunchError):
+        _run_all(systemd_down_commands(name))
+    supervise.forget(files)
+    raise _failure(
+        target,
+        log_text,
+        result.returncode,
+        result.timed_out,
+        result.elapsed_s,
+        f"journalctl -u {name}",
+        secrets,
+        out,
+        last=result.last,
+    )
+
+
+# --- down / status --------------------------------------------------------------------------------------
+
+
+def down(
+    *,
+    node: str | None = None,
+    grace_s: float = 30.0,
+    state_dir: str | Path | None = None,
+    rendered: str | Path | None = None,
+) -> list[str]:
+    """Stop the engines `up` started (all nodes with a pidfile, or ``node``); idempotent.
+
+    SIGTERM goes to the whole process group, SIGKILL after ``grace_s``. Units started by `up --systemd` are
+    stopped and disabled. With ``rendered`` and no pidfile, the rendered nodes are reported as not running.
+    Returns one line per node, e.g. ``['ci: stopped pid 4242 (SIGTERM, 0.2 s)']`` or ``['not running']``.
+    """
+    if grace_s < 0:
+        raise PlanError(f"--grace must be zero or more, got {grace_s}")
+    state = Path(state_dir or constants.STATE_DIR)
+    nodes = [node] if node else supervise.all_nodes(state)
+    lines = []
+    for name in nodes:
+        files = supervise.RunFiles.for_node(state, name)
+        run = supervise.running(files)
+        if run is None:
+            supervise.forget(files)
+            lines.append(f"{name}: not running")
+            continue
+        if run.meta.get("mode") == "systemd":
+            unit = str(run.meta.get("unit") or f"kimi-deploy-{name}.service")
+            _run_all(systemd_down_commands(unit))
+            lines.append(f"{name}: stopped unit {unit}")
+        else:
+            stopped = supervise.stop(run, grace_s=grace_s)
+            lines.append(f"{name}: stopped pid {run.pid} ({stopped.how}, {stopped.seconds:.1f} s)")
+        supervise.forget(files)
+    return lines or ["not running"]
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """One node as `status` sees it."""
+
+    node: str
+    running: bool
+    ready: bool
+    pid: int = 0
+    url: str = ""
+    detail: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def status(state_dir: str | Path | None = None) -> list[NodeStatus]:
+    """Every node with a pidfile: alive?, ready (``/health`` 200)?, pid and URL.
+
+    >>> [s.ready for s in status()]  # doctest: +SKIP
+    [True]
+    """
+    state = Path(state_dir or constants.STATE_DIR)
+    out = []
+    for name in supervise.all_nodes(state):
+        run = supervise.running(supervise.RunFiles.for_node(state, name))
+        if run is None:
+            out.append(NodeStatus(name, False, False, detail="not running (stale pidfile)"))
+            continue
+        url = str(run.meta.get("url", ""))
+        engine = str(run.meta.get("engine", ""))
+        p = readiness.probe(url, engine, timeout_s=2.0) if url else readiness.Probe(readiness.NO_ANSWER)
+        out.append(
+            NodeStatus(name, True, p.state == readiness.READY, run.pid, url, p.describe(engine), run.meta)
+        )
+    return out

