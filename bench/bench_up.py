@@ -15,6 +15,7 @@ import argparse
 import http.client
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -98,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     print(f"== preparing the demo deployment in {args.workdir} (stages up to render)")
-    workdir = prepare_deployment(args.workdir)
+    with socket.socket() as s:
+        # a free port of our own, so a server on the plan's port (another demo) does not get in the way
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    workdir = prepare_deployment(args.workdir, port=free)
     plan = load_plan(workdir / "plan.json")
     target = launch.target_for(plan, workdir / "rendered")
     url = http.client.urlsplit(target.url)

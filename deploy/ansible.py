@@ -12,6 +12,7 @@ carry secrets), created 0700 and removed afterwards. The venv's ``bin`` goes fir
 
 from __future__ import annotations
 
+import difflib
 import os
 import shlex
 import shutil
@@ -84,8 +85,9 @@ def resolve_inventory(spec: str) -> str:
     raise InputError(f"inventory {spec}: no such file (give a file, a directory, or hosts as 'a,b,')")
 
 
-def _cmdline(check: bool, diff: bool, extra_vars: Sequence[str], vault_password_file: str | None,
-             verbosity: int) -> str:
+def _cmdline(
+    check: bool, diff: bool, extra_vars: Sequence[str], vault_password_file: str | None, verbosity: int
+) -> str:
     args: list[str] = []
     if check:
         args.append("--check")
@@ -112,13 +114,37 @@ def describe_event(event: dict[str, Any]) -> str | None:
     if kind == "playbook_on_task_start":
         return f"TASK  {data.get('task', '')}"
     if kind == "runner_on_ok":
-        changed = bool((data.get("res") or {}).get("changed"))
-        return f"  {'changed' if changed else 'ok'}: {host}"
+        res = data.get("res") or {}
+        line = f"  {'changed' if res.get('changed') else 'ok'}: {host}"
+        diff = format_diff(res) if res.get("changed") else ""
+        return f"{line}\n{diff}" if diff else line
     if kind == "runner_on_failed" and not data.get("ignore_errors"):
         return f"  FAILED: {host}: {failure_message(data.get('res') or {})}"
     if kind == "runner_on_unreachable":
         return f"  UNREACHABLE: {host}: {(data.get('res') or {}).get('msg', '')}"
     return None
+
+
+def format_diff(res: dict[str, Any], max_lines: int = 200) -> str:
+    """A unified diff of what a task changed (``--diff``), from the before/after Ansible reports."""
+    diffs = res.get("diff") or []
+    if isinstance(diffs, dict):
+        diffs = [diffs]
+    out: list[str] = []
+    for d in diffs:
+        before, after = d.get("before"), d.get("after")
+        if not isinstance(before, str) or not isinstance(after, str) or before == after:
+            continue
+        out += difflib.unified_diff(
+            before.splitlines(),
+            after.splitlines(),
+            str(d.get("before_header", "before")),
+            str(d.get("after_header", "after")),
+            lineterm="",
+        )
+    if len(out) > max_lines:
+        out = out[:max_lines] + [f"... ({len(out) - max_lines} more diff lines)"]
+    return "\n".join(f"    {line}" for line in out)
 
 
 def failure_message(res: dict[str, Any]) -> str:
@@ -164,7 +190,9 @@ def run_playbook(
     failed: list[str] = []
 
     def handle(event: dict[str, Any]) -> bool:
-        if event.get("event") == "runner_on_failed" and not (event.get("event_data") or {}).get("ignore_errors"):
+        if event.get("event") == "runner_on_failed" and not (event.get("event_data") or {}).get(
+            "ignore_errors"
+        ):
             data = event["event_data"]
             failed.append(f"{data.get('host')}: {data.get('task')}: {failure_message(data.get('res') or {})}")
         line = describe_event(event)
@@ -188,8 +216,12 @@ def run_playbook(
             event_handler=handle,
             quiet=True,
         )
-        return PlaybookResult(status=runner.status, rc=int(runner.rc if runner.rc is not None else 1),
-                              stats=_stats_from(runner), failed_tasks=failed)
+        return PlaybookResult(
+            status=runner.status,
+            rc=int(runner.rc if runner.rc is not None else 1),
+            stats=_stats_from(runner),
+            failed_tasks=failed,
+        )
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 

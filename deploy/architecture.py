@@ -16,6 +16,7 @@ memory model can place it under any layout.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -288,31 +289,144 @@ def demo_gguf_path(model: Model) -> Path:
     return path
 
 
-def _gguf_value(reader: Any, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    return f.contents()
+@dataclass(frozen=True)
+class GgufTensor:
+    name: str
+    shape: tuple[int, ...]
+    n_elements: int
+    n_bytes: int
+
+
+@dataclass(frozen=True)
+class GgufHeader:
+    """The key/value metadata (arrays left out) and the tensor table of a GGUF file."""
+
+    version: int
+    fields: dict[str, Any]
+    tensors: tuple[GgufTensor, ...]
+
+
+_SCALARS = {
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
+}
+
+
+def read_gguf_header(path: str | Path) -> GgufHeader:
+    """Parse a GGUF header with the value types and block sizes of the `gguf` package.
+
+    gguf.GGUFReader builds a numpy view of every element of every metadata array (the 262,144-entry
+    tokenizer takes seconds); the planner needs only scalars and the tensor table, so arrays are skipped.
+    """
+    import mmap
+    import struct
+
+    import gguf
+
+    p = Path(path)
+    try:
+        fh = p.open("rb")
+    except OSError as exc:
+        raise CatalogError(f"{p}: cannot open GGUF file ({exc.strerror})") from None
+    with fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        pos = 0
+
+        def take(fmt: str) -> Any:
+            nonlocal pos
+            value = struct.unpack_from(fmt, buf, pos)[0]
+            pos += struct.calcsize(fmt)
+            return value
+
+        def string() -> str:
+            nonlocal pos
+            n = take("<Q")
+            pos += n
+            return bytes(buf[pos - n : pos]).decode("utf-8", "replace")
+
+        def skip(vtype: int) -> None:
+            nonlocal pos
+            if vtype == int(gguf.GGUFValueType.STRING):
+                n = take("<Q")  # read first: take() moves pos itself
+                pos += n
+            elif vtype == int(gguf.GGUFValueType.ARRAY):
+                etype, count = take("<I"), take("<Q")
+                if etype in _SCALARS:
+                    pos += struct.calcsize(_SCALARS[etype]) * count
+                else:
+                    for _ in range(count):
+                        skip(etype)
+            else:
+                pos += struct.calcsize(_SCALARS[vtype])
+
+        try:
+            if take("<I") != gguf.GGUF_MAGIC:
+                raise CatalogError(f"{p}: not a GGUF file (bad magic)")
+            version, n_tensors, n_kv = take("<I"), take("<Q"), take("<Q")
+            fields: dict[str, Any] = {}
+            for _ in range(n_kv):
+                key, vtype = string(), take("<I")
+                if vtype in _SCALARS:
+                    fields[key] = take(_SCALARS[vtype])
+                elif vtype == int(gguf.GGUFValueType.STRING):
+                    fields[key] = string()
+                else:
+                    skip(vtype)
+            tensors = []
+            for _ in range(n_tensors):
+                name = string()
+                dims = tuple(take("<Q") for _ in range(take("<I")))
+                qtype = gguf.GGMLQuantizationType(take("<I"))
+                take("<Q")  # offset into the data section
+                block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+                n = 1
+                for d in dims:
+                    n *= d
+                tensors.append(GgufTensor(name, dims, n, n // block * type_size))
+        except (struct.error, ValueError, KeyError) as exc:
+            raise CatalogError(f"{p}: malformed GGUF header ({exc.__class__.__name__})") from None
+    return GgufHeader(version, fields, tuple(tensors))
+
+
+_arch_cache: dict[tuple[str, int, int, str, str], Architecture] = {}
 
 
 def gguf_architecture(path: str | Path, model_name: str = "", variant: str = "") -> Architecture:
     """Architecture and per-tensor-group sizes from a GGUF file's header (no tensor data is read).
 
-    >>> gguf_architecture("gemma-3-270m-q4_k_m.gguf").kv_bytes_per_token("bf16")
+    >>> gguf_architecture("gemma-3-270m-q4_k_m.gguf").kv_bytes_per_token("bf16")  # doctest: +SKIP
     18432
     """
-    import gguf  # imported here: reading a header is the only place it is needed
-
+    p = Path(path)
     try:
-        reader = gguf.GGUFReader(str(path), "r")
-    except (OSError, ValueError) as exc:
-        raise CatalogError(f"{path}: not a readable GGUF file ({exc.__class__.__name__})") from None
-    arch = _gguf_value(reader, "general.architecture")
+        st = p.stat()
+    except OSError:
+        raise CatalogError(f"{p}: GGUF file not found") from None
+    cache_key = (str(p.resolve()), st.st_size, st.st_mtime_ns, model_name, variant)
+    if cache_key not in _arch_cache:
+        _arch_cache[cache_key] = _architecture_from_header(read_gguf_header(p), p, model_name, variant)
+    return _arch_cache[cache_key]
+
+
+def _architecture_from_header(header: GgufHeader, path: Path, model_name: str, variant: str) -> Architecture:
+    fields = header.fields
+    arch = fields.get("general.architecture")
     if not arch:
         raise CatalogError(f"{path}: GGUF header has no general.architecture")
 
     def key(name: str, default: Any = None) -> Any:
-        return _gguf_value(reader, f"{arch}.{name}", default)
+        value = fields.get(f"{arch}.{name}", default)
+        if value is None:
+            raise CatalogError(f"{path}: GGUF header has no {arch}.{name}")
+        return value
 
     n_layers = int(key("block_count"))
     heads = int(key("attention.head_count"))
@@ -320,20 +434,24 @@ def gguf_architecture(path: str | Path, model_name: str = "", variant: str = "")
     hidden = int(key("embedding_length"))
     key_len = int(key("attention.key_length", hidden // heads))
     value_len = int(key("attention.value_length", hidden // heads))
+    context = int(key("context_length"))
     sums: dict[str, list[int]] = {}
     layers: dict[str, set[int]] = {}
     vocab = 0
-    for t in reader.tensors:
+    for t in header.tensors:
         m = _BLK.match(t.name)
         if m:
             rest = m.group(2)
-            name = (
-                "attention"
-                if rest.startswith("attn_") and "norm" not in rest
-                else "mlp"
-                if rest.startswith("ffn_") and "norm" not in rest
-                else "layer_norms"
-            )
+            if "norm" in rest:
+                name = "layer_norms"
+            elif rest.startswith("attn_"):
+                name = "attention"
+            elif "_exps" in rest:
+                name = "routed_experts"
+            elif rest.startswith("ffn_"):
+                name = "mlp"
+            else:
+                name = "layer_other"
             layers.setdefault(name, set()).add(int(m.group(1)))
         elif t.name == "token_embd.weight":
             name = "embed"
@@ -343,9 +461,15 @@ def gguf_architecture(path: str | Path, model_name: str = "", variant: str = "")
         else:
             name = "final_norm"
         s = sums.setdefault(name, [0, 0])
-        s[0] += int(t.n_elements)
-        s[1] += int(t.n_bytes)
-    split = {"embed": "vocab", "lm_head": "vocab", "attention": "heads", "mlp": "intermediate"}
+        s[0] += t.n_elements
+        s[1] += t.n_bytes
+    split = {
+        "embed": "vocab",
+        "lm_head": "vocab",
+        "attention": "heads",
+        "mlp": "intermediate",
+        "routed_experts": "experts",
+    }
     stage = {"embed": "first", "lm_head": "last", "final_norm": "last"}
     groups = tuple(
         TensorGroup(
@@ -355,33 +479,48 @@ def gguf_architecture(path: str | Path, model_name: str = "", variant: str = "")
             split.get(name, "replicated"),
             tuple(sorted(layers.get(name, ()))),
             stage.get(name, "layers"),
+            routed_experts=name == "routed_experts",
         )
         for name, (p, b) in sums.items()
     )
     return Architecture(
-        model=model_name or str(_gguf_value(reader, "general.name", arch)),
+        model=model_name or str(fields.get("general.name", arch)),
         variant=variant,
         num_layers=n_layers,
         num_heads=heads,
         hidden_size=hidden,
         vocab_size=vocab,
-        max_position_embeddings=int(key("context_length")),
+        max_position_embeddings=context,
         kv_values_per_layer=kv_heads * (key_len + value_len),
         groups=groups,
         details={
+            "gguf_version": header.version,
             "gguf_architecture": arch,
             "block_count": n_layers,
-            "context_length": int(key("context_length")),
+            "context_length": context,
             "head_count": heads,
             "head_count_kv": kv_heads,
             "key_length": key_len,
             "value_length": value_len,
-            "file_type": _gguf_value(reader, "general.file_type"),
-            "sliding_window": key("attention.sliding_window"),
-            "tensor_count": len(reader.tensors),
-            "parameters": sum(int(t.n_elements) for t in reader.tensors),
+            "file_type": fields.get("general.file_type"),
+            "sliding_window": fields.get(f"{arch}.attention.sliding_window"),
+            "tensor_count": len(header.tensors),
+            "parameters": sum(t.n_elements for t in header.tensors),
         },
     )
+
+
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def _with_dtype(arch: Architecture, dtype: str) -> Architecture:
+    if dtype not in _DTYPE_BYTES:
+        raise CatalogError(
+            f"variant {arch.variant!r}: unknown dtype {dtype!r}; known: {', '.join(_DTYPE_BYTES)}"
+        )
+    size = _DTYPE_BYTES[dtype]
+    groups = tuple(dataclasses.replace(g, bytes=g.params * size) for g in arch.groups)
+    return dataclasses.replace(arch, groups=groups, details={**arch.details, "dtype": dtype})
 
 
 def architecture_for(model: Model, variant: Variant) -> Architecture:
@@ -390,7 +529,11 @@ def architecture_for(model: Model, variant: Variant) -> Architecture:
     if kind == "deepseek_v3_mla_moe":
         return mla_architecture(model, variant)
     if kind == "gguf":
-        return gguf_architecture(demo_gguf_path(model), model.name, variant.id)
+        arch = gguf_architecture(demo_gguf_path(model), model.name, variant.id)
+        if variant.format == "safetensors":
+            # a checkpoint converted from the GGUF (e.g. the demo's hf-bf16): same tensors, new dtype
+            return _with_dtype(arch, str(variant.quant.get("dtype", "bfloat16")))
+        return arch
     raise CatalogError(
         f"{model.source_file}: architecture.kind {kind!r} is not known (known: deepseek_v3_mla_moe, gguf)"
     )

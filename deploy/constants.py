@@ -35,7 +35,8 @@ HF_ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 HF_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 #: Fault injection for tests of the disk check: pretend the download destination has this many bytes free.
-FREE_BYTES_OVERRIDE = int(os.environ["KIMI_DEPLOY_FREE_BYTES"]) if os.environ.get("KIMI_DEPLOY_FREE_BYTES") else None
+_FREE = os.environ.get("KIMI_DEPLOY_FREE_BYTES", "").strip()
+FREE_BYTES_OVERRIDE = int(_FREE) if _FREE.isdigit() else None
 
 #: The full context of the Kimi models; a plan below it is `reduced`.
 DEFAULT_MODEL = "kimi-k2.5"

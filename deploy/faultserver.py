@@ -106,8 +106,14 @@ def inject_stream(mode: str, engine: str, kind: str, chunks: list[dict[str, Any]
             elif delta.get("content") and not closed:
                 # the raw generation: whatever was thought, then the closing tag, then the answer
                 prefix = "" if kind == "thinking" else "The user wants a short answer."
-                out.append({**chunk, "choices": [{"index": 0, "delta": {"content": f"{prefix}</think>"},
-                                                  "finish_reason": None}]})
+                out.append(
+                    {
+                        **chunk,
+                        "choices": [
+                            {"index": 0, "delta": {"content": f"{prefix}</think>"}, "finish_reason": None}
+                        ],
+                    }
+                )
                 closed = True
         elif mode == "bad-tool-id":
             for call in delta.get("tool_calls") or []:
@@ -121,7 +127,9 @@ class FaultHandler(BaseHTTPRequestHandler):
     server: FaultServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        sys.stderr.write(f"[{BANNER.lower()}] {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n")
+        sys.stderr.write(
+            f"[{BANNER.lower()}] {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n"
+        )
 
     def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
@@ -182,7 +190,13 @@ class FaultServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], mode: str, engine: str, model: str, fixtures: Path, hosted: bool = False
+        self,
+        address: tuple[str, int],
+        mode: str,
+        engine: str,
+        model: str,
+        fixtures: Path,
+        hosted: bool = False,
     ) -> None:
         super().__init__(address, FaultHandler)
         self.mode, self.engine, self.model, self.fixtures = mode, engine, model, fixtures
@@ -193,16 +207,22 @@ class FaultServer(ThreadingHTTPServer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m deploy.faultserver", description=f"{BANNER}: see the module doc.")
+    ap = argparse.ArgumentParser(
+        prog="python -m deploy.faultserver", description=f"{BANNER}: see the module doc."
+    )
     ap.add_argument("--mode", choices=MODES, required=True)
-    ap.add_argument("--engine", choices=ENGINES, default="vllm", help="whose recorded payload shapes to serve")
+    ap.add_argument(
+        "--engine", choices=ENGINES, default="vllm", help="whose recorded payload shapes to serve"
+    )
     ap.add_argument("--model", default="kimi-k2.5", help="served model name")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
     ap.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
     ap.add_argument("--hosted", action="store_true", help="no /health (404), like a hosted API")
     args = ap.parse_args(argv)
-    server = FaultServer((args.host, args.port), args.mode, args.engine, args.model, args.fixtures, args.hosted)
+    server = FaultServer(
+        (args.host, args.port), args.mode, args.engine, args.model, args.fixtures, args.hosted
+    )
     host, port = server.server_address[:2]
     print(f"{BANNER} (mode {args.mode}, {args.engine} shapes) listening on http://{host}:{port}", flush=True)
     try:

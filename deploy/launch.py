@@ -28,6 +28,8 @@ With ``systemd=True`` the node's rendered unit is installed and started (``syste
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import os
 import shutil
 import socket
@@ -38,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import psutil
 
 from deploy import constants, diagnosis, lockfile, readiness, supervise
 from deploy.errors import LaunchError, PlanError, VerificationError
@@ -50,6 +54,7 @@ WORKER_SETTLE_S = 5.0
 #: Log lines shown with a failure.
 FAILURE_LOG_LINES = 15
 _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
+ENV_FILE = "kimi-deploy.env"
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class Target:
     port: int
     script: Path
     unit: Path
-    env_file: Path
+    env_files: tuple[Path, ...]
     weights_dir: Path
     deadline_s: float
 
@@ -84,43 +89,87 @@ def node_names(plan: Plan) -> list[str]:
     return names[:count] or ["node0"]
 
 
+def read_manifest(rendered: str | Path) -> dict[str, Any]:
+    """``rendered/manifest.json`` (what `kimi-deploy render` wrote), or {} when there is none."""
+    path = Path(rendered) / "manifest.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{path}: not valid JSON (line {exc.lineno}); re-run `kimi-deploy render`") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"{path}: expected a JSON object; re-run `kimi-deploy render`")
+    return data
+
+
+def _weights_dir(model_path: str, fallback: str) -> Path:
+    """The folder holding weights.lock: the rendered model path (a folder, or a GGUF file in a subfolder of
+    the repo) or one of its parents; else the plan's local_dir."""
+    p = Path(model_path) if model_path else None
+    for d in [p, *p.parents][:4] if p is not None else []:
+        if (d / lockfile.LOCK_NAME).is_file():
+            return d
+    return Path(fallback)
+
+
 def target_for(
     plan: Plan, rendered: str | Path, node: str | None = None, deadline_s: float | None = None
 ) -> Target:
     """Resolve the node (default: the head), its rendered script and unit, its port and deadline.
 
+    The rendered manifest is what the scripts actually run (`render --port/--bind/--weights-dir` may differ
+    from the plan), so bind address, port, node roles and file names come from it; the plan gives the
+    engine and the deadline (``time_to_ready_s``). Without a manifest, the plan and the file-name
+    conventions are used.
+
     >>> t = target_for(load_plan("plan.json"), "rendered")  # doctest: +SKIP
     >>> t.script.name, t.url  # doctest: +SKIP
     ('launch-ci.sh', 'http://127.0.0.1:8001/health')
     """
-    cand = plan.chosen_candidate
-    names = node_names(plan)
+    rendered = Path(rendered)
+    manifest = read_manifest(rendered)
+    cand = plan.candidate(str(manifest["candidate"])) if manifest.get("candidate") else plan.chosen_candidate
+    if manifest.get("nodes"):
+        nodes = {str(n["name"]): n for n in manifest["nodes"]}
+        names = list(nodes)
+    else:
+        names = node_names(plan)
+        nodes = {
+            name: {
+                "launch": f"launch-{name}.sh",
+                "service": f"kimi-deploy-{name}.service",
+                "serves_http": i == 0,
+            }
+            for i, name in enumerate(names)
+        }
     node = node or names[0]
-    if node not in names:
+    if node not in nodes:
         raise PlanError(f"plan has no node {node!r} (nodes: {', '.join(names)})")
+    entry = nodes[node]
     args = cand.engine_args
     try:
-        port = int(args["port"])
+        port = int(manifest.get("port") or args["port"])
     except (KeyError, TypeError, ValueError):
         raise PlanError(f"plan candidate {cand.id!r}: engine_args.port is missing or not a number") from None
-    if not cand.weights.local_dir:
+    if not cand.weights.local_dir and not manifest.get("model_path"):
         raise PlanError(f"plan candidate {cand.id!r}: weights.local_dir is empty (re-run `kimi-deploy plan`)")
-    rendered = Path(rendered)
-    script = rendered / f"launch-{node}.sh"
+    script = rendered / str(entry.get("launch") or f"launch-{node}.sh")
     if not script.is_file():
         raise PlanError(f"{script}: no rendered launch script for node {node!r} (run `kimi-deploy render`)")
     if deadline_s is not None and deadline_s <= 0:
         raise PlanError(f"--deadline must be positive, got {deadline_s}")
+    env_files = [rendered / str(f) for f in entry.get("env_files") or [manifest.get("env_file") or ENV_FILE]]
     return Target(
         node=node,
-        head=node == names[0],
-        engine=cand.engine,
-        host=str(args.get("host") or "127.0.0.1"),
+        head=bool(entry.get("serves_http", node == names[0])),
+        engine=str(manifest.get("engine") or cand.engine),
+        host=str(manifest.get("bind") or args.get("host") or "127.0.0.1"),
         port=port,
         script=script,
-        unit=rendered / f"kimi-deploy-{node}.service",
-        env_file=rendered / "kimi-deploy.env",
-        weights_dir=Path(cand.weights.local_dir),
+        unit=rendered / str(entry.get("service") or f"kimi-deploy-{node}.service"),
+        env_files=tuple(env_files),
+        weights_dir=_weights_dir(str(manifest.get("model_path") or ""), cand.weights.local_dir),
         deadline_s=float(deadline_s if deadline_s is not None else cand.time_to_ready_s),
     )
 
@@ -143,11 +192,11 @@ def port_holder(host: str, port: int) -> str | None:
         try:
             s.bind((host, port))
             return None
-        except OSError:
-            pass
-    with contextlib.suppress(Exception):
-        import psutil
-
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                # e.g. an address not on this machine: the engine's own bind error says it better
+                return None
+    with contextlib.suppress(psutil.Error, OSError):
         for conn in psutil.net_connections(kind="tcp"):
             if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
                 return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
@@ -252,9 +301,27 @@ def _already_running(existing: supervise.Running, target: Target, out: _Reporter
 
 
 def _launch_env(target: Target) -> dict[str, str]:
+    """The environment the script starts with: ours plus the rendered env file, as systemd's
+    EnvironmentFile= gives the unit (a script that sources the file itself gets the same values)."""
     env = dict(os.environ)
+    for env_file in target.env_files:
+        env.update(_env_file_pairs(env_file))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def _env_file_pairs(env_file: Path) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for raw in env_file.read_text().splitlines():
+            line = raw.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.removeprefix("export ").split("=", 1)
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                    value = value[1:-1]
+                pairs[key.strip()] = value
+    return pairs
 
 
 def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> UpResult:
@@ -271,7 +338,7 @@ def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> Up
     }
     launched = supervise.start(argv, files, meta, env=_launch_env(target))
     proc, run, log_offset = launched.proc, launched.run, launched.log_offset
-    secrets = _secret_values(target.env_file)
+    secrets = _secret_values(target.env_files)
     try:
         if target.head:
             result = readiness.wait_ready(
@@ -281,6 +348,7 @@ def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> Up
                 proc.poll,
                 on_progress=_progress(out, target, files.log, log_offset, secrets),
                 progress_every_s=out.every_s,
+                activity=lambda: _size(files.log),
             )
         else:
             result = _settle(proc, min(WORKER_SETTLE_S, target.deadline_s))
@@ -369,6 +437,13 @@ def _failure(
     )
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
 def _read_from(path: Path, offset: int) -> str:
     try:
         with open(path, "rb") as fh:
@@ -388,16 +463,12 @@ def _tail(path: Path, offset: int, size: int = 8192) -> str:
         return ""
 
 
-def _secret_values(env_file: Path) -> list[str]:
+def _secret_values(env_files: tuple[Path, ...]) -> list[str]:
     """Secret values from the env file and the environment, so log lines shown never carry them."""
     values: list[str] = []
-    pairs: list[tuple[str, str]] = list(os.environ.items())
-    with contextlib.suppress(OSError):
-        for raw in env_file.read_text().splitlines():
-            line = raw.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, value = line.removeprefix("export ").split("=", 1)
-                pairs.append((key.strip(), value.strip().strip("'\"")))
+    pairs = list(os.environ.items())
+    for env_file in env_files:
+        pairs += list(_env_file_pairs(env_file).items())
     for key, value in pairs:
         if any(w in key.upper() for w in _SECRET_WORDS) and len(value) >= 6:
             values.append(value)
@@ -421,13 +492,17 @@ def redact(text: str, secrets: list[str]) -> str:
 def systemd_up_commands(unit: Path, unit_dir: Path = SYSTEMD_UNIT_DIR) -> list[list[str]]:
     """The commands `up --systemd` runs: install the unit, reload, enable and start it.
 
+    ``--no-block`` queues the start and returns: `up` then waits for /health itself, with its progress
+    lines, its deadline and its diagnosis (the unit's own ready check would make ``systemctl`` block
+    silently until TimeoutStartSec).
+
     >>> systemd_up_commands(Path("rendered/kimi-deploy-ci.service"), Path("/etc/systemd/system"))[1:]
-    [['systemctl', 'daemon-reload'], ['systemctl', 'enable', '--now', 'kimi-deploy-ci.service']]
+    [['systemctl', 'daemon-reload'], ['systemctl', 'enable', '--now', '--no-block', 'kimi-deploy-ci.service']]
     """
     return [
         ["install", "-m", "0644", str(unit), str(unit_dir / unit.name)],
         ["systemctl", "daemon-reload"],
-        ["systemctl", "enable", "--now", unit.name],
+        ["systemctl", "enable", "--now", "--no-block", unit.name],
     ]
 
 
@@ -495,7 +570,7 @@ def _up_systemd(target: Target, files: supervise.RunFiles, out: _Reporter, unit_
         pid,
         {"node": target.node, "engine": target.engine, "url": target.url, "mode": "systemd", "unit": name},
     )
-    secrets = _secret_values(target.env_file)
+    secrets = _secret_values(target.env_files)
     result = readiness.wait_ready(
         target.url,
         target.engine,

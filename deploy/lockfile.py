@@ -144,6 +144,26 @@ def sha256_file(path: str | Path, on_bytes: Callable[[int], None] | None = None)
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class FileCheck:
+    """One file's hash result and the ``stat`` it was taken at (reusable while size and mtime hold)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    problem: str | None
+
+
+def check_file(directory: str | Path, f: LockedFile) -> FileCheck:
+    """Hash one locked file now: ``check_file(d, lock.files[0]).problem is None`` when it matches."""
+    p = Path(directory) / f.path
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return FileCheck(f.path, -1, -1, "missing")
+    return FileCheck(f.path, st.st_size, st.st_mtime_ns, _file_matches(Path(directory), f))
+
+
 def _file_matches(directory: Path, f: LockedFile) -> str | None:
     """None when the file matches its lock entry, else the reason."""
     p = directory / f.path
@@ -236,13 +256,20 @@ def _unchanged_since_stamp(directory: Path, stamp: dict[str, Any] | None, f: Loc
 
 
 def verify(
-    directory: str | Path, *, workers: int | None = None, quarantine: bool = True, trust_stamp: bool = False
+    directory: str | Path,
+    *,
+    workers: int | None = None,
+    quarantine: bool = True,
+    trust_stamp: bool = False,
+    prechecked: dict[str, FileCheck] | None = None,
 ) -> VerifyReport:
     """Re-hash every locked file of ``directory`` (in parallel) and compare with weights.lock.
 
     Mismatching files are moved to ``<directory>/.quarantine/`` (never left looking complete). With
     ``trust_stamp`` files unchanged (size + mtime) since a previous successful verification of the same
-    lock are not hashed again. ``verify("/models/x").ok`` -> bool; raises nothing on a mismatch.
+    lock are not hashed again, and ``prechecked`` results (hashed while a download was still running)
+    are reused for files whose size and mtime have not changed since.
+    ``verify("/models/x").ok`` -> bool; raises nothing on a mismatch.
     """
     d = Path(directory)
     lock = read_lock(d)
@@ -263,8 +290,20 @@ def verify(
     n = workers or min(8, max(1, os.cpu_count() or 1))
     # Largest first, so one huge file does not start last and leave the other workers idle.
     todo.sort(key=lambda f: -f.size)
+
+    def result(f: LockedFile) -> tuple[LockedFile, str | None]:
+        known = (prechecked or {}).get(f.path)
+        if known is not None:
+            try:
+                st = (d / f.path).stat()
+                if (st.st_size, st.st_mtime_ns) == (known.size, known.mtime_ns):
+                    return f, known.problem
+            except FileNotFoundError:
+                pass
+        return f, _file_matches(d, f)
+
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="verify") as pool:
-        results = list(pool.map(lambda f: (f, _file_matches(d, f)), todo))
+        results = list(pool.map(result, todo))
     for f, problem in results:
         report.checked += 1
         if problem == "missing":

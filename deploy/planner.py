@@ -9,8 +9,8 @@
 
 Pure: no subprocess, no network, no clock. The only file it may read is the demo model's GGUF header
 (deploy/architecture.py). Ranking: candidates that run first; then weight fidelity (catalog ``fidelity``:
-native INT4 > Q4 > Q3 > Q2 > TQ1); then placement (all on GPU > hybrid > CPU); then fewer nodes; then the
-catalog's engine order; then runnable before reduced, the simpler layout, the larger KV cache.
+native INT4 > Q4 > Q3 > Q2 > TQ1); then placement (all on GPU > hybrid > CPU); then the full context before a
+reduced one; then fewer nodes; then the catalog's engine order; then the simpler layout, the larger KV cache.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from deploy.catalog import ENGINES, Model, Variant, load_model
 from deploy.constants import GB, GIB
 from deploy.errors import InputError
 from deploy.hardware import Cpu, HardwareProfile, Node, load_gpu_table
-from deploy.memory import Fit, Layout, evaluate, evaluate_best
+from deploy.memory import VLLM_CPU_PROCESS_GIB, Fit, Layout, evaluate, evaluate_best
 from deploy.plan import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
 
 #: Below this context a deployment is not worth running (agentic clients send long prompts).
@@ -35,7 +35,7 @@ CONTEXT_STEP = 1024
 #: Sequential read rate assumed for loading weights from local NVMe (GB/s), for time_to_ready_s.
 DISK_READ_GBPS = 2.0
 #: Engine start-up beyond reading weights (s): process start, compile/graph capture, warm-up.
-STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20}
+STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20, "vllm-cpu": 150}
 KV_CACHE_DTYPES = ("bf16", "fp8")
 PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "rpc": 2, "cpu": 3}
 #: Tie-break among layouts of one engine: keep traffic inside a node, then pipeline across nodes.
@@ -179,9 +179,17 @@ def _largest_tp(gpus: int, heads: int) -> int:
 
 
 def _layouts(
-    engine: str, arch: Architecture, profile: HardwareProfile, req: Request
+    engine: str,
+    arch: Architecture,
+    profile: HardwareProfile,
+    req: Request,
+    meta: dict[str, Any] | None = None,
 ) -> list[tuple[str, Layout]]:
-    """(layout kind, Layout) pairs to size for this engine on this profile."""
+    """(layout kind, Layout) pairs to size for this engine on this profile (``meta``: the catalog's
+    settings for the engine; ``device: cpu`` means vLLM's CPU build)."""
+    if engine == "vllm" and (meta or {}).get("device") == "cpu":
+        space = int((meta or {}).get("kvcache_space_gib", 1))
+        return [("cpu", Layout(engine, placement="cpu", cpu_kv_space_gib=space, label="CPU (vllm-cpu)"))]
     head = profile.head
     g, n = head.gpu_count, len(profile.nodes)
     heads = arch.num_heads
@@ -314,9 +322,15 @@ def _engine_blockers(
     """Reasons an engine cannot run here regardless of memory, and what would fix each."""
     head = profile.head
     reasons, fixes = [], []
-    if engine in ("vllm", "sglang", "ktransformers") and head.gpu_count == 0:
+    cpu_build = m.engines.get(engine, {}).get("device") == "cpu"
+    if engine in ("vllm", "sglang", "ktransformers") and head.gpu_count == 0 and not cpu_build:
         reasons.append(f"{engine} needs NVIDIA GPUs; {head.name} has none")
-    if engine in ("vllm", "sglang", "ktransformers") and head.gpu_count and v.format == "safetensors":
+    if (
+        engine in ("vllm", "sglang", "ktransformers")
+        and head.gpu_count
+        and not cpu_build
+        and v.format == "safetensors"
+    ):
         spec = load_gpu_table().get(head.gpu_model)
         if spec is not None and not spec.int4_w4a16:
             reasons.append(f"{head.gpu_model} has no INT4 weight-only kernels (needs sm80+)")
@@ -343,10 +357,7 @@ def _candidates(
     out = []
     target = req.context or arch.max_position_embeddings
     blockers, blocker_fixes = _engine_blockers(engine, v, m, profile)
-    layouts = _layouts(engine, arch, profile, req)
-    if not layouts:
-        layouts = [("tp", Layout(engine, 1, 0, 1, label="needs GPUs"))]
-    for kind, lay in layouts:
+    for kind, lay in _layouts(engine, arch, profile, req, m.engines.get(engine)):
         cid = f"{engine}-{v.id}-{_layout_id(kind, lay)}"
         node = profile.head
         reasons: list[str] = list(blockers)
@@ -355,9 +366,12 @@ def _candidates(
         if not blockers:
             if engine == "ktransformers":
                 lay, fit = _kt_layout(arch, lay, node, req, target)
-                lay = dataclasses.replace(
-                    lay, label=f"TP{lay.tensor_parallel}, {lay.gpu_experts} experts/layer on GPU, rest in RAM"
+                where = (
+                    f"all {lay.gpu_experts} experts on GPU"
+                    if lay.gpu_experts >= arch.n_routed_experts
+                    else f"{lay.gpu_experts} experts/layer on GPU, rest in RAM"
                 )
+                lay = dataclasses.replace(lay, label=f"TP{lay.tensor_parallel}, {where}")
             else:
                 fit = _size(arch, lay, node, req, target)
             if (
@@ -387,6 +401,11 @@ def _candidates(
                         reasons.append(
                             f"KV room for only {fit.max_fit_tokens:,} tokens (< {_min_context(arch):,})"
                         )
+            if fit.fits and fit.settings.get("smaller_batch_settings"):
+                reasons.append(
+                    f"the engine's defaults for this GPU leave too little KV room; the plan sets "
+                    f"{fit.settings['smaller_batch_settings']}"
+                )
             if engine == "llama.cpp" and status == REDUCED:
                 fit = _size(arch, lay, node, req, max_len)
         if status != RUNNABLE:
@@ -448,7 +467,7 @@ def _candidate(
 ) -> Candidate:
     memory = fit.memory if fit else Memory()
     util = req.gpu_memory_utilization
-    if fit is not None and engine == "vllm":
+    if fit is not None and engine == "vllm" and lay.placement != "cpu":
         util = 0.9 if util is None else util
     elif fit is not None and engine in ("sglang", "ktransformers"):
         util = fit.settings.get("mem_fraction_static", util)
@@ -472,7 +491,7 @@ def _candidate(
         variant=v.id,
         status=status,
         nodes=lay.nodes,
-        gpus_per_node=lay.gpus_per_node if engine != "llama.cpp" or lay.placement != "cpu" else 0,
+        gpus_per_node=lay.gpus_per_node if lay.placement != "cpu" else 0,
         tensor_parallel=lay.tensor_parallel,
         pipeline_parallel=lay.pipeline_parallel,
         data_parallel=lay.data_parallel,
@@ -484,9 +503,7 @@ def _candidate(
         gpu_memory_utilization=float(util or 0.0),
         memory=memory,
         weights=weights,
-        placement=lay.placement
-        if engine == "llama.cpp"
-        else ("hybrid" if engine == "ktransformers" else "gpu"),
+        placement="hybrid" if engine == "ktransformers" else lay.placement,
         reasons=reasons,
         remediation=remediation,
         layout=lay.label,
@@ -498,7 +515,8 @@ def _candidate(
 
 def _time_to_ready(engine: str, v: Variant, lay: Layout) -> int:
     per_node = v.file_bytes / max(1, lay.nodes)
-    seconds = per_node / (DISK_READ_GBPS * GB) + STARTUP_OVERHEAD_S[engine]
+    startup = STARTUP_OVERHEAD_S["vllm-cpu" if engine == "vllm" and lay.placement == "cpu" else engine]
+    seconds = per_node / (DISK_READ_GBPS * GB) + startup
     return max(60, int(math.ceil(seconds / 10.0)) * 10)
 
 
@@ -531,19 +549,24 @@ def _engine_args(
     settings = fit.settings if fit else {}
     head = profile.head
     if engine == "vllm":
+        cpu = lay.placement == "cpu"
         args.update(
             {
                 "enable_auto_tool_choice": True,
                 "mm_encoder_tp_mode": "data" if v.serves_vision else None,
-                "language_model_only": not v.serves_vision,
+                # only a multimodal model can be told to skip its vision encoder
+                "language_model_only": bool(m.architecture.get("vision")) and not v.serves_vision,
                 "enable_expert_parallel": lay.expert_parallel,
                 "distributed_executor_backend": "mp",
-                "enforce_eager": False,
-                "device": "cuda",
+                # CPU: ready in 80-100 s instead of about 210 s with compilation (docs/vllm-cpu.md)
+                "enforce_eager": cpu,
+                "device": "cpu" if cpu else "cuda",
                 "max_num_batched_tokens": settings.get("max_num_batched_tokens"),
                 "max_num_seqs": settings.get("max_num_seqs"),
             }
         )
+        if cpu:
+            args["cpu_kvcache_space_gib"] = settings.get("cpu_kvcache_space_gib", lay.cpu_kv_space_gib)
     elif engine in ("sglang", "ktransformers"):
         args.update(
             {
@@ -684,7 +707,7 @@ def _remediation(
         and kind in ("tp", "dp-ep")
     ):
         two = _doubled(profile)
-        for _k2, lay2 in _layouts(engine, arch, two, req):
+        for _k2, lay2 in _layouts(engine, arch, two, req, m.engines.get(engine)):
             if lay2.nodes == 2 and _runs_at(arch, lay2, two.head, req, target):
                 out.append(
                     f"a second node of the same kind ({lay2.label} runs {engine} {v.id} at {target:,} tokens)"
@@ -708,6 +731,10 @@ def _remediation(
             out.append(f"a node with 8 GPUs of >= {mib // 1024} GiB each{_gpu_name_for(mib / 1024)}")
     if engine == "ktransformers" and blocked and node.gpu_count == 0:
         out.append("one or more NVIDIA GPUs (>= 48 GB VRAM in total) beside >= 600 GB RAM and an AVX512 CPU")
+    if engine == "vllm" and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
+        kv_gib = math.ceil(target * arch.kv_bytes_per_token(req.kv_cache_dtype) / GIB)
+        need = arch.total_bytes / GIB + max(kv_gib, lay.cpu_kv_space_gib, 1) + VLLM_CPU_PROCESS_GIB
+        out.append(f">= {math.ceil(need / (1 - 0.05) * GIB / GB)} GB RAM for the full {target:,} tokens")
     if engine == "llama.cpp" and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
         full = _llama_host_need(arch, lay, target)
         out.append(
@@ -741,7 +768,7 @@ _BIG_NODE = Node(
 
 
 def _layout_kind(c: Candidate) -> str:
-    if c.engine == "llama.cpp":
+    if c.engine == "llama.cpp" or c.placement == "cpu":
         return c.placement
     if c.engine == "ktransformers":
         return "kt"
@@ -753,15 +780,17 @@ def _layout_kind(c: Candidate) -> str:
 
 
 def rank_key(c: Candidate, m: Model, fidelity: dict[str, int]) -> tuple:
-    """The ranking, best first: runs, fidelity, placement, nodes, engine preference, then tie-breaks."""
+    """The ranking, best first: runs, fidelity, placement, full context before reduced, fewer nodes, engine
+    preference, then tie-breaks (layout kind, larger KV cache, id)."""
     prefs = m.engine_preference
     return (
         0 if c.runs else 1,
         -fidelity.get(c.variant, 0),
         PLACEMENT_ORDER.get(c.placement, 9),
+        # the full context on every node the profile has beats a reduced context on fewer nodes
+        STATUS_ORDER[c.status],
         c.nodes,
         prefs.index(c.engine) if c.engine in prefs else len(prefs),
-        STATUS_ORDER[c.status],
         LAYOUT_ORDER.index(_layout_kind(c)),
         -c.kv_cache_tokens,
         c.id,
@@ -783,9 +812,8 @@ def _explain(
     gpus = (
         f"{head.gpu_count}x {head.gpu_model} ({head.gpu_memory_gib:.0f} GiB)" if head.gpu_count else "no GPU"
     )
-    hw = (
-        f"{len(profile.nodes)} node(s) of {gpus}, {head.ram_gib:.0f} GiB RAM, {head.cpu.physical_cores} cores"
-    )
+    cores = head.cpu.physical_cores
+    hw = f"{len(profile.nodes)} node(s) with {gpus}, {head.ram_gib:.0f} GiB RAM, {cores} cores"
     lines.append(f"Hardware: {profile.name}: {hw}.")
     if chosen is None:
         lines.append(f"Nothing can serve {m.display_name} on this hardware: every candidate is incompatible.")
@@ -814,7 +842,12 @@ def _explain(
         }.get(chosen.placement, chosen.placement)
     )
     if chosen.nodes > 1:
-        why.append(f"{chosen.nodes} nodes are needed (no single-node layout fits)")
+        single = [c for c in candidates if c.runs and c.nodes == 1 and c.variant == chosen.variant]
+        why.append(
+            f"{chosen.nodes} nodes: on one node this variant runs only with a reduced context"
+            if single
+            else f"{chosen.nodes} nodes are needed (no single-node layout fits)"
+        )
     same = [
         c
         for c in candidates

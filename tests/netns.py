@@ -114,8 +114,9 @@ class TwoHostLab:
     def __init__(self, workdir: Path, names: tuple[str, ...] = ("head", "worker")) -> None:
         self.workdir = workdir
         self.hosts = {
-            name: Host(name=name, netns=f"{PREFIX}{name}", address=f"{SUBNET}.{i + 1}",
-                       disk=workdir / "disks" / name)
+            name: Host(
+                name=name, netns=f"{PREFIX}{name}", address=f"{SUBNET}.{i + 1}", disk=workdir / "disks" / name
+            )
             for i, name in enumerate(names)
         }
         #: The path where each host sees its own disk.
@@ -161,9 +162,19 @@ class TwoHostLab:
         self.node_root.mkdir(parents=True, exist_ok=True)
         script = f'mount --bind "$1" "$2" && exec {SSHD} -D -f "$3" -E "$4"'
         host.sshd = subprocess.Popen(
-            host.exec_argv("sh", "-c", script, "sshd", str(host.disk), str(self.node_root), str(config),
-                           str(d / "sshd.log")),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            host.exec_argv(
+                "sh",
+                "-c",
+                script,
+                "sshd",
+                str(host.disk),
+                str(self.node_root),
+                str(config),
+                str(d / "sshd.log"),
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
     @staticmethod
@@ -180,8 +191,21 @@ class TwoHostLab:
 
     def ssh_argv(self, host: str, command: str) -> list[str]:
         """An ssh command line that runs ``command`` on ``host`` with the lab's key."""
-        return ["ssh", "-i", str(self.key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", f"root@{self.hosts[host].address}", command]
+        return [
+            "ssh",
+            "-i",
+            str(self.key),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            f"root@{self.hosts[host].address}",
+            command,
+        ]
 
     def stop(self) -> None:
         """Stop everything running in the namespaces, then remove them, the veths and the bridge."""

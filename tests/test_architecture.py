@@ -46,8 +46,12 @@ def test_groups_follow_config(kimi, int4):
     L, h, heads = a["num_hidden_layers"], a["hidden_size"], a["num_attention_heads"]
     moe_layers = L - a["first_k_dense_replace"]
     assert int4.group("attn_o").params == L * heads * a["v_head_dim"] * h
-    assert int4.group("attn_q_b").params == L * a["q_lora_rank"] * heads * (a["qk_nope_head_dim"] + a["qk_rope_head_dim"])
-    assert int4.group("attn_kv_b").params == L * a["kv_lora_rank"] * heads * (a["qk_nope_head_dim"] + a["v_head_dim"])
+    assert int4.group("attn_q_b").params == L * a["q_lora_rank"] * heads * (
+        a["qk_nope_head_dim"] + a["qk_rope_head_dim"]
+    )
+    assert int4.group("attn_kv_b").params == L * a["kv_lora_rank"] * heads * (
+        a["qk_nope_head_dim"] + a["v_head_dim"]
+    )
     assert int4.group("embed").params == int4.group("lm_head").params == a["vocab_size"] * h
     assert int4.group("dense_mlp").params == a["first_k_dense_replace"] * 3 * h * a["intermediate_size"]
     assert int4.group("routed_experts").bytes == moe_layers * a["n_routed_experts"] * 24_772_608

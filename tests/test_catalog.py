@@ -10,7 +10,7 @@ import gguf
 import pytest
 import yaml
 
-from deploy.architecture import architecture_for, demo_gguf_path, gguf_architecture
+from deploy.architecture import architecture_for, demo_gguf_path, gguf_architecture, read_gguf_header
 from deploy.catalog import ENGINES, available_models, load_model
 from deploy.errors import CatalogError
 
@@ -94,14 +94,38 @@ def test_demo_header_matches_catalog(demo_file: Path):
     )
 
 
-def test_demo_groups_sum_the_tensors(demo_file: Path):
+@pytest.mark.slow
+def test_fast_header_parser_agrees_with_gguf_reader(demo_file: Path):
+    # gguf.GGUFReader parses every metadata array (tens of seconds on a busy 2-core machine); the planner's
+    # parser skips arrays. Both must see the same scalars and the same tensor table.
     reader = gguf.GGUFReader(str(demo_file), "r")
+    header = read_gguf_header(demo_file)
+    assert [t.name for t in header.tensors] == [t.name for t in reader.tensors]
+    assert [t.n_bytes for t in header.tensors] == [int(t.n_bytes) for t in reader.tensors]
+    assert [t.n_elements for t in header.tensors] == [int(t.n_elements) for t in reader.tensors]
+    for key, value in header.fields.items():
+        assert reader.fields[key].contents() == pytest.approx(value), key
     arch = gguf_architecture(demo_file)
     assert arch.total_bytes == sum(int(t.n_bytes) for t in reader.tensors)
-    assert arch.total_params == sum(int(t.n_elements) for t in reader.tensors)
+
+
+def test_demo_groups_sum_the_tensors(demo_file: Path):
+    header = read_gguf_header(demo_file)
+    arch = gguf_architecture(demo_file)
+    assert arch.total_bytes == sum(t.n_bytes for t in header.tensors)
+    assert arch.total_params == sum(t.n_elements for t in header.tensors) == arch.details["parameters"]
     # the tensors are the file less its header (metadata and tokenizer)
     assert arch.total_bytes < demo_file.stat().st_size
     assert {g.name for g in arch.groups} >= {"embed", "attention", "mlp"}
+
+
+def test_not_a_gguf(tmp_path: Path):
+    bad = tmp_path / "x.gguf"
+    bad.write_bytes(b"NOPE" + bytes(64))
+    with pytest.raises(CatalogError, match="not a GGUF"):
+        read_gguf_header(bad)
+    with pytest.raises(CatalogError, match="not found"):
+        gguf_architecture(tmp_path / "missing.gguf")
 
 
 def test_demo_architecture_through_catalog(demo_file: Path):

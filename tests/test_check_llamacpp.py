@@ -38,13 +38,19 @@ def llama_server_binary() -> Path:
     if override:
         return Path(override)
     try:
-        from deploy import engines  # noqa: PLC0415 - optional: written by the engines stage
+        from deploy import engines  # optional: written by the engines stage
     except ImportError:
         engines = None
     if engines is not None and callable(getattr(engines, "llama_server_path", None)):
         return Path(engines.llama_server_path())
-    return (constants.CACHE_DIR / "engines" / "llama.cpp" / f"{pins.LLAMA_CPP_PYTHON_VERSION}-cpu-rpc" / "bin"
-            / "llama-server")
+    return (
+        constants.CACHE_DIR
+        / "engines"
+        / "llama.cpp"
+        / f"{pins.LLAMA_CPP_PYTHON_VERSION}-cpu-rpc"
+        / "bin"
+        / "llama-server"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,15 +70,37 @@ def _free_port() -> int:
 def llama_server(demo_gguf: Path, tmp_path: Path) -> Iterator[Callable[..., str]]:
     binary = llama_server_binary()
     if not binary.is_file():
-        pytest.fail(f"llama-server not found at {binary}: run `make setup` (kimi-deploy engine install llama.cpp)")
+        pytest.fail(
+            f"llama-server not found at {binary}: run `make setup` (kimi-deploy engine install llama.cpp)"
+        )
     procs: list[subprocess.Popen] = []
 
     def start(reasoning_format: str = "deepseek", metrics: bool = True) -> str:
         port = _free_port()
         log = (tmp_path / f"llama-{port}.log").open("w")
-        cmd = [str(binary), "-m", str(demo_gguf), "-t", "1", "-c", str(CTX), "-np", "1", "--alias", "demo",
-               "--jinja", "--chat-template-file", str(TEMPLATE), "--reasoning-format", reasoning_format,
-               "--host", "127.0.0.1", "--port", str(port), *(["--metrics"] if metrics else [])]
+        cmd = [
+            str(binary),
+            "-m",
+            str(demo_gguf),
+            "-t",
+            "1",
+            "-c",
+            str(CTX),
+            "-np",
+            "1",
+            "--alias",
+            "demo",
+            "--jinja",
+            "--chat-template-file",
+            str(TEMPLATE),
+            "--reasoning-format",
+            reasoning_format,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *(["--metrics"] if metrics else []),
+        ]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
@@ -103,20 +131,55 @@ def _plan(port: int) -> dict:
     m = load_model("demo")
     return {
         "schema": 1,
-        "model": {"name": m.name, "display_name": m.display_name, "served_model_name": m.served_model_name,
-                  "capabilities": m.capabilities, "parsers": m.parsers, "modes": m.modes},
-        "hardware": {}, "request": {}, "chosen": "llama.cpp-demo",
-        "candidates": [{
-            "id": "llama.cpp-demo", "engine": "llama.cpp", "variant": "Q4_K_M", "status": "runnable",
-            "nodes": 1, "gpus_per_node": 0, "tensor_parallel": 1, "pipeline_parallel": 1, "data_parallel": 1,
-            "expert_parallel": False, "decode_context_parallel": 1, "max_model_len": CTX,
-            "kv_cache_dtype": "f16", "kv_cache_tokens": CTX, "gpu_memory_utilization": 0.0, "memory": {},
-            "placement": "cpu",
-            "weights": {"variant": "Q4_K_M", "repo": "kimi-deploy-demo/gemma-3-270m-GGUF", "revision": "main",
-                        "allow_patterns": ["*.gguf"], "bytes": 253113024, "format": "gguf"},
-            "engine_args": {"host": "127.0.0.1", "port": port, "served_model_name": "demo", "metrics": True,
-                            "jinja": True, "chat_template": TEMPLATE.name, "reasoning_format": "deepseek"},
-        }],
+        "model": {
+            "name": m.name,
+            "display_name": m.display_name,
+            "served_model_name": m.served_model_name,
+            "capabilities": m.capabilities,
+            "parsers": m.parsers,
+            "modes": m.modes,
+        },
+        "hardware": {},
+        "request": {},
+        "chosen": "llama.cpp-demo",
+        "candidates": [
+            {
+                "id": "llama.cpp-demo",
+                "engine": "llama.cpp",
+                "variant": "Q4_K_M",
+                "status": "runnable",
+                "nodes": 1,
+                "gpus_per_node": 0,
+                "tensor_parallel": 1,
+                "pipeline_parallel": 1,
+                "data_parallel": 1,
+                "expert_parallel": False,
+                "decode_context_parallel": 1,
+                "max_model_len": CTX,
+                "kv_cache_dtype": "f16",
+                "kv_cache_tokens": CTX,
+                "gpu_memory_utilization": 0.0,
+                "memory": {},
+                "placement": "cpu",
+                "weights": {
+                    "variant": "Q4_K_M",
+                    "repo": "kimi-deploy-demo/gemma-3-270m-GGUF",
+                    "revision": "main",
+                    "allow_patterns": ["*.gguf"],
+                    "bytes": 253113024,
+                    "format": "gguf",
+                },
+                "engine_args": {
+                    "host": "127.0.0.1",
+                    "port": port,
+                    "served_model_name": "demo",
+                    "metrics": True,
+                    "jinja": True,
+                    "chat_template": TEMPLATE.name,
+                    "reasoning_format": "deepseek",
+                },
+            }
+        ],
     }
 
 
@@ -133,8 +196,16 @@ def test_demo_passes_every_declared_check(llama_server, tmp_path: Path) -> None:
     results = {r["name"]: r for r in report["results"]}
     assert rc == 0, (err, json.dumps(report["results"], indent=1))
     assert {n: r["status"] for n, r in results.items()} == {
-        "liveness": "pass", "models": "pass", "instant": "pass", "thinking": "pass", "tool_call": "pass",
-        "streaming": "pass", "vision": "skip", "metrics": "pass", "tool_call_set": "pass"}
+        "liveness": "pass",
+        "models": "pass",
+        "instant": "pass",
+        "thinking": "pass",
+        "tool_call": "pass",
+        "streaming": "pass",
+        "vision": "skip",
+        "metrics": "pass",
+        "tool_call_set": "pass",
+    }
     assert results["models"]["details"]["reported_context"] == CTX
     assert "reasoning_content" in results["thinking"]["reason"]
     call = results["tool_call"]["details"]["tool_calls"][0]
@@ -147,8 +218,9 @@ def test_demo_passes_every_declared_check(llama_server, tmp_path: Path) -> None:
 
 def test_real_engine_without_reasoning_parser_leaks_think(llama_server) -> None:
     url = llama_server(reasoning_format="none", metrics=False)
-    rc, report, err = _run("--url", url, "--model", "demo", "--flavor", "llama.cpp", "--no-metrics",
-                           "--max-model-len", str(CTX))
+    rc, report, err = _run(
+        "--url", url, "--model", "demo", "--flavor", "llama.cpp", "--no-metrics", "--max-model-len", str(CTX)
+    )
     assert rc == 7 and "check(s) failed" in err
     results = {r["name"]: r for r in report["results"]}
     assert results["thinking"]["status"] == "fail" and "</think>" in results["thinking"]["reason"]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -19,6 +21,8 @@ from deploy import launch, readiness
 from deploy.catalog import load_model
 from deploy.plan import load_plan
 
+# any free port: the catalog's (8001) may be taken by another deployment on a shared CI machine
+PORT = ["--port", "0"]
 STAGES = [
     "set-up",
     "engine",
@@ -43,7 +47,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "HF_TOKEN", "KIMI_DEPLOY_STATE_DIR")
     }
     done = subprocess.run(
-        [sys.executable, "-m", "deploy", "demo", "--workdir", str(workdir)],
+        [sys.executable, "-m", "deploy", "demo", "--workdir", str(workdir), *PORT],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -76,10 +80,51 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert status["metrics"] == ("pass" if cand.engine_args.get("metrics") else "skip")
 
     # the demo cleaned up: engine and mirror stopped, no pidfile left
-    url = readiness.health_url(cand.engine, cand.engine_args["host"], cand.engine_args["port"])
+    served_port = launch.read_manifest(workdir / "rendered")["port"]
+    url = readiness.health_url(cand.engine, cand.engine_args["host"], served_port)
     assert readiness.probe(url, cand.engine).state == readiness.REFUSED
     assert not list((workdir / "state" / "run").glob("*.json"))
     assert launch.status(workdir / "state") == []
+    leftovers = [
+        p.info["cmdline"]
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and str(workdir) in " ".join(p.info["cmdline"])
+    ]
+    assert leftovers == []
+
+
+@pytest.mark.slow
+def test_demo_cleans_up_when_cancelled(tmp_path: Path) -> None:
+    """SIGTERM (a cancelled CI job) once the engine is up: the demo stops engine and mirror, exits 130."""
+    workdir = tmp_path / ".demo"
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "HF_TOKEN", "KIMI_DEPLOY_STATE_DIR")
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy", "demo", "--workdir", str(workdir), *PORT],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    assert proc.stdout is not None
+    end = time.monotonic() + 3600
+    for line in proc.stdout:
+        seen.append(line)
+        if "] check: " in line or time.monotonic() > end:
+            break
+    assert any("] check: " in ln for ln in seen), "".join(seen[-40:])
+    pidfile = json.loads(next((workdir / "state" / "run").glob("*.json")).read_text())
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, rest[-3000:]
+    assert "cleaning up" in rest and "stopped pid" in rest
+    assert (
+        not psutil.pid_exists(pidfile["pid"])
+        or psutil.Process(pidfile["pid"]).status() == psutil.STATUS_ZOMBIE
+    )
     leftovers = [
         p.info["cmdline"]
         for p in psutil.process_iter(["cmdline"])

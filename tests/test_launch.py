@@ -423,11 +423,11 @@ def test_secrets_never_shown(tmp_path: Path, weights: Path) -> None:
     env.parent.mkdir(parents=True)
     env.write_text(f"KIMI_API_KEY={secret}\n")
     env.chmod(0o600)
-    # the engine echoes its argv, key included, then fails (as vLLM logs its non-default args)
+    # the engine gets the env file's values (as from systemd's EnvironmentFile=), echoes its argv with the
+    # key, then fails (as vLLM logs its non-default args)
     write_script(
         tmp_path / "rendered",
-        f'set -a; . {env}; set +a\necho "args: --api-key $KIMI_API_KEY"\n'
-        "echo 'unrecognized arguments: --bogus' >&2\nexit 2",
+        "echo \"args: --api-key ${KIMI_API_KEY:-unset}\"\necho 'unrecognized arguments: --bogus' >&2\nexit 2",
     )
     r = kd(tmp_path, *up_args(tmp_path))
     assert r.returncode == 6 and "[unknown_flag]" in r.stderr
@@ -481,7 +481,7 @@ def test_systemd_commands(tmp_path: Path) -> None:
     cmds = launch.systemd_up_commands(unit, Path("/etc/systemd/system"))
     assert cmds[0] == ["install", "-m", "0644", str(unit), f"/etc/systemd/system/{unit.name}"]
     assert cmds[1] == ["systemctl", "daemon-reload"]
-    assert cmds[2] == ["systemctl", "enable", "--now", unit.name]
+    assert cmds[2] == ["systemctl", "enable", "--now", "--no-block", unit.name]
     assert launch.systemd_down_commands(unit.name) == [["systemctl", "disable", "--now", unit.name]]
 
 
@@ -577,3 +577,61 @@ def test_diagnosis_without_a_known_message() -> None:
     assert diagnosis.diagnose("INFO starting\n", None, timed_out=True).kind == "deadline"
     assert diagnosis.diagnose("INFO starting\n", 3).kind == "exited"
     assert diagnosis.diagnose("", -int(signal.SIGKILL)).kind == "host_oom"
+
+
+# --- workers and terminals --------------------------------------------------------------------------------
+
+
+def test_worker_node_has_no_http_and_counts_as_started_when_it_stays_up(
+    tmp_path: Path, weights: Path, cleanup: None
+) -> None:
+    port = free_port()
+    plan = write_plan(tmp_path, weights, port)
+    data = json.loads(plan.read_text())
+    data["hardware"]["nodes"].append({"name": "w1"})
+    data["candidates"][0]["nodes"] = 2
+    plan.write_text(json.dumps(data))
+    write_script(tmp_path / "rendered", "exec sleep 60", node="w1")
+    t0 = time.monotonic()
+    r = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
+    assert r.returncode == 0 and "w1: worker started" in r.stderr
+    assert time.monotonic() - t0 >= launch.WORKER_SETTLE_S
+    # a worker that dies at start is a failure with its diagnosis
+    write_script(tmp_path / "rendered", "echo 'unrecognized arguments: --bad' >&2; exit 2", node="w1")
+    kd(tmp_path, "down")
+    r2 = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
+    assert r2.returncode == 6 and "[unknown_flag]" in r2.stderr
+    bad = kd(tmp_path, *up_args(tmp_path, "--node", "nope"))
+    assert bad.returncode == 2 and "no node 'nope'" in bad.stderr
+
+
+def test_progress_on_a_terminal_rewrites_one_line(tmp_path: Path, weights: Path) -> None:
+    import pty
+
+    port = free_port()
+    write_plan(tmp_path, weights, port)
+    stay_503_script(tmp_path / "rendered", port)
+    leader, follower = pty.openpty()
+    env = {**os.environ, "KIMI_DEPLOY_STATE_DIR": str(tmp_path / "state")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deploy", *up_args(tmp_path, "--deadline", "3")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=30) == 6
+    text = b"".join(chunks).decode("utf-8", "replace")
+    # several in-place updates (every 0.5 s on a terminal), then the failure on its own lines
+    assert text.count("\r\x1b[K") >= 3 and "503 Loading model" in text and "[deadline]" in text

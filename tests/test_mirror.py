@@ -63,6 +63,7 @@ def test_listing_and_info_match_the_staged_files(mirror: MirrorProcess, root: Pa
     for path, p in on_disk.items():
         data = p.read_bytes()
         assert entries[path].size == len(data)
+        assert entries[path].xet_hash is None
         if path.endswith(".gguf"):
             assert entries[path].lfs.sha256 == hashlib.sha256(data).hexdigest()
     top = [e.path for e in api.list_repo_tree(GGUF, revision=lock.commit)]
@@ -77,6 +78,7 @@ def test_resolve_headers_redirect_and_range(mirror: MirrorProcess, root: Path) -
     assert head.getheader("X-Repo-Commit") == lock.commit
     assert head.getheader("X-Linked-Etag") == f'"{big.sha256}"'
     assert int(head.getheader("X-Linked-Size")) == big.size
+    assert not [h for h in head.headers if h.lower().startswith("x-xet")]  # plain HTTP, never the Xet path
     location = head.getheader("Location")
     assert urlsplit(location).port != urlsplit(mirror.url).port  # a second origin, like the Hub's CDN
     data = (root / GGUF / big.path).read_bytes()

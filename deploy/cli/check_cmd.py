@@ -13,30 +13,69 @@ from deploy.plan import load_plan
 
 
 @click.command("check")
-@click.option("--plan", "plan_path", type=click.Path(dir_okay=False), help="Check what this plan deploys "
-              "(default: plan.json when no --url is given).")
-@click.option("--url", help="Any OpenAI-compatible endpoint instead of a plan, e.g. http://10.0.0.5:8000 or "
-              "https://api.moonshot.ai/v1.")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(dir_okay=False),
+    help="Check what this plan deploys (default: plan.json when no --url is given).",
+)
+@click.option(
+    "--url",
+    help="Any OpenAI-compatible endpoint instead of a plan, e.g. http://10.0.0.5:8000 or "
+    "https://api.moonshot.ai/v1.",
+)
 @click.option("--model", "model_name", help="Served model name (with --url).")
-@click.option("--api-key-env", metavar="NAME", help="Environment variable holding the API key (never printed).")
-@click.option("--flavor", type=click.Choice(check.FLAVORS), help="Engine dialect for health and instant mode "
-              "(with --url; default vllm). moonshot sends thinking={type: disabled}.")
-@click.option("--catalog-model", metavar="NAME", help="Catalog entry whose capabilities apply (with --url; "
-              "default: the entry matching --model, else kimi-k2.5).")
-@click.option("--few-shot/--no-few-shot", default=None, help="Send a few-shot history with each request "
-              "(base models; default from the catalog's modes.few_shot).")
-@click.option("--metrics/--no-metrics", default=None, help="Require /metrics (with --url; default: vLLM only).")
-@click.option("--vision/--no-vision", default=None, help="Whether the URL serves images (with --url; default "
-              "from the catalog).")
+@click.option(
+    "--api-key-env", metavar="NAME", help="Environment variable holding the API key (never printed)."
+)
+@click.option(
+    "--flavor",
+    type=click.Choice(check.FLAVORS),
+    help="Engine dialect for health and instant mode "
+    "(with --url; default vllm). moonshot sends thinking={type: disabled}.",
+)
+@click.option(
+    "--catalog-model",
+    metavar="NAME",
+    help="Catalog entry whose capabilities apply (with --url; "
+    "default: the entry matching --model, else kimi-k2.5).",
+)
+@click.option(
+    "--few-shot/--no-few-shot",
+    default=None,
+    help="Send a few-shot history with each request "
+    "(base models; default from the catalog's modes.few_shot).",
+)
+@click.option(
+    "--metrics/--no-metrics", default=None, help="Require /metrics (with --url; default: vLLM only)."
+)
+@click.option(
+    "--vision/--no-vision",
+    default=None,
+    help="Whether the URL serves images (with --url; default from the catalog).",
+)
 @click.option("--max-model-len", type=int, help="Context the URL must report at least (with --url).")
-@click.option("--tool-calls", "tool_calls", type=click.Path(dir_okay=False), metavar="FILE.jsonl",
-              help="Also run a K2-Vendor-Verifier sample set (one request body per line).")
-@click.option("--limit", type=int, default=50, show_default=True, help="At most this many --tool-calls requests.")
+@click.option(
+    "--tool-calls",
+    "tool_calls",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.jsonl",
+    help="Also run a K2-Vendor-Verifier sample set (one request body per line).",
+)
+@click.option(
+    "--limit", type=int, default=50, show_default=True, help="At most this many --tool-calls requests."
+)
 @click.option("--concurrency", type=int, default=4, show_default=True, help="Parallel --tool-calls requests.")
-@click.option("--threshold", type=float, default=0.95, show_default=True,
-              help="Schema accuracy --tool-calls must reach.")
-@click.option("--timeout", "timeout_s", type=float, default=120.0, show_default=True,
-              help="Seconds per request.")
+@click.option(
+    "--threshold",
+    type=float,
+    default=0.95,
+    show_default=True,
+    help="Schema accuracy --tool-calls must reach.",
+)
+@click.option(
+    "--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Seconds per request."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to FILE.")
 def check_command(
@@ -68,12 +107,26 @@ def check_command(
         if not model_name:
             raise InputError("--url needs --model (the served model name)")
         target = check.target_from_url(
-            url, model_name, flavor=flavor or "vllm", api_key_env=api_key_env, catalog_model=catalog_model,
-            few_shot=few_shot, metrics=metrics, vision=vision, max_model_len=max_model_len, timeout_s=timeout_s,
+            url,
+            model_name,
+            flavor=flavor or "vllm",
+            api_key_env=api_key_env,
+            catalog_model=catalog_model,
+            few_shot=few_shot,
+            metrics=metrics,
+            vision=vision,
+            max_model_len=max_model_len,
+            timeout_s=timeout_s,
         )
     else:
-        for name, value in (("--model", model_name), ("--flavor", flavor), ("--catalog-model", catalog_model),
-                            ("--max-model-len", max_model_len)):
+        for name, value in (
+            ("--model", model_name),
+            ("--flavor", flavor),
+            ("--catalog-model", catalog_model),
+            ("--max-model-len", max_model_len),
+            ("--metrics/--no-metrics", metrics),
+            ("--vision/--no-vision", vision),
+        ):
             if value is not None:
                 raise InputError(f"{name} goes with --url; a plan names its own")
         target = check.target_from_plan(load_plan(plan_path or "plan.json"), api_key_env, timeout_s=timeout_s)

@@ -21,13 +21,25 @@ from deploy import demo
     help="Leave the engine up at the end (stop it with KIMI_DEPLOY_STATE_DIR=<workdir>/state "
     "kimi-deploy down).",
 )
-def demo_command(workdir: str, keep_running: bool) -> None:
+@click.option(
+    "--port",
+    type=int,
+    help="Serve on this port instead of the catalog's (0: any free port); check then goes by --url.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["llama.cpp", "vllm"]),
+    default="llama.cpp",
+    show_default=True,
+    help="llama.cpp: llama-server on the GGUF; vllm: vLLM's CPU build on the HF-format variant.",
+)
+def demo_command(workdir: str, keep_running: bool, port: int | None, engine: str) -> None:
     """Build (cached), stage, serve, plan, download, verify, render, up, check, report, down.
 
     Runs Gemma 3 270M (GGUF from PyPI) on llama.cpp's llama-server through the same commands a deployment
     of Kimi-K2.5 uses. Exits with the failing stage's code (5 verify, 6 up, 7 check) and always cleans up.
     """
-    result = demo.run_demo(workdir, keep_running=keep_running)
+    result = demo.run_demo(workdir, keep_running=keep_running, port=port, engine=engine)
     click.echo(
         f"\ndemo passed: {result.check.get('summary', {}).get('pass', 0)} checks passed "
         f"in {result.timings.get('total', 0):.0f} s"

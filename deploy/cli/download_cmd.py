@@ -57,7 +57,7 @@ def download(
     """Download the plan's weights, write weights.lock, verify every file.
 
     The token comes from HF_TOKEN or `hf auth login`, never from the command line."""
-    from deploy.download import download_weights
+    from deploy.download import download_weights, exit_keeping_partials
 
     weights = _weights(plan_path, candidate)
     target = dest or weights.local_dir
@@ -65,6 +65,7 @@ def download(
         raise InputError(f"{plan_path}: the candidate has no weights.local_dir; pass --dest")
     # Totals are set once the repo is listed.
     progress = Progress(0, 0, stream=sys.stderr, mode=pick_mode(sys.stderr), interval=progress_interval)
+    exit_keeping_partials()
     result = download_weights(
         weights,
         Path(target),

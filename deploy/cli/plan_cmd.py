@@ -92,7 +92,7 @@ def plan_command(
         context=_number(context, "--context", int),
         gpu_memory_utilization=_number(gpu_memory_utilization, "--gpu-memory-utilization", float),
         kv_cache_dtype=kv_cache_dtype,
-        decode_context_parallel=_number(decode_context_parallel, "--decode-context-parallel", int) or 1,
+        decode_context_parallel=int(_number(decode_context_parallel, "--decode-context-parallel", int) or 0),
         weights_dir=weights_dir,
         tensor_parallel=_number(tensor_parallel, "--tensor-parallel", int),
     )

@@ -1,0 +1,98 @@
+"""`kimi-deploy render`: a plan's launch files (scripts, env file, systemd units, install steps, manifest)."""
+
+from __future__ import annotations
+
+import click
+
+from deploy import parser_check, render
+from deploy.errors import KimiDeployError
+from deploy.render_argv import argv_strings
+
+
+class ParserCheckFailed(KimiDeployError):
+    """A rendered command did not pass its engine's own argument parser."""
+
+    exit_code = 1
+
+
+@click.command("render")
+@click.option(
+    "--plan", "plan_path", default="plan.json", show_default=True, metavar="FILE", help="plan.json."
+)
+@click.option(
+    "--candidate", "candidate_id", metavar="ID", help="Render this candidate instead of the chosen one."
+)
+@click.option("--out", "out_dir", default="rendered", show_default=True, metavar="DIR", help="Output folder.")
+@click.option("--weights-dir", metavar="DIR", help="The folder with the weights (default: the plan's).")
+@click.option("--bind", metavar="ADDR", help="Address the head serves on (default: the plan's, loopback).")
+@click.option("--port", type=int, metavar="N", help="Port the head serves on (default: the plan's).")
+@click.option(
+    "--api-key-env",
+    metavar="NAME",
+    help="Env var holding the API key; required (and set) for a non-loopback --bind.",
+)
+@click.option(
+    "--multinode-backend",
+    type=click.Choice(["mp", "ray"]),
+    help="vLLM multi-node: mp (--nnodes/--headless, default) or ray (ray start + executor ray).",
+)
+@click.option(
+    "--secrets-to-env-file",
+    is_flag=True,
+    help="Copy HF_TOKEN and the API key from the environment into the 0600 env file (for systemd).",
+)
+@click.option(
+    "--check-parsers",
+    is_flag=True,
+    help="Also parse the vLLM/SGLang commands with the engines' own parsers (needs the parser venv).",
+)
+def render_command(
+    plan_path: str,
+    candidate_id: str | None,
+    out_dir: str,
+    weights_dir: str | None,
+    bind: str | None,
+    port: int | None,
+    api_key_env: str | None,
+    multinode_backend: str | None,
+    secrets_to_env_file: bool,
+    check_parsers: bool,
+) -> None:
+    """Write launch-<node>.sh, install-<node>.sh, kimi-deploy-<node>.service, the env file, a manifest."""
+    opts = render.RenderOptions(
+        out_dir=out_dir,
+        candidate_id=candidate_id,
+        weights_dir=weights_dir,
+        bind=bind,
+        port=port,
+        api_key_env=api_key_env,
+        multinode_backend=multinode_backend,
+        secrets_to_env_file=secrets_to_env_file,
+        plan_path=plan_path,
+    )
+    result = render.render(plan_path, opts)
+    m = result.manifest
+    click.echo(
+        f"rendered {m['engine']} candidate {m['candidate']} for {len(result.nodes)} node(s) "
+        f"into {result.out_dir} (serving on {m['bind']}:{m['port']})"
+    )
+    for path in result.files:
+        click.echo(f"  {path.name}")
+    for n in result.nodes:
+        click.echo(f"{n.role} {n.node}: {' '.join(argv_strings(n.argv))}")
+    if check_parsers:
+        report = parser_check.check_nodes(result.nodes)
+        if not report.results:
+            click.echo(
+                f"parser check: nothing to parse ({m['engine']} is not checked by the vLLM/SGLang parsers)"
+            )
+        for r in report.results:
+            click.echo(
+                f"parser check ({r.engine} {report.versions.get('sglang' if r.engine != 'vllm' else 'vllm')})"
+                f": {r.summary()}"
+            )
+        if not report.ok:
+            raise ParserCheckFailed("a rendered command failed its engine's argument parser (see above)")
+
+
+COMMANDS = [render_command]

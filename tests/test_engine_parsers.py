@@ -1,0 +1,152 @@
+"""Every rendered vLLM / SGLang / KTransformers command goes through the real engines' argument parsers.
+
+The commands come from the planner on every hardware profile in hardware/: the chosen candidate and every
+runnable one, every rank of the multi-node ones, vLLM multi-node with both the mp and Ray backends, bound to
+loopback and to 0.0.0.0 with an API key. The parsers live in the venv `kimi-deploy engine install parsers`
+builds (`make setup`); without it these tests fail, never skip. One probe process parses the whole batch.
+
+Negative controls prove the checks can fail: an abbreviated flag, an unknown flag, a parser name missing
+from vLLM's registries, an SGLang parser name outside its choices, and a vLLM validation error.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy import engines, parser_check, pins
+from deploy.hardware import available_profiles, load_profile
+from deploy.planner import plan
+from deploy.render_argv import Endpoint, node_commands
+
+KEY_ENV = "KIMI_API_KEY"
+
+
+def _cases() -> list[tuple[str, str, list]]:
+    cases = []
+    for profile in available_profiles():
+        p = plan(load_profile(profile))
+        for cand in p.candidates:
+            if not cand.runs or cand.engine not in parser_check.CHECKED:
+                continue
+            backends = ["mp", "ray"] if cand.engine == "vllm" and cand.nodes > 1 else [None]
+            for backend in backends:
+                for bind in ("127.0.0.1", "0.0.0.0"):
+                    ep = Endpoint(bind=bind, api_key_env=KEY_ENV, multinode_backend=backend)
+                    for n in node_commands(p, cand, cand.weights.local_dir, ep):
+                        if n.program in parser_check.CHECKED:
+                            label = f"{profile}/{cand.id}/{backend or 'single'}/{bind}/rank{n.rank}"
+                            cases.append((label, n.program, n.argv))
+    return cases
+
+
+CASES = _cases()
+SGLANG = ["python3", "-m", "sglang.launch_server", "--model-path", "/models/m"]
+VLLM = ["vllm", "serve", "/models/m"]
+#: (label, engine, argv, what the probe must report)
+NEGATIVE = [
+    ("sglang --tp abbreviation", "sglang", [*SGLANG, "--tp", "8"], "inexact:--tp"),
+    (
+        "vllm --tensor-parallel abbreviation",
+        "vllm",
+        [*VLLM, "--tensor-parallel", "8"],
+        "inexact:--tensor-parallel",
+    ),
+    ("vllm unknown flag", "vllm", [*VLLM, "--no-such-flag"], "error"),
+    (
+        "vllm unknown tool parser",
+        "vllm",
+        [*VLLM, "--enable-auto-tool-choice", "--tool-call-parser", "no_such_parser"],
+        "parser:tool_call_parser",
+    ),
+    (
+        "vllm unknown reasoning parser",
+        "vllm",
+        [*VLLM, "--reasoning-parser", "no_such_parser"],
+        "parser:reasoning_parser",
+    ),
+    ("sglang unknown tool parser", "sglang", [*SGLANG, "--tool-call-parser", "no_such_parser"], "error"),
+    ("vllm auto tool choice without a parser", "vllm", [*VLLM, "--enable-auto-tool-choice"], "error"),
+]
+
+
+def _renamed_flag_case() -> tuple[str, str, list, str]:
+    """The plan's cuda_graph_max_bs rendered the way older SGLang took it (--cuda-graph-max-bs): the pinned
+    SGLang split it into -decode/-prefill, so the old spelling is only a (now ambiguous) abbreviation."""
+    p = plan(load_profile("h200x8"))
+    cand = next(c for c in p.candidates if c.engine == "sglang" and c.runs)
+    (head,) = node_commands(p, cand, cand.weights.local_dir, Endpoint())
+    assert "--cuda-graph-max-bs-decode" in head.argv
+    argv = ["--cuda-graph-max-bs" if a == "--cuda-graph-max-bs-decode" else a for a in head.argv]
+    return ("sglang flag renamed since", "sglang", argv, "inexact:--cuda-graph-max-bs")
+
+
+NEGATIVE.append(_renamed_flag_case())
+
+
+@pytest.fixture(scope="module")
+def report() -> parser_check.ParserReport:
+    python = engines.parser_python()
+    if not python.is_file():
+        pytest.fail(f"parser venv missing at {python}: run `make setup` (kimi-deploy engine install parsers)")
+    batch = [(engine, argv) for _, engine, argv in CASES] + [
+        (engine, argv) for _, engine, argv, _ in NEGATIVE
+    ]
+    return parser_check.check_argvs(batch, python=python)
+
+
+def test_cases_cover_every_profile_and_every_rank() -> None:
+    profiles_with_gpu_engines = set()
+    for profile in available_profiles():
+        p = plan(load_profile(profile))
+        for cand in p.candidates:
+            if cand.runs and cand.engine in parser_check.CHECKED:
+                profiles_with_gpu_engines.add(profile)
+                labels = [c[0] for c in CASES if c[0].startswith(f"{profile}/{cand.id}/")]
+                # vLLM Ray workers run `ray start`, not vLLM: only their head is parsed
+                ranks = {int(label.rsplit("rank", 1)[1]) for label in labels}
+                if "/ray/" in " ".join(labels):
+                    assert 0 in ranks
+                else:
+                    assert ranks == set(range(cand.nodes)), (cand.id, ranks)
+    assert profiles_with_gpu_engines, "no profile plans vLLM or SGLang: the parser checks would check nothing"
+    assert any("/rank1" in c[0] for c in CASES), "no multi-node command is checked"
+
+
+def test_probe_uses_the_pinned_engines(report: parser_check.ParserReport) -> None:
+    assert report.versions["vllm"] == pins.VLLM_VERSION
+    assert report.versions["sglang"] == pins.SGLANG_VERSION
+    assert report.versions["xgrammar"] == pins.XGRAMMAR_VERSION
+    assert report.versions["torch"].split("+")[0] == pins.TORCH_CPU_VERSION
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])
+def test_rendered_command_passes_the_engine_parser(report: parser_check.ParserReport, index: int) -> None:
+    result = report.results[index]
+    assert result.ok, f"{CASES[index][0]}: {result.summary()}\n  {' '.join(result.argv)}"
+
+
+@pytest.mark.parametrize("index", range(len(NEGATIVE)), ids=[n[0] for n in NEGATIVE])
+def test_the_probe_catches_bad_commands(report: parser_check.ParserReport, index: int) -> None:
+    label, _engine, _argv, expect = NEGATIVE[index]
+    result = report.results[len(CASES) + index]
+    assert not result.ok, f"{label}: the probe accepted it"
+    kind, _, detail = expect.partition(":")
+    if kind == "inexact":
+        assert detail in result.inexact_flags
+    elif kind == "parser":
+        assert any(u.startswith(detail) for u in result.unknown_parsers), result.unknown_parsers
+    else:
+        assert result.errors, result
+
+
+def test_missing_parser_venv_is_an_error_not_a_pass(tmp_path) -> None:
+    with pytest.raises(parser_check.ParserVenvMissing):
+        parser_check.check_argvs([("vllm", VLLM)], python=tmp_path / "bin" / "python")
+
+
+def test_api_key_reaches_the_parser_as_a_value_not_the_variable(report: parser_check.ParserReport) -> None:
+    keyed = [i for i, c in enumerate(CASES) if "/0.0.0.0/rank0" in c[0]]
+    assert keyed
+    for i in keyed:
+        argv = report.results[i].argv
+        assert argv[argv.index("--api-key") + 1] == parser_check.PROBE_API_KEY

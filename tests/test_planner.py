@@ -1,0 +1,307 @@
+"""The planner on every hardware profile: statuses, ranking, engine_args, remediation, and monotonicity
+(property tests): more GPU memory or RAM never gives a worse status; a longer context never needs less."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deploy.architecture import architecture_for
+from deploy.catalog import load_model
+from deploy.constants import GIB
+from deploy.errors import InputError
+from deploy.hardware import HardwareProfile, load_profile, profile_from_gpus
+from deploy.plan import INCOMPATIBLE, REDUCED, RUNNABLE, load_plan, save_plan
+from deploy.planner import CONTEXT_STEP, MIN_CONTEXT, plan
+
+ORDER = {RUNNABLE: 0, REDUCED: 1, INCOMPATIBLE: 2}
+FULL = 262_144
+
+
+@pytest.fixture(scope="module")
+def kimi():
+    return load_model("kimi-k2.5")
+
+
+@pytest.fixture(scope="module")
+def plans():
+    names = [
+        "h200x8",
+        "h100x8",
+        "h100x8-2nodes",
+        "b200x8",
+        "rtx4090-256g",
+        "kt-4x4090-768g",
+        "cpu-512g",
+        "ci-24g",
+    ]
+    return {n: plan(load_profile(n)) for n in names}
+
+
+def test_h200_runs_native_int4_full_context(plans, kimi):
+    p = plans["h200x8"]
+    c = p.chosen_candidate
+    assert (c.engine, c.variant, c.status, c.max_model_len) == ("vllm", "int4", RUNNABLE, FULL)
+    assert (c.tensor_parallel, c.nodes, c.gpus_per_node) == (8, 1, 8)
+    # KV tokens = the KV GiB left per GPU / 70,272 bytes (replicated on every TP rank)
+    assert c.kv_cache_tokens == pytest.approx(c.memory.kv_cache * GIB / 70_272, rel=1e-3)
+    arch = architecture_for(kimi, kimi.variant("int4"))
+    assert c.weights.computed_bytes == arch.total_bytes
+    assert c.weights.local_dir == "/models/moonshotai/Kimi-K2.5"
+    assert c.engine_args["enable_auto_tool_choice"] is True
+    assert c.engine_args["mm_encoder_tp_mode"] == "data"
+    assert c.engine_args["tool_call_parser"] == c.engine_args["reasoning_parser"] == "kimi_k2"
+    assert c.engine_args["port"] == kimi.engines["vllm"]["port"]
+    assert c.engine_args["trust_remote_code"] is True
+    assert p.explanation and "vllm" in " ".join(p.explanation)
+
+
+def test_h100_single_node_points_to_second_node(plans):
+    p = plans["h100x8"]
+    native = [c for c in p.candidates if c.engine in ("vllm", "sglang")]
+    assert native and all(c.status != RUNNABLE for c in native)
+    for c in native:
+        assert c.remediation
+    tp8 = p.candidate("vllm-int4-tp8")
+    assert any("second node" in r for r in tp8.remediation)
+    for c in p.candidates:
+        if c.status == REDUCED:
+            assert c.max_model_len % CONTEXT_STEP == 0 and MIN_CONTEXT <= c.max_model_len < FULL
+
+
+def test_two_h100_nodes_run(plans):
+    c = plans["h100x8-2nodes"].chosen_candidate
+    assert c.status == RUNNABLE and c.nodes == 2 and c.variant == "int4"
+    assert c.engine_args["multinode"]["backend"] == "mp"
+    # PP splits the layers: each GPU caches only its stage's layers
+    assert c.pipeline_parallel == 2
+
+
+def test_4090_runs_gguf_with_experts_in_ram(plans):
+    c = plans["rtx4090-256g"].chosen_candidate
+    assert c.engine == "llama.cpp" and c.placement == "hybrid" and c.runs
+    assert c.weights.format == "gguf"
+    assert any("exps" in o and o.endswith("=CPU") for o in c.engine_args["override_tensor"])
+    assert c.engine_args["ctx_size"] == c.max_model_len and c.engine_args["jinja"] is True
+
+
+def test_kt_box_runs_ktransformers(plans):
+    c = plans["kt-4x4090-768g"].chosen_candidate
+    assert c.engine == "ktransformers" and c.runs and c.variant == "int4"
+    kt = c.engine_args["kt"]
+    assert kt["method"] == "RAWINT4" and kt["weight_path"] == c.weights.local_dir
+    assert kt["cpuinfer"] == 64 and kt["threadpool_count"] == 2 and kt["num_gpu_experts"] >= 0
+
+
+def test_cpu_box_runs_gguf_on_cpu(plans):
+    c = plans["cpu-512g"].chosen_candidate
+    assert c.engine == "llama.cpp" and c.placement == "cpu" and c.status == RUNNABLE
+    assert c.memory.host <= 512
+
+
+def test_ci_runs_nothing_and_says_what_would(plans):
+    p = plans["ci-24g"]
+    assert p.chosen is None
+    assert all(c.status == INCOMPATIBLE and c.remediation for c in p.candidates)
+    text = "\n".join(p.explanation)
+    assert "GB RAM" in text and "GPUs" in text
+
+
+def test_demo_on_ci(kimi):
+    p = plan(load_profile("ci-24g"), model="demo")
+    c = p.chosen_candidate
+    assert (c.engine, c.placement, c.status) == ("llama.cpp", "cpu", RUNNABLE)
+    a = c.engine_args
+    assert (a["threads"], a["parallel"], a["metrics"], a["jinja"]) == (1, 1, True, True)
+    assert a["chat_template"] == "demo-hermes-think.jinja" and a["reasoning_format"] == "deepseek"
+    demo = load_model("demo")
+    assert c.max_model_len == demo.expected["context_length"]
+    assert c.weights.bytes == demo.expected["file_bytes"]
+
+
+def test_ranking(plans, kimi):
+    fid = {v.id: v.fidelity for v in kimi.variants}
+    for p in plans.values():
+        ranks = [c.rank for c in p.candidates]
+        assert ranks == list(range(1, len(ranks) + 1))
+        runs = [c.runs for c in p.candidates]
+        assert runs == sorted(runs, reverse=True)
+        running = [fid[c.variant] for c in p.candidates if c.runs]
+        assert running == sorted(running, reverse=True)
+
+
+def test_every_field_filled_and_round_trip(plans, tmp_path):
+    p = plans["h100x8-2nodes"]
+    for c in p.candidates:
+        assert c.id and c.layout and c.time_to_ready_s >= 60
+        assert c.weights.repo and c.weights.allow_patterns and c.weights.bytes > 0
+        if c.status != INCOMPATIBLE:
+            assert c.max_model_len > 0 and c.kv_cache_tokens >= c.max_model_len // max(
+                1, c.decode_context_parallel
+            )
+        else:
+            assert c.reasons and c.remediation
+    path = save_plan(p, tmp_path / "plan.json")
+    back = load_plan(path)
+    assert back.chosen == p.chosen and [c.id for c in back.candidates] == [c.id for c in p.candidates]
+    assert back.chosen_candidate.memory.terms == p.chosen_candidate.memory.terms
+
+
+def test_time_to_ready_grows_with_weights(plans):
+    c = plans["h200x8"].chosen_candidate
+    assert c.time_to_ready_s >= c.weights.bytes / 2e9  # at least the read time at 2 GB/s
+
+
+def test_fp8_kv_doubles_tokens():
+    bf16 = plan(load_profile("h200x8"), engine="vllm", variant="int4").candidate("vllm-int4-tp8")
+    fp8 = plan(load_profile("h200x8"), engine="vllm", variant="int4", kv_cache_dtype="fp8").candidate(
+        "vllm-int4-tp8"
+    )
+    assert fp8.kv_cache_tokens == pytest.approx(2 * bf16.kv_cache_tokens, rel=1e-3)
+
+
+def test_smaller_context_runs_on_h100():
+    p = plan(load_profile("h100x8"), engine="sglang", context=16384)
+    c = p.candidate("sglang-int4-tp8")
+    assert c.status == RUNNABLE and c.max_model_len == 16384
+
+
+def test_filters():
+    p = plan(profile_from_gpus("8xH200"), engine="llama.cpp", variant="UD-Q2_K_XL")
+    assert {c.engine for c in p.candidates} == {"llama.cpp"} and {c.variant for c in p.candidates} == {
+        "UD-Q2_K_XL"
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"engine": "foo"},
+        {"variant": "nope"},
+        {"context": 0},
+        {"context": FULL + 1},
+        {"gpu_memory_utilization": 0},
+        {"gpu_memory_utilization": 1.01},
+        {"kv_cache_dtype": "fp16"},
+        {"tensor_parallel": 3},
+        {"decode_context_parallel": 0},
+        {"engine": "vllm", "variant": "UD-TQ1_0"},
+        {"model": "nope"},
+    ],
+)
+def test_bad_input(kwargs):
+    with pytest.raises(InputError):
+        plan(load_profile("h200x8"), **kwargs)
+
+
+# ---- property tests ----------------------------------------------------------------------------------
+
+
+def _scaled(profile: HardwareProfile, gpu: float = 1.0, ram: float = 1.0) -> HardwareProfile:
+    nodes = tuple(
+        dataclasses.replace(n, gpu_memory_mib=int(n.gpu_memory_mib * gpu), ram_gib=n.ram_gib * ram)
+        for n in profile.nodes
+    )
+    return dataclasses.replace(profile, nodes=nodes)
+
+
+def _statuses(p):
+    return {c.id: ORDER[c.status] for c in p.candidates}
+
+
+PROFILES = st.sampled_from(
+    ["h100x8", "h100x8-2nodes", "rtx4090-256g", "kt-4x4090-768g", "cpu-512g", "ci-24g"]
+)
+FEW = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@FEW
+@given(name=PROFILES, base=st.floats(0.5, 1.5), factor=st.floats(1.0, 2.5))
+def test_more_gpu_memory_never_worse(name, base, factor):
+    small = _scaled(load_profile(name), gpu=base)
+    big = _scaled(small, gpu=factor)
+    before, after = _statuses(plan(small)), _statuses(plan(big))
+    for cid, status in before.items():
+        assert after[cid] <= status, cid
+
+
+@FEW
+@given(name=PROFILES, base=st.floats(0.1, 1.5), factor=st.floats(1.0, 4.0))
+def test_more_ram_never_worse(name, base, factor):
+    small = _scaled(load_profile(name), ram=base)
+    big = _scaled(small, ram=factor)
+    before, after = _statuses(plan(small)), _statuses(plan(big))
+    for cid, status in before.items():
+        assert after[cid] <= status, cid
+
+
+@FEW
+@given(name=PROFILES, short=st.integers(1, FULL), longer=st.integers(0, FULL))
+def test_longer_context_never_needs_less(name, short, longer):
+    long_ctx = min(FULL, short + longer)
+    profile = load_profile(name)
+    a, b = plan(profile, context=short), plan(profile, context=long_ctx)
+    sa, sb = _statuses(a), _statuses(b)
+    for cid in sa:
+        assert sa[cid] <= sb[cid], cid
+        ca, cb = a.candidate(cid), b.candidate(cid)
+        if ca.engine == "llama.cpp" and ca.runs and cb.runs:
+            # llama.cpp allocates the context it is given: more tokens, more KV memory
+            assert cb.memory.kv_cache >= ca.memory.kv_cache and cb.memory.host >= ca.memory.host
+
+
+def test_smaller_batch_settings_are_written_when_used(plans):
+    # on 80 GB GPUs SGLang's own defaults leave no KV room; the plan falls back to its 24 GB-class
+    # settings and must then pass them to the engine, matching the memory it reserved
+    c = plans["h100x8"].candidate("sglang-int4-tp8")
+    assert c.runs
+    args, terms = c.engine_args, c.memory.terms
+    assert terms["activation_reserve"] == pytest.approx(
+        1.5 * max(args["chunked_prefill_size"], 2048) / 1024, abs=1e-3
+    )
+    assert terms["cuda_graph_reserve"] == pytest.approx(2 * args["cuda_graph_max_bs"] / 1024, abs=1e-3)
+    assert any("the plan sets" in r for r in c.reasons)
+
+
+def test_demo_on_vllm_cpu():
+    p = plan(load_profile("ci-24g"), model="demo", engine="vllm")
+    c = p.chosen_candidate
+    demo = load_model("demo")
+    arch = architecture_for(demo, demo.variant("hf-bf16"))
+    a = c.engine_args
+    assert (c.variant, c.placement, c.status, c.gpus_per_node) == ("hf-bf16", "cpu", RUNNABLE, 0)
+    assert (a["device"], a["enforce_eager"], a["language_model_only"]) == ("cpu", True, False)
+    # the KV space is whole GiB, enough for the full context: ceil(32,768 x 18,432 B / 1 GiB)
+    per_token = arch.kv_bytes_per_token("bf16")
+    need = -(-demo.expected["context_length"] * per_token // GIB)
+    assert a["cpu_kvcache_space_gib"] == max(need, demo.engines["vllm"]["kvcache_space_gib"])
+    assert c.kv_cache_tokens == a["cpu_kvcache_space_gib"] * GIB // per_token
+    # the converted checkpoint holds the GGUF's parameters in bfloat16
+    assert c.weights.computed_bytes == arch.total_params * 2
+    assert c.memory.host == pytest.approx(
+        arch.total_bytes / GIB + a["cpu_kvcache_space_gib"] + c.memory.terms["host_engine_processes"],
+        abs=1e-3,
+    )
+    # on the default demo plan llama-server (the GGUF's own weights) ranks first
+    assert plan(load_profile("ci-24g"), model="demo").chosen_candidate.engine == "llama.cpp"
+
+
+def test_decode_context_parallel():
+    two = plan(load_profile("h200x8"), engine="vllm", decode_context_parallel=2).candidate("vllm-int4-tp8")
+    one = plan(load_profile("h200x8"), engine="vllm").candidate("vllm-int4-tp8")
+    assert two.decode_context_parallel == 2
+    assert two.kv_cache_tokens == pytest.approx(2 * one.kv_cache_tokens, rel=1e-3)
+    bad = plan(load_profile("h200x8"), engine="vllm", decode_context_parallel=3).candidate("vllm-int4-tp8")
+    assert bad.status == INCOMPATIBLE and "must divide TP 8" in bad.reasons[0]
+
+
+def test_gpu_memory_utilization_sets_the_budget():
+    low = plan(load_profile("h200x8"), engine="vllm", gpu_memory_utilization=0.8).candidate("vllm-int4-tp8")
+    high = plan(load_profile("h200x8"), engine="vllm", gpu_memory_utilization=0.95).candidate("vllm-int4-tp8")
+    assert (low.gpu_memory_utilization, high.gpu_memory_utilization) == (0.8, 0.95)
+    # the same weights and overheads, so the extra budget all goes to the KV cache
+    extra = (high.memory.budget - low.memory.budget) * GIB
+    assert (high.kv_cache_tokens - low.kv_cache_tokens) * 70_272 == pytest.approx(extra, rel=1e-3)

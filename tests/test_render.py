@@ -1,0 +1,652 @@
+"""`kimi-deploy render`: files, Kimi's required flags, multi-node ranks, secrets, quoting, errors.
+
+Plans come from the real planner on the hardware profiles in hardware/; expected values (ranks, TP sizes,
+addresses, ports, max_model_len) are read from the plan and the profile, never typed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from deploy import engines, lockfile, pins, render
+from deploy.cli import main
+from deploy.hardware import available_profiles, load_profile
+from deploy.plan import Plan, save_plan
+from deploy.planner import plan
+from deploy.render_argv import Endpoint, EnvRef, node_commands
+
+CANARY_KEY = "canary-api-key-7f3a9c"
+CANARY_HF = "hf_canary_token_51d2e8"
+
+
+@dataclass
+class Result:
+    exit_code: int
+    output: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """Run the real entry point (deploy.cli.main: one-line errors, exit codes) in-process with ``env`` set and
+    HF_TOKEN / KIMI_API_KEY otherwise unset."""
+
+    def run(args: list[str], env: dict[str, str] | None = None) -> Result:
+        for name in ("KIMI_API_KEY", "HF_TOKEN"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+        out, err = capsys.readouterr()
+        return Result(int(exc.value.code or 0), out, err)
+
+    return run
+
+
+def plan_file(tmp_path: Path, profile: str, **kw) -> tuple[Path, Plan]:
+    p = plan(load_profile(profile), **kw)
+    path = tmp_path / f"plan-{profile}.json"
+    save_plan(p, path)
+    return path, p
+
+
+def gguf_weights(tmp_path: Path, cand, shards: int = 3) -> Path:
+    """A weights folder laid out like the repo (empty shard files; render only needs their names)."""
+    d = tmp_path / "weights gguf"
+    folder = cand.weights.allow_patterns[0].split("/")[0]
+    for i in range(1, shards + 1):
+        f = d / folder / f"Kimi-K2.5-{folder}-{i:05d}-of-{shards:05d}.gguf"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.touch()
+    return d
+
+
+def flag_value(argv: list, flag: str) -> str:
+    assert argv.count(flag) == 1, f"{flag} appears {argv.count(flag)} times in {argv}"
+    return str(argv[argv.index(flag) + 1])
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def test_render_h200_writes_every_file_with_modes_and_hashes(tmp_path: Path, run_cli) -> None:
+    path, p = plan_file(tmp_path, "h200x8")
+    out = tmp_path / "out"
+    r = run_cli(["render", "--plan", str(path), "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    node = p.hardware["nodes"][0]["name"]
+    expected = {
+        "kimi-deploy.env",
+        f"launch-{node}.sh",
+        f"install-{node}.sh",
+        f"kimi-deploy-{node}.service",
+        "manifest.json",
+    }
+    assert {f.name for f in out.iterdir()} == expected
+    assert stat.S_IMODE((out / "kimi-deploy.env").stat().st_mode) == 0o600
+    assert os.access(out / f"launch-{node}.sh", os.X_OK)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["candidate"] == p.chosen and manifest["engine"] == p.chosen_candidate.engine
+    assert set(manifest["files"]) == expected - {"manifest.json"}
+    for name, meta in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == meta["sha256"]
+    for script in out.glob("*.sh"):
+        subprocess.run(["bash", "-n", str(script)], check=True)
+    (head,) = manifest["nodes"]
+    assert head["argv"][:3] == ["vllm", "serve", p.chosen_candidate.weights.local_dir]
+    assert manifest["bind"] == "127.0.0.1" and manifest["api_key_env"] is None
+    assert "--api-key" not in head["argv"]
+
+
+def test_systemd_unit_values_come_from_the_plan(tmp_path: Path, run_cli) -> None:
+    path, p = plan_file(tmp_path, "h200x8")
+    out = tmp_path / "out"
+    assert run_cli(["render", "--plan", str(path), "--out", str(out)]).exit_code == 0
+    node = p.hardware["nodes"][0]["name"]
+    unit = (out / f"kimi-deploy-{node}.service").read_text()
+    lines = set(unit.splitlines())
+    assert f"TimeoutStartSec={p.chosen_candidate.time_to_ready_s}" in lines
+    assert {"Restart=on-failure", "LimitMEMLOCK=infinity", "LimitNOFILE=1048576"} <= lines
+    assert f"EnvironmentFile=-{out.resolve() / 'kimi-deploy.env'}" in lines
+    assert f"ExecStart=/bin/bash {out.resolve() / f'launch-{node}.sh'}" in lines
+    port = p.chosen_candidate.engine_args["port"]
+    assert f"http://127.0.0.1:{port}/health" in unit
+
+
+def test_install_steps_use_the_pins(tmp_path: Path, run_cli) -> None:
+    for profile, engine, pin in (
+        ("h200x8", "vllm", f"vllm=={pins.VLLM_VERSION}"),
+        ("h200x8", "sglang", f"sglang=={pins.SGLANG_VERSION}"),
+        ("h200x8", "ktransformers", f"kt-kernel=={pins.KTRANSFORMERS_VERSION}"),
+    ):
+        path, p = plan_file(tmp_path, profile, engine=engine)
+        out = tmp_path / engine
+        assert run_cli(["render", "--plan", str(path), "--out", str(out)]).exit_code == 0
+        install = next(out.glob("install-*.sh")).read_text()
+        assert pin in install.split()
+        launch = next(out.glob("launch-*.sh")).read_text()
+        venv_bin = install.split("-m venv ")[1].split()[0] + "/bin"
+        assert f"export PATH={venv_bin}:" in launch
+
+
+# ---------------------------------------------------------------------------------- Kimi invariants
+
+
+def _all_candidates():
+    for profile in available_profiles():
+        p = plan(load_profile(profile))
+        for cand in p.candidates:
+            if cand.runs:
+                yield profile, p, cand
+
+
+@pytest.mark.parametrize("profile", available_profiles())
+def test_kimi_flags_on_every_runnable_candidate(profile: str) -> None:
+    p = plan(load_profile(profile))
+    for cand in [c for c in p.candidates if c.runs]:
+        model = cand.weights.local_dir if cand.engine != "llama.cpp" else "/m/x-00001-of-00002.gguf"
+        nodes = node_commands(p, cand, model, Endpoint())
+        head = [str(a) for a in nodes[0].argv] if nodes[0].program != "ray" else []
+        if cand.engine == "llama.cpp":
+            assert flag_value(head, "--ctx-size") == str(cand.max_model_len)
+            assert flag_value(head, "--alias") == p.model["served_model_name"]
+            assert "--jinja" in head and flag_value(head, "--model") == model
+            continue
+        assert "--trust-remote-code" in head
+        assert flag_value(head, "--tool-call-parser") == "kimi_k2"
+        assert flag_value(head, "--reasoning-parser") == "kimi_k2"
+        assert flag_value(head, "--served-model-name") == p.model["served_model_name"]
+        total_gpus = cand.nodes * cand.gpus_per_node
+        if cand.engine == "vllm":
+            assert "--enable-auto-tool-choice" in head
+            assert flag_value(head, "--mm-encoder-tp-mode") == "data"
+            assert flag_value(head, "--max-model-len") == str(cand.max_model_len)
+            tp = int(flag_value(head, "--tensor-parallel-size")) if "--tensor-parallel-size" in head else 1
+            pp = (
+                int(flag_value(head, "--pipeline-parallel-size")) if "--pipeline-parallel-size" in head else 1
+            )
+            dp = int(flag_value(head, "--data-parallel-size")) if "--data-parallel-size" in head else 1
+            assert tp * pp * dp == total_gpus, cand.id
+        else:
+            assert flag_value(head, "--context-length") == str(cand.max_model_len)
+            assert "--tp" not in head
+            tp = int(flag_value(head, "--tp-size"))
+            pp = int(flag_value(head, "--pp-size")) if "--pp-size" in head else 1
+            assert tp * pp == total_gpus, cand.id
+            if cand.engine == "ktransformers":
+                kt = cand.engine_args["kt"]
+                assert flag_value(head, "--kt-num-gpu-experts") == str(kt["num_gpu_experts"])
+                assert flag_value(head, "--kt-cpuinfer") == str(kt["cpuinfer"])
+                assert flag_value(head, "--kt-method") == kt["method"]
+
+
+def test_two_node_plan_renders_every_rank(tmp_path: Path, run_cli) -> None:
+    profile = load_profile("h100x8-2nodes")
+    p = plan(profile)
+    cand = p.chosen_candidate
+    assert cand.nodes == len(profile.nodes) == 2
+    head_addr = profile.nodes[0].address
+    mn = cand.engine_args["multinode"]
+    nodes = node_commands(p, cand, cand.weights.local_dir, Endpoint())
+    assert [n.rank for n in nodes] == list(range(cand.nodes))
+    assert [n.node for n in nodes] == [n.name for n in profile.nodes]
+    assert [n.serves_http for n in nodes] == [True] + [False] * (cand.nodes - 1)
+    for n in nodes:
+        argv = [str(a) for a in n.argv]
+        if cand.engine == "vllm" and cand.data_parallel == 1:
+            assert flag_value(argv, "--node-rank") == str(n.rank)
+            assert flag_value(argv, "--nnodes") == str(cand.nodes)
+            assert flag_value(argv, "--master-addr") == head_addr
+            assert flag_value(argv, "--master-port") == str(mn["master_port"])
+            assert ("--headless" in argv) == (n.rank > 0)
+            assert ("--port" in argv) == (n.rank == 0)
+        elif cand.engine == "sglang":
+            assert flag_value(argv, "--dist-init-addr") == f"{head_addr}:{mn['dist_init_port']}"
+
+
+def test_all_multinode_layouts_and_backends() -> None:
+    profile = load_profile("h100x8-2nodes")
+    p = plan(profile)
+    head_addr = profile.nodes[0].address
+    multi = [c for c in p.candidates if c.runs and c.nodes > 1]
+    assert {c.engine for c in multi} >= {"vllm", "sglang"}
+    for cand in multi:
+        for backend in ["mp", "ray"] if cand.engine == "vllm" else [None]:
+            nodes = node_commands(p, cand, cand.weights.local_dir, Endpoint(multinode_backend=backend))
+            assert len(nodes) == cand.nodes
+            worker = [str(a) for a in nodes[1].argv]
+            if backend == "ray":
+                ray_head = [str(a) for a in nodes[0].pre[0]]
+                assert ray_head[:3] == ["ray", "start", "--head"]
+                port = flag_value(ray_head, "--port")
+                assert (
+                    worker[:2] == ["ray", "start"]
+                    and flag_value(worker, "--address") == f"{head_addr}:{port}"
+                )
+                assert flag_value([str(a) for a in nodes[0].argv], "--distributed-executor-backend") == "ray"
+            elif cand.engine == "vllm" and cand.data_parallel > 1:
+                local = cand.data_parallel // cand.nodes
+                assert flag_value(worker, "--data-parallel-size-local") == str(local)
+                assert flag_value(worker, "--data-parallel-start-rank") == str(local)
+                assert flag_value(worker, "--data-parallel-address") == head_addr
+                assert "--headless" in worker
+            elif cand.engine == "sglang":
+                assert flag_value(worker, "--node-rank") == "1"
+                gpus = cand.nodes * cand.gpus_per_node
+                pp = cand.pipeline_parallel
+                assert int(flag_value(worker, "--tp-size")) * pp == gpus
+
+
+def test_multinode_files_per_node(tmp_path: Path, run_cli) -> None:
+    path, p = plan_file(tmp_path, "h100x8-2nodes")
+    out = tmp_path / "out"
+    r = run_cli(["render", "--plan", str(path), "--out", str(out), "--multinode-backend", "ray"])
+    assert r.exit_code == 0, r.stderr
+    profile = load_profile("h100x8-2nodes")
+    for n in profile.nodes:
+        env = (out / f"kimi-deploy-{n.name}.env").read_text().splitlines()
+        assert f"NCCL_SOCKET_IFNAME={n.network_interface}" in env
+        assert f"GLOO_SOCKET_IFNAME={n.network_interface}" in env
+        assert stat.S_IMODE((out / f"kimi-deploy-{n.name}.env").stat().st_mode) == 0o600
+        assert (out / f"launch-{n.name}.sh").is_file()
+    install = (out / f"install-{profile.nodes[1].name}.sh").read_text()
+    assert f"ray[default]=={pins.RAY_VERSION}" in install
+    # a single-node candidate rendered into the same folder removes the worker's files
+    single = next(c for c in p.candidates if c.runs and c.nodes == 1 and c.engine != "llama.cpp")
+    r = run_cli(["render", "--plan", str(path), "--out", str(out), "--candidate", single.id])
+    assert r.exit_code == 0, r.stderr
+    assert not (out / f"launch-{profile.nodes[1].name}.sh").exists()
+
+
+# ------------------------------------------------------------------------------------ bind and secrets
+
+
+def test_non_loopback_bind_without_a_key_is_exit_2(tmp_path: Path, run_cli) -> None:
+    path, _ = plan_file(tmp_path, "h200x8")
+    r = run_cli(["render", "--plan", str(path), "--out", str(tmp_path / "o"), "--bind", "0.0.0.0"])
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: --bind 0.0.0.0 is not loopback") and r.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_api_key_env_name_is_exit_2(tmp_path: Path, run_cli) -> None:
+    path, _ = plan_file(tmp_path, "h200x8")
+    r = run_cli(["render", "--plan", str(path), "--out", str(tmp_path / "o"), "--api-key-env", "NOT A NAME"])
+    assert r.exit_code == 2 and "not an environment variable name" in r.stderr
+
+
+def test_secrets_never_leave_the_environment_by_default(tmp_path: Path, run_cli) -> None:
+    path, p = plan_file(tmp_path, "h100x8-2nodes")
+    out = tmp_path / "out"
+    r = run_cli(
+        ["render", "--plan", str(path), "--out", str(out), "--bind", "0.0.0.0"],
+        env={"KIMI_API_KEY": CANARY_KEY, "HF_TOKEN": CANARY_HF},
+    )
+    assert r.exit_code == 0, r.stderr
+    for f in out.iterdir():
+        text = f.read_text()
+        assert CANARY_KEY not in text and CANARY_HF not in text, f.name
+    assert CANARY_KEY not in r.output + r.stderr and CANARY_HF not in r.output + r.stderr
+    assert stat.S_IMODE((out / "kimi-deploy.env").stat().st_mode) == 0o600
+    head = p.hardware["nodes"][0]["name"]
+    launch = (out / f"launch-{head}.sh").read_text()
+    assert '--api-key "${KIMI_API_KEY}"' in launch and "require_env KIMI_API_KEY" in launch
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert flag_value(manifest["nodes"][0]["argv"], "--api-key") == "${KIMI_API_KEY}"
+    assert manifest["api_key_env"] == "KIMI_API_KEY"
+    assert "# KIMI_API_KEY=" in (out / "kimi-deploy.env").read_text()
+
+
+def test_secrets_to_env_file_writes_only_the_0600_file(tmp_path: Path, run_cli) -> None:
+    path, _ = plan_file(tmp_path, "h200x8")
+    out = tmp_path / "out"
+    r = run_cli(
+        ["render", "--plan", str(path), "--out", str(out), "--bind", "0.0.0.0", "--secrets-to-env-file"],
+        env={"KIMI_API_KEY": CANARY_KEY, "HF_TOKEN": CANARY_HF},
+    )
+    assert r.exit_code == 0, r.stderr
+    env_file = out / "kimi-deploy.env"
+    lines = env_file.read_text().splitlines()
+    assert f"KIMI_API_KEY={CANARY_KEY}" in lines and f"HF_TOKEN={CANARY_HF}" in lines
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    for f in out.iterdir():
+        if f != env_file:
+            assert CANARY_KEY not in f.read_text() and CANARY_HF not in f.read_text(), f.name
+    assert CANARY_KEY not in r.output + r.stderr
+
+
+# ------------------------------------------------------------------------------- templates and quoting
+
+
+def test_strict_undefined_catches_a_missing_value(tmp_path: Path) -> None:
+    context = {
+        "header": ["x"],
+        "env_files": ["kimi-deploy.env"],
+        "path_prepend": None,
+        "required_env": [],
+        "pre": [],
+        "argv_lines": [["true"]],
+    }
+    assert "exec true" in render.render_template("launch.sh.j2", context)
+    del context["argv_lines"]
+    with pytest.raises(render.RenderError, match="argv_lines"):
+        render.render_template("launch.sh.j2", context)
+    (tmp_path / "t.j2").write_text("{{ present | q }} {{ missing | q }}\n")
+    with pytest.raises(render.RenderError, match="missing"):
+        render.render_template("t.j2", {"present": "a"}, templates_dir=tmp_path)
+    with pytest.raises(render.RenderError):
+        render.shell_quote(None)
+
+
+def test_quoting_survives_spaces_and_dollars_in_the_model_path(tmp_path: Path, run_cli) -> None:
+    """Run the rendered launch script for real with a stand-in `vllm` on PATH that records its argv (the
+    stand-in replaces only the engine, which cannot run here); the argv must equal the manifest's."""
+    path, p = plan_file(tmp_path, "h200x8")
+    weights = tmp_path / "my models" / "$HOME and `x` 'quoted'"
+    weights.mkdir(parents=True)
+    out = tmp_path / "out"
+    r = run_cli(
+        [
+            "render",
+            "--plan",
+            str(path),
+            "--out",
+            str(out),
+            "--weights-dir",
+            str(weights),
+            "--bind",
+            "0.0.0.0",
+        ],
+        env={"KIMI_API_KEY": CANARY_KEY},
+    )
+    assert r.exit_code == 0, r.stderr
+    stub_dir = tmp_path / "bin"
+    stub_dir.mkdir()
+    record = tmp_path / "argv.json"
+    stub = stub_dir / "vllm"
+    stub.write_text(
+        f"#!/usr/bin/env python3\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n"
+    )
+    stub.chmod(0o755)
+    node = p.hardware["nodes"][0]["name"]
+    env = {**os.environ, "PATH": f"{stub_dir}:{os.environ['PATH']}", "KIMI_API_KEY": CANARY_KEY}
+    subprocess.run(["bash", str(out / f"launch-{node}.sh")], env=env, check=True, timeout=60)
+    seen = json.loads(record.read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    want = [CANARY_KEY if a == "${KIMI_API_KEY}" else a for a in manifest["nodes"][0]["argv"][1:]]
+    assert seen == want
+    assert seen[1] == str(weights)
+
+
+def test_launch_script_refuses_to_start_without_the_key(tmp_path: Path, run_cli) -> None:
+    path, p = plan_file(tmp_path, "h200x8")
+    out = tmp_path / "out"
+    assert (
+        run_cli(
+            ["render", "--plan", str(path), "--out", str(out), "--bind", "0.0.0.0"],
+            env={"KIMI_API_KEY": CANARY_KEY},
+        ).exit_code
+        == 0
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KIMI_API_KEY"}
+    node = p.hardware["nodes"][0]["name"]
+    done = subprocess.run(
+        ["bash", str(out / f"launch-{node}.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "KIMI_API_KEY is not set" in done.stderr
+
+
+def test_out_dir_unusable_in_a_unit_is_exit_2(tmp_path: Path, run_cli) -> None:
+    path, _ = plan_file(tmp_path, "h200x8")
+    r = run_cli(["render", "--plan", str(path), "--out", str(tmp_path / "with space")])
+    assert r.exit_code == 2 and "systemd unit" in r.stderr
+
+
+def test_env_ref_quotes_as_a_runtime_expansion() -> None:
+    assert render.shell_quote(EnvRef("KIMI_API_KEY")) == '"${KIMI_API_KEY}"'
+    assert render.shell_quote("a b$c") == "'a b$c'"
+
+
+# ------------------------------------------------------------------------------------------ llama.cpp
+
+
+def test_gguf_first_shard_from_the_lockfile(tmp_path: Path) -> None:
+    p = plan(load_profile("cpu-512g"))
+    cand = p.chosen_candidate
+    folder = cand.weights.allow_patterns[0].split("/")[0]
+    names = [f"{folder}/Kimi-K2.5-{folder}-{i:05d}-of-00004.gguf" for i in (3, 1, 4, 2)]
+    d = tmp_path / "w"
+    d.mkdir()
+    lock = lockfile.Lock(
+        repo=cand.weights.repo,
+        commit="0" * 40,
+        files=[lockfile.LockedFile(path=n, size=1, sha256="0" * 64) for n in names]
+        + [lockfile.LockedFile(path="README.md", size=1, git_oid="0" * 40)],
+    )
+    lockfile.write_lock(d, lock)
+    assert render.resolve_model_path(cand, d) == str(d / sorted(names)[0])
+
+
+def test_gguf_first_shard_from_a_glob_and_a_clear_error(tmp_path: Path, run_cli) -> None:
+    p = plan(load_profile("cpu-512g"))
+    cand = p.chosen_candidate
+    d = gguf_weights(tmp_path, cand, shards=3)
+    first = render.resolve_model_path(cand, d)
+    assert first.endswith("-00001-of-00003.gguf") and Path(first).is_file()
+    path = tmp_path / "plan.json"
+    save_plan(p, path)
+    r = run_cli(
+        [
+            "render",
+            "--plan",
+            str(path),
+            "--out",
+            str(tmp_path / "o"),
+            "--weights-dir",
+            str(tmp_path / "nowhere"),
+        ]
+    )
+    assert r.exit_code == 2 and "weights folder not found" in r.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli(["render", "--plan", str(path), "--out", str(tmp_path / "o"), "--weights-dir", str(empty)])
+    assert r.exit_code == 2 and "no GGUF file matching" in r.stderr
+
+
+def help_options(binary: Path) -> set[str]:
+    """The option names a llama.cpp binary lists in its --help."""
+    text = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60)
+    words = (text.stdout + text.stderr).replace(",", " ").split()
+    return {w for w in words if w.startswith("-")}
+
+
+def test_llama_server_flags_exist_in_the_built_binary() -> None:
+    """Every flag of every rendered llama-server / rpc-server command is listed by the binary's --help."""
+    layout = engines.llama_cpp_layout()
+    if not engines.llama_cpp_ready(layout):
+        pytest.fail(f"{layout.server} is not built: run `make setup` (kimi-deploy engine install llama.cpp)")
+
+    known = {"llama.cpp": help_options(layout.server), "rpc": help_options(layout.rpc_server)}
+    checked = 0
+    for _profile, p, cand in _all_candidates():
+        if cand.engine != "llama.cpp":
+            continue
+        for n in node_commands(
+            p,
+            cand,
+            "/m/first.gguf",
+            Endpoint(bind="0.0.0.0", api_key_env="K"),
+            chat_template=Path("/t.jinja"),
+        ):
+            for tok in n.argv:
+                if isinstance(tok, str) and tok.startswith("--"):
+                    assert tok in known[n.program], f"{cand.id}: {tok} is not a {n.program} flag"
+                    checked += 1
+    assert checked
+
+
+def test_demo_plan_chat_template_and_cpu_env(tmp_path: Path, run_cli) -> None:
+    p = plan(load_profile("ci-24g"), model="demo")
+    cand = p.chosen_candidate
+    assert cand.engine == "llama.cpp"
+    weights = tmp_path / "demo"
+    weights.mkdir()
+    (weights / "model.gguf").touch()
+    path = tmp_path / "plan.json"
+    save_plan(p, path)
+    out = tmp_path / "out"
+    r = run_cli(["render", "--plan", str(path), "--out", str(out), "--weights-dir", str(weights)])
+    assert r.exit_code == 0, r.stderr
+    argv = json.loads((out / "manifest.json").read_text())["nodes"][0]["argv"]
+    template = Path(flag_value(argv, "--chat-template-file"))
+    assert template == render.CHAT_TEMPLATES_DIR / cand.engine_args["chat_template"]
+    assert argv[0] == str(engines.llama_cpp_layout().server)
+    assert flag_value(argv, "--threads") == str(cand.engine_args["threads"])
+    # a template shipped with the llama.cpp build is found in the engine's templates folder
+    vendored = sorted(engines.llama_cpp_layout().templates_dir.glob("*.jinja"))
+    assert vendored, "the llama.cpp build has no templates/: run `kimi-deploy engine install llama.cpp`"
+    assert render.resolve_chat_template(vendored[0].name, cand) == vendored[0]
+    cand.engine_args["chat_template"] = "no-such-template.jinja"
+    save_plan(p, path)
+    r = run_cli(["render", "--plan", str(path), "--out", str(out), "--weights-dir", str(weights)])
+    assert r.exit_code == 2 and "no-such-template.jinja" in r.stderr
+
+
+def test_unknown_candidate_and_missing_plan_are_exit_2(tmp_path: Path, run_cli) -> None:
+    path, _ = plan_file(tmp_path, "h200x8")
+    r = run_cli(["render", "--plan", str(path), "--candidate", "nope", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "nope" in r.stderr
+    r = run_cli(["render", "--plan", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "plan not found" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the real engine, for real
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, key: str | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.slow
+def test_rendered_demo_script_serves_with_the_api_key(tmp_path: Path, run_cli) -> None:
+    """The demo plan rendered for a non-loopback bind starts the real llama-server: /health answers, the API
+    needs the key from the environment, and the key never lands in a file."""
+    from deploy import architecture
+    from deploy.catalog import load_model
+
+    built = engines.llama_cpp_layout()
+    if not engines.llama_cpp_ready(built):
+        pytest.fail(f"{built.server} is not built: run `make setup`")
+    gguf = architecture.demo_gguf_path(load_model("demo"))
+    weights = tmp_path / "demo weights"
+    weights.mkdir()
+    os.link(gguf, weights / gguf.name)
+    p = plan(load_profile("ci-24g"), model="demo")
+    port = _free_port()
+    p.chosen_candidate.engine_args["port"] = port
+    path = tmp_path / "plan.json"
+    save_plan(p, path)
+    out = tmp_path / "out"
+    r = run_cli(
+        [
+            "render",
+            "--plan",
+            str(path),
+            "--out",
+            str(out),
+            "--weights-dir",
+            str(weights),
+            "--bind",
+            "0.0.0.0",
+        ],
+        env={"KIMI_API_KEY": CANARY_KEY},
+    )
+    assert r.exit_code == 0, r.stderr
+    node = p.hardware["nodes"][0]["name"]
+    env = {**os.environ, "KIMI_API_KEY": CANARY_KEY}
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        ["bash", str(out / f"launch-{node}.sh")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _get_or_none(f"http://127.0.0.1:{port}/health") != 200:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "llama-server did not become ready in 120 s"
+            time.sleep(0.25)
+        assert _get(f"http://127.0.0.1:{port}/v1/models") == 401
+        assert _get(f"http://127.0.0.1:{port}/v1/models", CANARY_KEY) == 200
+        assert _get(f"http://127.0.0.1:{port}/metrics", CANARY_KEY) == 200
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+        log.close()
+    for f in out.iterdir():
+        assert CANARY_KEY not in f.read_text()
+
+
+def _get_or_none(url: str) -> int | None:
+    try:
+        return _get(url)
+    except OSError:
+        return None
+
+
+def test_llama_cpp_rpc_layout_over_two_nodes() -> None:
+    """The RPC layout (issue 5: a GGUF spread over several nodes' memory): rpc-server on each worker, bound to
+    the worker's own address, and llama-server on the head pointing at them. The planner's single-node CPU
+    candidate is stretched to two nodes here, as `plan --nodes 2` would."""
+    import dataclasses
+
+    p = plan(load_profile("cpu-512g"))
+    head = p.hardware["nodes"][0]
+    worker = {**head, "name": "cpu1", "address": "192.0.2.7"}
+    p.hardware = {**p.hardware, "nodes": [head, worker]}
+    args = {**p.chosen_candidate.engine_args, "multinode": {"backend": "rpc", "rpc_port": 50052}}
+    cand = dataclasses.replace(p.chosen_candidate, nodes=2, placement="rpc", engine_args=args)
+    nodes = node_commands(p, cand, "/m/first.gguf", Endpoint())
+    assert [n.program for n in nodes] == ["llama.cpp", "rpc"]
+    head_argv = [str(a) for a in nodes[0].argv]
+    assert flag_value(head_argv, "--rpc") == f"{worker['address']}:50052"
+    rpc = [str(a) for a in nodes[1].argv]
+    assert rpc[0] == str(engines.llama_cpp_layout().rpc_server)
+    assert flag_value(rpc, "--host") == worker["address"] and flag_value(rpc, "--port") == "50052"
+    assert flag_value(rpc, "--threads") == str(worker["cpu"]["physical_cores"])
+    assert not nodes[1].serves_http
+    layout = engines.llama_cpp_layout()
+    if not engines.llama_cpp_ready(layout):
+        pytest.fail(f"{layout.server} is not built: run `make setup`")
+    for argv, binary in ((head_argv, layout.server), (rpc, layout.rpc_server)):
+        known = help_options(binary)
+        assert [a for a in argv if a.startswith("--") and a not in known] == []
