@@ -378,11 +378,16 @@ def _check_args(paths: _Paths) -> list[str]:
 
 
 def prepare_deployment(
-    workdir: str | Path = ".demo", *, out: TextIO | None = None, port: int | None = None
+    workdir: str | Path = ".demo",
+    *,
+    out: TextIO | None = None,
+    port: int | None = None,
+    engine: str = "llama.cpp",
 ) -> Path:
     """Run the demo's stages up to `render` (the mirror is stopped after); returns the work folder.
 
-    ``port`` renders the launch files on that port instead of the plan's (`render --port`).
+    ``port`` renders the launch files on that port instead of the plan's (`render --port`); ``engine`` as
+    for :func:`run_demo`.
 
     `bench/bench_up.py` uses it to get a verified, rendered demo deployment to start and stop repeatedly:
     ``<workdir>/plan.json``, ``<workdir>/rendered/``, state under ``<workdir>/state``.
@@ -393,7 +398,7 @@ def prepare_deployment(
     mirror = _Mirror(r)
     with _sigterm_as_interrupt():
         try:
-            _prepare(r, paths, mirror, port)
+            _prepare(r, paths, mirror, port, engine)
         finally:
             mirror.stop()
     return paths.root

@@ -16,6 +16,8 @@ import re
 import signal
 from dataclasses import dataclass
 
+from deploy.vllm_cpu import parse_kv_refusal
+
 
 @dataclass(frozen=True)
 class Diagnosis:
@@ -139,7 +141,8 @@ def diagnose(log_text: str, returncode: int | None, timed_out: bool = False) -> 
         for pattern in patterns:
             match = pattern.search(log_text)
             if match:
-                return Diagnosis(rule.kind, rule.summary, rule.hint, _line_at(log_text, match.start()))
+                found = Diagnosis(rule.kind, rule.summary, rule.hint, _line_at(log_text, match.start()))
+                return _with_kv_numbers(found, log_text) if rule.kind == "kv_cache_too_small" else found
     if returncode is not None and returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
         return Diagnosis(
             "host_oom",
@@ -160,6 +163,19 @@ def diagnose(log_text: str, returncode: int | None, timed_out: bool = False) -> 
         f"the engine exited with status {returncode} and no known cause in its log",
         "read the log lines below",
     )
+
+
+def _with_kv_numbers(found: Diagnosis, log_text: str) -> Diagnosis:
+    """vLLM's refusal says how much KV cache was needed and what context fits: say it, re-plan for it."""
+    refusal = parse_kv_refusal(log_text)
+    if refusal is None:
+        return found
+    hint = (
+        f"re-plan with --context {refusal.fits} (what vLLM says fits), or give the KV cache more memory"
+        if refusal.fits
+        else found.hint
+    )
+    return Diagnosis(found.kind, f"{found.summary} ({refusal.summary()})", hint, found.evidence)
 
 
 def last_lines(log_text: str, count: int = 15) -> list[str]:

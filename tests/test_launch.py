@@ -433,6 +433,10 @@ def test_secrets_never_shown(tmp_path: Path, weights: Path) -> None:
     assert r.returncode == 6 and "[unknown_flag]" in r.stderr
     assert "--api-key ***" in r.stderr
     assert secret not in r.stderr + r.stdout
+    # the engine's own log keeps what the engine printed: it is readable by its owner only
+    log = tmp_path / "state" / "run" / f"{NODE}.log"
+    assert secret in log.read_text()
+    assert log.stat().st_mode & 0o777 == 0o600 and log.parent.stat().st_mode & 0o777 == 0o700
 
 
 # --- down -----------------------------------------------------------------------------------------------
@@ -596,6 +600,9 @@ def test_worker_node_has_no_http_and_counts_as_started_when_it_stays_up(
     r = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
     assert r.returncode == 0 and "w1: worker started" in r.stderr
     assert time.monotonic() - t0 >= launch.WORKER_SETTLE_S
+    # a second up on the worker (an Ansible re-run) finds it alive: exit 0, nothing new started
+    again = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
+    assert again.returncode == 0 and "already running" in again.stderr
     # a worker that dies at start is a failure with its diagnosis
     write_script(tmp_path / "rendered", "echo 'unrecognized arguments: --bad' >&2; exit 2", node="w1")
     kd(tmp_path, "down")
@@ -635,3 +642,57 @@ def test_progress_on_a_terminal_rewrites_one_line(tmp_path: Path, weights: Path)
     text = b"".join(chunks).decode("utf-8", "replace")
     # several in-place updates (every 0.5 s on a terminal), then the failure on its own lines
     assert text.count("\r\x1b[K") >= 3 and "503 Loading model" in text and "[deadline]" in text
+
+
+def test_rendered_manifest_decides_port_and_weights(tmp_path: Path, weights: Path) -> None:
+    """`render --port/--weights-dir` can differ from the plan: `up` follows the manifest render wrote."""
+    plan_port, served_port = free_port(), free_port()
+    unverified = tmp_path / "elsewhere"
+    unverified.mkdir()
+    write_plan(tmp_path, unverified, plan_port)
+    stay_503_script(tmp_path / "rendered", served_port)
+    gguf = next(weights.glob("*.gguf"))
+    manifest = {
+        "schema": 1,
+        "candidate": "llama.cpp/test",
+        "engine": "llama.cpp",
+        "bind": "127.0.0.1",
+        "port": served_port,
+        "model_path": str(gguf),
+        "env_file": "kimi-deploy.env",
+        "nodes": [
+            {
+                "name": NODE,
+                "rank": 0,
+                "role": "head",
+                "serves_http": True,
+                "launch": f"launch-{NODE}.sh",
+                "service": f"kimi-deploy-{NODE}.service",
+                "env_files": ["kimi-deploy.env"],
+            }
+        ],
+    }
+    (tmp_path / "rendered" / "manifest.json").write_text(json.dumps(manifest))
+    r = kd(tmp_path, *up_args(tmp_path, "--deadline", "2"))
+    # it got past the verified-weights check (the GGUF's folder, not the plan's) and waited on the served port
+    assert r.returncode == 6 and "[deadline]" in r.stderr and "503 Loading model" in r.stderr
+    assert f"127.0.0.1:{plan_port}" not in r.stderr
+    down = kd(tmp_path, "down", "--rendered", str(tmp_path / "rendered"))
+    assert down.returncode == 0 and down.stdout.strip() == f"{NODE}: not running"
+
+
+def test_diagnosis_of_a_recorded_vllm_kv_refusal() -> None:
+    """A real vLLM CPU log (tests/fixtures/vllm_cpu/kv_refusal.log): the cause sits above the traceback."""
+    from deploy.vllm_cpu import parse_kv_refusal
+
+    log = (REPO / "tests" / "fixtures" / "vllm_cpu" / "kv_refusal.log").read_text()
+    refusal = parse_kv_refusal(log)
+    assert refusal is not None and refusal.fits
+    d = diagnosis.diagnose(log, 1)
+    assert d.kind == "kv_cache_too_small"
+    assert (
+        f"max_model_len {refusal.max_model_len}" in d.summary and f"at most {refusal.fits} fits" in d.summary
+    )
+    assert f"--context {refusal.fits}" in d.hint
+    # the last lines of such a log are the traceback, so the matched line is reported on its own
+    assert d.evidence not in diagnosis.last_lines(log, 15) and "KV cache is needed" in d.evidence

@@ -268,10 +268,10 @@ def test_demo_on_vllm_end_to_end(venv: VllmCpuVenv, hf_dir: Path, tmp_path: Path
 
 
 def test_up_reports_vllm_kv_refusal_with_the_context_that_fits(
-    venv: VllmCpuVenv, hf_dir: Path, demo, tmp_path: Path
+    venv: VllmCpuVenv, hf_dir: Path, demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     workdir = tmp_path / ".demo"
-    os.environ.pop("KIMI_DEPLOY_STATE_DIR", None)
+    monkeypatch.delenv("KIMI_DEPLOY_STATE_DIR", raising=False)
     prepare_deployment(workdir, engine="vllm", port=_free_port())
     plan_path = workdir / "plan.json"
     plan = json.loads(plan_path.read_text())
@@ -301,3 +301,18 @@ def test_up_reports_vllm_kv_refusal_with_the_context_that_fits(
     assert "[kv_cache_too_small]" in out
     # the failed start left nothing running
     assert not any(s.running for s in launch.status(workdir / "state"))
+
+    # the remedy `up` names works: the context vLLM said fits starts in the same KV space
+    cand["max_model_len"] = refusal.fits
+    plan_path.write_text(json.dumps(plan))
+    assert (
+        run_kd("render", "--plan", str(plan_path), "--out", str(rendered), "--port", port, env=env).returncode
+        == 0
+    )
+    try:
+        again = run_kd("up", "--plan", str(plan_path), "--rendered", str(rendered), env=env, timeout=900)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+        models = requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["data"]
+        assert [m["max_model_len"] for m in models] == [refusal.fits]
+    finally:
+        run_kd("down", env=env)

@@ -1,19 +1,48 @@
-"""Discovers the verbs: every ``deploy/cli/*_cmd.py`` module lists its click commands in ``COMMANDS``."""
+"""The verbs, in pipeline order, and the module that defines each.
+
+Modules are imported only when their verb runs, so one verb's imports (openai, jsonschema, ansible-runner)
+never slow down or break another. Each ``*_cmd`` module lists its click commands in ``COMMANDS``.
+"""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
 
 import click
 
-import deploy.cli
+VERB_MODULES: dict[str, str] = {
+    "inventory": "inventory_cmd",
+    "plan": "plan_cmd",
+    "download": "download_cmd",
+    "verify": "download_cmd",
+    "mirror": "mirror_cmd",
+    "engine": "engine_cmd",
+    "render": "render_cmd",
+    "up": "launch_cmd",
+    "down": "launch_cmd",
+    "status": "launch_cmd",
+    "check": "check_cmd",
+    "demo": "demo_cmd",
+    "ansible": "ansible_cmd",
+}
 
 
-def all_commands() -> list[click.Command]:
-    commands: list[click.Command] = []
-    for info in sorted(pkgutil.iter_modules(deploy.cli.__path__), key=lambda i: i.name):
-        if info.name.endswith("_cmd"):
-            module = importlib.import_module(f"deploy.cli.{info.name}")
-            commands.extend(module.COMMANDS)
-    return commands
+def load_command(name: str) -> click.Command | None:
+    module_name = VERB_MODULES.get(name)
+    if module_name is None:
+        return None
+    module = importlib.import_module(f"deploy.cli.{module_name}")
+    for command in module.COMMANDS:
+        if command.name == name:
+            return command
+    raise LookupError(f"deploy.cli.{module_name} does not define the {name!r} command")
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a verb's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(VERB_MODULES)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name)

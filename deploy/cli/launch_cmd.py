@@ -50,9 +50,9 @@ def up_command(
 @click.option(
     "--rendered",
     type=click.Path(file_okay=False),
-    help="The rendered folder (accepted for symmetry with `up`; state comes from the pidfiles).",
+    help="The rendered folder: its nodes are listed too (what runs comes from the pidfiles).",
 )
-@click.option("--node", help="Stop only this node (default: every node started from this folder).")
+@click.option("--node", help="Stop only this node (default: every node `up` started here).")
 @click.option(
     "--grace",
     type=float,
