@@ -68,7 +68,7 @@ check: setup ## conformance checks against what $(PLAN) deploys (or URL=... MODE
 demo: ## the whole pipeline for real on a small model (Gemma 3 270M on llama-server, CPU); fine as a first command
 	@echo "==> set-up: virtualenv $(VENV) with the toolkit, then the cached engine builds (make setup)"
 	@echo "    the first time this compiles llama.cpp (about 15 minutes on 2 cores); later runs reuse the cache"
-	@$(MAKE) --no-print-directory setup
+	@$(MAKE) --no-print-directory $(if $(filter vllm,$(ENGINE)),$(BIN)/kimi-deploy,setup)
 	$(KD) demo $(if $(ENGINE),--engine $(ENGINE))
 
 bench-up: setup ## readiness-detection overhead of `up` (first 200 -> `up` returns) over runs of the demo; goal <= 0.3 s

@@ -147,13 +147,22 @@ def format_diff(res: dict[str, Any], max_lines: int = 200) -> str:
     return "\n".join(f"    {line}" for line in out)
 
 
-def failure_message(res: dict[str, Any]) -> str:
-    """The useful part of a failed task's result: its msg, else the tail of stderr/stdout."""
-    msg = str(res.get("msg", "") or "").strip()
-    tail = str(res.get("stderr", "") or res.get("stdout", "") or "").strip()
-    if msg and tail and tail not in msg:
-        return f"{msg}\n{tail}"
-    return msg or tail or "failed"
+def failure_message(res: dict[str, Any], max_lines: int = 60) -> str:
+    """A failed task's msg followed by the tails of its stdout and stderr (a command's own report)."""
+    parts = [str(res.get("msg", "") or "").strip() or "failed"]
+    for stream in ("stdout", "stderr"):
+        text = str(res.get(stream, "") or "").rstrip()
+        if text and text not in parts[0]:
+            parts.append("\n".join(text.splitlines()[-max_lines:]))
+    return "\n".join(parts)
+
+
+def failure_summary(res: dict[str, Any]) -> str:
+    """One line for a failed task: the last line a failed command printed on stderr, else the msg."""
+    for line in reversed(str(res.get("stderr", "") or "").splitlines()):
+        if line.strip():
+            return line.strip()
+    return str(res.get("msg", "") or "failed").strip().splitlines()[0]
 
 
 def _stats_from(runner: Any) -> dict[str, dict[str, int]]:
@@ -194,7 +203,7 @@ def run_playbook(
             "ignore_errors"
         ):
             data = event["event_data"]
-            failed.append(f"{data.get('host')}: {data.get('task')}: {failure_message(data.get('res') or {})}")
+            failed.append(f"{data.get('host')}: {data.get('task')}: {failure_summary(data.get('res') or {})}")
         line = describe_event(event)
         if line and on_line:
             on_line(line)

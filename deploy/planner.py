@@ -35,7 +35,7 @@ CONTEXT_STEP = 1024
 #: Sequential read rate assumed for loading weights from local NVMe (GB/s), for time_to_ready_s.
 DISK_READ_GBPS = 2.0
 #: Engine start-up beyond reading weights (s): process start, compile/graph capture, warm-up.
-STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20, "vllm-cpu": 150}
+STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20, "vllm-cpu": 240}
 KV_CACHE_DTYPES = ("bf16", "fp8")
 PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "rpc": 2, "cpu": 3}
 #: Tie-break among layouts of one engine: keep traffic inside a node, then pipeline across nodes.
@@ -567,6 +567,10 @@ def _engine_args(
         )
         if cpu:
             args["cpu_kvcache_space_gib"] = settings.get("cpu_kvcache_space_gib", lay.cpu_kv_space_gib)
+        # the demo's tokenizer has no chat template: serve the one llama-server uses, for the same shapes
+        args["chat_template"] = (
+            DEMO_LLAMA_ARGS["chat_template"] if m.architecture.get("kind") == "gguf" else None
+        )
     elif engine in ("sglang", "ktransformers"):
         args.update(
             {

@@ -320,7 +320,11 @@ def _env_values(cand: Candidate, node: NodeCommand | None, shared: bool) -> list
         if cand.engine in ("sglang", "ktransformers"):
             values.append(("SGLANG_HOST_IP", node.address))
     if shared:
-        if cand.engine == "vllm" and cand.engine_args.get("device") == "cpu":
+        if (
+            cand.engine == "vllm"
+            and cand.engine_args.get("device") == "cpu"
+            and not cand.engine_args.get("cpu_kvcache_bytes")
+        ):
             values.append(("VLLM_CPU_KVCACHE_SPACE", int(cand.engine_args.get("cpu_kvcache_space_gib") or 1)))
         if cand.engine == "llama.cpp" and cand.placement == "cpu":
             # OpenMP spin-waiting starves other processes on the cores (engines-on-cpu.md)
@@ -375,7 +379,7 @@ def render(
     model_path = resolve_model_path(cand, weights_dir)
     chat_template = (
         resolve_chat_template(cand.engine_args.get("chat_template"), cand)
-        if cand.engine == "llama.cpp"
+        if cand.engine in ("llama.cpp", "vllm")
         else None
     )
     nodes = node_commands(plan, cand, model_path, ep, chat_template)

@@ -152,7 +152,9 @@ def _node(n: dict[str, Any], rank: int, argv: list[Arg], program: str, **kw: Any
 # ------------------------------------------------------------------------------------------------- vLLM
 
 
-def _vllm(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) -> list[NodeCommand]:
+def _vllm(
+    plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int, chat_template: Path | None = None
+) -> list[NodeCommand]:
     a = cand.engine_args
     nodes = plan_nodes(plan, cand)
     cpu = a.get("device") == "cpu"
@@ -180,6 +182,9 @@ def _vllm(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) -> l
     _flag(base, "--enable-expert-parallel", bool(a.get("enable_expert_parallel") or cand.expert_parallel))
     if not cpu:
         _flag(base, "--gpu-memory-utilization", cand.gpu_memory_utilization or None)
+    else:
+        # below 1 GiB (VLLM_CPU_KVCACHE_SPACE takes whole GiB and, when set, overrides this flag)
+        _flag(base, "--kv-cache-memory-bytes", a.get("cpu_kvcache_bytes"))
     kv = a.get("kv_cache_dtype") or cand.kv_cache_dtype
     _flag(base, "--kv-cache-dtype", kv if kv not in (None, "auto", "bf16") else None)
     _flag(base, "--max-num-batched-tokens", a.get("max_num_batched_tokens"))
@@ -192,6 +197,7 @@ def _vllm(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) -> l
     _flag(base, "--mm-encoder-tp-mode", a.get("mm_encoder_tp_mode") or ("data" if vision else None))
     _flag(base, "--language-model-only", bool(a.get("language_model_only")))
     _flag(base, "--enforce-eager", bool(a.get("enforce_eager")))
+    _flag(base, "--chat-template", str(chat_template) if chat_template else None)
     if len(nodes) == 1:
         args = [*prog, *base]
         _flag(args, "--data-parallel-size", cand.data_parallel if cand.data_parallel > 1 else None)
@@ -402,7 +408,7 @@ def node_commands(
         raise PlanError(f"candidate {cand.id!r}: engine_args.served_model_name is missing")
     port = int(endpoint.port or a.get("port") or 8000)
     if cand.engine == "vllm":
-        return _vllm(plan, cand, model_path, endpoint, port)
+        return _vllm(plan, cand, model_path, endpoint, port, chat_template)
     if cand.engine in ("sglang", "ktransformers"):
         return _sglang(plan, cand, model_path, endpoint, port)
     if cand.engine == "llama.cpp":

@@ -121,3 +121,24 @@ def test_check_diff_shows_the_change_and_writes_nothing(tmp_path: Path) -> None:
     assert "    -port = 8000" in dry.stdout and "    +port = 8001" in dry.stdout
     assert "would change: 1 task(s)" in dry.stdout
     assert target.read_text() == "port = 8000\n"
+
+
+def test_site_without_toolkit_or_source_says_what_to_set(tmp_path: Path) -> None:
+    inv = support.write_inventory(
+        tmp_path / "inv.yml",
+        {"localhost": {}},
+        {},
+        {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": support.SYSTEM_PYTHON,
+            "kimi_venv": str(tmp_path / "no-venv"),
+            "kimi_home": str(tmp_path / "kimi"),
+        },
+    )
+    done = _kd("ansible", "site.yml", "-i", str(inv), "--tags", "inventory")
+    assert done.returncode == 2
+    assert (
+        f"localhost: no kimi-deploy in {tmp_path / 'no-venv'} (missing); set kimi_toolkit_source"
+        in done.stderr
+    )
+    assert not (tmp_path / "no-venv").exists()
