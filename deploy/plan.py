@@ -145,12 +145,19 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     if not isinstance(data, dict):
         raise PlanError(f"{source}: expected a JSON object")
     if data.get("schema") != SCHEMA_VERSION:
-        raise PlanError(f"{source}: unsupported plan schema {data.get('schema')!r} (expected {SCHEMA_VERSION})")
+        raise PlanError(
+            f"{source}: unsupported plan schema {data.get('schema')!r} (expected {SCHEMA_VERSION})"
+        )
     try:
         candidates = [candidate_from_dict(c) for c in data["candidates"]]
-        return Plan(model=data["model"], hardware=data["hardware"], candidates=candidates,
-                    chosen=data.get("chosen"), request=data.get("request", {}),
-                    explanation=data.get("explanation", []))
+        return Plan(
+            model=data["model"],
+            hardware=data["hardware"],
+            candidates=candidates,
+            chosen=data.get("chosen"),
+            request=data.get("request", {}),
+            explanation=data.get("explanation", []),
+        )
     except (KeyError, TypeError) as exc:
         raise PlanError(f"{source}: malformed plan ({exc.__class__.__name__}: {exc})") from None
 

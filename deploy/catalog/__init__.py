@@ -118,9 +118,27 @@ def _resolve(name: str, directory: Path, seen: tuple[str, ...] = ()) -> dict[str
     return data
 
 
-_REQUIRED = ("name", "display_name", "served_model_name", "architecture", "capabilities", "parsers",
-             "modes", "engines", "variants")
-_VARIANT_REQUIRED = ("id", "repo", "revision", "format", "fidelity", "allow_patterns", "file_bytes", "engines")
+_REQUIRED = (
+    "name",
+    "display_name",
+    "served_model_name",
+    "architecture",
+    "capabilities",
+    "parsers",
+    "modes",
+    "engines",
+    "variants",
+)
+_VARIANT_REQUIRED = (
+    "id",
+    "repo",
+    "revision",
+    "format",
+    "fidelity",
+    "allow_patterns",
+    "file_bytes",
+    "engines",
+)
 
 
 def load_model(name: str, catalog_dir: Path | None = None) -> Model:
@@ -139,17 +157,33 @@ def load_model(name: str, catalog_dir: Path | None = None) -> Model:
         for key in _VARIANT_REQUIRED:
             if key not in v:
                 raise CatalogError(f"{src}: variants[{i}] ({v.get('id', '?')}): missing key {key!r}")
-        variants.append(Variant(
-            id=v["id"], description=v.get("description", ""), repo=v["repo"], revision=str(v["revision"]),
-            format=v["format"], fidelity=int(v["fidelity"]), quant=dict(v.get("quant") or {}),
-            allow_patterns=list(v["allow_patterns"]), file_count=int(v.get("file_count", 0)),
-            file_bytes=int(v["file_bytes"]), engines=list(v["engines"]),
-            serves_vision=bool(v.get("serves_vision", False)),
-        ))
+        variants.append(
+            Variant(
+                id=v["id"],
+                description=v.get("description", ""),
+                repo=v["repo"],
+                revision=str(v["revision"]),
+                format=v["format"],
+                fidelity=int(v["fidelity"]),
+                quant=dict(v.get("quant") or {}),
+                allow_patterns=list(v["allow_patterns"]),
+                file_count=int(v.get("file_count", 0)),
+                file_bytes=int(v["file_bytes"]),
+                engines=list(v["engines"]),
+                serves_vision=bool(v.get("serves_vision", False)),
+            )
+        )
     return Model(
-        name=data["name"], display_name=data["display_name"], family=data.get("family", data["name"]),
-        served_model_name=data["served_model_name"], architecture=dict(data["architecture"]),
-        capabilities=dict(data["capabilities"]), parsers=dict(data["parsers"]), modes=dict(data["modes"]),
-        engines=dict(data["engines"]), variants=variants, expected=dict(data.get("expected") or {}),
+        name=data["name"],
+        display_name=data["display_name"],
+        family=data.get("family", data["name"]),
+        served_model_name=data["served_model_name"],
+        architecture=dict(data["architecture"]),
+        capabilities=dict(data["capabilities"]),
+        parsers=dict(data["parsers"]),
+        modes=dict(data["modes"]),
+        engines=dict(data["engines"]),
+        variants=variants,
+        expected=dict(data.get("expected") or {}),
         source_file=src,
     )

@@ -15,7 +15,9 @@ from deploy.cli.commands import LazyGroup
 from deploy.errors import KimiDeployError
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(
+    cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
 @click.version_option(__version__, prog_name="kimi-deploy")
 def cli() -> None:
     """Plan, download, render, launch and check self-hosted Kimi-K2.5 deployments.
