@@ -6,9 +6,11 @@
     >>> report.ok, [(r.name, r.status) for r in report.results]  # doctest: +SKIP
     (True, [('liveness', 'pass'), ('models', 'pass'), ...])
 
-Checks, in order: liveness, models, instant, thinking, tool_call, streaming, vision, metrics. Each passes,
-fails, or is skipped; a skip comes only from what the model or plan declares (catalog capabilities, the
-plan's engine arguments), never from an error. When the server is not live the rest fail as not run.
+Checks, in order: liveness, rpc_workers (only when the plan spreads llama.cpp over RPC workers), models,
+instant, thinking, tool_call, streaming, vision, metrics. Each passes, fails, or is skipped; a skip comes only
+from what the model or plan declares (catalog capabilities, the plan's engine arguments), never from an
+error. When the server is not live, or an RPC worker is unreachable, the rest fail as not run (a request to
+a llama-server that lost a worker would only abort it).
 The pieces: targets (deploy.check_target), requests (deploy.check_requests), response shapes
 (deploy.check_shapes), verdicts and the table (deploy.check_result), K2-Vendor-Verifier sample sets
 (deploy.check_toolset).
@@ -23,6 +25,7 @@ from typing import Any
 
 import requests
 
+from deploy import readiness
 from deploy.check_requests import WEATHER_TOOL, chat_request, client, error_reason, headers
 from deploy.check_result import FAIL, PASS, SKIP, CheckReport, CheckResult, render_table
 from deploy.check_shapes import (
@@ -35,11 +38,12 @@ from deploy.check_shapes import (
     validate_thinking,
     validate_tool_call,
 )
-from deploy.check_target import FLAVORS, Target, target_from_plan, target_from_url
+from deploy.check_target import FLAVORS, Target, target_from_plan, target_from_rendered, target_from_url
 from deploy.check_toolset import run_tool_call_set
 
 __all__ = [
     "CHECKS",
+    "GATES",
     "FAIL",
     "FLAVORS",
     "ID_RULE_GENERIC",
@@ -54,6 +58,7 @@ __all__ = [
     "run_checks",
     "run_tool_call_set",
     "target_from_plan",
+    "target_from_rendered",
     "target_from_url",
 ]
 
@@ -96,6 +101,36 @@ def check_liveness(target: Target) -> CheckResult:
     if r.status_code in (404, 405):
         return _liveness_by_models(target, t0, f"no /health ({r.status_code})")
     return CheckResult("liveness", FAIL, f"GET /health {r.status_code}: {r.text[:160]}", dt)
+
+
+def check_rpc_workers(target: Target) -> CheckResult:
+    """Each llama.cpp RPC worker the head was started with accepts a TCP connection from here.
+
+    rpc-server speaks no HTTP and answers nothing to a bare connection, so accepting is all that can be
+    asked without taking part in its protocol.
+    """
+    t0 = time.monotonic()
+    down = []
+    for server in target.rpc_servers:
+        host, _, port = server.rpartition(":")
+        if not port.isdigit():
+            down.append(f"rpc-server {server!r} is not host:port")
+            continue
+        probe = readiness.probe_tcp(host, int(port), timeout_s=min(target.timeout_s, 5.0))
+        if probe.state != readiness.READY:
+            down.append(f"rpc-server {server} unreachable ({probe.detail})")
+    dt = time.monotonic() - t0
+    details = {"rpc_servers": target.rpc_servers, "source": target.rpc_servers_source}
+    if down:
+        return CheckResult("rpc_workers", FAIL, "; ".join(down), dt, details)
+    n = len(target.rpc_servers)
+    return CheckResult(
+        "rpc_workers",
+        PASS,
+        f"{n} rpc-server{'s' if n > 1 else ''} accepting: {', '.join(target.rpc_servers)}",
+        dt,
+        details,
+    )
 
 
 def _reported_context(target: Target, entry: dict[str, Any]) -> tuple[int | None, str]:
@@ -256,6 +291,7 @@ def check_metrics(target: Target) -> CheckResult:
 
 CHECKS: list[tuple[str, Callable[[Target], CheckResult]]] = [
     ("liveness", check_liveness),
+    ("rpc_workers", check_rpc_workers),
     ("models", check_models),
     ("instant", check_instant),
     ("thinking", check_thinking),
@@ -266,19 +302,26 @@ CHECKS: list[tuple[str, Callable[[Target], CheckResult]]] = [
 ]
 
 
+#: Checks that always run and, when one fails, leave the rest not run.
+GATES = ("liveness", "rpc_workers")
+
+
 def run_checks(target: Target, only: Iterable[str] | None = None) -> CheckReport:
-    """Run the suite in order; when the server is not live the rest fail as not run (not skipped)."""
+    """Run the suite in order; when a gate fails (the server is not live, an RPC worker is unreachable)
+    the rest fail as not run (not skipped). rpc_workers is there only when the target has RPC workers."""
     wanted = set(only) if only else None
     results: list[CheckResult] = []
-    live = True
+    blocked = ""
     for name, fn in CHECKS:
-        if wanted is not None and name not in wanted and name != "liveness":
+        if name == "rpc_workers" and not target.rpc_servers:
             continue
-        if not live:
-            results.append(CheckResult(name, FAIL, "not run: the server is not live"))
+        if wanted is not None and name not in wanted and name not in GATES:
+            continue
+        if blocked and name not in GATES:
+            results.append(CheckResult(name, FAIL, f"not run: {blocked}"))
             continue
         result = fn(target)
         results.append(result)
-        if name == "liveness" and result.status == FAIL:
-            live = False
+        if name in GATES and result.status == FAIL and not blocked:
+            blocked = "the server is not live" if name == "liveness" else "an RPC worker is unreachable"
     return CheckReport(target=target.describe(), results=results)

@@ -10,15 +10,19 @@ what a server happens to answer. The API key is read from the environment and ne
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from deploy import constants
 from deploy.check_shapes import ID_RULE_GENERIC, ID_RULE_KIMI
 from deploy.errors import CatalogError, InputError
+from deploy.launch_target import ENV_FILE, env_file_pairs, read_manifest, rpc_servers_of
 from deploy.plan import Plan
+from deploy.readiness import probe_host
 
 FLAVORS = ("vllm", "sglang", "llama.cpp", "ktransformers", "moonshot")
 
@@ -46,6 +50,9 @@ class Target:
     sampling: dict[str, dict[str, float]] = field(default_factory=dict)
     capabilities_source: str = ""
     timeout_s: float = 120.0
+    #: llama.cpp RPC workers the head needs (``host:port``); each must accept (check rpc_workers)
+    rpc_servers: list[str] = field(default_factory=list)
+    rpc_servers_source: str = ""
     max_tokens: int = 64
     thinking_max_tokens: int = 1024
 
@@ -141,7 +148,45 @@ def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: floa
         stop=stop,
         sampling=dict((model.get("modes") or {}).get("sampling") or {}),
         timeout_s=timeout_s,
+        rpc_servers=[str(s) for s in args.get("rpc_servers") or []],
+        rpc_servers_source="plan engine_args.rpc_servers",
     )
+
+
+def target_from_rendered(
+    plan: Plan, rendered: str | Path, api_key_env: str | None = None, timeout_s: float = 120.0
+) -> Target:
+    """The target as `kimi-deploy render` wrote it: bind, port, served name, API key variable and RPC
+    workers from ``rendered/manifest.json`` (as `up` reads them, so `render --port/--bind` is followed);
+    the rest from the plan. A key not in the environment is read from the rendered env file.
+
+    >>> target_from_rendered(load_plan("plan.json"), "rendered").base_url  # doctest: +SKIP
+    'http://10.0.0.1:8001'
+    """
+    manifest = read_manifest(rendered)
+    if not manifest:
+        raise InputError(f"{Path(rendered) / 'manifest.json'}: not found (run `kimi-deploy render`)")
+    if manifest.get("candidate") and manifest["candidate"] != plan.chosen:
+        # `render --candidate` served another candidate than the chosen one: check what was rendered
+        plan = dataclasses.replace(plan, chosen=plan.candidate(str(manifest["candidate"])).id)
+    target = target_from_plan(plan, api_key_env, timeout_s=timeout_s)
+    nodes = [n for n in manifest.get("nodes") or [] if isinstance(n, dict)]
+    head = next((n for n in nodes if n.get("serves_http")), nodes[0] if nodes else {})
+    host = probe_host(str(manifest.get("bind") or "127.0.0.1"))
+    port = manifest.get("port") or plan.chosen_candidate.engine_args.get("port")
+    target.base_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    target.api_base = f"{target.base_url}/v1"
+    target.model = str(manifest.get("served_model_name") or target.model)
+    target.api_key_env = api_key_env or manifest.get("api_key_env") or target.api_key_env
+    target.api_key = _read_key(target.api_key_env)
+    if target.api_key is None and target.api_key_env:
+        for env_file in head.get("env_files") or [manifest.get("env_file") or ENV_FILE]:
+            value = env_file_pairs(Path(rendered) / str(env_file)).get(str(target.api_key_env))
+            target.api_key = value or target.api_key
+    if head:
+        target.rpc_servers = rpc_servers_of(head, plan.chosen_candidate.engine_args)
+        target.rpc_servers_source = "rendered head command (--rpc)"
+    return target
 
 
 def _plan_vision(plan: Plan, caps: dict[str, bool]) -> tuple[bool, str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from deploy.vllm_cpu import parse_kv_refusal
@@ -38,6 +39,20 @@ class _Rule:
 
 
 _RULES: tuple[_Rule, ...] = (
+    # llama.cpp's RPC backend aborts with a gdb backtrace whose "No such file or directory" lines would
+    # otherwise read as missing weights, so these come first. {rpc} is the worker named (see diagnose).
+    _Rule(
+        "rpc_unreachable",
+        (r"Failed to connect to (?P<rpc>\S+:\d+)",),
+        "the head could not connect to rpc-server {rpc} (the worker is not running or not reachable)",
+        "start the worker first (`kimi-deploy up --node <worker>` there), then check its address and port",
+    ),
+    _Rule(
+        "rpc_worker_lost",
+        (r"Remote RPC server crashed or returned malformed response",),
+        "an RPC worker died or dropped its connection: rpc-server {rpc}",
+        "restart the worker (`kimi-deploy up --node <worker>` there), then the head; see the worker's log",
+    ),
     _Rule(
         "kv_cache_too_small",
         (
@@ -128,20 +143,29 @@ _RULES: tuple[_Rule, ...] = (
 _COMPILED = tuple((rule, tuple(re.compile(p, re.MULTILINE) for p in rule.patterns)) for rule in _RULES)
 
 
-def diagnose(log_text: str, returncode: int | None, timed_out: bool = False) -> Diagnosis:
+def diagnose(
+    log_text: str, returncode: int | None, timed_out: bool = False, rpc_servers: Sequence[str] = ()
+) -> Diagnosis:
     """Name the cause of a failed start from the engine's log and exit status.
 
     ``returncode`` is the process's status (negative: killed by that signal), ``None`` while it still runs
     (the deadline passed). ``timed_out`` says the deadline, not the process, ended the wait.
+    ``rpc_servers`` names the llama.cpp RPC workers to blame when the log does not say which one failed
+    (the caller passes those it found unreachable).
 
         >>> diagnose("Killed\\n", -9).kind
         'host_oom'
+        >>> lost = "Remote RPC server crashed or returned malformed response\\n"
+        >>> diagnose(lost, -6, rpc_servers=["10.0.0.2:50052"]).summary
+        'an RPC worker died or dropped its connection: rpc-server 10.0.0.2:50052'
     """
     for rule, patterns in _COMPILED:
         for pattern in patterns:
             match = pattern.search(log_text)
             if match:
-                found = Diagnosis(rule.kind, rule.summary, rule.hint, _line_at(log_text, match.start()))
+                named = match.groupdict().get("rpc") or ", ".join(rpc_servers) or "(address not logged)"
+                summary = rule.summary.replace("{rpc}", named)
+                found = Diagnosis(rule.kind, summary, rule.hint, _line_at(log_text, match.start()))
                 return _with_kv_numbers(found, log_text) if rule.kind == "kv_cache_too_small" else found
     if returncode is not None and returncode in (-signal.SIGKILL, 128 + signal.SIGKILL):
         return Diagnosis(

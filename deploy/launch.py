@@ -15,7 +15,7 @@ Rules, in order:
    ``down``; a second ``up`` while the first is still starting, or beside a server that is not ready, fails
    (exit 6) and says which.
 3. The port must be free before the engine starts (a server already there would otherwise answer our
-   health probe).
+   health probe); on a worker that listens (llama.cpp's ``rpc-server``), its own port.
 4. Wait for ``/health`` 200 until the plan's ``time_to_ready_s`` (or ``deadline_s``), backoff capped at
    250 ms, reporting elapsed time and the last log line. If the process exits or the deadline passes, stop
    it, read the cause from its log (deploy.diagnosis) and raise LaunchError (exit 6) after printing the last
@@ -47,7 +47,8 @@ __all__ = ["Target", "port_holder", "read_manifest", "require_verified", "target
 
 #: Where `up --systemd` installs units.
 SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
-#: How long a worker node's process (no HTTP endpoint) must stay up to count as started.
+#: How long a worker node's process that listens on nothing of its own (vLLM/SGLang headless ranks) must stay
+#: up to count as started; a worker that listens (rpc-server) is started when its port accepts.
 WORKER_SETTLE_S = 5.0
 #: Log lines shown with a failure.
 FAILURE_LOG_LINES = 15
@@ -126,13 +127,12 @@ def up(
         if existing is not None:
             return _already_running(existing, target, out)
         supervise.forget(files)
-        if target.head:
-            holder = port_holder(target.host, target.port)
-            if holder is not None:
-                raise LaunchError(
-                    f"port {target.port} on {target.host} is already in use by {holder}; "
-                    f"stop it or render with another port"
-                )
+        host, port = (target.host, target.port) if target.head else (target.listen or ("", 0))
+        holder = port_holder(host, port) if port else None
+        if holder is not None:
+            raise LaunchError(
+                f"port {port} on {host} is already in use by {holder}; stop it or render with another port"
+            )
         if systemd:
             return _up_systemd(target, files, out, unit_dir)
         return _up_process(target, files, out)
@@ -140,9 +140,7 @@ def up(
 
 def _already_running(existing: supervise.Running, target: Target, out: _Reporter) -> UpResult:
     if not target.head:
-        # a worker serves no HTTP: alive is all there is to know
-        out.line(f"{target.node}: already running (pid {existing.pid}), worker")
-        return UpResult(target.node, "", existing.pid, already=True, log=str(existing.files.log))
+        return _worker_already_running(existing, target, out)
     url = str(existing.meta.get("url") or target.url)
     state = readiness.probe(url, str(existing.meta.get("engine") or target.engine))
     if state.state == readiness.READY:
@@ -151,6 +149,34 @@ def _already_running(existing: supervise.Running, target: Target, out: _Reporter
     raise LaunchError(
         f"node {target.node!r} already has a server (pid {existing.pid}) that is not ready "
         f"({state.describe(target.engine)}); run `kimi-deploy down` first"
+    )
+
+
+def _listen_of(meta: dict[str, Any], target: Target) -> tuple[str, int] | None:
+    """The worker's listening endpoint as the running process was started with, else as rendered now."""
+    recorded = str(meta.get("listen") or "")
+    if recorded:
+        host, _, port = recorded.rpartition(":")
+        if port.isdigit():
+            return host, int(port)
+    return target.listen
+
+
+def _worker_already_running(existing: supervise.Running, target: Target, out: _Reporter) -> UpResult:
+    """A worker serves no HTTP (the head's URL may not even be reachable from here): alive, and for one that
+    listens its port accepting, is all there is to know."""
+    listen = _listen_of(existing.meta, target)
+    if listen is None:
+        out.line(f"{target.node}: already running (pid {existing.pid}), worker")
+        return UpResult(target.node, "", existing.pid, already=True, log=str(existing.files.log))
+    state = readiness.probe_tcp(*listen)
+    where = f"{listen[0]}:{listen[1]}"
+    if state.state == readiness.READY:
+        out.line(f"{target.node}: already running (pid {existing.pid}), worker accepting on {where}")
+        return UpResult(target.node, "", existing.pid, already=True, log=str(existing.files.log))
+    raise LaunchError(
+        f"node {target.node!r} already has a worker (pid {existing.pid}) that does not accept on {where} "
+        f"({state.describe('rpc')}); run `kimi-deploy down` first"
     )
 
 
@@ -169,29 +195,18 @@ def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> Up
         [str(target.script.resolve())] if os.access(target.script, os.X_OK) else ["bash", str(target.script)]
     )
     out.line(f"starting {target.engine} on node {target.node}: {target.script} (log {files.log})")
-    meta = {
-        "node": target.node,
-        "engine": target.engine,
-        "url": target.url,
-        "script": str(target.script),
-        "mode": "process",
-    }
+    meta = {**_meta(target), "script": str(target.script), "mode": "process"}
     launched = supervise.start(argv, files, meta, env=_launch_env(target))
     proc, run, log_offset = launched.proc, launched.run, launched.log_offset
     secrets = launch_target.secret_values(target.env_files)
     try:
-        if target.head:
-            result = readiness.wait_ready(
-                target.url,
-                target.engine,
-                target.deadline_s,
-                proc.poll,
-                on_progress=_progress(out, target, files.log, log_offset, secrets),
-                progress_every_s=out.every_s,
-                activity=lambda: _size(files.log),
-            )
-        else:
-            result = _settle(proc, min(WORKER_SETTLE_S, target.deadline_s))
+        result = _wait_started(
+            target,
+            proc.poll,
+            out,
+            _progress(out, target, files.log, log_offset, secrets),
+            activity=lambda: _size(files.log),
+        )
     except BaseException:
         out.end_status()
         supervise.stop(run, grace_s=5, proc=proc)
@@ -201,8 +216,7 @@ def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> Up
     out.end_status()
     if result.ready:
         supervise.update_pidfile(files, ready_s=round(result.elapsed_s, 3), ready_at_unix=detected_at)
-        what = f"ready in {result.elapsed_s:.1f} s at {target.base_url}" if target.head else "worker started"
-        out.line(f"{target.node}: {what} (pid {proc.pid})")
+        out.line(f"{target.node}: {_started(target, result)} (pid {proc.pid})")
         return UpResult(target.node, target.url, proc.pid, ready_s=result.elapsed_s, log=str(files.log))
     supervise.stop(run, grace_s=10, proc=proc)
     supervise.forget(files)
@@ -220,11 +234,65 @@ def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> Up
     )
 
 
-def _settle(proc: subprocess.Popen[bytes], seconds: float) -> readiness.WaitResult:
-    """A worker has no HTTP endpoint: it counts as started when it is still running after ``seconds``."""
+def _meta(target: Target) -> dict[str, Any]:
+    """What the pidfile records to answer `status` and a second `up` later, however the node was started."""
+    meta: dict[str, Any] = {
+        "node": target.node,
+        "engine": target.engine,
+        "url": target.url,
+        "serves_http": target.head,
+    }
+    if target.listen is not None:
+        meta["listen"] = f"{target.listen[0]}:{target.listen[1]}"
+    return meta
+
+
+def _wait_started(
+    target: Target,
+    exit_status: Callable[[], int | None],
+    out: _Reporter,
+    head_progress: Callable[[float, readiness.Probe], None],
+    activity: Callable[[], int] | None = None,
+) -> readiness.WaitResult:
+    """The head: /health 200. A worker that listens (rpc-server): its port accepts. Any other worker
+    (vLLM/SGLang headless ranks wait for the head and serve nothing): alive after WORKER_SETTLE_S."""
+    if target.head:
+        return readiness.wait_ready(
+            target.url,
+            target.engine,
+            target.deadline_s,
+            exit_status,
+            on_progress=head_progress,
+            progress_every_s=out.every_s,
+            activity=activity,
+        )
+    if target.listen is not None:
+        return readiness.wait_listening(
+            *target.listen,
+            target.deadline_s,
+            exit_status,
+            on_progress=lambda e, p: out.status(
+                f"  {target.node}: {e:5.1f}s / {target.deadline_s:g}s  {p.describe('rpc')}"
+            ),
+            progress_every_s=out.every_s,
+        )
+    return _settle(exit_status, min(WORKER_SETTLE_S, target.deadline_s))
+
+
+def _started(target: Target, result: readiness.WaitResult) -> str:
+    if target.head:
+        return f"ready in {result.elapsed_s:.1f} s at {target.base_url}"
+    if target.listen is not None:
+        host, port = target.listen
+        return f"worker started, accepting on {host}:{port} after {result.elapsed_s:.1f} s"
+    return "worker started"
+
+
+def _settle(exit_status: Callable[[], int | None], seconds: float) -> readiness.WaitResult:
+    """A worker that listens on nothing counts as started when it is still running after ``seconds``."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
-        rc = proc.poll()
+        rc = exit_status()
         if rc is not None:
             return readiness.WaitResult(
                 False, time.monotonic() - t0, 0, readiness.Probe(readiness.REFUSED), rc
@@ -258,7 +326,9 @@ def _failure(
     out: _Reporter,
     last: readiness.Probe | None = None,
 ) -> LaunchError:
-    cause = diagnosis.diagnose(log_text, rc, timed_out=timed_out)
+    cause = diagnosis.diagnose(
+        log_text, rc, timed_out=timed_out, rpc_servers=_unreachable(target.rpc_servers)
+    )
     waiting = f" (last: {last.describe(target.engine)})" if last is not None else ""
     how = (
         f"did not become ready in {target.deadline_s:g} s{waiting}"
@@ -279,6 +349,16 @@ def _failure(
     return LaunchError(
         f"{target.engine} on node {target.node} {how}: {cause.summary} [{cause.kind}] (log {log_name})"
     )
+
+
+def _unreachable(rpc_servers: tuple[str, ...]) -> list[str]:
+    """The head's RPC workers that do not accept now (all of them when each does: the log must say more)."""
+    down = []
+    for server in rpc_servers:
+        host, _, port = server.rpartition(":")
+        if port.isdigit() and readiness.probe_tcp(host, int(port), timeout_s=2.0).state != readiness.READY:
+            down.append(server)
+    return down or list(rpc_servers)
 
 
 def _size(path: Path) -> int:
@@ -386,25 +466,19 @@ def _up_systemd(target: Target, files: supervise.RunFiles, out: _Reporter, unit_
         ["systemctl", "show", "-p", "MainPID", "--value", name], capture_output=True, text=True, check=False
     ).stdout.strip()
     pid = int(main_pid) if main_pid.isdigit() else 0
-    supervise.write_pidfile(
-        files,
-        pid,
-        {"node": target.node, "engine": target.engine, "url": target.url, "mode": "systemd", "unit": name},
-    )
+    supervise.write_pidfile(files, pid, {**_meta(target), "mode": "systemd", "unit": name})
     secrets = launch_target.secret_values(target.env_files)
-    result = readiness.wait_ready(
-        target.url,
-        target.engine,
-        target.deadline_s,
+    result = _wait_started(
+        target,
         _unit_exit_status(name),
-        on_progress=lambda e, p: out.status(
+        out,
+        lambda e, p: out.status(
             f"  {target.node}: {e:5.1f}s / {target.deadline_s:g}s  {p.describe(target.engine)}"
         ),
-        progress_every_s=out.every_s,
     )
     out.end_status()
     if result.ready:
-        out.line(f"{target.node}: ready in {result.elapsed_s:.1f} s at {target.base_url} (unit {name})")
+        out.line(f"{target.node}: {_started(target, result)} (unit {name})")
         return UpResult(target.node, target.url, pid, ready_s=result.elapsed_s, log=f"journalctl -u {name}")
     log_text = _journal(name)
     with contextlib.suppress(LaunchError):
@@ -419,7 +493,7 @@ def _up_systemd(target: Target, files: supervise.RunFiles, out: _Reporter, unit_
         f"journalctl -u {name}",
         secrets,
         out,
-        last=result.last,
+        last=result.last if target.head else None,
     )
 
 
@@ -466,6 +540,25 @@ def down(
     return lines or ["not running"]
 
 
+def _node_status(name: str, run: supervise.Running) -> NodeStatus:
+    """A live node's readiness: the head's /health; a worker's listening port; else alive is ready."""
+    meta = run.meta
+    listen = str(meta.get("listen") or "")
+    if listen:
+        host, _, port = listen.rpartition(":")
+        p = readiness.probe_tcp(host, int(port), timeout_s=2.0)
+        detail = f"accepting on {listen}" if p.state == readiness.READY else f"{listen}: {p.describe('rpc')}"
+        return NodeStatus(name, True, p.state == readiness.READY, run.pid, "", detail, meta)
+    if meta.get("serves_http") is False:
+        return NodeStatus(
+            name, True, True, run.pid, "", "worker running (listens on nothing of its own)", meta
+        )
+    url = str(meta.get("url", ""))
+    engine = str(meta.get("engine", ""))
+    p = readiness.probe(url, engine, timeout_s=2.0) if url else readiness.Probe(readiness.NO_ANSWER)
+    return NodeStatus(name, True, p.state == readiness.READY, run.pid, url, p.describe(engine), meta)
+
+
 @dataclass(frozen=True)
 class NodeStatus:
     """One node as `status` sees it."""
@@ -492,10 +585,5 @@ def status(state_dir: str | Path | None = None) -> list[NodeStatus]:
         if run is None:
             out.append(NodeStatus(name, False, False, detail="not running (stale pidfile)"))
             continue
-        url = str(run.meta.get("url", ""))
-        engine = str(run.meta.get("engine", ""))
-        p = readiness.probe(url, engine, timeout_s=2.0) if url else readiness.Probe(readiness.NO_ANSWER)
-        out.append(
-            NodeStatus(name, True, p.state == readiness.READY, run.pid, url, p.describe(engine), run.meta)
-        )
+        out.append(_node_status(name, run))
     return out

@@ -28,6 +28,8 @@ from deploy.errors import PlanError, VerificationError
 from deploy.plan import Plan
 
 ENV_FILE = "kimi-deploy.env"
+#: rpc-server's own default port (its ``--help``), used when neither the manifest nor the plan names one
+RPC_DEFAULT_PORT = 50052
 _SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 
 
@@ -45,6 +47,11 @@ class Target:
     env_files: tuple[Path, ...]
     weights_dir: Path
     deadline_s: float
+    #: a worker that listens (llama.cpp's rpc-server): where it accepts; None for the head and for
+    #: vLLM/SGLang headless workers, which serve nothing of their own
+    listen: tuple[str, int] | None = None
+    #: the head's RPC workers (``host:port``, llama.cpp's ``--rpc``), to name the one that died
+    rpc_servers: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -134,9 +141,11 @@ def target_for(
     if deadline_s is not None and deadline_s <= 0:
         raise PlanError(f"--deadline must be positive, got {deadline_s}")
     env_files = [rendered / str(f) for f in entry.get("env_files") or [manifest.get("env_file") or ENV_FILE]]
+    head = bool(entry.get("serves_http", node == names[0]))
+    plan_node = next((n for n in plan.hardware.get("nodes") or [] if str(n.get("name")) == node), {})
     return Target(
         node=node,
-        head=bool(entry.get("serves_http", node == names[0])),
+        head=head,
         engine=str(manifest.get("engine") or cand.engine),
         host=str(manifest.get("bind") or args.get("host") or "127.0.0.1"),
         port=port,
@@ -145,7 +154,71 @@ def target_for(
         env_files=tuple(env_files),
         weights_dir=_weights_dir(str(manifest.get("model_path") or ""), cand.weights.local_dir),
         deadline_s=float(deadline_s if deadline_s is not None else cand.time_to_ready_s),
+        listen=None if head else worker_listen(entry, args, str(plan_node.get("address") or "")),
+        rpc_servers=tuple(rpc_servers_of(entry, args)) if head else (),
     )
+
+
+def _argv_value(argv: list[str], *flags: str) -> str | None:
+    """The value after the last of ``flags`` in ``argv`` (``--flag value`` or ``--flag=value``)."""
+    found = None
+    for i, arg in enumerate(argv):
+        for flag in flags:
+            if arg == flag and i + 1 < len(argv):
+                found = argv[i + 1]
+            elif flag.startswith("--") and arg.startswith(flag + "="):
+                found = arg.split("=", 1)[1]
+    return found
+
+
+def _is_rpc_worker(entry: dict[str, Any], args: dict[str, Any]) -> bool:
+    argv = [str(a) for a in entry.get("argv") or []]
+    if entry.get("program") == "rpc" or (argv and Path(argv[0]).name == "rpc-server"):
+        return True
+    multinode = args.get("multinode") or {}
+    return not argv and (bool(args.get("rpc_servers")) or multinode.get("backend") == "rpc")
+
+
+def worker_listen(entry: dict[str, Any], args: dict[str, Any], address: str) -> tuple[str, int] | None:
+    """Where a worker node accepts connections: llama.cpp's rpc-server ``-H host -p port``, else None.
+
+    The manifest's argv is what the worker runs; without one the plan gives the port (``rpc_port``, or the
+    head's ``rpc_servers`` entry for this node's address). vLLM/SGLang workers listen on nothing of their
+    own, so they have no such endpoint.
+
+    >>> worker_listen({"program": "rpc", "argv": ["rpc-server", "-H", "10.0.0.2", "-p", "50052"]}, {}, "")
+    ('10.0.0.2', 50052)
+    >>> worker_listen({"program": "vllm", "argv": ["vllm", "serve", "--headless"]}, {}, "10.0.0.2") is None
+    True
+    """
+    if not _is_rpc_worker(entry, args):
+        return None
+    argv = [str(a) for a in entry.get("argv") or []]
+    host = _argv_value(argv, "-H", "--host") or address or "127.0.0.1"
+    port = _argv_value(argv, "-p", "--port")
+    if port is None:
+        multinode = args.get("multinode") or {}
+        port = args.get("rpc_port") or multinode.get("rpc_port")
+        for server in args.get("rpc_servers") or []:
+            server_host, _, server_port = str(server).rpartition(":")
+            if port is None and server_host == host:
+                port = server_port
+    try:
+        return host, int(port if port is not None else RPC_DEFAULT_PORT)
+    except ValueError:
+        raise PlanError(f"rpc-server port {port!r} for {host} is not a number") from None
+
+
+def rpc_servers_of(entry: dict[str, Any], args: dict[str, Any]) -> list[str]:
+    """The head's RPC workers as ``host:port``: its argv's ``--rpc`` (what runs), else the plan's list.
+
+    >>> rpc_servers_of({"argv": ["llama-server", "--rpc", "10.0.0.2:50052,10.0.0.3:50052"]}, {})
+    ['10.0.0.2:50052', '10.0.0.3:50052']
+    """
+    value = _argv_value([str(a) for a in entry.get("argv") or []], "--rpc")
+    if value is not None:
+        return [s for s in value.split(",") if s]
+    return [str(s) for s in args.get("rpc_servers") or []]
 
 
 def require_verified(weights_dir: str | Path) -> None:

@@ -18,7 +18,9 @@ are GiB unless named ``*_bytes``.
 
 from __future__ import annotations
 
+import bisect
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,6 +87,11 @@ SRC_LLAMA_KV = (
     "latent for deepseek2, kv heads x (key + value length) otherwise) x 2 bytes (F16) or 34/32 (q8_0) x the "
     "layers on the device"
 )
+SRC_LLAMA_RPC = (
+    "llama.cpp RPC (src/llama-model.cpp load_tensors): token_embd stays on the head's CPU; layers below "
+    "n_layer + 1 - n_gpu_layers stay on the head's CPU, the others (and the output layer) go to the RPC "
+    "devices by the cumulative --tensor-split fractions; each layer's KV cache lives with the layer"
+)
 SRC_PINNED = (
     "page-locked host buffers: ~0.5 GiB per GPU worker (input/output staging, NCCL host buffers); "
     "KTransformers adds one MoE layer of routed experts for its layer-wise prefill above "
@@ -121,6 +128,8 @@ class Layout:
     #: vLLM's CPU build: the least KV cache space (VLLM_CPU_KVCACHE_SPACE, whole GiB) to give it
     cpu_kv_space_gib: int = 0
     label: str = ""
+    #: llama.cpp RPC: every node of the layout, head first (placement ``rpc``)
+    hosts: tuple[Node, ...] = ()
 
     @property
     def gpus_used(self) -> int:
@@ -344,6 +353,8 @@ def evaluate(
     ``context`` matters only to llama.cpp, which allocates exactly ``--ctx-size``; the others report the
     KV cache the budget leaves and the planner compares it with the context it wants. ``tier`` picks the
     engine's batch settings (VLLM_TIERS / SGLANG_TIERS); by default the engine's own choice for this GPU."""
+    if layout.engine == "llama.cpp" and layout.placement == "rpc":
+        return evaluate_llama_rpc(arch, layout, kv_cache_dtype, context or arch.max_position_embeddings)
     if layout.engine == "llama.cpp":
         return _evaluate_llama(arch, layout, node, kv_cache_dtype, context or arch.max_position_embeddings)
     if layout.engine == "vllm" and layout.placement == "cpu":
@@ -674,6 +685,125 @@ def _evaluate_llama(arch: Architecture, layout: Layout, node: Node, dtype: str, 
     return fit
 
 
+def _f32(x: float) -> float:
+    # llama.cpp computes the split points in single precision; boundaries must round the same way
+    return float(struct.unpack("f", struct.pack("f", x))[0])
+
+
+def llama_layer_devices(num_layers: int, n_gpu_layers: int, tensor_split: list[float]) -> list[int]:
+    """The device of layers 0..num_layers (the last entry is the output layer) as llama.cpp's load_tensors
+    assigns them: -1 for the local CPU, else the index in ``tensor_split`` (the RPC servers in --rpc order).
+    The first ``num_layers + 1 - n_gpu_layers`` layers stay on the CPU; the rest go to the device whose
+    cumulative --tensor-split fraction is the first above the layer's position.
+
+        >>> llama_layer_devices(4, 3, [1.0, 1.0])
+        [-1, -1, 0, 0, 1]
+    """
+    start = max(num_layers + 1 - n_gpu_layers, 0)
+    active = min(n_gpu_layers, num_layers + 1) if tensor_split else 0
+    points, total = [], 0.0
+    for w in tensor_split:
+        total = _f32(total + _f32(w))
+        points.append(total)
+    points = [_f32(x / total) for x in points] if total else points
+    out = []
+    for il in range(num_layers + 1):
+        if il < start or il - start >= active:
+            out.append(-1)
+        else:
+            out.append(bisect.bisect_right(points, _f32(_f32(il - start) / active)))
+    return out
+
+
+def rpc_split(num_layers: int, usable_gib: list[float]) -> tuple[int, list[float]]:
+    """(--n-gpu-layers, --tensor-split) that spread the layers (and the output layer) over the head's CPU
+    and one RPC device per worker in proportion to ``usable_gib`` (head first). Every worker gets at least
+    one layer's worth of the split.
+
+        >>> rpc_split(4, [10.0, 10.0])
+        (3, [10.0])
+    """
+    units = num_layers + 1
+    head = round(units * usable_gib[0] / sum(usable_gib))
+    head = min(max(head, 0), units - (len(usable_gib) - 1))
+    return units - head, list(usable_gib[1:])
+
+
+def evaluate_llama_rpc(arch: Architecture, layout: Layout, dtype: str, context: int) -> Fit:
+    """Size llama.cpp's RPC layout: the head (``layout.hosts[0]``) runs llama-server with its CPU layers,
+    each worker runs rpc-server holding its layers' weights and KV cache in host RAM. Memory.host is the
+    largest node's figure; ``terms`` has each node's weights, KV cache and buffers."""
+    hosts = layout.hosts
+    usable = [round(host_available(n), 2) for n in hosts]
+    ngl, split = rpc_split(arch.num_layers, usable)
+    devices = llama_layer_devices(arch.num_layers, ngl, split)
+    per_layer = arch.kv_values_per_layer * llama_kv_value_bytes(dtype)
+    compute = LLAMA_UBATCH * arch.hidden_size * 64 + arch.vocab_size * 4
+    process = 0.1 * GIB
+    terms: dict[str, float] = {}
+    sources = {"weights": SRC_LLAMA_RPC, "kv_cache": SRC_LLAMA_KV, "compute_buffer": SRC_LLAMA}
+    shares = []
+    for i, node in enumerate(hosts):
+        layer_ids = {il for il in range(arch.num_layers) if devices[il] == i - 1}
+        output = devices[arch.num_layers] == i - 1
+        weights = 0.0
+        for g in arch.groups:
+            if g.layers:
+                weights += g.bytes_in(layer_ids)
+            elif (g.stage == "last" and output) or (g.stage != "last" and i == 0):
+                weights += g.bytes
+        if output and i > 0 and not any(g.name == "lm_head" for g in arch.groups):
+            # tied embeddings: the output layer is a copy of token_embd, sent to the worker that holds it
+            weights += sum(g.bytes for g in arch.groups if g.name == "embed")
+        kv_token = int(per_layer * len(layer_ids))
+        free = usable[i] * GIB - weights - compute - process
+        tokens = 0 if free <= 0 else (1 << 40 if kv_token == 0 else int(free // kv_token))
+        shares.append((node, len(layer_ids), output, weights, kv_token, tokens))
+    max_fit = min(s[5] for s in shares)
+    ctx = min(context, max_fit)
+    reasons, needs, hosts_gib = [], [], []
+    host_ok = True
+    for i, (node, n_layers, output, weights, kv_token, tokens) in enumerate(shares):
+        kv = ctx * kv_token
+        host = weights + kv + compute + process
+        need = (weights + context * kv_token + compute + process) / GIB
+        needs.append(round(need, 3))
+        hosts_gib.append(host / GIB)
+        key = f"host_{node.name}"
+        terms.update(
+            {
+                f"{key}_weights": _gib(weights),
+                f"{key}_kv_cache": _gib(kv),
+                f"{key}_compute_buffer": _gib(compute),
+                f"{key}_engine_process": _gib(process),
+            }
+        )
+        held = f"{n_layers} of {arch.num_layers} layers" + (" + output" if output else "")
+        tied = output and i > 0 and not any(g.name == "lm_head" for g in arch.groups)
+        embd = " + token_embd" if i == 0 else (" (a copy of token_embd: tied embeddings)" if tied else "")
+        sources[f"{key}_weights"] = f"{held}{embd} ({node.address})"
+        if tokens <= 0:
+            host_ok = False
+        if need > usable[i]:
+            reasons.append(
+                f"{node.name} ({held}) needs {need:.1f} GiB of RAM at {context:,} tokens, has "
+                f"{usable[i]:.1f} GiB usable ({need - usable[i]:.1f} GiB short)"
+            )
+    worst = max(range(len(hosts)), key=lambda i: hosts_gib[i] - usable[i])
+    mem = Memory(host=_gib(max(hosts_gib) * GIB), terms=terms, sources=sources)
+    fit = Fit(mem, int(per_layer * arch.num_layers), ctx, max_fit, hosts_gib[worst], usable[worst])
+    fit.host_ok = host_ok
+    fit.reasons = reasons if not host_ok or max_fit < context else []
+    fit.settings = {
+        "n_gpu_layers": ngl,
+        "tensor_split": split,
+        "override_tensor": [],
+        "rpc_layers": [s[1] for s in shares],
+        "rpc_need_gib": needs,
+    }
+    return fit
+
+
 def _check_host(fit: Fit) -> None:
     if fit.host_required_gib > fit.host_available_gib:
         fit.host_ok = False
@@ -689,10 +819,13 @@ __all__ = [
     "activation_peak_bytes",
     "evaluate",
     "evaluate_best",
+    "evaluate_llama_rpc",
     "gpu_weights",
     "host_available",
     "llama_host_tensors",
+    "llama_layer_devices",
     "pp_partition",
+    "rpc_split",
     "sglang_mem_fraction_static",
     "vllm_batch_defaults",
 ]

@@ -11,6 +11,7 @@ Pure: no subprocess, no network, no clock. The only file it may read is the demo
 (deploy/architecture.py). Ranking: candidates that run first; then weight fidelity (catalog ``fidelity``:
 native INT4 > Q4 > Q3 > Q2 > TQ1); then placement (all on GPU > hybrid > CPU); then the full context before a
 reduced one; then fewer nodes; then the catalog's engine order; then the simpler layout, the larger KV cache.
+llama.cpp's RPC layout (a GGUF over several CPU nodes' RAM) ranks after every single-node candidate that runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from deploy.catalog import ENGINES, Model, Variant, load_model
 from deploy.constants import GB, GIB
 from deploy.errors import InputError
 from deploy.hardware import Cpu, HardwareProfile, Node, load_gpu_table
-from deploy.memory import VLLM_CPU_PROCESS_GIB, Fit, Layout, evaluate, evaluate_best
+from deploy.memory import VLLM_CPU_PROCESS_GIB, Fit, Layout, evaluate, evaluate_best, host_available
 from deploy.plan import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
 
 #: Below this context a deployment is not worth running (agentic clients send long prompts).
@@ -37,9 +38,12 @@ DISK_READ_GBPS = 2.0
 #: Engine start-up beyond reading weights (s): process start, compile/graph capture, warm-up.
 STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20, "vllm-cpu": 240}
 KV_CACHE_DTYPES = ("bf16", "fp8")
-PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "rpc": 2, "cpu": 3}
+#: llama.cpp over RPC moves activations over the network between layers: only when no single node fits.
+PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "cpu": 2, "rpc": 3}
 #: Tie-break among layouts of one engine: keep traffic inside a node, then pipeline across nodes.
-LAYOUT_ORDER = ("tp", "tp-pp", "dp-ep", "tp-nodes", "kt", "gpu", "hybrid", "cpu")
+LAYOUT_ORDER = ("tp", "tp-pp", "dp-ep", "tp-nodes", "kt", "gpu", "hybrid", "cpu", "rpc")
+#: rpc-server's port on every worker (its default).
+RPC_PORT = 50052
 STATUS_ORDER = {RUNNABLE: 0, REDUCED: 1, INCOMPATIBLE: 2}
 API_KEY_ENV = "KIMI_API_KEY"
 MASTER_PORT = 29500
@@ -62,6 +66,7 @@ class Request:
     decode_context_parallel: int = 1
     tensor_parallel: int | None = None
     weights_dir: str | None = None
+    nodes: int | None = None
 
 
 def plan(
@@ -75,9 +80,11 @@ def plan(
     decode_context_parallel: int = 1,
     weights_dir: str | None = None,
     tensor_parallel: int | None = None,
+    nodes: int | None = None,
 ) -> Plan:
     """Plan ``model`` on ``profile``. Bad input raises InputError; a plan with nothing runnable has
-    ``chosen`` None (the CLI prints the table and exits 3).
+    ``chosen`` None (the CLI prints the table and exits 3). ``nodes`` keeps only the candidates on exactly
+    that many nodes (on a CPU-only profile, ``nodes=2`` forces llama.cpp's RPC layout for GGUF weights).
 
         >>> plan(load_profile("h100x8"), context=65536).chosen_candidate.status  # doctest: +SKIP
         'runnable'
@@ -92,7 +99,15 @@ def plan(
         decode_context_parallel,
         tensor_parallel,
         weights_dir,
+        nodes,
     )
+    have = len(profile.nodes)
+    if nodes is not None and not 1 <= nodes <= have:
+        raise InputError(
+            f"--nodes {nodes}: the profile has {have} node{'s' if have > 1 else ''}"
+            if nodes > 0
+            else f"--nodes {nodes}: must be at least 1"
+        )
     m = load_model(model)
     variants = _validate(req, m)
     archs = {v.id: architecture_for(m, v) for v in variants}
@@ -103,6 +118,8 @@ def plan(
     for v in variants:
         for eng in _engines_for(m, v, req.engine):
             candidates.extend(_candidates(m, v, archs[v.id], eng, profile, req))
+    if req.nodes is not None:
+        candidates = [c for c in candidates if c.nodes == req.nodes]
     _rank(candidates, m)
     chosen = next((c for c in candidates if c.runs), None)
     return Plan(
@@ -263,7 +280,25 @@ def _layouts(
                 )
         else:
             out.append(("cpu", Layout(engine, 1, 0, 1, placement="cpu", label="CPU only")))
+        count = _rpc_nodes(profile, req)
+        if count:
+            hosts = tuple(profile.nodes[:count])
+            out.append(
+                (
+                    "rpc",
+                    Layout(
+                        engine, count, 0, 1, placement="rpc", label=f"RPC over {count} nodes", hosts=hosts
+                    ),
+                )
+            )
     return out
+
+
+def _rpc_nodes(profile: HardwareProfile, req: Request) -> int:
+    """How many nodes llama.cpp's RPC layout spans here (0: not offered). Only on CPU-only profiles: the
+    memory model sizes each node's host RAM, and rpc-server then serves its node's CPU."""
+    count = req.nodes or len(profile.nodes)
+    return count if count >= 2 and profile.head.gpu_count == 0 else 0
 
 
 def _layout_id(kind: str, lay: Layout) -> str:
@@ -277,6 +312,8 @@ def _layout_id(kind: str, lay: Layout) -> str:
         return f"dp{lay.data_parallel}-ep" + (f"-{lay.nodes}nodes" if lay.nodes > 1 else "")
     if kind == "kt":
         return f"tp{lay.tensor_parallel}-kt"
+    if kind == "rpc":
+        return f"rpc{lay.nodes}"
     return kind
 
 
@@ -622,6 +659,20 @@ def _engine_args(
         )
         if m.architecture.get("kind") == "gguf":
             args.update(DEMO_LLAMA_ARGS)
+        if lay.placement == "rpc":
+            workers = profile.nodes[1 : lay.nodes]
+            demo = m.architecture.get("kind") == "gguf"
+            args.update(
+                {
+                    "rpc_servers": [f"{n.address}:{RPC_PORT}" for n in workers],
+                    "tensor_split": settings.get("tensor_split", []),
+                    "rpc_threads": [
+                        DEMO_LLAMA_ARGS["threads"] if demo else n.cpu.physical_cores for n in workers
+                    ],
+                    "multinode": {"backend": "rpc", "rpc_port": RPC_PORT},
+                }
+            )
+            return args
     if lay.nodes > 1:
         args["multinode"] = {"backend": "mp", "master_port": MASTER_PORT, "dist_init_port": DIST_INIT_PORT}
     return args
@@ -692,6 +743,9 @@ def _remediation(
     node = profile.head
     if status == REDUCED:
         out.append(f"runs with max_model_len {max_len:,} (set by this plan)")
+    rpc = _rpc_nodes(profile, dataclasses.replace(req, nodes=None))
+    if engine == "llama.cpp" and lay.placement == "cpu" and rpc:
+        out.append(f"llama.cpp RPC over {rpc} nodes: plan --nodes {rpc}")
     if fit is not None and req.kv_cache_dtype == "bf16" and status != RUNNABLE and fit.fits:
         alt = dataclasses.replace(req, kv_cache_dtype="fp8")
         f2 = _size(arch, lay, node, alt, target)
@@ -717,10 +771,16 @@ def _remediation(
                     f"a second node of the same kind ({lay2.label} runs {engine} {v.id} at {target:,} tokens)"
                 )
                 break
-    if fit is not None and not fit.host_ok and lay.placement != "cpu":
+    if fit is not None and not fit.host_ok and lay.placement not in ("cpu", "rpc"):
         need = fit.host_required_gib / (1 - 0.05)
         out.append(f">= {math.ceil(need * GIB / GB)} GB RAM on the node")
-    if not blocked and node.gpu_count and fit is not None and fit.host_ok and lay.placement != "cpu":
+    if (
+        not blocked
+        and node.gpu_count
+        and fit is not None
+        and fit.host_ok
+        and lay.placement not in ("cpu", "rpc")
+    ):
         mib = _needed_gpu_mib(arch, lay, node, req, target)
         if mib:
             per_node = lay.gpus_used // max(1, lay.nodes) or node.gpu_count
@@ -739,6 +799,11 @@ def _remediation(
         kv_gib = math.ceil(target * arch.kv_bytes_per_token(req.kv_cache_dtype) / GIB)
         need = arch.total_bytes / GIB + max(kv_gib, lay.cpu_kv_space_gib, 1) + VLLM_CPU_PROCESS_GIB
         out.append(f">= {math.ceil(need / (1 - 0.05) * GIB / GB)} GB RAM for the full {target:,} tokens")
+    if lay.placement == "rpc" and fit is not None:
+        for host, need in zip(lay.hosts, fit.settings.get("rpc_need_gib", []), strict=True):
+            if need > host_available(host):
+                gb = math.ceil(need / (1 - 0.05) * GIB / GB)
+                out.append(f">= {gb} GB RAM on {host.name} for its share of the full {target:,} tokens")
     if engine == "llama.cpp" and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
         full = _llama_host_need(arch, lay, target)
         out.append(
@@ -784,11 +849,13 @@ def _layout_kind(c: Candidate) -> str:
 
 
 def rank_key(c: Candidate, m: Model, fidelity: dict[str, int]) -> tuple:
-    """The ranking, best first: runs, fidelity, placement, full context before reduced, fewer nodes, engine
-    preference, then tie-breaks (layout kind, larger KV cache, id)."""
+    """The ranking, best first: runs, single node before llama.cpp RPC, fidelity, placement, full context
+    before reduced, fewer nodes, engine preference, then tie-breaks (layout kind, larger KV cache, id)."""
     prefs = m.engine_preference
     return (
         0 if c.runs else 1,
+        # llama.cpp over RPC only when no single node runs anything (`plan --nodes N` forces it)
+        1 if c.placement == "rpc" else 0,
         -fidelity.get(c.variant, 0),
         PLACEMENT_ORDER.get(c.placement, 9),
         # the full context on every node the profile has beats a reduced context on fewer nodes
@@ -843,12 +910,16 @@ def _explain(
             "gpu": "all weights on GPU",
             "hybrid": "routed experts in host RAM (no all-GPU option fits)",
             "cpu": "on CPU (no GPU option fits)" if head.gpu_count else "on CPU (the node has no GPU)",
+            "rpc": f"layers spread over {chosen.nodes} nodes' RAM with llama.cpp's RPC backend",
         }.get(chosen.placement, chosen.placement)
     )
     if chosen.nodes > 1:
         single = [c for c in candidates if c.runs and c.nodes == 1 and c.variant == chosen.variant]
+        forced = not any(c.nodes == 1 for c in candidates)
         why.append(
-            f"{chosen.nodes} nodes: on one node this variant runs only with a reduced context"
+            f"{chosen.nodes} nodes, as asked (--nodes {chosen.nodes})"
+            if forced
+            else f"{chosen.nodes} nodes: on one node this variant runs only with a reduced context"
             if single
             else f"{chosen.nodes} nodes are needed (no single-node layout fits)"
         )

@@ -15,11 +15,16 @@ How each engine says "not yet" (see ../shared/reference/kimi-k2.5.md §5):
 
 So "ready" is a 200 from ``/health`` for all of them; what differs is how the waiting state reads in the
 progress line and whether a 503 is expected (loading) or a sign of trouble (vLLM after load).
+
+A worker that serves no HTTP but listens (llama.cpp's ``rpc-server``) is ready when its port accepts a TCP
+connection (`probe_tcp`, `wait_listening`).
 """
 
 from __future__ import annotations
 
+import errno
 import http.client
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +67,8 @@ ENGINE_HEALTH: dict[str, EngineHealth] = {
         "/health", (503,), "starting (port not open yet)", "warming up (503 until warm-up)"
     ),
     "llama.cpp": EngineHealth("/health", (503,), "starting (port not open yet)", "503 Loading model"),
+    # llama.cpp's rpc-server: no HTTP at all, an accepting port is all it says
+    "rpc": EngineHealth("", (), "starting (rpc-server port not open yet)", "not accepting"),
 }
 
 
@@ -81,7 +88,7 @@ class Probe:
         if self.state == LOADING:
             return h.loading_means
         if self.state == UNHEALTHY:
-            return f"HTTP {self.status} {self.detail}".strip()
+            return f"HTTP {self.status} {self.detail}".strip() if self.status is not None else self.detail
         if self.state == NO_ANSWER:
             return "port open, no HTTP answer yet"
         return "ready"
@@ -137,6 +144,24 @@ def probe(url: str, engine: str, timeout_s: float = 2.0) -> Probe:
     return Probe(UNHEALTHY, resp.status, body[:80])
 
 
+def probe_tcp(host: str, port: int, timeout_s: float = 2.0) -> Probe:
+    """Connect once to ``host:port`` and close: READY when it accepts, else why not (in ``detail``).
+
+    >>> probe_tcp("127.0.0.1", 9).state  # doctest: +SKIP
+    'refused'
+    """
+    try:
+        with socket.create_connection((probe_host(host), port), timeout=timeout_s):
+            return Probe(READY, detail="accepting")
+    except ConnectionRefusedError:
+        return Probe(REFUSED, detail="connection refused")
+    except TimeoutError:
+        return Probe(NO_ANSWER, detail=f"no answer in {timeout_s:g} s")
+    except OSError as exc:
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, "") or exc.__class__.__name__
+        return Probe(UNHEALTHY, detail=reason.lower())
+
+
 @dataclass(frozen=True)
 class WaitResult:
     """How a wait ended: ``ready`` True, or why not (``exited`` with ``returncode``, or the deadline)."""
@@ -174,6 +199,47 @@ def wait_ready(
         >>> r.ready, round(r.elapsed_s)  # doctest: +SKIP
         (True, 3)
     """
+    return _wait(
+        lambda timeout_s: probe(url, engine, timeout_s=timeout_s),
+        deadline_s,
+        exit_status,
+        on_progress,
+        progress_every_s,
+        activity,
+    )
+
+
+def wait_listening(
+    host: str,
+    port: int,
+    deadline_s: float,
+    exit_status: Callable[[], int | None],
+    on_progress: Callable[[float, Probe], None] | None = None,
+    progress_every_s: float = 5.0,
+) -> WaitResult:
+    """Like `wait_ready`, for a worker without HTTP: poll until ``host:port`` accepts a connection.
+
+    >>> wait_listening("10.0.0.2", 50052, 300, proc.poll).ready  # doctest: +SKIP
+    True
+    """
+    return _wait(
+        lambda timeout_s: probe_tcp(host, port, timeout_s=timeout_s),
+        deadline_s,
+        exit_status,
+        on_progress,
+        progress_every_s,
+        None,
+    )
+
+
+def _wait(
+    check: Callable[[float], Probe],
+    deadline_s: float,
+    exit_status: Callable[[], int | None],
+    on_progress: Callable[[float, Probe], None] | None,
+    progress_every_s: float,
+    activity: Callable[[], int] | None,
+) -> WaitResult:
     t0 = time.monotonic()
     interval = FIRST_INTERVAL_S
     next_progress = progress_every_s
@@ -187,7 +253,7 @@ def wait_ready(
         remaining = deadline_s - elapsed
         if remaining <= 0:
             return WaitResult(False, elapsed, polls, last)
-        last = probe(url, engine, timeout_s=max(0.05, min(2.0, remaining)))
+        last = check(max(0.05, min(2.0, remaining)))
         polls += 1
         elapsed = time.monotonic() - t0
         if last.state == READY:

@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shlex
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -468,6 +467,11 @@ def render(
             header.append(
                 f"Worker: start it {'after' if ray else 'before'} the head ({_one_line(nodes[0].node)})."
             )
+        if n.program == "rpc":
+            header.append(
+                f"rpc-server has no authentication: it binds {_one_line(n.address)} only; keep its port "
+                "closed to every network but the cluster's."
+            )
         texts[launch] = (
             render_template(
                 "launch.sh.j2",
@@ -526,7 +530,6 @@ def render(
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "toolkit_version": __version__,
-        "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "plan": opts.plan_path,
         "candidate": cand.id,
         "engine": cand.engine,

@@ -388,12 +388,18 @@ def _llama(
     _flag(args, "--top-p", sampling.get("top_p"))
     _flag(args, "--min-p", sampling.get("min_p"))
     _flag(args, "--rpc", ",".join(rpc_servers) if rpc_servers else None)
+    split = a.get("tensor_split") or []
+    # the plan's layer split (n_gpu_layers on the RPC devices, in these proportions) is what it sized
+    _flag(args, "--tensor-split", ",".join(f"{float(x):g}" for x in split) if split else None)
     _http(args, ep, port)
     out = [_node(nodes[0], 0, args, "llama.cpp", serves_http=True)]
+    threads = list(a.get("rpc_threads") or [])
     for rank, n in enumerate(nodes[1:], start=1):
-        # rpc-server has no authentication: it listens on the node's own (cluster) address only
+        # rpc-server has no authentication: anyone who reaches the port can run tensors and read memory, so
+        # it binds the node's own (cluster) address, never 0.0.0.0
         worker: list[Arg] = [str(layout.rpc_server), "--host", str(n.get("address")), "--port", str(rpc_port)]
-        _flag(worker, "--threads", (n.get("cpu") or {}).get("physical_cores"))
+        count = threads[rank - 1] if rank - 1 < len(threads) else (n.get("cpu") or {}).get("physical_cores")
+        _flag(worker, "--threads", count)
         out.append(_node(n, rank, worker, "rpc"))
     return out
 

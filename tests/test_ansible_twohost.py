@@ -210,16 +210,14 @@ def _ss(lab: netns.TwoHostLab, host: str, *args: str) -> str:
 
 
 def _check_on_head(lab: netns.TwoHostLab) -> subprocess.CompletedProcess[str]:
-    """`kimi-deploy check` on the head against the address it serves on, with the key from the environment."""
-    plan = support.read_json(_disk(lab, "head") / "kimi" / "state" / "plan.json")
-    cand = next(c for c in plan["candidates"] if c["id"] == plan["chosen"])
-    url = f"http://{lab.hosts['head'].address}:{cand['engine_args']['port']}"
+    """`kimi-deploy check` on the head as a user runs it there: the address, port and RPC workers from the
+    rendered manifest, the key from the environment."""
+    state = lab.node_root / "kimi" / "state"
     return _on(
         lab,
         "head",
-        f"KIMI_API_KEY={API_KEY_CANARY} {support.KD} check --url {url} "
-        f"--model {cand['engine_args']['served_model_name']} --flavor llama.cpp "
-        f"--catalog-model demo --api-key-env KIMI_API_KEY",
+        f"KIMI_API_KEY={API_KEY_CANARY} {support.KD} check "
+        f"--plan {state}/plan.json --rendered {state}/rendered",
     )
 
 

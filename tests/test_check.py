@@ -17,6 +17,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -452,3 +453,107 @@ def test_fault_injection_is_not_a_recorded_shape() -> None:
     original = recorded("vllm", "tool_call")
     broken = faultserver.inject("bad-tool-id", "vllm", "tool_call", copy.deepcopy(original))
     assert original == recorded("vllm", "tool_call") and broken != original
+
+
+# ------------------------------------------------------------------------------- llama.cpp RPC workers
+
+
+@pytest.fixture
+def rpc_server() -> Iterator[int]:
+    """A real rpc-server (llama.cpp's RPC worker, from the cached build) on a free loopback port; without
+    that build, a stand-in TCP listener (labelled: it accepts and closes, as rpc-server does for a bare
+    connection)."""
+    from deploy import constants, pins, readiness
+
+    port = free_port()
+    binary = (
+        constants.CACHE_DIR
+        / "engines"
+        / "llama.cpp"
+        / f"{pins.LLAMA_CPP_PYTHON_VERSION}-cpu-rpc"
+        / "bin"
+        / "rpc-server"
+    )
+    if binary.is_file():
+        argv = [str(binary), "-H", "127.0.0.1", "-p", str(port), "-t", "1"]
+    else:
+        stand_in = (
+            f"import socket; s = socket.create_server(('127.0.0.1', {port}))\n"
+            "while True: s.accept()[0].close()"
+        )
+        argv = [sys.executable, "-c", stand_in]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if readiness.probe_tcp("127.0.0.1", port, 0.5).state == readiness.READY:
+                break
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _server_port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_rpc_workers_each_must_accept(fault_server, rpc_server: int, tmp_path: Path) -> None:
+    url = fault_server("ok-kimi", "sglang", model="demo")
+    dead = free_port()  # bound and released: nothing listens there
+    plan = tmp_path / "plan.json"
+    servers = [f"127.0.0.1:{rpc_server}", f"127.0.0.1:{dead}"]
+    plan.write_text(json.dumps(demo_plan(_server_port(url), 512, rpc_servers=servers)))
+    rc, report, err = run_check("--plan", str(plan))
+    assert rc == 7 and "rpc_workers" in err
+    got = statuses(report)
+    assert got["liveness"] == "pass" and got["rpc_workers"] == "fail"
+    rpc = next(r for r in report["results"] if r["name"] == "rpc_workers")
+    assert rpc["reason"] == f"rpc-server 127.0.0.1:{dead} unreachable (connection refused)"
+    # a llama-server that lost a worker aborts on its next request: nothing after the gate is sent
+    later = [r for r in report["results"] if r["name"] not in check.GATES]
+    assert later and all(r["reason"] == "not run: an RPC worker is unreachable" for r in later)
+    plan.write_text(json.dumps(demo_plan(_server_port(url), 512, rpc_servers=servers[:1])))
+    rc, report, _ = run_check("--plan", str(plan))
+    assert statuses(report)["rpc_workers"] == "pass"
+    # a plan without RPC workers has no such row
+    plan.write_text(json.dumps(demo_plan(_server_port(url), 512)))
+    _, report, _ = run_check("--plan", str(plan))
+    assert "rpc_workers" not in statuses(report)
+
+
+def test_rendered_manifest_decides_address_and_key(fault_server, tmp_path: Path) -> None:
+    """`render --port` can differ from the plan: `check --rendered` follows the manifest, as `up` does."""
+    url = fault_server("ok-kimi", "sglang", model="demo")
+    plan_port, dead = free_port(), free_port()
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(demo_plan(plan_port, 512)))
+    rendered = tmp_path / "rendered"
+    rendered.mkdir()
+    secret = "sk-rendered-" + "7" * 20
+    (rendered / "kimi-deploy.env").write_text(f"KD_RENDERED_KEY={secret}\n")
+    (rendered / "kimi-deploy.env").chmod(0o600)
+    manifest = {
+        "candidate": "llama.cpp-x",
+        "engine": "llama.cpp",
+        "served_model_name": "demo",
+        "bind": "0.0.0.0",
+        "port": _server_port(url),
+        "api_key_env": "KD_RENDERED_KEY",
+        "env_file": "kimi-deploy.env",
+        "nodes": [
+            {"name": "head", "serves_http": True, "argv": ["llama-server", "--rpc", f"127.0.0.1:{dead}"]},
+            {"name": "w1", "serves_http": False, "argv": ["rpc-server", "-p", str(dead)]},
+        ],
+    }
+    (rendered / "manifest.json").write_text(json.dumps(manifest))
+    rc, report, err = run_check("--plan", str(plan), "--rendered", str(rendered))
+    assert report["target"]["base_url"] == f"http://127.0.0.1:{_server_port(url)}"
+    assert report["target"]["api_key_set"] and report["target"]["api_key_env"] == "KD_RENDERED_KEY"
+    assert statuses(report)["liveness"] == "pass" and statuses(report)["rpc_workers"] == "fail"
+    assert f"127.0.0.1:{dead} unreachable" in next(
+        r["reason"] for r in report["results"] if r["status"] == "fail"
+    )
+    assert rc == 7 and secret not in json.dumps(report) + err
+    rc, _, err = run_check("--plan", str(plan), "--rendered", str(tmp_path / "nothing"))
+    assert rc == 2 and "manifest.json: not found" in err

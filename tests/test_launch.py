@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import stat
@@ -696,3 +697,144 @@ def test_diagnosis_of_a_recorded_vllm_kv_refusal() -> None:
     assert f"--context {refusal.fits}" in d.hint
     # the last lines of such a log are the traceback, so the matched line is reported on its own
     assert d.evidence not in diagnosis.last_lines(log, 15) and "KV cache is needed" in d.evidence
+
+
+# --- llama.cpp RPC workers: ready when rpc-server's port accepts --------------------------------------------
+
+
+def rpc_server_command(port: int) -> str:
+    """The real rpc-server beside the cached llama-server on 127.0.0.1:``port``; without that build, a
+    stand-in TCP listener (labelled: it only accepts and closes, as rpc-server does for a bare connection)."""
+    rpc = constants.CACHE_DIR / "engines" / "llama.cpp" / f"{pins.LLAMA_CPP_PYTHON_VERSION}-cpu-rpc" / "bin"
+    if (rpc / "rpc-server").is_file():
+        return f"exec {rpc / 'rpc-server'} -H 127.0.0.1 -p {port} -t 1"
+    stand_in = (
+        f"import socket; s = socket.create_server(('127.0.0.1', {port})); print('stand-in', flush=True)\n"
+        "while True: s.accept()[0].close()"
+    )
+    return f"exec {sys.executable} -c {shlex.quote(stand_in)}"
+
+
+def rpc_layout(tmp: Path, weights: Path, http_port: int, rpc_port: int, worker_script: str) -> None:
+    """A two-node llama.cpp RPC plan (head `ci`, worker `w1` on loopback) and its manifest, as render writes
+    them: the worker's argv carries rpc-server's -H/-p, the head's --rpc names the worker."""
+    plan = write_plan(tmp, weights, http_port)
+    data = json.loads(plan.read_text())
+    data["hardware"]["nodes"] = [{"name": n, "address": "127.0.0.1"} for n in (NODE, "w1")]
+    data["candidates"][0]["nodes"] = 2
+    data["candidates"][0]["placement"] = "rpc"
+    data["candidates"][0]["engine_args"]["rpc_servers"] = [f"127.0.0.1:{rpc_port}"]
+    plan.write_text(json.dumps(data))
+    write_script(tmp / "rendered", worker_script, node="w1")
+    gguf = next(weights.glob("*.gguf"))
+    manifest = {
+        "schema": 1,
+        "candidate": "llama.cpp/test",
+        "engine": "llama.cpp",
+        "bind": "127.0.0.1",
+        "port": http_port,
+        "model_path": str(gguf),
+        "env_file": "kimi-deploy.env",
+        "nodes": [
+            {
+                "name": NODE,
+                "rank": 0,
+                "role": "head",
+                "serves_http": True,
+                "program": "llama.cpp",
+                "argv": ["llama-server", "--rpc", f"127.0.0.1:{rpc_port}", "--port", str(http_port)],
+                "launch": f"launch-{NODE}.sh",
+            },
+            {
+                "name": "w1",
+                "rank": 1,
+                "role": "worker",
+                "serves_http": False,
+                "program": "rpc",
+                "argv": ["rpc-server", "-H", "127.0.0.1", "-p", str(rpc_port), "-t", "1"],
+                "launch": "launch-w1.sh",
+            },
+        ],
+    }
+    (tmp / "rendered" / "manifest.json").write_text(json.dumps(manifest))
+
+
+def accepts(port: int) -> bool:
+    return readiness.probe_tcp("127.0.0.1", port, timeout_s=1.0).state == readiness.READY
+
+
+def test_rpc_worker_is_ready_when_its_port_accepts(tmp_path: Path, weights: Path, cleanup: None) -> None:
+    http_port, rpc_port = free_port(), free_port()
+    delay_s = 1.5
+    # the worker opens its port only after delay_s: `up` must wait for the port, not for "still alive"
+    rpc_layout(tmp_path, weights, http_port, rpc_port, f"sleep {delay_s}\n{rpc_server_command(rpc_port)}")
+    t0 = time.monotonic()
+    r = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr
+    assert f"w1: worker started, accepting on 127.0.0.1:{rpc_port}" in r.stderr
+    assert accepts(rpc_port) and delay_s <= took < delay_s + launch.WORKER_SETTLE_S
+    # status: the worker is ready by its port (the head's URL is not asked: nothing serves it)
+    st = kd(tmp_path, "status", "--json")
+    (w1,) = [s for s in json.loads(st.stdout) if s["node"] == "w1"]
+    assert w1["ready"] and w1["detail"] == f"accepting on 127.0.0.1:{rpc_port}", st.stdout
+    # an Ansible re-run: alive and accepting is "already running", exit 0, nothing new started
+    pid = json.loads((tmp_path / "state" / "run" / "w1.json").read_text())["pid"]
+    again = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
+    assert again.returncode == 0 and "already running" in again.stderr, again.stderr
+    assert json.loads((tmp_path / "state" / "run" / "w1.json").read_text())["pid"] == pid
+    assert kd(tmp_path, "down", "--node", "w1").returncode == 0
+    assert not accepts(rpc_port)
+
+
+def test_rpc_worker_that_never_listens_fails_at_the_deadline(tmp_path: Path, weights: Path) -> None:
+    http_port, rpc_port = free_port(), free_port()
+    rpc_layout(tmp_path, weights, http_port, rpc_port, "exec sleep 60")
+    r = kd(tmp_path, *up_args(tmp_path, "--node", "w1", "--deadline", "1.5"))
+    assert r.returncode == 6 and "[deadline]" in r.stderr, r.stderr
+    assert kd(tmp_path, "status").stdout.strip() == "not running"
+
+
+def test_rpc_worker_port_taken_is_refused_before_start(tmp_path: Path, weights: Path) -> None:
+    http_port, rpc_port = free_port(), free_port()
+    rpc_layout(tmp_path, weights, http_port, rpc_port, rpc_server_command(rpc_port))
+    with socket.create_server(("127.0.0.1", rpc_port)):
+        r = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
+    assert r.returncode == 6 and f"port {rpc_port} on 127.0.0.1 is already in use" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_rpc_head_names_the_worker_it_cannot_reach_or_lost(
+    tmp_path: Path, weights: Path, server_bin: Path, cleanup: None
+) -> None:
+    """Real llama-server --rpc: started before its worker, then losing it."""
+    http_port, rpc_port = free_port(), free_port()
+    rpc_layout(tmp_path, weights, http_port, rpc_port, rpc_server_command(rpc_port))
+    gguf = next(weights.glob("*.gguf"))
+    head = write_script(
+        tmp_path / "rendered",
+        f"exec {server_bin} -m {gguf} --rpc 127.0.0.1:{rpc_port} --host 127.0.0.1 --port {http_port} "
+        "-c 512 -np 1 -t 1 --alias demo",
+    )
+    assert head.name == f"launch-{NODE}.sh"
+    r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 6 and "[rpc_unreachable]" in r.stderr, r.stderr[-2000:]
+    assert f"rpc-server 127.0.0.1:{rpc_port}" in r.stderr
+    # in order: the worker, then the head; then the worker goes away under a serving head
+    assert kd(tmp_path, *up_args(tmp_path, "--node", "w1")).returncode == 0
+    up_head = kd(tmp_path, *up_args(tmp_path))
+    assert up_head.returncode == 0, up_head.stderr[-2000:]
+    assert kd(tmp_path, "down", "--node", "w1").returncode == 0
+    import requests
+
+    with pytest.raises(requests.RequestException):
+        requests.post(
+            f"http://127.0.0.1:{http_port}/completion", json={"prompt": "Hi", "n_predict": 2}, timeout=30
+        )
+    head_run = json.loads((tmp_path / "state" / "run" / f"{NODE}.json").read_text())
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(head_run["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = (tmp_path / "state" / "run" / f"{NODE}.log").read_bytes()[head_run["log_offset"] :].decode()
+    d = diagnosis.diagnose(log, -int(signal.SIGABRT), rpc_servers=[f"127.0.0.1:{rpc_port}"])
+    assert d.kind == "rpc_worker_lost" and f"rpc-server 127.0.0.1:{rpc_port}" in d.summary, log[-2000:]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.cpu_nodes import write_cpu_profile
 
 from deploy import constants
 from deploy.cli import main
@@ -190,3 +191,20 @@ def test_make_plan(tmp_path):
         assert "What would run it" in no.stdout and load_plan(here).chosen is None
     else:
         assert no.returncode == 0 and load_plan(here).chosen is not None
+
+
+def test_nodes_2_on_two_cpu_nodes_plans_llama_cpp_rpc(capsys, tmp_path):
+    profile = write_cpu_profile(tmp_path / "two.yaml", ["10.213.0.1", "10.213.0.2"])
+    out_file = tmp_path / "plan.json"
+    code, out, err = run(
+        capsys, "plan", "--hardware", str(profile), "--model", "demo", "--nodes", "2", "-o", str(out_file)
+    )
+    assert code == 0, err
+    c = load_plan(out_file).chosen_candidate
+    assert c.placement == "rpc" and c.nodes == 2 and c.status == RUNNABLE
+    assert c.engine_args["rpc_servers"] == ["10.213.0.2:50052"]
+    assert "RPC over 2 nodes" in out and "host_node2_weights" in out
+    code, out, err = run(capsys, "plan", "--hardware", str(profile), "--model", "demo", "--nodes", "3")
+    assert code == 2 and err.strip() == "error: --nodes 3: the profile has 2 nodes" and "Traceback" not in err
+    code, _out, err = run(capsys, "plan", "--hardware", str(profile), "--nodes", "two")
+    assert code == 2 and "--nodes 'two'" in err

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
+from helpers.cpu_nodes import write_cpu_profile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +16,7 @@ from deploy.catalog import load_model
 from deploy.constants import GIB
 from deploy.errors import InputError
 from deploy.hardware import HardwareProfile, load_profile, profile_from_gpus
+from deploy.memory import host_available, llama_layer_devices, rpc_split
 from deploy.plan import INCOMPATIBLE, REDUCED, RUNNABLE, load_plan, save_plan
 from deploy.planner import CONTEXT_STEP, MIN_CONTEXT, plan
 
@@ -305,3 +308,165 @@ def test_gpu_memory_utilization_sets_the_budget():
     # the same weights and overheads, so the extra budget all goes to the KV cache
     extra = (high.memory.budget - low.memory.budget) * GIB
     assert (high.kv_cache_tokens - low.kv_cache_tokens) * 70_272 == pytest.approx(extra, rel=1e-3)
+
+
+# ---- llama.cpp over RPC (a GGUF over several CPU nodes' RAM) -----------------------------------------
+
+
+def _cpu_nodes(tmp_path, ram_gib: float = 24, cores: int = 2, count: int = 2) -> HardwareProfile:
+    addresses = [f"10.213.0.{i}" for i in range(1, count + 1)]
+    return load_profile(
+        write_cpu_profile(tmp_path / f"cpu{count}x{ram_gib:g}.yaml", addresses, ram_gib, cores)
+    )
+
+
+@pytest.mark.parametrize(
+    ("layers", "ngl", "split"),
+    [(18, 9, [22.0]), (61, 30, [1.0, 3.0]), (61, 62, [2.0, 1.0, 1.0]), (5, 0, [1.0]), (7, 3, [0.3, 0.7])],
+)
+def test_layer_devices_follow_n_gpu_layers_and_the_split(layers, ngl, split):
+    devices = llama_layer_devices(layers, ngl, split)
+    units = layers + 1
+    assert len(devices) == units
+    # the first layers stay on the local CPU: exactly units - ngl of them
+    cpu = max(units - ngl, 0)
+    assert devices[:cpu] == [-1] * cpu and -1 not in devices[cpu:]
+    # the rest go to the devices in order, each a contiguous run of about its fraction of the offloaded ones
+    assert devices[cpu:] == sorted(devices[cpu:])
+    offloaded = units - cpu
+    for d, w in enumerate(split):
+        assert abs(devices.count(d) - offloaded * w / sum(split)) <= 1
+
+
+def test_rpc_split_weights_the_layers_by_usable_ram():
+    usable = [40.0, 120.0]
+    ngl, split = rpc_split(61, usable)
+    assert split == usable[1:]
+    # 62 units (61 layers + output): the head keeps its share of them, the worker takes the rest
+    assert 62 - ngl == round(62 * usable[0] / sum(usable))
+
+
+def test_demo_on_two_cpu_nodes_with_nodes_2_runs_over_rpc(tmp_path):
+    profile = _cpu_nodes(tmp_path)
+    demo = load_model("demo")
+    p = plan(profile, model="demo", nodes=2)
+    assert {c.nodes for c in p.candidates} == {2}
+    c = p.chosen_candidate
+    variant = c.variant
+    assert (c.id, c.placement, c.status, c.layout) == (
+        f"llama.cpp-{variant}-rpc2",
+        "rpc",
+        RUNNABLE,
+        "RPC over 2 nodes",
+    )
+    assert c.max_model_len == demo.expected["context_length"]
+    a = c.engine_args
+    worker = profile.nodes[1]
+    assert a["rpc_servers"] == [f"{worker.address}:50052"] and a["multinode"] == {
+        "backend": "rpc",
+        "rpc_port": 50052,
+    }
+    assert a["tensor_split"] == [round(host_available(worker), 2)]
+    assert a["threads"] == 1 and a["rpc_threads"] == [1]  # the demo's one thread, on every node
+    arch = architecture_for(demo, demo.variant(variant))
+    devices = llama_layer_devices(arch.num_layers, a["n_gpu_layers"], a["tensor_split"])
+    # n_gpu_layers = the layers (counting the output layer) on the RPC device
+    assert a["n_gpu_layers"] == sum(1 for d in devices if d == 0)
+    head_layers = devices[: arch.num_layers].count(-1)
+    worker_layers = devices[: arch.num_layers].count(0)
+    assert head_layers + worker_layers == arch.num_layers
+    # equal nodes: the head keeps half of the layers + output, rounded
+    assert head_layers == round((arch.num_layers + 1) / 2)
+    t = c.memory.terms
+    per_layer = {g.name: g.bytes_per_layer for g in arch.groups if g.layers}
+    stack = sum(per_layer.values())
+    embed = next(g.bytes for g in arch.groups if g.name == "embed")
+    last = sum(g.bytes for g in arch.groups if g.stage == "last")
+    tied = 0 if any(g.name == "lm_head" for g in arch.groups) else embed
+    assert t["host_node1_weights"] == pytest.approx((head_layers * stack + embed) / GIB, abs=2e-3)
+    assert t["host_node2_weights"] == pytest.approx((worker_layers * stack + last + tied) / GIB, abs=2e-3)
+    # the shares hold the whole model (and, with tied embeddings, one more copy of token_embd for the output)
+    assert (t["host_node1_weights"] + t["host_node2_weights"]) * GIB == pytest.approx(
+        arch.total_bytes + tied, abs=0.005 * GIB
+    )
+    kv_layer = c.max_model_len * arch.kv_values_per_layer * 2  # F16 cache
+    assert t["host_node1_kv_cache"] == pytest.approx(head_layers * kv_layer / GIB, abs=2e-3)
+    assert t["host_node2_kv_cache"] == pytest.approx(worker_layers * kv_layer / GIB, abs=2e-3)
+    for node in ("node1", "node2"):
+        total = sum(
+            t[f"host_{node}_{k}"] for k in ("weights", "kv_cache", "compute_buffer", "engine_process")
+        )
+        assert total <= host_available(profile.nodes[0])
+    assert c.memory.host == pytest.approx(
+        max(sum(v for k, v in t.items() if k.startswith(f"host_{n}_")) for n in ("node1", "node2")), abs=2e-3
+    )
+    assert any("RPC" in line for line in p.explanation)
+
+
+def test_rpc_ranks_after_every_single_node_candidate_that_runs(tmp_path):
+    p = plan(_cpu_nodes(tmp_path), model="demo")
+    kinds = [(c.runs, c.placement == "rpc") for c in p.candidates]
+    assert kinds == sorted(kinds, key=lambda k: (not k[0], k[1]))
+    assert p.chosen_candidate.nodes == 1 and any(c.placement == "rpc" and c.runs for c in p.candidates)
+
+
+def test_kimi_gguf_over_two_nodes_when_no_single_node_fits(tmp_path):
+    kimi = load_model("kimi-k2.5")
+    # nodes with RAM for half of the smallest GGUF's weights + a little: no single node holds it, two do
+    smallest = min((v for v in kimi.variants if v.format == "gguf"), key=lambda v: v.file_bytes)
+    arch = architecture_for(kimi, smallest)
+    ram = math.ceil((arch.total_bytes / 2 / GIB + 16) / (1 - 0.05))
+    profile = _cpu_nodes(tmp_path, ram_gib=ram, cores=32)
+    p = plan(profile, engine="llama.cpp", variant=smallest.id)
+    single = p.candidate(f"llama.cpp-{smallest.id}-cpu")
+    assert single.status == INCOMPATIBLE
+    assert "llama.cpp RPC over 2 nodes: plan --nodes 2" in single.remediation
+    c = p.chosen_candidate
+    assert c.id == f"llama.cpp-{smallest.id}-rpc2" and c.runs
+    assert c.engine_args["threads"] == 32 and c.engine_args["rpc_threads"] == [32]
+
+
+def test_rpc_names_the_node_that_runs_short(tmp_path):
+    p = plan(_cpu_nodes(tmp_path), engine="llama.cpp", nodes=2)
+    assert p.chosen is None
+    for c in p.candidates:
+        assert c.placement == "rpc" and c.status == INCOMPATIBLE
+        assert any("node1" in r and "GiB short" in r for r in c.reasons), c.reasons
+        assert any(r.startswith(">= ") and "GB RAM on node" in r for r in c.remediation)
+
+
+def test_nodes_filter_and_bad_values(tmp_path):
+    profile = _cpu_nodes(tmp_path)
+    assert {c.nodes for c in plan(profile, model="demo", nodes=1).candidates} == {1}
+    with pytest.raises(InputError, match="--nodes 3: the profile has 2 nodes"):
+        plan(profile, model="demo", nodes=3)
+    with pytest.raises(InputError, match="--nodes 0"):
+        plan(profile, model="demo", nodes=0)
+    # GPU profiles get no RPC layout (it sizes host RAM only); --nodes 2 keeps their multi-node layouts
+    gpu = plan(load_profile("h100x8-2nodes"), nodes=2)
+    assert gpu.candidates and all(c.nodes == 2 and c.placement != "rpc" for c in gpu.candidates)
+
+
+def _two_node_cpu(ram: float) -> HardwareProfile:
+    base = load_profile("cpu-512g")
+    head = dataclasses.replace(base.head, ram_gib=ram)
+    worker = dataclasses.replace(head, name="cpu1", address="192.0.2.7")
+    return dataclasses.replace(base, name="cpu-2nodes", nodes=(head, worker))
+
+
+@FEW
+@given(
+    ram=st.floats(64, 600),
+    factor=st.floats(1.0, 3.0),
+    short=st.integers(1, FULL),
+    longer=st.integers(0, FULL),
+)
+def test_rpc_more_ram_never_worse_longer_context_never_needs_less(ram, factor, short, longer):
+    small, big = _two_node_cpu(ram), _two_node_cpu(ram * factor)
+    before, after = _statuses(plan(small, engine="llama.cpp")), _statuses(plan(big, engine="llama.cpp"))
+    for cid, status in before.items():
+        assert after[cid] <= status, cid
+    a = plan(small, engine="llama.cpp", nodes=2, context=short)
+    b = plan(small, engine="llama.cpp", nodes=2, context=min(FULL, short + longer))
+    for c in a.candidates:
+        assert ORDER[c.status] <= ORDER[b.candidate(c.id).status], c.id

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers.cpu_nodes import write_cpu_profile
 
 from deploy import engines, lockfile, pins, render
 from deploy.cli import main
@@ -623,30 +624,64 @@ def _get_or_none(url: str) -> int | None:
         return None
 
 
-def test_llama_cpp_rpc_layout_over_two_nodes() -> None:
-    """The RPC layout (issue 5: a GGUF spread over several nodes' memory): rpc-server on each worker, bound to
-    the worker's own address, and llama-server on the head pointing at them. The planner's single-node CPU
-    candidate is stretched to two nodes here, as `plan --nodes 2` would."""
-    import dataclasses
-
-    p = plan(load_profile("cpu-512g"))
-    head = p.hardware["nodes"][0]
-    worker = {**head, "name": "cpu1", "address": "192.0.2.7"}
-    p.hardware = {**p.hardware, "nodes": [head, worker]}
-    args = {**p.chosen_candidate.engine_args, "multinode": {"backend": "rpc", "rpc_port": 50052}}
-    cand = dataclasses.replace(p.chosen_candidate, nodes=2, placement="rpc", engine_args=args)
-    nodes = node_commands(p, cand, "/m/first.gguf", Endpoint())
-    assert [n.program for n in nodes] == ["llama.cpp", "rpc"]
-    head_argv = [str(a) for a in nodes[0].argv]
-    assert flag_value(head_argv, "--rpc") == f"{worker['address']}:50052"
-    rpc = [str(a) for a in nodes[1].argv]
+def test_llama_cpp_rpc_layout_over_two_nodes(tmp_path: Path, run_cli) -> None:
+    """The RPC layout (issue 5: a GGUF spread over several nodes' memory) from `plan --nodes 2` on two CPU
+    nodes: rpc-server on the worker bound to its own address, llama-server on the head with --rpc and the
+    plan's layer split; the manifest lists both nodes; re-rendering is byte-identical; every flag is in the
+    real binaries' --help."""
+    profile = write_cpu_profile(tmp_path / "two.yaml", ["10.213.0.1", "10.213.0.2"])
+    p = plan(load_profile(profile), model="demo", nodes=2)
+    cand = p.chosen_candidate
+    a = cand.engine_args
+    assert cand.placement == "rpc"
+    weights = tmp_path / "demo"
+    weights.mkdir()
+    (weights / "model.gguf").touch()
+    path = tmp_path / "plan.json"
+    save_plan(p, path)
+    out = tmp_path / "out"
+    argv = ["render", "--plan", str(path), "--out", str(out), "--weights-dir", str(weights)]
+    r = run_cli(argv)
+    assert r.exit_code == 0, r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "rendered_at" not in manifest
+    head, worker = manifest["nodes"]
+    hw = p.hardware["nodes"]
+    assert [(n["role"], n["program"], n["address"]) for n in manifest["nodes"]] == [
+        ("head", "llama.cpp", hw[0]["address"]),
+        ("worker", "rpc", hw[1]["address"]),
+    ]
+    assert flag_value(head["argv"], "--rpc") == ",".join(a["rpc_servers"]) == f"{hw[1]['address']}:50052"
+    assert flag_value(head["argv"], "--n-gpu-layers") == str(a["n_gpu_layers"])
+    assert [float(x) for x in flag_value(head["argv"], "--tensor-split").split(",")] == a["tensor_split"]
+    rpc = worker["argv"]
     assert rpc[0] == str(engines.llama_cpp_layout().rpc_server)
-    assert flag_value(rpc, "--host") == worker["address"] and flag_value(rpc, "--port") == "50052"
-    assert flag_value(rpc, "--threads") == str(worker["cpu"]["physical_cores"])
-    assert not nodes[1].serves_http
+    assert flag_value(rpc, "--host") == hw[1]["address"]
+    assert flag_value(rpc, "--port") == str(a["multinode"]["rpc_port"])
+    assert flag_value(rpc, "--threads") == str(a["rpc_threads"][0])
+    assert not worker["serves_http"] and head["serves_http"]
+    script = (out / worker["launch"]).read_text()
+    assert "exec " + shell_join(rpc[:1]) in script and "no authentication" in script
+    assert "0.0.0.0" not in script
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    r = run_cli(argv)
+    assert r.exit_code == 0, r.stderr
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     layout = engines.llama_cpp_layout()
     if not engines.llama_cpp_ready(layout):
         pytest.fail(f"{layout.server} is not built: run `make setup`")
-    for argv, binary in ((head_argv, layout.server), (rpc, layout.rpc_server)):
+    for args, binary in ((head["argv"], layout.server), (rpc, layout.rpc_server)):
         known = help_options(binary)
-        assert [a for a in argv if a.startswith("--") and a not in known] == []
+        assert [x for x in args if x.startswith("-") and not _number(x) and x not in known] == []
+
+
+def _number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def shell_join(args: list[str]) -> str:
+    return " ".join(render.shell_quote(x) for x in args)

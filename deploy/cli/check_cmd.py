@@ -20,6 +20,13 @@ from deploy.plan import load_plan
     help="Check what this plan deploys (default: plan.json when no --url is given).",
 )
 @click.option(
+    "--rendered",
+    type=click.Path(file_okay=False),
+    help="Check the server `kimi-deploy render` wrote into this folder: bind, port, served name, API "
+    "key variable and RPC workers from its manifest.json (follows `render --port/--bind`), the rest "
+    "from the plan.",
+)
+@click.option(
     "--url",
     help="Any OpenAI-compatible endpoint instead of a plan, e.g. http://10.0.0.5:8000 or "
     "https://api.moonshot.ai/v1.",
@@ -80,6 +87,7 @@ from deploy.plan import load_plan
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to FILE.")
 def check_command(
     plan_path: str | None,
+    rendered: str | None,
     url: str | None,
     model_name: str | None,
     api_key_env: str | None,
@@ -101,8 +109,8 @@ def check_command(
 
     Exits 0 only when every required check passes (7 otherwise); skips come from declared capabilities.
     """
-    if url and plan_path:
-        raise InputError("give either --plan or --url, not both")
+    if url and (plan_path or rendered):
+        raise InputError(f"give either {'--plan' if plan_path else '--rendered'} or --url, not both")
     if url:
         if not model_name:
             raise InputError("--url needs --model (the served model name)")
@@ -129,13 +137,18 @@ def check_command(
         ):
             if value is not None:
                 raise InputError(f"{name} goes with --url; a plan names its own")
-        target = check.target_from_plan(load_plan(plan_path or "plan.json"), api_key_env, timeout_s=timeout_s)
+        plan = load_plan(plan_path or "plan.json")
+        if rendered:
+            target = check.target_from_rendered(plan, rendered, api_key_env, timeout_s=timeout_s)
+        else:
+            target = check.target_from_plan(plan, api_key_env, timeout_s=timeout_s)
         if few_shot is not None:
             target.few_shot = few_shot
     report = check.run_checks(target)
     if tool_calls:
-        if any(r.name == "liveness" and r.status == check.FAIL for r in report.results):
-            result = check.CheckResult("tool_call_set", check.FAIL, "not run: the server is not live")
+        gates = [r for r in report.results if r.name in check.GATES and r.status == check.FAIL]
+        if gates:
+            result = check.CheckResult("tool_call_set", check.FAIL, f"not run: {gates[0].name} failed")
             summary = None
         else:
             result, summary = check.run_tool_call_set(target, tool_calls, concurrency, threshold, limit)

@@ -61,6 +61,11 @@ def _profile(hardware: str | None, gpus: str | None, weights_dir: str | None) ->
 )
 @click.option("--tensor-parallel", metavar="N", help="Force this TP size (must divide the attention heads).")
 @click.option(
+    "--nodes",
+    metavar="N",
+    help="Only layouts on exactly N nodes of the profile (N >= 2 on CPU-only nodes: llama.cpp over RPC).",
+)
+@click.option(
     "--weights-dir", help="Where weights live on every node (default: the head node's weights_dir)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print plan.json on stdout instead of the table.")
@@ -76,6 +81,7 @@ def plan_command(
     kv_cache_dtype: str,
     decode_context_parallel: str,
     tensor_parallel: str | None,
+    nodes: str | None,
     weights_dir: str | None,
     as_json: bool,
     output: str | None,
@@ -95,6 +101,7 @@ def plan_command(
         decode_context_parallel=int(_number(decode_context_parallel, "--decode-context-parallel", int) or 0),
         weights_dir=weights_dir,
         tensor_parallel=_number(tensor_parallel, "--tensor-parallel", int),
+        nodes=_number(nodes, "--nodes", int),
     )
     if output:
         save_plan(result, output)
