@@ -53,7 +53,7 @@ plan: setup ## plan for this machine (or HARDWARE=hardware/h200x8.yaml); writes 
 
 # --- up / down / check / demo / bench-up (deploy/launch.py, deploy/demo.py) ----------------------------------
 RENDERED ?= rendered
-.PHONY: up down status check demo bench-up
+.PHONY: up down status check demo bench bench-up
 
 up: setup ## start the rendered engine on verified weights, wait for /health 200 (SYSTEMD=1: as a systemd unit)
 	$(KD) up --plan $(PLAN) --rendered $(RENDERED) $(if $(SYSTEMD),--systemd)
@@ -73,6 +73,8 @@ demo: ## the whole pipeline for real on a small model (Gemma 3 270M on llama-ser
 	@echo "    the first time this compiles llama.cpp (about 15 minutes on 2 cores); later runs reuse the cache"
 	@$(MAKE) --no-print-directory $(if $(filter vllm,$(ENGINE)),$(BIN)/kimi-deploy,setup)
 	$(KD) demo $(if $(ENGINE),--engine $(ENGINE))
+
+bench: bench-download bench-up ## every benchmark; each prints ratios against a baseline measured in the same run
 
 bench-up: setup ## readiness-detection overhead of `up` (first 200 -> `up` returns) over runs of the demo; goal <= 0.3 s
 	$(BIN)/python bench/bench_up.py

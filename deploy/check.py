@@ -104,10 +104,11 @@ def check_liveness(target: Target) -> CheckResult:
 
 
 def check_rpc_workers(target: Target) -> CheckResult:
-    """Each llama.cpp RPC worker the head was started with accepts a TCP connection from here.
+    """Each llama.cpp RPC worker the head was started with is there: the head holds a session to it, or it
+    accepts a TCP connection from here.
 
-    rpc-server speaks no HTTP and answers nothing to a bare connection, so accepting is all that can be
-    asked without taking part in its protocol.
+    rpc-server speaks no HTTP and serves one client at a time, so this is all that can be asked without
+    taking part in its protocol (see deploy.readiness.rpc_reachable).
     """
     t0 = time.monotonic()
     down = []
@@ -116,7 +117,7 @@ def check_rpc_workers(target: Target) -> CheckResult:
         if not port.isdigit():
             down.append(f"rpc-server {server!r} is not host:port")
             continue
-        probe = readiness.probe_tcp(host, int(port), timeout_s=min(target.timeout_s, 5.0))
+        probe = readiness.rpc_reachable(host, int(port), timeout_s=min(target.timeout_s, 5.0))
         if probe.state != readiness.READY:
             down.append(f"rpc-server {server} unreachable ({probe.detail})")
     dt = time.monotonic() - t0
@@ -127,7 +128,7 @@ def check_rpc_workers(target: Target) -> CheckResult:
     return CheckResult(
         "rpc_workers",
         PASS,
-        f"{n} rpc-server{'s' if n > 1 else ''} accepting: {', '.join(target.rpc_servers)}",
+        f"{n} rpc-server{'s' if n > 1 else ''} reachable: {', '.join(target.rpc_servers)}",
         dt,
         details,
     )

@@ -164,19 +164,19 @@ def _listen_of(meta: dict[str, Any], target: Target) -> tuple[str, int] | None:
 
 def _worker_already_running(existing: supervise.Running, target: Target, out: _Reporter) -> UpResult:
     """A worker serves no HTTP (the head's URL may not even be reachable from here): alive, and for one that
-    listens its port accepting, is all there is to know."""
+    listens a socket listening on its port, is all there is to know."""
     listen = _listen_of(existing.meta, target)
     if listen is None:
         out.line(f"{target.node}: already running (pid {existing.pid}), worker")
         return UpResult(target.node, "", existing.pid, already=True, log=str(existing.files.log))
-    state = readiness.probe_tcp(*listen)
+    state = readiness.probe_listen(*listen)
     where = f"{listen[0]}:{listen[1]}"
     if state.state == readiness.READY:
-        out.line(f"{target.node}: already running (pid {existing.pid}), worker accepting on {where}")
+        out.line(f"{target.node}: already running (pid {existing.pid}), worker listening on {where}")
         return UpResult(target.node, "", existing.pid, already=True, log=str(existing.files.log))
     raise LaunchError(
-        f"node {target.node!r} already has a worker (pid {existing.pid}) that does not accept on {where} "
-        f"({state.describe('rpc')}); run `kimi-deploy down` first"
+        f"node {target.node!r} already has a worker (pid {existing.pid}) that does not listen on {where}; "
+        f"run `kimi-deploy down` first"
     )
 
 
@@ -284,7 +284,7 @@ def _started(target: Target, result: readiness.WaitResult) -> str:
         return f"ready in {result.elapsed_s:.1f} s at {target.base_url}"
     if target.listen is not None:
         host, port = target.listen
-        return f"worker started, accepting on {host}:{port} after {result.elapsed_s:.1f} s"
+        return f"worker started, listening on {host}:{port} after {result.elapsed_s:.1f} s"
     return "worker started"
 
 
@@ -356,7 +356,10 @@ def _unreachable(rpc_servers: tuple[str, ...]) -> list[str]:
     down = []
     for server in rpc_servers:
         host, _, port = server.rpartition(":")
-        if port.isdigit() and readiness.probe_tcp(host, int(port), timeout_s=2.0).state != readiness.READY:
+        if (
+            port.isdigit()
+            and readiness.rpc_reachable(host, int(port), timeout_s=2.0).state != readiness.READY
+        ):
             down.append(server)
     return down or list(rpc_servers)
 
@@ -546,8 +549,8 @@ def _node_status(name: str, run: supervise.Running) -> NodeStatus:
     listen = str(meta.get("listen") or "")
     if listen:
         host, _, port = listen.rpartition(":")
-        p = readiness.probe_tcp(host, int(port), timeout_s=2.0)
-        detail = f"accepting on {listen}" if p.state == readiness.READY else f"{listen}: {p.describe('rpc')}"
+        p = readiness.probe_listen(host, int(port))
+        detail = f"listening on {listen}" if p.state == readiness.READY else f"not listening on {listen}"
         return NodeStatus(name, True, p.state == readiness.READY, run.pid, "", detail, meta)
     if meta.get("serves_http") is False:
         return NodeStatus(

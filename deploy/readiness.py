@@ -16,18 +16,26 @@ How each engine says "not yet" (see ../shared/reference/kimi-k2.5.md §5):
 So "ready" is a 200 from ``/health`` for all of them; what differs is how the waiting state reads in the
 progress line and whether a 503 is expected (loading) or a sign of trouble (vLLM after load).
 
-A worker that serves no HTTP but listens (llama.cpp's ``rpc-server``) is ready when its port accepts a TCP
-connection (`probe_tcp`, `wait_listening`).
+A worker that serves no HTTP but listens (llama.cpp's ``rpc-server``) is ready when a socket listens on its
+port. That is read from this host's socket table (`probe_listen`, `wait_listening`), not by connecting:
+rpc-server serves one client at a time with a listen backlog of one, so while the head holds its session a
+probe connection is never accepted, and a few of them fill the backlog until connects time out. From another
+host (the head's `check`), `rpc_reachable` first looks for the head's own session to the worker and
+connects only when there is none.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import http.client
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import psutil
 
 READY = "ready"
 REFUSED = "refused"  # nothing accepts on the port yet
@@ -90,7 +98,7 @@ class Probe:
         if self.state == UNHEALTHY:
             return f"HTTP {self.status} {self.detail}".strip() if self.status is not None else self.detail
         if self.state == NO_ANSWER:
-            return "port open, no HTTP answer yet"
+            return self.detail if engine == "rpc" and self.detail else "port open, no HTTP answer yet"
         return "ready"
 
 
@@ -162,6 +170,60 @@ def probe_tcp(host: str, port: int, timeout_s: float = 2.0) -> Probe:
         return Probe(UNHEALTHY, detail=reason.lower())
 
 
+def _same_host(ip: str, host: str, wildcard: bool) -> bool:
+    ip = ip.removeprefix("::ffff:")
+    return ip == host or (wildcard and ip in ("0.0.0.0", "::"))
+
+
+def _tcp_table() -> list[Any]:
+    with contextlib.suppress(psutil.Error, OSError):
+        return list(psutil.net_connections(kind="tcp"))
+    return []
+
+
+def probe_listen(host: str, port: int) -> Probe:
+    """READY when a socket on this host listens on ``host:port`` (or on a wildcard address and ``port``).
+
+    >>> probe_listen("127.0.0.1", 9).state  # doctest: +SKIP
+    'refused'
+    """
+    if any(
+        c.status == psutil.CONN_LISTEN
+        and c.laddr
+        and c.laddr.port == port
+        and _same_host(c.laddr.ip, host, True)
+        for c in _tcp_table()
+    ):
+        return Probe(READY, detail="listening")
+    return Probe(REFUSED, detail="not listening")
+
+
+def session_to(host: str, port: int) -> bool:
+    """Whether a process on this host holds an established TCP connection to ``host:port``."""
+    return any(
+        c.status == psutil.CONN_ESTABLISHED
+        and c.raddr
+        and c.raddr.port == port
+        and _same_host(c.raddr.ip, host, False)
+        for c in _tcp_table()
+    )
+
+
+def rpc_reachable(host: str, port: int, timeout_s: float = 5.0) -> Probe:
+    """Is the rpc-server at ``host:port`` there, seen from this host (the head)?
+
+    An established session from here (the head's llama-server holds one while it serves) says yes without
+    touching the worker; otherwise one connection is tried. A worker whose process is gone closes that
+    session (it leaves ESTABLISHED) and refuses the connection.
+
+    >>> rpc_reachable("10.0.0.2", 50052).detail  # doctest: +SKIP
+    'connection refused'
+    """
+    if session_to(host, port):
+        return Probe(READY, detail="the head holds a session to it")
+    return probe_tcp(host, port, timeout_s)
+
+
 @dataclass(frozen=True)
 class WaitResult:
     """How a wait ended: ``ready`` True, or why not (``exited`` with ``returncode``, or the deadline)."""
@@ -217,13 +279,13 @@ def wait_listening(
     on_progress: Callable[[float, Probe], None] | None = None,
     progress_every_s: float = 5.0,
 ) -> WaitResult:
-    """Like `wait_ready`, for a worker without HTTP: poll until ``host:port`` accepts a connection.
+    """Like `wait_ready`, for a worker without HTTP: poll until a socket here listens on ``host:port``.
 
     >>> wait_listening("10.0.0.2", 50052, 300, proc.poll).ready  # doctest: +SKIP
     True
     """
     return _wait(
-        lambda timeout_s: probe_tcp(host, port, timeout_s=timeout_s),
+        lambda _timeout_s: probe_listen(host, port),
         deadline_s,
         exit_status,
         on_progress,

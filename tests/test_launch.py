@@ -27,9 +27,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy import architecture, constants, diagnosis, launch, lockfile, pins, readiness
+from deploy import architecture, check, constants, diagnosis, launch, lockfile, pins, readiness
 from deploy.catalog import load_model
-from deploy.plan import Candidate, Memory, Plan, Weights, save_plan
+from deploy.plan import Candidate, Memory, Plan, Weights, load_plan, save_plan
 
 REPO = Path(__file__).resolve().parent.parent
 NODE = "ci"
@@ -572,10 +572,32 @@ def test_backoff_is_capped_at_250ms(tmp_path: Path) -> None:
         ("launch_server.py: error: argument --tool-call-parser: invalid choice: 'kimi'", "unknown_flag"),
         ("OSError: /models/x does not appear to have a file named config.json.", "missing_weights"),
         ("/opt/launch.sh: line 3: vllm: command not found", "engine_missing"),
+        # llama.cpp's RPC backend (ggml/src/ggml-rpc/ggml-rpc.cpp) aborts, and gdb's backtrace follows with
+        # "No such file or directory" lines that must not read as missing weights
+        (
+            "ggml-rpc.cpp:547: Failed to connect to 10.213.0.2:50052\n"
+            "58\t../sysdeps/nptl/libc_start_call_main.h: No such file or directory.",
+            "rpc_unreachable",
+        ),
+        (
+            "ggml-rpc.cpp:566: Remote RPC server crashed or returned malformed response\n"
+            "360\t../csu/libc-start.c: No such file or directory.",
+            "rpc_worker_lost",
+        ),
     ],
 )
 def test_diagnosis_of_engine_messages(line: str, kind: str) -> None:
     assert diagnosis.diagnose(f"INFO starting\n{line}\nINFO shutting down\n", 1).kind == kind
+
+
+def test_rpc_diagnosis_names_the_worker() -> None:
+    d = diagnosis.diagnose("ggml-rpc.cpp:547: Failed to connect to 10.213.0.2:50052\n", -6)
+    assert "rpc-server 10.213.0.2:50052" in d.summary
+    # the crash message names no address: the caller names the workers it found unreachable
+    lost = "ggml-rpc.cpp:566: Remote RPC server crashed or returned malformed response\n"
+    assert diagnosis.diagnose(lost, -6, rpc_servers=["10.213.0.3:50052"]).summary.endswith(
+        "rpc-server 10.213.0.3:50052"
+    )
 
 
 def test_diagnosis_without_a_known_message() -> None:
@@ -772,13 +794,13 @@ def test_rpc_worker_is_ready_when_its_port_accepts(tmp_path: Path, weights: Path
     r = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stderr
-    assert f"w1: worker started, accepting on 127.0.0.1:{rpc_port}" in r.stderr
+    assert f"w1: worker started, listening on 127.0.0.1:{rpc_port}" in r.stderr
     assert accepts(rpc_port) and delay_s <= took < delay_s + launch.WORKER_SETTLE_S
     # status: the worker is ready by its port (the head's URL is not asked: nothing serves it)
     st = kd(tmp_path, "status", "--json")
     (w1,) = [s for s in json.loads(st.stdout) if s["node"] == "w1"]
-    assert w1["ready"] and w1["detail"] == f"accepting on 127.0.0.1:{rpc_port}", st.stdout
-    # an Ansible re-run: alive and accepting is "already running", exit 0, nothing new started
+    assert w1["ready"] and w1["detail"] == f"listening on 127.0.0.1:{rpc_port}", st.stdout
+    # an Ansible re-run: alive and listening is "already running", exit 0, nothing new started
     pid = json.loads((tmp_path / "state" / "run" / "w1.json").read_text())["pid"]
     again = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
     assert again.returncode == 0 and "already running" in again.stderr, again.stderr
@@ -824,7 +846,20 @@ def test_rpc_head_names_the_worker_it_cannot_reach_or_lost(
     assert kd(tmp_path, *up_args(tmp_path, "--node", "w1")).returncode == 0
     up_head = kd(tmp_path, *up_args(tmp_path))
     assert up_head.returncode == 0, up_head.stderr[-2000:]
+    # rpc-server serves one client at a time (listen backlog 1): while the head holds its session, re-runs
+    # of `up` on the worker and of the head's rpc_workers check must not queue connections it never accepts
+    target = check.target_from_rendered(load_plan(tmp_path / "plan.json"), tmp_path / "rendered")
+    assert target.rpc_servers == [f"127.0.0.1:{rpc_port}"]
+    for _ in range(4):
+        again = kd(tmp_path, *up_args(tmp_path, "--node", "w1"))
+        assert again.returncode == 0 and "already running" in again.stderr, again.stderr
+        assert check.check_rpc_workers(target).status == check.PASS
     assert kd(tmp_path, "down", "--node", "w1").returncode == 0
+    lost = check.check_rpc_workers(target)
+    assert (
+        lost.status == check.FAIL
+        and lost.reason == f"rpc-server 127.0.0.1:{rpc_port} unreachable (connection refused)"
+    )
     import requests
 
     with pytest.raises(requests.RequestException):

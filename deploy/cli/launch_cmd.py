@@ -40,8 +40,9 @@ def up_command(
     """Start the engine on verified weights and wait until it is ready.
 
     A second `up` on a node whose server is ready prints "already running" and exits 0; if that server is
-    not ready, or another `up` is still starting it, it exits 6. On a failed start the cause read from the
-    log is printed with its last lines (exit 6).
+    not ready, or another `up` is still starting it, it exits 6. A worker node is ready when its process
+    runs and, for llama.cpp's rpc-server, a socket listens on its port. On a failed start the cause read
+    from the log is printed with its last lines (exit 6).
     """
     launch.up(plan_path, rendered, node=node, systemd=systemd, deadline_s=deadline)
 
@@ -94,7 +95,7 @@ def status_command(as_json: bool) -> None:
     for s in [] if as_json else nodes:
         state = "ready" if s.ready else ("running, not ready" if s.running else "not running")
         pid = f" pid {s.pid}" if s.running else ""
-        url = f" {s.url.rsplit('/', 1)[0]}" if s.running else ""
+        url = f" {s.url.rsplit('/', 1)[0]}" if s.running and s.url else ""
         click.echo(f"{s.node}: {state}{pid}{url} ({s.detail})")
     # SystemExit, not ctx.exit: the entry point runs click with standalone_mode=False, which drops the code
     sys.exit(0 if nodes and all(s.ready for s in nodes) else 1)
