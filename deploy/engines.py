@@ -311,6 +311,8 @@ def _finish(staging: Path, final: Path) -> None:
     """Rename ``staging`` over ``final``; what was at ``final`` (an unusable earlier attempt) goes first."""
     if final.exists():
         shutil.rmtree(final)
+    # mkdtemp made it 0700; engines run as other users too (systemd units, Ansible become_user)
+    staging.chmod(0o755)
     os.replace(staging, final)
 
 
