@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.check_plans import demo_plan
 
 from deploy import check, check_requests, check_result, check_shapes, check_target, check_toolset, faultserver
 from deploy.plan import plan_from_dict
@@ -186,58 +187,6 @@ def test_few_shot_requests_come_from_the_catalog() -> None:
     assert len(calls) == 2 and tool_req["messages"][-1]["role"] == "user"
     assert len(requests_.chat_request(kimi, "tool")["messages"]) == 1
     assert demo.id_rule == check.ID_RULE_GENERIC and kimi.id_rule == check.ID_RULE_KIMI
-
-
-def _candidate(engine: str, port: int, args: dict, max_model_len: int) -> dict:
-    return {
-        "id": f"{engine}-x",
-        "engine": engine,
-        "variant": "Q4_K_M",
-        "status": "runnable",
-        "nodes": 1,
-        "gpus_per_node": 0,
-        "tensor_parallel": 1,
-        "pipeline_parallel": 1,
-        "data_parallel": 1,
-        "expert_parallel": False,
-        "decode_context_parallel": 1,
-        "max_model_len": max_model_len,
-        "kv_cache_dtype": "f16",
-        "kv_cache_tokens": max_model_len,
-        "gpu_memory_utilization": 0.0,
-        "memory": {},
-        "placement": "cpu",
-        "weights": {
-            "variant": "Q4_K_M",
-            "repo": "r",
-            "revision": "main",
-            "allow_patterns": ["*.gguf"],
-            "bytes": 1,
-            "format": "gguf",
-        },
-        "engine_args": {"port": port, "served_model_name": "demo", **args},
-    }
-
-
-def demo_plan(port: int, max_model_len: int, engine: str = "llama.cpp", **args) -> dict:
-    from deploy.catalog import load_model
-
-    m = load_model("demo")
-    return {
-        "schema": 1,
-        "model": {
-            "name": m.name,
-            "display_name": m.display_name,
-            "served_model_name": m.served_model_name,
-            "capabilities": m.capabilities,
-            "parsers": m.parsers,
-            "modes": m.modes,
-        },
-        "hardware": {},
-        "request": {},
-        "chosen": f"{engine}-x",
-        "candidates": [_candidate(engine, port, args, max_model_len)],
-    }
 
 
 def test_target_from_plan_reads_engine_args() -> None:

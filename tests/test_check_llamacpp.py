@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from helpers.check_plans import demo_plan
 
 from deploy import constants, pins
 
@@ -126,61 +127,15 @@ def llama_server(demo_gguf: Path, tmp_path: Path) -> Iterator[Callable[..., str]
 
 
 def _plan(port: int) -> dict:
-    from deploy.catalog import load_model
-
-    m = load_model("demo")
-    return {
-        "schema": 1,
-        "model": {
-            "name": m.name,
-            "display_name": m.display_name,
-            "served_model_name": m.served_model_name,
-            "capabilities": m.capabilities,
-            "parsers": m.parsers,
-            "modes": m.modes,
-        },
-        "hardware": {},
-        "request": {},
-        "chosen": "llama.cpp-demo",
-        "candidates": [
-            {
-                "id": "llama.cpp-demo",
-                "engine": "llama.cpp",
-                "variant": "Q4_K_M",
-                "status": "runnable",
-                "nodes": 1,
-                "gpus_per_node": 0,
-                "tensor_parallel": 1,
-                "pipeline_parallel": 1,
-                "data_parallel": 1,
-                "expert_parallel": False,
-                "decode_context_parallel": 1,
-                "max_model_len": CTX,
-                "kv_cache_dtype": "f16",
-                "kv_cache_tokens": CTX,
-                "gpu_memory_utilization": 0.0,
-                "memory": {},
-                "placement": "cpu",
-                "weights": {
-                    "variant": "Q4_K_M",
-                    "repo": "kimi-deploy-demo/gemma-3-270m-GGUF",
-                    "revision": "main",
-                    "allow_patterns": ["*.gguf"],
-                    "bytes": 253113024,
-                    "format": "gguf",
-                },
-                "engine_args": {
-                    "host": "127.0.0.1",
-                    "port": port,
-                    "served_model_name": "demo",
-                    "metrics": True,
-                    "jinja": True,
-                    "chat_template": TEMPLATE.name,
-                    "reasoning_format": "deepseek",
-                },
-            }
-        ],
-    }
+    return demo_plan(
+        port,
+        CTX,
+        host="127.0.0.1",
+        metrics=True,
+        jinja=True,
+        chat_template=TEMPLATE.name,
+        reasoning_format="deepseek",
+    )
 
 
 def _run(*args: str) -> tuple[int, dict, str]:
