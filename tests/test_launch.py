@@ -26,10 +26,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers.plans import cpu_candidate
 
 from deploy import architecture, check, constants, diagnosis, launch, lockfile, pins, readiness
 from deploy.catalog import load_model
-from deploy.plan import Candidate, Memory, Plan, Weights, load_plan, save_plan
+from deploy.plan import Plan, Weights, load_plan, save_plan
 
 REPO = Path(__file__).resolve().parent.parent
 NODE = "ci"
@@ -99,33 +100,19 @@ def write_plan(
     engine: str = "llama.cpp",
     max_model_len: int = 2048,
 ) -> Path:
-    cand = Candidate(
-        id=f"{engine}/test",
-        engine=engine,
+    weights = Weights(
         variant="Q4_K_M",
-        status="runnable",
-        nodes=1,
-        gpus_per_node=0,
-        tensor_parallel=1,
-        pipeline_parallel=1,
-        data_parallel=1,
-        expert_parallel=False,
-        decode_context_parallel=1,
+        repo="kimi-deploy-demo/gemma-3-270m-GGUF",
+        revision="main",
+        allow_patterns=["*.gguf"],
+        bytes=0,
+        format="gguf",
+        local_dir=str(weights_dir),
+    )
+    cand = cpu_candidate(
+        weights,
+        engine=engine,
         max_model_len=max_model_len,
-        kv_cache_dtype="f16",
-        kv_cache_tokens=max_model_len,
-        gpu_memory_utilization=0.0,
-        memory=Memory(),
-        weights=Weights(
-            variant="Q4_K_M",
-            repo="kimi-deploy-demo/gemma-3-270m-GGUF",
-            revision="main",
-            allow_patterns=["*.gguf"],
-            bytes=0,
-            format="gguf",
-            local_dir=str(weights_dir),
-        ),
-        placement="cpu",
         engine_args={"host": "127.0.0.1", "port": port, "threads": 1},
         time_to_ready_s=time_to_ready_s,
     )

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from deploy.mirror import stage_folder
-from deploy.plan import Candidate, Memory, Plan, Weights, save_plan
+from deploy.plan import Plan, Weights, save_plan
+from helpers.plans import cpu_candidate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 KD = str(REPO_ROOT / ".venv" / "bin" / "kimi-deploy")
@@ -77,26 +78,7 @@ def write_plan(
         format="gguf" if "GGUF" in repo else "safetensors",
         local_dir=str(local_dir),
     )
-    cand = Candidate(
-        id="test-cpu",
-        engine="llama.cpp",
-        variant="test",
-        status="runnable",
-        nodes=1,
-        gpus_per_node=0,
-        tensor_parallel=1,
-        pipeline_parallel=1,
-        data_parallel=1,
-        expert_parallel=False,
-        decode_context_parallel=1,
-        max_model_len=4096,
-        kv_cache_dtype="auto",
-        kv_cache_tokens=4096,
-        gpu_memory_utilization=0.0,
-        memory=Memory(),
-        weights=weights,
-        placement="cpu",
-    )
+    cand = cpu_candidate(weights, id="test-cpu", kv_cache_dtype="auto")
     save_plan(Plan(model={"name": "test"}, hardware={}, candidates=[cand], chosen=cand.id), path)
     return path
 
