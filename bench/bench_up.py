@@ -23,9 +23,9 @@ import threading
 import time
 from pathlib import Path
 
-from deploy import launch, readiness
-from deploy.demo import prepare_deployment
-from deploy.plan import load_plan
+from deploy.demo.run import prepare_deployment
+from deploy.planning.contract import load_plan
+from deploy.serving import launch, readiness
 
 GOAL_S = 0.3
 POLL_S = 0.005

@@ -2,7 +2,7 @@
 
 >>> staged = stage_demo(tmp_path / "upstream")         # the real GGUF from PyPI, staged as a Hub repo
 >>> write_inventory(tmp_path / "inv.yml", {...})       # groups kimi_head / kimi_workers
->>> result = run(tmp_path / "inv.yml")                 # deploy.ansible.run_playbook, progress kept
+>>> result = run(tmp_path / "inv.yml")                 # deploy.ansible.runner.run_playbook, progress kept
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from deploy import ansible
+from deploy.ansible import runner as ansible
 from deploy.catalog import load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ class Run:
 
 
 def run(inventory: Path, **kwargs: Any) -> Run:
-    """site.yml through deploy.ansible (ansible-runner), keeping the progress lines."""
+    """site.yml through deploy.ansible.runner (ansible-runner), keeping the progress lines."""
     lines: list[str] = []
     result = ansible.run_playbook("site.yml", str(inventory), on_line=lines.append, **kwargs)
     return Run(result, lines)

@@ -8,7 +8,7 @@ from pathlib import Path
 import ansible_support as support
 import yaml
 
-from deploy import ansible
+from deploy.ansible import runner as ansible
 
 
 def _playbook(path: Path, tasks: list[dict]) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 import ansible_support as support
 import pytest
 
-from deploy import lockfile
+from deploy.weights import lockfile
 
 pytestmark = pytest.mark.slow
 

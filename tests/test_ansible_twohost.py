@@ -26,7 +26,7 @@ import netns
 import psutil
 import pytest
 
-from deploy import lockfile
+from deploy.weights import lockfile
 
 pytestmark = pytest.mark.slow
 

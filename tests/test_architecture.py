@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.architecture import BF16, architecture_for, expert_bytes, vision_params
 from deploy.catalog import load_model
 from deploy.constants import GIB
 from deploy.errors import CatalogError
+from deploy.planning.architecture import BF16, architecture_for, expert_bytes, vision_params
 
 
 @pytest.fixture(scope="module")

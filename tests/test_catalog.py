@@ -10,9 +10,9 @@ import gguf
 import pytest
 import yaml
 
-from deploy.architecture import architecture_for, demo_gguf_path, gguf_architecture, read_gguf_header
 from deploy.catalog import ENGINES, available_models, load_model
 from deploy.errors import CatalogError
+from deploy.planning.architecture import architecture_for, demo_gguf_path, gguf_architecture, read_gguf_header
 
 #: How far a computed GGUF size may sit from the repo listing. The catalog's bits per weight are per tensor
 #: group averages of unsloth's dynamic quants (some tensors of a group get more bits); their file sizes are

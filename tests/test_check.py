@@ -3,7 +3,8 @@
 The Kimi shapes (ids ``functions.<name>:<n>``, vLLM's ``reasoning`` vs SGLang's ``reasoning_content``) come
 from payloads reconstructed from the engines' sources (tests/fixtures/kimi/, each names its source).
 The faults a correctly configured engine never shows (a missing reasoning or tool parser, random ids, a
-model that never loads) come from deploy/faultserver.py, a labelled fault-injecting server that runs as a
+model that never loads) come from deploy/checking/faultserver.py,
+a labelled fault-injecting server that runs as a
 real process on loopback; the CLI is driven as a user runs it.
 """
 
@@ -25,8 +26,14 @@ from pathlib import Path
 import pytest
 from helpers.check_plans import demo_plan
 
-from deploy import check, check_requests, check_result, check_shapes, check_target, check_toolset, faultserver
-from deploy.plan import plan_from_dict
+from deploy.checking import calls as check_requests
+from deploy.checking import faultserver
+from deploy.checking import result as check_result
+from deploy.checking import shapes as check_shapes
+from deploy.checking import suite as check
+from deploy.checking import target as check_target
+from deploy.checking import toolset as check_toolset
+from deploy.planning.contract import plan_from_dict
 
 shapes, requests_ = check_shapes, check_requests
 
@@ -221,7 +228,7 @@ def fault_server() -> Iterator:
             [
                 sys.executable,
                 "-m",
-                "deploy.faultserver",
+                "deploy.checking.faultserver",
                 "--mode",
                 mode,
                 "--engine",
@@ -412,7 +419,8 @@ def rpc_server() -> Iterator[int]:
     """A real rpc-server (llama.cpp's RPC worker, from the cached build) on a free loopback port; without
     that build, a stand-in TCP listener (labelled: it accepts and closes, as rpc-server does for a bare
     connection)."""
-    from deploy import constants, pins, readiness
+    from deploy import constants, pins
+    from deploy.serving import readiness
 
     port = free_port()
     binary = (

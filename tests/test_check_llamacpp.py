@@ -34,7 +34,7 @@ CTX = 2048
 
 
 def llama_server_binary() -> Path:
-    """KIMI_DEPLOY_LLAMA_SERVER, else deploy.engines' path when that module exists, else the cache layout."""
+    """KIMI_DEPLOY_LLAMA_SERVER, else deploy.engines.builds' path, else the cache layout."""
     override = os.environ.get("KIMI_DEPLOY_LLAMA_SERVER")
     if override:
         return Path(override)

@@ -17,9 +17,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from deploy import launch, readiness
 from deploy.catalog import load_model
-from deploy.plan import load_plan
+from deploy.planning.contract import load_plan
+from deploy.serving import launch, readiness
 
 # any free port: the catalog's (8001) may be taken by another deployment on a shared CI machine
 PORT = ["--port", "0"]

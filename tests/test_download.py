@@ -32,9 +32,9 @@ from helpers.fake_repos import (
     write_plan,
 )
 
-from deploy.download import CLIENT_CHUNK_BYTES, DISK_MARGIN_MIN_BYTES, pattern_regex, select_files
-from deploy.lockfile import QUARANTINE_DIR, is_verified, read_lock
-from deploy.progress import PLAIN, TTY, Progress, pick_mode
+from deploy.weights.download import CLIENT_CHUNK_BYTES, DISK_MARGIN_MIN_BYTES, pattern_regex, select_files
+from deploy.weights.lockfile import QUARANTINE_DIR, is_verified, read_lock
+from deploy.weights.progress import PLAIN, TTY, Progress, pick_mode
 
 GGUF = "unsloth/Kimi-K2.5-GGUF"
 NATIVE = "moonshotai/Kimi-K2.5"

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import pytest
 
-from deploy import engines, parser_check, pins
-from deploy.hardware import available_profiles, load_profile
-from deploy.planner import plan
-from deploy.render_argv import Endpoint, node_commands
+from deploy import pins
+from deploy.engines import builds as engines
+from deploy.hardware.profiles import available_profiles, load_profile
+from deploy.planning.planner import plan
+from deploy.serving import parser_check
+from deploy.serving.argv import Endpoint, node_commands
 
 KEY_ENV = "KIMI_API_KEY"
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy import constants, engines, pins
+from deploy import constants, pins
 from deploy.cli import main
+from deploy.engines import builds as engines
 
 
 @pytest.fixture

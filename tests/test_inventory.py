@@ -20,10 +20,10 @@ import pynvml
 import pytest
 import yaml
 
-from deploy import inventory
 from deploy.constants import GIB, MIB
 from deploy.errors import InputError
-from deploy.hardware import gpu_spec, load_profile, profile_from_dict
+from deploy.hardware import inventory
+from deploy.hardware.profiles import gpu_spec, load_profile, profile_from_dict
 
 FIXTURES = Path(__file__).parent / "fixtures" / "inventory"
 KD = [sys.executable, "-m", "deploy"]

@@ -1,8 +1,9 @@
 """`kimi-deploy up` / `down` / `status` with real processes on loopback.
 
 The engine is the real llama-server (the CPU build `make setup` caches) on the demo GGUF, whose weights are
-locked and verified by the real deploy.lockfile. The plan is a plan.json written through deploy.plan, and the
-launch scripts are written here: they stand in for `kimi-deploy render`'s output, so each test controls
+locked and verified by the real deploy.weights.lockfile. The plan is a plan.json written through
+deploy.planning.contract, and the launch scripts are written here: they stand in for `kimi-deploy render`'s
+output, so each test controls
 exactly what the engine is told. Scripts that print an engine's refusal and exit, or kill themselves, are
 fault injection (labelled as such): they produce failures a real engine here cannot (a vLLM KV-cache refusal
 needs a GPU-sized model; the OOM killer needs memory pressure).
@@ -28,9 +29,13 @@ import psutil
 import pytest
 from helpers.plans import cpu_candidate
 
-from deploy import architecture, check, constants, diagnosis, launch, lockfile, pins, readiness
+from deploy import constants, pins
 from deploy.catalog import load_model
-from deploy.plan import Plan, Weights, load_plan, save_plan
+from deploy.checking import suite as check
+from deploy.planning import architecture
+from deploy.planning.contract import Plan, Weights, load_plan, save_plan
+from deploy.serving import diagnosis, launch, readiness
+from deploy.weights import lockfile
 
 REPO = Path(__file__).resolve().parent.parent
 NODE = "ci"
@@ -332,9 +337,9 @@ def test_unknown_flag_real_engine(tmp_path: Path, weights: Path, server_bin: Pat
 
 
 def stay_503_script(rendered: Path, port: int) -> Path:
-    """The fault-injecting server (deploy.faultserver) in stay-503 mode: 503 "Loading model" forever."""
+    """The fault-injecting server (deploy.checking.faultserver), stay-503: 503 "Loading model" forever."""
     return write_script(
-        rendered, f"exec {sys.executable} -m deploy.faultserver --mode stay-503 --port {port}"
+        rendered, f"exec {sys.executable} -m deploy.checking.faultserver --mode stay-503 --port {port}"
     )
 
 
@@ -431,7 +436,7 @@ def test_secrets_never_shown(tmp_path: Path, weights: Path) -> None:
 
 
 def test_down_kills_after_grace_when_term_is_ignored(tmp_path: Path) -> None:
-    from deploy import supervise
+    from deploy.serving import supervise
 
     files = supervise.RunFiles.for_node(tmp_path / "state", NODE)
     # a process group whose leader ignores SIGTERM and has a child that ignores it too
@@ -693,7 +698,7 @@ def test_rendered_manifest_decides_port_and_weights(tmp_path: Path, weights: Pat
 
 def test_diagnosis_of_a_recorded_vllm_kv_refusal() -> None:
     """A real vLLM CPU log (tests/fixtures/vllm_cpu/kv_refusal.log): the cause sits above the traceback."""
-    from deploy.vllm_cpu import parse_kv_refusal
+    from deploy.engines.vllm_cpu import parse_kv_refusal
 
     log = (REPO / "tests" / "fixtures" / "vllm_cpu" / "kv_refusal.log").read_text()
     refusal = parse_kv_refusal(log)

@@ -16,7 +16,7 @@ from helpers.fake_repos import make_gguf_repo, stage
 from deploy.cli import cli
 from deploy.cli.download_cmd import COMMANDS
 from deploy.errors import InputError
-from deploy.lockfile import (
+from deploy.weights.lockfile import (
     LOCK_NAME,
     QUARANTINE_DIR,
     STAMP_NAME,

@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from deploy.architecture import architecture_for
 from deploy.catalog import load_model
 from deploy.constants import GIB, MIB
-from deploy.hardware import load_profile
-from deploy.memory import (
+from deploy.hardware.profiles import load_profile
+from deploy.planning.architecture import architecture_for
+from deploy.planning.memory import (
     Layout,
     evaluate,
     gpu_weights,

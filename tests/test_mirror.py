@@ -14,7 +14,7 @@ from helpers.fake_repos import MirrorProcess, kd_env, make_gguf_repo, make_safet
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.hf_api import RepoFile
 
-from deploy.lockfile import LOCK_NAME, read_lock, write_lock
+from deploy.weights.lockfile import LOCK_NAME, read_lock, write_lock
 
 GGUF = "unsloth/Kimi-K2.5-GGUF"
 NATIVE = "moonshotai/Kimi-K2.5"

@@ -12,8 +12,8 @@ from helpers.cpu_nodes import write_cpu_profile
 
 from deploy import constants
 from deploy.cli import main
-from deploy.hardware import available_profiles
-from deploy.plan import RUNNABLE, load_plan
+from deploy.hardware.profiles import available_profiles
+from deploy.planning.contract import RUNNABLE, load_plan
 
 KD = Path(sys.executable).with_name("kimi-deploy")
 
@@ -183,8 +183,8 @@ def test_make_plan(tmp_path):
     )
     # the expectation comes from planning this machine's probed profile: on the CI machine (no GPU, 24 GB)
     # nothing runs, kimi-deploy exits 3 after the table and the explanation, and make names that status
-    from deploy.inventory import probe
-    from deploy.planner import plan
+    from deploy.hardware.inventory import probe
+    from deploy.planning.planner import plan
 
     if plan(probe()).chosen is None:
         assert no.returncode != 0 and "Error 3" in no.stderr

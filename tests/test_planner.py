@@ -11,14 +11,14 @@ from helpers.cpu_nodes import write_cpu_profile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deploy.architecture import architecture_for
 from deploy.catalog import load_model
 from deploy.constants import GIB
 from deploy.errors import InputError
-from deploy.hardware import HardwareProfile, load_profile, profile_from_gpus
-from deploy.memory import host_available, llama_layer_devices, rpc_split
-from deploy.plan import INCOMPATIBLE, REDUCED, RUNNABLE, load_plan, save_plan
-from deploy.planner import CONTEXT_STEP, MIN_CONTEXT, plan
+from deploy.hardware.profiles import HardwareProfile, load_profile, profile_from_gpus
+from deploy.planning.architecture import architecture_for
+from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, load_plan, save_plan
+from deploy.planning.memory import host_available, llama_layer_devices, rpc_split
+from deploy.planning.planner import CONTEXT_STEP, MIN_CONTEXT, plan
 
 ORDER = {RUNNABLE: 0, REDUCED: 1, INCOMPATIBLE: 2}
 FULL = 262_144

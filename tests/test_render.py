@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 from helpers.cpu_nodes import write_cpu_profile
 
-from deploy import engines, lockfile, pins, render
+from deploy import pins
 from deploy.cli import main
-from deploy.hardware import available_profiles, load_profile
-from deploy.plan import Plan, save_plan
-from deploy.planner import plan
-from deploy.render_argv import Endpoint, EnvRef, node_commands
+from deploy.engines import builds as engines
+from deploy.hardware.profiles import available_profiles, load_profile
+from deploy.planning.contract import Plan, save_plan
+from deploy.planning.planner import plan
+from deploy.serving import render
+from deploy.serving.argv import Endpoint, EnvRef, node_commands
+from deploy.weights import lockfile
 
 CANARY_KEY = "canary-api-key-7f3a9c"
 CANARY_HF = "hf_canary_token_51d2e8"
@@ -559,8 +562,8 @@ def _get(url: str, key: str | None = None) -> int:
 def test_rendered_demo_script_serves_with_the_api_key(tmp_path: Path, run_cli) -> None:
     """The demo plan rendered for a non-loopback bind starts the real llama-server: /health answers, the API
     needs the key from the environment, and the key never lands in a file."""
-    from deploy import architecture
     from deploy.catalog import load_model
+    from deploy.planning import architecture
 
     built = engines.llama_cpp_layout()
     if not engines.llama_cpp_ready(built):

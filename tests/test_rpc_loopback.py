@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from helpers.cpu_nodes import write_cpu_profile
 
-from deploy import engines
-from deploy.architecture import architecture_for, demo_gguf_path
 from deploy.catalog import load_model
+from deploy.engines import builds as engines
+from deploy.planning.architecture import architecture_for, demo_gguf_path
 
 KD = Path(sys.executable).with_name("kimi-deploy")
 

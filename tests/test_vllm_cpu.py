@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy import pins, vllm_cpu
-from deploy.diagnosis import diagnose
+from deploy import pins
+from deploy.engines import vllm_cpu
 from deploy.errors import KimiDeployError
+from deploy.serving.diagnosis import diagnose
 
 FIXTURE = Path(__file__).parent / "fixtures" / "vllm_cpu" / "kv_refusal.log"
 

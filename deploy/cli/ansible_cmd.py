@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deploy import ansible
+from deploy.ansible import runner as ansible
 
 
 @click.command("ansible")

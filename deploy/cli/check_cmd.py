@@ -6,10 +6,10 @@ import json
 
 import click
 
-from deploy import check
+from deploy.checking import suite as check
 from deploy.errors import CheckFailedError, InputError
 from deploy.fsutil import atomic_write_json
-from deploy.plan import load_plan
+from deploy.planning.contract import load_plan
 
 
 @click.command("check")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from deploy import demo
+from deploy.demo import run as demo
 
 
 @click.command("demo")

@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from deploy.errors import InputError, VerificationError
-from deploy.plan import Weights, load_plan
-from deploy.progress import Progress, pick_mode
+from deploy.planning.contract import Weights, load_plan
+from deploy.weights.progress import Progress, pick_mode
 
 
 def _weights(plan_path: str, candidate: str | None) -> Weights:
@@ -57,7 +57,7 @@ def download(
     """Download the plan's weights, write weights.lock, verify every file.
 
     The token comes from HF_TOKEN or `hf auth login`, never from the command line."""
-    from deploy.download import download_weights, exit_keeping_partials
+    from deploy.weights.download import download_weights, exit_keeping_partials
 
     weights = _weights(plan_path, candidate)
     target = dest or weights.local_dir
@@ -97,7 +97,7 @@ def download(
 @click.option("--workers", type=int, help="Parallel hashing threads (default: CPU count, at most 8).")
 def verify_cmd(directory: str | None, plan_path: str, json_out: bool, workers: int | None) -> None:
     """Re-hash every file of a weights folder against its weights.lock; corrupt files go to .quarantine/."""
-    from deploy.lockfile import verify
+    from deploy.weights.lockfile import verify
 
     if directory is None:
         if not Path(plan_path).is_file():

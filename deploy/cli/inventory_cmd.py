@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from deploy import inventory
 from deploy.fsutil import atomic_write_text
+from deploy.hardware import inventory
 
 
 @click.command("inventory")

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from deploy import launch
+from deploy.serving import launch
 
 
 @click.command("up")

@@ -66,7 +66,7 @@ def serve(
 
     A line `mirror-ready {json}` on stdout carries the URLs; point clients at it with
     HF_ENDPOINT=http://<this host>:<port> (plus the path prefix, if any)."""
-    from deploy.mirror import MirrorConfig, MirrorServer
+    from deploy.weights.mirror import MirrorConfig, MirrorServer
 
     if token_env:
         token = os.environ.get(token_env)
@@ -129,8 +129,8 @@ def serve(
 )
 def stage(src_dir: str, repo: str, into: str) -> None:
     """Stage a local folder as a repo (hard links where possible) with a weights.lock."""
-    from deploy.lockfile import read_lock
-    from deploy.mirror import stage_folder
+    from deploy.weights.lockfile import read_lock
+    from deploy.weights.mirror import stage_folder
 
     dest = stage_folder(src_dir, repo, into)
     lock = read_lock(dest)

@@ -8,10 +8,10 @@ import click
 
 from deploy import constants
 from deploy.errors import InputError, NothingRunnableError
-from deploy.hardware import HardwareProfile, load_profile, profile_from_gpus
-from deploy.plan import save_plan
-from deploy.plan_report import render_report
-from deploy.planner import plan
+from deploy.hardware.profiles import HardwareProfile, load_profile, profile_from_gpus
+from deploy.planning.contract import save_plan
+from deploy.planning.planner import plan
+from deploy.planning.report import render_report
 
 
 def _number(value: str | None, option: str, kind: type) -> int | float | None:
@@ -33,7 +33,7 @@ def _profile(hardware: str | None, gpus: str | None, weights_dir: str | None) ->
     if gpus:
         return profile_from_gpus(gpus)
     try:
-        from deploy import inventory
+        from deploy.hardware import inventory
     except ImportError:
         raise InputError("no hardware given: pass --hardware FILE or --gpus SPEC (e.g. 8xH200)") from None
     return inventory.probe(weights_dir) if weights_dir else inventory.probe()

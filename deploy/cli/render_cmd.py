@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from deploy import parser_check, render
 from deploy.errors import KimiDeployError
-from deploy.render_argv import argv_strings
+from deploy.serving import parser_check, render
+from deploy.serving.argv import argv_strings
 
 
 class ParserCheckFailed(KimiDeployError):

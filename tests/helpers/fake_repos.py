@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.mirror import stage_folder
-from deploy.plan import Plan, Weights, save_plan
+from deploy.planning.contract import Plan, Weights, save_plan
+from deploy.weights.mirror import stage_folder
 from helpers.plans import cpu_candidate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.plan import Candidate, Memory, Weights
+from deploy.planning.contract import Candidate, Memory, Weights
 
 
 def cpu_candidate(

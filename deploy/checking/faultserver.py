@@ -1,0 +1,237 @@
+"""A FAULT-INJECTING TEST SERVER: a tiny OpenAI-compatible endpoint that misbehaves on purpose.
+
+It exists so the conformance check can be shown to catch the failures a real engine produces only when
+it is misconfigured (no reasoning parser, a broken tool parser, random tool-call ids, a model that never
+finishes loading). It serves nothing real: every answer is a recorded Kimi-shaped payload from
+``tests/fixtures/kimi/`` (vLLM or SGLang shapes), replayed as is (``ok-kimi``) or with one fault injected.
+
+    python -m deploy.checking.faultserver --mode leak-think --engine vllm --port 0
+    # prints: FAULT-INJECTING TEST SERVER (mode leak-think) listening on http://127.0.0.1:PORT
+
+Modes:
+- ``ok-kimi``: replays the recorded payloads (the check passes against it);
+- ``leak-think``: thinking text and a literal ``</think>`` in ``content``, no reasoning field;
+- ``leak-tool-markers``: raw ``<|tool_calls_section_begin|>``/``<|tool_call_begin|>`` in ``content`` and no
+  ``tool_calls``;
+- ``bad-tool-id``: tool calls carry random ``call_<hex>`` ids instead of ``functions.<name>:<n>``;
+- ``stay-503``: every path answers 503 ``Loading model`` forever.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from deploy import constants
+
+MODES = ("ok-kimi", "leak-think", "leak-tool-markers", "bad-tool-id", "stay-503")
+ENGINES = ("vllm", "sglang")
+DEFAULT_FIXTURES = constants.REPO_ROOT / "tests" / "fixtures" / "kimi"
+BANNER = "FAULT-INJECTING TEST SERVER"
+
+
+def load_fixture(fixtures: Path, engine: str, kind: str) -> dict[str, Any]:
+    """One recorded payload without its ``_``-prefixed provenance keys."""
+    data = json.loads((fixtures / f"{engine}_{kind}.json").read_text())
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def _request_kind(body: dict[str, Any]) -> tuple[str, bool]:
+    """(``tool_call`` | ``instant`` | ``thinking``, stream?) as a Kimi server would read the request."""
+    stream = bool(body.get("stream"))
+    if body.get("tools") and body.get("tool_choice") != "none":
+        return "tool_call", stream
+    kwargs = body.get("chat_template_kwargs") or {}
+    thinking = body.get("thinking") or {}
+    if kwargs.get("thinking") is False or thinking.get("type") == "disabled":
+        return "instant", stream
+    return "thinking", stream
+
+
+def _reasoning_key(engine: str) -> str:
+    return "reasoning" if engine == "vllm" else "reasoning_content"
+
+
+def inject(mode: str, engine: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Apply ``mode``'s fault to a recorded non-streamed payload of ``kind``."""
+    out = copy.deepcopy(payload)
+    choice = out["choices"][0]
+    msg = choice["message"]
+    rkey = _reasoning_key(engine)
+    if mode == "leak-think" and kind != "tool_call":
+        # What a server without a reasoning parser returns: the raw generation, tags included.
+        thought = msg.get(rkey) or "The user asks for the capital of France."
+        msg["content"] = f"{thought}</think>{msg.get('content') or ''}"
+        msg[rkey] = None
+    elif mode == "leak-tool-markers" and kind == "tool_call":
+        call = msg["tool_calls"][0]
+        msg["content"] = (
+            "<|tool_calls_section_begin|><|tool_call_begin|>"
+            f"{call['id']}<|tool_call_argument_begin|>{call['function']['arguments']}"
+            "<|tool_call_end|><|tool_calls_section_end|>"
+        )
+        msg["tool_calls"] = []
+        choice["finish_reason"] = "stop"
+    elif mode == "bad-tool-id" and kind == "tool_call":
+        for call in msg["tool_calls"]:
+            call["id"] = f"call_{uuid.uuid4().hex[:24]}"
+    return out
+
+
+def inject_stream(mode: str, engine: str, kind: str, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Apply ``mode``'s fault to recorded stream chunks (the same faults as :func:`inject`)."""
+    rkey = _reasoning_key(engine)
+    out: list[dict[str, Any]] = []
+    closed = False
+    if mode == "leak-tool-markers" and kind == "tool_call":
+        first, last = copy.deepcopy(chunks[0]), copy.deepcopy(chunks[-1])
+        raw = (
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>"
+            '{"city": "Berlin"}<|tool_call_end|><|tool_calls_section_end|>'
+        )
+        last["choices"][0]["finish_reason"] = "stop"
+        middle = {**first, "choices": [{"index": 0, "delta": {"content": raw}, "finish_reason": None}]}
+        return [first, middle, last]
+    for chunk in copy.deepcopy(chunks):
+        delta = chunk["choices"][0]["delta"]
+        if mode == "leak-think":
+            if delta.get(rkey):
+                delta["content"], delta[rkey] = delta[rkey], None
+            elif delta.get("content") and not closed:
+                # the raw generation: whatever was thought, then the closing tag, then the answer
+                prefix = "" if kind == "thinking" else "The user wants a short answer."
+                out.append(
+                    {
+                        **chunk,
+                        "choices": [
+                            {"index": 0, "delta": {"content": f"{prefix}</think>"}, "finish_reason": None}
+                        ],
+                    }
+                )
+                closed = True
+        elif mode == "bad-tool-id":
+            for call in delta.get("tool_calls") or []:
+                if call.get("id"):
+                    call["id"] = f"call_{uuid.uuid4().hex[:24]}"
+        out.append(chunk)
+    return out
+
+
+class FaultHandler(BaseHTTPRequestHandler):
+    server: FaultServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        sys.stderr.write(
+            f"[{BANNER.lower()}] {self.command} {self.path} {args[1] if len(args) > 1 else ''}\n"
+        )
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: Any) -> None:
+        self._send(status, json.dumps(data).encode())
+
+    def _loading(self) -> None:
+        self._json(503, {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        srv = self.server
+        if srv.mode == "stay-503":
+            return self._loading()
+        path = self.path.split("?", 1)[0]
+        if path == "/health":
+            if srv.hosted:
+                return self._json(404, {"error": {"message": "not found", "code": 404}})
+            return self._send(200, b"")
+        if path == "/v1/models":
+            models = srv.fixture("models")
+            for card in models["data"]:
+                card["id"] = srv.model
+            return self._json(200, models)
+        if path == "/metrics":
+            text = (
+                "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
+                "# TYPE vllm:num_requests_running gauge\n"
+                f'vllm:num_requests_running{{model_name="{srv.model}"}} 0.0\n'
+            )
+            return self._send(200, text.encode(), "text/plain; version=0.0.4")
+        self._json(404, {"error": {"message": f"no route {path}", "code": 404}})
+
+    def do_POST(self) -> None:  # noqa: N802
+        srv = self.server
+        if srv.mode == "stay-503":
+            return self._loading()
+        if self.path.split("?", 1)[0] != "/v1/chat/completions":
+            return self._json(404, {"error": {"message": f"no route {self.path}", "code": 404}})
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+        except json.JSONDecodeError:
+            return self._json(400, {"error": {"message": "body is not JSON", "code": 400}})
+        kind, stream = _request_kind(body)
+        if stream:
+            chunks = inject_stream(srv.mode, srv.engine, kind, srv.fixture(f"stream_{kind}")["chunks"])
+            data = b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
+            return self._send(200, data, "text/event-stream")
+        self._json(200, inject(srv.mode, srv.engine, kind, srv.fixture(kind)))
+
+
+class FaultServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        mode: str,
+        engine: str,
+        model: str,
+        fixtures: Path,
+        hosted: bool = False,
+    ) -> None:
+        super().__init__(address, FaultHandler)
+        self.mode, self.engine, self.model, self.fixtures = mode, engine, model, fixtures
+        self.hosted = hosted
+
+    def fixture(self, kind: str) -> dict[str, Any]:
+        return load_fixture(self.fixtures, self.engine, kind)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m deploy.checking.faultserver", description=f"{BANNER}: see the module doc."
+    )
+    ap.add_argument("--mode", choices=MODES, required=True)
+    ap.add_argument(
+        "--engine", choices=ENGINES, default="vllm", help="whose recorded payload shapes to serve"
+    )
+    ap.add_argument("--model", default="kimi-k2.5", help="served model name")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
+    ap.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
+    ap.add_argument("--hosted", action="store_true", help="no /health (404), like a hosted API")
+    args = ap.parse_args(argv)
+    server = FaultServer(
+        (args.host, args.port), args.mode, args.engine, args.model, args.fixtures, args.hosted
+    )
+    host, port = server.server_address[:2]
+    print(f"{BANNER} (mode {args.mode}, {args.engine} shapes) listening on http://{host}:{port}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    main()

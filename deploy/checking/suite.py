@@ -1,0 +1,328 @@
+"""The conformance suite: does a served model answer the way a client of Kimi-K2.5 expects?
+
+    >>> from deploy.checking.suite import target_from_url, run_checks
+    >>> target = target_from_url("http://127.0.0.1:8001", "demo", flavor="llama.cpp")  # doctest: +SKIP
+    >>> report = run_checks(target)  # doctest: +SKIP
+    >>> report.ok, [(r.name, r.status) for r in report.results]  # doctest: +SKIP
+    (True, [('liveness', 'pass'), ('models', 'pass'), ...])
+
+Checks, in order: liveness, rpc_workers (only when the plan spreads llama.cpp over RPC workers), models,
+instant, thinking, tool_call, streaming, vision, metrics. Each passes, fails, or is skipped; a skip comes only
+from what the model or plan declares (catalog capabilities, the plan's engine arguments), never from an
+error. When the server is not live, or an RPC worker is unreachable, the rest fail as not run (a request to
+a llama-server that lost a worker would only abort it).
+The pieces: targets (deploy.checking.target), requests (deploy.checking.calls), response shapes
+(deploy.checking.shapes), verdicts and the table (deploy.checking.result), K2-Vendor-Verifier sample sets
+(deploy.checking.toolset).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import requests
+
+from deploy.checking.calls import WEATHER_TOOL, chat_request, client, error_reason, headers
+from deploy.checking.result import FAIL, PASS, SKIP, CheckReport, CheckResult, render_table
+from deploy.checking.shapes import (
+    ID_RULE_GENERIC,
+    ID_RULE_KIMI,
+    assemble_stream,
+    first_message,
+    reasoning_text,
+    validate_instant,
+    validate_thinking,
+    validate_tool_call,
+)
+from deploy.checking.target import FLAVORS, Target, target_from_plan, target_from_rendered, target_from_url
+from deploy.checking.toolset import run_tool_call_set
+from deploy.serving import readiness
+
+__all__ = [
+    "CHECKS",
+    "GATES",
+    "FAIL",
+    "FLAVORS",
+    "ID_RULE_GENERIC",
+    "ID_RULE_KIMI",
+    "PASS",
+    "SKIP",
+    "WEATHER_TOOL",
+    "CheckReport",
+    "CheckResult",
+    "Target",
+    "render_table",
+    "run_checks",
+    "run_tool_call_set",
+    "target_from_plan",
+    "target_from_rendered",
+    "target_from_url",
+]
+
+
+def _liveness_by_models(target: Target, t0: float, why: str) -> CheckResult:
+    try:
+        m = requests.get(f"{target.api_base}/models", headers=headers(target), timeout=10.0)
+    except requests.RequestException as exc:
+        return CheckResult("liveness", FAIL, f"{why}; /v1/models: {error_reason(exc)}", time.monotonic() - t0)
+    dt = time.monotonic() - t0
+    if m.status_code == 200:
+        return CheckResult("liveness", PASS, f"{why}; GET /v1/models 200", dt)
+    return CheckResult("liveness", FAIL, f"{why}; GET /v1/models {m.status_code}: {m.text[:160]}", dt)
+
+
+def check_liveness(target: Target) -> CheckResult:
+    """GET /health with the engine's semantics; hosted endpoints (no /health) are probed via /v1/models."""
+    t0 = time.monotonic()
+    if target.flavor == "moonshot":
+        return _liveness_by_models(target, t0, "hosted API (no /health)")
+    url = f"{target.base_url}/health"
+    try:
+        r = requests.get(url, headers=headers(target), timeout=min(target.timeout_s, 10.0))
+    except requests.ConnectionError:
+        hint = " (vLLM does not answer until the model is loaded)" if target.flavor == "vllm" else ""
+        return CheckResult("liveness", FAIL, f"nothing answers at {url}{hint}", time.monotonic() - t0)
+    except requests.RequestException as exc:
+        return CheckResult("liveness", FAIL, error_reason(exc), time.monotonic() - t0)
+    dt = time.monotonic() - t0
+    if r.status_code == 200:
+        return CheckResult("liveness", PASS, f"GET /health 200 ({target.flavor})", dt)
+    if r.status_code == 503:
+        meaning = {
+            "llama.cpp": "llama-server is still loading the model",
+            "sglang": "SGLang is still warming up (or its health generation failed)",
+            "ktransformers": "SGLang/KTransformers is still warming up",
+            "vllm": "vLLM's engine has died",
+        }.get(target.flavor, "the server is not ready")
+        return CheckResult("liveness", FAIL, f"GET /health 503: {meaning}", dt, {"body": r.text[:200]})
+    if r.status_code in (404, 405):
+        return _liveness_by_models(target, t0, f"no /health ({r.status_code})")
+    return CheckResult("liveness", FAIL, f"GET /health {r.status_code}: {r.text[:160]}", dt)
+
+
+def check_rpc_workers(target: Target) -> CheckResult:
+    """Each llama.cpp RPC worker the head was started with is there: the head holds a session to it, or it
+    accepts a TCP connection from here.
+
+    rpc-server speaks no HTTP and serves one client at a time, so this is all that can be asked without
+    taking part in its protocol (see deploy.serving.readiness.rpc_reachable).
+    """
+    t0 = time.monotonic()
+    down = []
+    for server in target.rpc_servers:
+        host, _, port = server.rpartition(":")
+        if not port.isdigit():
+            down.append(f"rpc-server {server!r} is not host:port")
+            continue
+        probe = readiness.rpc_reachable(host, int(port), timeout_s=min(target.timeout_s, 5.0))
+        if probe.state != readiness.READY:
+            down.append(f"rpc-server {server} unreachable ({probe.detail})")
+    dt = time.monotonic() - t0
+    details = {"rpc_servers": target.rpc_servers, "source": target.rpc_servers_source}
+    if down:
+        return CheckResult("rpc_workers", FAIL, "; ".join(down), dt, details)
+    n = len(target.rpc_servers)
+    return CheckResult(
+        "rpc_workers",
+        PASS,
+        f"{n} rpc-server{'s' if n > 1 else ''} reachable: {', '.join(target.rpc_servers)}",
+        dt,
+        details,
+    )
+
+
+def _reported_context(target: Target, entry: dict[str, Any]) -> tuple[int | None, str]:
+    if isinstance(entry.get("max_model_len"), int):
+        return entry["max_model_len"], "max_model_len in /v1/models"
+    meta = entry.get("meta") or {}
+    if isinstance(meta.get("n_ctx"), int):
+        return meta["n_ctx"], "meta.n_ctx in /v1/models"
+    if target.flavor == "llama.cpp":
+        try:
+            props = requests.get(f"{target.base_url}/props", headers=headers(target), timeout=10.0).json()
+            n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
+            if isinstance(n_ctx, int):
+                return n_ctx, "default_generation_settings.n_ctx in /props"
+        except (requests.RequestException, ValueError):
+            pass
+    return None, ""
+
+
+def check_models(target: Target) -> CheckResult:
+    """/v1/models lists the served name; the context it reports is at least the plan's."""
+    t0 = time.monotonic()
+    try:
+        r = requests.get(
+            f"{target.api_base}/models", headers=headers(target), timeout=min(target.timeout_s, 10)
+        )
+    except requests.RequestException as exc:
+        return CheckResult("models", FAIL, error_reason(exc), time.monotonic() - t0)
+    dt = time.monotonic() - t0
+    if r.status_code != 200:
+        return CheckResult("models", FAIL, f"GET /v1/models {r.status_code}: {r.text[:160]}", dt)
+    try:
+        data = r.json().get("data") or []
+    except ValueError:
+        return CheckResult("models", FAIL, "GET /v1/models: not JSON", dt)
+    ids = [str(m.get("id")) for m in data]
+    entry = next(
+        (m for m in data if m.get("id") == target.model or target.model in (m.get("aliases") or [])), None
+    )
+    if entry is None:
+        return CheckResult("models", FAIL, f"{target.model!r} not served (served: {', '.join(ids)})", dt)
+    ctx, where = _reported_context(target, entry)
+    details = {"served": ids, "reported_context": ctx}
+    if ctx is None:
+        return CheckResult(
+            "models", PASS, f"{target.model!r} listed; no context length reported", dt, details
+        )
+    if target.max_model_len and ctx < target.max_model_len:
+        return CheckResult(
+            "models",
+            FAIL,
+            f"{where} is {ctx}, below the plan's max_model_len {target.max_model_len}",
+            dt,
+            details,
+        )
+    want = f" >= required {target.max_model_len}" if target.max_model_len else ""
+    return CheckResult("models", PASS, f"{target.model!r} listed; {where} {ctx}{want}", dt, details)
+
+
+def _chat_check(
+    name: str, target: Target, kind: str, validate: Callable[[dict[str, Any]], tuple[bool, str]]
+) -> CheckResult:
+    t0 = time.monotonic()
+    req = chat_request(target, kind)
+    try:
+        payload = client(target).chat.completions.create(**req).model_dump()
+    except Exception as exc:  # noqa: BLE001 - any client failure is this check's verdict, not a crash
+        return CheckResult(name, FAIL, error_reason(exc), time.monotonic() - t0)
+    dt = time.monotonic() - t0
+    try:
+        ok, why = validate(payload)
+    except (ValueError, KeyError, TypeError) as exc:
+        return CheckResult(name, FAIL, f"malformed response: {exc}", dt)
+    msg, finish = first_message(payload)
+    details = {"finish_reason": finish, "content": str(msg.get("content") or "")[:200]}
+    if reasoning_text(msg):
+        details["reasoning"] = reasoning_text(msg)[:200]
+    if msg.get("tool_calls"):
+        details["tool_calls"] = msg["tool_calls"][:2]
+    return CheckResult(name, PASS if ok else FAIL, why, dt, details)
+
+
+def check_instant(target: Target) -> CheckResult:
+    return _chat_check("instant", target, "instant", validate_instant)
+
+
+def check_thinking(target: Target) -> CheckResult:
+    if not target.capabilities.get("reasoning"):
+        return CheckResult("thinking", SKIP, f"no reasoning declared ({target.capabilities_source})")
+    return _chat_check("thinking", target, "thinking", validate_thinking)
+
+
+def check_tool_call(target: Target) -> CheckResult:
+    if not target.capabilities.get("tools"):
+        return CheckResult("tool_call", SKIP, f"no tool use declared ({target.capabilities_source})")
+    return _chat_check(
+        "tool_call", target, "tool", lambda p: validate_tool_call(p, [WEATHER_TOOL], target.id_rule)
+    )
+
+
+def check_streaming(target: Target) -> CheckResult:
+    """SSE chunks arrive; time to first token is recorded; the folded answer passes the instant rules."""
+    t0 = time.monotonic()
+    ttft = None
+    chunks: list[dict[str, Any]] = []
+    try:
+        for event in client(target).chat.completions.create(**chat_request(target, "stream")):
+            chunk = event.model_dump()
+            chunks.append(chunk)
+            if ttft is None:
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    if delta.get("content") or reasoning_text(delta) or delta.get("tool_calls"):
+                        ttft = time.monotonic() - t0
+    except Exception as exc:  # noqa: BLE001
+        return CheckResult(
+            "streaming", FAIL, error_reason(exc), time.monotonic() - t0, {"chunks": len(chunks)}
+        )
+    dt = time.monotonic() - t0
+    details = {"chunks": len(chunks), "ttft_s": round(ttft, 3) if ttft is not None else None}
+    if not chunks:
+        return CheckResult("streaming", FAIL, "no SSE chunks", dt, details)
+    if ttft is None:
+        return CheckResult("streaming", FAIL, f"{len(chunks)} chunks but no token in any delta", dt, details)
+    ok, why = validate_instant(assemble_stream(chunks))
+    if not ok:
+        return CheckResult("streaming", FAIL, f"streamed answer: {why}", dt, details)
+    return CheckResult(
+        "streaming", PASS, f"{len(chunks)} chunks, first token after {ttft:.2f} s", dt, details
+    )
+
+
+def check_vision(target: Target) -> CheckResult:
+    if not target.vision:
+        return CheckResult("vision", SKIP, target.vision_source or "vision not served")
+    return _chat_check("vision", target, "vision", validate_instant)
+
+
+_METRIC_LINE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?\s+\S+")
+
+
+def check_metrics(target: Target) -> CheckResult:
+    if not target.metrics:
+        return CheckResult("metrics", SKIP, target.metrics_source or "metrics not enabled")
+    t0 = time.monotonic()
+    try:
+        r = requests.get(f"{target.base_url}/metrics", headers=headers(target), timeout=10.0)
+    except requests.RequestException as exc:
+        return CheckResult("metrics", FAIL, error_reason(exc), time.monotonic() - t0)
+    dt = time.monotonic() - t0
+    if r.status_code != 200:
+        return CheckResult("metrics", FAIL, f"GET /metrics {r.status_code} ({target.metrics_source})", dt)
+    samples = [line for line in r.text.splitlines() if _METRIC_LINE.match(line)]
+    if not samples:
+        return CheckResult("metrics", FAIL, "GET /metrics 200 but no Prometheus samples", dt)
+    return CheckResult("metrics", PASS, f"{len(samples)} Prometheus samples", dt, {"samples": len(samples)})
+
+
+CHECKS: list[tuple[str, Callable[[Target], CheckResult]]] = [
+    ("liveness", check_liveness),
+    ("rpc_workers", check_rpc_workers),
+    ("models", check_models),
+    ("instant", check_instant),
+    ("thinking", check_thinking),
+    ("tool_call", check_tool_call),
+    ("streaming", check_streaming),
+    ("vision", check_vision),
+    ("metrics", check_metrics),
+]
+
+
+#: Checks that always run and, when one fails, leave the rest not run.
+GATES = ("liveness", "rpc_workers")
+
+
+def run_checks(target: Target, only: Iterable[str] | None = None) -> CheckReport:
+    """Run the suite in order; when a gate fails (the server is not live, an RPC worker is unreachable)
+    the rest fail as not run (not skipped). rpc_workers is there only when the target has RPC workers."""
+    wanted = set(only) if only else None
+    results: list[CheckResult] = []
+    blocked = ""
+    for name, fn in CHECKS:
+        if name == "rpc_workers" and not target.rpc_servers:
+            continue
+        if wanted is not None and name not in wanted and name not in GATES:
+            continue
+        if blocked and name not in GATES:
+            results.append(CheckResult(name, FAIL, f"not run: {blocked}"))
+            continue
+        result = fn(target)
+        results.append(result)
+        if name in GATES and result.status == FAIL and not blocked:
+            blocked = "the server is not live" if name == "liveness" else "an RPC worker is unreachable"
+    return CheckReport(target=target.describe(), results=results)

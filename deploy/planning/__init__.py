@@ -1,0 +1,10 @@
+"""Stage 2, planning: size every engine x weights variant x layout on a profile, choose one, write plan.json.
+
+- ``architecture``: tensor groups and KV bytes per token, from the catalog.
+- ``memory``: per-GPU and per-host memory for one engine, layout and variant.
+- ``planner``: candidates, ranking and the explanation (never shells out).
+- ``contract``: plan.json as plain values, ``load_plan``/``save_plan``: the one contract later stages read.
+- ``report``: the table people read.
+
+Imports the base, ``deploy.catalog`` and ``deploy.hardware``.
+"""

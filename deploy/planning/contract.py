@@ -1,0 +1,177 @@
+"""The plan as plain values, and plan.json — the contract every stage after `plan` reads.
+
+    >>> from deploy.planning.contract import load_plan
+    >>> p = load_plan("plan.json")
+    >>> p.chosen_candidate.engine, p.chosen_candidate.max_model_len
+    ('vllm', 262144)
+
+plan.json (schema 1)::
+
+    {
+      "schema": 1,
+      "model": {"name", "display_name", "served_model_name", "capabilities", "parsers", "modes",
+                "max_position_embeddings"},
+      "hardware": <the hardware profile used, in the hardware/*.yaml format>,
+      "request": <the planner's options: engine, variant, context, gpu_memory_utilization, ...>,
+      "chosen": "<candidate id>" | null,
+      "candidates": [<Candidate>, ...]       # ranked best first
+    }
+
+Later stages read only this file (plus the lockfile next to the weights). More keys are welcome;
+readers ignore what they do not know.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import PlanError
+from deploy.fsutil import atomic_write_json
+
+SCHEMA_VERSION = 1
+
+RUNNABLE = "runnable"  # runs at the model's full context
+REDUCED = "reduced"  # runs only with a smaller max_model_len, which the plan sets
+INCOMPATIBLE = "incompatible"
+STATUSES = (RUNNABLE, REDUCED, INCOMPATIBLE)
+
+
+@dataclass
+class Memory:
+    """Per-GPU figures in GiB (0 on CPU-only plans) and the host RAM the plan needs, in GiB.
+
+    ``terms`` names every term of the per-GPU budget (e.g. ``cuda_graphs``, ``vision_encoder``,
+    ``activation_peak``) and of the host figure (``host_*``), with where each number comes from in
+    ``sources``."""
+
+    total: float = 0.0
+    budget: float = 0.0
+    weights: float = 0.0
+    activations: float = 0.0
+    kv_cache: float = 0.0
+    host: float = 0.0
+    terms: dict[str, float] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Weights:
+    """What to download: the variant's repo, revision, patterns and expected size.
+
+    ``local_dir`` is where the weights land on every node (the head node's weights_dir + repo)."""
+
+    variant: str
+    repo: str
+    revision: str
+    allow_patterns: list[str]
+    bytes: int
+    format: str
+    local_dir: str = ""
+    computed_bytes: int = 0  # from the architecture; `bytes` is the repo's listing
+
+
+@dataclass
+class Candidate:
+    id: str
+    engine: str
+    variant: str
+    status: str
+    nodes: int
+    gpus_per_node: int
+    tensor_parallel: int
+    pipeline_parallel: int
+    data_parallel: int
+    expert_parallel: bool
+    decode_context_parallel: int
+    max_model_len: int
+    kv_cache_dtype: str
+    kv_cache_tokens: int
+    gpu_memory_utilization: float
+    memory: Memory
+    weights: Weights
+    placement: str = "gpu"  # gpu | hybrid | cpu | rpc
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    remediation: list[str] = field(default_factory=list)
+    layout: str = ""  # human summary, e.g. "TP8", "TP8 x PP2", "experts on CPU"
+    time_to_ready_s: int = 600
+    rank: int = 0
+
+    @property
+    def runs(self) -> bool:
+        return self.status in (RUNNABLE, REDUCED)
+
+
+@dataclass
+class Plan:
+    model: dict[str, Any]
+    hardware: dict[str, Any]
+    candidates: list[Candidate]
+    chosen: str | None = None
+    request: dict[str, Any] = field(default_factory=dict)
+    explanation: list[str] = field(default_factory=list)
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def chosen_candidate(self) -> Candidate:
+        if self.chosen is None:
+            raise PlanError("the plan has no chosen candidate (nothing runnable); re-plan on other hardware")
+        return self.candidate(self.chosen)
+
+    def candidate(self, candidate_id: str) -> Candidate:
+        for c in self.candidates:
+            if c.id == candidate_id:
+                return c
+        raise PlanError(f"plan has no candidate {candidate_id!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        # schema first, for people reading the file
+        return {"schema": d.pop("schema"), **d}
+
+
+def candidate_from_dict(d: dict[str, Any]) -> Candidate:
+    d = dict(d)
+    d["memory"] = Memory(**d["memory"])
+    d["weights"] = Weights(**d["weights"])
+    known = Candidate.__dataclass_fields__
+    return Candidate(**{k: v for k, v in d.items() if k in known})
+
+
+def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
+    if not isinstance(data, dict):
+        raise PlanError(f"{source}: expected a JSON object")
+    if data.get("schema") != SCHEMA_VERSION:
+        raise PlanError(
+            f"{source}: unsupported plan schema {data.get('schema')!r} (expected {SCHEMA_VERSION})"
+        )
+    try:
+        candidates = [candidate_from_dict(c) for c in data["candidates"]]
+        return Plan(
+            model=data["model"],
+            hardware=data["hardware"],
+            candidates=candidates,
+            chosen=data.get("chosen"),
+            request=data.get("request", {}),
+            explanation=data.get("explanation", []),
+        )
+    except (KeyError, TypeError) as exc:
+        raise PlanError(f"{source}: malformed plan ({exc.__class__.__name__}: {exc})") from None
+
+
+def load_plan(path: str | Path) -> Plan:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{p}: plan not found (run `kimi-deploy plan -o {p}` first)") from None
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{p}: not valid JSON (line {exc.lineno})") from None
+    return plan_from_dict(data, str(p))
+
+
+def save_plan(plan: Plan, path: str | Path) -> Path:
+    return atomic_write_json(path, plan.to_dict())

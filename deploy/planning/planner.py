@@ -1,0 +1,974 @@
+"""The planner: every engine x weights variant x layout sized on a hardware profile, ranked and explained.
+
+    >>> from deploy.hardware.profiles import load_profile
+    >>> from deploy.planning.planner import plan
+    >>> p = plan(load_profile("h200x8"))
+    >>> c = p.chosen_candidate
+    >>> (c.engine, c.variant, c.layout, c.status, c.max_model_len)
+    ('vllm', 'int4', 'TP8', 'runnable', 262144)
+
+Pure: no subprocess, no network, no clock. The only file it may read is the demo model's GGUF header
+(deploy/planning/architecture.py).
+Ranking: candidates that run first; then weight fidelity (catalog ``fidelity``:
+native INT4 > Q4 > Q3 > Q2 > TQ1); then placement (all on GPU > hybrid > CPU); then the full context before a
+reduced one; then fewer nodes; then the catalog's engine order; then the simpler layout, the larger KV cache.
+llama.cpp's RPC layout (a GGUF over several CPU nodes' RAM) ranks after every single-node candidate that runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+from deploy import constants
+from deploy.catalog import ENGINES, Model, Variant, load_model
+from deploy.constants import GB, GIB
+from deploy.errors import InputError
+from deploy.hardware.profiles import Cpu, HardwareProfile, Node, load_gpu_table
+from deploy.planning.architecture import Architecture, architecture_for
+from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
+from deploy.planning.memory import VLLM_CPU_PROCESS_GIB, Fit, Layout, evaluate, evaluate_best, host_available
+
+#: Below this context a deployment is not worth running (agentic clients send long prompts).
+MIN_CONTEXT = 8192
+#: max_model_len of a reduced plan is a multiple of this.
+CONTEXT_STEP = 1024
+#: Sequential read rate assumed for loading weights from local NVMe (GB/s), for time_to_ready_s.
+DISK_READ_GBPS = 2.0
+#: Engine start-up beyond reading weights (s): process start, compile/graph capture, warm-up.
+STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20, "vllm-cpu": 240}
+KV_CACHE_DTYPES = ("bf16", "fp8")
+#: llama.cpp over RPC moves activations over the network between layers: only when no single node fits.
+PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "cpu": 2, "rpc": 3}
+#: Tie-break among layouts of one engine: keep traffic inside a node, then pipeline across nodes.
+LAYOUT_ORDER = ("tp", "tp-pp", "dp-ep", "tp-nodes", "kt", "gpu", "hybrid", "cpu", "rpc")
+#: rpc-server's port on every worker (its default).
+RPC_PORT = 50052
+STATUS_ORDER = {RUNNABLE: 0, REDUCED: 1, INCOMPATIBLE: 2}
+API_KEY_ENV = "KIMI_API_KEY"
+MASTER_PORT = 29500
+DIST_INIT_PORT = 50000
+KT_PREFILL_THRESHOLD = 400
+#: The demo model serves on a shared 2-core CI machine: one thread, one slot, the demo's own template.
+DEMO_LLAMA_ARGS = {"threads": 1, "parallel": 1, "chat_template": "demo-hermes-think.jinja"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """The planner's options, validated."""
+
+    model: str = constants.DEFAULT_MODEL
+    engine: str | None = None
+    variant: str | None = None
+    context: int | None = None
+    gpu_memory_utilization: float | None = None
+    kv_cache_dtype: str = "bf16"
+    decode_context_parallel: int = 1
+    tensor_parallel: int | None = None
+    weights_dir: str | None = None
+    nodes: int | None = None
+
+
+def plan(
+    profile: HardwareProfile,
+    model: str = constants.DEFAULT_MODEL,
+    engine: str | None = None,
+    variant: str | None = None,
+    context: int | None = None,
+    gpu_memory_utilization: float | None = None,
+    kv_cache_dtype: str = "bf16",
+    decode_context_parallel: int = 1,
+    weights_dir: str | None = None,
+    tensor_parallel: int | None = None,
+    nodes: int | None = None,
+) -> Plan:
+    """Plan ``model`` on ``profile``. Bad input raises InputError; a plan with nothing runnable has
+    ``chosen`` None (the CLI prints the table and exits 3). ``nodes`` keeps only the candidates on exactly
+    that many nodes (on a CPU-only profile, ``nodes=2`` forces llama.cpp's RPC layout for GGUF weights).
+
+        >>> plan(load_profile("h100x8"), context=65536).chosen_candidate.status  # doctest: +SKIP
+        'runnable'
+    """
+    req = Request(
+        model,
+        engine,
+        variant,
+        context,
+        gpu_memory_utilization,
+        kv_cache_dtype,
+        decode_context_parallel,
+        tensor_parallel,
+        weights_dir,
+        nodes,
+    )
+    have = len(profile.nodes)
+    if nodes is not None and not 1 <= nodes <= have:
+        raise InputError(
+            f"--nodes {nodes}: the profile has {have} node{'s' if have > 1 else ''}"
+            if nodes > 0
+            else f"--nodes {nodes}: must be at least 1"
+        )
+    m = load_model(model)
+    variants = _validate(req, m)
+    archs = {v.id: architecture_for(m, v) for v in variants}
+    max_pos = next(iter(archs.values())).max_position_embeddings
+    if req.context is not None and req.context > max_pos:
+        raise InputError(f"--context {req.context} is above {m.name}'s maximum of {max_pos} tokens")
+    candidates: list[Candidate] = []
+    for v in variants:
+        for eng in _engines_for(m, v, req.engine):
+            candidates.extend(_candidates(m, v, archs[v.id], eng, profile, req))
+    if req.nodes is not None:
+        candidates = [c for c in candidates if c.nodes == req.nodes]
+    _rank(candidates, m)
+    chosen = next((c for c in candidates if c.runs), None)
+    return Plan(
+        model={
+            "name": m.name,
+            "display_name": m.display_name,
+            "served_model_name": m.served_model_name,
+            "capabilities": m.capabilities,
+            "parsers": m.parsers,
+            "modes": m.modes,
+            "max_position_embeddings": max_pos,
+            "family": m.family,
+        },
+        hardware=profile.to_dict(),
+        candidates=candidates,
+        chosen=chosen.id if chosen else None,
+        request=dataclasses.asdict(req),
+        explanation=_explain(candidates, chosen, profile, m),
+    )
+
+
+# ---- validation ------------------------------------------------------------------------------------
+
+
+def _validate(req: Request, m: Model) -> list[Variant]:
+    if req.engine is not None and req.engine not in ENGINES:
+        raise InputError(f"--engine {req.engine!r} is not known; known: {', '.join(ENGINES)}")
+    if req.engine is not None and req.engine not in m.engines:
+        raise InputError(
+            f"--engine {req.engine}: model {m.name} is not served by it (catalog engines: "
+            f"{', '.join(m.engines)})"
+        )
+    if req.context is not None and req.context < 1:
+        raise InputError(f"--context {req.context}: must be at least 1 token")
+    u = req.gpu_memory_utilization
+    if u is not None and not 0 < u <= 1:
+        raise InputError(f"--gpu-memory-utilization {u}: must be in (0, 1]")
+    if req.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise InputError(
+            f"--kv-cache-dtype {req.kv_cache_dtype!r}: expected one of {', '.join(KV_CACHE_DTYPES)}"
+        )
+    if req.decode_context_parallel < 1:
+        raise InputError(f"--decode-context-parallel {req.decode_context_parallel}: must be at least 1")
+    heads = m.architecture.get("num_attention_heads")
+    if req.tensor_parallel is not None:
+        if req.tensor_parallel < 1:
+            raise InputError(f"--tensor-parallel {req.tensor_parallel}: must be at least 1")
+        if heads and heads % req.tensor_parallel:
+            raise InputError(
+                f"--tensor-parallel {req.tensor_parallel} does not divide the {heads} attention "
+                f"heads of {m.name}"
+            )
+    variants = list(m.variants) if req.variant is None else [m.variant(req.variant)]
+    if req.engine is not None:
+        usable = [v for v in variants if req.engine in v.engines]
+        if not usable:
+            raise InputError(
+                f"--engine {req.engine} loads none of the variants "
+                f"{', '.join(v.id for v in variants)} of {m.name}"
+            )
+        variants = usable
+    return variants
+
+
+def _engines_for(m: Model, v: Variant, wanted: str | None) -> list[str]:
+    return [e for e in m.engines if e in v.engines and (wanted is None or e == wanted)]
+
+
+# ---- layouts ---------------------------------------------------------------------------------------
+
+
+def _largest_tp(gpus: int, heads: int) -> int:
+    return max((d for d in range(1, gpus + 1) if heads % d == 0), default=1)
+
+
+def _layouts(
+    engine: str,
+    arch: Architecture,
+    profile: HardwareProfile,
+    req: Request,
+    meta: dict[str, Any] | None = None,
+) -> list[tuple[str, Layout]]:
+    """(layout kind, Layout) pairs to size for this engine on this profile (``meta``: the catalog's
+    settings for the engine; ``device: cpu`` means vLLM's CPU build)."""
+    if engine == "vllm" and (meta or {}).get("device") == "cpu":
+        space = int((meta or {}).get("kvcache_space_gib", 1))
+        return [("cpu", Layout(engine, placement="cpu", cpu_kv_space_gib=space, label="CPU (vllm-cpu)"))]
+    head = profile.head
+    g, n = head.gpu_count, len(profile.nodes)
+    heads = arch.num_heads
+    tp = req.tensor_parallel or _largest_tp(g, heads)
+    dcp = req.decode_context_parallel
+    out: list[tuple[str, Layout]] = []
+    if engine in ("vllm", "sglang"):
+        d = dcp if engine == "vllm" else 1
+        out.append(
+            ("tp", Layout(engine, 1, g, tp, decode_context_parallel=d, label=f"TP{tp}" if g else "no GPU"))
+        )
+        if g > 1 and arch.n_routed_experts:
+            out.append(
+                ("dp-ep", Layout(engine, 1, g, 1, data_parallel=g, expert_parallel=True, label=f"DP{g}+EP"))
+            )
+        if n > 1:
+            out.append(
+                (
+                    "tp-pp",
+                    Layout(
+                        engine,
+                        n,
+                        g,
+                        tp,
+                        pipeline_parallel=n,
+                        decode_context_parallel=d,
+                        label=f"TP{tp} x PP{n}",
+                    ),
+                )
+            )
+            if heads % (tp * n) == 0:
+                out.append(
+                    (
+                        "tp-nodes",
+                        Layout(
+                            engine,
+                            n,
+                            g,
+                            tp * n,
+                            decode_context_parallel=d,
+                            label=f"TP{tp * n} across {n} nodes",
+                        ),
+                    )
+                )
+            if arch.n_routed_experts:
+                out.append(
+                    (
+                        "dp-ep",
+                        Layout(
+                            engine,
+                            n,
+                            g,
+                            1,
+                            data_parallel=g * n,
+                            expert_parallel=True,
+                            label=f"DP{g * n}+EP across {n} nodes",
+                        ),
+                    )
+                )
+    elif engine == "ktransformers":
+        out.append(("kt", Layout(engine, 1, g, tp, label=f"TP{tp}, experts in RAM" if g else "no GPU")))
+    elif engine == "llama.cpp":
+        if g > 0:
+            out.append(("gpu", Layout(engine, 1, g, 1, placement="gpu", label=f"all on {g} GPU(s)")))
+            if arch.n_routed_experts:
+                out.append(
+                    (
+                        "hybrid",
+                        Layout(engine, 1, g, 1, placement="hybrid", label=f"{g} GPU(s), experts in RAM"),
+                    )
+                )
+        else:
+            out.append(("cpu", Layout(engine, 1, 0, 1, placement="cpu", label="CPU only")))
+        count = _rpc_nodes(profile, req)
+        if count:
+            hosts = tuple(profile.nodes[:count])
+            out.append(
+                (
+                    "rpc",
+                    Layout(
+                        engine, count, 0, 1, placement="rpc", label=f"RPC over {count} nodes", hosts=hosts
+                    ),
+                )
+            )
+    return out
+
+
+def _rpc_nodes(profile: HardwareProfile, req: Request) -> int:
+    """How many nodes llama.cpp's RPC layout spans here (0: not offered). Only on CPU-only profiles: the
+    memory model sizes each node's host RAM, and rpc-server then serves its node's CPU."""
+    count = req.nodes or len(profile.nodes)
+    return count if count >= 2 and profile.head.gpu_count == 0 else 0
+
+
+def _layout_id(kind: str, lay: Layout) -> str:
+    if kind == "tp":
+        return f"tp{lay.tensor_parallel}"
+    if kind == "tp-pp":
+        return f"tp{lay.tensor_parallel}-pp{lay.pipeline_parallel}"
+    if kind == "tp-nodes":
+        return f"tp{lay.tensor_parallel}-{lay.nodes}nodes"
+    if kind == "dp-ep":
+        return f"dp{lay.data_parallel}-ep" + (f"-{lay.nodes}nodes" if lay.nodes > 1 else "")
+    if kind == "kt":
+        return f"tp{lay.tensor_parallel}-kt"
+    if kind == "rpc":
+        return f"rpc{lay.nodes}"
+    return kind
+
+
+# ---- sizing one candidate --------------------------------------------------------------------------
+
+
+def _min_context(arch: Architecture) -> int:
+    return min(MIN_CONTEXT, arch.max_position_embeddings)
+
+
+def _size(arch: Architecture, lay: Layout, node: Node, req: Request, target: int) -> Fit:
+    return evaluate_best(
+        arch,
+        lay,
+        node,
+        target,
+        gpu_memory_utilization=req.gpu_memory_utilization,
+        kv_cache_dtype=req.kv_cache_dtype,
+    )
+
+
+def _kt_layout(arch: Architecture, lay: Layout, node: Node, req: Request, target: int) -> tuple[Layout, Fit]:
+    """The most routed experts per layer on GPU that still leave KV room for ``target`` tokens."""
+    base = _size(arch, lay, node, req, target)
+    if not base.fits or base.max_fit_tokens < target:
+        return lay, base
+    # each expert unit costs the same bytes per GPU, so the KV room falls linearly: solve, then verify
+    per_unit = arch.one_expert_bytes * len(arch.moe_layers) / lay.tensor_parallel
+    spare = (base.max_fit_tokens - target) * base.kv_bytes_per_token
+    n = min(arch.n_routed_experts, int(spare // per_unit))
+    while n > 0:
+        trial = dataclasses.replace(lay, gpu_experts=n)
+        fit = _size(arch, trial, node, req, target)
+        if fit.fits and fit.max_fit_tokens >= target:
+            return trial, fit
+        n -= 1
+    return lay, base
+
+
+def _engine_blockers(
+    engine: str, v: Variant, m: Model, profile: HardwareProfile
+) -> tuple[list[str], list[str]]:
+    """Reasons an engine cannot run here regardless of memory, and what would fix each."""
+    head = profile.head
+    reasons, fixes = [], []
+    cpu_build = m.engines.get(engine, {}).get("device") == "cpu"
+    if engine in ("vllm", "sglang", "ktransformers") and head.gpu_count == 0 and not cpu_build:
+        reasons.append(f"{engine} needs NVIDIA GPUs; {head.name} has none")
+    if (
+        engine in ("vllm", "sglang", "ktransformers")
+        and head.gpu_count
+        and not cpu_build
+        and v.format == "safetensors"
+    ):
+        spec = load_gpu_table().get(head.gpu_model)
+        if spec is not None and not spec.int4_w4a16:
+            reasons.append(f"{head.gpu_model} has no INT4 weight-only kernels (needs sm80+)")
+            fixes.append("GPUs of compute capability 8.0 or newer")
+    if engine == "ktransformers":
+        meta = m.engines.get("ktransformers", {})
+        for flag in meta.get("requires_isa", []):
+            if not head.cpu.has(flag):
+                reasons.append(f"KTransformers' CPU kernels need {flag.upper()}; {head.cpu.model} lacks it")
+                fixes.append(f"a CPU with {flag.upper()} (AMX preferred), e.g. Xeon Sapphire Rapids or newer")
+        min_vram = float(meta.get("min_total_vram_gb", 0))
+        vram_gb = head.gpu_count * head.gpu_memory_mib * 1024**2 / GB
+        if head.gpu_count and vram_gb < min_vram:
+            reasons.append(
+                f"KTransformers needs >= {min_vram:.0f} GB of VRAM in total; the node has {vram_gb:.0f} GB"
+            )
+            fixes.append(f">= {min_vram:.0f} GB of VRAM in total (e.g. 2x RTX 4090)")
+    return reasons, fixes
+
+
+def _candidates(
+    m: Model, v: Variant, arch: Architecture, engine: str, profile: HardwareProfile, req: Request
+) -> list[Candidate]:
+    out = []
+    target = req.context or arch.max_position_embeddings
+    blockers, blocker_fixes = _engine_blockers(engine, v, m, profile)
+    for kind, lay in _layouts(engine, arch, profile, req, m.engines.get(engine)):
+        cid = f"{engine}-{v.id}-{_layout_id(kind, lay)}"
+        node = profile.head
+        reasons: list[str] = list(blockers)
+        remediation: list[str] = list(blocker_fixes)
+        fit: Fit | None = None
+        if not blockers:
+            if engine == "ktransformers":
+                lay, fit = _kt_layout(arch, lay, node, req, target)
+                where = (
+                    f"all {lay.gpu_experts} experts on GPU"
+                    if lay.gpu_experts >= arch.n_routed_experts
+                    else f"{lay.gpu_experts} experts/layer on GPU, rest in RAM"
+                )
+                lay = dataclasses.replace(lay, label=f"TP{lay.tensor_parallel}, {where}")
+            else:
+                fit = _size(arch, lay, node, req, target)
+            if (
+                engine == "vllm"
+                and lay.decode_context_parallel > 1
+                and lay.tensor_parallel % lay.decode_context_parallel
+            ):
+                reasons.append(
+                    f"--decode-context-parallel {lay.decode_context_parallel} must divide TP "
+                    f"{lay.tensor_parallel}"
+                )
+        status, max_len = INCOMPATIBLE, 0
+        if fit is not None and not reasons:
+            reasons.extend(fit.reasons)
+            if fit.fits:
+                if fit.max_fit_tokens >= target:
+                    status, max_len = RUNNABLE, target
+                else:
+                    rounded = fit.max_fit_tokens // CONTEXT_STEP * CONTEXT_STEP
+                    if rounded >= _min_context(arch):
+                        status, max_len = REDUCED, rounded
+                        reasons.append(
+                            f"KV room for {fit.max_fit_tokens:,} tokens, less than the {target:,} "
+                            f"wanted: max_model_len set to {rounded:,}"
+                        )
+                    else:
+                        reasons.append(
+                            f"KV room for only {fit.max_fit_tokens:,} tokens (< {_min_context(arch):,})"
+                        )
+            if fit.fits and fit.settings.get("smaller_batch_settings"):
+                reasons.append(
+                    f"the engine's defaults for this GPU leave too little KV room; the plan sets "
+                    f"{fit.settings['smaller_batch_settings']}"
+                )
+            if engine == "llama.cpp" and status == REDUCED:
+                fit = _size(arch, lay, node, req, max_len)
+        if status != RUNNABLE:
+            remediation.extend(
+                _remediation(
+                    m,
+                    v,
+                    arch,
+                    engine,
+                    kind,
+                    lay,
+                    profile,
+                    req,
+                    target,
+                    fit,
+                    status,
+                    max_len,
+                    blocked=bool(blockers),
+                )
+            )
+        out.append(
+            _candidate(
+                cid,
+                m,
+                v,
+                arch,
+                engine,
+                lay,
+                profile,
+                req,
+                fit,
+                status,
+                max_len,
+                reasons,
+                _dedupe(remediation),
+            )
+        )
+    return out
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _candidate(
+    cid: str,
+    m: Model,
+    v: Variant,
+    arch: Architecture,
+    engine: str,
+    lay: Layout,
+    profile: HardwareProfile,
+    req: Request,
+    fit: Fit | None,
+    status: str,
+    max_len: int,
+    reasons: list[str],
+    remediation: list[str],
+) -> Candidate:
+    memory = fit.memory if fit else Memory()
+    util = req.gpu_memory_utilization
+    if fit is not None and engine == "vllm" and lay.placement != "cpu":
+        util = 0.9 if util is None else util
+    elif fit is not None and engine in ("sglang", "ktransformers"):
+        util = fit.settings.get("mem_fraction_static", util)
+    weights_dir = req.weights_dir or profile.head.weights_dir
+    weights = Weights(
+        variant=v.id,
+        repo=v.repo,
+        revision=v.revision,
+        allow_patterns=list(v.allow_patterns),
+        bytes=v.file_bytes,
+        format=v.format,
+        local_dir=f"{weights_dir.rstrip('/')}/{v.repo}",
+        computed_bytes=arch.total_bytes,
+    )
+    kv_tokens = fit.kv_capacity_tokens if fit else 0
+    if engine == "llama.cpp" and fit is not None:
+        kv_tokens = max_len
+    c = Candidate(
+        id=cid,
+        engine=engine,
+        variant=v.id,
+        status=status,
+        nodes=lay.nodes,
+        gpus_per_node=lay.gpus_per_node if lay.placement != "cpu" else 0,
+        tensor_parallel=lay.tensor_parallel,
+        pipeline_parallel=lay.pipeline_parallel,
+        data_parallel=lay.data_parallel,
+        expert_parallel=lay.expert_parallel,
+        decode_context_parallel=lay.decode_context_parallel,
+        max_model_len=max_len,
+        kv_cache_dtype=req.kv_cache_dtype,
+        kv_cache_tokens=kv_tokens if status != INCOMPATIBLE else 0,
+        gpu_memory_utilization=float(util or 0.0),
+        memory=memory,
+        weights=weights,
+        placement="hybrid" if engine == "ktransformers" else lay.placement,
+        reasons=reasons,
+        remediation=remediation,
+        layout=lay.label,
+        time_to_ready_s=_time_to_ready(engine, v, lay),
+    )
+    c.engine_args = _engine_args(m, v, arch, engine, lay, profile, req, fit, max_len, weights.local_dir)
+    return c
+
+
+def _time_to_ready(engine: str, v: Variant, lay: Layout) -> int:
+    per_node = v.file_bytes / max(1, lay.nodes)
+    startup = STARTUP_OVERHEAD_S["vllm-cpu" if engine == "vllm" and lay.placement == "cpu" else engine]
+    seconds = per_node / (DISK_READ_GBPS * GB) + startup
+    return max(60, int(math.ceil(seconds / 10.0)) * 10)
+
+
+# ---- engine_args -----------------------------------------------------------------------------------
+
+
+def _engine_args(
+    m: Model,
+    v: Variant,
+    arch: Architecture,
+    engine: str,
+    lay: Layout,
+    profile: HardwareProfile,
+    req: Request,
+    fit: Fit | None,
+    max_len: int,
+    local_dir: str,
+) -> dict[str, Any]:
+    meta = m.engines.get(engine, {})
+    args: dict[str, Any] = {
+        "served_model_name": m.served_model_name,
+        "host": "127.0.0.1",
+        "port": int(meta.get("port", 8000)),
+        "trust_remote_code": bool(m.architecture.get("trust_remote_code", False)),
+        "tool_call_parser": m.parsers.get("tool_call"),
+        "reasoning_parser": m.parsers.get("reasoning"),
+        "api_key_env": API_KEY_ENV,
+        "kv_cache_dtype": "auto" if req.kv_cache_dtype == "bf16" else "fp8",
+    }
+    settings = fit.settings if fit else {}
+    head = profile.head
+    if engine == "vllm":
+        cpu = lay.placement == "cpu"
+        args.update(
+            {
+                "enable_auto_tool_choice": True,
+                "mm_encoder_tp_mode": "data" if v.serves_vision else None,
+                # only a multimodal model can be told to skip its vision encoder
+                "language_model_only": bool(m.architecture.get("vision")) and not v.serves_vision,
+                "enable_expert_parallel": lay.expert_parallel,
+                "distributed_executor_backend": "mp",
+                # CPU: ready in 80-100 s instead of about 210 s with compilation (README, vLLM on CPU)
+                "enforce_eager": cpu,
+                "device": "cpu" if cpu else "cuda",
+                "max_num_batched_tokens": settings.get("max_num_batched_tokens"),
+                "max_num_seqs": settings.get("max_num_seqs"),
+            }
+        )
+        if cpu:
+            args["cpu_kvcache_space_gib"] = settings.get("cpu_kvcache_space_gib", lay.cpu_kv_space_gib)
+        # the demo's tokenizer has no chat template: serve the one llama-server uses, for the same shapes
+        args["chat_template"] = (
+            DEMO_LLAMA_ARGS["chat_template"] if m.architecture.get("kind") == "gguf" else None
+        )
+    elif engine in ("sglang", "ktransformers"):
+        args.update(
+            {
+                "mem_fraction_static": settings.get("mem_fraction_static"),
+                "chunked_prefill_size": settings.get("chunked_prefill_size"),
+                "cuda_graph_max_bs": settings.get("cuda_graph_max_bs"),
+                "enable_dp_attention": lay.data_parallel > 1,
+                "attention_backend": None,
+                "enable_metrics": True,
+            }
+        )
+        if engine == "ktransformers":
+            args.update(
+                {
+                    "kt": {
+                        "method": "RAWINT4",
+                        "weight_path": local_dir,
+                        "cpuinfer": head.cpu.physical_cores,
+                        "threadpool_count": head.cpu.numa_nodes,
+                        "num_gpu_experts": lay.gpu_experts,
+                        "gpu_prefill_token_threshold": KT_PREFILL_THRESHOLD,
+                    },
+                    "max_total_tokens": fit.kv_capacity_tokens if fit else 0,
+                    "attention_backend": "flashinfer",
+                }
+            )
+    elif engine == "llama.cpp":
+        sampling = dict(m.modes.get("sampling", {}).get("thinking", {}))
+        sampling.update(m.modes.get("sampling", {}).get("gguf_extra", {}) or {})
+        args.update(
+            {
+                "n_gpu_layers": settings.get("n_gpu_layers", 0),
+                "override_tensor": settings.get("override_tensor", []),
+                "threads": head.cpu.physical_cores,
+                "parallel": 1,
+                "jinja": True,
+                "chat_template": None,
+                "reasoning_format": "deepseek",
+                "metrics": True,
+                "ctx_size": max_len,
+                "cache_type_k": "f16" if req.kv_cache_dtype == "bf16" else "q8_0",
+                "sampling": {
+                    "temp": sampling.get("temperature"),
+                    "top_p": sampling.get("top_p"),
+                    "min_p": sampling.get("min_p"),
+                },
+                "rpc_servers": [],
+            }
+        )
+        if m.architecture.get("kind") == "gguf":
+            args.update(DEMO_LLAMA_ARGS)
+        if lay.placement == "rpc":
+            workers = profile.nodes[1 : lay.nodes]
+            demo = m.architecture.get("kind") == "gguf"
+            args.update(
+                {
+                    "rpc_servers": [f"{n.address}:{RPC_PORT}" for n in workers],
+                    "tensor_split": settings.get("tensor_split", []),
+                    "rpc_threads": [
+                        DEMO_LLAMA_ARGS["threads"] if demo else n.cpu.physical_cores for n in workers
+                    ],
+                    "multinode": {"backend": "rpc", "rpc_port": RPC_PORT},
+                }
+            )
+            return args
+    if lay.nodes > 1:
+        args["multinode"] = {"backend": "mp", "master_port": MASTER_PORT, "dist_init_port": DIST_INIT_PORT}
+    return args
+
+
+# ---- remediation -----------------------------------------------------------------------------------
+
+
+def _gpu_name_for(gib: float) -> str:
+    table = sorted(load_gpu_table().values(), key=lambda s: s.memory_mib)
+    fitting = [s.name for s in table if s.memory_mib / 1024 >= gib]
+    return f" (e.g. {fitting[0]})" if fitting else ""
+
+
+def _doubled(profile: HardwareProfile) -> HardwareProfile:
+    head = profile.head
+    nodes = tuple(profile.nodes) + (
+        dataclasses.replace(head, name=f"{head.name}-2", address="(second node)"),
+    )
+    return dataclasses.replace(profile, name=f"{profile.name}+1", nodes=nodes)
+
+
+def _with_gpu_memory(profile: HardwareProfile, mib: int, count: int | None = None) -> HardwareProfile:
+    # a GPU server of the kind that would be bought for this: enough host RAM for the engine processes
+    nodes = tuple(
+        dataclasses.replace(
+            n,
+            gpu_memory_mib=mib,
+            gpu_count=count or n.gpu_count,
+            gpu_model=n.gpu_model if n.gpu_count else "hypothetical",
+            ram_gib=max(n.ram_gib, 1024.0),
+        )
+        for n in profile.nodes
+    )
+    return dataclasses.replace(profile, nodes=nodes)
+
+
+def _runs_at(arch: Architecture, lay: Layout, node: Node, req: Request, target: int) -> bool:
+    fit = _size(arch, lay, node, req, target)
+    return fit.fits and fit.max_fit_tokens >= target
+
+
+def _needed_gpu_mib(arch: Architecture, lay: Layout, node: Node, req: Request, target: int) -> int | None:
+    """Smallest per-GPU memory (MiB, in steps of 1 GiB) at which ``lay`` runs ``target`` tokens."""
+    lo = max(node.gpu_memory_mib, 1024)
+    for gib in range(lo // 1024 + 1, 1025):
+        if _runs_at(arch, lay, dataclasses.replace(node, gpu_memory_mib=gib * 1024), req, target):
+            return gib * 1024
+    return None
+
+
+def _remediation(
+    m: Model,
+    v: Variant,
+    arch: Architecture,
+    engine: str,
+    kind: str,
+    lay: Layout,
+    profile: HardwareProfile,
+    req: Request,
+    target: int,
+    fit: Fit | None,
+    status: str,
+    max_len: int,
+    blocked: bool,
+) -> list[str]:
+    out: list[str] = []
+    node = profile.head
+    if status == REDUCED:
+        out.append(f"runs with max_model_len {max_len:,} (set by this plan)")
+    rpc = _rpc_nodes(profile, dataclasses.replace(req, nodes=None))
+    if engine == "llama.cpp" and lay.placement == "cpu" and rpc:
+        out.append(f"llama.cpp RPC over {rpc} nodes: plan --nodes {rpc}")
+    if fit is not None and req.kv_cache_dtype == "bf16" and status != RUNNABLE and fit.fits:
+        alt = dataclasses.replace(req, kv_cache_dtype="fp8")
+        f2 = _size(arch, lay, node, alt, target)
+        if f2.fits and f2.max_fit_tokens >= target:
+            out.append(f"--kv-cache-dtype fp8 fits the full {target:,} tokens")
+    if engine == "vllm" and fit is not None and fit.fits and status != RUNNABLE and lay.tensor_parallel > 1:
+        for dcp in (2, 4, 8):
+            if lay.tensor_parallel % dcp == 0 and dcp > lay.decode_context_parallel:
+                f3 = _size(arch, dataclasses.replace(lay, decode_context_parallel=dcp), node, req, target)
+                if f3.fits and f3.max_fit_tokens >= target:
+                    out.append(f"--decode-context-parallel {dcp} fits the full {target:,} tokens")
+                    break
+    if (
+        engine in ("vllm", "sglang")
+        and node.gpu_count
+        and len(profile.nodes) == 1
+        and kind in ("tp", "dp-ep")
+    ):
+        two = _doubled(profile)
+        for _k2, lay2 in _layouts(engine, arch, two, req, m.engines.get(engine)):
+            if lay2.nodes == 2 and _runs_at(arch, lay2, two.head, req, target):
+                out.append(
+                    f"a second node of the same kind ({lay2.label} runs {engine} {v.id} at {target:,} tokens)"
+                )
+                break
+    if fit is not None and not fit.host_ok and lay.placement not in ("cpu", "rpc"):
+        need = fit.host_required_gib / (1 - 0.05)
+        out.append(f">= {math.ceil(need * GIB / GB)} GB RAM on the node")
+    if (
+        not blocked
+        and node.gpu_count
+        and fit is not None
+        and fit.host_ok
+        and lay.placement not in ("cpu", "rpc")
+    ):
+        mib = _needed_gpu_mib(arch, lay, node, req, target)
+        if mib:
+            per_node = lay.gpus_used // max(1, lay.nodes) or node.gpu_count
+            out.append(
+                f"{per_node} GPU(s) per node with >= {mib // 1024} GiB each{_gpu_name_for(mib / 1024)}"
+            )
+    if engine in ("vllm", "sglang") and node.gpu_count < 8 and kind == "tp":
+        hypo = _with_gpu_memory(profile, 1024, 8)
+        lay8 = Layout(engine, 1, 8, 8, label="TP8")
+        mib = _needed_gpu_mib(arch, lay8, hypo.head, req, target)
+        if mib:
+            out.append(f"a node with 8 GPUs of >= {mib // 1024} GiB each{_gpu_name_for(mib / 1024)}")
+    if engine == "ktransformers" and blocked and node.gpu_count == 0:
+        out.append("one or more NVIDIA GPUs (>= 48 GB VRAM in total) beside >= 600 GB RAM and an AVX512 CPU")
+    if engine == "vllm" and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
+        kv_gib = math.ceil(target * arch.kv_bytes_per_token(req.kv_cache_dtype) / GIB)
+        need = arch.total_bytes / GIB + max(kv_gib, lay.cpu_kv_space_gib, 1) + VLLM_CPU_PROCESS_GIB
+        out.append(f">= {math.ceil(need / (1 - 0.05) * GIB / GB)} GB RAM for the full {target:,} tokens")
+    if lay.placement == "rpc" and fit is not None:
+        for host, need in zip(lay.hosts, fit.settings.get("rpc_need_gib", []), strict=True):
+            if need > host_available(host):
+                gb = math.ceil(need / (1 - 0.05) * GIB / GB)
+                out.append(f">= {gb} GB RAM on {host.name} for its share of the full {target:,} tokens")
+    if engine == "llama.cpp" and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
+        full = _llama_host_need(arch, lay, target)
+        out.append(
+            f">= {math.ceil(full / (1 - 0.05) * GIB / GB)} GB RAM for the full {target:,} tokens on CPU"
+        )
+    return out
+
+
+def _llama_host_need(arch: Architecture, lay: Layout, target: int) -> float:
+    big = dataclasses.replace(_BIG_NODE, gpu_count=0, gpu_memory_mib=0)
+    fit = evaluate(arch, lay, big, context=target)
+    return fit.host_required_gib
+
+
+# A node big enough for anything, used only to ask "how much would this need?".
+_BIG_NODE = Node(
+    name="sizing",
+    gpu_model="none",
+    gpu_count=0,
+    gpu_memory_mib=0,
+    cpu=Cpu("sizing", 1, ("avx512f",)),
+    ram_gib=1e6,
+    weights_dir="/",
+    disk_free_gib=1e6,
+    shm_gib=0,
+    network_interface="lo",
+)
+
+
+# ---- ranking and explanation -----------------------------------------------------------------------
+
+
+def _layout_kind(c: Candidate) -> str:
+    if c.engine == "llama.cpp" or c.placement == "cpu":
+        return c.placement
+    if c.engine == "ktransformers":
+        return "kt"
+    if c.data_parallel > 1:
+        return "dp-ep"
+    if c.pipeline_parallel > 1:
+        return "tp-pp"
+    return "tp-nodes" if c.nodes > 1 else "tp"
+
+
+def rank_key(c: Candidate, m: Model, fidelity: dict[str, int]) -> tuple:
+    """The ranking, best first: runs, single node before llama.cpp RPC, fidelity, placement, full context
+    before reduced, fewer nodes, engine preference, then tie-breaks (layout kind, larger KV cache, id)."""
+    prefs = m.engine_preference
+    return (
+        0 if c.runs else 1,
+        # llama.cpp over RPC only when no single node runs anything (`plan --nodes N` forces it)
+        1 if c.placement == "rpc" else 0,
+        -fidelity.get(c.variant, 0),
+        PLACEMENT_ORDER.get(c.placement, 9),
+        # the full context on every node the profile has beats a reduced context on fewer nodes
+        STATUS_ORDER[c.status],
+        c.nodes,
+        prefs.index(c.engine) if c.engine in prefs else len(prefs),
+        LAYOUT_ORDER.index(_layout_kind(c)),
+        -c.kv_cache_tokens,
+        c.id,
+    )
+
+
+def _rank(candidates: list[Candidate], m: Model) -> None:
+    fidelity = {v.id: v.fidelity for v in m.variants}
+    candidates.sort(key=lambda c: rank_key(c, m, fidelity))
+    for i, c in enumerate(candidates, 1):
+        c.rank = i
+
+
+def _explain(
+    candidates: list[Candidate], chosen: Candidate | None, profile: HardwareProfile, m: Model
+) -> list[str]:
+    lines: list[str] = []
+    head = profile.head
+    gpus = (
+        f"{head.gpu_count}x {head.gpu_model} ({head.gpu_memory_gib:.0f} GiB)" if head.gpu_count else "no GPU"
+    )
+    cores = head.cpu.physical_cores
+    hw = f"{len(profile.nodes)} node(s) with {gpus}, {head.ram_gib:.0f} GiB RAM, {cores} cores"
+    lines.append(f"Hardware: {profile.name}: {hw}.")
+    if chosen is None:
+        lines.append(f"Nothing can serve {m.display_name} on this hardware: every candidate is incompatible.")
+        fixes = [
+            f"{c.engine} {c.variant} ({c.layout}): {c.remediation[-1]}" for c in candidates if c.remediation
+        ]
+        if fixes:
+            lines.append("What would run it (hardware that would make each candidate run):")
+            lines.extend(f"  - {f}" for f in fixes)
+        return lines
+    lines.append(
+        f"Chosen: {chosen.engine} with {chosen.variant} weights, {chosen.layout} on {chosen.nodes} "
+        f"node(s): {chosen.status}, max_model_len {chosen.max_model_len:,}, KV cache "
+        f"{chosen.kv_cache_tokens:,} tokens."
+    )
+    fid = {v.id: v.fidelity for v in m.variants}
+    why = [
+        f"it runs with the most faithful weights available here ({chosen.variant}, fidelity "
+        f"{fid.get(chosen.variant)})"
+    ]
+    why.append(
+        {
+            "gpu": "all weights on GPU",
+            "hybrid": "routed experts in host RAM (no all-GPU option fits)",
+            "cpu": "on CPU (no GPU option fits)" if head.gpu_count else "on CPU (the node has no GPU)",
+            "rpc": f"layers spread over {chosen.nodes} nodes' RAM with llama.cpp's RPC backend",
+        }.get(chosen.placement, chosen.placement)
+    )
+    if chosen.nodes > 1:
+        single = [c for c in candidates if c.runs and c.nodes == 1 and c.variant == chosen.variant]
+        forced = not any(c.nodes == 1 for c in candidates)
+        why.append(
+            f"{chosen.nodes} nodes, as asked (--nodes {chosen.nodes})"
+            if forced
+            else f"{chosen.nodes} nodes: on one node this variant runs only with a reduced context"
+            if single
+            else f"{chosen.nodes} nodes are needed (no single-node layout fits)"
+        )
+    same = [
+        c
+        for c in candidates
+        if c.runs
+        and c.variant == chosen.variant
+        and c.placement == chosen.placement
+        and c.nodes == chosen.nodes
+        and c.id != chosen.id
+    ]
+    if same:
+        why.append(
+            f"{chosen.engine} comes first in the catalog's engine order among those that also run "
+            f"({', '.join(sorted({c.engine for c in same} - {chosen.engine})) or 'other layouts'})"
+        )
+    lines.append("Why: " + "; ".join(why) + ".")
+    prefs = m.engine_preference
+    for c in candidates:
+        ahead = (
+            c.engine in prefs
+            and chosen.engine in prefs
+            and prefs.index(c.engine) < prefs.index(chosen.engine)
+        )
+        if ahead and c.variant == chosen.variant and not c.runs and c.reasons:
+            lines.append(f"Not {c.engine} ({c.layout}): {c.reasons[0]}.")
+    if chosen.status == REDUCED:
+        lines.append(
+            f"Reduced: the full {m.architecture.get('max_position_embeddings', 0):,}-token context does "
+            f"not fit; options: {'; '.join(chosen.remediation[1:]) or 'bigger GPUs'}."
+        )
+    others = [c for c in candidates if c.runs and c.id != chosen.id][:3]
+    if others:
+        lines.append(
+            "Next best: "
+            + "; ".join(
+                f"{c.engine} {c.variant} {c.layout} ({c.status}, {c.max_model_len:,})" for c in others
+            )
+            + "."
+        )
+    need_gib = chosen.weights.bytes / GIB
+    if head.disk_free_gib < need_gib:
+        lines.append(
+            f"Warning: the weights take {need_gib:.0f} GiB; {head.weights_dir} on {head.name} has "
+            f"{head.disk_free_gib:.0f} GiB free."
+        )
+    return lines
+
+
+__all__ = ["MIN_CONTEXT", "Request", "plan", "rank_key"]

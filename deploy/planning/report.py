@@ -1,0 +1,106 @@
+"""Human output of a plan: a NIM-style table of every candidate, the chosen plan's memory, the explanation.
+
+>>> from deploy.hardware.profiles import load_profile
+>>> from deploy.planning.planner import plan
+>>> from deploy.planning.report import render_report
+>>> print(render_report(plan(load_profile("h200x8"))))  # doctest: +SKIP
+STATUS        ENGINE  VARIANT  LAYOUT  NODESxGPUS  MAX_LEN  KV_TOKENS  ...
+"""
+
+from __future__ import annotations
+
+from deploy.planning.contract import Candidate, Plan
+
+COLUMNS = (
+    "#",
+    "STATUS",
+    "ENGINE",
+    "VARIANT",
+    "LAYOUT",
+    "NODESxGPUS",
+    "MAX_LEN",
+    "KV_TOKENS",
+    "WEIGHTS/GPU",
+    "KV/GPU",
+    "HOST_RAM",
+    "REASON",
+)
+REASON_WIDTH = 90
+
+
+def _gib(x: float) -> str:
+    return f"{x:.1f}G" if x else "-"
+
+
+def _reason(c: Candidate) -> str:
+    if c.status == "runnable":
+        text = "full context" if not c.reasons else c.reasons[0]
+    else:
+        text = "; ".join(c.reasons[:1] + ([f"fix: {c.remediation[-1]}"] if c.remediation else []))
+    return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 1] + "…"
+
+
+def candidate_row(c: Candidate) -> tuple[str, ...]:
+    gpus = f"{c.nodes}x{c.gpus_per_node}" if c.gpus_per_node else f"{c.nodes}xCPU"
+    runs = c.status != "incompatible"
+    return (
+        str(c.rank),
+        c.status,
+        c.engine,
+        c.variant,
+        c.layout,
+        gpus,
+        f"{c.max_model_len:,}" if runs else "-",
+        f"{c.kv_cache_tokens:,}" if runs else "-",
+        _gib(c.memory.weights),
+        _gib(c.memory.kv_cache),
+        _gib(c.memory.host),
+        _reason(c),
+    )
+
+
+def render_table(plan: Plan) -> str:
+    """One line per candidate, best first."""
+    rows = [COLUMNS] + [candidate_row(c) for c in plan.candidates]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS) - 1)]
+    lines = []
+    for r in rows:
+        cells = [r[i].ljust(widths[i]) for i in range(len(widths))]
+        lines.append("  ".join(cells + [r[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def render_memory(c: Candidate) -> str:
+    """The chosen candidate's memory, every term with its value (GiB) and source."""
+    m = c.memory
+    lines = [f"Memory of {c.id} ({c.layout}, {c.kv_cache_dtype} KV cache):"]
+    if m.total:
+        lines.append(
+            f"  per GPU: total {m.total:.2f} GiB, budget {m.budget:.2f} GiB "
+            f"(utilisation {c.gpu_memory_utilization:g}), weights {m.weights:.2f}, activations and "
+            f"overheads {m.activations:.2f}, KV cache {m.kv_cache:.2f}"
+        )
+    lines.append(f"  host RAM per node: {m.host:.2f} GiB")
+    width = max((len(k) for k in m.terms), default=10)
+    for name, value in m.terms.items():
+        lines.append(f"    {name.ljust(width)}  {value:10.3f} GiB")
+    lines.append("  sources:")
+    for name, src in m.sources.items():
+        lines.append(f"    {name}: {src}")
+    return "\n".join(lines)
+
+
+def render_report(plan: Plan) -> str:
+    """Table, then the chosen plan's memory breakdown, then the explanation."""
+    parts = [
+        f"{plan.model.get('display_name', plan.model.get('name'))} on {plan.hardware.get('name')}",
+        render_table(plan),
+        "",
+    ]
+    if plan.chosen is not None:
+        parts += [render_memory(plan.chosen_candidate), ""]
+    parts += plan.explanation
+    return "\n".join(parts)
+
+
+__all__ = ["candidate_row", "render_memory", "render_report", "render_table"]

