@@ -25,8 +25,12 @@ KEY_ENV = "KIMI_API_KEY"
 
 def _cases() -> list[tuple[str, str, list]]:
     cases = []
-    for profile in available_profiles():
-        p = plan(load_profile(profile))
+    plans = [(profile, plan(load_profile(profile))) for profile in available_profiles()]
+    # the optional speculative decoding (EAGLE3) where a recipe runs it: H200 and Blackwell
+    plans += [
+        (f"{name}+eagle3", plan(load_profile(name), speculative="eagle3")) for name in ("h200x8", "b200x8")
+    ]
+    for profile, p in plans:
         for cand in p.candidates:
             if not cand.runs or cand.engine not in parser_check.CHECKED:
                 continue

@@ -39,6 +39,14 @@ class Variant:
     file_bytes: int  # from the repo listing; a cross-check for the computed size, never the plan's source
     engines: list[str]
     serves_vision: bool
+    #: GPU table features every GPU must have (``fp4``: FP4 tensor cores, Blackwell)
+    requires_gpu: tuple[str, ...] = ()
+    #: extra engine arguments this variant needs, per engine (``{"sglang": {"quantization": ...}}``)
+    engine_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+#: GPU features a variant may require (keys of hardware/gpus.yaml entries).
+GPU_FEATURES = ("fp4", "fp8", "int4_w4a16")
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class Model:
     variants: list[Variant]
     expected: dict[str, Any] = field(default_factory=dict)
     source_file: str = ""
+    #: optional speculative-decoding methods (``eagle3``: draft repo, engines, GPUs, sizes), off by default
+    speculative: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def variant(self, variant_id: str) -> Variant:
         for v in self.variants:
@@ -171,6 +181,8 @@ def load_model(name: str, catalog_dir: Path | None = None) -> Model:
                 file_bytes=int(v["file_bytes"]),
                 engines=list(v["engines"]),
                 serves_vision=bool(v.get("serves_vision", False)),
+                requires_gpu=_gpu_features(v.get("requires_gpu") or [], f"{src}: variants[{i}]"),
+                engine_args={str(k): dict(a) for k, a in (v.get("engine_args") or {}).items()},
             )
         )
     return Model(
@@ -186,4 +198,11 @@ def load_model(name: str, catalog_dir: Path | None = None) -> Model:
         variants=variants,
         expected=dict(data.get("expected") or {}),
         source_file=src,
+        speculative={str(k): dict(x) for k, x in (data.get("speculative") or {}).items()},
     )
+
+
+def _gpu_features(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or any(f not in GPU_FEATURES for f in value):
+        raise CatalogError(f"{where}: requires_gpu must be a list of {', '.join(GPU_FEATURES)}")
+    return tuple(value)

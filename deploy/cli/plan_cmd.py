@@ -68,6 +68,11 @@ def _profile(hardware: str | None, gpus: str | None, weights_dir: str | None) ->
 @click.option(
     "--weights-dir", help="Where weights live on every node (default: the head node's weights_dir)."
 )
+@click.option(
+    "--speculative",
+    metavar="METHOD",
+    help="Speculative decoding from the catalog (eagle3), where a published recipe runs it; off by default.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print plan.json on stdout instead of the table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write plan.json here (atomically).")
 def plan_command(
@@ -83,6 +88,7 @@ def plan_command(
     tensor_parallel: str | None,
     nodes: str | None,
     weights_dir: str | None,
+    speculative: str | None,
     as_json: bool,
     output: str | None,
 ) -> None:
@@ -102,6 +108,7 @@ def plan_command(
         weights_dir=weights_dir,
         tensor_parallel=_number(tensor_parallel, "--tensor-parallel", int),
         nodes=_number(nodes, "--nodes", int),
+        speculative=speculative,
     )
     if output:
         save_plan(result, output)

@@ -123,12 +123,21 @@ def expert_bytes(arch: dict[str, Any], quant: dict[str, Any]) -> int:
     """Bytes of one routed expert (gate, up, down) in a variant.
 
     Native INT4 (compressed-tensors pack-quantized): 4-bit packed weights plus one BF16 scale per group of
-    32 weights. GGUF: the variant's bits per weight for routed experts (ggml blocks include their scales).
+    32 weights. NVFP4 (NVIDIA ModelOpt): 4-bit E2M1 weights, one FP8 E4M3 scale per group of 16 and, per
+    linear, an FP32 global weight scale and an FP32 input scale (``per_tensor_bytes``). GGUF: the variant's
+    bits per weight for routed experts (ggml blocks include their scales).
+
+        >>> nvfp4 = {"routed_experts": "nvfp4", "group_size": 16, "scale_bytes": 1, "per_tensor_bytes": 8}
+        >>> expert_bytes({"hidden_size": 7168, "moe_intermediate_size": 2048}, nvfp4)
+        24772632
     """
     params = 3 * arch["hidden_size"] * arch["moe_intermediate_size"]
     if quant.get("routed_experts") == "native_int4":
         q = arch["expert_quantization"]
         return params * q["bits"] // 8 + params // q["group_size"] * q["scale_bytes"]
+    if quant.get("routed_experts") == "nvfp4":
+        group, scale = int(quant["group_size"]), int(quant["scale_bytes"])
+        return params // 2 + params // group * scale + 3 * int(quant.get("per_tensor_bytes", 0))
     if "routed_experts_bpw" in quant:
         return int(params * float(quant["routed_experts_bpw"]) / 8)
     return params * BF16

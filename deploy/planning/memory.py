@@ -131,6 +131,9 @@ class Layout:
     label: str = ""
     #: llama.cpp RPC: every node of the layout, head first (placement ``rpc``)
     hosts: tuple[Node, ...] = ()
+    #: speculative decoding: the draft model's weight bytes and KV bytes per token, whole (split by TP here)
+    draft_bytes: float = 0.0
+    draft_kv_bytes_per_token: int = 0
 
     @property
     def gpus_used(self) -> int:
@@ -388,7 +391,14 @@ def evaluate_best(arch: Architecture, layout: Layout, node: Node, target: int, *
 
 def _kv_per_token(arch: Architecture, layout: Layout, layers: range, dtype: str) -> int:
     per = arch.kv_bytes_per_token(dtype, layers=len(layers))
-    return max(1, per // max(1, layout.decode_context_parallel))
+    per = max(1, per // max(1, layout.decode_context_parallel))
+    # the draft model keeps a KV cache of its own for every token of the target's (one pool per token)
+    return per + layout.draft_kv_bytes_per_token // max(1, layout.tensor_parallel)
+
+
+def _draft_weights(layout: Layout) -> float:
+    """The speculative draft model's weight bytes on each GPU (its layers split by TP like the target's)."""
+    return layout.draft_bytes / max(1, layout.tensor_parallel)
 
 
 def _host_gpu_engine(
@@ -417,6 +427,9 @@ def _evaluate_vllm(
     total = node.gpu_memory_mib * MIB
     budget = total * util
     weights, per_group, layers = gpu_weights(arch, layout)
+    if layout.draft_bytes:
+        per_group["draft_model"] = _draft_weights(layout)
+        weights += per_group["draft_model"]
     tokens, seqs = VLLM_TIERS[vllm_tier(total / GIB) if tier is None else tier]
     act = activation_peak_bytes(arch, layout, tokens, seqs)
     graphs = 0.0 if enforce_eager else len(vllm_graph_sizes(seqs)) * len(layers) * 0.5 * MIB
@@ -480,6 +493,9 @@ def _evaluate_sglang(
     total = node.gpu_memory_mib * MIB
     budget = total * fraction
     weights, per_group, layers = gpu_weights(arch, layout)
+    if layout.draft_bytes:
+        per_group["draft_model"] = _draft_weights(layout)
+        weights += per_group["draft_model"]
     chunk, graph_bs = sglang_defaults(node.gpu_memory_mib, tp_total, tier)
     reserve_act = 1.5 * max(chunk, 2048) * MIB
     reserve_graph = 2 * graph_bs * MIB + (3 * graph_bs * layout.data_parallel * MIB if dp_attention else 0)

@@ -50,6 +50,12 @@ API_KEY_ENV = "KIMI_API_KEY"
 MASTER_PORT = 29500
 DIST_INIT_PORT = 50000
 KT_PREFILL_THRESHOLD = 400
+#: What the GPU table's feature flags mean, for the reasons a variant is blocked.
+GPU_FEATURE_NAMES = {
+    "fp4": "FP4 tensor cores (Blackwell: B200, B300, GB200)",
+    "fp8": "FP8 tensor cores (sm89+)",
+    "int4_w4a16": "INT4 weight-only kernels (sm80+)",
+}
 #: The demo model serves on a shared 2-core CI machine: one thread, one slot, the demo's own template.
 DEMO_LLAMA_ARGS = {"threads": 1, "parallel": 1, "chat_template": "demo-hermes-think.jinja"}
 
@@ -68,6 +74,8 @@ class Request:
     tensor_parallel: int | None = None
     weights_dir: str | None = None
     nodes: int | None = None
+    #: a speculative-decoding method of the catalog (``eagle3``), applied where a published recipe runs it
+    speculative: str | None = None
 
 
 def plan(
@@ -82,6 +90,7 @@ def plan(
     weights_dir: str | None = None,
     tensor_parallel: int | None = None,
     nodes: int | None = None,
+    speculative: str | None = None,
 ) -> Plan:
     """Plan ``model`` on ``profile``. Bad input raises InputError; a plan with nothing runnable has
     ``chosen`` None (the CLI prints the table and exits 3). ``nodes`` keeps only the candidates on exactly
@@ -101,6 +110,7 @@ def plan(
         tensor_parallel,
         weights_dir,
         nodes,
+        speculative,
     )
     have = len(profile.nodes)
     if nodes is not None and not 1 <= nodes <= have:
@@ -173,6 +183,9 @@ def _validate(req: Request, m: Model) -> list[Variant]:
                 f"--tensor-parallel {req.tensor_parallel} does not divide the {heads} attention "
                 f"heads of {m.name}"
             )
+    if req.speculative is not None and req.speculative not in m.speculative:
+        known = ", ".join(m.speculative) or "none"
+        raise InputError(f"--speculative {req.speculative!r}: {m.name} offers {known}")
     variants = list(m.variants) if req.variant is None else [m.variant(req.variant)]
     if req.engine is not None:
         usable = [v for v in variants if req.engine in v.engines]
@@ -373,6 +386,15 @@ def _engine_blockers(
         if spec is not None and not spec.int4_w4a16:
             reasons.append(f"{head.gpu_model} has no INT4 weight-only kernels (needs sm80+)")
             fixes.append("GPUs of compute capability 8.0 or newer")
+    if v.requires_gpu and head.gpu_count and not cpu_build:
+        spec = load_gpu_table().get(head.gpu_model)
+        missing = [f for f in v.requires_gpu if spec is None or not getattr(spec, f)]
+        if missing:
+            reasons.append(
+                f"{v.id} weights need {', '.join(GPU_FEATURE_NAMES.get(f, f) for f in missing)}; "
+                f"{head.gpu_model} has none"
+            )
+            fixes.append(f"GPUs with {', '.join(GPU_FEATURE_NAMES.get(f, f) for f in missing)}")
     if engine == "ktransformers":
         meta = m.engines.get("ktransformers", {})
         for flag in meta.get("requires_isa", []):
@@ -401,6 +423,18 @@ def _candidates(
         reasons: list[str] = list(blockers)
         remediation: list[str] = list(blocker_fixes)
         fit: Fit | None = None
+        spec = _speculative(m, v, engine, profile, req)
+        if spec:
+            lay = dataclasses.replace(
+                lay,
+                draft_bytes=float(spec["draft_params"]) * 2,
+                draft_kv_bytes_per_token=int(spec["draft_layers"])
+                * 2
+                * int(spec["draft_kv_heads"])
+                * int(spec["draft_head_dim"])
+                * 2,
+                label=f"{lay.label} +{req.speculative}",
+            )
         if not blockers:
             if engine == "ktransformers":
                 lay, fit = _kt_layout(arch, lay, node, req, target)
@@ -482,6 +516,19 @@ def _candidates(
             )
         )
     return out
+
+
+def _speculative(m: Model, v: Variant, engine: str, profile: HardwareProfile, req: Request) -> dict[str, Any]:
+    """The catalog's speculative-decoding entry when it was asked for and a published recipe covers this
+    engine, variant and GPU (``{}`` otherwise: the candidate runs without it)."""
+    spec = m.speculative.get(req.speculative or "", {})
+    ok = (
+        spec
+        and engine in spec.get("engines", [])
+        and v.id in spec.get("variants", [v.id])
+        and profile.head.gpu_model in spec.get("gpus", [])
+    )
+    return dict(spec, method=req.speculative) if ok else {}
 
 
 def _dedupe(items: list[str]) -> list[str]:
@@ -586,6 +633,20 @@ def _engine_args(
     }
     settings = fit.settings if fit else {}
     head = profile.head
+    args.update(v.engine_args.get(engine, {}))
+    spec = _speculative(m, v, engine, profile, req)
+    args["speculative"] = (
+        {
+            "method": spec["method"],
+            "draft_model_path": f"{(req.weights_dir or head.weights_dir).rstrip('/')}/{spec['draft_repo']}",
+            "draft_repo": spec["draft_repo"],
+            "num_steps": int(spec["num_steps"]),
+            "eagle_topk": int(spec["eagle_topk"]),
+            "num_draft_tokens": int(spec["num_draft_tokens"]),
+        }
+        if spec
+        else None
+    )
     if engine == "vllm":
         cpu = lay.placement == "cpu"
         args.update(

@@ -23,6 +23,7 @@ Only the head (rank 0) serves HTTP.
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,17 @@ def _vllm(
     _flag(base, "--kv-cache-dtype", kv if kv not in (None, "auto", "bf16") else None)
     _flag(base, "--max-num-batched-tokens", a.get("max_num_batched_tokens"))
     _flag(base, "--max-num-seqs", a.get("max_num_seqs"))
+    _flag(base, "--quantization", a.get("quantization"))
+    spec = a.get("speculative") or {}
+    if spec:
+        # vLLM's recipe for Kimi-K2.5: --speculative-config {"model", "method": "eagle3",
+        # "num_speculative_tokens"} (vllm-project/recipes moonshotai/Kimi-K2.5.md, Eagle3 MTP)
+        config = {
+            "model": spec["draft_model_path"],
+            "method": spec["method"],
+            "num_speculative_tokens": int(spec["num_steps"]),
+        }
+        base += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
     _common_parsers(a, base)
     _flag(
         base, "--enable-auto-tool-choice", bool(a.get("enable_auto_tool_choice") or a.get("tool_call_parser"))
@@ -311,6 +323,22 @@ def _sglang(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) ->
     _flag(
         base, "--kv-cache-dtype", SGLANG_KV_DTYPES.get(kv, kv) if kv not in (None, "auto", "bf16") else None
     )
+    _flag(base, "--quantization", a.get("quantization"))
+    spec = a.get("speculative") or {}
+    if spec:
+        # the SGLang cookbook's EAGLE3 settings for Kimi-K2.5 (steps 3, top-k 1, 4 draft tokens)
+        base += [
+            "--speculative-algorithm",
+            str(spec["method"]).upper(),
+            "--speculative-draft-model-path",
+            str(spec["draft_model_path"]),
+            "--speculative-num-steps",
+            str(spec["num_steps"]),
+            "--speculative-eagle-topk",
+            str(spec["eagle_topk"]),
+            "--speculative-num-draft-tokens",
+            str(spec["num_draft_tokens"]),
+        ]
     kt = a.get("kt")
     if cand.engine == "ktransformers":
         if not isinstance(kt, dict):
