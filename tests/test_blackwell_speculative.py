@@ -125,3 +125,16 @@ def test_eagle3_only_where_a_recipe_runs_it():
     argv = [str(x) for x in head.argv]
     config = json.loads(argv[argv.index("--speculative-config") + 1])
     assert config["method"] == "eagle3" and config["num_speculative_tokens"] == 3
+
+
+def test_vllm_multinode_distributed_timeout_on_every_rank():
+    p = plan(load_profile("h100x8-2nodes"), engine="vllm")
+    for c in (c for c in p.candidates if c.runs and c.nodes > 1):
+        want = str(max(600, 2 * c.time_to_ready_s))
+        for backend in ("mp", "ray"):
+            for n in node_commands(p, c, "/m", Endpoint(multinode_backend=backend)):
+                argv = [str(x) for x in n.argv]
+                if n.program == "vllm":
+                    assert argv[argv.index("--distributed-timeout-seconds") + 1] == want
+    single = plan(load_profile("h200x8"), engine="vllm").chosen_candidate
+    assert "multinode" not in single.engine_args

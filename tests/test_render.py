@@ -264,8 +264,19 @@ def test_multinode_files_per_node(tmp_path: Path, run_cli) -> None:
         assert f"GLOO_SOCKET_IFNAME={n.network_interface}" in env
         assert stat.S_IMODE((out / f"kimi-deploy-{n.name}.env").stat().st_mode) == 0o600
         assert (out / f"launch-{n.name}.sh").is_file()
-    install = (out / f"install-{profile.nodes[1].name}.sh").read_text()
-    assert f"ray[default]=={pins.RAY_VERSION}" in install
+    # the head runs `ray start --head` before vLLM: both ranks install Ray (and vLLM)
+    for n in profile.nodes:
+        install = (out / f"install-{n.name}.sh").read_text().split()
+        assert f"'ray[default]=={pins.RAY_VERSION}'" in install, n.name
+        assert f"vllm=={pins.VLLM_VERSION}" in install, n.name
+    head_launch = (out / f"launch-{profile.nodes[0].name}.sh").read_text()
+    assert "ray start \\\n    --head" in head_launch
+    # every rank that runs vLLM waits in init_process_group as long as the plan predicts (x2), at least 600 s
+    manifest = json.loads((out / "manifest.json").read_text())
+    cand = p.candidate(manifest["candidate"])
+    head_argv = manifest["nodes"][0]["argv"]
+    timeout = int(head_argv[head_argv.index("--distributed-timeout-seconds") + 1])
+    assert timeout == max(600, 2 * cand.time_to_ready_s)
     # a single-node candidate rendered into the same folder removes the worker's files
     single = next(c for c in p.candidates if c.runs and c.nodes == 1 and c.engine != "llama.cpp")
     r = run_cli(["render", "--plan", str(path), "--out", str(out), "--candidate", single.id])

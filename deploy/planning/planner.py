@@ -50,6 +50,10 @@ API_KEY_ENV = "KIMI_API_KEY"
 MASTER_PORT = 29500
 DIST_INIT_PORT = 50000
 KT_PREFILL_THRESHOLD = 400
+#: vLLM multi-node: ``--distributed-timeout-seconds`` = time_to_ready_s x this (slow disks, first compile).
+DIST_TIMEOUT_SAFETY = 2.0
+#: PyTorch's default init_process_group timeout for NCCL (vllm/config/parallel.py distributed_timeout_seconds)
+NCCL_DEFAULT_TIMEOUT_S = 600
 #: What the GPU table's feature flags mean, for the reasons a variant is blocked.
 GPU_FEATURE_NAMES = {
     "fp4": "FP4 tensor cores (Blackwell: B200, B300, GB200)",
@@ -595,7 +599,22 @@ def _candidate(
         time_to_ready_s=_time_to_ready(engine, v, lay),
     )
     c.engine_args = _engine_args(m, v, arch, engine, lay, profile, req, fit, max_len, weights.local_dir)
+    if engine == "vllm" and lay.nodes > 1 and "multinode" in c.engine_args:
+        c.engine_args["multinode"]["distributed_timeout_s"] = distributed_timeout_s(c.time_to_ready_s)
     return c
+
+
+def distributed_timeout_s(time_to_ready_s: float) -> int:
+    """vLLM's ``--distributed-timeout-seconds`` for a multi-node launch: the ranks wait in
+    init_process_group while every node loads its weights, so the predicted time to ready (the hook: the
+    candidate's ``time_to_ready_s``) times DIST_TIMEOUT_SAFETY, never below PyTorch's NCCL default.
+
+        >>> distributed_timeout_s(840)
+        1680
+        >>> distributed_timeout_s(60)
+        600
+    """
+    return max(NCCL_DEFAULT_TIMEOUT_S, int(math.ceil(time_to_ready_s * DIST_TIMEOUT_SAFETY)))
 
 
 def _time_to_ready(engine: str, v: Variant, lay: Layout) -> int:
@@ -1032,4 +1051,4 @@ def _explain(
     return lines
 
 
-__all__ = ["MIN_CONTEXT", "Request", "plan", "rank_key"]
+__all__ = ["MIN_CONTEXT", "Request", "distributed_timeout_s", "plan", "rank_key"]

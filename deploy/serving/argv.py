@@ -220,6 +220,8 @@ def _vllm(
     mn = _multinode(a, ep)
     head_addr = str(nodes[0].get("address"))
     out: list[NodeCommand] = []
+    # the ranks wait in init_process_group while every node loads its weights (the plan sizes the wait)
+    _flag(base, "--distributed-timeout-seconds", mn.get("distributed_timeout_s"))
     if mn["backend"] == "ray":
         ray_port = int(mn.get("ray_port", DEFAULT_RAY_PORT))
         for rank, n in enumerate(nodes):

@@ -254,8 +254,10 @@ def _engine_venv(cand: Candidate) -> str | None:
     return None
 
 
-def install_steps(cand: Candidate, node: NodeCommand) -> list[dict[str, Any]]:
-    """The pinned install commands for ``node`` (comment + argv each), the same pins as deploy/pins.py."""
+def install_steps(cand: Candidate, node: NodeCommand, uses_ray: bool = False) -> list[dict[str, Any]]:
+    """The pinned install commands for ``node`` (comment + argv each), the same pins as deploy/pins.py.
+    ``uses_ray``: some node of the deployment runs Ray (the head runs ``ray start --head`` before vLLM, the
+    workers ``ray start --address``), so every node installs it."""
     venv = _engine_venv(cand)
     steps: list[dict[str, Any]] = []
     if venv is not None:
@@ -264,7 +266,7 @@ def install_steps(cand: Candidate, node: NodeCommand) -> list[dict[str, Any]]:
         steps.append({"comment": "a current pip", "argv": [*pip, "--upgrade", "pip"]})
         if cand.engine == "vllm":
             packages = [f"vllm=={pins.VLLM_VERSION}"]
-            if cand.engine_args.get("multinode", {}).get("backend") == "ray" or node.program == "ray":
+            if uses_ray or node.program == "ray" or any(c and c[0] == "ray" for c in node.pre):
                 packages.append(f"ray[default]=={pins.RAY_VERSION}")
         elif cand.engine == "sglang":
             packages = [f"sglang=={pins.SGLANG_VERSION}"]
@@ -498,7 +500,7 @@ def render(
                     ],
                     "steps": [
                         {"comment": _one_line(s["comment"]), "argv": s["argv"]}
-                        for s in install_steps(cand, n)
+                        for s in install_steps(cand, n, uses_ray=ray)
                     ],
                 },
             ),
