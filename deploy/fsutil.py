@@ -1,29 +1,89 @@
-"""Small filesystem helpers shared by every stage: nothing half-written is left looking complete."""
+"""Small filesystem helpers shared by every stage: nothing half-written is left looking complete, and
+nothing but a regular file is ever read as one or replaced by one.
+
+    >>> from deploy.fsutil import atomic_write_text, read_regular_bytes
+    >>> p = atomic_write_text("/tmp/kimi-doc.txt", "hi\\n")    # doctest: +SKIP
+    >>> read_regular_bytes(p, limit=1024)                      # doctest: +SKIP
+    b'hi\\n'
+
+Writes follow a symlink to the file it names (as ``>`` in a shell does) and refuse a device, FIFO, socket
+or directory instead of replacing it; reads refuse the same without blocking (a FIFO is opened
+``O_NONBLOCK`` and checked with ``fstat`` before a byte is read) and stop at a size limit.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from deploy.errors import DiskSpaceError, InputError
+
+#: The largest input file (plan, profile, lock, manifest, state) any reader accepts.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+
+def kind_of(mode: int) -> str:
+    """A file type in words: ``kind_of(os.stat('/dev/null').st_mode)`` -> 'character device'."""
+    for test, name in (
+        (stat.S_ISREG, "regular file"),
+        (stat.S_ISDIR, "directory"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISLNK, "symlink"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def write_destination(path: str | Path) -> Path:
+    """The path an atomic write replaces: ``path`` itself, or for a symlink the file it finally names
+    (written through, never replaced by a regular file). A directory, device, FIFO or socket there is
+    refused with InputError (exit 2)."""
+    p = Path(path)
+    if p.is_symlink():
+        p = Path(os.path.realpath(p))
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return p
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write here ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path}: is a {kind_of(st.st_mode)}; refusing to replace it with a regular file")
+    return p
 
 
 def atomic_write_text(path: str | Path, text: str, mode: int = 0o644) -> Path:
     """Write ``text`` to a temp file beside ``path``, fsync, chmod, then rename over ``path``.
 
-    The mode is set before the rename, so a secret-bearing file is never visible world-readable.
+    The mode is set before the rename, so a secret-bearing file is never visible world-readable. A symlink
+    at ``path`` is written through (its target is replaced); a non-regular file there is refused. A full
+    disk (ENOSPC, EDQUOT) is ``deploy.errors.DiskSpaceError`` (exit 4) naming the path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    dest = write_destination(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, dest)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskSpaceError(f"{path}: disk full while writing ({exc.strerror})") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -32,3 +92,49 @@ def atomic_write_text(path: str | Path, text: str, mode: int = 0o644) -> Path:
 
 def atomic_write_json(path: str | Path, data: Any, mode: int = 0o644) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", mode=mode)
+
+
+def read_regular_bytes(path: str | Path, limit: int = MAX_INPUT_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, without ever blocking.
+
+    Raises FileNotFoundError when nothing is there (callers add their own hint) and InputError (exit 2)
+    for a directory, FIFO, device or socket, an unreadable file, or one over ``limit``.
+    """
+    p = Path(path)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise InputError(f"{p}: is a directory, expected a file") from None
+    except PermissionError:
+        raise InputError(f"{p}: not readable (permission denied)") from None
+    except OSError as exc:
+        raise InputError(f"{p}: cannot open ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{p}: is a {kind_of(st.st_mode)}, expected a regular file")
+        if st.st_size > limit:
+            raise InputError(f"{p}: {st.st_size} bytes, more than the {limit} this toolkit reads")
+        os.set_blocking(fd, True)
+        chunks, total = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise InputError(f"{p}: more than the {limit} bytes this toolkit reads")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise InputError(f"{p}: cannot read ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def read_regular_text(path: str | Path, limit: int = MAX_INPUT_BYTES) -> str:
+    """``read_regular_bytes`` decoded as UTF-8; binary content is InputError naming the file."""
+    data = read_regular_bytes(path, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None

@@ -27,7 +27,7 @@ STAGES = [
     "ansible",
     "cli",
 ]
-BASE = {"constants", "errors", "pins", "fsutil", "__init__", "__main__", "__version__"}
+BASE = {"constants", "errors", "pins", "fsutil", "schema", "__init__", "__main__", "__version__"}
 
 
 def stage_of(module: str) -> str | None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from helpers.cpu_nodes import write_cpu_profile
+from helpers.systemd import command_words
 
 from deploy import pins
 from deploy.cli import main
@@ -123,7 +124,8 @@ def test_systemd_unit_values_come_from_the_plan(tmp_path: Path, run_cli) -> None
     assert f"TimeoutStartSec={p.chosen_candidate.time_to_ready_s}" in lines
     assert {"Restart=on-failure", "LimitMEMLOCK=infinity", "LimitNOFILE=1048576"} <= lines
     assert f"EnvironmentFile=-{out.resolve() / 'kimi-deploy.env'}" in lines
-    assert f"ExecStart=/bin/bash {out.resolve() / f'launch-{node}.sh'}" in lines
+    (exec_start,) = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
+    assert command_words(exec_start) == ["/bin/bash", str(out.resolve() / f"launch-{node}.sh")]
     port = p.chosen_candidate.engine_args["port"]
     assert f"http://127.0.0.1:{port}/health" in unit
 
@@ -316,9 +318,15 @@ def test_secrets_never_leave_the_environment_by_default(tmp_path: Path, run_cli)
     assert stat.S_IMODE((out / "kimi-deploy.env").stat().st_mode) == 0o600
     head = p.hardware["nodes"][0]["name"]
     launch = (out / f"launch-{head}.sh").read_text()
-    assert '--api-key "${KIMI_API_KEY}"' in launch and "require_env KIMI_API_KEY" in launch
+    assert "require_env KIMI_API_KEY" in launch
     manifest = json.loads((out / "manifest.json").read_text())
-    assert flag_value(manifest["nodes"][0]["argv"], "--api-key") == "${KIMI_API_KEY}"
+    # the key reaches the engine through its own variable (or SGLang's --config file), never argv
+    assert all("--api-key" not in n["argv"] for n in manifest["nodes"])
+    engine_var = {"vllm": "VLLM_API_KEY", "llama.cpp": "LLAMA_API_KEY"}.get(p.chosen_candidate.engine)
+    if engine_var:
+        assert f'export {engine_var}="${{KIMI_API_KEY}}"' in launch
+    else:
+        assert flag_value(manifest["nodes"][0]["argv"], "--config") == "${kimi_key_config}"
     assert manifest["api_key_env"] == "KIMI_API_KEY"
     assert "# KIMI_API_KEY=" in (out / "kimi-deploy.env").read_text()
 
@@ -350,6 +358,8 @@ def test_strict_undefined_catches_a_missing_value(tmp_path: Path) -> None:
         "env_files": ["kimi-deploy.env"],
         "path_prepend": None,
         "required_env": [],
+        "exports": [],
+        "key_config": None,
         "pre": [],
         "argv_lines": [["true"]],
     }

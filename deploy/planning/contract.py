@@ -23,13 +23,13 @@ readers ignore what they do not know.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploy.errors import PlanError
 from deploy.fsutil import atomic_write_json
+from deploy.schema import parse_json, read_text
 
 SCHEMA_VERSION = 1
 
@@ -163,14 +163,10 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
 
 
 def load_plan(path: str | Path) -> Plan:
+    """Read plan.json: a regular file (never blocks on a FIFO), valid JSON, then the schema."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise PlanError(f"{p}: plan not found (run `kimi-deploy plan -o {p}` first)") from None
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"{p}: not valid JSON (line {exc.lineno})") from None
-    return plan_from_dict(data, str(p))
+    text = read_text(p, PlanError, missing=f"{p}: plan not found (run `kimi-deploy plan -o {p}` first)")
+    return plan_from_dict(parse_json(text, str(p), PlanError), str(p))
 
 
 def save_plan(plan: Plan, path: str | Path) -> Path:

@@ -38,6 +38,18 @@ DEFAULT_RAY_PORT = 6379
 DEFAULT_RPC_PORT = 50052
 #: SGLang names the FP8 KV cache formats; the plan says "fp8".
 SGLANG_KV_DTYPES = {"fp8": "fp8_e4m3"}
+#: The API key never rides on argv (``/proc/<pid>/cmdline`` is readable by every local user). vLLM reads
+#: VLLM_API_KEY (vllm/envs.py ``VLLM_API_KEY``, used by ``vllm serve`` when --api-key is absent) and
+#: llama-server LLAMA_API_KEY (llama.cpp common/arg.cpp: ``--api-key`` is registered with
+#: ``set_env("LLAMA_API_KEY")``); the launch script exports it from the deployment's own variable.
+API_KEY_ENV_OF = {"vllm": "VLLM_API_KEY", "llama.cpp": "LLAMA_API_KEY"}
+#: SGLang 0.5.23 (and KTransformers, which runs it) reads ``api_key`` from no environment variable
+#: (sglang/srt/arg_groups/fields/serving.py: a flag only) but merges a ``--config`` YAML file into its
+#: arguments in-process (sglang/srt/server_args.py ``prepare_server_args``, ConfigArgumentMerger in
+#: srt/utils/server_args_config_parser.py; the file must end in .yaml). The launch script writes the key
+#: into a 0600 file beside itself and passes that file's path, held in this shell variable.
+SGLANG_KEY_CONFIG_VAR = "kimi_key_config"
+SGLANG_KEY_CONFIG_FILE = ".sglang-api-key.yaml"
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,10 @@ class NodeCommand:
     serves_http: bool = False
     #: engine whose parser checks this argv: vllm | sglang | ktransformers | llama.cpp | ray | rpc
     program: str = ""
+    #: variables the launch script exports before ``argv`` (the engine's own API key variable)
+    env: dict[str, Arg] = field(default_factory=dict)
+    #: SGLang: the API key goes into a --config YAML file the script writes (see SGLANG_KEY_CONFIG_VAR)
+    key_config: EnvRef | None = None
 
 
 def is_loopback(address: str) -> bool:
@@ -118,14 +134,23 @@ def _common_parsers(a: dict[str, Any], args: list[Arg]) -> None:
     _flag(args, "--reasoning-parser", a.get("reasoning_parser"))
 
 
-def _http(args: list[Arg], ep: Endpoint, port: int, key_flag: str = "--api-key") -> None:
+def _http(args: list[Arg], ep: Endpoint, port: int) -> None:
+    """Where the head serves; its API key is added by ``_api_key`` (environment or file, never argv)."""
     args.extend(["--host", ep.bind, "--port", str(port)])
-    if not ep.loopback:
-        if not ep.api_key_env:
-            raise InputError(
-                f"--bind {ep.bind} is not loopback: an API key env var is required (--api-key-env)"
-            )
-        args.extend([key_flag, EnvRef(ep.api_key_env)])
+    if not ep.loopback and not ep.api_key_env:
+        raise InputError(f"--bind {ep.bind} is not loopback: an API key env var is required (--api-key-env)")
+
+
+def _api_key(node: NodeCommand, engine: str, ep: Endpoint) -> None:
+    """Hand the head its API key off the command line: the engine's own variable, or SGLang's --config."""
+    if ep.loopback or not node.serves_http or not ep.api_key_env:
+        return
+    key = EnvRef(ep.api_key_env)
+    if engine in ("sglang", "ktransformers"):
+        node.key_config = key
+        node.argv.extend(["--config", EnvRef(SGLANG_KEY_CONFIG_VAR)])
+    else:
+        node.env[API_KEY_ENV_OF[engine]] = key
 
 
 def _multinode(a: dict[str, Any], ep: Endpoint) -> dict[str, Any]:
@@ -445,12 +470,16 @@ def node_commands(
         raise PlanError(f"candidate {cand.id!r}: engine_args.served_model_name is missing")
     port = int(endpoint.port or a.get("port") or 8000)
     if cand.engine == "vllm":
-        return _vllm(plan, cand, model_path, endpoint, port, chat_template)
-    if cand.engine in ("sglang", "ktransformers"):
-        return _sglang(plan, cand, model_path, endpoint, port)
-    if cand.engine == "llama.cpp":
-        return _llama(plan, cand, model_path, endpoint, port, chat_template)
-    raise PlanError(f"candidate {cand.id!r}: no renderer for engine {cand.engine!r}")
+        nodes = _vllm(plan, cand, model_path, endpoint, port, chat_template)
+    elif cand.engine in ("sglang", "ktransformers"):
+        nodes = _sglang(plan, cand, model_path, endpoint, port)
+    elif cand.engine == "llama.cpp":
+        nodes = _llama(plan, cand, model_path, endpoint, port, chat_template)
+    else:
+        raise PlanError(f"candidate {cand.id!r}: no renderer for engine {cand.engine!r}")
+    for n in nodes:
+        _api_key(n, cand.engine, endpoint)
+    return nodes
 
 
 def argv_strings(argv: list[Arg]) -> list[str]:
@@ -459,6 +488,7 @@ def argv_strings(argv: list[Arg]) -> list[str]:
 
 
 __all__ = [
+    "API_KEY_ENV_OF",
     "Arg",
     "Endpoint",
     "EnvRef",

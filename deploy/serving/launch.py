@@ -122,6 +122,8 @@ def up(
     """Start the node's engine and return once ``/health`` answers 200 (see the module docstring)."""
     plan = load_plan(plan_path)
     target = target_for(plan, rendered, node, deadline_s)
+    # the env files are read as bash/systemd read them, or refused (exit 2) before anything starts
+    launch_target.secret_values(target.env_files)
     require_verified(target.weights_dir)
     files = supervise.RunFiles.for_node(state_dir or constants.STATE_DIR, target.node)
     out = _Reporter.for_stream(stream)

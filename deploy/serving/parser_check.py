@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,8 +58,16 @@ class ParserReport:
         return all(r.ok for r in self.results)
 
 
-def _probe_argv(argv: list[Arg]) -> list[str]:
-    return [PROBE_API_KEY if isinstance(a, EnvRef) else str(a) for a in argv]
+def _probe_argv(argv: list[Arg], key_config: Path | None = None) -> list[str]:
+    """The argv as the engine sees it: env references replaced by the probe key; SGLang's ``--config``
+    reference (the API key file the launch script writes) by ``key_config``, a file holding the probe key."""
+    out = []
+    for i, a in enumerate(argv):
+        if isinstance(a, EnvRef) and i and argv[i - 1] == "--config" and key_config is not None:
+            out.append(str(key_config))
+        else:
+            out.append(PROBE_API_KEY if isinstance(a, EnvRef) else str(a))
+    return out
 
 
 def check_argvs(
@@ -72,7 +81,10 @@ def check_argvs(
         raise ParserVenvMissing(
             f"{python}: the parser venv is missing; run `kimi-deploy engine install parsers`"
         )
-    request = {"commands": [{"engine": e, "argv": _probe_argv(a)} for e, a in commands]}
+    scratch = tempfile.TemporaryDirectory(prefix="kimi-probe-")
+    key_config = Path(scratch.name) / "api-key.yaml"
+    key_config.write_text(f'api-key: "{PROBE_API_KEY}"\n')
+    request = {"commands": [{"engine": e, "argv": _probe_argv(a, key_config)} for e, a in commands]}
     try:
         done = subprocess.run(
             [str(python), str(PROBE)],
@@ -89,12 +101,14 @@ def check_argvs(
         )
     except subprocess.TimeoutExpired:
         raise engines.EngineInstallError(f"the parser probe took over {timeout_s:.0f} s") from None
+    finally:
+        scratch.cleanup()
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise engines.EngineInstallError(f"the parser probe failed (exit {done.returncode}): {tail}")
     data = json.loads(done.stdout)
     results = [
-        ParserResult(engine=e, argv=_probe_argv(a), **r)
+        ParserResult(engine=e, argv=_probe_argv(a, key_config), **r)
         for (e, a), r in zip(commands, data["results"], strict=True)
     ]
     return ParserReport(versions=data["versions"], results=results)

@@ -36,7 +36,18 @@ from deploy.engines import builds as engines
 from deploy.errors import InputError, KimiDeployError, PlanError
 from deploy.fsutil import atomic_write_json, atomic_write_text
 from deploy.planning.contract import Candidate, Plan, load_plan
-from deploy.serving.argv import Arg, Endpoint, EnvRef, NodeCommand, argv_strings, node_commands
+from deploy.schema import check_env_name, check_host, check_port
+from deploy.serving.argv import (
+    SGLANG_KEY_CONFIG_FILE,
+    SGLANG_KEY_CONFIG_VAR,
+    Arg,
+    Endpoint,
+    EnvRef,
+    NodeCommand,
+    argv_strings,
+    node_commands,
+)
+from deploy.serving.quoting import ENV_VALUE_CHARS, check_env_value, systemd_path, systemd_text, systemd_word
 from deploy.weights import lockfile
 
 MANIFEST = "manifest.json"
@@ -45,10 +56,7 @@ MANIFEST_SCHEMA = 1
 #: Where install-<node>.sh puts each engine's venv on a GPU node; the launch script puts its bin/ on PATH.
 ENGINE_VENV_ROOT = "/opt/kimi-deploy/venvs"
 CHAT_TEMPLATES_DIR = constants.PACKAGE_DIR / "data" / "chat_templates"
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# systemd expands $VAR and %-specifiers inside unit lines, and splits on whitespace
-_UNIT_UNSAFE = re.compile(r"[\s$%'\"\\;]")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
 class RenderError(KimiDeployError):
@@ -110,6 +118,10 @@ def template_env(templates_dir: Path | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["q"] = shell_quote
+    env.filters["unit_word"] = systemd_word
+    env.filters["unit_path"] = systemd_path
+    env.filters["unit_text"] = systemd_text
+    env.filters["env_value"] = lambda value: check_env_value("env file value", value)
     return env
 
 
@@ -200,11 +212,18 @@ def endpoint_for(cand: Candidate, opts: RenderOptions, environ: dict[str, str] |
     not read beyond this check unless ``secrets_to_env_file``)."""
     environ = os.environ if environ is None else environ
     a = cand.engine_args
-    bind = opts.bind or str(a.get("host") or "127.0.0.1")
+    # every value here reaches the launch script, the unit's ExecStartPost and the env file: validated
+    # at the boundary (address, port 1-65535, variable name), whether from the CLI, the plan or a playbook
+    bind = (
+        check_host(opts.bind, "--bind")
+        if opts.bind
+        else check_host(str(a.get("host") or "127.0.0.1"), "plan engine_args.host")
+    )
+    port = check_port(opts.port, "--port") if opts.port is not None else None
     key_env = opts.api_key_env or a.get("api_key_env")
-    if key_env is not None and not _ENV_NAME.match(str(key_env)):
-        raise InputError(f"--api-key-env {key_env!r}: not an environment variable name")
-    ep = Endpoint(bind=bind, port=opts.port, api_key_env=key_env, multinode_backend=opts.multinode_backend)
+    if key_env is not None:
+        check_env_name(key_env, "--api-key-env" if opts.api_key_env else "plan engine_args.api_key_env")
+    ep = Endpoint(bind=bind, port=port, api_key_env=key_env, multinode_backend=opts.multinode_backend)
     if not ep.loopback:
         if not key_env:
             raise InputError(f"--bind {bind} is not loopback: name the API key variable with --api-key-env")
@@ -303,11 +322,34 @@ def _ready_url(ep: Endpoint, port: int) -> str:
     return f"http://{host}:{port}/health"
 
 
+def _ready_command(ep: Endpoint, port: int) -> str:
+    """The bash loop ExecStartPost runs: the URL is shell-quoted inside it, and the template then quotes the
+    whole command as one systemd word (``unit_word``), so neither systemd nor bash reads anything in it."""
+    url = shlex.quote(_ready_url(ep, port))
+    return f"until curl -fsS -o /dev/null --max-time 5 {url}; do sleep 2; done"
+
+
+def _key_config(node: NodeCommand) -> dict[str, Any] | None:
+    """What the launch script needs to hand SGLang its API key in a --config file (deploy.serving.argv)."""
+    if node.key_config is None:
+        return None
+    return {
+        "key": node.key_config,
+        "var": SGLANG_KEY_CONFIG_VAR,
+        "file": SGLANG_KEY_CONFIG_FILE,
+        "chars": ENV_VALUE_CHARS,
+        "comment": [
+            f"SGLang {pins.SGLANG_VERSION} reads its API key from no environment variable, and argv is",
+            "readable by every local user: the key goes into a 0600 YAML file --config merges in-process.",
+        ],
+    }
+
+
 def _check_unit_safe(path: Path) -> None:
-    if _UNIT_UNSAFE.search(str(path)):
-        raise InputError(
-            f"--out {path}: a systemd unit cannot reference a path with spaces, quotes, '$' or '%'"
-        )
+    try:
+        systemd_path(path)
+    except InputError as exc:
+        raise InputError(f"--out {path}: {str(exc).split(': ', 1)[-1]}") from None
 
 
 def _env_values(cand: Candidate, node: NodeCommand | None, shared: bool) -> list[tuple[str, Any]]:
@@ -391,7 +433,7 @@ def render(
             raise InputError(
                 f"node name {n.node!r}: use letters, digits, '.', '_' or '-' (it names the files)"
             )
-    port = int(ep.port or cand.engine_args.get("port") or 8000)
+    port = check_port(ep.port or cand.engine_args.get("port") or 8000, "port")
     multinode = len(nodes) > 1
     served = str(cand.engine_args["served_model_name"])
 
@@ -405,7 +447,7 @@ def render(
     if opts.secrets_to_env_file:
         for name, _hint in placeholders:
             if environ.get(name):
-                secrets.append((name, environ[name]))
+                secrets.append((name, check_env_value(name, environ[name])))
         placeholders = [p for p in placeholders if p[0] not in {s[0] for s in secrets}]
     env_header = [
         "Read by the launch scripts and the systemd units; mode 0600.",
@@ -484,6 +526,8 @@ def render(
                     "env_files": env_files,
                     "path_prepend": f"{venv}/bin" if venv else None,
                     "required_env": required_env if n.serves_http else [],
+                    "exports": sorted(n.env.items()),
+                    "key_config": _key_config(n),
                     "pre": [_argv_lines(c) for c in n.pre],
                     "argv_lines": _argv_lines(n.argv),
                 },
@@ -518,11 +562,7 @@ def render(
                     "out_dir": out,
                     "timeout_start_s": int(cand.time_to_ready_s) if n.serves_http else 300,
                     # systemd counts the wait for /health in TimeoutStartSec: a stuck load fails the unit
-                    "ready_command": (
-                        f"until curl -fsS -o /dev/null --max-time 5 {_ready_url(ep, port)}; do sleep 2; done"
-                        if n.serves_http
-                        else None
-                    ),
+                    "ready_command": _ready_command(ep, port) if n.serves_http else None,
                 },
             ),
             0o644,

@@ -26,6 +26,7 @@ import psutil
 from deploy.errors import PlanError, VerificationError
 from deploy.planning.contract import Plan
 from deploy.serving import readiness
+from deploy.serving.quoting import parse_env_file
 from deploy.weights import lockfile
 
 ENV_FILE = "kimi-deploy.env"
@@ -252,17 +253,9 @@ def port_holder(host: str, port: int) -> str | None:
 
 
 def env_file_pairs(env_file: Path) -> dict[str, str]:
-    pairs: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for raw in env_file.read_text().splitlines():
-            line = raw.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, value = line.removeprefix("export ").split("=", 1)
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                    value = value[1:-1]
-                pairs[key.strip()] = value
-    return pairs
+    """The env file's ``NAME=value`` pairs, read as bash and systemd read them (deploy.serving.quoting);
+    a line they could read differently is InputError (exit 2), the value never shown."""
+    return parse_env_file(env_file)
 
 
 def secret_values(env_files: tuple[Path, ...]) -> list[str]:

@@ -1,0 +1,295 @@
+"""Hostile and broken input (issue 14): every case gives one `error:` line and a documented exit code; no
+value the toolkit renders can run a command; no file outside its folder is touched; the API key is in no
+process's argv. Each test names the case it pins down. The fuzz suite (tests/test_fuzz.py) covers the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers.plans import cpu_candidate
+from helpers.systemd import Substitution, command_words
+
+from deploy.hardware.profiles import load_profile
+from deploy.planning.contract import Plan, Weights, save_plan
+from deploy.planning.planner import plan
+from deploy.serving.quoting import parse_env_file, systemd_word
+from deploy.weights import lockfile
+
+REPO = Path(__file__).resolve().parents[1]
+KD = [sys.executable, "-m", "deploy"]
+KEY = "hostile-canary-key-5e1f"
+
+
+def kd(cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 60):
+    full = {**os.environ, "KIMI_DEPLOY_STATE_DIR": str(cwd / "state"), **(env or {})}
+    return subprocess.run(
+        [*KD, *args], cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def one_error_line(r: subprocess.CompletedProcess[str], code: int) -> str:
+    """The run failed with ``code`` and exactly one `error:` line, no traceback."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def h200_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("plan") / "plan.json"
+    save_plan(plan(load_profile("h200x8")), path)
+    return path
+
+
+# ------------------------------------------------------------------------ injection through --bind / port
+
+
+@pytest.mark.parametrize(
+    "bind",
+    ["$(touch pwned)", "`touch pwned`", "10.0.0.1; touch pwned", "10.0.0.1\ntouch pwned", "a b", "%n", ""],
+)
+def test_bind_injection_is_refused_and_nothing_runs(tmp_path: Path, h200_plan: Path, bind: str) -> None:
+    r = kd(
+        tmp_path,
+        "render", "--plan", str(h200_plan), "--out", str(tmp_path / "out"), "--bind", bind,
+        "--api-key-env", "KIMI_API_KEY",
+        env={"KIMI_API_KEY": KEY},
+    )  # fmt: skip
+    if bind == "":  # an empty --bind means "the plan's": loopback, rendered fine
+        assert r.returncode == 0, r.stderr
+        return
+    assert "not an IP address or host name" in one_error_line(r, 2)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("port", ["-5", "0", "70000"])
+def test_render_port_out_of_range_is_exit_2(tmp_path: Path, h200_plan: Path, port: str) -> None:
+    r = kd(tmp_path, "render", "--plan", str(h200_plan), "--out", str(tmp_path / "o"), f"--port={port}")
+    assert "not a port (1-65535)" in one_error_line(r, 2)
+
+
+def test_playbook_bind_variable_is_refused_by_render(tmp_path: Path, h200_plan: Path) -> None:
+    """The kimi_render role passes kimi_bind as an argv word to its own script, which runs render: the
+    real script from the role, run as the role runs it, refuses the value and runs nothing."""
+    tasks = yaml.safe_load((REPO / "playbooks/roles/kimi_render/tasks/main.yml").read_text())
+    script = next(t for t in tasks if "kimi_render_script" in t.get("vars", {}))["vars"]["kimi_render_script"]
+    kd_bin = tmp_path / "kd"
+    kd_bin.write_text(f'#!/bin/sh\nexec {sys.executable} -m deploy "$@"\n')
+    kd_bin.chmod(0o755)
+    done = subprocess.run(
+        ["sh", "-c", script, "kimi-render", str(kd_bin), str(h200_plan), str(tmp_path / "out"), "apply",
+         "--bind", "$(touch pwned)", "--api-key-env", "KIMI_API_KEY"],
+        cwd=tmp_path, env={**os.environ, "KIMI_API_KEY": KEY}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "not an IP address or host name" in done.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unit_lines_hand_every_value_to_the_program_unchanged(tmp_path: Path, h200_plan: Path) -> None:
+    """systemd substitutes $VAR and %x inside quotes too: the rendered unit, read the way systemd reads it,
+    gives bash exactly the launch script path and the readiness loop (an IPv6 bind, '%' in the folder)."""
+    out = tmp_path / "50%_out"
+    r = kd(
+        tmp_path, "render", "--plan", str(h200_plan), "--out", str(out), "--bind", "::", "--port", "8123",
+        "--api-key-env", "KIMI_API_KEY", env={"KIMI_API_KEY": KEY},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (unit,) = out.glob("*.service")
+    lines = dict(line.split("=", 1) for line in unit.read_text().splitlines() if "=" in line)
+    assert command_words(lines["ExecStart"]) == ["/bin/bash", str(out.resolve() / "launch-node0.sh")]
+    words = command_words(lines["ExecStartPost"])
+    assert words[:2] == ["/bin/bash", "-c"] and "http://127.0.0.1:8123/health" in words[2]
+    subprocess.run(["bash", "-n", "-c", words[2]], check=True)
+    assert lines["WorkingDirectory"] == str(out.resolve()).replace("%", "%%")
+
+
+def test_systemd_word_survives_every_special_character() -> None:
+    for value in ['a"b', "a'b", "a\\b", "$HOME", "${X}", "%n", "50%", "a  b c", "$$", "end\\"]:
+        assert command_words(systemd_word(value)) == [value]
+    with pytest.raises(Substitution):
+        command_words('"$HOME"')
+    for bad in ["a\nb", "a\rb", "\x00"]:
+        with pytest.raises(Exception, match="control character"):
+            systemd_word(bad)
+
+
+# ------------------------------------------------------------------------------------ the env file
+
+
+ENV_CASES = {
+    "KEY=plain-value_1.2:3@x,y/z+%=": "plain-value_1.2:3@x,y/z+%=",
+    "export KEY=abc": "abc",
+    "KEY='with spaces'": "with spaces",
+    'KEY="double quoted"': "double quoted",
+    "KEY=": "",
+}
+ENV_REFUSED = [
+    "KEY='abc'\"'\"'def'",  # shell reads abc'def; a naive reader abc'"'"'def
+    'KEY="a$HOME"',
+    "KEY=a\\ b",
+    "KEY=`id`",
+    "KEY=$(id)",
+    "KEY=abc # comment",
+    "KEY='unterminated",
+    "KEY=~/x",
+    "1KEY=x",
+    "no equals sign",
+]
+
+
+@pytest.mark.parametrize("line,value", list(ENV_CASES.items()))
+def test_env_reader_reads_what_bash_reads(tmp_path: Path, line: str, value: str) -> None:
+    env = tmp_path / "e.env"
+    env.write_text(f"# comment\n\n{line}\n")
+    sourced = subprocess.run(
+        ["bash", "-c", f'set -a; . {env}; printf %s "$KEY"'], capture_output=True, text=True, check=True
+    ).stdout
+    assert parse_env_file(env) == {"KEY": value} and sourced == value
+
+
+@pytest.mark.parametrize("line", ENV_REFUSED)
+def test_env_reader_refuses_what_bash_could_read_differently(tmp_path: Path, line: str) -> None:
+    from deploy.errors import InputError
+
+    env = tmp_path / "e.env"
+    env.write_text(line + "\n")
+    with pytest.raises(InputError, match=r"line 1") as exc:
+        parse_env_file(env)
+    assert "abc'def" not in str(exc.value) and "HOME" not in str(exc.value)
+
+
+def test_secret_with_a_quote_is_refused_by_render_not_written(tmp_path: Path, h200_plan: Path) -> None:
+    r = kd(
+        tmp_path, "render", "--plan", str(h200_plan), "--out", str(tmp_path / "o"), "--bind", "0.0.0.0",
+        "--secrets-to-env-file", env={"KIMI_API_KEY": "it's-$ecret"},
+    )  # fmt: skip
+    line = one_error_line(r, 2)
+    assert "KIMI_API_KEY" in line and "$ecret" not in r.stdout + r.stderr
+
+
+def test_up_refuses_an_env_file_it_could_misread_and_never_prints_the_key(tmp_path: Path) -> None:
+    """The case from the issue: a key with a quote, written with shell quoting; `up` used to print it."""
+    rendered = tmp_path / "rendered"
+    rendered.mkdir()
+    (rendered / "kimi-deploy.env").write_text("KIMI_API_KEY='abc'\"'\"'defghij'\n")
+    (rendered / "kimi-deploy.env").chmod(0o600)
+    wdir = tmp_path / "w"
+    wdir.mkdir()
+    (wdir / "m.gguf").write_bytes(b"GGUF")
+    lock_entry = lockfile.LockedFile("m.gguf", 4, sha256=lockfile.sha256_file(wdir / "m.gguf"))
+    lockfile.write_lock(wdir, lockfile.Lock("r/x", "0" * 40, [lock_entry]))
+    assert lockfile.verify(wdir).ok
+    weights = Weights("v", "r/x", "main", ["*.gguf"], 0, "gguf", local_dir=str(wdir))
+    cand = cpu_candidate(weights, engine_args={"host": "127.0.0.1", "port": 8999, "served_model_name": "x"})
+    save_plan(
+        Plan(model={"name": "x"}, hardware={"nodes": [{"name": "n0"}]}, candidates=[cand], chosen=cand.id),
+        tmp_path / "plan.json",
+    )
+    script = rendered / "launch-n0.sh"
+    script.write_text('#!/usr/bin/env bash\necho "key=$KIMI_API_KEY"\nexit 1\n')
+    script.chmod(0o755)
+    r = kd(tmp_path, "up", "--plan", str(tmp_path / "plan.json"), "--rendered", str(rendered))
+    assert "abc'defghij" not in r.stdout + r.stderr and "defghij" not in r.stdout + r.stderr
+    assert "line 1" in one_error_line(r, 2)
+
+
+# ------------------------------------------------------------------------------- the key is not in argv
+
+
+@pytest.mark.parametrize(
+    ("engine", "stub", "variable"), [("vllm", "vllm", "VLLM_API_KEY"), ("sglang", "python3", None)]
+)
+def test_api_key_reaches_the_engine_but_not_its_argv(
+    tmp_path: Path, engine: str, stub: str, variable: str | None
+) -> None:
+    """The rendered launch script runs for real with a stand-in engine (the real ones need GPUs) that records
+    its argv and environment: the key is in the engine's variable (vLLM) or its --config YAML (SGLang)."""
+    path = tmp_path / "plan.json"
+    save_plan(plan(load_profile("h200x8"), engine=engine), path)
+    out = tmp_path / "out"
+    r = kd(tmp_path, "render", "--plan", str(path), "--out", str(out), "--bind", "0.0.0.0",
+           env={"KIMI_API_KEY": KEY})  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "seen.json"
+    (bin_dir / stub).write_text(
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        "seen = {'argv': open('/proc/self/cmdline').read(), 'env': dict(os.environ)}\n"
+        f"json.dump(seen, open({str(record)!r}, 'w'))\n"
+    )
+    (bin_dir / stub).chmod(0o755)
+    env = {**os.environ, "KIMI_API_KEY": KEY}
+    text = (out / "launch-node0.sh").read_text().replace("export PATH=", f"export PATH={bin_dir}:", 1)
+    (out / "launch-node0.sh").write_text(text)
+    subprocess.run(["bash", str(out / "launch-node0.sh")], env={**env, "PATH": f"{bin_dir}:{env['PATH']}"},
+                   check=True, timeout=60)  # fmt: skip
+    seen = json.loads(record.read_text())
+    assert KEY not in seen["argv"]
+    if variable:
+        assert seen["env"][variable] == KEY
+    else:
+        args = seen["argv"].split("\0")
+        config = Path(args[args.index("--config") + 1])
+        assert yaml.safe_load(config.read_text()) == {"api-key": KEY}
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------------- -o: symlinks, devices, FIFOs
+
+
+def test_output_through_a_symlink_writes_its_target(tmp_path: Path) -> None:
+    target = tmp_path / "real-plan.json"
+    target.write_text("old\n")
+    link = tmp_path / "plan.json"
+    link.symlink_to(target)
+    r = kd(tmp_path, "plan", "--hardware", "ci-24g", "--model", "demo", "-o", str(link))
+    assert r.returncode in (0, 3), r.stderr
+    assert link.is_symlink() and json.loads(target.read_text())["schema"] == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "chardev"])
+def test_output_onto_a_fifo_device_or_directory_is_refused(tmp_path: Path, kind: str) -> None:
+    if kind == "fifo":
+        dest = tmp_path / "plan.json"
+        os.mkfifo(dest)
+    elif kind == "directory":
+        dest = tmp_path / "plan.json"
+        dest.mkdir()
+    else:
+        dest = tmp_path / "null-link"
+        dest.symlink_to("/dev/null")  # a symlink to a device: written through would be to /dev/null
+    r = kd(tmp_path, "plan", "--hardware", "ci-24g", "--model", "demo", "-o", str(dest))
+    line = one_error_line(r, 2)
+    assert "refusing to replace it" in line or "is a directory" in line
+    assert Path("/dev/null").is_char_device()
+    if kind == "fifo":
+        assert stat.S_ISFIFO(os.stat(dest).st_mode)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "binary", "deep", "nan"])
+def test_plan_that_is_not_a_json_file_is_one_line_and_never_blocks(tmp_path: Path, kind: str) -> None:
+    p = tmp_path / "plan.json"
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "directory":
+        p.mkdir()
+    elif kind == "binary":
+        p.write_bytes(b"\xff\xfe\x00garbage")
+    elif kind == "deep":
+        p.write_text("[" * 100000 + "]" * 100000)
+    else:
+        p.write_text('{"schema": NaN}')
+    for verb in (["render", "--out", str(tmp_path / "o")], ["check"], ["up"]):
+        r = kd(tmp_path, verb[0], "--plan", str(p), *verb[1:], timeout=30)
+        assert str(p) in one_error_line(r, 2), verb
