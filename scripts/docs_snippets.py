@@ -135,6 +135,20 @@ def _exit_codes() -> str:
     return "\n".join(rows) + "\n"
 
 
+README = ROOT / "README.md"
+README_START = "<!-- docs-snippets: plan-h200x8 (make docs-snippets rewrites this block) -->\n"
+README_END = "<!-- /docs-snippets -->\n"
+
+
+def _readme_with_excerpt(plan_text: str) -> str:
+    """README.md with its plan excerpt (title, header, three rows, Chosen, Why) taken from ``plan_text``."""
+    lines = plan_text.splitlines()[1:]  # without the "$ kimi-deploy ..." line
+    keep = lines[:5] + ["..."] + [ln for ln in lines if ln.startswith(("Chosen:", "Why:"))]
+    readme = README.read_text()
+    start, end = readme.index(README_START) + len(README_START), readme.index(README_END)
+    return readme[:start] + "```text\n" + "\n".join(keep) + "\n```\n" + readme[end:]
+
+
 GENERATED: dict[str, Callable[[], str]] = {"exit-codes.md": _exit_codes}
 
 
@@ -221,6 +235,13 @@ def main(argv: list[str] | None = None) -> int:
                 SNIPPETS.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
                 print(f"wrote docs/snippets/{s.name}")
+            if s.name == "plan-h200x8.txt":
+                readme = _readme_with_excerpt(text)
+                if opts.check and readme != README.read_text():
+                    stale.append("README.md (its plan excerpt)")
+                elif not opts.check and readme != README.read_text():
+                    README.write_text(readme)
+                    print("wrote README.md (its plan excerpt)")
     if stale:
         print(
             f"stale docs snippets (the commands print something else now): {', '.join(stale)}\n"
