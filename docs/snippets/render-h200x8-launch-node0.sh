@@ -14,6 +14,7 @@ require_env() {
     fi
 }
 require_env KIMI_API_KEY
+export VLLM_API_KEY="${KIMI_API_KEY}"
 exec vllm serve /models/moonshotai/Kimi-K2.5 \
     --served-model-name kimi-k2.5 \
     --trust-remote-code \
@@ -27,5 +28,4 @@ exec vllm serve /models/moonshotai/Kimi-K2.5 \
     --enable-auto-tool-choice \
     --mm-encoder-tp-mode data \
     --host 0.0.0.0 \
-    --port 8000 \
-    --api-key "${KIMI_API_KEY}"
+    --port 8000
