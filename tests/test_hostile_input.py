@@ -293,3 +293,80 @@ def test_plan_that_is_not_a_json_file_is_one_line_and_never_blocks(tmp_path: Pat
     for verb in (["render", "--out", str(tmp_path / "o")], ["check"], ["up"]):
         r = kd(tmp_path, verb[0], "--plan", str(p), *verb[1:], timeout=30)
         assert str(p) in one_error_line(r, 2), verb
+
+
+# -------------------------------------------------------------- verify and the weights folder's paths
+
+
+def _lock_with(d: Path, path: str, digest: str = "0" * 64) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    lock = {
+        "schema": 1,
+        "repo": "o/n",
+        "commit": "a" * 40,
+        "files": [{"path": path, "size": 6, "sha256": digest}],
+    }
+    (d / "weights.lock").write_text(json.dumps(lock))
+
+
+@pytest.mark.parametrize("entry", ["../victim.txt", "VICTIM_ABS", "a/../../victim.txt", "./x", ""])
+def test_verify_refuses_lock_paths_outside_the_folder(tmp_path: Path, entry: str) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("victim")
+    before = victim.stat()
+    d = tmp_path / "weights"
+    _lock_with(d, str(victim) if entry == "VICTIM_ABS" else entry)
+    line = one_error_line(kd(tmp_path, "verify", str(d)), 2)
+    assert "weights.lock" in line and "path" in line
+    after = victim.stat()
+    assert victim.read_text() == "victim" and (after.st_ino, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_mtime_ns,
+    )
+    assert not (d / ".quarantine").exists()
+
+
+def test_verify_refuses_a_symlinked_folder_leading_outside(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.txt").write_text("victim")
+    d = tmp_path / "weights"
+    d.mkdir()
+    (d / "sub").symlink_to(outside)
+    _lock_with(d, "sub/victim.txt")
+    assert "leads outside" in one_error_line(kd(tmp_path, "verify", str(d)), 2)
+    assert (outside / "victim.txt").read_text() == "victim"
+
+
+def test_verify_never_quarantines_through_a_symlinked_quarantine(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    d = tmp_path / "weights"
+    d.mkdir()
+    (d / "m.bin").write_text("wrong!")
+    (d / ".quarantine").symlink_to(outside)
+    _lock_with(d, "m.bin")
+    assert ".quarantine" in one_error_line(kd(tmp_path, "verify", str(d)), 2)
+    assert (d / "m.bin").read_text() == "wrong!" and not any(outside.iterdir())
+
+
+def test_verify_inside_the_folder_still_quarantines(tmp_path: Path) -> None:
+    d = tmp_path / "weights"
+    _lock_with(d, "sub/m.bin")
+    (d / "sub").mkdir()
+    (d / "sub" / "m.bin").write_text("wrong!")
+    r = kd(tmp_path, "verify", str(d))
+    assert r.returncode == 5 and not (d / "sub" / "m.bin").exists()
+    assert [p.name.startswith("m.bin.") for p in (d / ".quarantine" / "sub").iterdir()] == [True]
+
+
+@pytest.mark.parametrize("repo", ["../x", "a/../../x", "/abs/x", "o/n/extra", "o/..", "$(id)/x"])
+def test_mirror_stage_repo_cannot_leave_into(tmp_path: Path, repo: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("a")
+    into = tmp_path / "deep" / "into"
+    r = kd(tmp_path, "mirror", "stage", str(src), "--repo", repo, "--into", str(into))
+    assert "--repo" in one_error_line(r, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"] or not (tmp_path / "x").exists()
+    assert not (tmp_path / "x").exists() and not (tmp_path / "deep" / "x").exists()

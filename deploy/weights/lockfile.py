@@ -15,7 +15,6 @@ mtime, so later stages can ask "verified?" with a few ``stat`` calls instead of 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy import schema
 from deploy.errors import InputError, VerificationError
 from deploy.fsutil import atomic_write_json
 
@@ -32,6 +32,38 @@ STAMP_NAME = ".kimi-deploy-verified.json"
 QUARANTINE_DIR = ".quarantine"
 LOCK_SCHEMA = 1
 _CHUNK = 8 * 1024 * 1024
+#: owner/name, as the Hub spells repo ids (no "..", no leading "/": staged repos become folders)
+REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z"
+
+#: weights.lock: every path relative and inside the folder, digests in hex, sizes whole bytes.
+LOCK_SCHEMA_JSON: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "weights.lock",
+    "type": "object",
+    "required": ["schema", "repo", "commit", "files"],
+    "properties": {
+        "schema": {"const": LOCK_SCHEMA},
+        "repo": {"type": "string", "pattern": REPO_PATTERN},
+        "commit": {"type": "string", "pattern": r"^[0-9a-f]{40}\Z"},
+        "revision": {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]{1,256}\Z"},
+        "endpoint": {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]{0,2048}\Z"},
+        "files": {
+            "type": "array",
+            "maxItems": 100000,
+            "items": {
+                "type": "object",
+                "required": ["path", "size"],
+                "additionalProperties": False,
+                "properties": {
+                    "path": schema.RELPATH,
+                    "size": schema.COUNT,
+                    "sha256": {"type": ["string", "null"], "pattern": r"^[0-9a-f]{64}\Z"},
+                    "git_oid": {"type": ["string", "null"], "pattern": r"^[0-9a-f]{40}\Z"},
+                },
+            },
+        },
+    },
+}
 
 
 @dataclass
@@ -80,9 +112,14 @@ class Lock:
 
 
 def lock_from_dict(data: Any, source: str = LOCK_NAME) -> Lock:
-    """Parse a lock; a malformed one raises InputError naming ``source``."""
+    """Parse a lock; a malformed one (bad types, a path with ``..`` or absolute) raises InputError naming
+    ``source``, the key and the reason."""
     if not isinstance(data, dict) or data.get("schema") != LOCK_SCHEMA:
         raise InputError(f"{source}: not a weights.lock of schema {LOCK_SCHEMA}")
+    schema.validate(data, LOCK_SCHEMA_JSON, source)
+    paths = [f["path"] for f in data["files"]]
+    if len(set(paths)) != len(paths):
+        raise InputError(f"{source}: files: a path is listed twice")
     try:
         files = [LockedFile(**f) for f in data["files"]]
         return Lock(
@@ -103,12 +140,22 @@ def lock_path(directory: str | Path) -> Path:
 def read_lock(directory: str | Path) -> Lock:
     """``read_lock("/models/x")`` -> Lock; InputError when the folder has no readable lock."""
     p = lock_path(directory)
-    try:
-        return lock_from_dict(json.loads(p.read_text()), str(p))
-    except FileNotFoundError:
-        raise InputError(f"{p}: no weights.lock (run `kimi-deploy download` first)") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{p}: not valid JSON (line {exc.lineno})") from None
+    data = schema.load_json(p, None, missing=f"{p}: no weights.lock (run `kimi-deploy download` first)")
+    return lock_from_dict(data, str(p))
+
+
+def locked_path(directory: str | Path, rel: str) -> Path:
+    """``directory / rel`` for a path of the lock, refused (InputError, exit 2) when it is not relative or
+    when it, or a folder on the way, is a symlink leading outside ``directory``: verify never reads, moves
+    or stamps a file outside the weights folder."""
+    return schema.inside(directory, rel, f"{lock_path(directory)}")
+
+
+def check_paths(directory: str | Path, lock: Lock) -> None:
+    """Every locked path stays inside ``directory`` (see ``locked_path``), and so does the quarantine."""
+    for f in lock.files:
+        locked_path(directory, f.path)
+    schema.inside(directory, QUARANTINE_DIR, f"{directory}/{QUARANTINE_DIR}")
 
 
 def write_lock(directory: str | Path, lock: Lock) -> Path:
@@ -118,7 +165,7 @@ def write_lock(directory: str | Path, lock: Lock) -> Path:
 
 def lock_digest(directory: str | Path) -> str:
     """sha256 of the lock file's bytes: the stamp is valid only for the lock it was made against."""
-    return hashlib.sha256(lock_path(directory).read_bytes()).hexdigest()
+    return hashlib.sha256(schema.read_text(lock_path(directory)).encode()).hexdigest()
 
 
 def git_blob_oid(path: str | Path, size: int | None = None) -> str:
@@ -220,9 +267,11 @@ class VerifyReport:
 
 
 def _quarantine(directory: Path, rel: str) -> str:
-    target = directory / QUARANTINE_DIR / f"{rel}.{time.strftime('%Y%m%dT%H%M%S')}"
+    moved = f"{QUARANTINE_DIR}/{rel}.{time.strftime('%Y%m%dT%H%M%S')}"
+    target = directory / moved
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(directory / rel, target)
+    schema.inside(directory, moved, f"{directory}/{QUARANTINE_DIR}")  # no symlinked folder on the way
+    os.replace(locked_path(directory, rel), target)
     return str(target.relative_to(directory))
 
 
@@ -236,10 +285,26 @@ def _stamp_entries(directory: Path, files: Iterable[LockedFile]) -> dict[str, di
 
 def _read_stamp(directory: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads((directory / STAMP_NAME).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = schema.load_json(directory / STAMP_NAME, STAMP_SCHEMA)
+    except InputError:
+        return None  # no stamp, or one that is not ours: the folder is simply not verified
+    return data
+
+
+STAMP_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["lock_sha256", "files"],
+    "properties": {
+        "lock_sha256": {"type": "string"},
+        "files": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "properties": {"size": schema.COUNT, "mtime_ns": {"type": "integer"}},
+            },
+        },
+    },
+}
 
 
 def _unchanged_since_stamp(directory: Path, stamp: dict[str, Any] | None, f: LockedFile) -> bool:
@@ -273,6 +338,7 @@ def verify(
     """
     d = Path(directory)
     lock = read_lock(d)
+    check_paths(d, lock)
     digest = lock_digest(d)
     stamp = _read_stamp(d)
     if stamp is not None and stamp.get("lock_sha256") != digest:
@@ -354,6 +420,7 @@ def missing_files(directory: str | Path, lock: Lock | None = None) -> list[str]:
     """Locked files absent or of the wrong size (no hashing): the offline completeness check."""
     d = Path(directory)
     lock = lock or read_lock(d)
+    check_paths(d, lock)
     out = []
     for f in lock.files:
         try:
@@ -372,6 +439,7 @@ def verification_status(directory: str | Path) -> VerificationStatus:
         return VerificationStatus(False, f"{d}: no {LOCK_NAME} (run `kimi-deploy download`)")
     try:
         lock = read_lock(d)
+        check_paths(d, lock)
     except InputError as exc:
         return VerificationStatus(False, str(exc))
     stamp = _read_stamp(d)

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -41,9 +42,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
+from deploy import schema
 from deploy.errors import InputError
 from deploy.weights.lockfile import (
     LOCK_NAME,
+    REPO_PATTERN,
     Lock,
     LockedFile,
     git_blob_oid,
@@ -122,12 +125,14 @@ def stage_folder(src: str | Path, repo: str, into: str | Path, *, revision: str 
     filesystem allows, copies otherwise) and write its weights.lock; returns the staged folder.
 
     ``stage_folder("~/gguf", "ggml-org/gemma-3-270m-GGUF", "/srv/mirror")``"""
-    if repo.count("/") != 1 or not all(repo.split("/")):
-        raise InputError(f"--repo {repo!r}: expected owner/name")
+    if not re.match(REPO_PATTERN, repo) or ".." in repo.split("/"):
+        raise InputError(f"--repo {repo!r}: expected owner/name (letters, digits, '.', '_', '-')")
     src_dir = Path(src).expanduser()
     if not src_dir.is_dir():
         raise InputError(f"{src_dir}: not a directory")
-    dest = Path(into).expanduser() / repo
+    root = Path(into).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    dest = schema.inside(root, repo, "--repo")  # a symlinked owner folder cannot lead out of --into either
     dest.mkdir(parents=True, exist_ok=True)
     files: list[LockedFile] = []
     for p in sorted(src_dir.rglob("*")):
