@@ -18,6 +18,8 @@ from typing import Any
 
 import requests
 
+from deploy.checking import providers
+from deploy.checking.meter import send
 from deploy.checking.target import Target
 
 WEATHER_TOOL: dict[str, Any] = {
@@ -45,10 +47,10 @@ def mode_body(flavor: str, thinking: bool) -> dict[str, Any]:
     {'thinking': {'type': 'disabled'}}
     >>> mode_body("vllm", False)
     {'chat_template_kwargs': {'thinking': False}}
+    >>> mode_body("nim", False)
+    {'chat_template_kwargs': {'thinking': False}}
     """
-    if flavor == "moonshot":
-        return {"thinking": {"type": "enabled" if thinking else "disabled"}}
-    return {"chat_template_kwargs": {"thinking": thinking}}
+    return providers.mode_body(flavor, thinking)
 
 
 def few_shot_chat(with_reasoning: bool) -> list[dict[str, Any]]:
@@ -91,10 +93,39 @@ def few_shot_tools() -> list[dict[str, Any]]:
 def client(target: Target) -> Any:
     from openai import OpenAI
 
-    # One retry: a keep-alive connection right after a stream is occasionally dropped by llama-server.
+    # No retries in the client: deploy.checking.meter.send retries (429 with Retry-After, one dropped
+    # connection) and counts every attempt against the run's request budget.
     return OpenAI(
-        base_url=target.api_base, api_key=target.api_key or "EMPTY", timeout=target.timeout_s, max_retries=1
+        base_url=target.api_base, api_key=target.api_key or "EMPTY", timeout=target.timeout_s, max_retries=0
     )
+
+
+def create(target: Target, req: dict[str, Any]) -> Any:
+    """Send one chat request within the target's meter (budget, concurrency, 429s); returns the client's
+    answer (a ChatCompletion, or a Stream of chunks). Hosted APIs are asked for usage in streams too."""
+    req = dict(req)
+    if req.get("stream") and target.hosted:
+        req["stream_options"] = {**(req.get("stream_options") or {}), "include_usage": True}
+    return send(target.meter, lambda: client(target).chat.completions.create(**req))
+
+
+def complete(target: Target, req: dict[str, Any]) -> dict[str, Any]:
+    """One non-streamed chat request as a plain dict; its token usage is counted."""
+    payload = create(target, req).model_dump()
+    target.meter.add_usage(payload)
+    return payload
+
+
+def redact(text: str, secrets: list[str | None]) -> str:
+    """``text`` with every secret value replaced by ``***`` (servers may echo the key they were given).
+
+    >>> redact("Incorrect API key provided: sk-123456789", ["sk-123456789", None])
+    'Incorrect API key provided: ***'
+    """
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
 
 
 def _sampling(target: Target, thinking: bool) -> dict[str, Any]:
@@ -159,12 +190,22 @@ def solid_png_b64(width: int = 16, height: int = 16, rgb: tuple[int, int, int] =
     return base64.b64encode(png).decode()
 
 
-def error_reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException, target: Target | None = None) -> str:
+    """One line for a failed request; the target's key is redacted from any echoed response."""
+    reason = _error_reason(exc, target)
+    return redact(reason, [target.api_key] if target is not None else [])
+
+
+def _error_reason(exc: BaseException, target: Target | None) -> str:
     import openai
 
+    from deploy.errors import KimiDeployError
+
+    if isinstance(exc, KimiDeployError):
+        return str(exc)
     if isinstance(exc, openai.APIStatusError):
         body = exc.response.text[:160].replace("\n", " ") if exc.response is not None else ""
-        return f"HTTP {exc.status_code}: {body}"
+        return f"HTTP {exc.status_code}{status_hint(exc.status_code, target)}: {body}"
     if isinstance(exc, openai.APITimeoutError):
         return "timed out"
     if isinstance(exc, openai.APIConnectionError):
@@ -172,6 +213,19 @@ def error_reason(exc: BaseException) -> str:
     if isinstance(exc, requests.RequestException):
         return f"{exc.__class__.__name__}: {exc}"
     return f"{exc.__class__.__name__}: {exc}"
+
+
+def status_hint(status: int, target: Target | None) -> str:
+    """What an HTTP status means for a check: a refused key, a model the provider does not serve."""
+    if status in (401, 403):
+        where = f" in ${target.api_key_env}" if target is not None and target.api_key_env else ""
+        given = "" if target is None or target.api_key else " (no key was sent: --api-key-env)"
+        return f" (the API key{where} was refused{given})"
+    if status == 404 and target is not None and target.hosted:
+        return f" (model {target.model!r} or route not found{providers.id_hint(target.flavor, target.model)})"
+    if status == 429:
+        return " (rate limited)"
+    return ""
 
 
 def headers(target: Target) -> dict[str, str]:

@@ -30,6 +30,10 @@ class CheckReport:
     target: dict[str, Any]
     results: list[CheckResult]
     tool_call_set: dict[str, Any] | None = None
+    #: trigger F1 against a reference (deploy.checking.trigger), when one was given
+    trigger_f1: dict[str, Any] | None = None
+    #: per endpoint: requests sent, 429s, seconds waited, tokens (deploy.checking.meter)
+    usage: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -48,6 +52,8 @@ class CheckReport:
             "target": self.target,
             "results": [asdict(r) for r in self.results],
             "tool_call_set": self.tool_call_set,
+            "trigger_f1": self.trigger_f1,
+            "usage": self.usage,
         }
 
 
@@ -63,6 +69,12 @@ def render_table(report: CheckReport) -> str:
     lines.append(f"{'check':<{w0}}  {'status':<6}  {'time':>7}  reason")
     for name, status, secs, reason in rows:
         lines.append(f"{name:<{w0}}  {status:<6}  {secs:>7}  {reason}")
+    for u in report.usage:
+        lines.append(
+            f"usage ({u['endpoint']}): {u['requests']} requests, {u['total_tokens']} tokens "
+            f"(prompt {u['prompt_tokens']}, completion {u['completion_tokens']}); "
+            f"{u['rate_limited']} rate-limited, waited {u['waited_s']:g} s"
+        )
     counts = Counter(r.status for r in report.results)
     verdict = "OK" if report.ok else "FAILED"
     passed, failed, skipped = (counts.get(s, 0) for s in (PASS, FAIL, SKIP))

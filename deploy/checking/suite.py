@@ -18,14 +18,17 @@ The pieces: targets (deploy.checking.target), requests (deploy.checking.calls), 
 
 from __future__ import annotations
 
+import difflib
 import re
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
-from deploy.checking.calls import WEATHER_TOOL, chat_request, client, error_reason, headers
+from deploy.checking import providers
+from deploy.checking.calls import WEATHER_TOOL, chat_request, complete, create, error_reason, headers, redact
 from deploy.checking.result import FAIL, PASS, SKIP, CheckReport, CheckResult, render_table
 from deploy.checking.shapes import (
     ID_RULE_GENERIC,
@@ -37,7 +40,14 @@ from deploy.checking.shapes import (
     validate_thinking,
     validate_tool_call,
 )
-from deploy.checking.target import FLAVORS, Target, target_from_plan, target_from_rendered, target_from_url
+from deploy.checking.target import (
+    FLAVORS,
+    Target,
+    require_key,
+    target_from_plan,
+    target_from_rendered,
+    target_from_url,
+)
 from deploy.checking.toolset import run_tool_call_set
 from deploy.serving import readiness
 
@@ -54,7 +64,9 @@ __all__ = [
     "CheckReport",
     "CheckResult",
     "Target",
+    "redact",
     "render_table",
+    "require_key",
     "run_checks",
     "run_tool_call_set",
     "target_from_plan",
@@ -63,22 +75,41 @@ __all__ = [
 ]
 
 
+def _models_path(target: Target) -> str:
+    """``/v1/models``, ``/api/ai/models``...: the models route as the report names it."""
+    return f"{urlsplit(target.api_base).path}/models"
+
+
+def _http_failure(target: Target, what: str, r: requests.Response) -> str:
+    """One line for a non-200 answer: status, what it means here, the start of the body (key redacted)."""
+    from deploy.checking.calls import status_hint
+
+    body = redact(r.text[:160].replace("\n", " "), [target.api_key])
+    return f"{what} {r.status_code}{status_hint(r.status_code, target)}: {body}"
+
+
 def _liveness_by_models(target: Target, t0: float, why: str) -> CheckResult:
+    what = f"GET {_models_path(target)}"
     try:
-        m = requests.get(f"{target.api_base}/models", headers=headers(target), timeout=10.0)
+        m = requests.get(
+            f"{target.api_base}/models", headers=headers(target), timeout=min(target.timeout_s, 10.0)
+        )
     except requests.RequestException as exc:
-        return CheckResult("liveness", FAIL, f"{why}; /v1/models: {error_reason(exc)}", time.monotonic() - t0)
+        return CheckResult(
+            "liveness", FAIL, f"{why}; {what}: {error_reason(exc, target)}", time.monotonic() - t0
+        )
     dt = time.monotonic() - t0
     if m.status_code == 200:
-        return CheckResult("liveness", PASS, f"{why}; GET /v1/models 200", dt)
-    return CheckResult("liveness", FAIL, f"{why}; GET /v1/models {m.status_code}: {m.text[:160]}", dt)
+        return CheckResult("liveness", PASS, f"{why}; {what} 200", dt)
+    return CheckResult("liveness", FAIL, f"{why}; {_http_failure(target, what, m)}", dt)
 
 
 def check_liveness(target: Target) -> CheckResult:
-    """GET /health with the engine's semantics; hosted endpoints (no /health) are probed via /v1/models."""
+    """GET /health with the engine's semantics; a hosted API (no /health) answers an authenticated
+    GET {base}/models."""
     t0 = time.monotonic()
-    if target.flavor == "moonshot":
-        return _liveness_by_models(target, t0, "hosted API (no /health)")
+    if target.hosted:
+        return _liveness_by_models(target, t0, f"hosted API ({target.flavor}; no /health)")
     url = f"{target.base_url}/health"
     try:
         r = requests.get(url, headers=headers(target), timeout=min(target.timeout_s, 10.0))
@@ -86,7 +117,7 @@ def check_liveness(target: Target) -> CheckResult:
         hint = " (vLLM does not answer until the model is loaded)" if target.flavor == "vllm" else ""
         return CheckResult("liveness", FAIL, f"nothing answers at {url}{hint}", time.monotonic() - t0)
     except requests.RequestException as exc:
-        return CheckResult("liveness", FAIL, error_reason(exc), time.monotonic() - t0)
+        return CheckResult("liveness", FAIL, error_reason(exc, target), time.monotonic() - t0)
     dt = time.monotonic() - t0
     if r.status_code == 200:
         return CheckResult("liveness", PASS, f"GET /health 200 ({target.flavor})", dt)
@@ -100,7 +131,7 @@ def check_liveness(target: Target) -> CheckResult:
         return CheckResult("liveness", FAIL, f"GET /health 503: {meaning}", dt, {"body": r.text[:200]})
     if r.status_code in (404, 405):
         return _liveness_by_models(target, t0, f"no /health ({r.status_code})")
-    return CheckResult("liveness", FAIL, f"GET /health {r.status_code}: {r.text[:160]}", dt)
+    return CheckResult("liveness", FAIL, _http_failure(target, "GET /health", r), dt)
 
 
 def check_rpc_workers(target: Target) -> CheckResult:
@@ -152,27 +183,34 @@ def _reported_context(target: Target, entry: dict[str, Any]) -> tuple[int | None
 
 
 def check_models(target: Target) -> CheckResult:
-    """/v1/models lists the served name; the context it reports is at least the plan's."""
+    """The models route lists the served name; the context it reports is at least the plan's. A model that
+    is not listed stops the run (every chat request would fail the same way)."""
     t0 = time.monotonic()
+    what = f"GET {_models_path(target)}"
     try:
         r = requests.get(
             f"{target.api_base}/models", headers=headers(target), timeout=min(target.timeout_s, 10)
         )
     except requests.RequestException as exc:
-        return CheckResult("models", FAIL, error_reason(exc), time.monotonic() - t0)
+        return CheckResult("models", FAIL, error_reason(exc, target), time.monotonic() - t0)
     dt = time.monotonic() - t0
     if r.status_code != 200:
-        return CheckResult("models", FAIL, f"GET /v1/models {r.status_code}: {r.text[:160]}", dt)
+        return CheckResult("models", FAIL, _http_failure(target, what, r), dt)
     try:
-        data = r.json().get("data") or []
-    except ValueError:
-        return CheckResult("models", FAIL, "GET /v1/models: not JSON", dt)
+        data = [m for m in (r.json().get("data") or []) if isinstance(m, dict)]
+    except (ValueError, AttributeError):
+        return CheckResult("models", FAIL, f"{what}: not a JSON model list", dt)
     ids = [str(m.get("id")) for m in data]
     entry = next(
         (m for m in data if m.get("id") == target.model or target.model in (m.get("aliases") or [])), None
     )
     if entry is None:
-        return CheckResult("models", FAIL, f"{target.model!r} not served (served: {', '.join(ids)})", dt)
+        near = difflib.get_close_matches(target.model, ids, n=3, cutoff=0.5)
+        listed = f"did you mean {', '.join(map(repr, near))}?" if near else f"{len(ids)} listed"
+        if not near and len(ids) <= 5:
+            listed = f"served: {', '.join(ids)}"
+        reason = f"{target.model!r} not served ({listed}){providers.id_hint(target.flavor, target.model)}"
+        return CheckResult("models", FAIL, reason, dt, {"not_served": True, "served": ids[:50]})
     ctx, where = _reported_context(target, entry)
     details = {"served": ids, "reported_context": ctx}
     if ctx is None:
@@ -197,9 +235,9 @@ def _chat_check(
     t0 = time.monotonic()
     req = chat_request(target, kind)
     try:
-        payload = client(target).chat.completions.create(**req).model_dump()
+        payload = complete(target, req)
     except Exception as exc:  # noqa: BLE001 - any client failure is this check's verdict, not a crash
-        return CheckResult(name, FAIL, error_reason(exc), time.monotonic() - t0)
+        return CheckResult(name, FAIL, error_reason(exc, target), time.monotonic() - t0)
     dt = time.monotonic() - t0
     try:
         ok, why = validate(payload)
@@ -238,9 +276,11 @@ def check_streaming(target: Target) -> CheckResult:
     ttft = None
     chunks: list[dict[str, Any]] = []
     try:
-        for event in client(target).chat.completions.create(**chat_request(target, "stream")):
+        for event in create(target, chat_request(target, "stream")):
             chunk = event.model_dump()
             chunks.append(chunk)
+            if chunk.get("usage"):
+                target.meter.add_usage(chunk)
             if ttft is None:
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
@@ -248,7 +288,7 @@ def check_streaming(target: Target) -> CheckResult:
                         ttft = time.monotonic() - t0
     except Exception as exc:  # noqa: BLE001
         return CheckResult(
-            "streaming", FAIL, error_reason(exc), time.monotonic() - t0, {"chunks": len(chunks)}
+            "streaming", FAIL, error_reason(exc, target), time.monotonic() - t0, {"chunks": len(chunks)}
         )
     dt = time.monotonic() - t0
     details = {"chunks": len(chunks), "ttft_s": round(ttft, 3) if ttft is not None else None}
@@ -280,7 +320,7 @@ def check_metrics(target: Target) -> CheckResult:
     try:
         r = requests.get(f"{target.base_url}/metrics", headers=headers(target), timeout=10.0)
     except requests.RequestException as exc:
-        return CheckResult("metrics", FAIL, error_reason(exc), time.monotonic() - t0)
+        return CheckResult("metrics", FAIL, error_reason(exc, target), time.monotonic() - t0)
     dt = time.monotonic() - t0
     if r.status_code != 200:
         return CheckResult("metrics", FAIL, f"GET /metrics {r.status_code} ({target.metrics_source})", dt)
@@ -303,8 +343,9 @@ CHECKS: list[tuple[str, Callable[[Target], CheckResult]]] = [
 ]
 
 
-#: Checks that always run and, when one fails, leave the rest not run.
-GATES = ("liveness", "rpc_workers")
+#: Checks that always run and, when one fails, leave the rest not run (models: only when the model is
+#: not served at all, since every chat request would then fail the same way).
+GATES = ("liveness", "rpc_workers", "models")
 
 
 def run_checks(target: Target, only: Iterable[str] | None = None) -> CheckReport:
@@ -318,11 +359,17 @@ def run_checks(target: Target, only: Iterable[str] | None = None) -> CheckReport
             continue
         if wanted is not None and name not in wanted and name not in GATES:
             continue
-        if blocked and name not in GATES:
+        if blocked and name not in ("liveness", "rpc_workers"):
             results.append(CheckResult(name, FAIL, f"not run: {blocked}"))
             continue
         result = fn(target)
         results.append(result)
+        if name == "models" and not result.details.get("not_served"):
+            continue
         if name in GATES and result.status == FAIL and not blocked:
-            blocked = "the server is not live" if name == "liveness" else "an RPC worker is unreachable"
+            blocked = {
+                "liveness": "the server is not live",
+                "rpc_workers": "an RPC worker is unreachable",
+                "models": f"the model {target.model!r} is not served",
+            }[name]
     return CheckReport(target=target.describe(), results=results)

@@ -1,8 +1,8 @@
 """What `check` talks to: a served model's URL, dialect and declared features, from a plan or a URL.
 
-    >>> t = target_from_url("https://api.moonshot.ai/v1", "kimi-k2.5", flavor="moonshot")
-    >>> t.api_base, t.id_rule, t.capabilities["vision"]
-    ('https://api.moonshot.ai/v1', 'kimi', True)
+    >>> t = target_from_url("https://hub.oxen.ai/api/ai", "moonshotai-kimi-k2-5", flavor="oxen")
+    >>> t.api_base, t.hosted, t.id_rule, t.capabilities["vision"]
+    ('https://hub.oxen.ai/api/ai', True, 'kimi', True)
 
 Capabilities (and with them which checks may be skipped) come from plan.model or the catalog, never from
 what a server happens to answer. The API key is read from the environment and never shown.
@@ -13,18 +13,21 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from deploy import constants
+from deploy.checking import providers
+from deploy.checking.meter import Meter
+from deploy.checking.providers import FLAVORS
 from deploy.checking.shapes import ID_RULE_GENERIC, ID_RULE_KIMI
 from deploy.errors import CatalogError, InputError
 from deploy.planning.contract import Plan
 from deploy.serving.readiness import probe_host
 from deploy.serving.target import ENV_FILE, env_file_pairs, read_manifest, rpc_servers_of
 
-FLAVORS = ("vllm", "sglang", "llama.cpp", "ktransformers", "moonshot")
+__all__ = ["FLAVORS", "Target", "target_from_plan", "target_from_rendered", "target_from_url"]
 
 
 @dataclass
@@ -33,7 +36,9 @@ class Target:
 
     base_url: str  # the server root, e.g. http://127.0.0.1:8001 (the OpenAI API is under /v1)
     model: str  # the served model name
-    flavor: str  # vllm | sglang | llama.cpp | ktransformers | moonshot
+    flavor: (
+        str  # an engine (vllm, sglang, llama.cpp, ktransformers) or a provider (nim, moonshot, oxen, openai)
+    )
     capabilities: dict[str, bool]
     id_rule: str = ID_RULE_GENERIC
     id_rule_source: str = ""
@@ -55,30 +60,30 @@ class Target:
     rpc_servers_source: str = ""
     max_tokens: int = 64
     thinking_max_tokens: int = 1024
+    #: requests, tokens, 429s and the concurrency gate of this endpoint (never in the report as such)
+    meter: Meter = field(default_factory=lambda: Meter("candidate"), repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.flavor not in FLAVORS:
-            raise InputError(f"unknown flavor {self.flavor!r} (known: {', '.join(FLAVORS)})")
+        providers.flavor(self.flavor)  # an unknown flavor is bad input
         self.base_url = self.base_url.rstrip("/")
         if not self.api_base:
             self.api_base = f"{self.base_url}/v1"
 
+    @property
+    def hosted(self) -> bool:
+        """A hosted provider's API: no /health or /metrics, liveness is an authenticated GET {base}/models."""
+        return not providers.flavor(self.flavor).engine
+
     def describe(self) -> dict[str, Any]:
         """The target as the report shows it: everything except the key itself."""
-        d = asdict(self)
-        d.pop("api_key")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("api_key", "meter")}
+        d = {
+            k: (dict(v) if isinstance(v, dict) else list(v) if isinstance(v, list) else v)
+            for k, v in d.items()
+        }
         d["api_key_set"] = self.api_key is not None
+        d["hosted"] = self.hosted
         return d
-
-
-def _normalise_url(url: str) -> tuple[str, str]:
-    """Split a user URL into (server root, OpenAI API base); both ``http://h:p`` and ``.../v1`` work."""
-    url = url.strip().rstrip("/")
-    if not re.match(r"^https?://", url):
-        raise InputError(f"--url {url!r}: expected http:// or https://")
-    if url.endswith("/v1"):
-        return url[: -len("/v1")], url
-    return url, f"{url}/v1"
 
 
 def _id_rule(parsers: dict[str, Any]) -> tuple[str, str]:
@@ -95,6 +100,33 @@ def _read_key(api_key_env: str | None) -> str | None:
         return None
     value = os.environ.get(api_key_env)
     return value if value else None
+
+
+def hosted_key(
+    flavor: str, api_key_env: str | None, option: str = "--api-key-env"
+) -> tuple[str | None, str | None]:
+    """(key, variable name) for a URL target: the named variable, else the provider's usual one if set.
+
+    A named variable that is unset or empty is bad input; the key's value is never part of a message.
+    """
+    if api_key_env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", api_key_env):
+            raise InputError(f"{option} {api_key_env!r}: not an environment variable name")
+        key = _read_key(api_key_env)
+        if key is None:
+            raise InputError(f"{option} {api_key_env}: that environment variable is unset or empty")
+        return key, api_key_env
+    f = providers.flavor(flavor)
+    if f.key_env and _read_key(f.key_env):
+        return _read_key(f.key_env), f.key_env
+    return None, None
+
+
+def require_key(target: Target, option: str = "--api-key-env") -> None:
+    """Bad input when a hosted provider (other than the generic ``openai``) would be asked without a key."""
+    f = providers.flavor(target.flavor)
+    if target.api_key is None and not f.engine and f.key_env:
+        raise InputError(f"{f.name} needs an API key: export it and pass {option} NAME (usually {f.key_env})")
 
 
 def _modes_request_profile(modes: dict[str, Any]) -> tuple[bool, list[str]]:
@@ -212,10 +244,17 @@ def _catalog_entry(model_name: str, catalog_model: str | None) -> tuple[Any, str
 
     if catalog_model:
         return load_model(catalog_model), f"catalog entry {catalog_model!r} (--catalog-model)"
-    wanted = {model_name.lower(), model_name.lower().rsplit("/", 1)[-1]}
+
+    # providers spell one model differently (kimi-k2.5, moonshotai/kimi-k2.5, moonshotai-kimi-k2-5):
+    # compare letters and digits only, without the publisher's prefix
+    def norm(name: str) -> str:
+        flat = re.sub(r"[^a-z0-9]", "", name.lower().rsplit("/", 1)[-1])
+        return flat[len("moonshotai") :] if flat.startswith("moonshotai") else flat
+
+    wanted = {model_name.lower(), model_name.lower().rsplit("/", 1)[-1], norm(model_name)}
     for name in available_models():
         entry = load_model(name)
-        if {entry.name.lower(), entry.served_model_name.lower()} & wanted:
+        if {entry.name.lower(), entry.served_model_name.lower(), norm(entry.name)} & wanted:
             return entry, f"catalog entry {entry.name!r} (matches the served name)"
     return load_model(constants.DEFAULT_MODEL), (
         f"catalog entry {constants.DEFAULT_MODEL!r} (default: no entry matches {model_name!r})"
@@ -225,7 +264,7 @@ def _catalog_entry(model_name: str, catalog_model: str | None) -> tuple[Any, str
 def target_from_url(
     url: str,
     model: str,
-    flavor: str = "vllm",
+    flavor: str | None = None,
     api_key_env: str | None = None,
     catalog_model: str | None = None,
     few_shot: bool | None = None,
@@ -236,16 +275,21 @@ def target_from_url(
 ) -> Target:
     """A target at any OpenAI-compatible URL (self-hosted or hosted); capabilities come from the catalog.
 
-    >>> target_from_url("https://api.moonshot.ai/v1", "kimi-k2.5", flavor="moonshot").api_base
-    'https://api.moonshot.ai/v1'
+    The flavor defaults to the provider the URL's host belongs to, else vllm. A URL with a path is the API
+    base as given; a bare host gets /v1 (:func:`deploy.checking.providers.split_url`).
+
+    >>> target_from_url("https://api.moonshot.ai/v1", "kimi-k2.5").flavor
+    'moonshot'
     """
+    flavor = flavor or providers.guess_flavor(url)
     if flavor not in FLAVORS:
         raise InputError(f"unknown flavor {flavor!r} (known: {', '.join(FLAVORS)})")
-    root, api_base = _normalise_url(url)
+    root, api_base = providers.split_url(url)
     entry, source = _catalog_entry(model, catalog_model)
     caps = {k: bool(v) for k, v in entry.capabilities.items()}
     id_rule, id_source = _id_rule(entry.parsers)
     catalog_few_shot, stop = _modes_request_profile(entry.modes)
+    key, key_env = hosted_key(flavor, api_key_env)
     if metrics is None:
         metrics = flavor == "vllm"
         metrics_src = "vLLM always serves /metrics" if metrics else f"not declared for {flavor} (--metrics)"
@@ -266,8 +310,8 @@ def target_from_url(
         capabilities_source=source,
         id_rule=id_rule,
         id_rule_source=id_source,
-        api_key=_read_key(api_key_env),
-        api_key_env=api_key_env,
+        api_key=key,
+        api_key_env=key_env,
         max_model_len=max_model_len,
         metrics=metrics,
         metrics_source=metrics_src,

@@ -1,4 +1,5 @@
-"""`kimi-deploy check`: run the conformance suite against a deployment (from plan.json) or any URL."""
+"""`kimi-deploy check`: run the conformance suite against a deployment (from plan.json) or any URL,
+optionally with a K2-Vendor-Verifier sample set and its trigger F1 against a reference endpoint."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import click
 
+from deploy.checking import session
 from deploy.checking import suite as check
 from deploy.errors import CheckFailedError, InputError
 from deploy.fsutil import atomic_write_json
@@ -28,8 +30,9 @@ from deploy.planning.contract import load_plan
 )
 @click.option(
     "--url",
-    help="Any OpenAI-compatible endpoint instead of a plan, e.g. http://10.0.0.5:8000 or "
-    "https://api.moonshot.ai/v1.",
+    help="Any OpenAI-compatible endpoint instead of a plan, as its provider publishes it: a URL with a "
+    "path is the API base (https://hub.oxen.ai/api/ai, https://api.moonshot.ai/v1); a bare "
+    "http://10.0.0.5:8000 gets /v1.",
 )
 @click.option("--model", "model_name", help="Served model name (with --url).")
 @click.option(
@@ -38,8 +41,9 @@ from deploy.planning.contract import load_plan
 @click.option(
     "--flavor",
     type=click.Choice(check.FLAVORS),
-    help="Engine dialect for health and instant mode "
-    "(with --url; default vllm). moonshot sends thinking={type: disabled}.",
+    help="Engine or provider (with --url; default: the provider the URL's host belongs to, else vllm). "
+    "Engines are probed at /health; providers (nim, moonshot, oxen, openai) by an authenticated GET "
+    "{base}/models. moonshot sends thinking={type: disabled}, the others chat_template_kwargs.",
 )
 @click.option(
     "--catalog-model",
@@ -81,6 +85,47 @@ from deploy.planning.contract import load_plan
     help="Schema accuracy --tool-calls must reach.",
 )
 @click.option(
+    "--reference-url",
+    metavar="URL",
+    help="Trigger F1 of the --tool-calls samples against this endpoint (e.g. https://api.moonshot.ai/v1).",
+)
+@click.option("--reference-model", metavar="ID", help="Model id at --reference-url (e.g. kimi-k2.5).")
+@click.option(
+    "--reference-api-key-env", metavar="NAME", help="Environment variable with --reference-url's key."
+)
+@click.option(
+    "--reference-flavor",
+    type=click.Choice(check.FLAVORS),
+    help="Dialect of --reference-url (default: from its host, else openai).",
+)
+@click.option(
+    "--reference-results",
+    type=click.Path(dir_okay=False),
+    metavar="FILE.jsonl",
+    help="Recorded reference answers instead of --reference-url (K2-Vendor-Verifier results.jsonl).",
+)
+@click.option(
+    "--f1-threshold",
+    type=float,
+    default=session.DEFAULT_F1_THRESHOLD,
+    show_default=True,
+    help="Trigger F1 the samples must reach against the reference (Moonshot's bar for K2-Thinking).",
+)
+@click.option(
+    "--max-requests",
+    type=int,
+    default=session.DEFAULT_MAX_REQUESTS,
+    show_default=True,
+    help="Chat requests this run may send in all (both endpoints, retries included); 0: no limit.",
+)
+@click.option(
+    "--max-retry-wait",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Longest Retry-After (seconds) a 429 is waited out; longer asks fail the request.",
+)
+@click.option(
     "--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Seconds per request."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
@@ -101,6 +146,14 @@ def check_command(
     limit: int,
     concurrency: int,
     threshold: float,
+    reference_url: str | None,
+    reference_model: str | None,
+    reference_api_key_env: str | None,
+    reference_flavor: str | None,
+    reference_results: str | None,
+    f1_threshold: float,
+    max_requests: int,
+    max_retry_wait: float,
     timeout_s: float,
     as_json: bool,
     output: str | None,
@@ -108,7 +161,18 @@ def check_command(
     """Check liveness, models, instant and thinking chat, tool calls, streaming, vision and metrics.
 
     Exits 0 only when every required check passes (7 otherwise); skips come from declared capabilities.
+    With --tool-calls and a reference, the trigger F1 must reach --f1-threshold as well.
     """
+    ref_opts = session.ReferenceOptions(
+        url=reference_url,
+        model=reference_model,
+        api_key_env=reference_api_key_env,
+        flavor=reference_flavor,
+        results=reference_results,
+    )
+    session.validate_options(
+        tool_calls, ref_opts, f1_threshold, threshold, concurrency, max_requests, max_retry_wait
+    )
     if url and (plan_path or rendered):
         raise InputError(f"give either {'--plan' if plan_path else '--rendered'} or --url, not both")
     if url:
@@ -117,7 +181,7 @@ def check_command(
         target = check.target_from_url(
             url,
             model_name,
-            flavor=flavor or "vllm",
+            flavor=flavor,
             api_key_env=api_key_env,
             catalog_model=catalog_model,
             few_shot=few_shot,
@@ -144,26 +208,28 @@ def check_command(
             target = check.target_from_plan(plan, api_key_env, timeout_s=timeout_s)
         if few_shot is not None:
             target.few_shot = few_shot
-    report = check.run_checks(target)
-    if tool_calls:
-        gates = [r for r in report.results if r.name in check.GATES and r.status == check.FAIL]
-        if gates:
-            result = check.CheckResult("tool_call_set", check.FAIL, f"not run: {gates[0].name} failed")
-            summary = None
-        else:
-            result, summary = check.run_tool_call_set(target, tool_calls, concurrency, threshold, limit)
-        report.results.append(result)
-        report.tool_call_set = summary
+    check.require_key(target)
+    run = session.prepare_run(
+        target, ref_opts, tool_calls, limit, concurrency, max_requests, max_retry_wait, timeout_s
+    )
+    report = session.execute(run, threshold, f1_threshold)
+    secrets = run.secrets()
+    data = json.loads(check.redact(json.dumps(report.to_dict()), secrets))
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(check.render_table(report))
+        click.echo(check.redact(check.render_table(report), secrets))
     if output:
-        atomic_write_json(output, report.to_dict())
+        atomic_write_json(output, data)
         click.echo(f"wrote {output}", err=True)
     if not report.ok:
         names = ", ".join(r.name for r in report.failed)
-        raise CheckFailedError(f"{len(report.failed)} check(s) failed: {names}")
+        first = report.failed[0]
+        raise CheckFailedError(
+            check.redact(
+                f"{len(report.failed)} check(s) failed: {names} ({first.name}: {first.reason})", secrets
+            )
+        )
 
 
 COMMANDS = [check_command]
