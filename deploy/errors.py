@@ -71,3 +71,8 @@ class CheckFailedError(KimiDeployError):
     """A required conformance check failed."""
 
     exit_code = 7
+
+
+class CalibrationError(InputError):
+    """A start-up log that cannot be read as one (empty, binary, truncated, another engine's) or a
+    calibration store that fails its schema."""

@@ -120,6 +120,8 @@ def write_plan(
         max_model_len=max_model_len,
         engine_args={"host": "127.0.0.1", "port": port, "threads": 1},
         time_to_ready_s=time_to_ready_s,
+        # the deadline is the plan's own field (a real plan derives it with a factor of safety)
+        ready_deadline_s=time_to_ready_s,
     )
     plan = Plan(
         model={"name": "demo", "served_model_name": "demo"},

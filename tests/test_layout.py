@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deploy"
 STAGES = [
     "catalog",
     "hardware",
+    "calibration",
     "planning",
     "weights",
     "engines",

@@ -155,7 +155,8 @@ def test_every_field_filled_and_round_trip(plans, tmp_path):
 
 def test_time_to_ready_grows_with_weights(plans):
     c = plans["h200x8"].chosen_candidate
-    assert c.time_to_ready_s >= c.weights.bytes / 2e9  # at least the read time at 2 GB/s
+    # at least the read time at the profile's rate (assumed 1 GB/s when not measured)
+    assert c.time_to_ready_s >= c.weights.bytes / (c.read_rate_gbps * 1e9)
 
 
 def test_fp8_kv_doubles_tokens():
@@ -166,10 +167,24 @@ def test_fp8_kv_doubles_tokens():
     assert fp8.kv_cache_tokens == pytest.approx(2 * bf16.kv_cache_tokens, rel=1e-3)
 
 
-def test_smaller_context_runs_on_h100():
+def test_sglang_on_one_h100_node_follows_its_own_fraction():
+    # SGLang 0.5.23's own --mem-fraction-static on an 80 GB card at TP8: 10 GiB floor, 512 + 1.5 x 8192 +
+    # 2 x 512 + 1024 MiB reserved, then x 0.95 x (1 - 0.1 x (27 x 1152^2 / (24 x 1024^2) - 1)) for MoonViT
     p = plan(load_profile("h100x8"), engine="sglang", context=16384)
     c = p.candidate("sglang-int4-tp8")
-    assert c.status == RUNNABLE and c.max_model_len == 16384
+    mib = load_profile("h100x8").head.gpu_memory_mib
+    reserved = max(512 + 1.5 * 8192 + 2 * 512 + 8 / 8 * 1024, 10 * 1024)
+    vit = 0.95 * (1 - 0.1 * (27 * 1152**2 / (24 * 1024**2) - 1))
+    fraction = round(round((mib - reserved) / mib, 3) * vit, 3)
+    assert c.status == INCOMPATIBLE and c.gpu_memory_utilization == pytest.approx(fraction)
+    assert any("second node" in r for r in c.remediation) and any("hybrid" in r for r in c.remediation)
+    assert not c.tight
+    # only `--tight` sets a fraction beyond SGLang's own, and says so; it ranks after every non-tight one
+    t = plan(load_profile("h100x8"), engine="sglang", context=16384, tight=True)
+    tc = t.candidate("sglang-int4-tp8-tight")
+    assert tc.tight and tc.runs and tc.gpu_memory_utilization > fraction
+    assert "overrides SGLang's own" in tc.reasons[0] and "risk" in tc.reasons[0]
+    assert all(not c.runs or c.tight for c in t.candidates[t.candidates.index(tc) :])
 
 
 def test_filters():
@@ -256,11 +271,11 @@ def test_longer_context_never_needs_less(name, short, longer):
             assert cb.memory.kv_cache >= ca.memory.kv_cache and cb.memory.host >= ca.memory.host
 
 
-def test_smaller_batch_settings_are_written_when_used(plans):
-    # on 80 GB GPUs SGLang's own defaults leave no KV room; the plan falls back to its 24 GB-class
-    # settings and must then pass them to the engine, matching the memory it reserved
-    c = plans["h100x8"].candidate("sglang-int4-tp8")
-    assert c.runs
+def test_smaller_batch_settings_are_written_when_used():
+    # with --tight on 80 GB GPUs the plan falls back to SGLang's 24 GB-class settings and must then pass
+    # them to the engine, matching the memory it reserved
+    c = plan(load_profile("h100x8"), engine="sglang", tight=True).candidate("sglang-int4-tp8-tight")
+    assert c.runs and c.tight
     args, terms = c.engine_args, c.memory.terms
     assert terms["activation_reserve"] == pytest.approx(
         1.5 * max(args["chunked_prefill_size"], 2048) / 1024, abs=1e-3

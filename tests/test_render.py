@@ -121,7 +121,10 @@ def test_systemd_unit_values_come_from_the_plan(tmp_path: Path, run_cli) -> None
     node = p.hardware["nodes"][0]["name"]
     unit = (out / f"kimi-deploy-{node}.service").read_text()
     lines = set(unit.splitlines())
-    assert f"TimeoutStartSec={p.chosen_candidate.time_to_ready_s}" in lines
+    # systemd's TimeoutStartSec is the prediction times the factor of safety, never below it
+    c = p.chosen_candidate
+    assert f"TimeoutStartSec={c.ready_deadline_s}" in lines
+    assert c.ready_deadline_s >= c.time_to_ready_s * c.ready_safety_factor - 1
     assert {"Restart=on-failure", "LimitMEMLOCK=infinity", "LimitNOFILE=1048576"} <= lines
     assert f"EnvironmentFile=-{out.resolve() / 'kimi-deploy.env'}" in lines
     (exec_start,) = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]

@@ -39,6 +39,18 @@ def _profile(hardware: str | None, gpus: str | None, weights_dir: str | None) ->
     return inventory.probe(weights_dir) if weights_dir else inventory.probe()
 
 
+def _calibration_records() -> list[dict]:
+    """The calibration store's records; a store that fails its schema is reported and left out."""
+    from deploy.calibration.store import load_records
+    from deploy.errors import CalibrationError
+
+    try:
+        return load_records()
+    except CalibrationError as exc:
+        click.echo(f"warning: {exc}; planning without calibration", err=True)
+        return []
+
+
 @click.command("plan")
 @click.option("--hardware", metavar="FILE", help="Hardware profile (YAML/JSON, or a name under hardware/).")
 @click.option("--gpus", metavar="SPEC", help="Plan for hardware you do not have: 8xH200, 2x8xH100, ...")
@@ -73,6 +85,14 @@ def _profile(hardware: str | None, gpus: str | None, weights_dir: str | None) ->
     metavar="METHOD",
     help="Speculative decoding from the catalog (eagle3), where a published recipe runs it; off by default.",
 )
+@click.option(
+    "--tight",
+    is_flag=True,
+    help="Also offer candidates that set a knob beyond the engine's own choice (marked tight, ranked last).",
+)
+@click.option(
+    "--no-calibration", is_flag=True, help="Ignore the calibration store (measured starts) for this plan."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print plan.json on stdout instead of the table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write plan.json here (atomically).")
 def plan_command(
@@ -89,6 +109,8 @@ def plan_command(
     nodes: str | None,
     weights_dir: str | None,
     speculative: str | None,
+    tight: bool,
+    no_calibration: bool,
     as_json: bool,
     output: str | None,
 ) -> None:
@@ -96,6 +118,7 @@ def plan_command(
 
     Exit 3 (after printing the table) when nothing can run; -o still writes plan.json then."""
     profile = _profile(hardware, gpus, weights_dir)
+    records = [] if no_calibration else _calibration_records()
     result = plan(
         profile,
         model=model,
@@ -109,6 +132,8 @@ def plan_command(
         tensor_parallel=_number(tensor_parallel, "--tensor-parallel", int),
         nodes=_number(nodes, "--nodes", int),
         speculative=speculative,
+        tight=tight,
+        calibration=records,
     )
     if output:
         save_plan(result, output)

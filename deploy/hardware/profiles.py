@@ -66,6 +66,8 @@ class Node:
     shm_gib: float
     network_interface: str
     address: str = "127.0.0.1"
+    #: sequential read rate of weights_dir in GB/s, measured by `kimi-deploy inventory` (None: not measured)
+    disk_read_gbps: float | None = None
 
     @property
     def gpu_memory_gib(self) -> float:
@@ -102,6 +104,8 @@ class HardwareProfile:
                 "shm_gib": n.shm_gib,
                 "network_interface": n.network_interface,
             }
+            if n.disk_read_gbps is not None:
+                d["disk_read_gbps"] = n.disk_read_gbps
             nodes.append(d)
         return {"name": self.name, "description": self.description, "nodes": nodes}
 
@@ -200,7 +204,17 @@ def _node_from_dict(d: Any, where: str) -> Node:
         shm_gib=float(d.get("shm_gib", 0)),
         network_interface=str(_require(d, "network_interface", where, str)),
         address=str(d.get("address", "127.0.0.1")),
+        disk_read_gbps=_read_rate(d, where),
     )
+
+
+def _read_rate(d: dict[str, Any], where: str) -> float | None:
+    value = d.get("disk_read_gbps")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1000:
+        raise ProfileError(f"{where}.disk_read_gbps: expected a number of GB/s in (0, 1000), got {value!r}")
+    return float(value)
 
 
 def profile_from_dict(data: Any, source: str = "<dict>") -> HardwareProfile:

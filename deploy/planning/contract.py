@@ -29,6 +29,7 @@ from typing import Any
 
 from deploy.errors import PlanError
 from deploy.fsutil import atomic_write_json
+from deploy.planning.margins import ready_deadline_s
 from deploy.schema import parse_json, read_text
 
 SCHEMA_VERSION = 1
@@ -99,10 +100,32 @@ class Candidate:
     layout: str = ""  # human summary, e.g. "TP8", "TP8 x PP2", "experts on CPU"
     time_to_ready_s: int = 600
     rank: int = 0
+    #: the pessimistic end of the KV estimate: kv_cache_tokens less the known error (kv_error, a fraction,
+    #: from kv_error_source); a reduced plan's max_model_len is sized to it
+    kv_cache_tokens_low: int = 0
+    kv_error: float = 0.0
+    kv_error_source: str = ""
+    #: set by `plan --tight`: a knob beyond the engine's own choice (reasons say which, and the risk)
+    tight: bool = False
+    #: how many measured starts (calibration store) corrected this candidate's figures
+    calibrated_from: int = 0
+    #: deadline for start-up (up, systemd TimeoutStartSec, Ansible waits, multi-node timeouts): the
+    #: predicted time_to_ready_s times ready_safety_factor (deploy/planning/margins.py), never below it
+    ready_deadline_s: int = 0
+    ready_safety_factor: float = 2.0
+    #: what the time to ready assumes: the weights read rate (GB/s) and where it comes from
+    read_rate_gbps: float = 0.0
+    read_rate_source: str = ""
 
     @property
     def runs(self) -> bool:
         return self.status in (RUNNABLE, REDUCED)
+
+    @property
+    def start_deadline_s(self) -> int:
+        """Seconds a start may take before it counts as failed: ``ready_deadline_s``, or for a plan written
+        before it existed, the same derivation from ``time_to_ready_s`` (deploy/planning/margins.py)."""
+        return self.ready_deadline_s or ready_deadline_s(self.time_to_ready_s)
 
 
 @dataclass

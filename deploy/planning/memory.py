@@ -28,6 +28,7 @@ from deploy.constants import GIB, MIB
 from deploy.hardware.profiles import Node
 from deploy.planning.architecture import KV_DTYPE_BYTES, Architecture, TensorGroup
 from deploy.planning.contract import Memory
+from deploy.planning.margins import GPU_HEADROOM_FRACTION, gpu_headroom_gib
 
 # ---- sources, quoted in plan.json so a reader can check each term --------------------------------
 SRC_VLLM_BUDGET = (
@@ -51,10 +52,23 @@ SRC_NON_TORCH = (
     "(~1 GiB); vLLM measures it as non_torch_increase"
 )
 SRC_SGLANG_FRACTION = (
-    "sglang/srt/server_args.py _handle_gpu_memory_settings: mem_fraction_static = (total - "
-    "reserved) / total, reserved MiB = 512 + 1.5 x max(chunked_prefill_size, 2048) + 2 x "
-    "cuda_graph_max_bs + 1024 x tp x pp / 8 (+ 3 x cuda_graph_max_bs x dp with DP attention), "
-    "at least 10 GiB on GPUs > 60 GiB; weights + KV pool live inside the fraction"
+    "sglang/srt/server_args.py ServerArgs._handle_gpu_memory_settings (0.5.23): mem_fraction_static = "
+    "round((total - reserved) / total, 3), reserved MiB = 512 + 1.5 x max(chunked_prefill_size, 2048) + 2 x "
+    "cuda_graph_max_bs + 1024 x tp x pp / 8 (+ 3 x cuda_graph_max_bs x dp with DP attention, + 1.5 x that "
+    "above 300), at least 10 GiB on GPUs > 60 GiB; then adjust_mem_fraction_for_vlm for a model with a "
+    "vision tower: x 0.95 x clamp(1 - 0.1 x (vit_layers x vit_hidden^2 / (24 x 1024^2) - 1), 0.8, 1.05); "
+    "weights + KV pool live inside the fraction"
+)
+SRC_SGLANG_TOKENS = (
+    "sglang/srt/model_executor/model_runner.py profile_max_num_token: max_total_num_tokens = (memory left "
+    "in the fraction after the weights) // cell size (MLA: (kv_lora_rank + qk_rope_head_dim) x dtype bytes x "
+    "layers); printed as 'KV Cache is allocated. #tokens: N'"
+)
+SRC_VLLM_BLOCKS = (
+    "vllm/v1/core/kv_cache_utils.py get_num_blocks / _report_kv_cache_config: num_blocks = available // "
+    "(block bytes x layers); 'GPU KV cache size' = num_blocks x block_size, block_size 64 for MLA on CUDA "
+    "(vllm/platforms/cuda.py CudaPlatform.check_and_update_config: FlashMLA / CUTLASS MLA pages); the "
+    "published Kimi-K2-Thinking TP8 count 715,072 = 11,173 x 64"
 )
 SRC_KT = (
     "kvcache-ai/ktransformers (kt-kernel + SGLang): GPUs hold attention, shared experts, dense MLP, "
@@ -101,6 +115,11 @@ SRC_PINNED = (
 
 #: llama.cpp's --fit target: memory left free on each GPU.
 LLAMA_FIT_MARGIN_GIB = 1.0
+#: vLLM's KV block size for MLA models on CUDA (the printed token count is a multiple of it).
+VLLM_MLA_BLOCK = 64
+#: SGLang's reserve floor on GPUs above 60 GiB (MiB), and the GPU size it starts at.
+SGLANG_FLOOR_MIB = 10 * 1024
+SGLANG_FLOOR_ABOVE_MIB = 60 * 1024
 LLAMA_UBATCH = 512
 #: Host RAM kept for the OS and everything else on the node.
 HOST_OS_RESERVE_FRACTION = 0.05
@@ -134,6 +153,11 @@ class Layout:
     #: speculative decoding: the draft model's weight bytes and KV bytes per token, whole (split by TP here)
     draft_bytes: float = 0.0
     draft_kv_bytes_per_token: int = 0
+    #: the vision tower the engine loads (layers, hidden size), for SGLang's VLM fraction reduction
+    vit: tuple[int, int] | None = None
+    #: ``plan --tight``: the engine's own reserves may be overridden (SGLang's 10 GiB floor and VLM reduction,
+    #: vLLM above the GPU headroom)
+    tight: bool = False
 
     @property
     def gpus_used(self) -> int:
@@ -285,17 +309,34 @@ def sglang_reserved_mib(
     reserved = 512 + 1.5 * max(chunk, 2048) + 2 * graph_bs + tp * pp / 8 * 1024
     if dp_attention:
         reserved += 3 * graph_bs * dp + (1.5 * graph_bs * dp if graph_bs > 300 else 0)
-    # SGLang applies its 10 GiB floor on GPUs above 60 GiB; tied to the tier here so that a larger GPU
-    # running the same settings never gets a smaller pool
-    return max(reserved, SGLANG_TIERS[tier][4])
+    # SGLang applies its 10 GiB floor by the GPU's memory, whatever the batch settings
+    return max(reserved, SGLANG_FLOOR_MIB) if gpu_mib > SGLANG_FLOOR_ABOVE_MIB else reserved
+
+
+def sglang_vlm_factor(vit: tuple[int, int] | None) -> float:
+    """SGLang's adjust_mem_fraction_for_vlm multiplier for a vision tower of (layers, hidden size).
+
+    >>> round(sglang_vlm_factor((27, 1152)), 4)  # Kimi-K2.5's MoonViT
+    0.9098
+    """
+    if not vit:
+        return 1.0
+    ratio = vit[0] * vit[1] ** 2 / (24 * 1024**2)
+    return 0.95 * max(0.8, min(1.05, 1.0 - 0.1 * (ratio - 1.0)))
 
 
 def sglang_mem_fraction_static(
-    gpu_mib: int, tp: int, pp: int = 1, dp: int = 1, dp_attention: bool = False, tier: int | None = None
+    gpu_mib: int,
+    tp: int,
+    pp: int = 1,
+    dp: int = 1,
+    dp_attention: bool = False,
+    tier: int | None = None,
+    vit: tuple[int, int] | None = None,
 ) -> float:
-    """SGLang's default --mem-fraction-static for this GPU and parallel layout."""
+    """SGLang's default --mem-fraction-static for this GPU and parallel layout (and vision tower)."""
     reserved = sglang_reserved_mib(gpu_mib, tp, pp, dp, dp_attention, tier)
-    return round((gpu_mib - reserved) / gpu_mib, 3)
+    return round(round((gpu_mib - reserved) / gpu_mib, 3) * sglang_vlm_factor(vit), 3)
 
 
 def vllm_graph_sizes(max_num_seqs: int) -> list[int]:
@@ -436,7 +477,8 @@ def _evaluate_vllm(
     other = non_torch_bytes(layout)
     kv = budget - weights - act - graphs - other
     per_token = _kv_per_token(arch, layout, layers, dtype)
-    capacity = max(0, int(kv // per_token)) if kv > 0 else 0
+    block = VLLM_MLA_BLOCK if arch.mla else 16
+    capacity = max(0, int(kv // (per_token * block)) * block) if kv > 0 else 0
     terms = {
         "weights": _gib(weights),
         "activation_peak": _gib(act),
@@ -454,7 +496,7 @@ def _evaluate_vllm(
         "activation_peak": SRC_VLLM_ACT,
         "cuda_graphs": SRC_VLLM_GRAPHS,
         "non_torch": SRC_NON_TORCH,
-        "kv_cache": SRC_KV,
+        "kv_cache": SRC_KV + "; " + SRC_VLLM_BLOCKS,
         "host_engine_processes": SRC_HOST,
         "host_pinned_buffers": SRC_PINNED,
     }
@@ -470,6 +512,21 @@ def _evaluate_vllm(
     )
     fit = Fit(mem, per_token, capacity, capacity * 1, host, host_available(node))
     fit.settings = {"max_num_batched_tokens": tokens, "max_num_seqs": seqs}
+    headroom = gpu_headroom_gib(node.gpu_memory_mib)
+    if (total - budget) / GIB < headroom - 1e-9:
+        if layout.tight:
+            fit.settings["tight"] = (
+                f"--gpu-memory-utilization {util:g} leaves {(total - budget) / GIB:.1f} GiB free per GPU, "
+                f"under the {headroom:.1f} GiB headroom; risk: out of memory when activations or other "
+                "processes exceed vLLM's profile"
+            )
+        else:
+            fit.gpu_ok = False
+            fit.reasons.append(
+                f"--gpu-memory-utilization {util:g} leaves {(total - budget) / GIB:.1f} GiB free per GPU, "
+                f"under the {headroom:.1f} GiB headroom ({GPU_HEADROOM_FRACTION:.0%} of the card); "
+                "plan --tight allows it"
+            )
     if kv <= 0:
         fit.gpu_ok = False
         fit.reasons.append(
@@ -486,10 +543,37 @@ def _evaluate_sglang(
     kt = layout.engine == "ktransformers"
     dp_attention = layout.data_parallel > 1
     tp_total = layout.tensor_parallel * layout.data_parallel
-    if fraction is None:
-        fraction = sglang_mem_fraction_static(
-            node.gpu_memory_mib, tp_total, layout.pipeline_parallel, layout.data_parallel, dp_attention, tier
+    own = sglang_mem_fraction_static(
+        node.gpu_memory_mib,
+        tp_total,
+        layout.pipeline_parallel,
+        layout.data_parallel,
+        dp_attention,
+        tier,
+        layout.vit,
+    )
+    tight_note = ""
+    if fraction is None and layout.tight:
+        # --tight: SGLang's formula without its 10 GiB floor and without the vision-model reduction
+        chunk_t, graph_t = sglang_defaults(node.gpu_memory_mib, tp_total, tier)
+        reserved = (
+            512 + 1.5 * max(chunk_t, 2048) + 2 * graph_t + tp_total * layout.pipeline_parallel / 8 * 1024
         )
+        if dp_attention:
+            reserved += 3 * graph_t * layout.data_parallel + (
+                1.5 * graph_t * layout.data_parallel if graph_t > 300 else 0
+            )
+        fraction = round((node.gpu_memory_mib - reserved) / node.gpu_memory_mib, 3)
+        if fraction > own:
+            tight_note = (
+                f"--mem-fraction-static {fraction} overrides SGLang's own {own} (its 10 GiB reserve floor on "
+                f"cards over 60 GiB{' and its vision-model reduction' if layout.vit else ''}); risk: out of "
+                "memory on long prefills or image inputs"
+            )
+        else:
+            fraction = own
+    if fraction is None:
+        fraction = own
     total = node.gpu_memory_mib * MIB
     budget = total * fraction
     weights, per_group, layers = gpu_weights(arch, layout)
@@ -553,7 +637,11 @@ def _evaluate_sglang(
         "mem_fraction_static": fraction,
         "chunked_prefill_size": chunk,
         "cuda_graph_max_bs": graph_bs,
+        "engine_mem_fraction_static": own,
     }
+    if tight_note:
+        fit.settings["tight"] = tight_note
+    sources["kv_cache"] = SRC_KV + "; " + SRC_SGLANG_TOKENS
     if kv <= 0:
         fit.gpu_ok = False
         fit.reasons.append(
@@ -655,7 +743,8 @@ def _evaluate_llama(arch: Architecture, layout: Layout, node: Node, dtype: str, 
         fit.settings = {"n_gpu_layers": 0, "override_tensor": []}
         return fit
     total = node.gpu_memory_mib * MIB
-    budget = total - LLAMA_FIT_MARGIN_GIB * GIB
+    headroom = gpu_headroom_gib(node.gpu_memory_mib)
+    budget = total - (LLAMA_FIT_MARGIN_GIB + headroom) * GIB
     weights, per_group, layers = gpu_weights(arch, layout)
     per_token = int(arch.kv_values_per_layer * value_bytes * len(layers))
     other = 0.25 * GIB
@@ -671,6 +760,7 @@ def _evaluate_llama(arch: Architecture, layout: Layout, node: Node, dtype: str, 
             "compute_buffer": _gib(compute),
             "non_torch": _gib(other),
             "fit_margin": LLAMA_FIT_MARGIN_GIB,
+            "gpu_headroom": round(headroom, 3),
         }
     )
     terms.update({f"weights.{k}": _gib(v) for k, v in per_group.items() if v})
@@ -682,6 +772,10 @@ def _evaluate_llama(arch: Architecture, layout: Layout, node: Node, dtype: str, 
         }
     )
     sources["non_torch"] = SRC_NON_TORCH
+    sources["gpu_headroom"] = (
+        f"deploy/planning/margins.py: every GPU plan leaves {GPU_HEADROOM_FRACTION:.0%} of the card "
+        "(>= 1 GiB) free beyond llama.cpp's own --fit margin, for the compute-buffer estimate"
+    )
     mem = Memory(
         total=_gib(total),
         budget=_gib(budget),

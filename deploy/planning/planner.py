@@ -27,15 +27,18 @@ from deploy.constants import GB, GIB
 from deploy.errors import InputError
 from deploy.hardware.profiles import Cpu, HardwareProfile, Node, load_gpu_table
 from deploy.planning.architecture import Architecture, architecture_for
+from deploy.planning.calibrated import apply_to_fit, matching_records
 from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
+from deploy.planning.margins import CALIBRATED_ERROR, READY_SAFETY_FACTOR, kv_error, low_end, ready_deadline_s
 from deploy.planning.memory import VLLM_CPU_PROCESS_GIB, Fit, Layout, evaluate, evaluate_best, host_available
 
 #: Below this context a deployment is not worth running (agentic clients send long prompts).
 MIN_CONTEXT = 8192
 #: max_model_len of a reduced plan is a multiple of this.
 CONTEXT_STEP = 1024
-#: Sequential read rate assumed for loading weights from local NVMe (GB/s), for time_to_ready_s.
-DISK_READ_GBPS = 2.0
+#: Sequential read rate assumed for loading weights when the profile has no measured one (GB/s): a
+#: conservative local NVMe figure; `kimi-deploy inventory` measures the node's own (disk_read_gbps).
+DISK_READ_GBPS = 1.0
 #: Engine start-up beyond reading weights (s): process start, compile/graph capture, warm-up.
 STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20, "vllm-cpu": 240}
 KV_CACHE_DTYPES = ("bf16", "fp8")
@@ -80,6 +83,7 @@ class Request:
     nodes: int | None = None
     #: a speculative-decoding method of the catalog (``eagle3``), applied where a published recipe runs it
     speculative: str | None = None
+    tight: bool = False
 
 
 def plan(
@@ -95,10 +99,15 @@ def plan(
     tensor_parallel: int | None = None,
     nodes: int | None = None,
     speculative: str | None = None,
+    tight: bool = False,
+    calibration: list[dict[str, Any]] | None = None,
 ) -> Plan:
     """Plan ``model`` on ``profile``. Bad input raises InputError; a plan with nothing runnable has
     ``chosen`` None (the CLI prints the table and exits 3). ``nodes`` keeps only the candidates on exactly
     that many nodes (on a CPU-only profile, ``nodes=2`` forces llama.cpp's RPC layout for GGUF weights).
+    ``tight`` adds candidates that set a knob beyond the engine's own choice (marked, ranked after the
+    others). ``calibration`` is the calibration store's records (the CLI reads them; the planner reads no
+    file).
 
         >>> plan(load_profile("h100x8"), context=65536).chosen_candidate.status  # doctest: +SKIP
         'runnable'
@@ -115,6 +124,7 @@ def plan(
         weights_dir,
         nodes,
         speculative,
+        tight,
     )
     have = len(profile.nodes)
     if nodes is not None and not 1 <= nodes <= have:
@@ -132,7 +142,7 @@ def plan(
     candidates: list[Candidate] = []
     for v in variants:
         for eng in _engines_for(m, v, req.engine):
-            candidates.extend(_candidates(m, v, archs[v.id], eng, profile, req))
+            candidates.extend(_candidates(m, v, archs[v.id], eng, profile, req, calibration or []))
     if req.nodes is not None:
         candidates = [c for c in candidates if c.nodes == req.nodes]
     _rank(candidates, m)
@@ -415,111 +425,204 @@ def _engine_blockers(
     return reasons, fixes
 
 
+def _vit(m: Model, v: Variant, engine: str) -> tuple[int, int] | None:
+    """The vision tower SGLang loads for this variant (layers, hidden), for its VLM fraction rule."""
+    vision = m.architecture.get("vision")
+    if engine in ("sglang", "ktransformers") and v.serves_vision and isinstance(vision, dict):
+        return int(vision.get("num_hidden_layers", 24)), int(vision.get("hidden_size", 1024))
+    return None
+
+
 def _candidates(
-    m: Model, v: Variant, arch: Architecture, engine: str, profile: HardwareProfile, req: Request
+    m: Model,
+    v: Variant,
+    arch: Architecture,
+    engine: str,
+    profile: HardwareProfile,
+    req: Request,
+    calibration: list[dict[str, Any]],
 ) -> list[Candidate]:
     out = []
     target = req.context or arch.max_position_embeddings
     blockers, blocker_fixes = _engine_blockers(engine, v, m, profile)
-    for kind, lay in _layouts(engine, arch, profile, req, m.engines.get(engine)):
-        cid = f"{engine}-{v.id}-{_layout_id(kind, lay)}"
-        node = profile.head
-        reasons: list[str] = list(blockers)
-        remediation: list[str] = list(blocker_fixes)
-        fit: Fit | None = None
-        spec = _speculative(m, v, engine, profile, req)
+    tights = (False, True) if req.tight and engine in ("vllm", "sglang", "ktransformers") else (False,)
+    spec = _speculative(m, v, engine, profile, req)
+    for kind, base_lay in _layouts(engine, arch, profile, req, m.engines.get(engine)):
         if spec:
-            lay = dataclasses.replace(
-                lay,
+            base_lay = dataclasses.replace(
+                base_lay,
                 draft_bytes=float(spec["draft_params"]) * 2,
                 draft_kv_bytes_per_token=int(spec["draft_layers"])
                 * 2
                 * int(spec["draft_kv_heads"])
                 * int(spec["draft_head_dim"])
                 * 2,
-                label=f"{lay.label} +{req.speculative}",
+                label=f"{base_lay.label} +{req.speculative}",
             )
-        if not blockers:
-            if engine == "ktransformers":
-                lay, fit = _kt_layout(arch, lay, node, req, target)
-                where = (
-                    f"all {lay.gpu_experts} experts on GPU"
-                    if lay.gpu_experts >= arch.n_routed_experts
-                    else f"{lay.gpu_experts} experts/layer on GPU, rest in RAM"
-                )
-                lay = dataclasses.replace(lay, label=f"TP{lay.tensor_parallel}, {where}")
+        for tight in tights:
+            lay = dataclasses.replace(base_lay, vit=_vit(m, v, engine), tight=tight)
+            c = _one_candidate(
+                m, v, arch, engine, profile, req, kind, lay, target, blockers, blocker_fixes, calibration
+            )
+            if tight and not c.tight:
+                continue  # nothing to override here: the engine's own choice already is the candidate
+            out.append(c)
+    return out
+
+
+def _one_candidate(
+    m: Model,
+    v: Variant,
+    arch: Architecture,
+    engine: str,
+    profile: HardwareProfile,
+    req: Request,
+    kind: str,
+    lay: Layout,
+    target: int,
+    blockers: list[str],
+    blocker_fixes: list[str],
+    calibration: list[dict[str, Any]],
+) -> Candidate:
+    cid = f"{engine}-{v.id}-{_layout_id(kind, lay)}" + ("-tight" if lay.tight else "")
+    node = profile.head
+    reasons: list[str] = list(blockers)
+    remediation: list[str] = list(blocker_fixes)
+    fit: Fit | None = None
+    device = "cpu" if lay.placement in ("cpu", "rpc") or not node.gpu_count else "gpu"
+    error = kv_error(engine, device)
+    used, measured_ready = 0, None
+    if not blockers:
+        if engine == "ktransformers":
+            # size the experts so that the low end of the KV range still holds the context
+            lay, fit = _kt_layout(arch, lay, node, req, math.ceil(target / (1 - error.fraction)))
+            where = (
+                f"all {lay.gpu_experts} experts on GPU"
+                if lay.gpu_experts >= arch.n_routed_experts
+                else f"{lay.gpu_experts} experts/layer on GPU, rest in RAM"
+            )
+            lay = dataclasses.replace(lay, label=f"TP{lay.tensor_parallel}, {where}")
+        else:
+            fit = _size(arch, lay, node, req, target)
+        if (
+            engine == "vllm"
+            and lay.decode_context_parallel > 1
+            and lay.tensor_parallel % lay.decode_context_parallel
+        ):
+            reasons.append(
+                f"--decode-context-parallel {lay.decode_context_parallel} must divide TP "
+                f"{lay.tensor_parallel}"
+            )
+        if fit is not None and calibration:
+            gpu = "cpu" if device == "cpu" else node.gpu_model
+            found = matching_records(
+                calibration, m.name, engine, lay.placement, gpu, lay.label, v.id, req.kv_cache_dtype
+            )
+            if found:
+                used, measured_ready = apply_to_fit(fit, found, engine, lay.placement, target)
+                if used:
+                    error = CALIBRATED_ERROR
+    status, max_len = INCOMPATIBLE, 0
+    low = 0
+    if fit is not None and not reasons:
+        reasons.extend(fit.reasons)
+        if fit.fits:
+            low = low_end(fit.max_fit_tokens, error)
+            margin = (
+                f"{fit.max_fit_tokens:,} estimated, {low:,} at the low end (-{error.fraction:.0%})"
+                if error.fraction
+                else f"{fit.max_fit_tokens:,} tokens (allocated exactly)"
+            )
+            if low >= target:
+                status, max_len = RUNNABLE, target
             else:
-                fit = _size(arch, lay, node, req, target)
-            if (
-                engine == "vllm"
-                and lay.decode_context_parallel > 1
-                and lay.tensor_parallel % lay.decode_context_parallel
-            ):
-                reasons.append(
-                    f"--decode-context-parallel {lay.decode_context_parallel} must divide TP "
-                    f"{lay.tensor_parallel}"
-                )
-        status, max_len = INCOMPATIBLE, 0
-        if fit is not None and not reasons:
-            reasons.extend(fit.reasons)
-            if fit.fits:
-                if fit.max_fit_tokens >= target:
-                    status, max_len = RUNNABLE, target
+                rounded = low // CONTEXT_STEP * CONTEXT_STEP
+                if rounded >= _min_context(arch):
+                    status, max_len = REDUCED, rounded
+                    reasons.append(
+                        f"KV room for {margin}, less than the {target:,} wanted: max_model_len set to "
+                        f"{rounded:,}"
+                    )
                 else:
-                    rounded = fit.max_fit_tokens // CONTEXT_STEP * CONTEXT_STEP
-                    if rounded >= _min_context(arch):
-                        status, max_len = REDUCED, rounded
-                        reasons.append(
-                            f"KV room for {fit.max_fit_tokens:,} tokens, less than the {target:,} "
-                            f"wanted: max_model_len set to {rounded:,}"
-                        )
-                    else:
-                        reasons.append(
-                            f"KV room for only {fit.max_fit_tokens:,} tokens (< {_min_context(arch):,})"
-                        )
-            if fit.fits and fit.settings.get("smaller_batch_settings"):
-                reasons.append(
-                    f"the engine's defaults for this GPU leave too little KV room; the plan sets "
-                    f"{fit.settings['smaller_batch_settings']}"
-                )
-            if engine == "llama.cpp" and status == REDUCED:
-                fit = _size(arch, lay, node, req, max_len)
-        if status != RUNNABLE:
-            remediation.extend(
-                _remediation(
-                    m,
-                    v,
-                    arch,
-                    engine,
-                    kind,
-                    lay,
-                    profile,
-                    req,
-                    target,
-                    fit,
-                    status,
-                    max_len,
-                    blocked=bool(blockers),
-                )
+                    reasons.append(f"KV room for only {margin} (< {_min_context(arch):,})")
+        if fit.fits and fit.settings.get("smaller_batch_settings"):
+            reasons.append(
+                f"the engine's defaults for this GPU leave too little KV room; the plan sets "
+                f"{fit.settings['smaller_batch_settings']}"
             )
-        out.append(
-            _candidate(
-                cid,
+        if engine == "llama.cpp" and status == REDUCED:
+            fit = _size(arch, lay, node, req, max_len)
+            if calibration and used:
+                apply_to_fit(
+                    fit,
+                    matching_records(
+                        calibration,
+                        m.name,
+                        engine,
+                        lay.placement,
+                        "cpu" if device == "cpu" else node.gpu_model,
+                        lay.label,
+                        v.id,
+                        req.kv_cache_dtype,
+                    ),
+                    engine,
+                    lay.placement,
+                    max_len,
+                )
+    tight_note = fit.settings.get("tight") if fit is not None else None
+    if tight_note:
+        reasons.insert(0, f"tight: {tight_note}")
+    if used:
+        reasons.insert(0, f"calibrated from {used} start(s)")
+    if status != RUNNABLE:
+        remediation.extend(
+            _remediation(
                 m,
                 v,
                 arch,
                 engine,
+                kind,
                 lay,
                 profile,
                 req,
+                target,
                 fit,
                 status,
                 max_len,
-                reasons,
-                _dedupe(remediation),
+                blocked=bool(blockers),
             )
         )
-    return out
+    c = _candidate(
+        cid,
+        m,
+        v,
+        arch,
+        engine,
+        lay,
+        profile,
+        req,
+        fit,
+        status,
+        max_len,
+        reasons,
+        _dedupe(remediation),
+    )
+    c.tight = bool(tight_note)
+    c.calibrated_from = used
+    c.kv_error = error.fraction
+    c.kv_error_source = error.source
+    if engine == "llama.cpp" and c.runs:
+        c.kv_cache_tokens_low = c.kv_cache_tokens
+    else:
+        c.kv_cache_tokens_low = low_end(c.kv_cache_tokens, error) if c.runs else 0
+    if measured_ready:
+        c.time_to_ready_s = max(10, int(math.ceil(measured_ready)))
+        c.read_rate_source = f"measured start-up ({used} start(s), calibration store)"
+    c.ready_safety_factor = READY_SAFETY_FACTOR
+    c.ready_deadline_s = ready_deadline_s(c.time_to_ready_s)
+    if engine == "vllm" and lay.nodes > 1 and "multinode" in c.engine_args:
+        c.engine_args["multinode"]["distributed_timeout_s"] = distributed_timeout_s(c.time_to_ready_s)
+    return c
 
 
 def _speculative(m: Model, v: Variant, engine: str, profile: HardwareProfile, req: Request) -> dict[str, Any]:
@@ -596,8 +699,8 @@ def _candidate(
         reasons=reasons,
         remediation=remediation,
         layout=lay.label,
-        time_to_ready_s=_time_to_ready(engine, v, lay),
     )
+    c.time_to_ready_s, c.read_rate_gbps, c.read_rate_source = _time_to_ready(engine, v, lay, profile.head)
     c.engine_args = _engine_args(m, v, arch, engine, lay, profile, req, fit, max_len, weights.local_dir)
     if engine == "vllm" and lay.nodes > 1 and "multinode" in c.engine_args:
         c.engine_args["multinode"]["distributed_timeout_s"] = distributed_timeout_s(c.time_to_ready_s)
@@ -617,11 +720,18 @@ def distributed_timeout_s(time_to_ready_s: float) -> int:
     return max(NCCL_DEFAULT_TIMEOUT_S, int(math.ceil(time_to_ready_s * DIST_TIMEOUT_SAFETY)))
 
 
-def _time_to_ready(engine: str, v: Variant, lay: Layout) -> int:
+def _time_to_ready(engine: str, v: Variant, lay: Layout, node: Node) -> tuple[int, float, str]:
+    """(seconds, read rate GB/s, where the rate comes from): reading this node's share of the weights at
+    the node's measured sequential rate (`kimi-deploy inventory`), else DISK_READ_GBPS, plus the engine's
+    start-up beyond reading (STARTUP_OVERHEAD_S; a calibration record replaces the whole figure)."""
     per_node = v.file_bytes / max(1, lay.nodes)
+    if node.disk_read_gbps:
+        rate, source = node.disk_read_gbps, f"measured by inventory on {node.name}"
+    else:
+        rate, source = DISK_READ_GBPS, "assumed (the profile has no measured disk_read_gbps)"
     startup = STARTUP_OVERHEAD_S["vllm-cpu" if engine == "vllm" and lay.placement == "cpu" else engine]
-    seconds = per_node / (DISK_READ_GBPS * GB) + startup
-    return max(60, int(math.ceil(seconds / 10.0)) * 10)
+    seconds = per_node / (rate * GB) + startup
+    return max(60, int(math.ceil(seconds / 10.0)) * 10), rate, source
 
 
 # ---- engine_args -----------------------------------------------------------------------------------
@@ -852,6 +962,11 @@ def _remediation(
                     f"a second node of the same kind ({lay2.label} runs {engine} {v.id} at {target:,} tokens)"
                 )
                 break
+        if arch.n_routed_experts and lay.placement == "gpu":
+            out.append(
+                "hybrid on this node: routed experts in host RAM (plan --engine ktransformers, or llama.cpp "
+                "GGUF with experts in RAM)"
+            )
     if fit is not None and not fit.host_ok and lay.placement not in ("cpu", "rpc"):
         need = fit.host_required_gib / (1 - 0.05)
         out.append(f">= {math.ceil(need * GIB / GB)} GB RAM on the node")
@@ -930,11 +1045,13 @@ def _layout_kind(c: Candidate) -> str:
 
 
 def rank_key(c: Candidate, m: Model, fidelity: dict[str, int]) -> tuple:
-    """The ranking, best first: runs, single node before llama.cpp RPC, fidelity, placement, full context
-    before reduced, fewer nodes, engine preference, then tie-breaks (layout kind, larger KV cache, id)."""
+    """The ranking, best first: runs (tight ones last), single node before llama.cpp RPC, fidelity,
+    placement, full context before reduced, fewer nodes, engine preference, then tie-breaks (layout kind,
+    larger KV cache, id)."""
     prefs = m.engine_preference
     return (
-        0 if c.runs else 1,
+        # a `plan --tight` candidate (a knob beyond the engine's own choice) after every one that is not
+        0 if c.runs and not c.tight else 1 if c.runs else 2,
         # llama.cpp over RPC only when no single node runs anything (`plan --nodes N` forces it)
         1 if c.placement == "rpc" else 0,
         -fidelity.get(c.variant, 0),

@@ -20,6 +20,7 @@ COLUMNS = (
     "NODESxGPUS",
     "MAX_LEN",
     "KV_TOKENS",
+    "KV_LOW",
     "WEIGHTS/GPU",
     "KV/GPU",
     "HOST_RAM",
@@ -40,6 +41,13 @@ def _reason(c: Candidate) -> str:
     return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 1] + "…"
 
 
+def _low(c: Candidate) -> str:
+    """The low end of the KV range and the margin below the estimate (exact for llama.cpp / vllm-cpu)."""
+    if not c.kv_error:
+        return f"{c.kv_cache_tokens_low:,} (exact)" if c.kv_cache_tokens_low else "-"
+    return f"{c.kv_cache_tokens_low:,} (-{c.kv_error:.0%})"
+
+
 def candidate_row(c: Candidate) -> tuple[str, ...]:
     gpus = f"{c.nodes}x{c.gpus_per_node}" if c.gpus_per_node else f"{c.nodes}xCPU"
     runs = c.status != "incompatible"
@@ -52,6 +60,7 @@ def candidate_row(c: Candidate) -> tuple[str, ...]:
         gpus,
         f"{c.max_model_len:,}" if runs else "-",
         f"{c.kv_cache_tokens:,}" if runs else "-",
+        _low(c) if runs else "-",
         _gib(c.memory.weights),
         _gib(c.memory.kv_cache),
         _gib(c.memory.host),
@@ -81,6 +90,18 @@ def render_memory(c: Candidate) -> str:
             f"overheads {m.activations:.2f}, KV cache {m.kv_cache:.2f}"
         )
     lines.append(f"  host RAM per node: {m.host:.2f} GiB")
+    if c.kv_cache_tokens:
+        lines.append(
+            f"  KV cache: {c.kv_cache_tokens:,} tokens estimated, {c.kv_cache_tokens_low:,} at the low end "
+            f"(error {c.kv_error:.0%}: {c.kv_error_source})"
+        )
+    if c.calibrated_from:
+        lines.append(f"  calibrated from {c.calibrated_from} start(s) (kimi-deploy calibrate list)")
+    if c.ready_deadline_s:
+        lines.append(
+            f"  time to ready: {c.time_to_ready_s} s predicted (weights read at {c.read_rate_gbps:g} GB/s, "
+            f"{c.read_rate_source}); deadline {c.ready_deadline_s} s (x{c.ready_safety_factor:g})"
+        )
     width = max((len(k) for k in m.terms), default=10)
     for name, value in m.terms.items():
         lines.append(f"    {name.ljust(width)}  {value:10.3f} GiB")

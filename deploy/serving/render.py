@@ -560,7 +560,8 @@ def render(
                     "env_files": [out / f for f in env_files],
                     "launch_script": out / launch,
                     "out_dir": out,
-                    "timeout_start_s": int(cand.time_to_ready_s) if n.serves_http else 300,
+                    # the predicted time to ready times its factor of safety (margins.READY_SAFETY_FACTOR)
+                    "timeout_start_s": int(cand.start_deadline_s) if n.serves_http else 300,
                     # systemd counts the wait for /health in TimeoutStartSec: a stuck load fails the unit
                     "ready_command": _ready_command(ep, port) if n.serves_http else None,
                 },

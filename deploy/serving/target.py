@@ -155,7 +155,7 @@ def target_for(
         unit=rendered / str(entry.get("service") or f"kimi-deploy-{node}.service"),
         env_files=tuple(env_files),
         weights_dir=_weights_dir(str(manifest.get("model_path") or ""), cand.weights.local_dir),
-        deadline_s=float(deadline_s if deadline_s is not None else cand.time_to_ready_s),
+        deadline_s=float(deadline_s if deadline_s is not None else cand.start_deadline_s),
         listen=None if head else worker_listen(entry, args, str(plan_node.get("address") or "")),
         rpc_servers=tuple(rpc_servers_of(entry, args)) if head else (),
     )
