@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from deploy.errors import CalibrationError
+from deploy.errors import CalibrationError, InputError
+from deploy.fsutil import read_regular_bytes
 
 #: The most of a log that is read (a start-up log is a few MB at most; journalctl dumps can be longer).
 MAX_LOG_BYTES = 64 * 1024 * 1024
@@ -56,6 +57,9 @@ _V_REFUSED = re.compile(
     r"ValueError: (To serve at least one request[^\n]*|No available memory for the cache[^\n]*)"
 )
 _V_TS = re.compile(r"\b(\d\d-\d\d \d\d:\d\d:\d\d)\b")
+#: The lines an engine prints once it serves: a log's time span is a time to ready only when it has one.
+_V_READY = ("Application startup complete", "Starting vLLM API server")
+_S_READY = ("The server is fired up and ready to roll", "Application startup complete")
 _V_SIGNS = ("vllm", "(APIServer pid=", "EngineCore", "gpu_worker.py", "kv_cache_utils.py", "cpu_worker.py")
 
 # ---- SGLang --------------------------------------------------------------------------------------
@@ -106,7 +110,8 @@ class StartupFacts:
     cuda_graph_gib: float | None = None
     compile_s: float | None = None
     weights_load_s: float | None = None
-    load_s: float | None = None  # first to last start-up line (when the lines carry timestamps)
+    #: first to last line, when the lines carry timestamps and the log reaches the engine's "serving" line
+    load_s: float | None = None
     lines: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,7 +199,8 @@ def _parse_vllm(text: str, facts: StartupFacts) -> None:
         facts.compile_s = _f(m.group(1))
     if facts.device == "cpu" and facts.weights_gib_per_gpu is not None:
         facts.weights_gib_host, facts.weights_gib_per_gpu = facts.weights_gib_per_gpu, None
-    facts.load_s = _span_s(_V_TS.findall(text), "%m-%d %H:%M:%S")
+    if any(s in text for s in _V_READY):
+        facts.load_s = _span_s(_V_TS.findall(text), "%m-%d %H:%M:%S")
 
 
 def _parse_sglang(text: str, facts: StartupFacts) -> None:
@@ -216,7 +222,8 @@ def _parse_sglang(text: str, facts: StartupFacts) -> None:
     if m := _last(_S_GRAPH, text):
         facts.compile_s = _f(m.group(1))
         facts.lines["cuda_graphs"] = m.group(0)
-    facts.load_s = _span_s(_S_TS.findall(text), "%Y-%m-%d %H:%M:%S")
+    if any(s in text for s in _S_READY):
+        facts.load_s = _span_s(_S_TS.findall(text), "%Y-%m-%d %H:%M:%S")
 
 
 def _parse_llama(text: str, facts: StartupFacts) -> None:
@@ -230,19 +237,19 @@ def _parse_llama(text: str, facts: StartupFacts) -> None:
         else:
             gpu = max(gpu, mib)
     if host:
-        facts.weights_gib_host = round(host / MIB_PER_GIB, 4)
+        facts.weights_gib_host = round(host / MIB_PER_GIB, 7)
     if gpu:
-        facts.weights_gib_per_gpu = round(gpu / MIB_PER_GIB, 4)
+        facts.weights_gib_per_gpu = round(gpu / MIB_PER_GIB, 7)
     else:
         facts.device = "cpu"
     if m := _last(_L_KV_SIZE, text):
-        facts.kv_cache_gib = round(_f(m.group(1)) / MIB_PER_GIB, 5)
+        facts.kv_cache_gib = round(_f(m.group(1)) / MIB_PER_GIB, 7)
         facts.kv_cache_tokens = int(m.group(2))
         facts.lines["kv_cache_tokens"] = m.group(0).strip()
     else:
         bufs = [_f(m.group(2)) for m in _L_KV_BUF.finditer(text)]
         if bufs:
-            facts.kv_cache_gib = round(sum(bufs) / MIB_PER_GIB, 5)
+            facts.kv_cache_gib = round(sum(bufs) / MIB_PER_GIB, 7)
             facts.lines["kv_cache_gib"] = _L_KV_BUF.search(text).group(0).strip()  # type: ignore[union-attr]
     if m := _last(_L_NCTX, text):
         facts.ctx_size = int(m.group(1))
@@ -250,7 +257,7 @@ def _parse_llama(text: str, facts: StartupFacts) -> None:
             facts.kv_cache_tokens = facts.ctx_size
     computes = [_f(m.group(2)) for m in _L_COMPUTE.finditer(text)]
     if computes:
-        facts.compute_buffer_gib = round(max(computes) / MIB_PER_GIB, 4)
+        facts.compute_buffer_gib = round(max(computes) / MIB_PER_GIB, 7)
 
 
 #: What each engine must have printed for the log to count as a completed start-up (the KV cache line).
@@ -287,16 +294,13 @@ def parse_startup_log(text: str, engine: str | None = None, source: str = "<log>
 
 
 def read_startup_log(path: str, engine: str | None = None) -> StartupFacts:
-    """Read and parse a log file (at most MAX_LOG_BYTES of it)."""
+    """Read (a regular file of at most MAX_LOG_BYTES, never blocking on a FIFO) and parse a log file."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_LOG_BYTES)
+        data = read_regular_bytes(path, MAX_LOG_BYTES)
     except FileNotFoundError:
         raise CalibrationError(f"{path}: no such log file") from None
-    except IsADirectoryError:
-        raise CalibrationError(f"{path}: is a directory, not a log file") from None
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read the log ({exc.strerror})") from None
+    except InputError as exc:
+        raise CalibrationError(str(exc)) from None
     return parse_startup_log(decode_log(data, path), engine, path)
 
 

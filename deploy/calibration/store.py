@@ -22,7 +22,6 @@ the file atomically (temp + fsync + rename), so the store is never half-written.
 from __future__ import annotations
 
 import fcntl
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +32,7 @@ import jsonschema
 from deploy import constants
 from deploy.errors import CalibrationError
 from deploy.fsutil import atomic_write_json
+from deploy.schema import parse_json, read_text, validate
 
 SCHEMA_VERSION = 1
 #: Records kept per key (the newest); older ones are dropped on write.
@@ -126,22 +126,13 @@ def validate_record(record: Any, source: str = "record") -> dict[str, Any]:
 
 
 def _read(path: Path) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
+    if not path.exists():
         return []
-    except OSError as exc:
-        raise CalibrationError(f"{path}: cannot read the calibration store ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
-        jsonschema.validate(data, STORE_SCHEMA)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CalibrationError(f"{path}: the calibration store is not valid JSON; move it away") from None
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(top)"
-        raise CalibrationError(
-            f"{path}: the calibration store fails its schema at {where}: {exc.message}; move it away"
-        ) from None
+    text = read_text(path, CalibrationError)
+    data = parse_json(text, str(path), CalibrationError)
+    validate(
+        data, STORE_SCHEMA, f"{path} (calibration store; move it away to start afresh)", CalibrationError
+    )
     return list(data["records"])
 
 

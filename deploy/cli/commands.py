@@ -12,6 +12,7 @@ import click
 
 VERB_MODULES: dict[str, str] = {
     "inventory": "inventory_cmd",
+    "calibrate": "calibrate_cmd",
     "plan": "plan_cmd",
     "download": "download_cmd",
     "verify": "download_cmd",
