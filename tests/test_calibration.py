@@ -52,9 +52,10 @@ def test_vllm_gpu_lines():
             "memory and 180.5 seconds",
             "(Worker_TP0 pid=2) INFO 11-06 12:04:00 [monitor.py:3] torch.compile takes 41.2 s in total",
             "(Worker_TP0 pid=2) INFO 11-06 12:05:00 [gpu_worker.py:4] Available KV cache memory: 46.80 GiB",
-            "(EngineCore_DP0 pid=3) INFO 11-06 12:05:01 [kv_cache_utils.py:5] GPU KV cache size: 715,072 tokens",
-            "(Worker_TP0 pid=2) INFO 11-06 12:06:00 [gpu_model_runner.py:6] Graph capturing finished in 50 secs, "
-            "took 2.10 GiB",
+            "(EngineCore_DP0 pid=3) INFO 11-06 12:05:01 [kv_cache_utils.py:5] GPU KV cache size: "
+            "715,072 tokens",
+            "(Worker_TP0 pid=2) INFO 11-06 12:06:00 [gpu_model_runner.py:6] Graph capturing finished in "
+            "50 secs, took 2.10 GiB",
             "(APIServer pid=1) INFO 11-06 12:06:30 [launcher.py:7] Application startup complete.",
         ]
     )
@@ -69,8 +70,8 @@ def test_sglang_lines():
     text = "\n".join(
         [
             "[2026-01-01 10:00:00] Load weight begin. avail mem=139.20 GB",
-            "[2026-01-01 10:03:00 TP0] Load weight end. type=KimiK25, dtype=torch.bfloat16, avail mem=68.1 GB, "
-            "mem usage=71.10 GB.",
+            "[2026-01-01 10:03:00 TP0] Load weight end. type=KimiK25, dtype=torch.bfloat16, "
+            "avail mem=68.1 GB, mem usage=71.10 GB.",
             "[2026-01-01 10:03:05 TP0] KV Cache is allocated. #tokens: 600000, KV size: 39.27 GB",
             "[2026-01-01 10:04:00 TP0] Capture cuda graph end. Time elapsed: 40.50 s. mem usage=1.20 GB.",
             "[2026-01-01 10:04:10] The server is fired up and ready to roll!",
