@@ -9,10 +9,12 @@ every verb and subcommand the lazy group lists.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import re
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 
 import click
@@ -74,25 +76,29 @@ def test_site_builds_strictly_with_every_page_in_nav(site: Path) -> None:
         )
 
 
-def _commands(command: click.Command, ctx: click.Context, prefix: str) -> list[str]:
-    names = [prefix]
+def _commands(command: click.Command, ctx: click.Context, prefix: str) -> dict[str, click.Command]:
+    names = {prefix: command}
     if isinstance(command, click.Group):
         for name in command.list_commands(ctx):
             sub = command.get_command(ctx, name)
             assert sub is not None, f"{prefix} {name}: listed but not loadable"
-            names += _commands(sub, click.Context(sub, parent=ctx, info_name=name), f"{prefix} {name}")
+            names.update(_commands(sub, click.Context(sub, parent=ctx, info_name=name), f"{prefix} {name}"))
     return names
 
 
 def test_cli_reference_has_every_verb_and_subcommand(site: Path) -> None:
     html = (site / "reference" / "cli.html").read_text()
+    text = " ".join(unescape(re.sub(r"<[^>]+>", "", html)).split())  # what a reader sees
     expected = _commands(cli, click.Context(cli, info_name="kimi-deploy"), "kimi-deploy")
     assert len(expected) > len(VERB_MODULES), "the subcommands of mirror/engine are missing from the walk"
     for verb in VERB_MODULES:
         assert f"kimi-deploy {verb}" in expected
-    for name in expected:
+    for name, command in expected.items():
         anchor = "-".join(name.split())
         assert f'id="{anchor}"' in html, f"{name} is missing from the generated CLI reference"
+        # its help, as --help prints it: placeholders such as launch-<node>.sh escaped, not eaten as HTML
+        first = " ".join(inspect.cleandoc(command.help or "").splitlines()[0].replace("`", "").split())
+        assert first in text, f"{name}: help {first!r} not shown in the CLI reference"
     # the reference is the commands' own help, not a copy: every option of `plan` is there
     for param in load_command("plan").params:  # type: ignore[union-attr]
         for opt in getattr(param, "opts", []):
