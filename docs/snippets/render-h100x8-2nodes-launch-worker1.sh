@@ -28,7 +28,7 @@ exec vllm serve /models/moonshotai/Kimi-K2.5 \
     --reasoning-parser kimi_k2 \
     --enable-auto-tool-choice \
     --mm-encoder-tp-mode data \
-    --distributed-timeout-seconds 1140 \
+    --distributed-timeout-seconds 1440 \
     --distributed-executor-backend mp \
     --nnodes 2 \
     --node-rank 1 \

@@ -19,12 +19,12 @@ exec python3 -m sglang.launch_server \
     --model-path /data/models/moonshotai/Kimi-K2.5 \
     --served-model-name kimi-k2.5 \
     --trust-remote-code \
-    --context-length 182272 \
+    --context-length 147456 \
     --tp-size 4 \
-    --mem-fraction-static 0.827 \
+    --mem-fraction-static 0.752 \
     --chunked-prefill-size 2048 \
     --cuda-graph-max-bs-decode 80 \
-    --max-total-tokens 183184 \
+    --max-total-tokens 155694 \
     --attention-backend flashinfer \
     --kt-weight-path /data/models/moonshotai/Kimi-K2.5 \
     --kt-method RAWINT4 \
