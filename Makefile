@@ -13,7 +13,7 @@ export PYTHONUNBUFFERED := 1
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
 
-$(BIN)/kimi-deploy: pyproject.toml
+$(BIN)/kimi-deploy: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,ansible]'
@@ -30,7 +30,7 @@ setup-engines: $(BIN)/kimi-deploy ## llama-server + rpc-server (~13 min once) an
 render: setup ## launch scripts, env file (0600), systemd units, install steps and manifest for $(PLAN) in $(RENDERED)
 	$(KD) render --plan $(PLAN) --out $(RENDERED) $(if $(BIND),--bind $(BIND)) --check-parsers
 
-test: setup setup-system ## run the whole test suite (slow end-to-end tests included)
+test: setup setup-system lint ## lint, then the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest -q
 
 setup-system: ## Debian packages the two-host tests need (iproute2, openssh-server); installs only what is missing
@@ -39,10 +39,10 @@ setup-system: ## Debian packages the two-host tests need (iproute2, openssh-serv
 test-fast: setup ## run the fast tests only
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: setup ## ruff, and ansible-lint on playbooks/
-	$(BIN)/ruff check deploy tests
-	$(BIN)/ruff format --check deploy tests
-	$(BIN)/ansible-lint -q --nocolor -c playbooks/.ansible-lint -i playbooks/.ansible-lint-ignore playbooks/
+lint: $(BIN)/kimi-deploy ## ruff check, ruff format --check, and ansible-lint (offline) on playbooks/
+	$(BIN)/ruff check deploy tests bench setup.py
+	$(BIN)/ruff format --check deploy tests bench setup.py
+	$(BIN)/ansible-lint --offline -q --nocolor -c playbooks/.ansible-lint -i playbooks/.ansible-lint-ignore playbooks/
 
 inventory: setup ## probe this node (GPUs, CPU, RAM, NUMA, disk, network) and print its hardware profile
 	$(KD) inventory

@@ -10,8 +10,12 @@ import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-#: The repository checkout (an editable install): hardware profiles, templates and playbooks live here.
+#: The repository checkout, when running from one (an editable install).
 REPO_ROOT = PACKAGE_DIR.parent
+#: In a built wheel, the top-level hardware/, templates/ and playbooks/ are copied here (setup.py).
+SHIPPED_DIR = PACKAGE_DIR / "_shipped"
+#: The data folders: the wheel's copy when installed, else the checkout's.
+DATA_ROOT = SHIPPED_DIR if SHIPPED_DIR.is_dir() else REPO_ROOT
 
 
 def _path_from_env(name: str, default: Path) -> Path:
@@ -22,9 +26,11 @@ def _path_from_env(name: str, default: Path) -> Path:
 #: Cache for heavy one-time builds (llama-server, parser venv, vLLM CPU venv), keyed by pinned version.
 CACHE_DIR = _path_from_env("KIMI_DEPLOY_CACHE", Path.home() / ".cache" / "kimi-deploy")
 #: Hardware profiles and the GPU spec table.
-HARDWARE_DIR = _path_from_env("KIMI_DEPLOY_HARDWARE_DIR", REPO_ROOT / "hardware")
+HARDWARE_DIR = _path_from_env("KIMI_DEPLOY_HARDWARE_DIR", DATA_ROOT / "hardware")
 #: Jinja2 templates for launch scripts, env files and systemd units.
-TEMPLATES_DIR = _path_from_env("KIMI_DEPLOY_TEMPLATES_DIR", REPO_ROOT / "templates")
+TEMPLATES_DIR = _path_from_env("KIMI_DEPLOY_TEMPLATES_DIR", DATA_ROOT / "templates")
+#: Ansible playbooks and roles.
+PLAYBOOKS_DIR = _path_from_env("KIMI_DEPLOY_PLAYBOOKS_DIR", DATA_ROOT / "playbooks")
 #: Model catalog (YAML files, one per model).
 CATALOG_DIR = _path_from_env("KIMI_DEPLOY_CATALOG_DIR", PACKAGE_DIR / "catalog")
 #: Where runtime state (pidfiles, logs, locks) goes for `up`/`down`.

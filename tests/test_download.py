@@ -425,7 +425,8 @@ class _Tty(io.StringIO):
         return True
 
 
-def test_progress_modes() -> None:
+def test_progress_modes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")
     assert pick_mode(_Tty()) == TTY and pick_mode(io.StringIO()) == PLAIN
     total = 4 * 10**9
     tty = _Tty()
@@ -440,3 +441,5 @@ def test_progress_modes() -> None:
     q.update(10**9, {}, 0)
     q.update(2 * 10**9, {}, 1)  # within the interval: no second line
     assert plain.getvalue().count("\n") == 1 and "\x1b" not in plain.getvalue()
+    monkeypatch.setenv("TERM", "dumb")  # a terminal that cannot move the cursor gets the plain lines
+    assert pick_mode(_Tty()) == PLAIN

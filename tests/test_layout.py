@@ -28,7 +28,7 @@ STAGES = [
     "ansible",
     "cli",
 ]
-BASE = {"constants", "errors", "pins", "fsutil", "schema", "__init__", "__main__", "__version__"}
+BASE = {"console", "constants", "errors", "pins", "fsutil", "schema", "__init__", "__main__", "__version__"}
 
 
 def stage_of(module: str) -> str | None:

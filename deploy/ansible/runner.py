@@ -26,7 +26,7 @@ from typing import Any
 from deploy import constants
 from deploy.errors import InputError, KimiDeployError
 
-PLAYBOOKS_DIR = constants.REPO_ROOT / "playbooks"
+PLAYBOOKS_DIR = constants.PLAYBOOKS_DIR
 STAT_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
 
 
@@ -86,9 +86,14 @@ def resolve_inventory(spec: str) -> str:
 
 
 def _cmdline(
-    check: bool, diff: bool, extra_vars: Sequence[str], vault_password_file: str | None, verbosity: int
+    check: bool,
+    diff: bool,
+    extra_vars: Sequence[str],
+    vault_password_file: str | None,
+    verbosity: int,
+    syntax_check: bool = False,
 ) -> str:
-    args: list[str] = []
+    args: list[str] = ["--syntax-check"] if syntax_check else []
     if check:
         args.append("--check")
     if diff:
@@ -182,6 +187,7 @@ def run_playbook(
     extra_vars: Sequence[str] = (),
     vault_password_file: str | None = None,
     verbosity: int = 0,
+    syntax_check: bool = False,
     on_line: Callable[[str], None] | None = None,
 ) -> PlaybookResult:
     """Run ``playbook`` against ``inventory`` with ansible-runner; ``on_line`` receives progress lines."""
@@ -221,7 +227,7 @@ def run_playbook(
             tags=",".join(tags) or None,
             skip_tags=",".join(skip_tags) or None,
             limit=limit,
-            cmdline=_cmdline(check, diff, extra_vars, vault_password_file, verbosity) or None,
+            cmdline=_cmdline(check, diff, extra_vars, vault_password_file, verbosity, syntax_check) or None,
             event_handler=handle,
             quiet=True,
         )

@@ -8,8 +8,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from deploy import console
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
@@ -57,26 +60,58 @@ class CheckReport:
         }
 
 
-def render_table(report: CheckReport) -> str:
-    """The human table: one row per check, then the verdict."""
+def _header(report: CheckReport) -> list[str]:
     t = report.target
-    lines = [
+    return [
         f"target: {t['api_base']}  model: {t['model']}  flavor: {t['flavor']}",
         f"capabilities: {t['capabilities_source']}; tool-call ids: {t['id_rule_source']}",
     ]
-    rows = [(r.name, r.status.upper(), f"{r.seconds:.2f}s", r.reason) for r in report.results]
+
+
+def _rows(report: CheckReport) -> list[tuple[str, str, str, str]]:
+    return [(r.name, r.status.upper(), f"{r.seconds:.2f}s", r.reason) for r in report.results]
+
+
+def _verdict(report: CheckReport) -> str:
+    counts = Counter(r.status for r in report.results)
+    passed, failed, skipped = (counts.get(s, 0) for s in (PASS, FAIL, SKIP))
+    return f"{'OK' if report.ok else 'FAILED'}: {passed} passed, {failed} failed, {skipped} skipped"
+
+
+def _usage(report: CheckReport) -> list[str]:
+    return [
+        f"usage ({u['endpoint']}): {u['requests']} requests, {u['total_tokens']} tokens "
+        f"(prompt {u['prompt_tokens']}, completion {u['completion_tokens']}); "
+        f"{u['rate_limited']} rate-limited, waited {u['waited_s']:g} s"
+        for u in report.usage
+    ]
+
+
+def render_table(report: CheckReport) -> str:
+    """The human table: one row per check, then the verdict."""
+    lines = _header(report)
+    rows = _rows(report)
     w0 = max([len("check")] + [len(r[0]) for r in rows])
     lines.append(f"{'check':<{w0}}  {'status':<6}  {'time':>7}  reason")
     for name, status, secs, reason in rows:
         lines.append(f"{name:<{w0}}  {status:<6}  {secs:>7}  {reason}")
-    for u in report.usage:
-        lines.append(
-            f"usage ({u['endpoint']}): {u['requests']} requests, {u['total_tokens']} tokens "
-            f"(prompt {u['prompt_tokens']}, completion {u['completion_tokens']}); "
-            f"{u['rate_limited']} rate-limited, waited {u['waited_s']:g} s"
-        )
-    counts = Counter(r.status for r in report.results)
-    verdict = "OK" if report.ok else "FAILED"
-    passed, failed, skipped = (counts.get(s, 0) for s in (PASS, FAIL, SKIP))
-    lines.append(f"{verdict}: {passed} passed, {failed} failed, {skipped} skipped")
+    lines += _usage(report)
+    lines.append(_verdict(report))
     return "\n".join(lines)
+
+
+def print_table(report: CheckReport, scrub: Callable[[str], str] = str) -> None:
+    """Print the report: a rich table on a terminal, :func:`render_table`'s plain lines elsewhere.
+
+    ``scrub`` is applied to every text shown (the CLI passes the secret redaction)."""
+    from rich.text import Text
+
+    columns = ("check", "status", "time", "reason")
+    rows = [tuple(scrub(cell) for cell in row) for row in _rows(report)]
+    rich_parts = [
+        Text(scrub("\n".join(_header(report)))),
+        console.table(columns, rows, right=("time",), styled_column="status"),
+        *[Text(scrub(line)) for line in _usage(report)],
+        Text(_verdict(report), style="green" if report.ok else "bold red"),
+    ]
+    console.show(scrub(render_table(report)), *rich_parts)

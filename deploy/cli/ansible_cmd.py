@@ -29,6 +29,7 @@ from deploy.ansible import runner as ansible
     help="For inventories with vaulted values (the API key).",
 )
 @click.option("-v", "--verbose", count=True, help="Pass -v.. to ansible-playbook.")
+@click.option("--syntax-check", is_flag=True, help="Only check the playbook syntax; run nothing.")
 def ansible_command(
     playbook: str,
     inventory: str,
@@ -40,6 +41,7 @@ def ansible_command(
     extra_vars: tuple[str, ...],
     vault_password_file: str | None,
     verbose: int,
+    syntax_check: bool,
 ) -> None:
     """Run PLAYBOOK (default site.yml from the toolkit's playbooks/) with progress and the final stats.
 
@@ -55,8 +57,12 @@ def ansible_command(
         extra_vars=extra_vars,
         vault_password_file=vault_password_file,
         verbosity=verbose,
+        syntax_check=syntax_check,
         on_line=click.echo,
     )
+    if syntax_check and result.ok:
+        click.echo(f"syntax ok: {ansible.resolve_playbook(playbook)}")
+        return
     click.echo(ansible.format_recap(result))
     if not result.ok:
         first = result.failed_tasks[0].splitlines()[0] if result.failed_tasks else f"status {result.status}"

@@ -9,6 +9,7 @@ import click
 
 from deploy.checking import session
 from deploy.checking import suite as check
+from deploy.checking.result import print_table
 from deploy.errors import CheckFailedError, InputError
 from deploy.fsutil import atomic_write_json
 from deploy.planning.contract import load_plan
@@ -218,7 +219,7 @@ def check_command(
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        click.echo(check.redact(check.render_table(report), secrets))
+        print_table(report, scrub=lambda text: check.redact(text, secrets))
     if output:
         atomic_write_json(output, data)
         click.echo(f"wrote {output}", err=True)

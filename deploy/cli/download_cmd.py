@@ -66,15 +66,18 @@ def download(
     # Totals are set once the repo is listed.
     progress = Progress(0, 0, stream=sys.stderr, mode=pick_mode(sys.stderr), interval=progress_interval)
     exit_keeping_partials()
-    result = download_weights(
-        weights,
-        Path(target),
-        endpoint=endpoint,
-        offline=offline,
-        retries=retries,
-        stall_s=stall_seconds,
-        progress=progress,
-    )
+    try:
+        result = download_weights(
+            weights,
+            Path(target),
+            endpoint=endpoint,
+            offline=offline,
+            retries=retries,
+            stall_s=stall_seconds,
+            progress=progress,
+        )
+    finally:
+        progress.close()
     if json_out:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

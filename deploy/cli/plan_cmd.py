@@ -11,7 +11,7 @@ from deploy.errors import InputError, NothingRunnableError
 from deploy.hardware.profiles import HardwareProfile, load_profile, profile_from_gpus
 from deploy.planning.contract import save_plan
 from deploy.planning.planner import plan
-from deploy.planning.report import render_report
+from deploy.planning.report import print_report
 
 
 def _number(value: str | None, option: str, kind: type) -> int | float | None:
@@ -140,7 +140,7 @@ def plan_command(
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        click.echo(render_report(result))
+        print_report(result)
     if output:
         click.echo(f"wrote {output}", err=True)
     if result.chosen is None:

@@ -9,6 +9,9 @@ STATUS        ENGINE  VARIANT  LAYOUT  NODESxGPUS  MAX_LEN  KV_TOKENS  ...
 
 from __future__ import annotations
 
+from typing import Any
+
+from deploy import console
 from deploy.planning.contract import Candidate, Plan
 
 COLUMNS = (
@@ -113,15 +116,35 @@ def render_memory(c: Candidate) -> str:
 
 def render_report(plan: Plan) -> str:
     """Table, then the chosen plan's memory breakdown, then the explanation."""
-    parts = [
-        f"{plan.model.get('display_name', plan.model.get('name'))} on {plan.hardware.get('name')}",
-        render_table(plan),
-        "",
-    ]
+    parts = [_title(plan), render_table(plan), ""]
     if plan.chosen is not None:
         parts += [render_memory(plan.chosen_candidate), ""]
     parts += plan.explanation
     return "\n".join(parts)
 
 
-__all__ = ["candidate_row", "render_memory", "render_report", "render_table"]
+def _title(plan: Plan) -> str:
+    return f"{plan.model.get('display_name', plan.model.get('name'))} on {plan.hardware.get('name')}"
+
+
+def rich_report(plan: Plan) -> list[Any]:
+    """The same report as :func:`render_report` as rich renderables (a coloured table), for a terminal."""
+    from rich.text import Text
+
+    numeric = ("#", "MAX_LEN", "KV_TOKENS", "WEIGHTS/GPU", "KV/GPU", "HOST_RAM")
+    rows = [candidate_row(c) for c in plan.candidates]
+    parts: list[Any] = [
+        console.table(COLUMNS, rows, title=_title(plan), right=numeric, styled_column="STATUS"),
+    ]
+    if plan.chosen is not None:
+        parts += [Text(render_memory(plan.chosen_candidate)), Text("")]
+    parts += [Text(line) for line in plan.explanation]
+    return parts
+
+
+def print_report(plan: Plan) -> None:
+    """Print the report: rich on a terminal, :func:`render_report`'s plain lines elsewhere."""
+    console.show(render_report(plan), *rich_report(plan))
+
+
+__all__ = ["candidate_row", "print_report", "render_memory", "render_report", "render_table", "rich_report"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
-from typing import TextIO
+from typing import Any, TextIO
 
 TTY = "tty"
 PLAIN = "plain"
@@ -40,11 +40,10 @@ def human_duration(seconds: float | None) -> str:
 
 
 def pick_mode(stream: TextIO) -> str:
-    """TTY status on an interactive stream, plain lines otherwise."""
-    try:
-        return TTY if stream.isatty() else PLAIN
-    except (AttributeError, ValueError):
-        return PLAIN
+    """TTY status on an interactive terminal (not TERM=dumb), plain lines otherwise."""
+    from deploy import console
+
+    return TTY if console.is_terminal(stream) else PLAIN
 
 
 class Progress:
@@ -68,7 +67,7 @@ class Progress:
         self.start = time.monotonic()
         self._samples: deque[tuple[float, int]] = deque(maxlen=30)
         self._last_line = float("-inf")
-        self._tty_lines = 0
+        self._live: Any = None
         self.done = 0
 
     def rate(self) -> float:
@@ -110,21 +109,46 @@ class Progress:
                 self.stream.write(self.line(files_done) + "\n")
                 self.stream.flush()
             return
-        lines = [self.line(files_done)]
-        for name, (have, size) in sorted((active or {}).items())[:4]:
-            pct = 100.0 * have / size if size else 100.0
-            lines.append(f"  {name[-60:]:<60} {human_bytes(have):>10}/{human_bytes(size):<10} {pct:5.1f}%")
-        out = "".join("\x1b[1A\x1b[2K" for _ in range(self._tty_lines))
-        self.stream.write(out + "\n".join(lines) + "\n")
-        self.stream.flush()
-        self._tty_lines = len(lines)
+        self._live_view().update(self._renderable(files_done, active or {}), refresh=True)
 
     def message(self, text: str) -> None:
         """A line that stays (retries, stalls), printed above the live status."""
         if self.mode == QUIET:
             return
-        if self.mode == TTY and self._tty_lines:
-            self.stream.write("".join("\x1b[1A\x1b[2K" for _ in range(self._tty_lines)))
-            self._tty_lines = 0
+        if self.mode == TTY:
+            self._live_view().console.print(text, markup=False, highlight=False)
+            return
         self.stream.write(text + "\n")
         self.stream.flush()
+
+    def close(self) -> None:
+        """End the live view (the last frame stays on screen); plain and quiet modes have nothing to end."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def _live_view(self) -> Any:
+        if self._live is None:
+            from rich.live import Live
+
+            from deploy import console
+
+            self._live = Live(console=console.make_console(self.stream), auto_refresh=False, transient=False)
+            self._live.start()
+        return self._live
+
+    def _renderable(self, files_done: int, active: dict[str, tuple[int, int]]) -> Any:
+        """The overall line, then a bar for each of the (at most four) files being fetched."""
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        files = Table.grid(padding=(0, 1))
+        for name, (have, size) in sorted(active.items())[:4]:
+            pct = 100.0 * have / size if size else 100.0
+            bar = ProgressBar(total=size or 1, completed=have, width=30)
+            files.add_row(
+                Text(f"  {name[-60:]}"), bar, Text(f"{human_bytes(have)}/{human_bytes(size)} {pct:5.1f}%")
+            )
+        return Group(Text(self.line(files_done)), files)
