@@ -16,13 +16,15 @@ are abridged as their ``transform`` says. The ``--machine`` snippets depend on t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,8 @@ class Snippet:
     transform: Callable[[str], str] | None = None
     machine: bool = False  # depends on this machine and moment: not compared by --check
     profile: str | None = None  # render: plan this hardware profile into {tmp}/plan.json first
+    # a server started first (`python -m ARGS`), stopped after; the URL its first line prints is {url}
+    server: list[str] | None = None
 
 
 def _manifest_abridged(text: str) -> str:
@@ -66,6 +70,7 @@ def _chosen_candidate(text: str) -> str:
 
 PROFILES = ["h200x8", "h100x8", "h100x8-2nodes", "rtx4090-256g", "kt-4x4090-768g", "cpu-512g"]
 KEY = {"KIMI_API_KEY": "docs-example-key"}
+FAULTSERVER = ["deploy.checking.faultserver"]
 
 
 def snippets() -> list[Snippet]:
@@ -112,6 +117,15 @@ def snippets() -> list[Snippet]:
             )
         )
     out.append(Snippet("inventory.txt", ["inventory"], machine=True))
+    out.append(
+        Snippet(
+            "check-bad-tool-id.txt",
+            ["check", "--url", "{url}", "--model", "kimi-k2.5", "--flavor", "sglang"],
+            rc=7,
+            server=[*FAULTSERVER, "--mode", "bad-tool-id", "--engine", "sglang", "--port", "0"],
+            machine=True,
+        )
+    )
     out.append(Snippet("demo.txt", ["demo"], machine=True))
     return out
 
@@ -169,6 +183,31 @@ def _plan_for(tmp: Path, profile: str) -> None:
 _RUNS: dict[tuple[str, ...], subprocess.CompletedProcess[str]] = {}
 
 
+@contextlib.contextmanager
+def _server(argv: list[str] | None) -> Iterator[str]:
+    """Start ``python -m ARGV`` (it prints a line ending in its URL), yield the URL, stop it."""
+    if argv is None:
+        yield ""
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv],
+        cwd=ROOT,
+        env=_env({}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        match = re.search(r"(https?://\S+)\s*$", line)
+        if not match:
+            raise SystemExit(f"error: `python -m {shlex.join(argv)}` printed no URL: {line!r}")
+        yield match.group(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def run(snippet: Snippet, top: Path) -> str:
     tmp = top / (snippet.profile or "cwd")
     tmp.mkdir(exist_ok=True)
@@ -176,15 +215,17 @@ def run(snippet: Snippet, top: Path) -> str:
     key = (*args, *(f"{k}={v}" for k, v in sorted(snippet.env.items())))
     if snippet.profile and not (tmp / "plan.json").exists():
         _plan_for(tmp, snippet.profile)
-    proc = _RUNS.get(key) or subprocess.run(
-        [sys.executable, "-m", "deploy", *args],
-        cwd=ROOT,
-        env=_env(snippet.env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=1800 if snippet.machine else 120,
-    )
+    with _server(snippet.server) as url:
+        args = [a.replace("{url}", url) for a in args]
+        proc = _RUNS.get(key) or subprocess.run(
+            [sys.executable, "-m", "deploy", *args],
+            cwd=ROOT,
+            env=_env(snippet.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=1800 if snippet.machine else 120,
+        )
     _RUNS[key] = proc
     if proc.returncode != snippet.rc:
         raise SystemExit(
@@ -195,7 +236,7 @@ def run(snippet: Snippet, top: Path) -> str:
     if snippet.transform:
         text = snippet.transform(text)
     if snippet.prompt:
-        shown = [a.replace("{tmp}", SHOWN_TMP) for a in snippet.args]
+        shown = [a.replace("{tmp}", SHOWN_TMP).replace("{url}", url) for a in snippet.args]
         text = f"$ kimi-deploy {shlex.join(shown)}\n{text}"
     text = text.replace(str(tmp), SHOWN_TMP).replace(str(ROOT), "~/kimi-deploy")
     return text if text.endswith("\n") else text + "\n"
