@@ -64,9 +64,9 @@ down: setup ## stop the engine (SIGTERM to its process group, SIGKILL after the 
 status: setup ## is the engine running and ready?
 	$(KD) status
 
-check: setup ## conformance checks against what $(PLAN) deploys (or URL=... MODEL=... FLAVOR=...; TOOL_CALLS=file.jsonl)
+check: setup ## conformance checks against what $(PLAN) deploys (or URL=... MODEL=... FLAVOR=...; TOOL_CALLS=file.jsonl; REFERENCE_URL=... for F1, see CHECK_ARGS)
 	$(KD) check $(if $(URL),--url $(URL) --model $(MODEL) $(if $(FLAVOR),--flavor $(FLAVOR)),--plan $(PLAN)) \
-		$(if $(TOOL_CALLS),--tool-calls $(TOOL_CALLS))
+		$(if $(TOOL_CALLS),--tool-calls $(TOOL_CALLS)) $(CHECK_ARGS)
 
 demo: ## the whole pipeline for real on a small model (Gemma 3 270M on llama-server, CPU); fine as a first command
 	@echo "==> set-up: virtualenv $(VENV) with the toolkit, then the cached engine builds (make setup)"
@@ -121,3 +121,18 @@ docs-serve: $(BIN)/kimi-deploy ## serve the docs site on http://127.0.0.1:8000 w
 
 docs-snippets: $(BIN)/kimi-deploy ## regenerate the command output the docs show (docs/snippets/); MACHINE=1 adds inventory and the demo
 	$(BIN)/python scripts/docs_snippets.py $(if $(MACHINE),--machine)
+
+# --- check against hosted APIs and a reference (deploy/checking/providers.py, trigger.py; docs/how-to/hosted-providers.md) ---
+# `make check` takes the CLI's options as variables (keys only ever by the NAME of their variable):
+#   make check URL=https://hub.oxen.ai/api/ai MODEL=moonshotai-kimi-k2-5 FLAVOR=oxen API_KEY_ENV=OXEN_API_KEY
+#   make check TOOL_CALLS=samples.jsonl REFERENCE_URL=https://api.moonshot.ai/v1 REFERENCE_MODEL=kimi-k2.5 \
+#        REFERENCE_API_KEY_ENV=MOONSHOT_API_KEY [F1_THRESHOLD=0.73] [MAX_REQUESTS=1000]
+#   make check TOOL_CALLS=samples.jsonl REFERENCE_RESULTS=results.jsonl
+CHECK_ARGS = $(if $(API_KEY_ENV),--api-key-env '$(API_KEY_ENV)') \
+	$(if $(REFERENCE_URL),--reference-url '$(REFERENCE_URL)' --reference-model '$(REFERENCE_MODEL)') \
+	$(if $(REFERENCE_API_KEY_ENV),--reference-api-key-env '$(REFERENCE_API_KEY_ENV)') \
+	$(if $(REFERENCE_FLAVOR),--reference-flavor '$(REFERENCE_FLAVOR)') \
+	$(if $(REFERENCE_RESULTS),--reference-results '$(REFERENCE_RESULTS)') \
+	$(if $(F1_THRESHOLD),--f1-threshold '$(F1_THRESHOLD)') $(if $(THRESHOLD),--threshold '$(THRESHOLD)') \
+	$(if $(MAX_REQUESTS),--max-requests '$(MAX_REQUESTS)') $(if $(LIMIT),--limit '$(LIMIT)') \
+	$(if $(CHECK_OUTPUT),-o '$(CHECK_OUTPUT)')

@@ -434,3 +434,154 @@ def test_bad_hosted_input_is_one_line(args: list[str], message: str, tmp_path: P
 @pytest.mark.parametrize("module", [providers, check_meter, trigger, session, check_calls])
 def test_doctests(module) -> None:
     assert doctest.testmod(module).failed == 0
+
+
+# ---------------------------------------------------------------------- Ansible: a deployment gated on F1
+
+
+def _kimi_plan(port: int) -> dict:
+    """plan.json for Kimi-K2.5 served by SGLang on ``port`` on this host (what `check --rendered` reads)."""
+    from helpers.check_plans import demo_candidate
+
+    from deploy.catalog import load_model
+
+    m = load_model("kimi-k2.5")
+    cand = demo_candidate("sglang", port, {}, 4096)
+    cand["engine_args"]["served_model_name"] = m.served_model_name
+    return {
+        "schema": 1,
+        "model": {
+            "name": m.name,
+            "display_name": m.display_name,
+            "served_model_name": m.served_model_name,
+            "capabilities": m.capabilities,
+            "parsers": m.parsers,
+            "modes": m.modes,
+        },
+        "hardware": {"nodes": [{"name": "localhost"}]},
+        "request": {},
+        "chosen": cand["id"],
+        "candidates": [cand],
+    }
+
+
+@pytest.fixture
+def kimi_engine() -> Iterator[int]:
+    """The FAULT-INJECTING TEST SERVER in its ok-kimi mode: a self-hosted engine (SGLang shapes) that
+    answers every request offering tools with a tool call."""
+    from deploy.checking import faultserver
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "deploy.checking.faultserver",
+            "--mode",
+            "ok-kimi",
+            "--engine",
+            "sglang",
+            "--port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert faultserver.BANNER in line, line
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_ansible_check_tag_gates_a_deployment_on_f1(kimi_engine: int, provider, tmp_path: Path) -> None:
+    import ansible_support as support
+
+    state = tmp_path / "state"
+    (state / "rendered").mkdir(parents=True)
+    (state / "plan.json").write_text(json.dumps(_kimi_plan(kimi_engine)))
+    manifest = {
+        "engine": "sglang",
+        "served_model_name": "kimi-k2.5",
+        "bind": "127.0.0.1",
+        "port": kimi_engine,
+    }
+    (state / "rendered" / "manifest.json").write_text(json.dumps(manifest))
+    reference = provider("moonshot", "--call-when", ",".join(REFERENCE_WORDS), key=REF_KEY)
+    # by design the engine calls a tool on every sample; the reference only where the text asks for one
+    ref = [calls(t, REFERENCE_WORDS) for t in user_texts()]
+    tp, fp = sum(ref), len(ref) - sum(ref)
+    f1 = 2 * tp / (2 * tp + fp)
+
+    def deploy(f1_threshold: float) -> support.Run:
+        inv = support.write_inventory(
+            tmp_path / "inv.yml",
+            {"localhost": {}},
+            {},
+            {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": support.SYSTEM_PYTHON,
+                "kimi_bin": support.KD,
+                "kimi_state_dir": str(state),
+                "kimi_render_dir": str(state / "rendered"),
+                "kimi_check_tool_calls": str(SAMPLES),
+                "kimi_check_reference_url": reference,
+                "kimi_check_reference_model": "kimi-k2.5",
+                "kimi_check_reference_flavor": "moonshot",
+                "kimi_check_reference_api_key": REF_KEY,
+                "kimi_check_f1_threshold": f1_threshold,
+            },
+        )
+        return support.run(inv, tags=["check"])
+
+    passed = deploy(round(f1 - 0.05, 4))
+    assert passed.result.ok, passed.text
+    report = (state / "check" / "report.json").read_text()
+    assert json.loads(report)["trigger_f1"]["f1"] == pytest.approx(f1) and REF_KEY not in report
+    assert (state / "check" / "samples.jsonl").read_text() == SAMPLES.read_text()
+    failed = deploy(round(f1 + 0.05, 4))
+    assert not failed.result.ok
+    assert f"trigger F1 {f1:.1%} < " in failed.text and "exit 7" in failed.text and REF_KEY not in failed.text
+
+
+def test_make_check_passes_the_same_options() -> None:
+    """`make check` turns its variables into the CLI's options (a dry run: the command it would run)."""
+    repo = Path(__file__).resolve().parents[1]
+    variables = {
+        "URL": "https://hub.oxen.ai/api/ai",
+        "MODEL": "moonshotai-kimi-k2-5",
+        "FLAVOR": "oxen",
+        "API_KEY_ENV": "OXEN_API_KEY",
+        "TOOL_CALLS": "samples.jsonl",
+        "REFERENCE_URL": "https://api.moonshot.ai/v1",
+        "REFERENCE_MODEL": "kimi-k2.5",
+        "REFERENCE_API_KEY_ENV": "MOONSHOT_API_KEY",
+        "F1_THRESHOLD": "0.8",
+        "MAX_REQUESTS": "200",
+    }
+    proc = subprocess.run(
+        ["make", "-n", "check", *(f"{k}={v}" for k, v in variables.items())],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    command = " ".join(
+        line.rstrip("\\") for line in proc.stdout.splitlines() if " check " in line or "--" in line
+    )
+    for option in (
+        "--url https://hub.oxen.ai/api/ai",
+        "--flavor oxen",
+        "--api-key-env 'OXEN_API_KEY'",
+        "--tool-calls samples.jsonl",
+        "--reference-url 'https://api.moonshot.ai/v1'",
+        "--reference-model 'kimi-k2.5'",
+        "--reference-api-key-env 'MOONSHOT_API_KEY'",
+        "--f1-threshold '0.8'",
+        "--max-requests '200'",
+    ):
+        assert option in command, (option, command)
