@@ -33,7 +33,7 @@ render: setup ## launch scripts, env file (0600), systemd units, install steps a
 test: setup setup-system lint ## lint, then the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest -q
 
-setup-system: ## Debian packages the two-host tests need (iproute2, openssh-server); installs only what is missing
+setup-system: ## Debian packages the tests need (iproute2, openssh-server, prometheus); installs only what is missing
 	bash scripts/ci-deps.sh
 
 test-fast: setup ## run the fast tests only
@@ -136,3 +136,10 @@ CHECK_ARGS = $(if $(API_KEY_ENV),--api-key-env '$(API_KEY_ENV)') \
 	$(if $(F1_THRESHOLD),--f1-threshold '$(F1_THRESHOLD)') $(if $(THRESHOLD),--threshold '$(THRESHOLD)') \
 	$(if $(MAX_REQUESTS),--max-requests '$(MAX_REQUESTS)') $(if $(LIMIT),--limit '$(LIMIT)') \
 	$(if $(CHECK_OUTPUT),-o '$(CHECK_OUTPUT)')
+
+# --- monitoring (deploy/monitoring/; docs/how-to/monitoring.md) ----------------------------------------------------------
+.PHONY: monitoring
+monitoring: setup ## render $(PLAN) into $(RENDERED) with monitoring/ (Prometheus config, alert rules, dashboards); promtool checks + alert unit tests
+	$(KD) render --plan $(PLAN) --out $(RENDERED) $(if $(BIND),--bind $(BIND)) $(if $(TTFT_SLO),--ttft-slo $(TTFT_SLO))
+	@command -v promtool >/dev/null || { echo "promtool not found: make setup-system (Debian prometheus)" >&2; exit 1; }
+	cd $(RENDERED)/monitoring/rules && for f in *.test.yml; do promtool test rules "$$f" || exit 1; done

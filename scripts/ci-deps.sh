@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# System packages the multi-node tests need (tests/test_ansible_twohost.py): `ip netns` from iproute2 and
-# sshd from Debian's openssh-server. Idempotent; installs only what is missing. Run as root (CI is).
+# System packages the tests need: `ip netns` from iproute2 and sshd from Debian's openssh-server (the two-host
+# tests, tests/test_ansible_twohost.py); prometheus + promtool from Debian's prometheus package (the monitoring
+# tests, tests/test_monitoring*.py). Idempotent; installs only what is missing. Run as root (CI is).
 set -euo pipefail
 
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "ci-deps: iproute2 and openssh-server already installed"
+    echo "ci-deps: iproute2, openssh-server and prometheus already installed"
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then
@@ -19,7 +21,8 @@ fi
 echo "ci-deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# policy-rc.d keeps the package from starting a system-wide sshd: the tests run their own, per namespace.
+# policy-rc.d keeps the packages from starting a system-wide sshd or prometheus: the tests run their own
+# (per namespace; on loopback with a scratch storage folder).
 policy=/usr/sbin/policy-rc.d
 made_policy=0
 if [ ! -e "$policy" ]; then

@@ -22,6 +22,7 @@ STAGES = [
     "planning",
     "weights",
     "engines",
+    "monitoring",
     "serving",
     "checking",
     "demo",

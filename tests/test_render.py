@@ -59,6 +59,11 @@ def run_cli(capsys, monkeypatch):
     return run
 
 
+def rendered_files(out: Path) -> list[Path]:
+    """Every file render wrote, monitoring/ included."""
+    return sorted(f for f in out.rglob("*") if f.is_file())
+
+
 def plan_file(tmp_path: Path, profile: str, **kw) -> tuple[Path, Plan]:
     p = plan(load_profile(profile), **kw)
     path = tmp_path / f"plan-{profile}.json"
@@ -98,12 +103,13 @@ def test_render_h200_writes_every_file_with_modes_and_hashes(tmp_path: Path, run
         f"kimi-deploy-{node}.service",
         "manifest.json",
     }
-    assert {f.name for f in out.iterdir()} == expected
+    assert {f.name for f in out.iterdir()} == expected | {"monitoring"}
     assert stat.S_IMODE((out / "kimi-deploy.env").stat().st_mode) == 0o600
     assert os.access(out / f"launch-{node}.sh", os.X_OK)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["candidate"] == p.chosen and manifest["engine"] == p.chosen_candidate.engine
-    assert set(manifest["files"]) == expected - {"manifest.json"}
+    assert {name for name in manifest["files"] if "/" not in name} == expected - {"manifest.json"}
+    assert "monitoring/prometheus.yml" in manifest["files"]
     for name, meta in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == meta["sha256"]
     for script in out.glob("*.sh"):
@@ -314,7 +320,7 @@ def test_secrets_never_leave_the_environment_by_default(tmp_path: Path, run_cli)
         env={"KIMI_API_KEY": CANARY_KEY, "HF_TOKEN": CANARY_HF},
     )
     assert r.exit_code == 0, r.stderr
-    for f in out.iterdir():
+    for f in rendered_files(out):
         text = f.read_text()
         assert CANARY_KEY not in text and CANARY_HF not in text, f.name
     assert CANARY_KEY not in r.output + r.stderr and CANARY_HF not in r.output + r.stderr
@@ -346,8 +352,11 @@ def test_secrets_to_env_file_writes_only_the_0600_file(tmp_path: Path, run_cli) 
     lines = env_file.read_text().splitlines()
     assert f"KIMI_API_KEY={CANARY_KEY}" in lines and f"HF_TOKEN={CANARY_HF}" in lines
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    for f in out.iterdir():
-        if f != env_file:
+    key_file = out / "monitoring" / "api-key"  # what Prometheus sends on /metrics: the key, mode 0600
+    assert key_file.read_text() == CANARY_KEY and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert "credentials_file: api-key" in (out / "monitoring" / "prometheus.yml").read_text()
+    for f in rendered_files(out):
+        if f not in (env_file, key_file):
             assert CANARY_KEY not in f.read_text() and CANARY_HF not in f.read_text(), f.name
     assert CANARY_KEY not in r.output + r.stderr
 
@@ -640,7 +649,7 @@ def test_rendered_demo_script_serves_with_the_api_key(tmp_path: Path, run_cli) -
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
         log.close()
-    for f in out.iterdir():
+    for f in rendered_files(out):
         assert CANARY_KEY not in f.read_text()
 
 
@@ -690,10 +699,10 @@ def test_llama_cpp_rpc_layout_over_two_nodes(tmp_path: Path, run_cli) -> None:
     script = (out / worker["launch"]).read_text()
     assert "exec " + shell_join(rpc[:1]) in script and "no authentication" in script
     assert "0.0.0.0" not in script
-    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    before = {f: f.read_bytes() for f in rendered_files(out)}
     r = run_cli(argv)
     assert r.exit_code == 0, r.stderr
-    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert {f: f.read_bytes() for f in rendered_files(out)} == before
     layout = engines.llama_cpp_layout()
     if not engines.llama_cpp_ready(layout):
         pytest.fail(f"{layout.server} is not built: run `make setup`")

@@ -42,6 +42,13 @@ class ParserCheckFailed(KimiDeployError):
     help="Copy HF_TOKEN and the API key from the environment into the 0600 env file (for systemd).",
 )
 @click.option(
+    "--ttft-slo",
+    "ttft_slo",
+    type=click.FloatRange(min=0.001),
+    metavar="SECONDS",
+    help="TTFT p95 SLO for the monitoring alert (default: the plan's, else 2 s).",
+)
+@click.option(
     "--check-parsers",
     is_flag=True,
     help="Also parse the vLLM/SGLang commands with the engines' own parsers (needs the parser venv).",
@@ -56,9 +63,12 @@ def render_command(
     api_key_env: str | None,
     multinode_backend: str | None,
     secrets_to_env_file: bool,
+    ttft_slo: float | None,
     check_parsers: bool,
 ) -> None:
-    """Write launch-<node>.sh, install-<node>.sh, kimi-deploy-<node>.service, the env file, a manifest."""
+    """Write launch-<node>.sh, install-<node>.sh, kimi-deploy-<node>.service, the env file, a manifest, and
+    monitoring/ (Prometheus scrape config, alert rules, Grafana dashboards; checked with promtool when it is
+    on PATH)."""
     opts = render.RenderOptions(
         out_dir=out_dir,
         candidate_id=candidate_id,
@@ -69,6 +79,8 @@ def render_command(
         multinode_backend=multinode_backend,
         secrets_to_env_file=secrets_to_env_file,
         plan_path=plan_path,
+        ttft_p95_slo_s=ttft_slo,
+        check_monitoring=True,
     )
     result = render.render(plan_path, opts)
     m = result.manifest
@@ -77,7 +89,11 @@ def render_command(
         f"into {result.out_dir} (serving on {m['bind']}:{m['port']})"
     )
     for path in result.files:
-        click.echo(f"  {path.name}")
+        click.echo(f"  {path.relative_to(result.out_dir)}")
+    for r in result.promtool:
+        click.echo(r.summary())
+    if not result.promtool:
+        click.echo("promtool not on PATH: monitoring/ not checked (Debian: apt-get install prometheus)")
     for n in result.nodes:
         click.echo(f"{n.role} {n.node}: {' '.join(argv_strings(n.argv))}")
     if check_parsers:

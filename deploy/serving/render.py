@@ -35,6 +35,9 @@ from deploy import __version__, constants, pins
 from deploy.engines import builds as engines
 from deploy.errors import InputError, KimiDeployError, PlanError
 from deploy.fsutil import atomic_write_json, atomic_write_text
+from deploy.monitoring import promtool
+from deploy.monitoring.render import monitoring_texts
+from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, MonitoringSpec, ScrapeTarget, Timings
 from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.schema import check_env_name, check_host, check_port
 from deploy.serving.argv import (
@@ -51,6 +54,8 @@ from deploy.serving.quoting import ENV_VALUE_CHARS, check_env_value, systemd_pat
 from deploy.weights import lockfile
 
 MANIFEST = "manifest.json"
+#: The folder (under the rendered folder) with prometheus.yml, rules and dashboards (deploy.monitoring).
+MONITORING_DIR = "monitoring"
 ENV_FILE = "kimi-deploy.env"
 MANIFEST_SCHEMA = 1
 #: Where install-<node>.sh puts each engine's venv on a GPU node; the launch script puts its bin/ on PATH.
@@ -78,6 +83,12 @@ class RenderOptions:
     multinode_backend: str | None = None
     secrets_to_env_file: bool = False
     plan_path: str | None = None
+    #: TTFT p95 SLO for the alert (default: the plan's request ``ttft_p95_slo_s``, else 2 s)
+    ttft_p95_slo_s: float | None = None
+    #: scrape/evaluation intervals and `for:` durations of the rules (tests use short ones)
+    monitoring_timings: Timings | None = None
+    #: run `promtool check config` and `check rules` on the monitoring files (when promtool is on PATH)
+    check_monitoring: bool = False
 
 
 @dataclass
@@ -87,6 +98,7 @@ class RenderResult:
     nodes: list[NodeCommand]
     files: list[Path]
     manifest: dict[str, Any] = field(default_factory=dict)
+    promtool: list[promtool.PromtoolResult] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------- templates
@@ -397,8 +409,42 @@ def _remove_stale(out: Path, keep: set[str]) -> None:
     except (OSError, ValueError):
         return
     for name in (old.get("files") or {}) if isinstance(old, dict) else ():
-        if isinstance(name, str) and "/" not in name and name not in keep and name != MANIFEST:
+        if not isinstance(name, str) or name in keep or name == MANIFEST:
+            continue
+        parts = Path(name).parts
+        if len(parts) == 1 or (
+            parts[0] == MONITORING_DIR and ".." not in parts and not Path(name).is_absolute()
+        ):
             (out / name).unlink(missing_ok=True)
+
+
+def _scrape_host(ep: Endpoint, node: NodeCommand) -> str:
+    """Where Prometheus reaches a node's engine: loopback for a loopback bind, the node's address for a
+    wildcard bind, else the bind address itself."""
+    if ep.loopback:
+        host = ep.bind if ep.bind != "localhost" else "127.0.0.1"
+    elif ep.bind in ("0.0.0.0", "::", "[::]"):
+        host = node.address or "127.0.0.1"
+    else:
+        host = ep.bind
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def monitoring_spec(
+    plan: Plan, cand: Candidate, nodes: list[NodeCommand], ep: Endpoint, port: int, opts: RenderOptions
+) -> MonitoringSpec:
+    """The plain values deploy.monitoring renders from: one scrape target per node that serves HTTP."""
+    slo = opts.ttft_p95_slo_s or (plan.request or {}).get("ttft_p95_slo_s") or DEFAULT_TTFT_P95_SLO_S
+    return MonitoringSpec(
+        engine=cand.engine,
+        served_model_name=str(cand.engine_args["served_model_name"]),
+        candidate=cand.id,
+        targets=[ScrapeTarget(n.node, f"{_scrape_host(ep, n)}:{port}") for n in nodes if n.serves_http],
+        api_key=bool(not ep.loopback and ep.api_key_env),
+        slots=int(cand.engine_args.get("parallel") or 1) if cand.engine == "llama.cpp" else 1,
+        ttft_p95_slo_s=float(slo),
+        timings=opts.monitoring_timings or Timings(),
+    )
 
 
 def render(
@@ -569,9 +615,16 @@ def render(
             0o644,
         )
 
+    spec = monitoring_spec(plan, cand, nodes, ep, port, opts)
+    api_key = environ.get(ep.api_key_env or "") if opts.secrets_to_env_file and spec.api_key else None
+    for rel, text_mode in monitoring_texts(spec, api_key).items():
+        texts[f"{MONITORING_DIR}/{rel}"] = text_mode
+
     out.mkdir(parents=True, exist_ok=True)
     _remove_stale(out, set(texts))
     files = [atomic_write_text(out / name, text, mode=mode) for name, (text, mode) in texts.items()]
+    checked = promtool.check_dir(out / MONITORING_DIR, unit_tests=False) if opts.check_monitoring else []
+    promtool.require_ok(checked)
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "toolkit_version": __version__,
@@ -607,20 +660,34 @@ def render(
             }
             for n in nodes
         ],
-        "files": {p.name: {"sha256": _sha256(p), "mode": oct(p.stat().st_mode & 0o777)} for p in files},
+        "monitoring": {
+            "dir": MONITORING_DIR,
+            "prometheus_config": f"{MONITORING_DIR}/prometheus.yml",
+            "targets": [{"node": t.node, "address": t.address} for t in spec.targets],
+            "ttft_p95_slo_s": spec.ttft_p95_slo_s,
+            "credentials_file": f"{MONITORING_DIR}/api-key" if spec.api_key else None,
+        },
+        "files": {
+            p.relative_to(out).as_posix(): {"sha256": _sha256(p), "mode": oct(p.stat().st_mode & 0o777)}
+            for p in files
+        },
     }
     files.append(atomic_write_json(out / MANIFEST, manifest))
-    return RenderResult(out_dir=out, candidate=cand, nodes=nodes, files=files, manifest=manifest)
+    return RenderResult(
+        out_dir=out, candidate=cand, nodes=nodes, files=files, manifest=manifest, promtool=checked
+    )
 
 
 __all__ = [
     "ENV_FILE",
     "MANIFEST",
+    "MONITORING_DIR",
     "RenderError",
     "RenderOptions",
     "RenderResult",
     "endpoint_for",
     "install_steps",
+    "monitoring_spec",
     "render",
     "render_template",
     "resolve_chat_template",

@@ -1,0 +1,192 @@
+"""A Grafana dashboard per engine, and the provisioning files that load it with its Prometheus datasource.
+
+    >>> from deploy.monitoring.spec import MonitoringSpec, ScrapeTarget
+    >>> spec = MonitoringSpec("llama.cpp", "demo", "c0", [ScrapeTarget("ci", "127.0.0.1:8001")], slots=2)
+    >>> [p["title"] for p in dashboard(spec)["panels"]][:2]
+    ['Engine up', 'Generated tokens/s']
+
+Panels: engine up, throughput (generated and prompt tokens/s), TTFT and inter-token latency percentiles (mean
+seconds per token for llama.cpp, which has no histograms), KV-cache usage, running and waiting requests,
+errors. Queries use Grafana's ``$__rate_interval`` and a ``$node`` variable; ``queries()`` lists
+them for tests that run each one against a real Prometheus.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploy.monitoring.engines import kv_usage_expr, metrics_for
+from deploy.monitoring.spec import DATASOURCE_UID, JOB, MonitoringSpec
+
+#: Grafana substitutes these; a test querying Prometheus directly substitutes them the same way.
+RATE = "$__rate_interval"
+NODE_SEL = f'{{job="{JOB}",node=~"$node"}}'
+DASHBOARDS_DIR = "/var/lib/grafana/dashboards/kimi-deploy"
+
+
+def _sel(extra: str = "") -> str:
+    return f'{{job="{JOB}",node=~"$node"{"," + extra if extra else ""}}}'
+
+
+def panels_for(spec: MonitoringSpec) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(title, unit, [(expr, legend)]) for every panel of ``spec``'s engine."""
+    m = metrics_for(spec.engine)
+    s = NODE_SEL
+    out: list[tuple[str, str, list[tuple[str, str]]]] = [
+        ("Engine up", "none", [(f"up{s}", "{{node}}")]),
+        (
+            "Generated tokens/s",
+            "short",
+            [(f"sum by (node) (rate({m.generation_tokens}{s}[{RATE}]))", "{{node}}")],
+        ),
+        ("Prompt tokens/s", "short", [(f"sum by (node) (rate({m.prompt_tokens}{s}[{RATE}]))", "{{node}}")]),
+    ]
+    if m.ttft_histogram and m.itl_histogram:
+        for title, hist in (
+            ("Time to first token", m.ttft_histogram),
+            ("Inter-token latency", m.itl_histogram),
+        ):
+            out.append(
+                (
+                    title,
+                    "s",
+                    [
+                        (
+                            f"histogram_quantile({q}, sum by (le, node) (rate({hist}_bucket{s}[{RATE}])))",
+                            f"p{int(q * 100)} {{{{node}}}}",
+                        )
+                        for q in (0.5, 0.95, 0.99)
+                    ],
+                )
+            )
+    else:
+        assert m.prompt_seconds and m.generation_seconds
+        out.append(
+            (
+                "Prompt seconds per token (mean)",
+                "s",
+                [(f"rate({m.prompt_seconds}{s}[{RATE}]) / rate({m.prompt_tokens}{s}[{RATE}])", "{{node}}")],
+            )
+        )
+        out.append(
+            (
+                "Seconds per generated token (mean)",
+                "s",
+                [
+                    (
+                        f"rate({m.generation_seconds}{s}[{RATE}]) / rate({m.generation_tokens}{s}[{RATE}])",
+                        "{{node}}",
+                    )
+                ],
+            )
+        )
+    out.append(("KV-cache usage", "percentunit", [(kv_usage_expr(m, s, spec.slots), "{{node}}")]))
+    out.append(
+        (
+            "Requests running / waiting",
+            "short",
+            [(f"{m.running}{s}", "running {{node}}"), (f"{m.waiting}{s}", "waiting {{node}}")],
+        )
+    )
+    if m.errors:
+        e = m.errors
+        bad = _sel(f'{e.label}=~"{e.bad_match}"')
+        expr = f"sum by (node) (rate({e.metric}{bad}[{RATE}]))"
+        out.append(("Server errors/s", "short", [(expr, "errors {{node}}")]))
+    else:
+        out.append(("Failed scrapes", "short", [(f"1 - avg_over_time(up{s}[{RATE}])", "{{node}}")]))
+    if m.preemptions:
+        out.append(
+            ("Preemptions/s", "short", [(f"sum by (node) (rate({m.preemptions}{s}[{RATE}]))", "{{node}}")])
+        )
+    return out
+
+
+def queries(spec: MonitoringSpec) -> list[tuple[str, str]]:
+    """(panel title, expr) for every query of the dashboard."""
+    return [(title, expr) for title, _unit, targets in panels_for(spec) for expr, _legend in targets]
+
+
+def dashboard(spec: MonitoringSpec) -> dict[str, Any]:
+    """The Grafana dashboard JSON model (schemaVersion 39) for ``spec``'s engine."""
+    m = metrics_for(spec.engine)
+    ds = {"type": "prometheus", "uid": DATASOURCE_UID}
+    panels = []
+    for i, (title, unit, targets) in enumerate(panels_for(spec)):
+        panels.append(
+            {
+                "id": i + 1,
+                "type": "timeseries",
+                "title": title,
+                "datasource": ds,
+                "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
+                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+                "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+                "targets": [
+                    {"refId": chr(ord("A") + j), "datasource": ds, "expr": expr, "legendFormat": legend}
+                    for j, (expr, legend) in enumerate(targets)
+                ],
+            }
+        )
+    return {
+        "uid": f"kimi-deploy-{m.family.replace('.', '')}",
+        "title": f"kimi-deploy: {spec.served_model_name} on {m.version}",
+        "tags": ["kimi-deploy", m.family],
+        "timezone": "browser",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "node",
+                    "type": "query",
+                    "datasource": ds,
+                    "query": {"query": f'label_values(up{{job="{JOB}"}}, node)', "refId": "node"},
+                    "definition": f'label_values(up{{job="{JOB}"}}, node)',
+                    "includeAll": True,
+                    "multi": True,
+                    "allValue": ".*",
+                    "current": {"text": "All", "value": "$__all"},
+                    "refresh": 2,
+                }
+            ]
+        },
+        "panels": panels,
+    }
+
+
+def provisioning(spec: MonitoringSpec, dashboards_dir: str = DASHBOARDS_DIR) -> dict[str, dict[str, Any]]:
+    """Grafana provisioning: ``datasources/kimi-deploy.yml`` and ``dashboards/kimi-deploy.yml``."""
+    return {
+        "datasources/kimi-deploy.yml": {
+            "apiVersion": 1,
+            "datasources": [
+                {
+                    "name": "kimi-deploy Prometheus",
+                    "type": "prometheus",
+                    "uid": DATASOURCE_UID,
+                    "access": "proxy",
+                    "url": spec.prometheus_url,
+                    "isDefault": False,
+                }
+            ],
+        },
+        "dashboards/kimi-deploy.yml": {
+            "apiVersion": 1,
+            "providers": [
+                {
+                    "name": "kimi-deploy",
+                    "folder": "kimi-deploy",
+                    "type": "file",
+                    "disableDeletion": False,
+                    "options": {"path": dashboards_dir},
+                }
+            ],
+        },
+    }
+
+
+__all__ = ["DASHBOARDS_DIR", "RATE", "dashboard", "panels_for", "provisioning", "queries"]

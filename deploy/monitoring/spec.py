@@ -1,0 +1,120 @@
+"""What the monitoring is rendered from: plain values the renderer passes in (no plan or render objects).
+
+>>> from deploy.monitoring.spec import MonitoringSpec, ScrapeTarget, Timings
+>>> spec = MonitoringSpec("llama.cpp", "demo", "c0", [ScrapeTarget("ci", "127.0.0.1:8001")], slots=1)
+>>> spec.timings.duration(spec.timings.down_for_s)
+'5m'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from deploy.errors import InputError
+
+#: The Prometheus job every rendered target belongs to; rules and dashboards select on it.
+JOB = "kimi-deploy"
+#: The Grafana datasource uid the dashboards use (the provisioning file defines it).
+DATASOURCE_UID = "kimi-deploy-prometheus"
+#: The file, relative to prometheus.yml, that holds the API key Prometheus sends (mode 0600).
+CREDENTIALS_FILE = "api-key"
+#: Default TTFT p95 SLO in seconds when the plan names none.
+DEFAULT_TTFT_P95_SLO_S = 2.0
+#: Fraction of the KV cache in use that counts as high (sustained for ``sustained_for_s``).
+KV_HIGH = 0.9
+#: Fraction of responses that are server errors before the error-rate alert fires.
+ERROR_RATIO = 0.05
+
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*):[0-9]{1,5}$")
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Scrape/evaluation intervals and the ``for:`` durations of the rules, in seconds.
+
+    The defaults suit a deployment; tests pass short ones so an alert fires within seconds.
+    """
+
+    scrape_interval_s: int = 15
+    evaluation_interval_s: int = 15
+    not_ready_for_s: int = 60
+    down_for_s: int = 300
+    sustained_for_s: int = 600
+    window_s: int = 300
+
+    def __post_init__(self) -> None:
+        for name in ("scrape_interval_s", "evaluation_interval_s", "window_s"):
+            if getattr(self, name) < 1:
+                raise InputError(f"monitoring timings: {name} must be at least 1 s")
+        if self.window_s < 2 * self.scrape_interval_s:
+            raise InputError("monitoring timings: window_s must hold at least two scrapes")
+
+    @staticmethod
+    def duration(seconds: int) -> str:
+        """A Prometheus duration: ``90`` -> ``'90s'``, ``300`` -> ``'5m'``, ``3600`` -> ``'1h'``."""
+        seconds = int(seconds)
+        if seconds and seconds % 3600 == 0:
+            return f"{seconds // 3600}h"
+        if seconds and seconds % 60 == 0:
+            return f"{seconds // 60}m"
+        return f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class ScrapeTarget:
+    """One engine endpoint Prometheus scrapes: the node's name and ``host:port``."""
+
+    node: str
+    address: str
+
+    def __post_init__(self) -> None:
+        if not _ADDRESS.match(self.address):
+            raise InputError(f"scrape target {self.address!r}: expected host:port")
+        if not _LABEL_VALUE.match(self.node):
+            raise InputError(f"node name {self.node!r}: not usable as a label value")
+
+
+@dataclass(frozen=True)
+class MonitoringSpec:
+    """Everything the monitoring files need, as plain values."""
+
+    engine: str
+    served_model_name: str
+    candidate: str
+    targets: list[ScrapeTarget]
+    #: True when the engine wants the API key on /metrics (a non-loopback bind with --api-key)
+    api_key: bool = False
+    #: llama.cpp's --parallel (slots); 1 for the others
+    slots: int = 1
+    ttft_p95_slo_s: float = DEFAULT_TTFT_P95_SLO_S
+    timings: Timings = field(default_factory=Timings)
+    #: the Prometheus the Grafana datasource points at
+    prometheus_url: str = "http://127.0.0.1:9090"
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise InputError("monitoring: no node serves HTTP, nothing to scrape")
+        if not self.ttft_p95_slo_s > 0:
+            raise InputError(f"TTFT SLO {self.ttft_p95_slo_s!r}: must be a positive number of seconds")
+        for value in (self.served_model_name, self.candidate):
+            if not _LABEL_VALUE.match(value):
+                raise InputError(f"{value!r}: not usable as a label value")
+
+    @property
+    def selector(self) -> str:
+        return f'{{job="{JOB}"}}'
+
+
+__all__ = [
+    "CREDENTIALS_FILE",
+    "DATASOURCE_UID",
+    "DEFAULT_TTFT_P95_SLO_S",
+    "ERROR_RATIO",
+    "JOB",
+    "KV_HIGH",
+    "MonitoringSpec",
+    "ScrapeTarget",
+    "Timings",
+]
