@@ -33,13 +33,21 @@ from deploy.demo import run as demo
     show_default=True,
     help="llama.cpp: llama-server on the GGUF; vllm: vLLM's CPU build on the HF-format variant.",
 )
-def demo_command(workdir: str, keep_running: bool, port: int | None, engine: str) -> None:
+@click.option(
+    "--monitoring",
+    is_flag=True,
+    help="Also run Prometheus on the rendered monitoring/ (fast alerts) and show the dashboard queries "
+    "answering; with --keep-running it stays up beside the engine.",
+)
+def demo_command(workdir: str, keep_running: bool, port: int | None, engine: str, monitoring: bool) -> None:
     """Build (cached), stage, serve, plan, download, verify, render, up, check, report, down.
 
     Runs Gemma 3 270M (GGUF from PyPI) on llama.cpp's llama-server through the same commands a deployment
     of Kimi-K2.5 uses. Exits with the failing stage's code (5 verify, 6 up, 7 check) and always cleans up.
     """
-    result = demo.run_demo(workdir, keep_running=keep_running, port=port, engine=engine)
+    result = demo.run_demo(
+        workdir, keep_running=keep_running, port=port, engine=engine, monitoring=monitoring
+    )
     click.echo(
         f"\ndemo passed: {result.check.get('summary', {}).get('pass', 0)} checks passed "
         f"in {result.timings.get('total', 0):.0f} s"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
 from deploy.serving import launch
+from deploy.serving import watch as live_status
 
 
 @click.command("up")
@@ -69,36 +69,32 @@ def down_command(rendered: str | None, node: str | None, grace: float) -> None:
 
 
 @click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status_command(as_json: bool) -> None:
-    """Show each node's engine: running?, ready?, pid, URL. Exits 0 only when every node is ready."""
-    nodes = launch.status()
-    if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "node": s.node,
-                        "running": s.running,
-                        "ready": s.ready,
-                        "pid": s.pid,
-                        "url": s.url,
-                        "detail": s.detail,
-                    }
-                    for s in nodes
-                ],
-                indent=2,
-            )
-        )
-    elif not nodes:
-        click.echo("not running")
-    for s in [] if as_json else nodes:
-        state = "ready" if s.ready else ("running, not ready" if s.running else "not running")
-        pid = f" pid {s.pid}" if s.running else ""
-        url = f" {s.url.rsplit('/', 1)[0]}" if s.running and s.url else ""
-        click.echo(f"{s.node}: {state}{pid}{url} ({s.detail})")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON Lines with --watch).")
+@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C (or --count).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between refreshes with --watch.",
+)
+@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop --watch after N refreshes.")
+@click.option(
+    "--api-key-env",
+    default="KIMI_API_KEY",
+    show_default=True,
+    metavar="NAME",
+    help="Env var with the key /metrics wants (else read from the engine's env files).",
+)
+def status_command(as_json: bool, watch: bool, interval: float, count: int | None, api_key_env: str) -> None:
+    """Show each node's engine: ready?, requests running/waiting, KV-cache usage, generated tokens/s (from
+    the engine's /metrics), pid and URL. Exits 0 only when every node is ready."""
+    views = live_status.run(
+        as_json=as_json, watch=watch, interval_s=interval, count=count, key_env=api_key_env
+    )
     # SystemExit, not ctx.exit: the entry point runs click with standalone_mode=False, which drops the code
-    sys.exit(0 if nodes and all(s.ready for s in nodes) else 1)
+    sys.exit(0 if views and all(v.ready for v in views) else 1)
 
 
 COMMANDS = [up_command, down_command, status_command]

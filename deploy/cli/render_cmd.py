@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from deploy.errors import KimiDeployError
+from deploy.monitoring.spec import Timings
 from deploy.serving import parser_check, render
 from deploy.serving.argv import argv_strings
 
@@ -49,6 +50,11 @@ class ParserCheckFailed(KimiDeployError):
     help="TTFT p95 SLO for the monitoring alert (default: the plan's, else 2 s).",
 )
 @click.option(
+    "--fast-alerts",
+    is_flag=True,
+    help="Monitoring for a demo: 1 s scrapes and alert `for:` durations of seconds (default: 15 s, minutes).",
+)
+@click.option(
     "--check-parsers",
     is_flag=True,
     help="Also parse the vLLM/SGLang commands with the engines' own parsers (needs the parser venv).",
@@ -64,6 +70,7 @@ def render_command(
     multinode_backend: str | None,
     secrets_to_env_file: bool,
     ttft_slo: float | None,
+    fast_alerts: bool,
     check_parsers: bool,
 ) -> None:
     """Write launch-<node>.sh, install-<node>.sh, kimi-deploy-<node>.service, the env file, a manifest, and
@@ -81,6 +88,7 @@ def render_command(
         plan_path=plan_path,
         ttft_p95_slo_s=ttft_slo,
         check_monitoring=True,
+        monitoring_timings=Timings.fast() if fast_alerts else None,
     )
     result = render.render(plan_path, opts)
     m = result.manifest

@@ -33,8 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import requests
+
 from deploy.catalog import Variant, load_model
 from deploy.errors import InputError, KimiDeployError, LaunchError
+from deploy.monitoring import dashboards, prometheus
 from deploy.planning import architecture
 from deploy.serving import launch
 
@@ -60,6 +63,7 @@ class DemoResult:
     check: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     ready_s: float | None = None
+    prometheus_url: str = ""
 
 
 @dataclass
@@ -269,7 +273,12 @@ def _variant(engine: str) -> Variant:
 
 
 def _prepare(
-    r: _Runner, paths: _Paths, mirror: _Mirror, port: int | None = None, engine: str = "llama.cpp"
+    r: _Runner,
+    paths: _Paths,
+    mirror: _Mirror,
+    port: int | None = None,
+    engine: str = "llama.cpp",
+    monitoring: bool = False,
 ) -> None:
     """Stages set-up .. render: everything before `up`. ``port`` renders on another port than the plan's."""
     if engine not in ENGINES:
@@ -342,7 +351,8 @@ def _prepare(
     r.kd(
         "render",
         ["render", "--plan", str(paths.plan), "--out", str(paths.rendered)]
-        + (["--port", str(port)] if port != _plan_port(paths) else []),
+        + (["--port", str(port)] if port != _plan_port(paths) else [])
+        + (["--fast-alerts"] if monitoring else []),
     )
 
 
@@ -419,6 +429,7 @@ def run_demo(
     keep_running: bool = False,
     port: int | None = None,
     engine: str = "llama.cpp",
+    monitoring: bool = False,
 ) -> DemoResult:
     """Run the demo pipeline under ``workdir``; raise DemoStepFailed (that stage's exit code) on a failure.
 
@@ -426,6 +437,9 @@ def run_demo(
     hand; `kimi-deploy down` with ``KIMI_DEPLOY_STATE_DIR=<workdir>/state`` stops it. ``port`` serves on
     another port than the catalog's (0: any free one): render gets ``--port`` and check gets ``--url``.
     ``engine`` is ``llama.cpp`` (llama-server on the GGUF) or ``vllm`` (vLLM's CPU build on the HF variant).
+    ``monitoring`` renders with fast alerts (1 s scrapes), starts a Prometheus on loopback with the rendered
+    ``monitoring/prometheus.yml`` after the check and prints what the dashboard queries answer; with
+    ``keep_running`` it stays up beside the engine (`kimi-deploy down` stops both).
     """
     if port == 0:
         port = free_port()
@@ -438,7 +452,7 @@ def run_demo(
     t0 = time.monotonic()
     with _sigterm_as_interrupt():
         try:
-            _prepare(r, paths, mirror, port, engine)
+            _prepare(r, paths, mirror, port, engine, monitoring)
             # the weights are on disk now; the mirror has done its job
             mirror.stop()
 
@@ -462,6 +476,8 @@ def run_demo(
 
             r.stage("report", "what was deployed and how it answered")
             _report(r, paths, result, time.monotonic() - t0)
+            if monitoring:
+                result.prometheus_url = _monitoring(r, paths, keep_running)
             if check_failed is not None:
                 raise check_failed
         except BaseException as exc:
@@ -477,6 +493,53 @@ def run_demo(
             r.timings.setdefault("total", round(time.monotonic() - t0, 2))
             result.timings = r.timings
     return result
+
+
+def _monitoring(r: _Runner, paths: _Paths, keep_running: bool) -> str:
+    """Start Prometheus on the rendered monitoring/, wait for the engine target, print the dashboard's
+    answers and the alerts; returns its URL (left running with ``keep_running``)."""
+    config = paths.rendered / "monitoring" / "prometheus.yml"
+    r.say(
+        f"\n  monitoring: prometheus --config.file={r.display([str(config)])[0]} on 127.0.0.1 (scratch data)"
+    )
+    server = prometheus.start(config, paths.state / launch.PROMETHEUS_DIR)
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end and not [t for t in server.targets() if t.get("health") == "up"]:
+            time.sleep(0.5)
+        manifest = launch.read_manifest(paths.rendered)
+        # one request while Prometheus watches, so the throughput panels have something to show
+        with contextlib.suppress(requests.RequestException):
+            requests.post(
+                f"http://127.0.0.1:{manifest['port']}/v1/chat/completions",
+                json={
+                    "model": manifest["served_model_name"],
+                    "messages": [{"role": "user", "content": "Name three colours."}],
+                    "max_tokens": 24,
+                },
+                headers={"Connection": "close"},
+                timeout=120,
+            )
+        time.sleep(3)  # a few 1 s scrapes
+        board = json.loads(
+            next((paths.rendered / "monitoring/grafana/dashboards").glob("*.json")).read_text()
+        )
+        for panel in board["panels"]:
+            for target in panel["targets"]:
+                expr = target["expr"].replace(dashboards.RATE, "1m").replace("$node", ".*")
+                values = [v["value"][1] for v in server.query(expr)]
+                legend = target["legendFormat"].replace("{{node}}", "").strip()
+                title = f"{panel['title']}{' (' + legend + ')' if legend else ''}"
+                r.say(f"    {title:<44} {', '.join(values) or 'no data'}")
+        r.say(f"    alerts firing: {', '.join(server.firing()) or 'none'}")
+    except BaseException:
+        server.stop()
+        raise
+    if keep_running:
+        r.say(f"  prometheus stays up at {server.url} ({server.url}/alerts); `kimi-deploy down` stops it")
+    else:
+        server.stop()
+    return server.url
 
 
 def _stage_source(r: _Runner, paths: _Paths, repo: str) -> Path:

@@ -51,6 +51,19 @@ class Timings:
         if self.window_s < 2 * self.scrape_interval_s:
             raise InputError("monitoring timings: window_s must hold at least two scrapes")
 
+    @classmethod
+    def fast(cls) -> Timings:
+        """1 s scrapes and `for:` durations of seconds: for the demo and tests, where an alert should fire
+        within about ten seconds (``render --fast-alerts``)."""
+        return cls(
+            scrape_interval_s=1,
+            evaluation_interval_s=1,
+            not_ready_for_s=3,
+            down_for_s=5,
+            sustained_for_s=10,
+            window_s=10,
+        )
+
     @staticmethod
     def duration(seconds: int) -> str:
         """A Prometheus duration: ``90`` -> ``'90s'``, ``300`` -> ``'5m'``, ``3600`` -> ``'1h'``."""

@@ -41,6 +41,7 @@ from typing import Any, TextIO
 
 from deploy import constants
 from deploy.errors import LaunchError, PlanError
+from deploy.monitoring import prometheus
 from deploy.planning.contract import load_plan
 from deploy.serving import diagnosis, readiness, supervise
 from deploy.serving import target as launch_target
@@ -53,6 +54,8 @@ SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
 #: How long a worker node's process that listens on nothing of its own (vLLM/SGLang headless ranks) must stay
 #: up to count as started; a worker that listens (rpc-server) is started when its port accepts.
 WORKER_SETTLE_S = 5.0
+#: Under the state folder: the data and record of a Prometheus started for the deployment (demo --monitoring).
+PROMETHEUS_DIR = "prometheus"
 #: Log lines shown with a failure.
 FAILURE_LOG_LINES = 15
 
@@ -246,6 +249,8 @@ def _meta(target: Target) -> dict[str, Any]:
         "engine": target.engine,
         "url": target.url,
         "serves_http": target.head,
+        # `status --watch` reads the API key for /metrics from these (never recorded itself)
+        "env_files": [str(p) for p in target.env_files],
     }
     if target.listen is not None:
         meta["listen"] = f"{target.listen[0]}:{target.listen[1]}"
@@ -545,6 +550,11 @@ def down(
             stopped = supervise.stop(run, grace_s=grace_s)
             lines.append(f"{name}: stopped pid {run.pid} ({stopped.how}, {stopped.seconds:.1f} s)")
         supervise.forget(files)
+    if node is None:
+        # the Prometheus `demo --monitoring` left running beside the engine
+        stopped = prometheus.stop_recorded(state / PROMETHEUS_DIR)
+        if stopped:
+            lines.append(stopped)
     return lines or ["not running"]
 
 

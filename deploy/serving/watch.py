@@ -1,0 +1,231 @@
+"""`kimi-deploy status --watch` / `--json`: each node's readiness plus what its engine's ``/metrics`` says.
+
+    >>> from deploy.serving.watch import snapshot
+    >>> views = snapshot()                                       # doctest: +SKIP
+    >>> views[0].node, views[0].ready, views[0].metrics["running"]      # doctest: +SKIP
+    ('ci', True, 0.0)
+
+Per node: ready, requests running and waiting, KV-cache usage (llama.cpp: busy slots over ``total_slots``
+from ``/props``), generated tokens and, from the second snapshot on, generated tokens/s. The API key for
+``/metrics`` (where the server wants one) comes from the environment or the env files the engine was started
+with; it is sent as a bearer header and never shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from deploy.monitoring import scrape
+from deploy.serving import launch
+from deploy.serving import target as launch_target
+
+
+@dataclass
+class NodeView:
+    """One node in the live view."""
+
+    node: str
+    running: bool
+    ready: bool
+    pid: int
+    url: str
+    detail: str
+    engine: str = ""
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    metrics_error: str = ""
+    summary: scrape.MetricsSummary | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "running": self.running,
+            "ready": self.ready,
+            "pid": self.pid,
+            "url": self.url,
+            "detail": self.detail,
+            "engine": self.engine,
+            "metrics": self.metrics,
+            "metrics_error": self.metrics_error or None,
+        }
+
+
+def _api_key(meta: dict[str, Any], key_env: str) -> str | None:
+    if os.environ.get(key_env):
+        return os.environ[key_env]
+    files = tuple(Path(p) for p in meta.get("env_files") or [] if isinstance(p, str))
+    for env_file in files:
+        value = launch_target.env_file_pairs(env_file).get(key_env)
+        if value:
+            return value
+    return None
+
+
+def _slots(base: str, key: str | None, cache: dict[str, int]) -> int:
+    """llama-server's ``total_slots`` from /props (cached per URL); 1 when it does not say."""
+    if base not in cache:
+        cache[base] = 1
+        with contextlib.suppress(requests.RequestException, ValueError, TypeError):
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            r = requests.get(f"{base}/props", headers=headers, timeout=3)
+            if r.status_code == 200:
+                cache[base] = max(1, int(r.json().get("total_slots") or 1))
+    return cache[base]
+
+
+def snapshot(
+    state_dir: str | Path | None = None,
+    previous: dict[str, NodeView] | None = None,
+    key_env: str = "KIMI_API_KEY",
+    slot_cache: dict[str, int] | None = None,
+) -> list[NodeView]:
+    """Every node `up` started here, with its metrics; ``previous`` (the last snapshot) gives tokens/s."""
+    previous = previous or {}
+    slot_cache = {} if slot_cache is None else slot_cache
+    views = []
+    for s in launch.status(state_dir):
+        engine = str(s.meta.get("engine") or "")
+        v = NodeView(s.node, s.running, s.ready, s.pid, s.url, s.detail, engine)
+        views.append(v)
+        if not (s.running and s.url and engine):
+            continue
+        base = s.url.rsplit("/", 1)[0]
+        key = _api_key(s.meta, key_env)
+        try:
+            text = scrape.fetch(f"{base}/metrics", key)
+        except scrape.ScrapeError as exc:
+            v.metrics_error = str(exc)
+            continue
+        slots = _slots(base, key, slot_cache) if engine == "llama.cpp" else 1
+        v.summary = scrape.summarize(engine, scrape.parse_metrics(text), slots=slots)
+        before = previous.get(s.node)
+        v.metrics = {
+            "running": v.summary.running,
+            "waiting": v.summary.waiting,
+            "kv_usage": v.summary.kv_usage,
+            "generated_tokens": v.summary.generated_tokens,
+            "tokens_per_s": scrape.tokens_per_s(before.summary if before else None, v.summary),
+        }
+    return views
+
+
+def _num(value: float | None, fmt: str = "{:.0f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def row(v: NodeView) -> list[str]:
+    """The table cells for one node: node, state, running, waiting, KV, tokens/s, generated, detail."""
+    state = "ready" if v.ready else ("running, not ready" if v.running else "not running")
+    m = v.metrics
+    return [
+        v.node,
+        state,
+        _num(m.get("running")),
+        _num(m.get("waiting")),
+        _num(m.get("kv_usage"), "{:.0%}"),
+        _num(m.get("tokens_per_s"), "{:.1f}"),
+        _num(m.get("generated_tokens")),
+        v.metrics_error or v.detail,
+    ]
+
+
+COLUMNS = ["node", "state", "running", "waiting", "KV cache", "gen tok/s", "generated", "detail"]
+
+
+def plain_line(v: NodeView) -> str:
+    """One line per node for a pipe or a log (no terminal): the state, pid and URL, then the metrics.
+
+    >>> plain_line(NodeView("ci", True, True, 42, "http://127.0.0.1:8001/health", "200", "llama.cpp",
+    ...                     {"running": 1.0, "waiting": 0.0, "kv_usage": 0.5}))
+    'ci: ready pid 42 http://127.0.0.1:8001 (200) running=1 waiting=0 kv=50% gen_tok_s=- generated=-'
+    """
+    state = "ready" if v.ready else ("running, not ready" if v.running else "not running")
+    pid = f" pid {v.pid}" if v.running else ""
+    url = f" {v.url.rsplit('/', 1)[0]}" if v.running and v.url else ""
+    line = f"{v.node}: {state}{pid}{url} ({v.detail})"
+    if v.metrics_error:
+        return f"{line} metrics: {v.metrics_error}"
+    if not v.metrics:
+        return line
+    cells = dict(zip(COLUMNS, row(v), strict=True))
+    return (
+        f"{line} running={cells['running']} waiting={cells['waiting']} kv={cells['KV cache']} "
+        f"gen_tok_s={cells['gen tok/s']} generated={cells['generated']}"
+    )
+
+
+def table(views: list[NodeView]) -> Any:
+    """A rich Table of the nodes."""
+    from rich.table import Table
+
+    t = Table(title="kimi-deploy status", title_justify="left")
+    for name in COLUMNS:
+        t.add_column(name, justify="right" if name not in ("node", "state", "detail") else "left")
+    for v in views:
+        cells = row(v)
+        style = "green" if v.ready else ("yellow" if v.running else "red")
+        t.add_row(cells[0], f"[{style}]{cells[1]}[/{style}]", *cells[2:])
+    if not views:
+        t.add_row("-", "[red]not running[/red]", *["-"] * (len(COLUMNS) - 2))
+    return t
+
+
+def run(
+    *,
+    as_json: bool = False,
+    watch: bool = False,
+    interval_s: float = 2.0,
+    count: int | None = None,
+    key_env: str = "KIMI_API_KEY",
+    state_dir: str | Path | None = None,
+) -> list[NodeView]:
+    """Print the nodes once (or every ``interval_s`` with ``watch``, ``count`` times at most, until Ctrl-C):
+    a live rich table on a terminal, one plain line per node otherwise, JSON with ``as_json``. Returns the
+    last snapshot."""
+    tty = sys.stdout.isatty() and not as_json
+    previous: dict[str, NodeView] = {}
+    slots: dict[str, int] = {}
+    views: list[NodeView] = []
+    n = 0
+    live = None
+    if watch and tty:
+        from rich.live import Live
+
+        live = Live(table([]), auto_refresh=False, transient=False)
+        live.start()
+    try:
+        while True:
+            views = snapshot(state_dir, previous, key_env, slots)
+            previous = {v.node: v for v in views}
+            n += 1
+            if live is not None:
+                live.update(table(views), refresh=True)
+            elif as_json:
+                payload = [v.as_json() for v in views]
+                print(json.dumps(payload) if watch else json.dumps(payload, indent=2), flush=True)
+            elif tty:
+                from rich.console import Console
+
+                Console().print(table(views))
+            else:
+                for line in [plain_line(v) for v in views] or ["not running"]:
+                    print(line, flush=True)
+            if not watch or (count is not None and n >= count):
+                return views
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return views
+    finally:
+        if live is not None:
+            live.stop()
+
+
+__all__ = ["COLUMNS", "NodeView", "plain_line", "row", "run", "snapshot", "table"]
