@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 #: Style of a status word wherever one is shown (plan candidates, check verdicts).
 STATUS_STYLES = {
+    "ready": "green",
+    "running, not ready": "yellow",
+    "not running": "red",
     "runnable": "green",
     "reduced": "yellow",
     "tight": "yellow",

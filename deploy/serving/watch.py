@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import requests
 
+from deploy import console
 from deploy.monitoring import scrape
 from deploy.serving import launch
 from deploy.serving import target as launch_target
@@ -163,19 +163,15 @@ def plain_line(v: NodeView) -> str:
 
 
 def table(views: list[NodeView]) -> Any:
-    """A rich Table of the nodes."""
-    from rich.table import Table
-
-    t = Table(title="kimi-deploy status", title_justify="left")
-    for name in COLUMNS:
-        t.add_column(name, justify="right" if name not in ("node", "state", "detail") else "left")
-    for v in views:
-        cells = row(v)
-        style = "green" if v.ready else ("yellow" if v.running else "red")
-        t.add_row(cells[0], f"[{style}]{cells[1]}[/{style}]", *cells[2:])
-    if not views:
-        t.add_row("-", "[red]not running[/red]", *["-"] * (len(COLUMNS) - 2))
-    return t
+    """A rich table of the nodes (deploy.console's style; the state column coloured)."""
+    rows = [row(v) for v in views] or [["-", "not running", *["-"] * (len(COLUMNS) - 2)]]
+    return console.table(
+        COLUMNS,
+        rows,
+        title="kimi-deploy status",
+        right=("running", "waiting", "KV cache", "gen tok/s", "generated"),
+        styled_column="state",
+    )
 
 
 def run(
@@ -190,7 +186,7 @@ def run(
     """Print the nodes once (or every ``interval_s`` with ``watch``, ``count`` times at most, until Ctrl-C):
     a live rich table on a terminal, one plain line per node otherwise, JSON with ``as_json``. Returns the
     last snapshot."""
-    tty = sys.stdout.isatty() and not as_json
+    tty = console.is_terminal() and not as_json
     previous: dict[str, NodeView] = {}
     slots: dict[str, int] = {}
     views: list[NodeView] = []
@@ -199,7 +195,7 @@ def run(
     if watch and tty:
         from rich.live import Live
 
-        live = Live(table([]), auto_refresh=False, transient=False)
+        live = Live(table([]), console=console.make_console(), auto_refresh=False, transient=False)
         live.start()
     try:
         while True:
@@ -211,13 +207,8 @@ def run(
             elif as_json:
                 payload = [v.as_json() for v in views]
                 print(json.dumps(payload) if watch else json.dumps(payload, indent=2), flush=True)
-            elif tty:
-                from rich.console import Console
-
-                Console().print(table(views))
             else:
-                for line in [plain_line(v) for v in views] or ["not running"]:
-                    print(line, flush=True)
+                console.show("\n".join(plain_line(v) for v in views) or "not running", table(views))
             if not watch or (count is not None and n >= count):
                 return views
             time.sleep(interval_s)
