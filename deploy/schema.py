@@ -42,6 +42,8 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}\Z"
 #: Served model names and repo ids: letters, digits, ``._-/:`` (``moonshotai/Kimi-K2.5``).
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}\Z"
+#: owner/name, as the Hub spells repo ids (no "..", no leading "/": staged repos become folders)
+REPO_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z"
 INTERFACE_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._:@-]{0,14})?\Z"
 #: A path in a file: any characters but control characters (newlines would break env and unit files).
 #: Patterns end in ``\Z``, not ``$`` (which also matches before a final newline).
@@ -54,6 +56,13 @@ ENV_NAME: dict[str, Any] = {"type": "string", "pattern": ENV_NAME_PATTERN}
 MODEL_NAME: dict[str, Any] = {"type": "string", "pattern": MODEL_NAME_PATTERN}
 PATH: dict[str, Any] = {"type": "string", "pattern": PATH_PATTERN}
 RELPATH: dict[str, Any] = {"type": "string", "format": "relpath"}
+REPO: dict[str, Any] = {"type": "string", "pattern": REPO_PATTERN}
+INTERFACE: dict[str, Any] = {"type": "string", "pattern": INTERFACE_PATTERN}
+#: Free text that lands in comments and messages: one line, printable.
+TEXT: dict[str, Any] = {"type": "string", "pattern": r"^[^\x00-\x1f\x7f]{0,1000}\Z"}
+#: A short word an engine takes as a flag value (parser names, dtypes, backends).
+WORD: dict[str, Any] = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}\Z"}
+FRACTION: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1}
 COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
 POSITIVE: dict[str, Any] = {"type": "integer", "minimum": 1}
 #: A finite number >= 0 (NaN and infinity never get this far: the JSON reader refuses them).
@@ -238,13 +247,18 @@ def check_env_name(value: str, what: str = "--api-key-env") -> str:
     return value
 
 
-def inside(base: str | Path, rel: str, what: str) -> Path:
+def inside(base: str | Path, rel: str, what: str, *, last_may_link: bool = False) -> Path:
     """``base / rel`` when ``rel`` is a relative path that stays inside ``base`` (symlinks resolved), else
-    InputError naming ``what``: ``inside("/models/x", "a/b.gguf", "weights.lock")``."""
+    InputError naming ``what``: ``inside("/models/x", "a/b.gguf", "weights.lock")``.
+
+    With ``last_may_link`` the last component may be a symlink to anywhere (a weights file linked from a
+    cache): only the folders on the way must stay inside, so renaming the path moves the link, never
+    what it points to."""
     if not is_relpath(rel):
         raise InputError(f"{what}: path {rel!r} must be relative and stay inside {base}")
     root = Path(base).resolve()
-    target = (root / PurePosixPath(rel)).resolve()
+    path = root / PurePosixPath(rel)
+    target = (path.parent.resolve() / path.name) if last_may_link else path.resolve()
     if target != root and root not in target.parents:
         raise InputError(f"{what}: path {rel!r} leads outside {base} (through a symlink)")
     return Path(base) / PurePosixPath(rel)
@@ -254,7 +268,9 @@ __all__ = [
     "AMOUNT",
     "COUNT",
     "ENV_NAME",
+    "FRACTION",
     "HOST",
+    "INTERFACE",
     "MAX_DEPTH",
     "MAX_GPUS_PER_NODE",
     "MAX_NODES",
@@ -264,6 +280,10 @@ __all__ = [
     "PORT",
     "POSITIVE",
     "RELPATH",
+    "REPO",
+    "REPO_PATTERN",
+    "TEXT",
+    "WORD",
     "check_env_name",
     "check_host",
     "check_port",

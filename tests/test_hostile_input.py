@@ -326,6 +326,18 @@ def test_verify_refuses_lock_paths_outside_the_folder(tmp_path: Path, entry: str
     assert not (d / ".quarantine").exists()
 
 
+def test_verify_moves_a_mismatching_symlink_not_its_target(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.bin"
+    outside.write_text("wrong!")
+    d = tmp_path / "weights"
+    _lock_with(d, "m.bin")
+    (d / "m.bin").symlink_to(outside)
+    assert kd(tmp_path, "verify", str(d)).returncode == 5
+    assert outside.read_text() == "wrong!" and not (d / "m.bin").is_symlink()
+    (moved,) = (d / ".quarantine").iterdir()
+    assert moved.is_symlink() and moved.resolve() == outside
+
+
 def test_verify_refuses_a_symlinked_folder_leading_outside(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -370,3 +382,94 @@ def test_mirror_stage_repo_cannot_leave_into(tmp_path: Path, repo: str) -> None:
     assert "--repo" in one_error_line(r, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"] or not (tmp_path / "x").exists()
     assert not (tmp_path / "x").exists() and not (tmp_path / "deep" / "x").exists()
+
+
+# ---------------------------------------------------------------------------- schemas: plan, profile
+
+
+def _mutated_plan(tmp_path: Path, h200_plan: Path, mutate) -> Path:
+    data = json.loads(h200_plan.read_text())
+    mutate(data, data["candidates"][[c["id"] for c in data["candidates"]].index(data["chosen"])])
+    out = tmp_path / "bad-plan.json"
+    out.write_text(json.dumps(data))
+    return out
+
+
+PLAN_CASES = {
+    "max_model_len abc": (lambda d, c: c.update(max_model_len="abc"), "max_model_len"),
+    "tensor_parallel -8": (lambda d, c: c.update(tensor_parallel=-8), "tensor_parallel"),
+    "candidates as a mapping": (lambda d, c: d.update(candidates={"a": 1}), "candidates"),
+    "engine_args null": (lambda d, c: c.update(engine_args=None), "engine_args"),
+    "host injection": (lambda d, c: c["engine_args"].update(host="$(touch pwned)"), "engine_args.host"),
+    "port 70000": (lambda d, c: c["engine_args"].update(port=70000), "engine_args.port"),
+    "served name newline": (
+        lambda d, c: c["engine_args"].update(served_model_name="kimi\nExecStartPre=/bin/sh"),
+        "served_model_name",
+    ),
+    "node name slash": (lambda d, c: d["hardware"]["nodes"][0].update(name="../etc"), "nodes[0].name"),
+    "numa_nodes two": (lambda d, c: d["hardware"]["nodes"][0]["cpu"].update(numa_nodes="two"), "numa_nodes"),
+    "repo escape": (lambda d, c: c["weights"].update(repo="../../etc"), "weights.repo"),
+    "chosen unknown": (lambda d, c: d.update(chosen="nope"), "chosen"),
+}
+
+
+@pytest.mark.parametrize("case", list(PLAN_CASES))
+def test_malformed_plan_names_the_key_exit_2(tmp_path: Path, h200_plan: Path, case: str) -> None:
+    mutate, key = PLAN_CASES[case]
+    bad = _mutated_plan(tmp_path, h200_plan, mutate)
+    r = kd(tmp_path, "render", "--plan", str(bad), "--out", str(tmp_path / "o"))
+    line = one_error_line(r, 2)
+    assert str(bad) in line and key in line, line
+    assert not (tmp_path / "o").exists() and not (tmp_path / "pwned").exists()
+
+
+PROFILE_CASES = {
+    "ram NaN": ("ram_gib: 2048", "ram_gib: .nan", "NaN"),
+    "ram inf": ("ram_gib: 2048", "ram_gib: .inf", "NaN or infinity"),
+    "negative cores": ("physical_cores: 112", "physical_cores: -4", "physical_cores"),
+    "numa two": ("numa_nodes: 2", "numa_nodes: two", "numa_nodes"),
+    "gpu count huge": ("count: 8", "count: 1000000000", "count"),
+}
+
+
+@pytest.mark.parametrize("case", list(PROFILE_CASES))
+def test_malformed_profile_is_refused_not_planned(tmp_path: Path, case: str) -> None:
+    old, new, reason = PROFILE_CASES[case]
+    text = (REPO / "hardware" / "h200x8.yaml").read_text()
+    assert old in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(old, new))
+    r = kd(tmp_path, "plan", "--hardware", str(bad))
+    assert reason in one_error_line(r, 2)
+
+
+def test_gpus_spec_has_limits(tmp_path: Path) -> None:
+    r = kd(tmp_path, "plan", "--gpus", "1x1000000000xH100", timeout=20)
+    assert "at most" in one_error_line(r, 2)
+
+
+def test_planning_1024_nodes_takes_seconds_not_minutes(tmp_path: Path) -> None:
+    """The linear per-GiB remediation scan made 1,024 nodes take over two minutes; a binary search and
+    per-stage layer counting by bisection bring it to a few seconds (bound: 60 s on this 2-core box)."""
+    import time
+
+    t0 = time.monotonic()
+    r = kd(tmp_path, "plan", "--gpus", "1024x8xH100", "-o", str(tmp_path / "p.json"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert time.monotonic() - t0 < 60
+    assert len(json.loads((tmp_path / "p.json").read_text())["hardware"]["nodes"]) == 1024
+
+
+def test_plan_schema_page_is_up_to_date() -> None:
+    from deploy.planning.plan_schema import markdown
+
+    assert (REPO / "docs" / "reference" / "plan-schema.md").read_text() == markdown()
+
+
+def test_every_planned_profile_matches_the_plan_schema() -> None:
+    from deploy.hardware.profiles import available_profiles
+    from deploy.planning.plan_schema import PLAN_SCHEMA
+    from deploy.schema import validate
+
+    for name in available_profiles():
+        validate(plan(load_profile(name)).to_dict(), PLAN_SCHEMA, name)

@@ -18,10 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from deploy import constants
+from deploy import constants, schema
 from deploy.errors import InputError, ProfileError
+from deploy.hardware.profile_schema import PROFILE_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -111,6 +110,21 @@ class HardwareProfile:
 
 
 _gpu_table_cache: dict[Path, dict[str, GpuSpec]] = {}
+GPU_TABLE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["gpus"],
+    "properties": {
+        "gpus": {
+            "type": "object",
+            "propertyNames": {"pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"},
+            "additionalProperties": {
+                "type": "object",
+                "required": ["memory_mib", "compute_capability", "fp8", "int4_w4a16", "interconnect"],
+                "properties": {"memory_mib": schema.POSITIVE, "interconnect_gbps": schema.COUNT},
+            },
+        }
+    },
+}
 
 
 def load_gpu_table(path: Path | None = None) -> dict[str, GpuSpec]:
@@ -118,12 +132,8 @@ def load_gpu_table(path: Path | None = None) -> dict[str, GpuSpec]:
     path = path or constants.HARDWARE_DIR / "gpus.yaml"
     if path in _gpu_table_cache:
         return _gpu_table_cache[path]
-    try:
-        raw = yaml.safe_load(path.read_text())["gpus"]
-    except FileNotFoundError:
-        raise ProfileError(f"{path}: GPU spec table not found") from None
-    except (yaml.YAMLError, KeyError, TypeError):
-        raise ProfileError(f"{path}: expected a mapping under 'gpus'") from None
+    raw = schema.load_yaml(path, GPU_TABLE_SCHEMA, ProfileError, missing=f"{path}: GPU spec table not found")
+    raw = raw["gpus"]
     table = {}
     for name, spec in raw.items():
         try:
@@ -218,9 +228,10 @@ def _read_rate(d: dict[str, Any], where: str) -> float | None:
 
 
 def profile_from_dict(data: Any, source: str = "<dict>") -> HardwareProfile:
-    """Validate and build a profile; errors name the source and the key."""
+    """Validate (deploy.hardware.profile_schema) and build a profile; errors name the source and the key."""
     if not isinstance(data, dict):
         raise ProfileError(f"{source}: expected a mapping at the top level")
+    schema.validate(data, PROFILE_SCHEMA, source, ProfileError)
     nodes_raw = _require(data, "nodes", source, list)
     if not nodes_raw:
         raise ProfileError(f"{source}: 'nodes' is empty")
@@ -238,12 +249,9 @@ def load_profile(path: str | Path) -> HardwareProfile:
     p = Path(path)
     if not p.exists() and not p.suffix:
         p = constants.HARDWARE_DIR / f"{path}.yaml"
-    if not p.is_file():
+    if not p.exists():
         raise ProfileError(f"{path}: hardware profile not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError:
-        raise ProfileError(f"{p}: not valid YAML/JSON") from None
+    data = schema.load_yaml(p, None, ProfileError)
     return profile_from_dict(data, str(p))
 
 
@@ -261,6 +269,10 @@ def profile_from_gpus(spec: str, ram_gib: float = 2048, cpu_cores: int = 112) ->
     n_nodes, count, model = int(m.group(1) or 1), int(m.group(2)), m.group(3)
     if n_nodes < 1 or count < 1:
         raise InputError(f"--gpus {spec!r}: counts must be at least 1")
+    if n_nodes > schema.MAX_NODES or count > schema.MAX_GPUS_PER_NODE:
+        raise InputError(
+            f"--gpus {spec!r}: at most {schema.MAX_NODES} nodes of at most {schema.MAX_GPUS_PER_NODE} GPUs"
+        )
     gpu = gpu_spec(model)
     cpu = Cpu(
         model="typical 2-socket server",

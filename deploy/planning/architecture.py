@@ -16,6 +16,7 @@ memory model can place it under any layout.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -58,7 +59,17 @@ class TensorGroup:
         """Bytes of this group that live in the given decoder layers (0 for groups outside the stack)."""
         if not self.layers:
             return 0.0
-        return self.bytes_per_layer * sum(1 for i in self.layers if i in layer_ids)
+        if isinstance(layer_ids, range) and layer_ids.step == 1:  # a pipeline stage: count by bisection
+            count = bisect.bisect_left(self._sorted, layer_ids.stop) - bisect.bisect_left(
+                self._sorted, layer_ids.start
+            )
+        else:
+            count = sum(1 for i in self.layers if i in layer_ids)
+        return self.bytes_per_layer * count
+
+    @property
+    def _sorted(self) -> tuple[int, ...]:
+        return tuple(sorted(self.layers))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Any
 from deploy.errors import PlanError
 from deploy.fsutil import atomic_write_json
 from deploy.planning.margins import ready_deadline_s
-from deploy.schema import parse_json, read_text
+from deploy.schema import parse_json, read_text, validate
 
 SCHEMA_VERSION = 1
 
@@ -165,12 +165,20 @@ def candidate_from_dict(d: dict[str, Any]) -> Candidate:
 
 
 def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
+    """A Plan from plan.json's data, validated against deploy.planning.plan_schema first: a wrong type,
+    range or character is PlanError (exit 2) naming ``source``, the key and the reason."""
+    from deploy.planning.plan_schema import PLAN_SCHEMA
+
     if not isinstance(data, dict):
         raise PlanError(f"{source}: expected a JSON object")
     if data.get("schema") != SCHEMA_VERSION:
         raise PlanError(
             f"{source}: unsupported plan schema {data.get('schema')!r} (expected {SCHEMA_VERSION})"
         )
+    validate(data, PLAN_SCHEMA, source, PlanError)
+    ids = [c["id"] for c in data["candidates"]]
+    if data.get("chosen") is not None and data["chosen"] not in ids:
+        raise PlanError(f"{source}: chosen: {data['chosen']!r} is not the id of a candidate")
     try:
         candidates = [candidate_from_dict(c) for c in data["candidates"]]
         return Plan(

@@ -907,12 +907,21 @@ def _runs_at(arch: Architecture, lay: Layout, node: Node, req: Request, target: 
 
 
 def _needed_gpu_mib(arch: Architecture, lay: Layout, node: Node, req: Request, target: int) -> int | None:
-    """Smallest per-GPU memory (MiB, in steps of 1 GiB) at which ``lay`` runs ``target`` tokens."""
-    lo = max(node.gpu_memory_mib, 1024)
-    for gib in range(lo // 1024 + 1, 1025):
-        if _runs_at(arch, lay, dataclasses.replace(node, gpu_memory_mib=gib * 1024), req, target):
-            return gib * 1024
-    return None
+    """Smallest per-GPU memory (MiB, in steps of 1 GiB) at which ``lay`` runs ``target`` tokens.
+
+    More memory never makes a layout stop fitting, so this is a binary search (about 10 sizings instead
+    of up to a thousand: the linear scan made large clusters take minutes)."""
+    lo = max(node.gpu_memory_mib, 1024) // 1024 + 1
+    hi = 1024
+    if lo > hi or not _runs_at(arch, lay, dataclasses.replace(node, gpu_memory_mib=hi * 1024), req, target):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _runs_at(arch, lay, dataclasses.replace(node, gpu_memory_mib=mid * 1024), req, target):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo * 1024
 
 
 def _remediation(

@@ -32,8 +32,7 @@ STAMP_NAME = ".kimi-deploy-verified.json"
 QUARANTINE_DIR = ".quarantine"
 LOCK_SCHEMA = 1
 _CHUNK = 8 * 1024 * 1024
-#: owner/name, as the Hub spells repo ids (no "..", no leading "/": staged repos become folders)
-REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z"
+REPO_PATTERN = schema.REPO_PATTERN
 
 #: weights.lock: every path relative and inside the folder, digests in hex, sizes whole bytes.
 LOCK_SCHEMA_JSON: dict[str, Any] = {
@@ -146,9 +145,10 @@ def read_lock(directory: str | Path) -> Lock:
 
 def locked_path(directory: str | Path, rel: str) -> Path:
     """``directory / rel`` for a path of the lock, refused (InputError, exit 2) when it is not relative or
-    when it, or a folder on the way, is a symlink leading outside ``directory``: verify never reads, moves
-    or stamps a file outside the weights folder."""
-    return schema.inside(directory, rel, f"{lock_path(directory)}")
+    when a folder on the way is a symlink leading outside ``directory``: verify never moves or stamps a
+    file outside the weights folder. The file itself may be a symlink (weights linked from a cache): it is
+    read through, and a mismatch moves the link, not its target."""
+    return schema.inside(directory, rel, f"{lock_path(directory)}", last_may_link=True)
 
 
 def check_paths(directory: str | Path, lock: Lock) -> None:

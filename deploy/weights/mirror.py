@@ -125,7 +125,7 @@ def stage_folder(src: str | Path, repo: str, into: str | Path, *, revision: str 
     filesystem allows, copies otherwise) and write its weights.lock; returns the staged folder.
 
     ``stage_folder("~/gguf", "ggml-org/gemma-3-270m-GGUF", "/srv/mirror")``"""
-    if not re.match(REPO_PATTERN, repo) or ".." in repo.split("/"):
+    if repo.count("/") != 1 or not re.match(REPO_PATTERN, repo):
         raise InputError(f"--repo {repo!r}: expected owner/name (letters, digits, '.', '_', '-')")
     src_dir = Path(src).expanduser()
     if not src_dir.is_dir():
