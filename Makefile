@@ -143,3 +143,9 @@ monitoring: setup ## render $(PLAN) into $(RENDERED) with monitoring/ (Prometheu
 	$(KD) render --plan $(PLAN) --out $(RENDERED) $(if $(BIND),--bind $(BIND)) $(if $(TTFT_SLO),--ttft-slo $(TTFT_SLO))
 	@command -v promtool >/dev/null || { echo "promtool not found: make setup-system (Debian prometheus)" >&2; exit 1; }
 	cd $(RENDERED)/monitoring/rules && for f in *.test.yml; do promtool test rules "$$f" || exit 1; done
+
+# --- support bundle (deploy/support/; docs/how-to/support-bundle.md) ------------------------------------------------------
+.PHONY: support-bundle
+BUNDLE ?= support-bundle.tar.gz
+support-bundle: setup ## one .tar.gz for support: versions, inventory, plan, rendered files, weights status, engine logs, reports; secrets redacted
+	$(KD) support-bundle -o $(BUNDLE) --plan $(PLAN) --rendered $(RENDERED)

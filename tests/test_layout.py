@@ -25,6 +25,7 @@ STAGES = [
     "monitoring",
     "serving",
     "checking",
+    "support",
     "demo",
     "ansible",
     "cli",
