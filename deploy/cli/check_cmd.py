@@ -224,13 +224,19 @@ def check_command(
         atomic_write_json(output, data)
         click.echo(f"wrote {output}", err=True)
     if not report.ok:
-        names = ", ".join(r.name for r in report.failed)
-        first = report.failed[0]
-        raise CheckFailedError(
-            check.redact(
-                f"{len(report.failed)} check(s) failed: {names} ({first.name}: {first.reason})", secrets
-            )
-        )
+        raise CheckFailedError(check.redact(failure_line(report), secrets))
+
+
+def failure_line(report: check.CheckReport) -> str:
+    """The error line: the checks that failed, the first one's reason, how many were not run."""
+    failed = [r for r in report.failed if not r.reason.startswith("not run")]
+    not_run = len(report.failed) - len(failed)
+    names = ", ".join(r.name for r in failed) or report.failed[0].name
+    first = failed[0] if failed else report.failed[0]
+    tail = f"; {not_run} more not run" if not_run else ""
+    return (
+        f"{len(failed) or len(report.failed)} check(s) failed: {names} ({first.name}: {first.reason}){tail}"
+    )
 
 
 COMMANDS = [check_command]
