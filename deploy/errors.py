@@ -1,7 +1,7 @@
 """The toolkit's error hierarchy. Each error carries the exit code the CLI returns for it.
 
 Exit codes: 1 generic failure, 2 bad input, 3 nothing runnable, 4 not enough disk, 5 verification
-failed, 6 launch failed, 7 conformance check failed.
+failed, 6 launch failed, 7 conformance check failed, 8 benchmark missed its SLO (`bench --gate`).
 """
 
 from __future__ import annotations
@@ -76,3 +76,9 @@ class CheckFailedError(KimiDeployError):
 class CalibrationError(InputError):
     """A start-up log that cannot be read as one (empty, binary, truncated, another engine's) or a
     calibration store that fails its schema."""
+
+
+class SloMissedError(KimiDeployError):
+    """`bench --gate`: even the lowest concurrency point misses the SLO (the report is still written)."""
+
+    exit_code = 8

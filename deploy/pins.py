@@ -19,6 +19,11 @@ RAY_VERSION = "2.60.0"
 #: KTransformers' kt-kernel and kvcache-ai's SGLang fork, rendered into install steps only.
 KTRANSFORMERS_VERSION = "0.5.0"
 
+#: AIPerf (PyPI `aiperf`), the load generator behind `kimi-deploy bench`, in its own cached venv.
+AIPERF_VERSION = "0.13.0"
+#: gguf-py in the AIPerf venv: exports a GGUF's tokenizer into a local folder for AIPerf (offline).
+AIPERF_GGUF_VERSION = "0.19.0"
+
 ENGINE_PINS: dict[str, str] = {
     "vllm": VLLM_VERSION,
     "sglang": SGLANG_VERSION,

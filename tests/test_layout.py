@@ -25,6 +25,7 @@ STAGES = [
     "monitoring",
     "serving",
     "checking",
+    "benchmark",
     "support",
     "demo",
     "ansible",

@@ -23,6 +23,7 @@ VERB_MODULES: dict[str, str] = {
     "down": "launch_cmd",
     "status": "launch_cmd",
     "check": "check_cmd",
+    "bench": "bench_cmd",
     "support-bundle": "support_cmd",
     "demo": "demo_cmd",
     "ansible": "ansible_cmd",

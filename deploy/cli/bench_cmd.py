@@ -1,0 +1,181 @@
+"""`kimi-deploy bench`: load-test what a plan deploys (or any URL) through AIPerf."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from deploy.errors import InputError, SloMissedError
+from deploy.fsutil import atomic_write_json
+
+
+def _ints(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{name} {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
+
+
+@click.command("bench")
+@click.option(
+    "--plan", "plan_path", type=click.Path(dir_okay=False), help="Benchmark what this plan deploys."
+)
+@click.option(
+    "--rendered",
+    type=click.Path(file_okay=False),
+    help="The server `kimi-deploy render` wrote into this folder (bind, port, name, key variable).",
+)
+@click.option("--url", help="Any OpenAI-compatible endpoint instead of a plan, e.g. http://10.0.0.5:8000.")
+@click.option("--model", "model_name", help="Served model name (with --url).")
+@click.option(
+    "--api-key-env", metavar="NAME", help="Environment variable holding the API key (never printed)."
+)
+@click.option(
+    "--flavor",
+    type=click.Choice(["vllm", "sglang", "llama.cpp", "ktransformers", "moonshot"]),
+    help="Engine dialect (with --url; default vllm).",
+)
+@click.option(
+    "--tokenizer",
+    "tokenizer_path",
+    type=click.Path(exists=True),
+    help="The model's tokenizer: a folder with tokenizer files or a .gguf (default: the plan's weights).",
+)
+@click.option("--isl", help="Input tokens per request; a list (1024,8192) makes one sweep per shape.")
+@click.option("--osl", help="Output tokens per request (one value, or one per --isl).")
+@click.option(
+    "--concurrency",
+    "concurrency_text",
+    help="Concurrency points, e.g. 1,2,4 (default: sized for the target).",
+)
+@click.option("--requests", type=int, help="Requests per point (default: sized for the target).")
+@click.option("--duration", "duration_s", type=float, help="Seconds per point instead of a request count.")
+@click.option("--mode", type=click.Choice(["instant", "thinking"]), default="instant", show_default=True)
+@click.option(
+    "--workload",
+    type=click.Choice(["chat", "tool-calls"]),
+    default="chat",
+    show_default=True,
+    help="chat: synthetic prompts of --isl tokens; tool-calls: check's tool request and tool definitions.",
+)
+@click.option(
+    "--slo", help="Limits for capacity, e.g. ttft_p95=2s,itl_p95=80ms (ttft|itl|e2e, p50|p90|p95|p99)."
+)
+@click.option("--gate", is_flag=True, help="Exit 8 when even the lowest concurrency point misses --slo.")
+@click.option(
+    "--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Seconds per request."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to FILE.")
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), help="Write latency vs throughput to FILE.png."
+)
+@click.option(
+    "--artifacts", type=click.Path(file_okay=False), help="Keep AIPerf's own artifacts (per point) in DIR."
+)
+def bench_command(
+    plan_path: str | None,
+    rendered: str | None,
+    url: str | None,
+    model_name: str | None,
+    api_key_env: str | None,
+    flavor: str | None,
+    tokenizer_path: str | None,
+    isl: str | None,
+    osl: str | None,
+    concurrency_text: str | None,
+    requests: int | None,
+    duration_s: float | None,
+    mode: str,
+    workload: str,
+    slo: str | None,
+    gate: bool,
+    timeout_s: float,
+    as_json: bool,
+    output: str | None,
+    plot_path: str | None,
+    artifacts: str | None,
+) -> None:
+    """Sweep concurrency with AIPerf: TTFT/ITL/E2E percentiles, throughput, errors, engine metrics from
+    /metrics, capacity at --slo, and measured against the plan's expected decode speed.
+
+    Exits 8 under --gate when even the lowest point misses the SLO (the report is written first).
+    """
+    from deploy.benchmark import run as bench
+    from deploy.benchmark.slo import parse_slo
+    from deploy.benchmark.tokenizer import resolve_tokenizer, tokenizer_for_weights
+    from deploy.checking import target as targets
+    from deploy.planning.contract import load_plan
+
+    if gate and not slo:
+        raise InputError("--gate needs --slo (what the lowest point must meet)")
+    if url and (plan_path or rendered):
+        raise InputError(f"give either {'--plan' if plan_path else '--rendered'} or --url, not both")
+    if plot_path and not plot_path.lower().endswith(".png"):
+        raise InputError(f"--plot {plot_path!r}: expected a .png file name")
+    limits = parse_slo(slo)
+    expected = None
+    if url:
+        if not model_name:
+            raise InputError("--url needs --model (the served model name)")
+        if not tokenizer_path:
+            raise InputError(
+                "--url needs --tokenizer DIR|FILE.gguf (the served model's tokenizer, read offline)"
+            )
+        target = targets.target_from_url(url, model_name, flavor=flavor or "vllm", api_key_env=api_key_env,
+                                         timeout_s=timeout_s)  # fmt: skip
+        engine_args: dict = {}
+    else:
+        if model_name or flavor:
+            raise InputError("--model and --flavor go with --url; a plan names its own")
+        plan = load_plan(plan_path or "plan.json")
+        if rendered:
+            target = targets.target_from_rendered(plan, rendered, api_key_env, timeout_s=timeout_s)
+        else:
+            target = targets.target_from_plan(plan, api_key_env, timeout_s=timeout_s)
+        cand = plan.chosen_candidate
+        engine_args = cand.engine_args
+        expected = getattr(cand, "performance", None) or None
+        if not tokenizer_path:
+            tokenizer = tokenizer_for_weights(cand.weights.local_dir)
+    if tokenizer_path:
+        tokenizer = resolve_tokenizer(tokenizer_path)
+    sweep = bench.default_sweep(target.model, engine_args)
+    opts = bench.BenchOptions(
+        concurrency=_ints(concurrency_text, "--concurrency") or sweep["concurrency"],
+        isl=_ints(isl, "--isl") or sweep["isl"],
+        osl=_ints(osl, "--osl") or sweep["osl"],
+        requests=requests if requests is not None or duration_s is not None else sweep["requests"],
+        duration_s=duration_s,
+        mode=mode,
+        workload=workload,
+        slo=limits,
+        request_timeout_s=timeout_s,
+        keep_artifacts=Path(artifacts) if artifacts else None,
+    )
+    report = bench.run_bench(target, opts, tokenizer, expected, progress=lambda m: click.echo(m, err=True))
+    if output:
+        atomic_write_json(output, report)
+        click.echo(f"wrote {output}", err=True)
+    if plot_path:
+        from deploy.benchmark.plot import write_plot
+
+        write_plot(report, plot_path)
+        click.echo(f"wrote {plot_path}", err=True)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        from deploy.benchmark.report import render_report
+
+        click.echo(render_report(report))
+    if gate and not report["capacity"].get("lowest_point_meets"):
+        first = (report["capacity"].get("points") or [{}])[0]
+        why = "; ".join(first.get("misses") or ["no point ran"])
+        raise SloMissedError(f"the lowest concurrency point misses the SLO ({why})")
+
+
+COMMANDS = [bench_command]
