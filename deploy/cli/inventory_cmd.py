@@ -15,13 +15,19 @@ from deploy.hardware import inventory
     show_default=True,
     help="Where the weights will live; free disk is measured there (or at its nearest existing parent).",
 )
+@click.option(
+    "--bandwidth/--no-bandwidth",
+    default=True,
+    show_default=True,
+    help="Measure RAM bandwidth (about a second) for the planner's expected decode speed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON instead of YAML (also implied by -o FILE.json).")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False), help="Write the profile to FILE (atomically)."
 )
-def inventory_command(weights_dir: str, as_json: bool, output: str | None) -> None:
+def inventory_command(weights_dir: str, bandwidth: bool, as_json: bool, output: str | None) -> None:
     """Probe GPUs, CPU, RAM, NUMA, disk and network into a hardware profile for `plan --hardware`."""
-    profile = inventory.probe(weights_dir)
+    profile = inventory.probe(weights_dir, memory_bandwidth=bandwidth)
     text = inventory.dump_profile(profile, as_json=as_json or (output or "").endswith(".json"))
     if output:
         atomic_write_text(output, text)

@@ -13,13 +13,17 @@ its input (a path, a text, a module or a callable) as a parameter, so tests feed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -318,9 +322,46 @@ def _read(path: str) -> str:
 # --- the node -----------------------------------------------------------------------------------------
 
 
+def _copy_rate_gbs(size_mib: int, seconds: float) -> float:
+    """Best STREAM-style copy rate of one thread over ``seconds``: bytes read + written per second, GB/s."""
+    import numpy as np
+
+    # both arrays written first, so no page fault lands inside a timed copy
+    a = np.ones(size_mib * MIB // 8)
+    b = np.ones_like(a)
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        np.copyto(b, a)
+        dt = time.perf_counter() - t0
+        if dt > 0:
+            best = max(best, 2 * a.nbytes / dt)
+    return best / 1e9
+
+
+def measure_memory_bandwidth(
+    workers: int, seconds: float = 0.5, max_workers: int = 16
+) -> tuple[float, float]:
+    """(all workers, one thread) RAM copy bandwidth in GB/s: a short bounded probe (about 2 x ``seconds``
+    plus process start-up) with one process per physical core, at most ``max_workers``.
+
+    >>> measure_memory_bandwidth(2)  # doctest: +SKIP
+    (14.2, 8.9)
+    """
+    one = _copy_rate_gbs(64, seconds)
+    n = max(1, min(workers, max_workers))
+    if n == 1:
+        return round(one, 2), round(one, 2)
+    size = 64 if n <= 4 else 32
+    with ProcessPoolExecutor(max_workers=n, mp_context=multiprocessing.get_context("fork")) as pool:
+        rates = list(pool.map(_copy_rate_gbs, [size] * n, [seconds] * n, timeout=60 + 4 * seconds))
+    return round(max(sum(rates), one), 2), round(one, 2)
+
+
 def probe(
     weights_dir: str | Path | None = None,
     *,
+    memory_bandwidth: bool = False,
     nvml: ModuleType | Any | None = None,
     nvidia_smi: Callable[[], str | None] = _run_nvidia_smi,
     cpuinfo_text: str | None = None,
@@ -330,7 +371,8 @@ def probe(
     """Probe this node into a one-node hardware profile named after the hostname.
 
     The keyword arguments replace a source (NVML module, nvidia-smi runner, cpuinfo text, NUMA tree,
-    route table) for tests; by default each is read from this machine.
+    route table) for tests; by default each is read from this machine. ``memory_bandwidth`` runs the short
+    RAM bandwidth probe (:func:`measure_memory_bandwidth`, about a second) for the decode expectation.
 
     >>> probe("/data/models").to_dict()["nodes"][0]["gpus"]  # doctest: +SKIP
     {'model': 'none', 'count': 0, 'memory_mib': 0}
@@ -363,6 +405,9 @@ def probe(
         network_interface=iface,
         address=interface_address(iface, psutil.net_if_addrs()),
     )
+    if memory_bandwidth:
+        total, one = measure_memory_bandwidth(node.cpu.physical_cores)
+        node = dataclasses.replace(node, memory_bandwidth_gbs=total, memory_bandwidth_per_thread_gbs=one)
     how = "NVML and nvidia-smi" if gpu_source == "none" else gpu_source
     return HardwareProfile(
         name=host,

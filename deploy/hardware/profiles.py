@@ -34,6 +34,8 @@ class GpuSpec:
     interconnect: str
     interconnect_gbps: int
     nvml_names: tuple[str, ...] = ()
+    #: HBM/GDDR bandwidth per GPU in GB/s (the vendor's figure), for the planner's decode expectation
+    memory_bandwidth_gbs: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ class Node:
     address: str = "127.0.0.1"
     #: sequential read rate of weights_dir in GB/s, measured by `kimi-deploy inventory` (None: not measured)
     disk_read_gbps: float | None = None
+    #: RAM bandwidth in GB/s with every core reading, and with one thread (measured by `inventory`)
+    memory_bandwidth_gbs: float | None = None
+    memory_bandwidth_per_thread_gbs: float | None = None
 
     @property
     def gpu_memory_gib(self) -> float:
@@ -105,6 +110,9 @@ class HardwareProfile:
             }
             if n.disk_read_gbps is not None:
                 d["disk_read_gbps"] = n.disk_read_gbps
+            for key in ("memory_bandwidth_gbs", "memory_bandwidth_per_thread_gbs"):
+                if getattr(n, key) is not None:
+                    d[key] = getattr(n, key)
             nodes.append(d)
         return {"name": self.name, "description": self.description, "nodes": nodes}
 
@@ -147,6 +155,7 @@ def load_gpu_table(path: Path | None = None) -> dict[str, GpuSpec]:
                 interconnect=str(spec["interconnect"]),
                 interconnect_gbps=int(spec.get("interconnect_gbps", 0)),
                 nvml_names=tuple(spec.get("nvml_names", ())),
+                memory_bandwidth_gbs=float(spec.get("memory_bandwidth_gbs", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{path}: gpus.{name}: missing or bad key {exc}") from None
@@ -215,7 +224,18 @@ def _node_from_dict(d: Any, where: str) -> Node:
         network_interface=str(_require(d, "network_interface", where, str)),
         address=str(d.get("address", "127.0.0.1")),
         disk_read_gbps=_read_rate(d, where),
+        memory_bandwidth_gbs=_bandwidth(d, "memory_bandwidth_gbs", where),
+        memory_bandwidth_per_thread_gbs=_bandwidth(d, "memory_bandwidth_per_thread_gbs", where),
     )
+
+
+def _bandwidth(d: dict[str, Any], key: str, where: str) -> float | None:
+    value = d.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100000:
+        raise ProfileError(f"{where}.{key}: expected a number of GB/s in (0, 100000), got {value!r}")
+    return float(value)
 
 
 def _read_rate(d: dict[str, Any], where: str) -> float | None:

@@ -116,6 +116,9 @@ class Candidate:
     #: what the time to ready assumes: the weights read rate (GB/s) and where it comes from
     read_rate_gbps: float = 0.0
     read_rate_source: str = ""
+    #: what one stream should decode (deploy/planning/performance.py): ``decode_tokens_per_s_c1`` (null when a
+    #: bandwidth is unknown), the bytes per token, bandwidths, efficiency and their sources
+    performance: dict[str, Any] = field(default_factory=dict)
 
     @property
     def runs(self) -> bool:

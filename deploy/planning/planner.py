@@ -26,6 +26,7 @@ from deploy.catalog import ENGINES, Model, Variant, load_model
 from deploy.constants import GB, GIB
 from deploy.errors import InputError
 from deploy.hardware.profiles import Cpu, HardwareProfile, Node, load_gpu_table
+from deploy.planning import performance
 from deploy.planning.architecture import Architecture, architecture_for
 from deploy.planning.calibrated import apply_to_fit, matching_records
 from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
@@ -702,6 +703,10 @@ def _candidate(
     )
     c.time_to_ready_s, c.read_rate_gbps, c.read_rate_source = _time_to_ready(engine, v, lay, profile.head)
     c.engine_args = _engine_args(m, v, arch, engine, lay, profile, req, fit, max_len, weights.local_dir)
+    if status != INCOMPATIBLE:
+        c.performance = performance.for_candidate(
+            arch, engine, c.placement, lay, profile.head, max_len, req.kv_cache_dtype, c.engine_args
+        )
     if engine == "vllm" and lay.nodes > 1 and "multinode" in c.engine_args:
         c.engine_args["multinode"]["distributed_timeout_s"] = distributed_timeout_s(c.time_to_ready_s)
     return c

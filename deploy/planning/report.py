@@ -27,6 +27,7 @@ COLUMNS = (
     "WEIGHTS/GPU",
     "KV/GPU",
     "HOST_RAM",
+    "DECODE_C1",
     "REASON",
 )
 REASON_WIDTH = 90
@@ -51,6 +52,14 @@ def _low(c: Candidate) -> str:
     return f"{c.kv_cache_tokens_low:,} (-{c.kv_error:.0%})"
 
 
+def _decode(c: Candidate) -> str:
+    """Expected tokens/s of one stream (deploy/planning/performance.py), '?' when a bandwidth is unknown."""
+    rate = (c.performance or {}).get("decode_tokens_per_s_c1")
+    if rate is None:
+        return "?" if c.performance else "-"
+    return f"{rate:,.0f}/s" if rate >= 10 else f"{rate:.1f}/s"
+
+
 def candidate_row(c: Candidate) -> tuple[str, ...]:
     gpus = f"{c.nodes}x{c.gpus_per_node}" if c.gpus_per_node else f"{c.nodes}xCPU"
     runs = c.status != "incompatible"
@@ -67,6 +76,7 @@ def candidate_row(c: Candidate) -> tuple[str, ...]:
         _gib(c.memory.weights),
         _gib(c.memory.kv_cache),
         _gib(c.memory.host),
+        _decode(c) if runs else "-",
         _reason(c),
     )
 
