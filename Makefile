@@ -149,3 +149,16 @@ monitoring: setup ## render $(PLAN) into $(RENDERED) with monitoring/ (Prometheu
 BUNDLE ?= support-bundle.tar.gz
 support-bundle: setup ## one .tar.gz for support: versions, inventory, plan, rendered files, weights status, engine logs, reports; secrets redacted
 	$(KD) support-bundle -o $(BUNDLE) --plan $(PLAN) --rendered $(RENDERED)
+
+# --- bench: load test through AIPerf (deploy/benchmark/, docs/how-to/bench.md) ---------------------------------------
+.PHONY: setup-bench bench-serve
+setup-bench: $(BIN)/kimi-deploy ## the AIPerf venv `kimi-deploy bench` drives (about 1.2 GB, a few minutes once; cached)
+	$(KD) engine install aiperf
+
+# the slow bench tests run the real AIPerf, so `make test` builds its venv first
+test: setup-bench
+
+bench-serve: setup-bench ## load-test $(PLAN)'s deployment (or URL=... MODEL=... TOKENIZER=...) with AIPerf; SLO=... PLOT=file.png
+	$(KD) bench $(if $(URL),--url $(URL) --model $(MODEL) --tokenizer $(TOKENIZER),--plan $(PLAN)) \
+		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(SLO),--slo $(SLO)) $(if $(PLOT),--plot $(PLOT)) \
+		-o $(or $(BENCH_OUT),bench.json)
