@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -253,6 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if opts.check:
         todo = [s for s in todo if not s.machine]
+    if any(s.profile for s in todo) and shutil.which("promtool") is None:
+        # render checks its monitoring/ files with promtool when it is on PATH and says so: output differs
+        print(
+            "error: promtool is not on PATH (make setup-system): render's output shows its checks",
+            file=sys.stderr,
+        )
+        return 2
     stale: list[str] = []
     for name, make in GENERATED.items():
         if opts.names and name not in opts.names:
