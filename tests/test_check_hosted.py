@@ -276,6 +276,24 @@ def test_wrong_key_fails_in_one_line_and_the_key_appears_nowhere(provider, tmp_p
     assert all(r["reason"].startswith("not run") for r in report["results"][1:])
 
 
+def test_a_reference_with_a_wrong_key_costs_nothing_and_says_so(provider, tmp_path: Path) -> None:
+    reference = provider("moonshot", "--call-when", ",".join(REFERENCE_WORDS), "--echo-key", key=REF_KEY)
+    candidate = provider("nim", "--call-when", ",".join(CANDIDATE_WORDS))
+    wrong = "sk-wrongref-" + "9c8d" * 6
+    rc, report, out = kd_check(
+        "--url", candidate, "--model", MODEL_IDS["nim"], "--api-key-env", KEY_ENV, "--flavor", "nim",
+        "--tool-calls", str(SAMPLES), "--reference-url", reference, "--reference-model", "kimi-k2.5",
+        "--reference-api-key-env", REF_KEY_ENV, "--reference-flavor", "moonshot",
+        tmp_path=tmp_path, environ=env(**{REF_KEY_ENV: wrong}),
+    )  # fmt: skip
+    assert rc == 7
+    line = last_line(out)
+    assert (
+        "tool_call_f1" in line and "reference is not live" in line and f"${REF_KEY_ENV} was refused" in line
+    )
+    assert report["usage"][1]["requests"] == 0 and wrong not in out + json.dumps(report)
+
+
 def test_wrong_model_id_fails_with_a_hint(provider, tmp_path: Path) -> None:
     base = provider("oxen", "--call-when", "weather")
     rc, report, out = kd_check(

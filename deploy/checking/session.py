@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from deploy.checking import providers
 from deploy.checking.meter import Budget, Meter
 from deploy.checking.result import FAIL, CheckReport, CheckResult
-from deploy.checking.suite import GATES, run_checks
+from deploy.checking.suite import GATES, check_liveness, run_checks
 from deploy.checking.target import Target, require_key, target_from_url
 from deploy.checking.toolset import Sample, check_threshold, load_samples, run_samples, tool_call_set_result
 from deploy.checking.trigger import f1_result, load_reference_results
@@ -147,17 +148,31 @@ def execute(run: Run, threshold: float = 0.95, f1_threshold: float = DEFAULT_F1_
             report.results.append(result)
             if run.reference is not None or run.reference_results:
                 t1 = time.monotonic()
-                if run.reference is not None:
+                live = check_liveness(run.reference) if run.reference is not None else None
+                if live is not None and live.status == FAIL:
+                    why = f"the reference is not live, no sample sent to it: {live.reason}"
+                    report.results.append(CheckResult("tool_call_f1", FAIL, why, live.seconds))
+                elif run.reference is not None:
                     reference = run_samples(run.reference, run.samples)
                     source = f"{run.reference.api_base} ({run.reference.model})"
+                    report.results.append(_f1(report, outcomes, reference, f1_threshold, source, t1))
                 else:
                     reference = load_reference_results(str(run.reference_results), run.samples)
                     source = f"recorded results {run.reference_results}"
-                f1, report.trigger_f1 = f1_result(
-                    outcomes, reference, f1_threshold, source, time.monotonic() - t1
-                )
-                report.results.append(f1)
+                    report.results.append(_f1(report, outcomes, reference, f1_threshold, source, t1))
     report.usage = [run.target.meter.summary()]
     if run.reference is not None:
         report.usage.append(run.reference.meter.summary())
     return report
+
+
+def _f1(
+    report: CheckReport,
+    outcomes: dict[int, dict[str, Any]],
+    reference: dict[int, dict[str, Any]],
+    threshold: float,
+    source: str,
+    t0: float,
+) -> CheckResult:
+    result, report.trigger_f1 = f1_result(outcomes, reference, threshold, source, time.monotonic() - t0)
+    return result

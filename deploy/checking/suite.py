@@ -279,8 +279,6 @@ def check_streaming(target: Target) -> CheckResult:
         for event in create(target, chat_request(target, "stream")):
             chunk = event.model_dump()
             chunks.append(chunk)
-            if chunk.get("usage"):
-                target.meter.add_usage(chunk)
             if ttft is None:
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
@@ -291,6 +289,7 @@ def check_streaming(target: Target) -> CheckResult:
             "streaming", FAIL, error_reason(exc, target), time.monotonic() - t0, {"chunks": len(chunks)}
         )
     dt = time.monotonic() - t0
+    target.meter.add_usage(next((c for c in chunks if c.get("usage")), None))
     details = {"chunks": len(chunks), "ttft_s": round(ttft, 3) if ttft is not None else None}
     if not chunks:
         return CheckResult("streaming", FAIL, "no SSE chunks", dt, details)

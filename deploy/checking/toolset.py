@@ -129,9 +129,7 @@ def _ask(target: Target, body: dict[str, Any], max_tokens: int) -> dict[str, Any
         result = create(target, req)
         if req.get("stream"):
             chunks = [event.model_dump() for event in result]
-            for chunk in chunks:
-                if chunk.get("usage"):
-                    target.meter.add_usage(chunk)
+            target.meter.add_usage(next((c for c in chunks if c.get("usage")), None))
             payload = assemble_stream(chunks)
         else:
             payload = result.model_dump()

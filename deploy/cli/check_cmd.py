@@ -77,7 +77,13 @@ from deploy.planning.contract import load_plan
 @click.option(
     "--limit", type=int, default=50, show_default=True, help="At most this many --tool-calls requests."
 )
-@click.option("--concurrency", type=int, default=4, show_default=True, help="Parallel --tool-calls requests.")
+@click.option(
+    "--concurrency",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Requests in flight per endpoint (samples; the reference has its own).",
+)
 @click.option(
     "--threshold",
     type=float,
