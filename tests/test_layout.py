@@ -27,6 +27,7 @@ STAGES = [
     "checking",
     "benchmark",
     "support",
+    "releases",
     "demo",
     "ansible",
     "cli",

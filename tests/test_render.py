@@ -103,7 +103,12 @@ def test_render_h200_writes_every_file_with_modes_and_hashes(tmp_path: Path, run
         f"kimi-deploy-{node}.service",
         "manifest.json",
     }
-    assert {f.name for f in out.iterdir()} == expected | {"monitoring"}
+    # the files live in a release folder; the rendered folder links each name through `current`
+    assert {f.name for f in out.iterdir()} == expected | {"monitoring", "current", "releases", "history.json"}
+    assert all(os.readlink(out / name) == f"current/{name}" for name in expected)
+    (release,) = (out / "releases").iterdir()
+    assert (out / "current").resolve() == release
+    assert expected <= {f.name for f in release.iterdir()}
     assert stat.S_IMODE((out / "kimi-deploy.env").stat().st_mode) == 0o600
     assert os.access(out / f"launch-{node}.sh", os.X_OK)
     manifest = json.loads((out / "manifest.json").read_text())
@@ -356,7 +361,7 @@ def test_secrets_to_env_file_writes_only_the_0600_file(tmp_path: Path, run_cli) 
     assert key_file.read_text() == CANARY_KEY and stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert "credentials_file: api-key" in (out / "monitoring" / "prometheus.yml").read_text()
     for f in rendered_files(out):
-        if f not in (env_file, key_file):
+        if f.resolve() not in (env_file.resolve(), key_file.resolve()):
             assert CANARY_KEY not in f.read_text() and CANARY_HF not in f.read_text(), f.name
     assert CANARY_KEY not in r.output + r.stderr
 

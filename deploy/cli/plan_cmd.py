@@ -7,6 +7,7 @@ import json
 import click
 
 from deploy import constants
+from deploy.cli import plan_diff_cmd
 from deploy.errors import InputError, NothingRunnableError
 from deploy.hardware.profiles import HardwareProfile, load_profile, profile_from_gpus
 from deploy.planning.contract import save_plan
@@ -51,7 +52,7 @@ def _calibration_records() -> list[dict]:
         return []
 
 
-@click.command("plan")
+@click.group("plan", invoke_without_command=True)
 @click.option("--hardware", metavar="FILE", help="Hardware profile (YAML/JSON, or a name under hardware/).")
 @click.option("--gpus", metavar="SPEC", help="Plan for hardware you do not have: 8xH200, 2x8xH100, ...")
 @click.option("--model", default=constants.DEFAULT_MODEL, show_default=True, help="Catalog model.")
@@ -93,6 +94,11 @@ def _calibration_records() -> list[dict]:
 @click.option(
     "--no-calibration", is_flag=True, help="Ignore the calibration store (measured starts) for this plan."
 )
+@click.option(
+    "--revision",
+    metavar="REV",
+    help="Weights revision (branch, tag or commit) instead of the catalog's, e.g. to upgrade to it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print plan.json on stdout instead of the table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write plan.json here (atomically).")
 def plan_command(
@@ -111,12 +117,16 @@ def plan_command(
     speculative: str | None,
     tight: bool,
     no_calibration: bool,
+    revision: str | None,
     as_json: bool,
     output: str | None,
 ) -> None:
     """Plan a deployment: a table of every candidate, the chosen one's memory, and why it was chosen.
 
-    Exit 3 (after printing the table) when nothing can run; -o still writes plan.json then."""
+    Exit 3 (after printing the table) when nothing can run; -o still writes plan.json then.
+    `kimi-deploy plan diff OLD NEW` compares two plans or releases."""
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     profile = _profile(hardware, gpus, weights_dir)
     records = [] if no_calibration else _calibration_records()
     result = plan(
@@ -134,6 +144,7 @@ def plan_command(
         speculative=speculative,
         tight=tight,
         calibration=records,
+        revision=revision,
     )
     if output:
         save_plan(result, output)
@@ -148,5 +159,7 @@ def plan_command(
             f"nothing can run {model} on {profile.name} (see the table and the explanation above)"
         )
 
+
+plan_command.add_command(plan_diff_cmd.diff_command)
 
 COMMANDS = [plan_command]

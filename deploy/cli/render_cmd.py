@@ -55,6 +55,14 @@ class ParserCheckFailed(KimiDeployError):
     help="Monitoring for a demo: 1 s scrapes and alert `for:` durations of seconds (default: 15 s, minutes).",
 )
 @click.option(
+    "--keep",
+    type=click.IntRange(min=1),
+    default=render.release_dir.DEFAULT_KEEP,
+    show_default=True,
+    metavar="N",
+    help="Earlier releases kept under DIR/releases (besides current and the one before it).",
+)
+@click.option(
     "--check-parsers",
     is_flag=True,
     help="Also parse the vLLM/SGLang commands with the engines' own parsers (needs the parser venv).",
@@ -71,11 +79,16 @@ def render_command(
     secrets_to_env_file: bool,
     ttft_slo: float | None,
     fast_alerts: bool,
+    keep: int,
     check_parsers: bool,
 ) -> None:
     """Write launch-<node>.sh, install-<node>.sh, kimi-deploy-<node>.service, the env file, a manifest, and
     monitoring/ (Prometheus scrape config, alert rules, Grafana dashboards; checked with promtool when it is
-    on PATH)."""
+    on PATH).
+
+    They go into a release folder DIR/releases/<id> (named by the plan and the render options) and
+    DIR/current is switched to it; DIR/<file> links follow current.
+    """
     opts = render.RenderOptions(
         out_dir=out_dir,
         candidate_id=candidate_id,
@@ -89,6 +102,7 @@ def render_command(
         ttft_p95_slo_s=ttft_slo,
         check_monitoring=True,
         monitoring_timings=Timings.fast() if fast_alerts else None,
+        keep=keep,
     )
     result = render.render(plan_path, opts)
     m = result.manifest
@@ -96,12 +110,15 @@ def render_command(
         f"rendered {m['engine']} candidate {m['candidate']} for {len(result.nodes)} node(s) "
         f"into {result.out_dir} (serving on {m['bind']}:{m['port']})"
     )
+    click.echo(f"release {result.release_id} is current ({result.out_dir}/current)")
     for path in result.files:
         click.echo(f"  {path.relative_to(result.out_dir)}")
     for r in result.promtool:
         click.echo(r.summary())
     if not result.promtool:
         click.echo("promtool not on PATH: monitoring/ not checked (Debian: apt-get install prometheus)")
+    for rid in result.pruned:
+        click.echo(f"removed old release {rid} (kept {keep})")
     for n in result.nodes:
         click.echo(f"{n.role} {n.node}: {' '.join(argv_strings(n.argv))}")
     if check_parsers:

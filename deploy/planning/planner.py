@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 from deploy import constants
@@ -85,6 +86,7 @@ class Request:
     #: a speculative-decoding method of the catalog (``eagle3``), applied where a published recipe runs it
     speculative: str | None = None
     tight: bool = False
+    revision: str | None = None
 
 
 def plan(
@@ -102,6 +104,7 @@ def plan(
     speculative: str | None = None,
     tight: bool = False,
     calibration: list[dict[str, Any]] | None = None,
+    revision: str | None = None,
 ) -> Plan:
     """Plan ``model`` on ``profile``. Bad input raises InputError; a plan with nothing runnable has
     ``chosen`` None (the CLI prints the table and exits 3). ``nodes`` keeps only the candidates on exactly
@@ -126,7 +129,10 @@ def plan(
         nodes,
         speculative,
         tight,
+        revision,
     )
+    if revision is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$", revision):
+        raise InputError(f"--revision {revision!r}: expected a branch, tag or commit name")
     have = len(profile.nodes)
     if nodes is not None and not 1 <= nodes <= have:
         raise InputError(
@@ -668,7 +674,7 @@ def _candidate(
     weights = Weights(
         variant=v.id,
         repo=v.repo,
-        revision=v.revision,
+        revision=req.revision or v.revision,
         allow_patterns=list(v.allow_patterns),
         bytes=v.file_bytes,
         format=v.format,

@@ -251,6 +251,8 @@ def _meta(target: Target) -> dict[str, Any]:
         "serves_http": target.head,
         # `status --watch` reads the API key for /metrics from these (never recorded itself)
         "env_files": [str(p) for p in target.env_files],
+        # the release folder the node runs (deploy.serving.release_dir): what `upgrade`/`rollback` start from
+        "rendered": str(target.script.parent),
     }
     if target.listen is not None:
         meta["listen"] = f"{target.listen[0]}:{target.listen[1]}"

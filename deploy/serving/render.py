@@ -19,12 +19,14 @@ script runs. Secrets are never written unless asked for (``secrets_to_env_file``
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
 import re
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from deploy.monitoring.render import monitoring_texts
 from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, MonitoringSpec, ScrapeTarget, Timings
 from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.schema import check_env_name, check_host, check_port
+from deploy.serving import release_dir
 from deploy.serving.argv import (
     SGLANG_KEY_CONFIG_FILE,
     SGLANG_KEY_CONFIG_VAR,
@@ -89,16 +92,25 @@ class RenderOptions:
     monitoring_timings: Timings | None = None
     #: run `promtool check config` and `check rules` on the monitoring files (when promtool is on PATH)
     check_monitoring: bool = False
+    #: make the new release the one that runs (``out_dir/current``); `upgrade` switches it itself later
+    switch_current: bool = True
+    #: releases kept besides ``current`` and the one before it (deploy.serving.release_dir.prune)
+    keep: int = release_dir.DEFAULT_KEEP
 
 
 @dataclass
 class RenderResult:
+    """``out_dir`` is the rendered folder (``--out``); the files themselves are in ``release_dir``."""
+
     out_dir: Path
     candidate: Candidate
     nodes: list[NodeCommand]
     files: list[Path]
     manifest: dict[str, Any] = field(default_factory=dict)
     promtool: list[promtool.PromtoolResult] = field(default_factory=list)
+    release_id: str = ""
+    release_dir: Path | None = None
+    pruned: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------- templates
@@ -620,10 +632,26 @@ def render(
     for rel, text_mode in monitoring_texts(spec, api_key).items():
         texts[f"{MONITORING_DIR}/{rel}"] = text_mode
 
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_stale(out, set(texts))
-    files = [atomic_write_text(out / name, text, mode=mode) for name, (text, mode) in texts.items()]
-    checked = promtool.check_dir(out / MONITORING_DIR, unit_tests=False) if opts.check_monitoring else []
+    lock = _lock_reference(weights_dir)
+    material = {
+        "plan": plan.to_dict() | {"chosen": cand.id},
+        "options": {
+            k: str(v) if v is not None else None
+            for k, v in sorted(vars(opts).items())
+            if k not in ("out_dir", "plan_path", "switch_current", "keep")
+        },
+        "weights": lock,
+        "toolkit_version": __version__,
+        "texts": {
+            name: hashlib.sha256(text.encode()).hexdigest() for name, (text, _) in sorted(texts.items())
+        },
+    }
+    rid = release_dir.release_id(f"{served}-{cand.engine}", material)
+    rel = release_dir.release_path(out, rid)
+    rel.mkdir(parents=True, exist_ok=True)
+    _remove_stale(rel, set(texts))
+    files = [atomic_write_text(rel / name, text, mode=mode) for name, (text, mode) in texts.items()]
+    checked = promtool.check_dir(rel / MONITORING_DIR, unit_tests=False) if opts.check_monitoring else []
     promtool.require_ok(checked)
     manifest = {
         "schema": MANIFEST_SCHEMA,
@@ -668,13 +696,88 @@ def render(
             "credentials_file": f"{MONITORING_DIR}/api-key" if spec.api_key else None,
         },
         "files": {
-            p.relative_to(out).as_posix(): {"sha256": _sha256(p), "mode": oct(p.stat().st_mode & 0o777)}
+            p.relative_to(rel).as_posix(): {"sha256": _sha256(p), "mode": oct(p.stat().st_mode & 0o777)}
             for p in files
         },
     }
-    files.append(atomic_write_json(out / MANIFEST, manifest))
+    files.append(atomic_write_json(rel / MANIFEST, manifest))
+    _write_release(rel, rid, plan, cand, opts, model_path, weights_dir, lock)
+    pruned: list[str] = []
+    if opts.switch_current:
+        release_dir.switch_current(out, rid, reason="render")
+        pruned = release_dir.prune(out, opts.keep)
+        # the stable names in the rendered folder, which follow `current`
+        files = [out / p.relative_to(rel) for p in files]
     return RenderResult(
-        out_dir=out, candidate=cand, nodes=nodes, files=files, manifest=manifest, promtool=checked
+        out_dir=out,
+        candidate=cand,
+        nodes=nodes,
+        files=files,
+        manifest=manifest,
+        release_id=rid,
+        release_dir=rel,
+        pruned=pruned,
+        promtool=checked,
+    )
+
+
+def _lock_reference(weights_dir: Path) -> dict[str, Any] | None:
+    """Which weights a release runs: the folder, and its weights.lock's repo, revision, commit and digest."""
+    if not lockfile.lock_path(weights_dir).is_file():
+        return None
+    lock = lockfile.read_lock(weights_dir)
+    return {
+        "dir": str(weights_dir),
+        "repo": lock.repo,
+        "revision": lock.revision,
+        "commit": lock.commit,
+        "lock_sha256": lockfile.lock_digest(weights_dir),
+        "bytes": lock.total_bytes,
+        "files": len(lock.files),
+    }
+
+
+def _write_release(
+    rel: Path,
+    rid: str,
+    plan: Plan,
+    cand: Candidate,
+    opts: RenderOptions,
+    model_path: str,
+    weights_dir: Path,
+    lock: dict[str, Any] | None,
+) -> None:
+    """The release's own copy of its plan and its description (release.json)."""
+    atomic_write_json(rel / release_dir.PLAN_COPY, plan.to_dict() | {"chosen": cand.id})
+    previous: dict[str, Any] = {}
+    with contextlib.suppress(KimiDeployError):
+        previous = release_dir.read_release(rel)
+    atomic_write_json(
+        rel / release_dir.RELEASE_META,
+        {
+            "schema": release_dir.RELEASE_SCHEMA,
+            "id": rid,
+            "created_unix": previous.get("created_unix") or round(time.time(), 3),
+            "toolkit_version": __version__,
+            "plan_source": opts.plan_path,
+            "plan": release_dir.PLAN_COPY,
+            "candidate": cand.id,
+            "engine": cand.engine,
+            "engine_version": pins.ENGINE_PINS.get(cand.engine, ""),
+            "served_model_name": cand.engine_args.get("served_model_name"),
+            "model_path": model_path,
+            "weights_dir": str(weights_dir),
+            "weights": lock,
+            "render_options": {
+                "bind": opts.bind,
+                "port": opts.port,
+                "api_key_env": opts.api_key_env,
+                "multinode_backend": opts.multinode_backend,
+                "weights_dir": str(opts.weights_dir) if opts.weights_dir else None,
+                "candidate_id": opts.candidate_id,
+                "secrets_to_env_file": opts.secrets_to_env_file,
+            },
+        },
     )
 
 

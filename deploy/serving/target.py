@@ -25,7 +25,7 @@ import psutil
 
 from deploy.errors import PlanError, VerificationError
 from deploy.planning.contract import Plan
-from deploy.serving import readiness
+from deploy.serving import readiness, release_dir
 from deploy.serving.quoting import parse_env_file
 from deploy.weights import lockfile
 
@@ -73,8 +73,8 @@ def node_names(plan: Plan) -> list[str]:
 
 
 def read_manifest(rendered: str | Path) -> dict[str, Any]:
-    """``rendered/manifest.json`` (what `kimi-deploy render` wrote), or {} when there is none."""
-    path = Path(rendered) / "manifest.json"
+    """The manifest.json of ``rendered``'s current release (what `kimi-deploy render` wrote), or {}."""
+    path = release_dir.resolve(rendered) / "manifest.json"
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -110,7 +110,8 @@ def target_for(
     >>> t.script.name, t.url  # doctest: +SKIP
     ('launch-ci.sh', 'http://127.0.0.1:8001/health')
     """
-    rendered = Path(rendered)
+    # the release `current` points at now, by its own path: what runs is recorded as that release
+    rendered = release_dir.resolve(rendered)
     manifest = read_manifest(rendered)
     cand = plan.candidate(str(manifest["candidate"])) if manifest.get("candidate") else plan.chosen_candidate
     if manifest.get("nodes"):

@@ -1,0 +1,266 @@
+"""Releases on disk: where `render` writes, and the ``current`` link that says which one runs.
+
+    >>> from deploy.serving import release_dir
+    >>> release_dir.current_id("rendered")                  # doctest: +SKIP
+    'demo-llama.cpp-3f2a9c1d04be'
+    >>> release_dir.resolve("rendered")                     # doctest: +SKIP
+    PosixPath('/srv/kimi/rendered/releases/demo-llama.cpp-3f2a9c1d04be')
+
+Layout of a rendered folder (``render --out DIR``)::
+
+    DIR/releases/<id>/        one release: plan.json, release.json, the rendered files, reports/
+    DIR/current -> releases/<id>   the release that runs (switched atomically: new link, then rename)
+    DIR/<file> -> current/<file>   one stable link per rendered file, so DIR/launch-<node>.sh, the units'
+                                   paths and older readers of DIR/manifest.json follow ``current``
+    DIR/history.json          every switch of ``current``, oldest first (what `rollback` goes back to)
+
+``<id>`` is content-addressed: a digest of what the release is made from (the plan's candidate, the render
+options, the weights lock's commit, the toolkit version), so rendering the same inputs twice gives the same
+release. A folder without ``current`` (rendered by an older toolkit) is read as one flat release.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from deploy.errors import InputError, PlanError
+from deploy.fsutil import atomic_write_json
+
+RELEASES = "releases"
+CURRENT = "current"
+HISTORY = "history.json"
+RELEASE_META = "release.json"
+PLAN_COPY = "plan.json"
+REPORTS = "reports"
+MANIFEST = "manifest.json"
+RELEASE_SCHEMA = 1
+#: Releases kept by `render` besides ``current`` and the one before it (``render --keep``).
+DEFAULT_KEEP = 3
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def release_id(label: str, material: dict[str, Any]) -> str:
+    """``<label>-<12 hex>``: the digest of ``material`` (canonical JSON), the label made name-safe.
+
+    >>> release_id("demo llama.cpp", {"a": 1}) == release_id("demo llama.cpp", {"a": 1})
+    True
+    >>> release_id("demo llama.cpp", {"a": 1}).startswith("demo-llama.cpp-")
+    True
+    """
+    digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+    name = _UNSAFE.sub("-", label).strip("-.")[:60] or "release"
+    return f"{name}-{digest[:12]}"
+
+
+def check_id(rid: str) -> str:
+    if not _ID.match(rid) or ".." in rid:
+        raise InputError(f"release {rid!r}: not a release name")
+    return rid
+
+
+def release_path(root: str | Path, rid: str) -> Path:
+    return Path(root) / RELEASES / check_id(rid)
+
+
+def is_release(folder: str | Path) -> bool:
+    return (Path(folder) / RELEASE_META).is_file()
+
+
+def root_of(release: str | Path) -> Path:
+    """The rendered folder a release lives in (``DIR`` for ``DIR/releases/<id>``)."""
+    p = Path(release).resolve()
+    if p.parent.name != RELEASES:
+        raise PlanError(f"{release}: not a release folder (expected <rendered>/{RELEASES}/<id>)")
+    return p.parent.parent
+
+
+def current_id(root: str | Path) -> str | None:
+    """The release ``DIR/current`` points at, or None (no release yet, or an old flat folder)."""
+    link = Path(root) / CURRENT
+    if not link.is_symlink():
+        return None
+    return Path(os.readlink(link)).name
+
+
+def resolve(rendered: str | Path) -> Path:
+    """The folder holding the rendered files that run: ``DIR/current``'s release, else ``DIR`` itself."""
+    rendered = Path(rendered)
+    link = rendered / CURRENT
+    if link.is_symlink() and link.resolve().is_dir():
+        return link.resolve()
+    return rendered
+
+
+def _replace_link(link: Path, target: str) -> None:
+    """Point ``link`` at ``target`` atomically: a new link under a temporary name, renamed over the old."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def _manifest_files(release: Path) -> list[str]:
+    """The top-level names of a release's files (a file, or the folder a file is in, e.g. ``monitoring``)."""
+    try:
+        data = json.loads((release / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return []
+    names = list((data.get("files") or {}) if isinstance(data, dict) else ())
+    top = {n.split("/", 1)[0] for n in names if isinstance(n, str) and n}
+    top -= {CURRENT, RELEASES, HISTORY, "", ".", ".."}
+    return sorted(top) + [MANIFEST]
+
+
+def read_history(root: str | Path) -> list[dict[str, Any]]:
+    """Every switch of ``current``, oldest first: ``[{"release", "at_unix", "reason"}, ...]``."""
+    path = Path(root) / HISTORY
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except ValueError:
+        raise PlanError(f"{path}: not valid JSON (restore it or remove it)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("switches"), list):
+        raise PlanError(f"{path}: expected {{'switches': [...]}}")
+    return [s for s in data["switches"] if isinstance(s, dict) and isinstance(s.get("release"), str)]
+
+
+def switch_current(root: str | Path, rid: str, reason: str = "render") -> str | None:
+    """Make release ``rid`` the one that runs; returns the previous ``current`` (None if there was none).
+
+    The ``current`` link is replaced atomically, then the per-file links of ``DIR`` are made to match the new
+    release's manifest (new names linked, names it no longer has removed), and the switch is appended to
+    ``DIR/history.json``. Switching to the release already current records nothing.
+    """
+    root = Path(root)
+    target = release_path(root, rid)
+    if not is_release(target):
+        raise PlanError(f"{target}: no such release (no {RELEASE_META})")
+    previous = current_id(root)
+    old_names = set(_manifest_files(release_path(root, previous))) if previous else set()
+    _replace_link(root / CURRENT, f"{RELEASES}/{rid}")
+    new_names = _manifest_files(target)
+    for name in new_names:
+        link = root / name
+        if not (link.is_symlink() and os.readlink(link) == f"{CURRENT}/{name}"):
+            _replace_link(link, f"{CURRENT}/{name}")
+    for name in old_names - set(new_names):
+        link = root / name
+        if link.is_symlink():
+            link.unlink()
+    if previous != rid:
+        history = read_history(root)
+        history.append({"release": rid, "at_unix": round(time.time(), 3), "reason": reason})
+        atomic_write_json(root / HISTORY, {"switches": history[-200:]})
+    return previous
+
+
+def previous_id(root: str | Path) -> str | None:
+    """The release that was current before the current one (what `rollback` switches to), if still on disk."""
+    now = current_id(root)
+    for entry in reversed(read_history(root)):
+        rid = entry["release"]
+        if rid != now and is_release(release_path(root, rid)):
+            return rid
+    return None
+
+
+def list_releases(root: str | Path) -> list[str]:
+    """Release ids on disk, most recently made current (or rendered) first."""
+    folder = Path(root) / RELEASES
+    if not folder.is_dir():
+        return []
+    order = {e["release"]: i for i, e in enumerate(read_history(root))}
+    ids = [p.name for p in folder.iterdir() if is_release(p)]
+    return sorted(
+        ids, key=lambda r: (order.get(r, -1), (folder / r / RELEASE_META).stat().st_mtime), reverse=True
+    )
+
+
+def read_release(release: str | Path) -> dict[str, Any]:
+    """``release.json`` of a release folder (schema-checked)."""
+    path = Path(release) / RELEASE_META
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"{path}: not found (not a release folder)") from None
+    except ValueError:
+        raise PlanError(f"{path}: not valid JSON") from None
+    if (
+        not isinstance(data, dict)
+        or data.get("schema") != RELEASE_SCHEMA
+        or not isinstance(data.get("id"), str)
+    ):
+        raise PlanError(f"{path}: not a release description (schema {RELEASE_SCHEMA})")
+    return data
+
+
+def prune(root: str | Path, keep: int, protect: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Remove releases beyond the ``keep`` most recent; ``current``, the one before it and ``protect`` stay.
+
+    Returns the removed ids."""
+    if keep < 1:
+        raise InputError(f"--keep {keep}: keep at least 1 release")
+    root = Path(root)
+    stay = {r for r in (current_id(root), previous_id(root), *protect) if r}
+    removed = []
+    for rid in list_releases(root)[keep:]:
+        if rid in stay:
+            continue
+        shutil.rmtree(release_path(root, rid), ignore_errors=True)
+        removed.append(rid)
+    return removed
+
+
+def write_report(release: str | Path, name: str, report: dict[str, Any]) -> Path:
+    """Store a report of the release's last start (``check``, ``bench``) as ``reports/<name>.json``."""
+    if not re.match(r"^[a-z][a-z0-9_-]{0,40}$", name):
+        raise InputError(f"report name {name!r}: lowercase letters, digits, '-' or '_'")
+    folder = Path(release) / REPORTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(folder / f"{name}.json", report)
+
+
+def read_report(release: str | Path, name: str) -> dict[str, Any] | None:
+    path = Path(release) / REPORTS / f"{name}.json"
+    with contextlib.suppress(FileNotFoundError):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            raise PlanError(f"{path}: not valid JSON") from None
+        return data if isinstance(data, dict) else None
+    return None
+
+
+__all__ = [
+    "CURRENT",
+    "DEFAULT_KEEP",
+    "HISTORY",
+    "PLAN_COPY",
+    "RELEASES",
+    "RELEASE_META",
+    "check_id",
+    "current_id",
+    "is_release",
+    "list_releases",
+    "previous_id",
+    "prune",
+    "read_history",
+    "read_release",
+    "read_report",
+    "release_id",
+    "release_path",
+    "resolve",
+    "root_of",
+    "switch_current",
+    "write_report",
+]
