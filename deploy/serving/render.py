@@ -642,8 +642,10 @@ def render(
         },
         "weights": lock,
         "toolkit_version": __version__,
+        # what the files say, wherever the rendered folder is (the units name it)
         "texts": {
-            name: hashlib.sha256(text.encode()).hexdigest() for name, (text, _) in sorted(texts.items())
+            name: hashlib.sha256(text.replace(str(out), "{out}").encode()).hexdigest()
+            for name, (text, _) in sorted(texts.items())
         },
     }
     rid = release_dir.release_id(f"{served}-{cand.engine}", material)
