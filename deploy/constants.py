@@ -25,6 +25,8 @@ def _path_from_env(name: str, default: Path) -> Path:
 
 #: Cache for heavy one-time builds (llama-server, parser venv, vLLM CPU venv), keyed by pinned version.
 CACHE_DIR = _path_from_env("KIMI_DEPLOY_CACHE", Path.home() / ".cache" / "kimi-deploy")
+#: The calibration store (measured starts, predicted against measured); `plan` reads it.
+CALIBRATION_DIR = _path_from_env("KIMI_DEPLOY_CALIBRATION_DIR", CACHE_DIR / "calibration")
 #: Hardware profiles and the GPU spec table.
 HARDWARE_DIR = _path_from_env("KIMI_DEPLOY_HARDWARE_DIR", DATA_ROOT / "hardware")
 #: Jinja2 templates for launch scripts, env files and systemd units.

@@ -22,7 +22,9 @@ REFUSAL = FIXTURES / "vllm_cpu" / "kv_refusal.log"
 
 
 def kd(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, KIMI_DEPLOY_CACHE=str(cache))
+    env = dict(
+        os.environ, KIMI_DEPLOY_CACHE=str(cache), KIMI_DEPLOY_CALIBRATION_DIR=str(cache / "calibration")
+    )
     return subprocess.run(
         [sys.executable, "-m", "deploy", *args], capture_output=True, text=True, env=env, timeout=120
     )

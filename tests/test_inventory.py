@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import doctest
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -150,6 +152,7 @@ def test_cli_json_matches_yaml(tmp_path: Path) -> None:
         # measured twice: RAM bandwidth varies between runs, but both runs measured it
         for key in ("memory_bandwidth_gbs", "memory_bandwidth_per_thread_gbs"):
             assert d["nodes"][0].pop(key) > 0
+        d["nodes"][0].pop("disk_read_gbps", None)  # and so does its measured read rate
     assert y == j
     assert (
         profile_from_dict(json.loads(as_json.stdout), "stdout").to_dict()["nodes"][0]["cpu"]
@@ -356,3 +359,23 @@ def test_memory_bandwidth_probe_is_bounded_and_all_cores_read_at_least_one_threa
     assert time.monotonic() - t0 < 30
     # a copy of 64 MiB arrays runs faster than 0.1 GB/s on any machine that runs the demo
     assert one > 0.1 and total >= one
+
+
+def test_read_rate_probe_is_bounded_and_leaves_nothing(tmp_path: Path) -> None:
+    # an empty weights folder: a temporary file is written, synced, read back and removed
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    t0 = time.monotonic()
+    rate = inventory.read_rate_gbps(empty)
+    assert rate is not None and rate > 0
+    assert time.monotonic() - t0 < 60 and list(empty.iterdir()) == []
+    # a folder with weights: its largest file is read (not written to), at most READ_PROBE_BYTES
+    big = tmp_path / "w" / "model-00001.safetensors"
+    big.parent.mkdir()
+    big.write_bytes(os.urandom(inventory.READ_PROBE_MIN_FILE + 1))
+    assert inventory._largest_file(big.parent) == big
+    assert inventory.read_rate_gbps(big.parent) > 0 and sorted(big.parent.iterdir()) == [big]
+    # the profile carries it, and plan reads it back
+    node = inventory.probe(empty).nodes[0]
+    assert node.disk_read_gbps and node.disk_read_gbps > 0
+    assert inventory.probe(empty, measure_read=False).nodes[0].disk_read_gbps is None

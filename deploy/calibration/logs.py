@@ -88,8 +88,10 @@ _L_MODEL_BUF = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+" + _NUM
 _L_KV_SIZE = re.compile(r"llama_kv_cache(?:_unified)?: size =\s+" + _NUM + r" MiB \(\s*(\d+) cells")
 _L_KV_BUF = re.compile(r"llama_kv_cache(?:_unified|_init)?:\s+(\S+) KV buffer size =\s+" + _NUM + r" MiB")
 _L_NCTX = re.compile(r"llama_context: n_ctx\s*=\s*(\d+)")
-_L_COMPUTE = re.compile(r"llama_context:\s+(\S+) compute buffer size =\s+" + _NUM + r" MiB")
-_L_BUILD = re.compile(r"build: (\d+) \(([0-9a-f]+)\)")
+_L_COMPUTE = re.compile(r"(?:llama_context|sched_reserve):\s+(\S+) compute buffer size =\s+" + _NUM + r" MiB")
+_L_BUILD = re.compile(r"build:? (\d+) \(([0-9a-f]+)\)")
+#: llama.cpp's log prefix (minutes.seconds.milliseconds.microseconds since start) on its "model loaded" line
+_L_LOADED = re.compile(r"^(\d+)\.(\d\d)\.(\d\d\d)\.\d\d\d \w .*(?:model loaded|listening on)", re.M)
 _L_SIGNS = ("llama_model_loader", "load_tensors:", "llama_context:", "llama_kv_cache", "llama_new_context")
 
 
@@ -242,10 +244,12 @@ def _parse_llama(text: str, facts: StartupFacts) -> None:
         facts.weights_gib_per_gpu = round(gpu / MIB_PER_GIB, 7)
     else:
         facts.device = "cpu"
-    if m := _last(_L_KV_SIZE, text):
-        facts.kv_cache_gib = round(_f(m.group(1)) / MIB_PER_GIB, 7)
-        facts.kv_cache_tokens = int(m.group(2))
-        facts.lines["kv_cache_tokens"] = m.group(0).strip()
+    sizes = list(_L_KV_SIZE.finditer(text))
+    if sizes:
+        # one line per cache (a sliding-window model has two: full and SWA); the context is the largest
+        facts.kv_cache_gib = round(sum(_f(m.group(1)) for m in sizes) / MIB_PER_GIB, 7)
+        facts.kv_cache_tokens = max(int(m.group(2)) for m in sizes)
+        facts.lines["kv_cache_tokens"] = "; ".join(m.group(0).strip() for m in sizes)
     else:
         bufs = [_f(m.group(2)) for m in _L_KV_BUF.finditer(text)]
         if bufs:
@@ -255,6 +259,8 @@ def _parse_llama(text: str, facts: StartupFacts) -> None:
         facts.ctx_size = int(m.group(1))
         if facts.kv_cache_tokens is None and facts.kv_cache_gib is not None:
             facts.kv_cache_tokens = facts.ctx_size
+    if m := _L_LOADED.search(text):
+        facts.load_s = int(m.group(1)) * 60 + int(m.group(2)) + int(m.group(3)) / 1000
     computes = [_f(m.group(2)) for m in _L_COMPUTE.finditer(text)]
     if computes:
         facts.compute_buffer_gib = round(max(computes) / MIB_PER_GIB, 7)

@@ -4,7 +4,8 @@
     >>> isinstance(load_records(), list)
     True
 
-File: ``KIMI_DEPLOY_CACHE/calibration/records.json`` = ``{"schema": 1, "records": [<record>, ...]}``.
+File: ``KIMI_DEPLOY_CACHE/calibration/records.json`` (``KIMI_DEPLOY_CALIBRATION_DIR`` moves the
+folder) = ``{"schema": 1, "records": [<record>, ...]}``.
 A record::
 
     {"model", "engine", "engine_version", "gpu", "layout", "variant", "candidate",
@@ -98,7 +99,7 @@ STORE_SCHEMA: dict[str, Any] = {
 
 def store_path() -> Path:
     """Where the records live (read at call time, so KIMI_DEPLOY_CACHE set by a test is honoured)."""
-    return constants.CACHE_DIR / "calibration" / "records.json"
+    return constants.CALIBRATION_DIR / "records.json"
 
 
 def record_key(r: dict[str, Any]) -> tuple:

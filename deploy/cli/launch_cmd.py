@@ -32,7 +32,8 @@ from deploy.serving import watch as live_status
     "--deadline",
     type=float,
     metavar="SECONDS",
-    help="How long to wait for /health 200 (default: the plan's time_to_ready_s).",
+    help="How long to wait for /health 200 (default: the plan's ready_deadline_s, its predicted time to "
+    "ready times the factor of safety).",
 )
 def up_command(
     plan_path: str, rendered: str, node: str | None, systemd: bool, deadline: float | None

@@ -20,6 +20,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -263,6 +264,82 @@ def disk_free_gib(path: str | Path) -> float:
     return shutil.disk_usage(nearest_existing(path)).free / GIB
 
 
+#: The read-rate probe: at most this many bytes and this many seconds, on an existing file of at least
+#: READ_PROBE_MIN_FILE bytes under the weights folder, else on a temporary file it writes and removes.
+READ_PROBE_BYTES = 256 * MIB
+READ_PROBE_MAX_S = 3.0
+READ_PROBE_TEMP_BYTES = 64 * MIB
+READ_PROBE_MIN_FILE = 64 * MIB
+#: Files looked at when searching the weights folder for a large one.
+READ_PROBE_SCAN = 2000
+
+
+def _largest_file(root: Path) -> Path | None:
+    best, size, seen = None, READ_PROBE_MIN_FILE - 1, 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            seen += 1
+            if seen > READ_PROBE_SCAN:
+                return best
+            p = Path(dirpath) / name
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                if p.is_file() and st.st_size > size:
+                    best, size = p, st.st_size
+    return best
+
+
+def _timed_read(path: Path, limit: int, max_s: float) -> tuple[int, float]:
+    """(bytes, seconds) of a sequential read of ``path``, page cache dropped first (POSIX_FADV_DONTNEED)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        os.set_blocking(fd, True)
+        total, t0 = 0, time.monotonic()
+        while total < limit and time.monotonic() - t0 < max_s:
+            chunk = os.read(fd, 8 * MIB)
+            if not chunk:
+                break
+            total += len(chunk)
+        return total, time.monotonic() - t0
+    finally:
+        os.close(fd)
+
+
+def read_rate_gbps(weights_dir: str | Path) -> float | None:
+    """The sequential read rate (GB/s) of the filesystem that holds ``weights_dir``: a bounded read
+    (READ_PROBE_BYTES, READ_PROBE_MAX_S) of its largest file, or of a temporary file written, synced and
+    dropped from the page cache, then removed. None when nothing could be measured (read-only, full disk).
+
+    >>> read_rate_gbps("/data/models")  # doctest: +SKIP
+    1.84
+    """
+    root = nearest_existing(weights_dir)
+    target = _largest_file(root) if Path(weights_dir).expanduser().exists() else None
+    tmp: Path | None = None
+    try:
+        if target is None:
+            fd, name = tempfile.mkstemp(prefix=".kimi-deploy-read-probe.", dir=root)
+            tmp = Path(name)
+            with os.fdopen(fd, "wb") as fh:
+                block = os.urandom(MIB)
+                for _ in range(READ_PROBE_TEMP_BYTES // MIB):
+                    fh.write(block)
+                fh.flush()
+                os.fsync(fh.fileno())
+            target = tmp
+        nbytes, seconds = _timed_read(target, READ_PROBE_BYTES, READ_PROBE_MAX_S)
+    except OSError:
+        return None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+    if nbytes < MIB or seconds <= 0:
+        return None
+    return round(nbytes / seconds / 1e9, 3)
+
+
 def shm_gib(shm: str | Path = "/dev/shm") -> float:
     """Size of /dev/shm in GiB (engines put NCCL and multiprocessing buffers there); 0 when absent."""
     try:
@@ -367,8 +444,12 @@ def probe(
     cpuinfo_text: str | None = None,
     sys_node_dir: str | Path = "/sys/devices/system/node",
     route_text: str | None = None,
+    measure_read: bool = True,
 ) -> HardwareProfile:
     """Probe this node into a one-node hardware profile named after the hostname.
+
+    ``measure_read`` runs the weights folder's read-rate probe (read_rate_gbps, a few seconds at most); the
+    plan's time to ready uses it.
 
     The keyword arguments replace a source (NVML module, nvidia-smi runner, cpuinfo text, NUMA tree,
     route table) for tests; by default each is read from this machine. ``memory_bandwidth`` runs the short
@@ -404,6 +485,7 @@ def probe(
         shm_gib=round(shm_gib(), 2),
         network_interface=iface,
         address=interface_address(iface, psutil.net_if_addrs()),
+        disk_read_gbps=read_rate_gbps(weights) if measure_read else None,
     )
     if memory_bandwidth:
         total, one = measure_memory_bandwidth(node.cpu.physical_cores)

@@ -181,13 +181,27 @@ def apply_to_fit(
             fit.max_fit_tokens = fit.kv_capacity_tokens
             used = len(records)
         elif deltas or per_tok:
-            room = fit.max_fit_tokens * per_token - (_mean(deltas) if deltas else 0.0) * GIB
+            delta = _mean(deltas) if deltas else 0.0
+            room = fit.max_fit_tokens * per_token - delta * GIB
             new_per_token = _mean(per_tok) if per_tok else per_token
             fit.max_fit_tokens = max(0, int(room // new_per_token))
             fit.kv_capacity_tokens = min(context, fit.max_fit_tokens)
-            if deltas:
-                fit.memory.terms["calibrated_weights_delta"] = round(_mean(deltas), 4)
-            fit.memory.terms["calibrated_kv_bytes_per_token"] = round(new_per_token, 1)
+            # the KV cache the context now takes, at the measured bytes per token
+            key = "host_kv_cache" if placement in ("cpu", "rpc") else "kv_cache"
+            old_kv = fit.memory.terms.get(key, 0.0)
+            new_kv = round(fit.kv_capacity_tokens * new_per_token / GIB, 4)
+            fit.memory.terms[key] = new_kv
+            fit.memory.terms["calibrated_weights_delta"] = round(delta, 4)
+            if placement in ("cpu", "rpc"):
+                fit.memory.host = round(fit.memory.host + new_kv - old_kv + delta, 3)
+                fit.host_required_gib = fit.memory.host
+            else:
+                fit.memory.kv_cache = new_kv
+                fit.memory.weights = round(fit.memory.weights + delta, 3)
+            fit.memory.sources["calibrated_kv"] = (
+                f"measured: {new_per_token:,.0f} KV bytes per token (planner: {per_token:,}), weights "
+                f"{delta:+.3f} GiB against the estimate"
+            )
             used = len(records)
     else:
         deltas = []

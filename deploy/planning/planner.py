@@ -527,7 +527,7 @@ def _one_candidate(
             )
             if found:
                 used, measured_ready = apply_to_fit(fit, found, engine, lay.placement, target)
-                if used:
+                if used and error.fraction:
                     error = CALIBRATED_ERROR
     status, max_len = INCOMPATIBLE, 0
     low = 0

@@ -111,9 +111,14 @@ def render_memory(c: Candidate) -> str:
     if c.calibrated_from:
         lines.append(f"  calibrated from {c.calibrated_from} start(s) (kimi-deploy calibrate list)")
     if c.ready_deadline_s:
+        how = (
+            c.read_rate_source
+            if c.calibrated_from and "measured start-up" in c.read_rate_source
+            else f"weights read at {c.read_rate_gbps:g} GB/s, {c.read_rate_source}"
+        )
         lines.append(
-            f"  time to ready: {c.time_to_ready_s} s predicted (weights read at {c.read_rate_gbps:g} GB/s, "
-            f"{c.read_rate_source}); deadline {c.ready_deadline_s} s (x{c.ready_safety_factor:g})"
+            f"  time to ready: {c.time_to_ready_s} s predicted ({how}); deadline {c.ready_deadline_s} s "
+            f"(x{c.ready_safety_factor:g}, at least +120 s)"
         )
     width = max((len(k) for k in m.terms), default=10)
     for name, value in m.terms.items():

@@ -437,6 +437,9 @@ def _llama(
         args, "--cache-type-k", a.get("cache_type_k") if a.get("cache_type_k") not in (None, "f16") else None
     )
     _flag(args, "--metrics", bool(a.get("metrics")))
+    # log verbosity 4: the pinned build prints its model, KV and compute buffer sizes only from level 4 on
+    # (common/log.h); `up` reads them to measure the start against the plan (deploy/serving/calibration.py)
+    _flag(args, "-lv", 4)
     _flag(args, "--chat-template-file", str(chat_template) if chat_template else None)
     _flag(args, "--reasoning-format", a.get("reasoning_format"))
     sampling = a.get("sampling") or {}

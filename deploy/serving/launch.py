@@ -42,8 +42,8 @@ from typing import Any, TextIO
 from deploy import constants
 from deploy.errors import LaunchError, PlanError
 from deploy.monitoring import prometheus
-from deploy.planning.contract import load_plan
-from deploy.serving import diagnosis, readiness, supervise
+from deploy.planning.contract import Plan, load_plan
+from deploy.serving import calibration, diagnosis, readiness, supervise
 from deploy.serving import target as launch_target
 from deploy.serving.target import Target, port_holder, read_manifest, require_verified, target_for
 
@@ -70,6 +70,8 @@ class UpResult:
     ready_s: float = 0.0
     already: bool = False
     log: str = ""
+    #: predicted against measured, from the engine's start-up lines (deploy/serving/calibration.py)
+    calibration: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -142,8 +144,8 @@ def up(
                 f"port {port} on {host} is already in use by {holder}; stop it or render with another port"
             )
         if systemd:
-            return _up_systemd(target, files, out, unit_dir)
-        return _up_process(target, files, out)
+            return _up_systemd(plan, target, files, out, unit_dir)
+        return _up_process(plan, target, files, out)
 
 
 def _already_running(existing: supervise.Running, target: Target, out: _Reporter) -> UpResult:
@@ -198,7 +200,7 @@ def _launch_env(target: Target) -> dict[str, str]:
     return env
 
 
-def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> UpResult:
+def _up_process(plan: Plan, target: Target, files: supervise.RunFiles, out: _Reporter) -> UpResult:
     argv = (
         [str(target.script.resolve())] if os.access(target.script, os.X_OK) else ["bash", str(target.script)]
     )
@@ -223,9 +225,14 @@ def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> Up
     detected_at = time.time()
     out.end_status()
     if result.ready:
-        supervise.update_pidfile(files, ready_s=round(result.elapsed_s, 3), ready_at_unix=detected_at)
         out.line(f"{target.node}: {_started(target, result)} (pid {proc.pid})")
-        return UpResult(target.node, target.url, proc.pid, ready_s=result.elapsed_s, log=str(files.log))
+        calib = _calibrate(plan, target, lambda: _read_from(files.log, log_offset), result.elapsed_s, out)
+        supervise.update_pidfile(
+            files, ready_s=round(result.elapsed_s, 3), ready_at_unix=detected_at, calibration=calib
+        )
+        return UpResult(
+            target.node, target.url, proc.pid, ready_s=result.elapsed_s, log=str(files.log), calibration=calib
+        )
     supervise.stop(run, grace_s=10, proc=proc)
     supervise.forget(files)
     log_text = _read_from(files.log, log_offset)
@@ -240,6 +247,19 @@ def _up_process(target: Target, files: supervise.RunFiles, out: _Reporter) -> Up
         out,
         last=result.last if target.head else None,
     )
+
+
+def _calibrate(
+    plan: Plan, target: Target, log_text: Callable[[], str], ready_s: float, out: _Reporter
+) -> dict[str, Any]:
+    """The head's start-up measured against its plan and recorded (workers print no KV lines)."""
+    if not target.head or not target.candidate:
+        return {}
+    summary = calibration.record_start(
+        plan, plan.candidate(target.candidate), log_text(), ready_s, f"up node {target.node}"
+    )
+    out.line(f"{target.node}: {calibration.describe(summary)}")
+    return summary
 
 
 def _meta(target: Target) -> dict[str, Any]:
@@ -464,7 +484,9 @@ def _journal(unit_name: str, lines: int = 200) -> str:
     return done.stdout
 
 
-def _up_systemd(target: Target, files: supervise.RunFiles, out: _Reporter, unit_dir: Path) -> UpResult:
+def _up_systemd(
+    plan: Plan, target: Target, files: supervise.RunFiles, out: _Reporter, unit_dir: Path
+) -> UpResult:
     if not target.unit.is_file():
         raise PlanError(
             f"{target.unit}: no rendered systemd unit for node {target.node!r} (run `kimi-deploy render`)"
@@ -494,7 +516,16 @@ def _up_systemd(target: Target, files: supervise.RunFiles, out: _Reporter, unit_
     out.end_status()
     if result.ready:
         out.line(f"{target.node}: {_started(target, result)} (unit {name})")
-        return UpResult(target.node, target.url, pid, ready_s=result.elapsed_s, log=f"journalctl -u {name}")
+        calib = _calibrate(plan, target, lambda: _journal(name, lines=20000), result.elapsed_s, out)
+        supervise.update_pidfile(files, ready_s=round(result.elapsed_s, 3), calibration=calib)
+        return UpResult(
+            target.node,
+            target.url,
+            pid,
+            ready_s=result.elapsed_s,
+            log=f"journalctl -u {name}",
+            calibration=calib,
+        )
     log_text = _journal(name)
     with contextlib.suppress(LaunchError):
         _run_all(systemd_down_commands(name))

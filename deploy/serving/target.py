@@ -54,6 +54,8 @@ class Target:
     listen: tuple[str, int] | None = None
     #: the head's RPC workers (``host:port``, llama.cpp's ``--rpc``), to name the one that died
     rpc_servers: tuple[str, ...] = ()
+    #: the plan's candidate the rendered files run (its prediction is what a start is measured against)
+    candidate: str = ""
 
     @property
     def url(self) -> str:
@@ -159,6 +161,7 @@ def target_for(
         deadline_s=float(deadline_s if deadline_s is not None else cand.start_deadline_s),
         listen=None if head else worker_listen(entry, args, str(plan_node.get("address") or "")),
         rpc_servers=tuple(rpc_servers_of(entry, args)) if head else (),
+        candidate=cand.id,
     )
 
 

@@ -43,6 +43,8 @@ class NodeView:
     metrics: dict[str, float | None] = field(default_factory=dict)
     metrics_error: str = ""
     summary: scrape.MetricsSummary | None = None
+    #: predicted against measured at the node's last `up` (deploy/serving/calibration.py), or None
+    calibration: dict[str, Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class NodeView:
             "engine": self.engine,
             "metrics": self.metrics,
             "metrics_error": self.metrics_error or None,
+            "calibration": self.calibration,
         }
 
 
@@ -94,6 +97,7 @@ def snapshot(
     for s in launch.status(state_dir):
         engine = str(s.meta.get("engine") or "")
         v = NodeView(s.node, s.running, s.ready, s.pid, s.url, s.detail, engine)
+        v.calibration = s.meta.get("calibration") or None
         views.append(v)
         if not (s.running and s.url and engine):
             continue
