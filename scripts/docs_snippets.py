@@ -6,7 +6,8 @@
     python scripts/docs_snippets.py --machine  # also this machine's outputs: inventory, the demo (slow)
 
 Every snippet is a real run of ``python -m deploy`` (the same code as ``kimi-deploy``) from the repository
-root, with a clean environment (no ``KIMI_DEPLOY_*``/``HF_*`` variables); ``exit-codes.md`` is a table
+root, with a clean environment (no ``KIMI_DEPLOY_*``/``HF_*`` variables, an empty calibration store, so
+no one's measured starts change the plans); ``exit-codes.md`` is a table
 made from deploy/errors.py. A snippet file starts with the command line it came from. Paths are shown
 portably: a temporary folder as ``/srv/kimi-deploy``, the checkout as ``~/kimi-deploy``; the JSON snippets
 are abridged as their ``transform`` says. The ``--machine`` snippets depend on the machine and the moment
@@ -167,9 +168,16 @@ def _readme_with_excerpt(plan_text: str) -> str:
 GENERATED: dict[str, Callable[[], str]] = {"exit-codes.md": _exit_codes}
 
 
-def _env(extra: dict[str, str]) -> dict[str, str]:
+#: the deterministic snippets plan without anyone's measured starts: an empty calibration store (set in main)
+EMPTY_CALIBRATION: dict[str, str] = {}
+
+
+def _env(extra: dict[str, str], machine: bool = False) -> dict[str, str]:
+    """A clean environment; the machine snippets (the demo) keep the user's own calibration store."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KIMI_DEPLOY_", "HF_", "KIMI_API"))}
     env.update({"PYTHONUNBUFFERED": "1", "NO_COLOR": "1"})
+    own = os.environ.get("KIMI_DEPLOY_CALIBRATION_DIR")
+    env.update(({"KIMI_DEPLOY_CALIBRATION_DIR": own} if own else {}) if machine else EMPTY_CALIBRATION)
     env.pop("COLUMNS", None)
     env.update(extra)
     return env
@@ -221,7 +229,7 @@ def run(snippet: Snippet, top: Path) -> str:
         proc = _RUNS.get(key) or subprocess.run(
             [sys.executable, "-m", "deploy", *args],
             cwd=ROOT,
-            env=_env(snippet.env),
+            env=_env(snippet.env, machine=snippet.machine),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -274,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
             print(f"wrote docs/snippets/{name}")
     with tempfile.TemporaryDirectory(prefix="docs-snippets-") as tmp:
+        (Path(tmp) / "calibration").mkdir()
+        EMPTY_CALIBRATION["KIMI_DEPLOY_CALIBRATION_DIR"] = str(Path(tmp) / "calibration")
         for s in todo:
             text = run(s, Path(tmp))
             path = SNIPPETS / s.name
