@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,31 @@ def test_check_mode_on_a_fresh_node_reports_the_plan(site: dict[str, Path], tmp_
     assert dry.result.ok, dry.text[-4000:]
     assert dry.result.changed.get("localhost", 0) >= 1
     assert not (tmp_path / "kimi").exists()
+
+
+def test_monitoring_and_support_bundle_tags(
+    site: dict[str, Path], first: support.Run, tmp_path: Path
+) -> None:
+    """--tags monitoring installs the head's rendered Prometheus config (checked by promtool there);
+    --tags support-bundle fetches the node's bundle to the controller. Neither runs in a normal run."""
+    assert first.task_order("Make the support bundle on this node") == []
+    dest, bundles = tmp_path / "prometheus", tmp_path / "bundles"
+    r = support.run(
+        site["inventory"],
+        tags=["monitoring", "support-bundle"],
+        extra_vars=[f"kimi_monitoring_dir={dest}", f"kimi_support_dest={bundles}"],
+    )
+    assert r.result.ok, "\n".join(r.result.failed_tasks) or r.text[-4000:]
+    rendered = site["home"] / "state" / "rendered" / "monitoring"
+    assert (dest / "prometheus.yml").read_text() == (rendered / "prometheus.yml").read_text()
+    assert sorted(p.name for p in (dest / "rules").iterdir()) == sorted(
+        p.name for p in (rendered / "rules").iterdir()
+    )
+    assert "localhost" in r.task_order(
+        "Check the installed config and rules with promtool (where it is installed)"
+    )
+    (bundle,) = bundles.iterdir()
+    assert bundle.name == "localhost.tar.gz"
+    with tarfile.open(bundle) as tar:
+        names = {m.name.split("/", 1)[1] for m in tar.getmembers()}
+    assert {"MANIFEST.json", "plan.json", "status.json", "logs/localhost.log"} <= names
