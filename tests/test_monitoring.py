@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from deploy import constants, pins
+from deploy.errors import InputError
 from deploy.hardware.profiles import available_profiles, load_profile
 from deploy.monitoring import dashboards, engines, promtool, rules
 from deploy.monitoring.render import monitoring_texts, write_monitoring
@@ -182,9 +183,14 @@ def test_slo_comes_from_the_option_then_the_plan_then_the_default() -> None:
     spec, (p, cand, nodes) = _spec("h200x8", "sglang", ttft_p95_slo_s=0.75)
     assert spec.ttft_p95_slo_s == 0.75
     assert "> 0.75" in next(r["expr"] for r in rules.alert_rules(spec) if r["alert"] == "KimiTTFTHigh")
-    p.request["ttft_p95_slo_s"] = 1.5
+    # `plan --ttft-slo` records it in plan.json's request; render takes it from there
+    p = plan(load_profile("h200x8"), ttft_p95_slo_s=1.5)
+    assert p.request["ttft_p95_slo_s"] == 1.5
+    cand = next(c for c in p.candidates if c.runs and c.engine == "sglang")
     spec = render.monitoring_spec(p, cand, nodes, Endpoint(), 30000, render.RenderOptions())
     assert spec.ttft_p95_slo_s == 1.5
+    with pytest.raises(InputError, match="--ttft-slo"):
+        plan(load_profile("h200x8"), ttft_p95_slo_s=float("nan"))
 
 
 def test_short_timings_reach_the_rules_and_the_config() -> None:

@@ -54,10 +54,9 @@ def test_vllm_cpu_exposes_every_metric_the_monitoring_uses(tmp_path: Path) -> No
                 break
             time.sleep(0.5)
         assert proc.poll() is None and probe(f"{url}/health", "vllm").state == READY, log.read_text()[-3000:]
+        # a plain completion: the HF checkpoint has no chat template of its own
         r = requests.post(
-            f"{url}/v1/chat/completions",
-            json={"model": "demo", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
-            timeout=120,
+            f"{url}/v1/completions", json={"model": "demo", "prompt": "Hi", "max_tokens": 4}, timeout=120
         )
         assert r.status_code == 200, r.text[:300]
         samples = scrape.parse_metrics(scrape.fetch(f"{url}/metrics"))
@@ -75,6 +74,7 @@ def test_vllm_cpu_exposes_every_metric_the_monitoring_uses(tmp_path: Path) -> No
     wanted += [f"{m.ttft_histogram}_bucket", f"{m.itl_histogram}_bucket", m.errors.metric]
     missing = [name for name in wanted if name not in samples]
     assert not missing, f"not on vLLM's /metrics: {missing}; it has {sorted(n for n in samples if ':' in n)}"
+    print("vLLM CPU /metrics names:", sorted(n for n in samples if n.startswith("vllm:") or n in wanted))
     # the request above: one generation counted, the HTTP counter labels a 2xx
     assert scrape.total(samples, m.generation_tokens) >= 1
     statuses = {labels.get(m.errors.label) for labels, _ in samples[m.errors.metric]}

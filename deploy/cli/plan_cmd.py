@@ -60,6 +60,11 @@ def _calibration_records() -> list[dict]:
 @click.option("--variant", help="Only this weights variant (e.g. int4, UD-Q2_K_XL).")
 @click.option("--context", metavar="N", help="Context (max_model_len) wanted; default: the model's maximum.")
 @click.option(
+    "--ttft-slo",
+    metavar="SECONDS",
+    help="TTFT p95 the deployment must meet; recorded in plan.json for the monitoring's alert.",
+)
+@click.option(
     "--gpu-memory-utilization",
     metavar="F",
     help="vLLM --gpu-memory-utilization / SGLang --mem-fraction-static, in (0, 1].",
@@ -108,6 +113,7 @@ def plan_command(
     engine: str | None,
     variant: str | None,
     context: str | None,
+    ttft_slo: str | None,
     gpu_memory_utilization: str | None,
     kv_cache_dtype: str,
     decode_context_parallel: str,
@@ -145,6 +151,7 @@ def plan_command(
         tight=tight,
         calibration=records,
         revision=revision,
+        ttft_p95_slo_s=_number(ttft_slo, "--ttft-slo", float),
     )
     if output:
         save_plan(result, output)

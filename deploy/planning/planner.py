@@ -87,6 +87,8 @@ class Request:
     speculative: str | None = None
     tight: bool = False
     revision: str | None = None
+    #: the TTFT p95 the deployment must meet (seconds); the planner records it, the monitoring alerts on it
+    ttft_p95_slo_s: float | None = None
 
 
 def plan(
@@ -105,6 +107,7 @@ def plan(
     tight: bool = False,
     calibration: list[dict[str, Any]] | None = None,
     revision: str | None = None,
+    ttft_p95_slo_s: float | None = None,
 ) -> Plan:
     """Plan ``model`` on ``profile``. Bad input raises InputError; a plan with nothing runnable has
     ``chosen`` None (the CLI prints the table and exits 3). ``nodes`` keeps only the candidates on exactly
@@ -130,9 +133,14 @@ def plan(
         speculative,
         tight,
         revision,
+        ttft_p95_slo_s,
     )
     if revision is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$", revision):
         raise InputError(f"--revision {revision!r}: expected a branch, tag or commit name")
+    if ttft_p95_slo_s is not None and not (math.isfinite(ttft_p95_slo_s) and ttft_p95_slo_s > 0):
+        raise InputError(f"--ttft-slo {ttft_p95_slo_s}: must be a positive number of seconds")
+    if ttft_p95_slo_s is not None and not (math.isfinite(ttft_p95_slo_s) and ttft_p95_slo_s > 0):
+        raise InputError(f"--ttft-slo {ttft_p95_slo_s}: must be a positive number of seconds")
     have = len(profile.nodes)
     if nodes is not None and not 1 <= nodes <= have:
         raise InputError(
