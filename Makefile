@@ -23,8 +23,9 @@ setup: $(BIN)/kimi-deploy setup-engines ## create the venv, install the toolkit,
 
 # --- engines and render (deploy/engines/builds.py, deploy/serving/render.py; docs/reference/render.md) --------------------------------
 .PHONY: setup-engines render
-setup-engines: $(BIN)/kimi-deploy ## llama-server + rpc-server (~13 min once) and the vLLM/SGLang parser venv (~3 min once), cached
+setup-engines: $(BIN)/kimi-deploy ## llama-server + rpc-server (~13 min once), the vLLM/SGLang and KTransformers (sglang-kt) parser venvs (~3 min each, once), cached
 	$(KD) engine install parsers
+	$(KD) engine install parsers-kt
 	$(KD) engine install llama.cpp
 
 render: setup ## launch scripts, env file (0600), systemd units, install steps and manifest for $(PLAN) in $(RENDERED)
@@ -162,3 +163,11 @@ bench-serve: setup-bench ## load-test $(PLAN)'s deployment (or URL=... MODEL=...
 	$(KD) bench $(if $(URL),--url $(URL) --model $(MODEL) --tokenizer $(TOKENIZER),--plan $(PLAN)) \
 		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(SLO),--slo $(SLO)) $(if $(PLOT),--plot $(PLOT)) \
 		-o $(or $(BENCH_OUT),bench.json)
+
+# --- engines per node (issue 15: llama.cpp builds per node, KTransformers' fork) ----------------------------
+.PHONY: setup-parsers-kt llama-build
+setup-parsers-kt: $(BIN)/kimi-deploy ## the pinned sglang-kt wheel's server_args.py (kvcache-ai's SGLang fork), against which KTransformers launches are checked
+	$(KD) engine install parsers-kt
+
+llama-build: $(BIN)/kimi-deploy ## show the llama.cpp build for a node without building it: LLAMA_BUILD="--cuda-arch 89 --isa avx2,avx512f"
+	$(KD) engine install llama.cpp $(LLAMA_BUILD) --dry-run

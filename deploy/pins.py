@@ -16,8 +16,14 @@ LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 LLAMA_CPP_COMMIT = "0c1e570"
 #: Ray, for the vLLM multi-node variant with `--distributed-executor-backend ray` (install steps only).
 RAY_VERSION = "2.60.0"
-#: KTransformers' kt-kernel and kvcache-ai's SGLang fork, rendered into install steps only.
-KTRANSFORMERS_VERSION = "0.5.0"
+#: KTransformers: kt-kernel (the CPU expert kernels) and kvcache-ai's SGLang fork, published on PyPI as
+#: `sglang-kt` and released in lockstep with kt-kernel (sglang-kt 0.7.2 requires kt-kernel==0.7.2).
+#: KTransformers' Kimi-K2.5 guide (doc/en/Kimi-K2.5.md) installs `pip install kt-kernel sglang-kt` and
+#: launches with --kt-gpu-prefill-token-threshold (layer-wise GPU prefill), which upstream SGLang does not
+#: have; 0.7.2 carries Kimi-K2.5's model (sglang/srt/models/kimi_k25.py) and that flag in its
+#: server_args.py. kt-kernel 0.5.0 (the earlier pin) predates Kimi-K2.5 and paired with upstream SGLang.
+KTRANSFORMERS_VERSION = "0.7.2"
+SGLANG_KT_VERSION = "0.7.2"
 
 #: AIPerf (PyPI `aiperf`), the load generator behind `kimi-deploy bench`, in its own cached venv.
 AIPERF_VERSION = "0.13.0"
@@ -28,5 +34,6 @@ ENGINE_PINS: dict[str, str] = {
     "vllm": VLLM_VERSION,
     "sglang": SGLANG_VERSION,
     "ktransformers": KTRANSFORMERS_VERSION,
+    "sglang-kt": SGLANG_KT_VERSION,
     "llama.cpp": f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}",
 }

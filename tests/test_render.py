@@ -379,6 +379,10 @@ def test_strict_undefined_catches_a_missing_value(tmp_path: Path) -> None:
         "key_config": None,
         "pre": [],
         "argv_lines": [["true"]],
+        "engine_dir_var": "KIMI_ENGINE_DIR",
+        "engine_dir": None,
+        "engine_binary": None,
+        "install_script": "install-x.sh",
     }
     assert "exec true" in render.render_template("launch.sh.j2", context)
     del context["argv_lines"]
@@ -553,7 +557,12 @@ def test_demo_plan_chat_template_and_cpu_env(tmp_path: Path, run_cli) -> None:
     argv = json.loads((out / "manifest.json").read_text())["nodes"][0]["argv"]
     template = Path(flag_value(argv, "--chat-template-file"))
     assert template == render.CHAT_TEMPLATES_DIR / cand.engine_args["chat_template"]
-    assert argv[0] == str(engines.llama_cpp_layout().server)
+    # the launch finds its node's own build: the portable CPU build on the shared demo box
+    assert argv[0] == "${KIMI_ENGINE_DIR}/bin/llama-server"
+    node = json.loads((out / "manifest.json").read_text())["nodes"][0]
+    assert node["engine_build"] == engines.llama_cpp_layout().key
+    launch = (out / node["launch"]).read_text()
+    assert f'/.cache/kimi-deploy}}"/engines/llama.cpp/{engines.llama_cpp_layout().key}\n' in launch
     assert flag_value(argv, "--threads") == str(cand.engine_args["threads"])
     # a template shipped with the llama.cpp build is found in the engine's templates folder
     vendored = sorted(engines.llama_cpp_layout().templates_dir.glob("*.jinja"))
@@ -696,13 +705,14 @@ def test_llama_cpp_rpc_layout_over_two_nodes(tmp_path: Path, run_cli) -> None:
     assert flag_value(head["argv"], "--n-gpu-layers") == str(a["n_gpu_layers"])
     assert [float(x) for x in flag_value(head["argv"], "--tensor-split").split(",")] == a["tensor_split"]
     rpc = worker["argv"]
-    assert rpc[0] == str(engines.llama_cpp_layout().rpc_server)
+    assert rpc[0] == "${KIMI_ENGINE_DIR}/bin/rpc-server"
+    assert head["engine_build"] == worker["engine_build"] == engines.llama_cpp_layout().key
     assert flag_value(rpc, "--host") == hw[1]["address"]
     assert flag_value(rpc, "--port") == str(a["multinode"]["rpc_port"])
     assert flag_value(rpc, "--threads") == str(a["rpc_threads"][0])
     assert not worker["serves_http"] and head["serves_http"]
     script = (out / worker["launch"]).read_text()
-    assert "exec " + shell_join(rpc[:1]) in script and "no authentication" in script
+    assert 'exec "${KIMI_ENGINE_DIR}"/bin/rpc-server' in script and "no authentication" in script
     assert "0.0.0.0" not in script
     before = {f: f.read_bytes() for f in rendered_files(out)}
     r = run_cli(argv)

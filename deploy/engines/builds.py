@@ -8,8 +8,10 @@
 
 Layout under ``constants.CACHE_DIR``:
 
-- ``engines/llama.cpp/<llama-cpp-python version>-cpu-rpc/bin/{llama-server,rpc-server}`` plus ``templates/``
-  (the chat templates vendored in the same sdist) and ``BUILD_INFO.json``; ``-cuda-rpc`` for ``--cuda``.
+- ``engines/llama.cpp/<llama-cpp-python version>-<variant>-rpc/bin/{llama-server,rpc-server}`` plus
+  ``templates/`` (the chat templates vendored in the same sdist) and ``BUILD_INFO.json``. The variant names
+  the build (LlamaCppBuild): ``cpu`` (portable, the demo's and CI's), ``cpu-avx512-bf16-amx`` (a node's
+  ISA), ``cpu-native``, ``cuda-sm89`` (the GPUs' compute capability), ``cuda-sm89-avx512`` (both).
 - ``venvs/parsers-vllm<V>-sglang<V>/``: vLLM and SGLang installed ``--no-deps`` with the few pure-Python
   packages their argument parsers import and the CPU torch wheel; used to validate rendered commands.
 
@@ -129,6 +131,19 @@ LLAMA_CPP_CMAKE_FLAGS: tuple[str, ...] = (
     "-DBUILD_SHARED_LIBS=OFF",
     "-DGGML_RPC=ON",
 )
+#: Inventory ISA flags (/proc/cpuinfo names) -> the ggml CPU option each enables and its tag in the cache key
+#: (llama.cpp ggml/CMakeLists.txt: GGML_AVX512*, GGML_AVX_VNNI, GGML_AMX_*, all OFF unless GGML_NATIVE=ON).
+#: The portable build (GGML_NATIVE=OFF alone) already has AVX, AVX2, FMA, F16C and BMI2.
+GGML_ISA_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("avx512f", "GGML_AVX512", "avx512"),
+    ("avx512_vbmi", "GGML_AVX512_VBMI", "vbmi"),
+    ("avx512_vnni", "GGML_AVX512_VNNI", "vnni"),
+    ("avx512_bf16", "GGML_AVX512_BF16", "bf16"),
+    ("avx_vnni", "GGML_AVX_VNNI", "avxvnni"),
+    ("amx_tile", "GGML_AMX_TILE", "amx"),
+    ("amx_int8", "GGML_AMX_INT8", "amx"),
+    ("amx_bf16", "GGML_AMX_BF16", "amx"),
+)
 #: build targets -> installed names (the RPC server's target is ggml-rpc-server in this llama.cpp tree).
 LLAMA_CPP_TARGETS: dict[str, str] = {"llama-server": "llama-server", "ggml-rpc-server": "rpc-server"}
 LLAMA_CPP_SDIST = f"llama_cpp_python-{pins.LLAMA_CPP_PYTHON_VERSION}"
@@ -149,11 +164,109 @@ def _say(progress: Progress | None, message: str) -> None:
 
 
 @dataclass(frozen=True)
+class LlamaCppBuild:
+    """Which llama.cpp build a node runs: the portable CPU build (the default, the demo's and CI's), CUDA
+    for the GPUs' compute capabilities, and/or the CPU's instruction sets, or ``native`` (GGML_NATIVE=ON:
+    whatever the machine that compiles it has, so only when the node builds for itself).
+
+        >>> LlamaCppBuild(cuda_architectures=("89",), cpu_isa=("avx2", "avx512f", "avx512_bf16")).key
+        '0.3.36-cuda-sm89-avx512-bf16-rpc'
+        >>> LlamaCppBuild(cpu_isa=("avx512f", "amx_tile", "amx_int8")).cmake_flags()[-3:]
+        ['-DGGML_AVX512=ON', '-DGGML_AMX_TILE=ON', '-DGGML_AMX_INT8=ON']
+        >>> LlamaCppBuild().key
+        '0.3.36-cpu-rpc'
+    """
+
+    cuda_architectures: tuple[str, ...] = ()
+    #: inventory ISA flags; only those in GGML_ISA_OPTIONS change the build
+    cpu_isa: tuple[str, ...] = ()
+    native: bool = False
+    #: CUDA for the architectures CMake picks itself (the older `engine install llama.cpp --cuda`)
+    cuda_default_arch: bool = False
+
+    def __post_init__(self) -> None:
+        for arch in self.cuda_architectures:
+            if not arch.isdigit():
+                raise InputError(f"CUDA architecture {arch!r}: expected digits such as 89 or 100")
+        unknown = [f for f in self.cpu_isa if not f.replace("_", "").isalnum()]
+        if unknown:
+            raise InputError(f"CPU ISA flags {unknown}: expected /proc/cpuinfo names such as avx512f")
+
+    @classmethod
+    def from_plan(cls, spec: dict[str, object] | None) -> LlamaCppBuild:
+        """The build a plan's ``engine_args.builds[<node>]`` describes (missing: the portable build)."""
+        spec = spec or {}
+        if spec.get("portable", True) and not spec.get("cuda_architectures"):
+            return cls()
+        return cls(
+            cuda_architectures=tuple(str(a) for a in spec.get("cuda_architectures") or ()),  # type: ignore[union-attr]
+            cpu_isa=tuple(str(f) for f in spec.get("cpu_isa") or ()),  # type: ignore[union-attr]
+            native=bool(spec.get("native", False)),
+        )
+
+    @property
+    def cuda(self) -> bool:
+        return bool(self.cuda_architectures) or self.cuda_default_arch
+
+    @property
+    def ggml_isa(self) -> list[str]:
+        """The ggml options this build turns on for its CPU (none for native or portable builds)."""
+        if self.native:
+            return []
+        have = set(self.cpu_isa)
+        return [opt for flag, opt, _tag in GGML_ISA_OPTIONS if flag in have]
+
+    @property
+    def variant(self) -> str:
+        """``cpu``, ``cpu-native``, ``cpu-avx512-bf16-amx``, ``cuda-sm89``, ``cuda-sm89-avx512``, ``cuda``."""
+        parts = ["cuda" if self.cuda else "cpu"]
+        parts += [f"sm{a}" for a in self.cuda_architectures]
+        if self.native:
+            parts.append("native")
+        have = set(self.cpu_isa)
+        for flag, _opt, tag in GGML_ISA_OPTIONS:
+            if flag in have and not self.native and tag not in parts:
+                parts.append(tag)
+        return "-".join(parts)
+
+    @property
+    def key(self) -> str:
+        return f"{pins.LLAMA_CPP_PYTHON_VERSION}-{self.variant}-rpc"
+
+    def cmake_flags(self) -> list[str]:
+        """The cmake options of this build: the portable base, then native/ISA and CUDA options."""
+        flags = [f for f in LLAMA_CPP_CMAKE_FLAGS if not (self.native and f == "-DGGML_NATIVE=OFF")]
+        if self.native:
+            flags.append("-DGGML_NATIVE=ON")
+        if self.cuda:
+            flags.append("-DGGML_CUDA=ON")
+        if self.cuda_architectures:
+            flags.append(f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(self.cuda_architectures)}")
+        flags += [f"-D{opt}=ON" for opt in self.ggml_isa]
+        return flags
+
+    def cli_args(self) -> list[str]:
+        """The `kimi-deploy engine install llama.cpp` options that select this build."""
+        args: list[str] = []
+        for arch in self.cuda_architectures:
+            args += ["--cuda-arch", arch]
+        if self.cuda_default_arch and not self.cuda_architectures:
+            args.append("--cuda")
+        if self.native:
+            args.append("--native")
+        elif self.ggml_isa:
+            have = set(self.cpu_isa)
+            args += ["--isa", ",".join(f for f, _o, _t in GGML_ISA_OPTIONS if f in have)]
+        return args
+
+
+@dataclass(frozen=True)
 class LlamaCppLayout:
     """Where one llama.cpp build lives in the cache."""
 
     root: Path
     cuda: bool
+    build: LlamaCppBuild = LlamaCppBuild()
 
     @property
     def key(self) -> str:
@@ -180,15 +293,26 @@ class LlamaCppLayout:
         return self.root / "BUILD_INFO.json"
 
 
-def llama_cpp_key(cuda: bool = False) -> str:
-    """Cache key of a llama.cpp build: ``0.3.36-cpu-rpc`` or ``0.3.36-cuda-rpc``."""
-    return f"{pins.LLAMA_CPP_PYTHON_VERSION}-{'cuda' if cuda else 'cpu'}-rpc"
+def _build(cuda: bool, build: LlamaCppBuild | None) -> LlamaCppBuild:
+    return build if build is not None else LlamaCppBuild(cuda_default_arch=cuda)
 
 
-def llama_cpp_layout(cuda: bool = False, cache_dir: Path | None = None) -> LlamaCppLayout:
+def llama_cpp_key(cuda: bool = False, build: LlamaCppBuild | None = None) -> str:
+    """Cache key of a llama.cpp build: ``0.3.36-cpu-rpc`` (portable), ``0.3.36-cuda-sm89-rpc``, ..."""
+    return _build(cuda, build).key
+
+
+#: The cache folder of llama.cpp builds, relative to the cache root (launch scripts find it on their node).
+LLAMA_CPP_CACHE_SUBDIR = "engines/llama.cpp"
+
+
+def llama_cpp_layout(
+    cuda: bool = False, cache_dir: Path | None = None, build: LlamaCppBuild | None = None
+) -> LlamaCppLayout:
     """The cache layout of the pinned llama.cpp build (it may not be built yet)."""
-    base = (cache_dir or constants.CACHE_DIR) / "engines" / "llama.cpp"
-    return LlamaCppLayout(root=base / llama_cpp_key(cuda), cuda=cuda)
+    b = _build(cuda, build)
+    base = (cache_dir or constants.CACHE_DIR) / LLAMA_CPP_CACHE_SUBDIR
+    return LlamaCppLayout(root=base / b.key, cuda=b.cuda, build=b)
 
 
 def llama_server_path(cuda: bool = False) -> Path:
@@ -231,9 +355,11 @@ def llama_cpp_download_command(dest: Path) -> list[str]:
     ]
 
 
-def llama_cpp_configure_command(source_dir: Path, build_dir: Path, cuda: bool = False) -> list[str]:
+def llama_cpp_configure_command(
+    source_dir: Path, build_dir: Path, cuda: bool = False, build: LlamaCppBuild | None = None
+) -> list[str]:
     """cmake configure command for the llama.cpp tree at ``source_dir``."""
-    flags = list(LLAMA_CPP_CMAKE_FLAGS) + (["-DGGML_CUDA=ON"] if cuda else [])
+    flags = _build(cuda, build).cmake_flags()
     return ["cmake", "-S", str(source_dir), "-B", str(build_dir), "-G", "Ninja", *flags]
 
 
@@ -280,7 +406,7 @@ def _extract(sdist: Path, dest: Path) -> Path:
     return tree
 
 
-def _populate(staging: Path, tree: Path, build_dir: Path, cuda: bool) -> None:
+def _populate(staging: Path, tree: Path, build_dir: Path, build: LlamaCppBuild) -> None:
     """Copy the built binaries and the vendored templates into ``staging`` and describe the build."""
     bin_dir = staging / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
@@ -298,8 +424,9 @@ def _populate(staging: Path, tree: Path, build_dir: Path, cuda: bool) -> None:
         {
             "llama_cpp_python": pins.LLAMA_CPP_PYTHON_VERSION,
             "llama_cpp_commit": pins.LLAMA_CPP_COMMIT,
-            "cuda": cuda,
-            "cmake_flags": list(LLAMA_CPP_CMAKE_FLAGS) + (["-DGGML_CUDA=ON"] if cuda else []),
+            "cuda": build.cuda,
+            "variant": build.variant,
+            "cmake_flags": build.cmake_flags(),
             "targets": LLAMA_CPP_TARGETS,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host": os.uname().nodename,
@@ -322,6 +449,7 @@ def install_llama_cpp(
     progress: Progress | None = print,
     from_tree: Path | None = None,
     force: bool = False,
+    build: LlamaCppBuild | None = None,
 ) -> LlamaCppLayout:
     """Build the pinned llama-server and rpc-server into the cache, or reuse a working build.
 
@@ -331,7 +459,7 @@ def install_llama_cpp(
     ``from_tree`` adopts an already-built llama.cpp tree of the same pin (its ``build/bin`` must hold both
     targets) instead of compiling again.
     """
-    layout = llama_cpp_layout(cuda)
+    layout = llama_cpp_layout(cuda, build=build)
     if not force and llama_cpp_ready(layout):
         _say(progress, f"llama.cpp {layout.key}: cached at {layout.root}")
         return layout
@@ -356,10 +484,12 @@ def install_llama_cpp(
             _say(progress, "extracting the sdist")
             tree = _extract(_find_sdist(src), src)
             build_dir = tree / "build"
-            _run_logged(llama_cpp_configure_command(tree, build_dir, cuda), log, "configure", progress)
+            _run_logged(
+                llama_cpp_configure_command(tree, build_dir, build=layout.build), log, "configure", progress
+            )
             _say(progress, f"building llama-server and rpc-server (about 13 min on 2 cores); log: {log}")
             _run_logged(llama_cpp_build_command(build_dir, jobs), log, "build", progress)
-        _populate(staging, tree, build_dir, cuda)
+        _populate(staging, tree, build_dir, layout.build)
         if from_tree is None:
             # the sources and objects are large; the sdist stays for provenance
             shutil.rmtree(staging / "src" / LLAMA_CPP_SDIST, ignore_errors=True)
@@ -374,6 +504,8 @@ def install_llama_cpp(
 
 
 # -------------------------------------------------------------------------------------------- parser venv
+# The upstream engines' parsers (vLLM + SGLang) in a venv; kvcache-ai's SGLang fork (`sglang-kt`, the server
+# KTransformers launches) as its server_args.py (kt_parser_dir explains why it is not imported).
 
 
 def parser_venv_key() -> str:
@@ -449,6 +581,90 @@ def parser_venv_ready(venv: Path | None = None) -> bool:
     return out.returncode == 0
 
 
+#: The file of kvcache-ai's SGLang fork that defines its server arguments (ServerArgs.add_cli_args).
+KT_SERVER_ARGS_MEMBER = "sglang/srt/server_args.py"
+
+
+def kt_parser_dir(cache_dir: Path | None = None) -> Path:
+    """Where the pinned fork's server_args.py is kept (``engines/sglang-kt/<version>/``).
+
+    The fork cannot be imported on a CPU-only machine: its server_args imports every model config, one of
+    which imports torchvision, and PyPI's torchvision wheels are CUDA builds that do not load beside the CPU
+    torch (``undefined libc10_cuda.so``; PyTorch's CPU wheels are not on PyPI). So the KTransformers check
+    rebuilds the fork's argparse parser from this file (deploy/serving/kt_parser.py) instead of importing it.
+    """
+    return (cache_dir or constants.CACHE_DIR) / "engines" / "sglang-kt" / pins.SGLANG_KT_VERSION
+
+
+def kt_server_args_path(cache_dir: Path | None = None) -> Path:
+    return kt_parser_dir(cache_dir) / "server_args.py"
+
+
+def kt_parser_ready(cache_dir: Path | None = None) -> bool:
+    """True when the pinned fork's server_args.py is cached and defines the KT flags."""
+    path = kt_server_args_path(cache_dir)
+    return path.is_file() and '"--kt-gpu-prefill-token-threshold"' in path.read_text(errors="replace")
+
+
+def install_kt_parser(progress: Progress | None = print, force: bool = False) -> Path:
+    """Fetch the pinned ``sglang-kt`` wheel from PyPI (pip download, ~100 MB) and keep its server_args.py.
+
+    >>> install_kt_parser()  # doctest: +SKIP
+    PosixPath('/root/.cache/kimi-deploy/engines/sglang-kt/0.7.2/server_args.py')
+    """
+    import hashlib
+    import zipfile
+
+    final = kt_parser_dir()
+    if not force and kt_parser_ready():
+        _say(progress, f"sglang-kt {pins.SGLANG_KT_VERSION} server_args: cached at {final}")
+        return kt_server_args_path()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    log = constants.CACHE_DIR / "build-logs" / f"sglang-kt-{pins.SGLANG_KT_VERSION}.log"
+    try:
+        wheels = staging / "wheel"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--dest",
+            str(wheels),
+            f"sglang-kt=={pins.SGLANG_KT_VERSION}",
+        ]
+        _run_logged(cmd, log, "download the sglang-kt wheel", progress)
+        found = sorted(wheels.glob(f"sglang_kt-{pins.SGLANG_KT_VERSION}-*.whl"))
+        if not found:
+            raise EngineInstallError(f"no sglang_kt-{pins.SGLANG_KT_VERSION} wheel in {wheels}; see {log}")
+        with zipfile.ZipFile(found[0]) as wheel:
+            text = wheel.read(KT_SERVER_ARGS_MEMBER)
+        (staging / "server_args.py").write_bytes(text)
+        atomic_write_json(
+            staging / "SOURCE.json",
+            {
+                "distribution": "sglang-kt",
+                "version": pins.SGLANG_KT_VERSION,
+                "wheel": found[0].name,
+                "wheel_sha256": hashlib.sha256(found[0].read_bytes()).hexdigest(),
+                "member": KT_SERVER_ARGS_MEMBER,
+                "sha256": hashlib.sha256(text).hexdigest(),
+            },
+        )
+        shutil.rmtree(wheels)
+        _finish(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not kt_parser_ready():
+        raise EngineInstallError(f"{kt_server_args_path()}: no --kt-gpu-prefill-token-threshold in it")
+    _say(progress, f"sglang-kt {pins.SGLANG_KT_VERSION} server_args: installed at {final}")
+    return kt_server_args_path()
+
+
 def install_parser_venv(progress: Progress | None = print, force: bool = False) -> Path:
     """Build the parser venv (about 3.4 GB, a few minutes) or reuse a working one; returns its path.
 
@@ -485,10 +701,17 @@ def install_parser_venv(progress: Progress | None = print, force: bool = False) 
 
 
 __all__ = [
+    "GGML_ISA_OPTIONS",
+    "LLAMA_CPP_CACHE_SUBDIR",
     "EngineInstallError",
+    "LlamaCppBuild",
     "LlamaCppLayout",
     "install_llama_cpp",
+    "install_kt_parser",
     "install_parser_venv",
+    "kt_parser_dir",
+    "kt_parser_ready",
+    "kt_server_args_path",
     "llama_cpp_build_command",
     "llama_cpp_configure_command",
     "llama_cpp_download_command",

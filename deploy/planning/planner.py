@@ -54,7 +54,12 @@ STATUS_ORDER = {RUNNABLE: 0, REDUCED: 1, INCOMPATIBLE: 2}
 API_KEY_ENV = "KIMI_API_KEY"
 MASTER_PORT = 29500
 DIST_INIT_PORT = 50000
+#: KTransformers' Kimi-K2.5 guide (kvcache-ai/ktransformers doc/en/Kimi-K2.5.md, the 4x RTX 4090 launch):
+#: layer-wise GPU prefill above 400 tokens, 32,658-token prefill chunks, a 50,000-token KV pool beside 30
+#: GPU experts per layer; --enable-mixed-chunk, --enable-p2p-check, --disable-shared-experts-fusion.
 KT_PREFILL_THRESHOLD = 400
+KT_CHUNKED_PREFILL_SIZE = 32658
+KT_GUIDE_TOTAL_TOKENS = 50000
 #: vLLM multi-node: ``--distributed-timeout-seconds`` = time_to_ready_s x this (slow disks, first compile).
 DIST_TIMEOUT_SAFETY = 2.0
 #: PyTorch's default init_process_group timeout for NCCL (vllm/config/parallel.py distributed_timeout_seconds)
@@ -511,6 +516,11 @@ def _one_candidate(
         if engine == "ktransformers":
             # size the experts so that the low end of the KV range still holds the context
             lay, fit = _kt_layout(arch, lay, node, req, math.ceil(target / (1 - error.fraction)))
+            if lay.gpu_experts == 0 and req.context is None and target > KT_GUIDE_TOTAL_TOKENS:
+                # the full context leaves no room for experts on the GPU: size them, as KTransformers'
+                # guide does, beside a KV pool of its 50,000 tokens (the context is then reduced)
+                guide = math.ceil(KT_GUIDE_TOTAL_TOKENS / (1 - error.fraction))
+                lay, fit = _kt_layout(arch, lay, node, req, guide)
             where = (
                 f"all {lay.gpu_experts} experts on GPU"
                 if lay.gpu_experts >= arch.n_routed_experts
@@ -835,11 +845,17 @@ def _engine_args(
                     "kt": {
                         "method": "RAWINT4",
                         "weight_path": local_dir,
-                        "cpuinfer": head.cpu.physical_cores,
+                        # KTransformers' tip (doc/en/Kimi-K2-Thinking.md): physical cores minus one per GPU,
+                        # which keeps a core for each GPU's SGLang process
+                        "cpuinfer": max(1, head.cpu.physical_cores - head.gpu_count),
                         "threadpool_count": head.cpu.numa_nodes,
                         "num_gpu_experts": lay.gpu_experts,
                         "gpu_prefill_token_threshold": KT_PREFILL_THRESHOLD,
                     },
+                    "chunked_prefill_size": KT_CHUNKED_PREFILL_SIZE,
+                    "enable_mixed_chunk": True,
+                    "enable_p2p_check": True,
+                    "disable_shared_experts_fusion": True,
                     "max_total_tokens": fit.kv_capacity_tokens if fit else 0,
                     "attention_backend": "flashinfer",
                 }
@@ -867,8 +883,10 @@ def _engine_args(
                 "rpc_servers": [],
             }
         )
-        if m.architecture.get("kind") == "gguf":
+        demo = m.architecture.get("kind") == "gguf"
+        if demo:
             args.update(DEMO_LLAMA_ARGS)
+        args.update(_llama_node_builds(profile.nodes[: lay.nodes], lay, shared=demo))
         if lay.placement == "rpc":
             workers = profile.nodes[1 : lay.nodes]
             demo = m.architecture.get("kind") == "gguf"
@@ -886,6 +904,31 @@ def _engine_args(
     if lay.nodes > 1:
         args["multinode"] = {"backend": "mp", "master_port": MASTER_PORT, "dist_init_port": DIST_INIT_PORT}
     return args
+
+
+def _llama_node_builds(nodes: tuple[Node, ...], lay: Layout, shared: bool) -> dict[str, Any]:
+    """Which llama.cpp build each node runs and how its threads wait, by the node's role.
+
+    ``shared`` (the demo model on the shared CI box): the portable CPU build everyone has cached, and
+    OpenMP threads that sleep when idle (OMP_WAIT_POLICY=PASSIVE: spinning starves the other processes,
+    engines-on-cpu.md). ``dedicated`` (a real node): CUDA for the GPUs' compute capability when layers go
+    to the GPU, the node's own ISA (AVX-512, AMX) for what runs on its CPU, and OpenMP's default spin-wait.
+    """
+    builds: dict[str, dict[str, Any]] = {}
+    table = load_gpu_table()
+    for n in nodes:
+        spec = table.get(n.gpu_model) if n.gpu_count else None
+        on_gpu = spec is not None and lay.placement in ("gpu", "hybrid")
+        builds[n.name] = {
+            "portable": shared,
+            "cuda_architectures": [] if shared or not on_gpu else [spec.compute_capability.replace(".", "")],
+            "cpu_isa": [] if shared else list(n.cpu.isa),
+        }
+    return {
+        "node_role": "shared" if shared else "dedicated",
+        "omp_wait_policy": "PASSIVE" if shared else None,
+        "builds": builds,
+    }
 
 
 # ---- remediation -----------------------------------------------------------------------------------

@@ -62,7 +62,21 @@ class EnvRef:
         return "${" + self.name + "}"
 
 
-Arg = str | EnvRef
+@dataclass(frozen=True)
+class EnvPath:
+    """A path inside a folder the launch script finds on its own node at run time (``${NAME}/rest``): the
+    node's engine build in its own cache, not the renderer's."""
+
+    name: str
+    rest: str
+
+    def __str__(self) -> str:
+        return "${" + self.name + "}" + self.rest
+
+
+Arg = str | EnvRef | EnvPath
+#: The launch script's variable holding this node's engine folder (set from KIMI_DEPLOY_CACHE or ~/.cache).
+ENGINE_DIR_VAR = "KIMI_ENGINE_DIR"
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,8 @@ class NodeCommand:
     env: dict[str, Arg] = field(default_factory=dict)
     #: SGLang: the API key goes into a --config YAML file the script writes (see SGLANG_KEY_CONFIG_VAR)
     key_config: EnvRef | None = None
+    #: llama.cpp: the build this node runs (its folder under the node's cache is ENGINE_DIR_VAR)
+    build: engines.LlamaCppBuild | None = None
 
 
 def is_loopback(address: str) -> bool:
@@ -342,8 +358,12 @@ def _sglang(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) ->
     _flag(base, "--ep-size", tp if cand.expert_parallel else None)
     _flag(base, "--mem-fraction-static", a.get("mem_fraction_static"))
     _flag(base, "--chunked-prefill-size", a.get("chunked_prefill_size"))
-    # SGLang 0.5.23 split --cuda-graph-max-bs into -decode and -prefill; the plan's figure is the decode batch
-    _flag(base, "--cuda-graph-max-bs-decode", a.get("cuda_graph_max_bs"))
+    # SGLang 0.5.23 split --cuda-graph-max-bs into -decode and -prefill; the plan's figure is the decode
+    # batch.
+    # kvcache-ai's fork (sglang-kt, KTransformers) still has the single flag (its server_args.py).
+    kt_fork = cand.engine == "ktransformers"
+    graph_flag = "--cuda-graph-max-bs" if kt_fork else "--cuda-graph-max-bs-decode"
+    _flag(base, graph_flag, a.get("cuda_graph_max_bs"))
     _flag(base, "--max-total-tokens", a.get("max_total_tokens") or None)
     _flag(base, "--attention-backend", a.get("attention_backend"))
     kv = a.get("kv_cache_dtype") or cand.kv_cache_dtype
@@ -382,6 +402,11 @@ def _sglang(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) ->
             "--kt-num-gpu-experts",
             str(kt["num_gpu_experts"]),
         ]
+        # layer-wise GPU prefill above this many tokens: the fork's flag (KTransformers' Kimi-K2.5 guide)
+        _flag(base, "--kt-gpu-prefill-token-threshold", kt.get("gpu_prefill_token_threshold"))
+        _flag(base, "--enable-mixed-chunk", bool(a.get("enable_mixed_chunk")))
+        _flag(base, "--enable-p2p-check", bool(a.get("enable_p2p_check")))
+        _flag(base, "--disable-shared-experts-fusion", bool(a.get("disable_shared_experts_fusion")))
     _common_parsers(a, base)
     _flag(base, "--enable-metrics", bool(a.get("enable_metrics")))
     if len(nodes) == 1:
@@ -407,19 +432,28 @@ def llama_cpp_cuda(cand: Candidate) -> bool:
     return cand.gpus_per_node > 0 and cand.placement != "cpu"
 
 
+def llama_cpp_build(cand: Candidate, node_name: str) -> engines.LlamaCppBuild:
+    """The llama.cpp build the plan gives ``node_name`` (``engine_args.builds``); a plan without builds
+    gets the portable CPU build, or CMake's default CUDA build when layers go to a GPU."""
+    builds = cand.engine_args.get("builds")
+    if isinstance(builds, dict) and node_name in builds:
+        return engines.LlamaCppBuild.from_plan(builds[node_name])
+    return engines.LlamaCppBuild(cuda_default_arch=llama_cpp_cuda(cand))
+
+
 def _llama(
     plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int, chat_template: Path | None
 ) -> list[NodeCommand]:
     a = cand.engine_args
     nodes = plan_nodes(plan, cand)
-    layout = engines.llama_cpp_layout(cuda=llama_cpp_cuda(cand))
+    names = [str(n.get("name") or f"node{i}") for i, n in enumerate(nodes)]
     mn = _multinode(a, ep) if len(nodes) > 1 else {}
     rpc_port = int(mn.get("rpc_port", DEFAULT_RPC_PORT))
     rpc_servers = list(a.get("rpc_servers") or [])
     if len(nodes) > 1 and not rpc_servers:
         rpc_servers = [f"{n.get('address')}:{rpc_port}" for n in nodes[1:]]
     args: list[Arg] = [
-        str(layout.server),
+        EnvPath(ENGINE_DIR_VAR, "/bin/llama-server"),
         "--model",
         model,
         "--alias",
@@ -451,15 +485,21 @@ def _llama(
     # the plan's layer split (n_gpu_layers on the RPC devices, in these proportions) is what it sized
     _flag(args, "--tensor-split", ",".join(f"{float(x):g}" for x in split) if split else None)
     _http(args, ep, port)
-    out = [_node(nodes[0], 0, args, "llama.cpp", serves_http=True)]
+    out = [_node(nodes[0], 0, args, "llama.cpp", serves_http=True, build=llama_cpp_build(cand, names[0]))]
     threads = list(a.get("rpc_threads") or [])
     for rank, n in enumerate(nodes[1:], start=1):
         # rpc-server has no authentication: anyone who reaches the port can run tensors and read memory, so
         # it binds the node's own (cluster) address, never 0.0.0.0
-        worker: list[Arg] = [str(layout.rpc_server), "--host", str(n.get("address")), "--port", str(rpc_port)]
+        worker: list[Arg] = [
+            EnvPath(ENGINE_DIR_VAR, "/bin/rpc-server"),
+            "--host",
+            str(n.get("address")),
+            "--port",
+            str(rpc_port),
+        ]
         count = threads[rank - 1] if rank - 1 < len(threads) else (n.get("cpu") or {}).get("physical_cores")
         _flag(worker, "--threads", count)
-        out.append(_node(n, rank, worker, "rpc"))
+        out.append(_node(n, rank, worker, "rpc", build=llama_cpp_build(cand, names[rank])))
     return out
 
 
@@ -492,12 +532,15 @@ def argv_strings(argv: list[Arg]) -> list[str]:
 
 __all__ = [
     "API_KEY_ENV_OF",
+    "ENGINE_DIR_VAR",
     "Arg",
     "Endpoint",
+    "EnvPath",
     "EnvRef",
     "NodeCommand",
     "argv_strings",
     "is_loopback",
+    "llama_cpp_build",
     "llama_cpp_cuda",
     "node_commands",
     "plan_nodes",

@@ -71,15 +71,43 @@ def _probe_argv(argv: list[Arg], key_config: Path | None = None) -> list[str]:
 
 
 def check_argvs(
-    commands: list[tuple[str, list[Arg]]], python: Path | None = None, timeout_s: float = 900
+    commands: list[tuple[str, list[Arg]]],
+    python: Path | None = None,
+    timeout_s: float = 900,
+    kt_source: Path | None = None,
 ) -> ParserReport:
-    """Parse each ``(engine, argv)`` with the engine's parser; results come back in the same order."""
+    """Parse each ``(engine, argv)`` with the engine's parser; results come back in the same order.
+
+    KTransformers commands are parsed with the argument definitions of kvcache-ai's SGLang fork
+    (deploy/serving/kt_parser.py, from the server_args.py `kimi-deploy engine install parsers-kt` caches),
+    the rest with the upstream engines' parsers in the parser venv (``python``)."""
+    from deploy.serving import kt_parser
+
+    kt = [i for i, (e, _a) in enumerate(commands) if e == "ktransformers"]
+    rest = [i for i in range(len(commands)) if i not in set(kt)]
+    report = _check_in([commands[i] for i in rest], python or engines.parser_python(), timeout_s, "parsers")
+    results: list[ParserResult | None] = [None] * len(commands)
+    for i, r in zip(rest, report.results, strict=True):
+        results[i] = r
+    for i in kt:
+        argv = _probe_argv(commands[i][1])
+        results[i] = ParserResult(
+            engine="ktransformers", argv=argv, **kt_parser.check_kt_argv(argv, kt_source)
+        )
+    versions = dict(report.versions)
+    if kt:
+        versions["sglang-kt"] = kt_parser.source_version(kt_source)
+    return ParserReport(versions=versions, results=[r for r in results if r is not None])
+
+
+def _check_in(
+    commands: list[tuple[str, list[Arg]]], python: Path, timeout_s: float, venv_name: str
+) -> ParserReport:
     if not commands:
         return ParserReport(versions={}, results=[])
-    python = python or engines.parser_python()
     if not python.is_file():
         raise ParserVenvMissing(
-            f"{python}: the parser venv is missing; run `kimi-deploy engine install parsers`"
+            f"{python}: the parser venv is missing; run `kimi-deploy engine install {venv_name}`"
         )
     scratch = tempfile.TemporaryDirectory(prefix="kimi-probe-")
     key_config = Path(scratch.name) / "api-key.yaml"

@@ -44,10 +44,12 @@ from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.schema import check_env_name, check_host, check_port
 from deploy.serving import release_dir
 from deploy.serving.argv import (
+    ENGINE_DIR_VAR,
     SGLANG_KEY_CONFIG_FILE,
     SGLANG_KEY_CONFIG_VAR,
     Arg,
     Endpoint,
+    EnvPath,
     EnvRef,
     NodeCommand,
     argv_strings,
@@ -64,6 +66,15 @@ MANIFEST_SCHEMA = 1
 #: Where install-<node>.sh puts each engine's venv on a GPU node; the launch script puts its bin/ on PATH.
 ENGINE_VENV_ROOT = "/opt/kimi-deploy/venvs"
 CHAT_TEMPLATES_DIR = constants.PACKAGE_DIR / "data" / "chat_templates"
+#: Debian/Ubuntu package names of the libraries kt-kernel links (libnuma1, libhwloc15 on Debian 12/13 and
+#: Ubuntu 22.04/24.04); elsewhere the script says what to install and goes on.
+KT_SYSTEM_PACKAGES = ("libnuma1", "libhwloc15")
+KT_SYSTEM_LIBS_SCRIPT = (
+    "if command -v apt-get >/dev/null 2>&1; then apt-get update -qq && "
+    "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+    + " ".join(KT_SYSTEM_PACKAGES)
+    + "; else echo 'install libnuma and libhwloc with the system package manager' >&2; fi"
+)
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
@@ -127,6 +138,8 @@ def shell_quote(value: Any) -> str:
         str(value)  # StrictUndefined raises here, naming the missing value
     if isinstance(value, EnvRef):
         return '"${' + value.name + '}"'
+    if isinstance(value, EnvPath):
+        return '"${' + value.name + '}"' + (shlex.quote(value.rest) if value.rest else "")
     if value is None or isinstance(value, bool):
         raise RenderError(f"cannot shell-quote {value!r}: the context must give a string or a number")
     return shlex.quote(str(value))
@@ -222,7 +235,14 @@ def resolve_chat_template(name: str | None, cand: Candidate) -> Path | None:
         raise PlanError(f"chat template {name} not found")
     from deploy.serving.argv import llama_cpp_cuda
 
-    for folder in (CHAT_TEMPLATES_DIR, engines.llama_cpp_layout(cuda=llama_cpp_cuda(cand)).templates_dir):
+    # every build of the pin vendors the same templates: the portable one (the one every machine has), or
+    # the one the candidate's nodes would run
+    folders = (
+        CHAT_TEMPLATES_DIR,
+        engines.llama_cpp_layout().templates_dir,
+        engines.llama_cpp_layout(cuda=llama_cpp_cuda(cand)).templates_dir,
+    )
+    for folder in folders:
         if (folder / name).is_file():
             return folder / name
     raise PlanError(
@@ -303,6 +323,16 @@ def install_steps(cand: Candidate, node: NodeCommand, uses_ray: bool = False) ->
     workers ``ray start --address``), so every node installs it."""
     venv = _engine_venv(cand)
     steps: list[dict[str, Any]] = []
+    if cand.engine == "ktransformers":
+        steps.append(
+            {
+                "comment": (
+                    "kt-kernel's CPU expert kernels use libnuma and libhwloc (NUMA placement of the thread "
+                    "pools); the wheel bundles copies, a source build of kt-kernel needs the system's"
+                ),
+                "argv": ["sh", "-c", KT_SYSTEM_LIBS_SCRIPT],
+            }
+        )
     if venv is not None:
         pip = [f"{venv}/bin/python", "-m", "pip", "install"]
         steps.append({"comment": f"a venv for {cand.engine}", "argv": ["python3", "-m", "venv", venv]})
@@ -314,7 +344,8 @@ def install_steps(cand: Candidate, node: NodeCommand, uses_ray: bool = False) ->
         elif cand.engine == "sglang":
             packages = [f"sglang=={pins.SGLANG_VERSION}"]
         else:
-            packages = [f"kt-kernel=={pins.KTRANSFORMERS_VERSION}", f"sglang=={pins.SGLANG_VERSION}"]
+            # KTransformers' Kimi-K2.5 guide: kt-kernel with kvcache-ai's SGLang fork (PyPI: sglang-kt)
+            packages = [f"kt-kernel=={pins.KTRANSFORMERS_VERSION}", f"sglang-kt=={pins.SGLANG_KT_VERSION}"]
         steps.append({"comment": f"{cand.engine} at the pinned version", "argv": [*pip, *packages]})
     elif cand.engine == "vllm":
         steps.append(
@@ -324,17 +355,16 @@ def install_steps(cand: Candidate, node: NodeCommand, uses_ray: bool = False) ->
             }
         )
     else:
-        from deploy.serving.argv import llama_cpp_cuda
-
-        cuda = llama_cpp_cuda(cand)
+        build = node.build or engines.LlamaCppBuild()
+        extra = " ".join(build.cmake_flags()[len(engines.LLAMA_CPP_CMAKE_FLAGS) :]) or "portable"
         steps.append(
             {
                 "comment": (
                     f"llama-server and rpc-server from llama-cpp-python {pins.LLAMA_CPP_PYTHON_VERSION}'s "
-                    f"vendored llama.cpp ({pins.LLAMA_CPP_COMMIT}){' with CUDA' if cuda else ''}, cached in "
-                    "~/.cache/kimi-deploy (cmake flags: deploy/engines/builds.py)"
+                    f"vendored llama.cpp ({pins.LLAMA_CPP_COMMIT}), built for this node ({build.variant}) "
+                    f"into ~/.cache/kimi-deploy/{engines.LLAMA_CPP_CACHE_SUBDIR}/{build.key} (cmake: {extra})"
                 ),
-                "argv": ["kimi-deploy", "engine", "install", "llama.cpp", *(["--cuda"] if cuda else [])],
+                "argv": ["kimi-deploy", "engine", "install", "llama.cpp", *build.cli_args()],
             }
         )
     return steps
@@ -395,9 +425,14 @@ def _env_values(cand: Candidate, node: NodeCommand | None, shared: bool) -> list
             and not cand.engine_args.get("cpu_kvcache_bytes")
         ):
             values.append(("VLLM_CPU_KVCACHE_SPACE", int(cand.engine_args.get("cpu_kvcache_space_gib") or 1)))
-        if cand.engine == "llama.cpp" and cand.placement == "cpu":
-            # OpenMP spin-waiting starves other processes on the cores (engines-on-cpu.md)
-            values.append(("OMP_WAIT_POLICY", "PASSIVE"))
+        # the plan states the node's role: on the shared demo box OpenMP spin-waiting starves the other
+        # processes (engines-on-cpu.md); a dedicated node keeps OpenMP's default (spin, then sleep)
+        a = cand.engine_args
+        policy = (
+            a.get("omp_wait_policy") if "node_role" in a else ("PASSIVE" if cand.placement == "cpu" else None)
+        )
+        if cand.engine == "llama.cpp" and policy:
+            values.append(("OMP_WAIT_POLICY", policy))
         values.append(("HF_HUB_OFFLINE", "1"))
     return values
 
@@ -553,13 +588,6 @@ def render(
             f"(rank {n.rank} of {len(nodes)}).",
             f"Plan candidate {_one_line(cand.id)}; install the engine first with {install}.",
         ]
-        kt = cand.engine_args.get("kt") or {}
-        if cand.engine == "ktransformers" and kt.get("gpu_prefill_token_threshold"):
-            header.append(
-                f"The plan's kt gpu_prefill_token_threshold ({_one_line(kt['gpu_prefill_token_threshold'])})"
-                f" is not a flag of SGLang {pins.SGLANG_VERSION}: kvcache-ai's fork takes"
-            )
-            header.append("--kt-gpu-prefill-token-threshold; add it there if you run the fork.")
         ray = any(c.program == "ray" for c in nodes)
         if multinode and n.rank == 0:
             header.append(
@@ -588,6 +616,12 @@ def render(
                     "key_config": _key_config(n),
                     "pre": [_argv_lines(c) for c in n.pre],
                     "argv_lines": _argv_lines(n.argv),
+                    "engine_dir_var": ENGINE_DIR_VAR,
+                    "engine_dir": (
+                        f"{engines.LLAMA_CPP_CACHE_SUBDIR}/{n.build.key}" if n.build is not None else None
+                    ),
+                    "engine_binary": (n.argv[0].rest.lstrip("/") if isinstance(n.argv[0], EnvPath) else None),
+                    "install_script": install,
                 },
             ),
             0o755,
@@ -672,6 +706,7 @@ def render(
             "sglang": pins.SGLANG_VERSION,
             "llama-cpp-python": pins.LLAMA_CPP_PYTHON_VERSION,
             "ktransformers": pins.KTRANSFORMERS_VERSION,
+            "sglang-kt": pins.SGLANG_KT_VERSION,
         },
         "nodes": [
             {
@@ -681,6 +716,7 @@ def render(
                 "address": n.address,
                 "serves_http": n.serves_http,
                 "program": n.program,
+                "engine_build": n.build.key if n.build is not None else None,
                 "argv": argv_strings(n.argv),
                 "pre": [argv_strings(c) for c in n.pre],
                 "launch": f"launch-{n.node}.sh",
