@@ -315,6 +315,16 @@ def llama_cpp_layout(
     return LlamaCppLayout(root=base / b.key, cuda=b.cuda, build=b)
 
 
+def installed_llama_cpp_builds(cache_dir: Path | None = None) -> list[LlamaCppLayout]:
+    """Every llama.cpp build of the pin in the cache (portable, per-node CUDA/ISA variants), by key."""
+    base = (cache_dir or constants.CACHE_DIR) / LLAMA_CPP_CACHE_SUBDIR
+    return [
+        LlamaCppLayout(root=d, cuda="-cuda" in d.name)
+        for d in sorted(base.glob(f"{pins.LLAMA_CPP_PYTHON_VERSION}-*-rpc"))
+        if (d / "bin" / "llama-server").is_file()
+    ]
+
+
 def llama_server_path(cuda: bool = False) -> Path:
     """Where the cached llama-server is (or will be after `kimi-deploy engine install llama.cpp`)."""
     return llama_cpp_layout(cuda).server
@@ -708,6 +718,7 @@ __all__ = [
     "LlamaCppLayout",
     "install_llama_cpp",
     "install_kt_parser",
+    "installed_llama_cpp_builds",
     "install_parser_venv",
     "kt_parser_dir",
     "kt_parser_ready",

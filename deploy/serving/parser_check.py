@@ -89,11 +89,15 @@ def check_argvs(
     results: list[ParserResult | None] = [None] * len(commands)
     for i, r in zip(rest, report.results, strict=True):
         results[i] = r
-    for i in kt:
-        argv = _probe_argv(commands[i][1])
-        results[i] = ParserResult(
-            engine="ktransformers", argv=argv, **kt_parser.check_kt_argv(argv, kt_source)
-        )
+    with tempfile.TemporaryDirectory(prefix="kimi-probe-kt-") as scratch:
+        # the fork takes SGLang's --config file like upstream: the launch writes the API key there
+        key_config = Path(scratch) / "api-key.yaml"
+        key_config.write_text(f'api-key: "{PROBE_API_KEY}"\n')
+        for i in kt:
+            argv = _probe_argv(commands[i][1], key_config)
+            results[i] = ParserResult(
+                engine="ktransformers", argv=argv, **kt_parser.check_kt_argv(argv, kt_source)
+            )
     versions = dict(report.versions)
     if kt:
         versions["sglang-kt"] = kt_parser.source_version(kt_source)

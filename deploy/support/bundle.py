@@ -181,8 +181,7 @@ def _versions() -> dict[str, Any]:
         },
         "engines": {},
     }
-    for cuda in (False, True):
-        layout = builds.llama_cpp_layout(cuda=cuda)
+    for layout in builds.installed_llama_cpp_builds():
         info = layout.root / "BUILD_INFO.json"
         if info.is_file():
             with contextlib.suppress(OSError, ValueError):
@@ -206,10 +205,8 @@ def _engine_report(engine: str) -> tuple[str, str] | None:
     from deploy.engines import builds, vllm_cpu
 
     if engine == "llama.cpp":
-        for cuda in (False, True):
-            server = builds.llama_cpp_layout(cuda=cuda).root / "bin" / "llama-server"
-            if server.is_file():
-                return f"{server} --version", _run([str(server), "--version"], 30) or ""
+        for layout in builds.installed_llama_cpp_builds():
+            return f"{layout.server} --version", _run([str(layout.server), "--version"], 30) or ""
         return None
     pythons: list[Path] = []
     venv = vllm_cpu.find_installed() if engine == "vllm" else None
