@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -451,8 +452,6 @@ def test_gpus_spec_has_limits(tmp_path: Path) -> None:
 def test_planning_1024_nodes_takes_seconds_not_minutes(tmp_path: Path) -> None:
     """The linear per-GiB remediation scan made 1,024 nodes take over two minutes; a binary search and
     per-stage layer counting by bisection bring it to a few seconds (bound: 60 s on this 2-core box)."""
-    import time
-
     t0 = time.monotonic()
     r = kd(tmp_path, "plan", "--gpus", "1024x8xH100", "-o", str(tmp_path / "p.json"), timeout=120)
     assert r.returncode == 0, r.stderr
@@ -473,3 +472,167 @@ def test_every_planned_profile_matches_the_plan_schema() -> None:
 
     for name in available_profiles():
         validate(plan(load_profile(name)).to_dict(), PLAN_SCHEMA, name)
+
+
+# ---------------------------------------------------------------------- check: deadlines and sizes
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e9"])
+def test_check_timeout_must_be_positive_and_finite(tmp_path: Path, h200_plan: Path, value: str) -> None:
+    r = kd(tmp_path, "check", "--plan", str(h200_plan), f"--timeout={value}")
+    assert "--timeout" in one_error_line(r, 2)
+
+
+def _hostile_server(mode: str):
+    """A real HTTP server on loopback that answers every request either one byte every 0.2 s for ever
+    (``trickle``) or with an endless body as fast as it can (``endless``); it stops with the test."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"{" if mode == "trickle" else b" " * 65536
+            try:
+                for _ in range(3000 if mode == "trickle" else 20000):  # bounded: 10 min / 1.3 GB at most
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                    if mode == "trickle":
+                        time.sleep(0.2)
+            except OSError:
+                pass
+
+        do_GET = do_POST = _answer
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("mode", ["trickle", "endless"])
+def test_check_is_bounded_against_a_hostile_server(tmp_path: Path, mode: str) -> None:
+    """Per-read timeouts never trip on a server that trickles a byte at a time; the overall deadline does,
+    and an endless body is cut at the size limit instead of filling memory."""
+    import resource
+
+    server = _hostile_server(mode)
+    try:
+        t0 = time.monotonic()
+        r = kd(
+            tmp_path, "check", "--url", f"http://127.0.0.1:{server.server_address[1]}", "--model", "m",
+            "--timeout", "2", timeout=240,
+        )  # fmt: skip
+        elapsed = time.monotonic() - t0
+    finally:
+        server.shutdown()
+    assert r.returncode == 7 and "Traceback" not in r.stderr, r.stderr
+    assert elapsed < 120, elapsed
+    # the child's peak memory stayed far below the 1.3 GB the endless server offered
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 600 * 1024
+
+
+# ---------------------------------------------------------- mirror, ansible, manifest, state, samples
+
+
+def _staged(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "m.gguf").write_bytes(b"GGUF" * 10)
+    into = tmp_path / "into"
+    assert kd(tmp_path, "mirror", "stage", str(src), "--repo", "o/n", "--into", str(into)).returncode == 0
+    return into
+
+
+def test_mirror_serve_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    into = _staged(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = kd(tmp_path, "mirror", "serve", str(into), "--port", str(port), timeout=30)
+    assert "cannot listen on" in one_error_line(r, 2)
+
+
+def test_mirror_lfs_port_answers_403_to_a_non_ascii_signature(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    from deploy.weights.mirror import MirrorConfig, MirrorServer
+
+    srv = MirrorServer(MirrorConfig(root=_staged(tmp_path)))
+    srv.start()
+    try:
+        sha = next(iter(srv.repos["o/n"].by_sha))
+        url = f"{srv.lfs_url}/lfs/o/n/{sha}?exp=99999999999&sig=%C3%A9%E2%82%AC"
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(url, timeout=10)
+        assert exc.value.code == 403
+    finally:
+        srv.stop()
+
+
+def test_ansible_without_the_extra_says_what_to_install(tmp_path: Path) -> None:
+    """Fault injected (a real venv without the extra would take minutes to build): a module on PYTHONPATH
+    that fails to import stands in for the missing ansible_runner package."""
+    shadow = tmp_path / "shadow" / "ansible_runner"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('No module named ansible_runner')\n")
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    localhost:\n")
+    r = kd(tmp_path, "ansible", "-i", str(inventory), env={"PYTHONPATH": str(tmp_path / "shadow")})
+    assert "kimi-deploy[ansible]" in one_error_line(r, 2)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "binary", "bad port", "file name with a folder"])
+def test_broken_manifest_is_one_line(tmp_path: Path, h200_plan: Path, kind: str) -> None:
+    out = tmp_path / "rendered"
+    assert kd(tmp_path, "render", "--plan", str(h200_plan), "--out", str(out)).returncode == 0
+    manifest = out / "manifest.json"
+    data = json.loads(manifest.read_text())
+    manifest.unlink()
+    if kind == "fifo":
+        os.mkfifo(manifest)
+    elif kind == "binary":
+        manifest.write_bytes(b"\x00\xff" * 10)
+    elif kind == "bad port":
+        manifest.write_text(json.dumps({**data, "port": "8000; id"}))
+    else:
+        data["nodes"][0]["launch"] = "../../../bin/sh"
+        manifest.write_text(json.dumps(data))
+    r = kd(tmp_path, "up", "--plan", str(h200_plan), "--rendered", str(out), timeout=30)
+    assert "manifest.json" in one_error_line(r, 2)
+
+
+def test_pidfile_naming_init_is_never_signalled(tmp_path: Path) -> None:
+    from deploy.serving import supervise
+
+    files = supervise.RunFiles.for_node(tmp_path / "state", "n0")
+    files.pidfile.parent.mkdir(parents=True, exist_ok=True)
+    files.pidfile.write_text(json.dumps({"pid": 1, "pgid": 1, "run_id": "x"}))
+    assert supervise.running(files) is None
+    r = kd(tmp_path, "down", env={"KIMI_DEPLOY_STATE_DIR": str(tmp_path / "state")})
+    assert r.returncode in (0, 1, 2) and "Traceback" not in r.stderr
+
+
+def test_tool_call_samples_fifo_never_blocks(tmp_path: Path) -> None:
+    from deploy.checking.toolset import load_samples
+    from deploy.errors import InputError
+
+    fifo = tmp_path / "samples.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="FIFO"):
+        load_samples(fifo)

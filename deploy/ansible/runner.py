@@ -30,6 +30,12 @@ PLAYBOOKS_DIR = constants.PLAYBOOKS_DIR
 STAT_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
 
 
+class AnsibleMissing(KimiDeployError):
+    """`kimi-deploy ansible` without the optional ``ansible`` extra: one line saying what to install."""
+
+    exit_code = 2
+
+
 class AnsibleRunError(KimiDeployError):
     """The playbook failed; the exit code is ansible-playbook's own (2 failed hosts, 4 unreachable)."""
 
@@ -191,7 +197,13 @@ def run_playbook(
     on_line: Callable[[str], None] | None = None,
 ) -> PlaybookResult:
     """Run ``playbook`` against ``inventory`` with ansible-runner; ``on_line`` receives progress lines."""
-    import ansible_runner  # imported here: the ansible extra is optional for the other verbs
+    try:
+        import ansible_runner  # imported here: the ansible extra is optional for the other verbs
+    except ImportError:
+        raise AnsibleMissing(
+            "the ansible extra is not installed: pip install 'kimi-deploy[ansible]' "
+            "(ansible-core and ansible-runner)"
+        ) from None
 
     book = resolve_playbook(playbook)
     inv = resolve_inventory(inventory)

@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from deploy import constants
+from deploy import constants, schema
 from deploy.errors import CatalogError
 
 ENGINES = ("vllm", "sglang", "ktransformers", "llama.cpp")
@@ -85,11 +83,41 @@ def available_models(catalog_dir: Path | None = None) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
+#: A catalog entry after ``extends`` is resolved: the values that reach plans, commands and paths, typed.
+CATALOG_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": schema.WORD,
+        "served_model_name": schema.MODEL_NAME,
+        "architecture": {"type": "object"},
+        "capabilities": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        "parsers": {"type": "object"},
+        "modes": {"type": "object"},
+        "engines": {"type": "object", "propertyNames": {"enum": list(ENGINES)}},
+        "variants": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": schema.WORD,
+                    "repo": schema.REPO,
+                    "revision": schema.TEXT,
+                    "format": {"enum": ["safetensors", "gguf"]},
+                    "fidelity": {"type": "integer"},
+                    "allow_patterns": {"type": "array", "items": schema.TEXT},
+                    "file_count": schema.COUNT,
+                    "file_bytes": schema.COUNT,
+                    "engines": {"type": "array", "items": {"enum": list(ENGINES)}},
+                },
+            },
+        },
+    },
+}
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{path}: not valid YAML ({exc.__class__.__name__})") from None
+    data = schema.load_yaml(path, None, CatalogError)
     if not isinstance(data, dict):
         raise CatalogError(f"{path}: expected a mapping at the top level")
     return data
@@ -159,6 +187,7 @@ def load_model(name: str, catalog_dir: Path | None = None) -> Model:
     for key in _REQUIRED:
         if key not in data:
             raise CatalogError(f"{src}: missing key {key!r}")
+    schema.validate(data, CATALOG_SCHEMA, src, CatalogError)
     unknown = set(data["engines"]) - set(ENGINES)
     if unknown:
         raise CatalogError(f"{src}: engines: unknown engine(s) {sorted(unknown)}; known: {list(ENGINES)}")

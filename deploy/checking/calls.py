@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from deploy.checking import providers
+from deploy.checking import bounded, providers
 from deploy.checking.meter import send
 from deploy.checking.target import Target
 
@@ -95,8 +95,13 @@ def client(target: Target) -> Any:
 
     # No retries in the client: deploy.checking.meter.send retries (429 with Retry-After, one dropped
     # connection) and counts every attempt against the run's request budget.
+    # deploy.checking.bounded: an overall deadline and a size cap per request, not only a per-read timeout
     return OpenAI(
-        base_url=target.api_base, api_key=target.api_key or "EMPTY", timeout=target.timeout_s, max_retries=0
+        base_url=target.api_base,
+        api_key=target.api_key or "EMPTY",
+        timeout=target.timeout_s,
+        max_retries=0,
+        http_client=bounded.http_client(target.timeout_s),
     )
 
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from deploy.checking import providers
+from deploy.checking import bounded, providers
 from deploy.checking.calls import WEATHER_TOOL, chat_request, complete, create, error_reason, headers, redact
 from deploy.checking.result import FAIL, PASS, SKIP, CheckReport, CheckResult, render_table
 from deploy.checking.shapes import (
@@ -91,8 +91,8 @@ def _http_failure(target: Target, what: str, r: requests.Response) -> str:
 def _liveness_by_models(target: Target, t0: float, why: str) -> CheckResult:
     what = f"GET {_models_path(target)}"
     try:
-        m = requests.get(
-            f"{target.api_base}/models", headers=headers(target), timeout=min(target.timeout_s, 10.0)
+        m = bounded.get(
+            f"{target.api_base}/models", headers=headers(target), timeout_s=min(target.timeout_s, 10.0)
         )
     except requests.RequestException as exc:
         return CheckResult(
@@ -112,7 +112,7 @@ def check_liveness(target: Target) -> CheckResult:
         return _liveness_by_models(target, t0, f"hosted API ({target.flavor}; no /health)")
     url = f"{target.base_url}/health"
     try:
-        r = requests.get(url, headers=headers(target), timeout=min(target.timeout_s, 10.0))
+        r = bounded.get(url, headers=headers(target), timeout_s=min(target.timeout_s, 10.0))
     except requests.ConnectionError:
         hint = " (vLLM does not answer until the model is loaded)" if target.flavor == "vllm" else ""
         return CheckResult("liveness", FAIL, f"nothing answers at {url}{hint}", time.monotonic() - t0)
@@ -173,7 +173,7 @@ def _reported_context(target: Target, entry: dict[str, Any]) -> tuple[int | None
         return meta["n_ctx"], "meta.n_ctx in /v1/models"
     if target.flavor == "llama.cpp":
         try:
-            props = requests.get(f"{target.base_url}/props", headers=headers(target), timeout=10.0).json()
+            props = bounded.get(f"{target.base_url}/props", headers=headers(target), timeout_s=10.0).json()
             n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
             if isinstance(n_ctx, int):
                 return n_ctx, "default_generation_settings.n_ctx in /props"
@@ -188,8 +188,8 @@ def check_models(target: Target) -> CheckResult:
     t0 = time.monotonic()
     what = f"GET {_models_path(target)}"
     try:
-        r = requests.get(
-            f"{target.api_base}/models", headers=headers(target), timeout=min(target.timeout_s, 10)
+        r = bounded.get(
+            f"{target.api_base}/models", headers=headers(target), timeout_s=min(target.timeout_s, 10)
         )
     except requests.RequestException as exc:
         return CheckResult("models", FAIL, error_reason(exc, target), time.monotonic() - t0)
@@ -317,7 +317,7 @@ def check_metrics(target: Target) -> CheckResult:
         return CheckResult("metrics", SKIP, target.metrics_source or "metrics not enabled")
     t0 = time.monotonic()
     try:
-        r = requests.get(f"{target.base_url}/metrics", headers=headers(target), timeout=10.0)
+        r = bounded.get(f"{target.base_url}/metrics", headers=headers(target), timeout_s=10.0)
     except requests.RequestException as exc:
         return CheckResult("metrics", FAIL, error_reason(exc, target), time.monotonic() - t0)
     dt = time.monotonic() - t0

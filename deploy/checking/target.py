@@ -19,6 +19,7 @@ from typing import Any
 
 from deploy import constants
 from deploy.checking import providers
+from deploy.checking.bounded import check_timeout
 from deploy.checking.meter import Meter
 from deploy.checking.providers import FLAVORS
 from deploy.checking.shapes import ID_RULE_GENERIC, ID_RULE_KIMI
@@ -65,6 +66,7 @@ class Target:
 
     def __post_init__(self) -> None:
         providers.flavor(self.flavor)  # an unknown flavor is bad input
+        self.timeout_s = check_timeout(self.timeout_s)  # 0, negative, NaN: bad input, not a traceback
         self.base_url = self.base_url.rstrip("/")
         if not self.api_base:
             self.api_base = f"{self.base_url}/v1"

@@ -16,7 +16,6 @@ where a provider fixes sampling, the card's values replace the sample's. Accurac
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from deploy import schema
 from deploy.checking import providers
 from deploy.checking.calls import create, error_reason
 from deploy.checking.result import FAIL, PASS, CheckResult
@@ -70,20 +70,13 @@ def load_samples(path: str | Path, limit: int | None = None) -> list[Sample]:
     Blank lines are skipped but still counted, so ``index`` is the line number as the verifier numbers it.
     """
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise InputError(f"{p}: tool-call sample file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: cannot read the sample file ({exc.__class__.__name__})") from None
+    # a regular file only (a FIFO never blocks), size-capped, UTF-8
+    lines = schema.read_text(p, missing=f"{p}: tool-call sample file not found").splitlines()
     samples: list[Sample] = []
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
-        try:
-            body = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{p}:{n}: not valid JSON ({exc.msg})") from None
+        body = schema.parse_json(line, f"{p}:{n}")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             raise InputError(f"{p}:{n}: expected a request body with a 'messages' list")
         if any(not isinstance(m, dict) for m in body["messages"]):

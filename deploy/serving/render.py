@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -33,7 +32,7 @@ from typing import Any
 
 import jinja2
 
-from deploy import __version__, constants, pins
+from deploy import __version__, constants, pins, schema
 from deploy.engines import builds as engines
 from deploy.errors import InputError, KimiDeployError, PlanError
 from deploy.fsutil import atomic_write_json, atomic_write_text
@@ -42,7 +41,7 @@ from deploy.monitoring.render import monitoring_texts
 from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, MonitoringSpec, ScrapeTarget, Timings
 from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.schema import check_env_name, check_host, check_port
-from deploy.serving import release_dir
+from deploy.serving import manifest_schema, release_dir
 from deploy.serving.argv import (
     ENGINE_DIR_VAR,
     SGLANG_KEY_CONFIG_FILE,
@@ -452,9 +451,9 @@ def _sha256(path: Path) -> str:
 def _remove_stale(out: Path, keep: set[str]) -> None:
     """Files a previous render listed in its manifest and this one does not write (a node fewer)."""
     try:
-        old = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return
+        old = schema.load_json(out / MANIFEST, manifest_schema.MANIFEST_SCHEMA)
+    except InputError:
+        return  # none, or not ours: nothing is removed on its word
     for name in (old.get("files") or {}) if isinstance(old, dict) else ():
         if not isinstance(name, str) or name in keep or name == MANIFEST:
             continue

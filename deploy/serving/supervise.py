@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import secrets
 import signal
@@ -31,8 +30,10 @@ from typing import Any
 
 import psutil
 
-from deploy.errors import LaunchError
+from deploy import schema
+from deploy.errors import InputError, LaunchError
 from deploy.fsutil import atomic_write_json
+from deploy.serving.manifest_schema import PIDFILE_SCHEMA
 
 #: Set in the engine's environment (inherited by everything it starts) to recognise its processes later.
 RUN_ID_ENV = "KIMI_DEPLOY_RUN_ID"
@@ -284,11 +285,11 @@ def _exists(pid: int) -> bool:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The pidfile's data, or None when there is none or it is not one (never a pid of 0 or 1 to signal)."""
     try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return schema.load_json(path, PIDFILE_SCHEMA)
+    except InputError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _read_text(path: Path) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import socket
 from dataclasses import dataclass
@@ -23,9 +22,11 @@ from typing import Any
 
 import psutil
 
+from deploy import schema
 from deploy.errors import PlanError, VerificationError
 from deploy.planning.contract import Plan
 from deploy.serving import readiness, release_dir
+from deploy.serving.manifest_schema import MANIFEST_SCHEMA
 from deploy.serving.quoting import parse_env_file
 from deploy.weights import lockfile
 
@@ -77,15 +78,9 @@ def node_names(plan: Plan) -> list[str]:
 def read_manifest(rendered: str | Path) -> dict[str, Any]:
     """The manifest.json of ``rendered``'s current release (what `kimi-deploy render` wrote), or {}."""
     path = release_dir.resolve(rendered) / "manifest.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         return {}
-    except json.JSONDecodeError as exc:
-        raise PlanError(f"{path}: not valid JSON (line {exc.lineno}); re-run `kimi-deploy render`") from None
-    if not isinstance(data, dict):
-        raise PlanError(f"{path}: expected a JSON object; re-run `kimi-deploy render`")
-    return data
+    return schema.load_json(path, MANIFEST_SCHEMA, PlanError)
 
 
 def _weights_dir(model_path: str, fallback: str) -> Path:

@@ -44,6 +44,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from deploy import schema
 from deploy.errors import InputError
+from deploy.fsutil import write_destination
 from deploy.weights.lockfile import (
     LOCK_NAME,
     REPO_PATTERN,
@@ -190,10 +191,17 @@ class _BoundedThreadingServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, addr: tuple[str, int], handler: type, threads: int, mirror: MirrorServer) -> None:
-        super().__init__(addr, handler)
+        # set before binding: a failed bind calls server_close(), which reads both
+        self.open_sockets: set[Any] = set()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mirror")
         self.mirror = mirror
-        self.open_sockets: set[Any] = set()
+        try:
+            super().__init__(addr, handler)
+        except OSError as exc:
+            self.pool.shutdown(wait=False)
+            raise InputError(
+                f"cannot listen on {addr[0]}:{addr[1]} ({exc.strerror}); pick another port (0 = any free)"
+            ) from None
 
     def process_request(self, request: Any, client_address: Any) -> None:  # noqa: ANN401
         self.open_sockets.add(request)
@@ -227,10 +235,18 @@ class MirrorServer:
         self.prefix = "/" + config.path_prefix.strip("/") if config.path_prefix.strip("/") else ""
         self._key = secrets.token_bytes(32)
         self._log_lock = threading.Lock()
-        self._log = open(config.log_path, "a", buffering=1) if config.log_path else None  # noqa: SIM115
+        # a FIFO or device as the log would block or be clobbered: regular files (or links to one) only
+        log_path = write_destination(config.log_path) if config.log_path else None
+        self._log = open(log_path, "a", buffering=1) if log_path else None  # noqa: SIM115
         self._faulted: set[tuple[str, str]] = set()
         self.hub = _BoundedThreadingServer((config.host, config.port), _HubHandler, config.threads, self)
-        self.lfs = _BoundedThreadingServer((config.host, config.lfs_port), _LfsHandler, config.threads, self)
+        try:
+            self.lfs = _BoundedThreadingServer(
+                (config.host, config.lfs_port), _LfsHandler, config.threads, self
+            )
+        except InputError:
+            self.hub.server_close()
+            raise
         self._threads: list[threading.Thread] = []
         self.stopping = threading.Event()
 
@@ -591,7 +607,9 @@ class _LfsHandler(_Handler):
         except ValueError:
             expires = 0
         sig = q.get("sig", [""])[0]
-        if expires < time.time() or not hmac.compare_digest(sig, self.mirror.sign(repo_id, sha, expires)):
+        # bytes, not str: compare_digest refuses non-ASCII strings (a TypeError, not a 403)
+        good = self.mirror.sign(repo_id, sha, expires).encode()
+        if expires < time.time() or not hmac.compare_digest(sig.encode("utf-8", "replace"), good):
             self._error(403, "signature invalid or expired")
             return
         repo = self.mirror.repos.get(repo_id)

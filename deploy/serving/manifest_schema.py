@@ -1,0 +1,70 @@
+"""JSON Schemas of what `render` and `up` write and later read back: ``manifest.json`` and the pidfile.
+
+    >>> from deploy.serving.manifest_schema import MANIFEST_SCHEMA
+    >>> MANIFEST_SCHEMA["properties"]["port"]["maximum"]
+    65535
+
+Both may have been edited (or replaced) since they were written: every value that reaches a script, a
+unit, a signal or a path is typed here, and file names must be plain names inside the rendered folder.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploy import schema
+
+#: A file of the rendered folder: a plain name, no folder (``launch-node0.sh``).
+FILE_NAME: dict[str, Any] = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"}
+
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "manifest.json",
+    "type": "object",
+    "properties": {
+        "schema": {"const": 1},
+        "candidate": schema.TEXT,
+        "engine": {"enum": ["vllm", "sglang", "ktransformers", "llama.cpp"]},
+        "served_model_name": schema.MODEL_NAME,
+        "model_path": schema.PATH,
+        "bind": schema.HOST,
+        "port": schema.PORT,
+        "api_key_env": {"anyOf": [schema.ENV_NAME, {"type": "null"}]},
+        "env_file": FILE_NAME,
+        "nodes": {
+            "type": "array",
+            "maxItems": schema.MAX_NODES,
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": schema.NAME,
+                    "rank": schema.COUNT,
+                    "role": {"enum": ["head", "worker"]},
+                    "address": schema.HOST,
+                    "serves_http": {"type": "boolean"},
+                    "program": schema.TEXT,
+                    "argv": {"type": "array", "items": {"type": "string"}},
+                    "pre": {"type": "array", "items": {"type": "array", "items": {"type": "string"}}},
+                    "launch": FILE_NAME,
+                    "install": FILE_NAME,
+                    "service": FILE_NAME,
+                    "env_files": {"type": "array", "maxItems": 16, "items": FILE_NAME},
+                },
+            },
+        },
+        "files": {"type": "object", "propertyNames": FILE_NAME},
+    },
+}
+
+#: ``<state>/run/<node>.json``: what `down` signals. pid/pgid 0 or 1 would mean every process or init.
+PIDFILE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["pid"],
+    "properties": {
+        "pid": {"type": "integer", "minimum": 2, "maximum": 1 << 22},
+        "pgid": {"type": "integer", "minimum": 2, "maximum": 1 << 22},
+    },
+}
+
+__all__ = ["FILE_NAME", "MANIFEST_SCHEMA", "PIDFILE_SCHEMA"]
