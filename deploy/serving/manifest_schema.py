@@ -53,7 +53,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 },
             },
         },
-        "files": {"type": "object", "propertyNames": FILE_NAME},
+        "files": {"type": "object", "propertyNames": {"format": "relpath"}},
     },
 }
 
