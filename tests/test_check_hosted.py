@@ -317,6 +317,24 @@ def test_a_server_that_never_calls_tools_fails(provider, tmp_path: Path) -> None
     assert "no tool_calls" in last_line(out)
 
 
+def test_a_reasoning_field_other_than_documented_is_named(provider, tmp_path: Path) -> None:
+    base = provider("nim", "--call-when", "weather", "--reasoning-field", "reasoning")
+    rc, report, out = kd_check(
+        "--url",
+        base,
+        "--model",
+        MODEL_IDS["nim"],
+        "--api-key-env",
+        KEY_ENV,
+        "--flavor",
+        "nim",
+        tmp_path=tmp_path,
+    )
+    assert rc == 0, out  # either field is Kimi's; the row says which one a NIM client would miss
+    thinking = next(r for r in report["results"] if r["name"] == "thinking")["reason"]
+    assert "reasoning in reasoning " in thinking and "nim documents reasoning_content" in thinking
+
+
 def test_moonshot_needs_its_own_instant_dialect(provider, tmp_path: Path) -> None:
     base = provider("moonshot", "--call-when", "weather")
     common = ("--url", base, "--model", "kimi-k2.5", "--api-key-env", KEY_ENV)

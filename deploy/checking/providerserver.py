@@ -249,7 +249,9 @@ class MimicServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], provider: str, model: str, key: str, **opts: Any) -> None:
         super().__init__(address, Handler)
         self.provider, self.model, self.key = provider, model, key
-        self.reasoning_field = providers.flavor(provider).reasoning_field or "reasoning_content"
+        self.reasoning_field = (
+            opts.get("reasoning_field") or providers.flavor(provider).reasoning_field or "reasoning_content"
+        )
         self.call_when: list[str] = opts.get("call_when") or []
         self.bad_args_when: str = opts.get("bad_args_when") or ""
         self.echo_key: bool = bool(opts.get("echo_key"))
@@ -271,6 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="comma-separated words: a tool is called when the last user message has one ('*': always; "
         "empty: never)",
+    )
+    ap.add_argument(
+        "--reasoning-field",
+        choices=("reasoning_content", "reasoning"),
+        help="the field reasoning comes back in (default: the one the provider documents)",
     )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
@@ -294,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         echo_key=args.echo_key,
         rate_limit_first=args.rate_limit_first,
         retry_after=args.retry_after,
+        reasoning_field=args.reasoning_field,
     )
     host, port = server.server_address[:2]
     base = BASE_PATH[args.provider]

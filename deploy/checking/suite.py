@@ -259,7 +259,17 @@ def check_instant(target: Target) -> CheckResult:
 def check_thinking(target: Target) -> CheckResult:
     if not target.capabilities.get("reasoning"):
         return CheckResult("thinking", SKIP, f"no reasoning declared ({target.capabilities_source})")
-    return _chat_check("thinking", target, "thinking", validate_thinking)
+    documented = providers.flavor(target.flavor).reasoning_field
+
+    def validate(payload: dict[str, Any]) -> tuple[bool, str]:
+        ok, why = validate_thinking(payload)
+        msg, _ = first_message(payload)
+        used = "reasoning_content" if msg.get("reasoning_content") else "reasoning"
+        if ok and target.hosted and documented and used != documented:
+            why += f" ({target.flavor} documents {documented}; clients reading only that field see none)"
+        return ok, why
+
+    return _chat_check("thinking", target, "thinking", validate)
 
 
 def check_tool_call(target: Target) -> CheckResult:
