@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Rendered by kimi-deploy 0.1.0: ktransformers head on node kt0 (rank 0 of 1).
 # Plan candidate ktransformers-int4-tp4-kt; install the engine first with install-kt0.sh.
-# The plan's kt gpu_prefill_token_threshold (400) is not a flag of SGLang 0.5.23: kvcache-ai's fork takes
-# --kt-gpu-prefill-token-threshold; add it there if you run the fork.
 set -euo pipefail
 here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 set -a
 if [ -r "$here"/kimi-deploy.env ]; then . "$here"/kimi-deploy.env; fi
 set +a
-export PATH=/opt/kimi-deploy/venvs/ktransformers-0.5.0/bin:"$PATH"
+export PATH=/opt/kimi-deploy/venvs/ktransformers-0.7.2/bin:"$PATH"
 require_env() {
     if [ -z "${!1:-}" ]; then
         echo "launch: $1 is not set: put it in kimi-deploy.env or export it before starting" >&2
@@ -19,18 +17,22 @@ exec python3 -m sglang.launch_server \
     --model-path /data/models/moonshotai/Kimi-K2.5 \
     --served-model-name kimi-k2.5 \
     --trust-remote-code \
-    --context-length 147456 \
+    --context-length 52224 \
     --tp-size 4 \
     --mem-fraction-static 0.752 \
-    --chunked-prefill-size 2048 \
-    --cuda-graph-max-bs-decode 80 \
-    --max-total-tokens 155694 \
+    --chunked-prefill-size 32658 \
+    --cuda-graph-max-bs 80 \
+    --max-total-tokens 55224 \
     --attention-backend flashinfer \
     --kt-weight-path /data/models/moonshotai/Kimi-K2.5 \
     --kt-method RAWINT4 \
-    --kt-cpuinfer 64 \
+    --kt-cpuinfer 60 \
     --kt-threadpool-count 2 \
-    --kt-num-gpu-experts 0 \
+    --kt-num-gpu-experts 19 \
+    --kt-gpu-prefill-token-threshold 400 \
+    --enable-mixed-chunk \
+    --enable-p2p-check \
+    --disable-shared-experts-fusion \
     --tool-call-parser kimi_k2 \
     --reasoning-parser kimi_k2 \
     --enable-metrics \
