@@ -368,8 +368,15 @@ def write_bundle(opts: BundleOptions) -> BundleResult:
 
     rendered_manifest = None
     if rendered.is_dir():
-        for f in sorted(p for p in rendered.rglob("*") if p.is_file()):
-            b.add_file(f"rendered/{f.relative_to(rendered).as_posix()}", f)
+        # the release that runs (rendered/current), not every release kept on disk; the others are listed
+        source = rendered / "current" if (rendered / "current").is_dir() else rendered
+        for f in sorted(p for p in source.resolve().rglob("*") if p.is_file()):
+            b.add_file(f"rendered/{f.relative_to(source.resolve()).as_posix()}", f)
+        if (rendered / "history.json").is_file():
+            b.add_file("rendered/history.json", rendered / "history.json")
+        releases = rendered / "releases"
+        if releases.is_dir():
+            b.add_json("releases.json", sorted(p.name for p in releases.iterdir()), str(releases))
         with contextlib.suppress(OSError, ValueError):
             rendered_manifest = json.loads((rendered / MANIFEST).read_text())
     else:
