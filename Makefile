@@ -171,3 +171,15 @@ setup-parsers-kt: $(BIN)/kimi-deploy ## the pinned sglang-kt wheel's server_args
 
 llama-build: $(BIN)/kimi-deploy ## show the llama.cpp build for a node without building it: LLAMA_BUILD="--cuda-arch 89 --isa avx2,avx512f"
 	$(KD) engine install llama.cpp $(LLAMA_BUILD) --dry-run
+
+# --- calibration: measured starts against the plan (deploy/calibration/, docs/explanation/margins-and-calibration.md) ---
+.PHONY: calibrate-list calibrate-import test-fixtures
+calibrate-list: $(BIN)/kimi-deploy ## the calibration store: every measured start, predicted against measured
+	$(KD) calibrate list
+
+calibrate-import: $(BIN)/kimi-deploy ## record a start-up log of a server started elsewhere: LOG=vllm.log (PLAN=plan.json)
+	@test -n "$(LOG)" || { echo "usage: make calibrate-import LOG=startup.log [PLAN=plan.json]" >&2; exit 2; }
+	$(KD) calibrate import $(LOG) --plan $(PLAN)
+
+test-fixtures: $(BIN)/kimi-deploy ## the planner against the published start-up logs (tests/fixtures/startup_logs): the error table
+	$(BIN)/python -m pytest -q -s tests/test_startup_fixtures.py

@@ -28,10 +28,12 @@ def kd(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.Comp
     )
 
 
-def run_demo(tmp_path: Path, engine: str) -> tuple[dict[str, str], Path, subprocess.CompletedProcess[str]]:
+def run_demo(
+    tmp_path: Path, engine: str, *extra: str
+) -> tuple[dict[str, str], Path, subprocess.CompletedProcess[str]]:
     env = dict(os.environ, KIMI_DEPLOY_CALIBRATION_DIR=str(tmp_path / "calibration"))
     work = tmp_path / "demo"
-    r = kd(env, "demo", "--engine", engine, "--workdir", str(work), "--port", "0")
+    r = kd(env, "demo", "--engine", engine, "--workdir", str(work), "--port", "0", *extra)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     return env, work, r
 
@@ -64,7 +66,14 @@ def _check_second_plan(env: dict[str, str], work: Path, engine: str, record: dic
 
 
 def test_llama_server_demo_records_and_the_next_plan_uses_it(tmp_path: Path) -> None:
-    env, work, r = run_demo(tmp_path, "llama.cpp")
+    env, work, r = run_demo(tmp_path, "llama.cpp", "--keep-running")
+    state = dict(env, KIMI_DEPLOY_STATE_DIR=str(work / "state"))
+    try:
+        status = kd(state, "status", "--json")
+        (node,) = json.loads(status.stdout)
+        assert node["ready"] and node["calibration"]["recorded"], status.stdout
+    finally:
+        kd(state, "down")
     assert "calibration: KV 32,768 tokens measured" in r.stdout + r.stderr
     (rec,) = json.loads(kd(env, "calibrate", "list", "--json").stdout)
     plan = json.loads((work / "plan.json").read_text())

@@ -564,11 +564,20 @@ def _evaluate_sglang(
                 1.5 * graph_t * layout.data_parallel if graph_t > 300 else 0
             )
         fraction = round((node.gpu_memory_mib - reserved) / node.gpu_memory_mib, 3)
+        default = sglang_mem_fraction_static(
+            node.gpu_memory_mib,
+            tp_total,
+            layout.pipeline_parallel,
+            layout.data_parallel,
+            dp_attention,
+            None,
+            layout.vit,
+        )
         if fraction > own:
             tight_note = (
-                f"--mem-fraction-static {fraction} overrides SGLang's own {own} (its 10 GiB reserve floor on "
-                f"cards over 60 GiB{' and its vision-model reduction' if layout.vit else ''}); risk: out of "
-                "memory on long prefills or image inputs"
+                f"--mem-fraction-static {fraction} overrides SGLang's own {default} (its 10 GiB reserve "
+                f"floor on cards over 60 GiB{' and its vision-model reduction' if layout.vit else ''}); "
+                "risk: out of memory on long prefills or image inputs"
             )
         else:
             fraction = own
