@@ -194,6 +194,8 @@ def run_bench(
         config = write_key_config(work) if target.api_key else None
         env = aiperf_env(hub, target.api_key)
         payloads = None
+        # with ignore_eos every answer is exactly --osl tokens: one that ends short was cut off
+        fixed_length = opts.workload == "chat" and target.flavor in IGNORE_EOS_FLAVORS
         for isl, osl in opts.shapes:
             if opts.workload == "tool-calls":
                 payloads = tool_call_payloads(target, work / f"tool-calls-{osl}.jsonl", osl)
@@ -228,6 +230,7 @@ def run_bench(
                 point.update(
                     {"isl": isl, "osl": osl, "aiperf_exit": rc, "wall_s": round(time.monotonic() - t0, 1)}
                 )
+                _count_short_outputs(point, fixed_length=fixed_length)
                 metrics = scraper.summary()
                 point["engine_metrics"] = metrics
                 per_point_metrics.append({"concurrency": c, "isl": isl, "osl": osl, **metrics})
@@ -240,6 +243,20 @@ def run_bench(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return build_report(target, opts, tokenizer, points, per_point_metrics, expected, started)
+
+
+def _count_short_outputs(point: dict[str, Any], fixed_length: bool) -> None:
+    """Count answers that ended short of a fixed output length as failed: AIPerf accepts a stream that is
+    closed early without ``[DONE]`` as complete, but with ``ignore_eos`` only a cut-off stream is short."""
+    short = int(point.get("short_outputs") or 0)
+    if not fixed_length or not short:
+        return
+    moved = min(short, int(point.get("requests") or 0))
+    point["requests"] = int(point.get("requests") or 0) - moved
+    point["errors"] = int(point.get("errors") or 0) + moved
+    point.setdefault("error_summary", []).insert(
+        0, {"count": moved, "error": "the response ended short of the requested output (stream cut off)"}
+    )
 
 
 def _progress_line(p: dict[str, Any]) -> str:

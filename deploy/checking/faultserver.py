@@ -15,6 +15,14 @@ Modes:
   ``tool_calls``;
 - ``bad-tool-id``: tool calls carry random ``call_<hex>`` ids instead of ``functions.<name>:<n>``;
 - ``stay-503``: every path answers 503 ``Loading model`` forever.
+
+Load-test modes (for `kimi-deploy bench`): a streamed chat request gets ``max_completion_tokens`` (or
+``max_tokens``) chunks of generated words, one every ``--token-delay`` seconds, then usage and ``[DONE]``;
+every second request (the 2nd, 4th, ...) carries the fault:
+- ``drop-mid-stream``: the connection is closed half-way through the stream, without ``[DONE]``;
+- ``500-some``: the request is answered 500 with an OpenAI-style error body;
+- ``stall``: after the first chunk the stream stops for ``--stall`` seconds (a client's timeout fires first);
+- ``ok-stream``: no fault (the baseline for the three above).
 """
 
 from __future__ import annotations
@@ -22,7 +30,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import socket
 import sys
+import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,7 +41,8 @@ from typing import Any
 
 from deploy import constants
 
-MODES = ("ok-kimi", "leak-think", "leak-tool-markers", "bad-tool-id", "stay-503")
+STREAM_MODES = ("ok-stream", "drop-mid-stream", "500-some", "stall")
+MODES = ("ok-kimi", "leak-think", "leak-tool-markers", "bad-tool-id", "stay-503", *STREAM_MODES)
 ENGINES = ("vllm", "sglang")
 DEFAULT_FIXTURES = constants.REPO_ROOT / "tests" / "fixtures" / "kimi"
 BANNER = "FAULT-INJECTING TEST SERVER"
@@ -168,6 +180,46 @@ class FaultHandler(BaseHTTPRequestHandler):
             return self._send(200, text.encode(), "text/plain; version=0.0.4")
         self._json(404, {"error": {"message": f"no route {path}", "code": 404}})
 
+    def _stream_tokens(self, body: dict[str, Any]) -> None:
+        """The load-test modes: generated tokens, with the mode's fault on every second request."""
+        srv = self.server
+        n = int(body.get("max_completion_tokens") or body.get("max_tokens") or 16)
+        with srv.lock:
+            srv.requests += 1
+            faulty = srv.requests % 2 == 0 and srv.mode != "ok-stream"
+        if faulty and srv.mode == "500-some":
+            return self._json(500, {"error": {"message": "injected fault: internal error", "code": 500}})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        base = {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "object": "chat.completion.chunk",
+            "model": srv.model,
+        }
+        try:
+            for i in range(n):
+                if faulty and srv.mode == "drop-mid-stream" and i == n // 2:
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if faulty and srv.mode == "stall" and i == 1:
+                    time.sleep(srv.stall_s)
+                chunk = {
+                    **base,
+                    "choices": [{"index": 0, "delta": {"content": " the"}, "finish_reason": None}],
+                }
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                time.sleep(srv.token_delay_s)
+            done = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
+            usage = {"prompt_tokens": 0, "completion_tokens": n, "total_tokens": n}
+            self.wfile.write(f"data: {json.dumps({**done, 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            return
+
     def do_POST(self) -> None:  # noqa: N802
         srv = self.server
         if srv.mode == "stay-503":
@@ -178,6 +230,8 @@ class FaultHandler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         except json.JSONDecodeError:
             return self._json(400, {"error": {"message": "body is not JSON", "code": 400}})
+        if srv.mode in STREAM_MODES:
+            return self._stream_tokens(body)
         kind, stream = _request_kind(body)
         if stream:
             chunks = inject_stream(srv.mode, srv.engine, kind, srv.fixture(f"stream_{kind}")["chunks"])
@@ -197,10 +251,15 @@ class FaultServer(ThreadingHTTPServer):
         model: str,
         fixtures: Path,
         hosted: bool = False,
+        token_delay_s: float = 0.02,
+        stall_s: float = 60.0,
     ) -> None:
         super().__init__(address, FaultHandler)
         self.mode, self.engine, self.model, self.fixtures = mode, engine, model, fixtures
         self.hosted = hosted
+        self.token_delay_s, self.stall_s = token_delay_s, stall_s
+        self.requests = 0
+        self.lock = threading.Lock()
 
     def fixture(self, kind: str) -> dict[str, Any]:
         return load_fixture(self.fixtures, self.engine, kind)
@@ -219,9 +278,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on start)")
     ap.add_argument("--fixtures", type=Path, default=DEFAULT_FIXTURES)
     ap.add_argument("--hosted", action="store_true", help="no /health (404), like a hosted API")
+    ap.add_argument("--token-delay", type=float, default=0.02, help="load-test modes: seconds between tokens")
+    ap.add_argument("--stall", type=float, default=60.0, help="stall mode: seconds a stalled stream waits")
     args = ap.parse_args(argv)
     server = FaultServer(
-        (args.host, args.port), args.mode, args.engine, args.model, args.fixtures, args.hosted
+        (args.host, args.port),
+        args.mode,
+        args.engine,
+        args.model,
+        args.fixtures,
+        args.hosted,
+        args.token_delay,
+        args.stall,
     )
     host, port = server.server_address[:2]
     print(f"{BANNER} (mode {args.mode}, {args.engine} shapes) listening on http://{host}:{port}", flush=True)
