@@ -209,6 +209,8 @@ def run_bench(
                     extra_body=_extra_body(target, opts),
                     payloads=payloads,
                     request_timeout_s=opts.request_timeout_s,
+                    # a new prompt set per point, so one point's prompts are not in the cache of the next
+                    seed=1000 * len(points) + c,
                 )
                 artifacts = work / f"isl{isl}-osl{osl}-c{c}"
                 argv = aiperf_argv(

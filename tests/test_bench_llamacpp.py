@@ -1,0 +1,118 @@
+"""`kimi-deploy bench` with the real AIPerf against a real llama-server on the demo GGUF, checked against an
+independent timing of the same requests: llama-server's own per-request timings (``print_timing`` in its
+log: prompt, eval and total time per task). The engine runs one slot (like the demo plan), so at
+concurrency 2 one request waits and the engine's ``/metrics`` shows it deferred.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from deploy.catalog import load_model
+from deploy.engines.builds import llama_server_path
+from deploy.planning.architecture import demo_gguf_path
+
+pytestmark = pytest.mark.slow
+
+KD = [sys.executable, "-m", "deploy"]
+TEMPLATE = (
+    Path(__file__).resolve().parents[1] / "deploy" / "data" / "chat_templates" / "demo-hermes-think.jinja"
+)
+ISL, OSL, REQUESTS = 32, 8, 2
+_TIMING = re.compile(r"task (\d+) \|\s+(prompt eval|eval|total) time =\s+([\d.]+) ms /\s+(\d+) tokens")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_timings(log: str) -> list[dict[str, float]]:
+    """Per request, in order: {"prompt_ms", "prompt_tokens", "eval_ms", "eval_tokens", "total_ms"}."""
+    tasks: dict[int, dict[str, float]] = {}
+    for m in _TIMING.finditer(log):
+        t = tasks.setdefault(int(m.group(1)), {})
+        key = {"prompt eval": "prompt", "eval": "eval", "total": "total"}[m.group(2)]
+        t[f"{key}_ms"] = float(m.group(3))
+        t[f"{key}_tokens"] = float(m.group(4))
+    return [tasks[k] for k in sorted(tasks)]
+
+
+def test_bench_agrees_with_the_engines_own_timing(tmp_path: Path) -> None:
+    binary = llama_server_path()
+    if not binary.is_file():
+        pytest.fail(
+            f"llama-server not found at {binary}: run `make setup` (kimi-deploy engine install llama.cpp)"
+        )
+    gguf = demo_gguf_path(load_model("demo"))
+    port = _free_port()
+    log_path = tmp_path / "llama.log"
+    cmd = [str(binary), "-m", str(gguf), "-t", "1", "-c", "2048", "-np", "1", "--alias", "demo",
+           "--jinja", "--chat-template-file", str(TEMPLATE), "--host", "127.0.0.1", "--port", str(port),
+           "--metrics"]  # fmt: skip
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+        args = ["bench", "--url", url, "--model", "demo", "--flavor", "llama.cpp", "--tokenizer", str(gguf),
+                "--concurrency", "1,2", "--requests", str(REQUESTS), "--isl", str(ISL), "--osl", str(OSL),
+                "--slo", "ttft_p95=60s", "-o", str(out), "--plot", str(png)]  # fmt: skip
+        run = subprocess.run([*KD, *args], capture_output=True, text=True, timeout=400, env=dict(os.environ))
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    report = json.loads(out.read_text())
+    assert report["tool"] == {"name": "aiperf", "version": "0.13.0", "export_schema_version": ["1.4"]}
+    c1, c2 = report["points"]
+    assert (c1["concurrency"], c2["concurrency"]) == (1, 2)
+    assert c1["requests"] == c2["requests"] == REQUESTS and report["errors"] == 0
+
+    timings = server_timings(log_path.read_text())
+    assert len(timings) == 2 * REQUESTS, timings
+    # ignore_eos: the engine generated exactly --osl tokens for every request, and AIPerf counted them
+    assert all(t["eval_tokens"] == OSL for t in timings), timings
+    assert c1["output_tokens_mean"] == pytest.approx(OSL, abs=1)
+    # the first prompt (cold cache) holds the --isl tokens AIPerf generated plus the chat template; later
+    # ones count only what the engine's prompt cache did not already hold
+    assert timings[0]["prompt_tokens"] >= ISL, timings
+
+    # concurrency 1: nothing waits, so each end-to-end latency AIPerf measured is the engine's total time
+    # plus the HTTP and streaming overhead of the same request
+    first = timings[:REQUESTS]
+    server_total = statistics.median(t["total_ms"] for t in first)
+    assert c1["e2e_ms"]["p50"] >= 0.95 * server_total
+    assert c1["e2e_ms"]["p50"] <= 1.25 * server_total + 500, (c1["e2e_ms"], server_total)
+    # the engine's time per generated token against AIPerf's inter-token latency of the same requests
+    server_itl = statistics.median(t["eval_ms"] / t["eval_tokens"] for t in first)
+    assert 0.5 * server_itl <= c1["itl_ms"]["p50"] <= 2.0 * server_itl + 20, (c1["itl_ms"], server_itl)
+
+    # one slot: at concurrency 2 a request waits, which the engine's own gauge shows
+    per_point = report["engine_metrics"]["per_point"]
+    assert (
+        per_point[1]["peak_queue"] >= 1
+        and report["engine_metrics"]["sources"]["queue"] == "llamacpp:requests_deferred"
+    )
+    assert png.stat().st_size > 10_000
