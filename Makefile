@@ -183,3 +183,16 @@ calibrate-import: $(BIN)/kimi-deploy ## record a start-up log of a server starte
 
 test-fixtures: $(BIN)/kimi-deploy ## the planner against the published start-up logs (tests/fixtures/startup_logs): the error table
 	$(BIN)/python -m pytest -q -s tests/test_startup_fixtures.py
+# --- releases: upgrade, rollback, gc (deploy/releases/; docs/how-to/upgrade.md) -------------------------------------
+.PHONY: plan-diff upgrade rollback gc
+plan-diff: setup ## what changes from OLD to NEW (plans or release folders): make plan-diff OLD=plan.json NEW=plan-k26.json
+	$(KD) plan diff '$(OLD)' '$(or $(NEW),$(PLAN))'
+
+upgrade: setup ## upgrade the running deployment to NEW=plan-new.json; checked, rolled back by itself on failure (BENCH_GATE=1)
+	$(KD) upgrade --plan '$(or $(NEW),$(PLAN))' $(if $(BENCH_GATE),--bench-gate) $(if $(ENDPOINT),--endpoint '$(ENDPOINT)')
+
+rollback: setup ## switch back to the release before the current one (TO=<release id> for another), start and check it
+	$(KD) rollback $(if $(TO),--to '$(TO)')
+
+gc: setup ## remove releases beyond KEEP (default 3) and weights no kept release references (DRY_RUN=1 to only list)
+	$(KD) gc $(if $(KEEP),--keep $(KEEP)) $(if $(DRY_RUN),--dry-run)

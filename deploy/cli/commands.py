@@ -25,6 +25,9 @@ VERB_MODULES: dict[str, str] = {
     "check": "check_cmd",
     "bench": "bench_cmd",
     "support-bundle": "support_cmd",
+    "upgrade": "upgrade_cmd",
+    "rollback": "upgrade_cmd",
+    "gc": "gc_cmd",
     "demo": "demo_cmd",
     "ansible": "ansible_cmd",
 }

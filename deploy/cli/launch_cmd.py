@@ -45,6 +45,10 @@ def up_command(
     runs and, for llama.cpp's rpc-server, a socket listens on its port. On a failed start the cause read
     from the log is printed with its last lines (exit 6).
     """
+    # an upgrade or rollback killed half-way is finished first (rolled back), so `up` never starts beside it
+    from deploy.releases import upgrade
+
+    upgrade.recover(out=sys.stderr)
     launch.up(plan_path, rendered, node=node, systemd=systemd, deadline_s=deadline)
 
 

@@ -127,12 +127,24 @@ def serve(
 @click.option(
     "--into", "into", required=True, type=click.Path(file_okay=False), help="The mirror's root folder."
 )
-def stage(src_dir: str, repo: str, into: str) -> None:
-    """Stage a local folder as a repo (hard links where possible) with a weights.lock."""
+@click.option(
+    "--revision",
+    default="main",
+    show_default=True,
+    help="The revision name it is served under (besides its commit and main), e.g. to stage an upgrade.",
+)
+def stage(src_dir: str, repo: str, into: str, revision: str) -> None:
+    """Stage a local folder as a repo (hard links where possible) with a weights.lock.
+
+    Staging again replaces what the mirror serves for the repo (one revision at a time)."""
+    import re
+
     from deploy.weights.lockfile import read_lock
     from deploy.weights.mirror import stage_folder
 
-    dest = stage_folder(src_dir, repo, into)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$", revision):
+        raise InputError(f"--revision {revision!r}: letters, digits, '.', '_' or '-'")
+    dest = stage_folder(src_dir, repo, into, revision=revision)
     lock = read_lock(dest)
     click.echo(
         f"staged {repo} ({len(lock.files)} files, {lock.total_bytes} bytes) at {dest}, commit {lock.commit}"
