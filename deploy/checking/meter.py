@@ -87,6 +87,21 @@ class Meter:
                 if isinstance(usage.get(key), int):
                     self.tokens[key] += usage[key]
 
+    def backoff(self, header: str | None, attempt: int) -> float | None:
+        """Count one 429 and wait what its ``Retry-After`` asks (None, not waiting: longer than allowed,
+        or retries spent). Without the header: 1, 2, 4... seconds, capped by ``max_wait_s``."""
+        with self._lock:
+            self.rate_limited += 1
+        wait = retry_after_s(header)
+        if wait is None:
+            wait = min(self.max_wait_s, 2.0**attempt)
+        if wait > self.max_wait_s or attempt >= self.max_retries:
+            return None
+        with self._lock:
+            self.waited_s += wait
+        self._sleep(wait)
+        return wait
+
     def summary(self) -> dict[str, Any]:
         """The counters as the report shows them."""
         return {
@@ -144,21 +159,13 @@ def send(meter: Meter, call: Callable[[], Any]) -> Any:
             with meter._gate:
                 return call()
         except openai.RateLimitError as exc:
-            with meter._lock:
-                meter.rate_limited += 1
             header = exc.response.headers.get("retry-after") if exc.response is not None else None
-            wait = retry_after_s(header)
-            if wait is None:
-                wait = min(meter.max_wait_s, 2.0**attempt)
-            if wait > meter.max_wait_s or attempt >= meter.max_retries:
+            if meter.backoff(header, attempt) is None:
                 raise RateLimited(
                     f"HTTP 429 rate limited {attempt + 1} time(s); Retry-After {header or 'absent'}"
                     f" (waits up to {meter.max_wait_s:g} s, {meter.max_retries} retries allowed)"
                 ) from None
             attempt += 1
-            with meter._lock:
-                meter.waited_s += wait
-            meter._sleep(wait)
         except openai.APITimeoutError:
             raise
         except openai.APIConnectionError:

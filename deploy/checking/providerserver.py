@@ -18,7 +18,8 @@ The key is read from the environment variable named by ``--key-env`` (never from
 
 FAULT INJECTION (options that make it misbehave on purpose, each labelled so in ``--help``):
 ``--echo-key`` (a 401 body quotes the key it was given, to prove `check` redacts it),
-``--rate-limit-first N`` (the first N chat requests get 429 with ``Retry-After``),
+``--rate-limit-first N`` / ``--rate-limit-models N`` (the first N chat requests / model listings get 429
+with ``Retry-After``),
 ``--bad-args-when WORD`` (tool arguments that break the schema when the message has WORD).
 """
 
@@ -131,6 +132,14 @@ class Handler(BaseHTTPRequestHandler):
         if route is None or not self._authorised():
             return
         if route == "/models":
+            srv = self.server
+            with srv.lock:
+                srv.model_listings += 1
+                limited = srv.model_listings <= srv.rate_limit_models
+            if limited:  # FAULT INJECTION: the model list rate limited too
+                return self._error(
+                    429, "rate limit reached", "rate_limit_reached_error", {"Retry-After": srv.retry_after}
+                )
             ids = [self.server.model, *OTHER_MODELS[self.server.provider]]
             data = [{"id": i, "object": "model", "owned_by": i.split("/")[0]} for i in ids]
             return self._json(200, {"object": "list", "data": data})
@@ -257,7 +266,9 @@ class MimicServer(ThreadingHTTPServer):
         self.echo_key: bool = bool(opts.get("echo_key"))
         self.rate_limit_first: int = int(opts.get("rate_limit_first") or 0)
         self.retry_after: str = str(opts.get("retry_after") or "1")
+        self.rate_limit_models: int = int(opts.get("rate_limit_models") or 0)
         self.chat_requests = 0
+        self.model_listings = 0
         self.lock = threading.Lock()
 
 
@@ -285,6 +296,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--rate-limit-first", type=int, default=0, help="FAULT INJECTION: 429 for the first N chat requests"
     )
+    ap.add_argument(
+        "--rate-limit-models", type=int, default=0, help="FAULT INJECTION: 429 for the first N GET /models"
+    )
     ap.add_argument("--retry-after", default="1", help="the Retry-After value sent with those 429s")
     ap.add_argument("--bad-args-when", default="", help="FAULT INJECTION: schema-breaking arguments on WORD")
     args = ap.parse_args(argv)
@@ -300,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         bad_args_when=args.bad_args_when.lower(),
         echo_key=args.echo_key,
         rate_limit_first=args.rate_limit_first,
+        rate_limit_models=args.rate_limit_models,
         retry_after=args.retry_after,
         reasoning_field=args.reasoning_field,
     )

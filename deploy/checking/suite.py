@@ -88,12 +88,22 @@ def _http_failure(target: Target, what: str, r: requests.Response) -> str:
     return f"{what} {r.status_code}{status_hint(r.status_code, target)}: {body}"
 
 
+def _list_models(target: Target) -> requests.Response:
+    """GET {base}/models with the key; a 429 is waited out as chat requests are (the meter's bound)."""
+    attempt = 0
+    while True:
+        r = bounded.get(
+            f"{target.api_base}/models", headers=headers(target), timeout_s=min(target.timeout_s, 10.0)
+        )
+        if r.status_code != 429 or target.meter.backoff(r.headers.get("Retry-After"), attempt) is None:
+            return r
+        attempt += 1
+
+
 def _liveness_by_models(target: Target, t0: float, why: str) -> CheckResult:
     what = f"GET {_models_path(target)}"
     try:
-        m = bounded.get(
-            f"{target.api_base}/models", headers=headers(target), timeout_s=min(target.timeout_s, 10.0)
-        )
+        m = _list_models(target)
     except requests.RequestException as exc:
         return CheckResult(
             "liveness", FAIL, f"{why}; {what}: {error_reason(exc, target)}", time.monotonic() - t0
@@ -188,9 +198,7 @@ def check_models(target: Target) -> CheckResult:
     t0 = time.monotonic()
     what = f"GET {_models_path(target)}"
     try:
-        r = bounded.get(
-            f"{target.api_base}/models", headers=headers(target), timeout_s=min(target.timeout_s, 10)
-        )
+        r = _list_models(target)
     except requests.RequestException as exc:
         return CheckResult("models", FAIL, error_reason(exc, target), time.monotonic() - t0)
     dt = time.monotonic() - t0
