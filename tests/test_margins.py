@@ -106,3 +106,15 @@ def test_deadline_derives_from_the_measured_read_rate(tmp_path):
     for c in (slow, fast):
         assert c.ready_deadline_s >= math.ceil(c.time_to_ready_s * READY_SAFETY_FACTOR) - 1
         assert c.ready_deadline_s >= c.time_to_ready_s + 120
+
+
+def test_one_h100_node_follows_the_engines_and_names_the_alternatives():
+    p = plan(load_profile("h100x8"))
+    c = p.chosen_candidate
+    # SGLang's own fraction leaves no room on one node: the answer keeps experts in host RAM
+    assert c.placement == "hybrid" and not c.tight
+    sglang = p.candidate("sglang-int4-tp8")
+    assert not sglang.runs
+    assert any(r.startswith("a second node") for r in sglang.remediation)
+    assert any(r.startswith("hybrid on this node") for r in sglang.remediation)
+    assert any(line.startswith("All on GPUs instead: a second node") for line in p.explanation)

@@ -1216,6 +1216,13 @@ def _explain(
         )
         if ahead and c.variant == chosen.variant and not c.runs and c.reasons:
             lines.append(f"Not {c.engine} ({c.layout}): {c.reasons[0]}.")
+    if chosen.placement != "gpu":
+        more = next(
+            (r for c in candidates if not c.runs for r in c.remediation if r.startswith("a second node")),
+            None,
+        )
+        if more:
+            lines.append(f"All on GPUs instead: {more}.")
     if chosen.status == REDUCED:
         lines.append(
             f"Reduced: the full {m.architecture.get('max_position_embeddings', 0):,}-token context does "
