@@ -196,3 +196,11 @@ rollback: setup ## switch back to the release before the current one (TO=<releas
 
 gc: setup ## remove releases beyond KEEP (default 3) and weights no kept release references (DRY_RUN=1 to only list)
 	$(KD) gc $(if $(KEEP),--keep $(KEEP)) $(if $(DRY_RUN),--dry-run)
+
+# --- hostile input: regression tests and the fuzz suite (issue 14; docs/explanation/security.md) -----------
+.PHONY: test-hostile fuzz
+test-hostile: setup ## the named regression tests for hostile and broken input (injection, paths, schemas, bounds)
+	$(BIN)/python -m pytest -q tests/test_hostile_input.py
+
+fuzz: setup ## the hypothesis fuzz suite: mutated plans, profiles, locks, manifests and CLI values through every verb
+	$(BIN)/python -m pytest -q tests/test_fuzz.py

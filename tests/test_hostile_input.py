@@ -636,3 +636,107 @@ def test_tool_call_samples_fifo_never_blocks(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="FIFO"):
         load_samples(fifo)
+
+
+# ------------------------------------------------------ download: what was checked, disk full, restarts
+
+
+def test_offline_download_says_it_did_not_rehash(tmp_path: Path) -> None:
+    """A flipped byte with size and mtime unchanged: `download --offline` must not claim more than it
+    checked (size + mtime against the last verify), and `verify` (which re-hashes) finds it."""
+    into = _staged(tmp_path)
+    d = into / "o" / "n"
+    assert kd(tmp_path, "verify", str(d)).returncode == 0
+    f = d / "m.gguf"
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[0] ^= 0xFF
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    weights = Weights("v", "o/n", "main", ["*"], 0, "gguf", local_dir=str(d))
+    cand = cpu_candidate(weights, engine_args={"host": "127.0.0.1", "port": 8999, "served_model_name": "x"})
+    save_plan(
+        Plan(model={"name": "x"}, hardware={"nodes": [{"name": "n0"}]}, candidates=[cand], chosen=cand.id),
+        tmp_path / "plan.json",
+    )
+    r = kd(tmp_path, "download", "--plan", str(tmp_path / "plan.json"), "--offline", "--dest", str(d))
+    assert r.returncode == 0, r.stderr
+    assert "size and mtime only" in r.stdout and "0 hashed" not in r.stdout
+    assert kd(tmp_path, "verify", str(d)).returncode == 5
+
+
+def test_disk_full_during_download_is_exit_4_not_a_network_error() -> None:
+    """Fault injected: a real full disk needs a mount this test cannot make; the library's write fails
+    with ENOSPC wrapped the way huggingface_hub wraps it."""
+    import errno
+
+    from deploy.errors import DiskSpaceError
+    from deploy.weights.download import _with_retries
+
+    calls = []
+
+    def write() -> None:
+        calls.append(1)
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", "/models/x/model.gguf")
+        except OSError as exc:
+            raise RuntimeError("download failed") from exc
+
+    with pytest.raises(DiskSpaceError, match="disk full writing /models/x/model.gguf"):
+        _with_retries(write, "o/n", "http://127.0.0.1:9", retries=3, backoff_s=0, progress=None)
+    assert calls == [1]  # not retried as if the network had failed
+
+
+def test_signed_url_from_before_a_mirror_restart_is_re_resolved_not_auth(tmp_path: Path) -> None:
+    """A real mirror signs a large-file URL; a restarted mirror (new key, same ports) answers 403 to it.
+    That 403 comes from the large-file origin, so the download retries (asking the hub again), while a
+    403 from the hub itself stays an auth failure."""
+    try:
+        import httpx2 as httpx
+    except ImportError:  # pragma: no cover
+        import httpx
+
+    from deploy.errors import AuthError
+    from deploy.weights.download import _signed_url_refused, _with_retries
+    from deploy.weights.mirror import MirrorConfig, MirrorServer
+
+    into = _staged(tmp_path)
+    first = MirrorServer(MirrorConfig(root=into))
+    first.start()
+    hub_port, lfs_port = first.hub.server_address[1], first.lfs.server_address[1]
+    head = httpx.head(f"{first.url}/o/n/resolve/main/m.gguf", follow_redirects=False, timeout=10)
+    signed = head.headers["location"]
+    first.stop()
+    second = MirrorServer(MirrorConfig(root=into, port=hub_port, lfs_port=lfs_port))
+    second.start()
+    try:
+        stale = httpx.get(signed, timeout=10)
+        assert stale.status_code == 403
+        try:
+            stale.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            refused = exc
+        assert _signed_url_refused(refused, second.url)
+        attempts = []
+
+        def fetch() -> str:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise refused
+            return "fetched with a fresh URL"
+
+        assert (
+            _with_retries(fetch, "o/n", second.url, retries=2, backoff_s=0, progress=None)
+            == "fetched with a fresh URL"
+        )
+        hub_403 = httpx.Response(403, request=httpx.Request("GET", f"{second.url}/api/models/o/n"))
+        auth = httpx.HTTPStatusError("403", request=hub_403.request, response=hub_403)
+        assert not _signed_url_refused(auth, second.url)
+
+        def denied() -> None:
+            raise auth
+
+        with pytest.raises(AuthError):
+            _with_retries(denied, "o/n", second.url, retries=2, backoff_s=0, progress=None)
+    finally:
+        second.stop()

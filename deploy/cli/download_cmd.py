@@ -83,7 +83,8 @@ def download(
     else:
         how = "checked offline" if result.offline else f"{result.bytes_fetched / 1e9:.2f} GB fetched"
         click.echo(
-            f"{result.repo}@{result.commit[:12]}: {result.files} files in {result.dest} ({how}), verified"
+            f"{result.repo}@{result.commit[:12]}: {result.files} files in {result.dest} ({how}), "
+            f"verified: {result.what_was_checked()}"
         )
 
 

@@ -25,6 +25,7 @@ What this module adds, because the library lacks it:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -171,6 +172,30 @@ def _translate(exc: BaseException, repo: str, endpoint: str) -> Exception:
     return DownloadError(f"{repo}: {exc.__class__.__name__} talking to {where}")
 
 
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT error behind ``exc`` (the library may wrap it), or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _signed_url_refused(exc: BaseException, endpoint: str) -> bool:
+    """A 403 from another origin than the endpoint: a large-file URL the endpoint signed and redirected to
+    (a mirror restarted since signed it with a new key, or the URL expired). Asking the endpoint again
+    gives a fresh URL, so this is retried; a 401/403 from the endpoint itself is a real auth failure."""
+    response = getattr(exc, "response", None)
+    if getattr(response, "status_code", None) != 403:
+        return False
+    try:
+        url = str(response.request.url)
+    except (AttributeError, RuntimeError):
+        return False
+    return urlsplit(url).netloc not in ("", urlsplit(endpoint).netloc)
+
+
 def _retryable(exc: BaseException) -> bool:
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status is not None:
@@ -196,8 +221,18 @@ def _with_retries(
         try:
             return what()
         except Exception as exc:  # noqa: BLE001 - translated below
+            full = _disk_full(exc)
+            if full is not None:
+                where = f" writing {full.filename}" if full.filename else ""
+                raise DiskSpaceError(
+                    f"{repo}: disk full{where} ({full.strerror}); free space and rerun"
+                ) from None
             err = _translate(exc, repo, endpoint)
-            if isinstance(err, AuthError) or not _retryable(exc) or attempt > retries:
+            if _signed_url_refused(exc, endpoint) and attempt <= retries:
+                err = DownloadError(
+                    f"{repo}: a signed file URL was refused (mirror restarted?); re-resolving"
+                )
+            elif isinstance(err, AuthError) or not _retryable(exc) or attempt > retries:
                 raise err from None
             wait = backoff_s * 2 ** (attempt - 1)
             if progress is not None:
@@ -504,7 +539,24 @@ class DownloadResult:
         return self.bytes_fetched / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rate_bytes_per_s": round(self.rate_bps)}
+        return {**asdict(self), "rate_bytes_per_s": round(self.rate_bps), "checked": self.what_was_checked()}
+
+    def what_was_checked(self) -> str:
+        """What "verified" rests on: files hashed now (or while downloading) and files only compared by
+        size and mtime with the last `verify` (a flipped byte there goes unseen until `verify` re-hashes).
+
+        >>> DownloadResult("o/n", "c", "/w", "", 3, 0, 0, 0, 0, 0.0, 0, True,
+        ...                verify={"checked": 1, "skipped": 2}).what_was_checked()
+        '1 hashed, 2 unchanged since the last verify (size and mtime only; `kimi-deploy verify /w` re-hashes)'
+        """
+        hashed, trusted = int(self.verify.get("checked", 0)), int(self.verify.get("skipped", 0))
+        parts = [f"{hashed} hashed"] if hashed or not trusted else []
+        if trusted:
+            parts.append(
+                f"{trusted} unchanged since the last verify (size and mtime only; "
+                f"`kimi-deploy verify {self.dest}` re-hashes)"
+            )
+        return ", ".join(parts)
 
 
 def _offline(weights: Weights, dest: Path) -> DownloadResult:

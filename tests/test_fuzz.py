@@ -1,0 +1,298 @@
+"""Fuzz suite (issue 14): hypothesis mutates real plans, hardware profiles, weights locks, manifests, env
+files and command-line values, and drives the verbs as subprocesses (``python -m deploy ...``), asserting
+for every run: no traceback, no hang (a per-run deadline), an exit code from the documented set
+(deploy/errors.py), and nothing written outside the run's own temp folder (hostile values aim at its
+parent: ``../``, ``$(touch ...)``, absolute paths).
+
+Repeatable and bounded: ``derandomize=True`` (the same examples every run) and a fixed number of examples
+per input kind; FUZZ_RUNS below is the total count of subprocess runs. Verbs that would reach beyond the
+machine are driven only in ways that cannot: ``download --offline``, ``check --url`` on a closed loopback
+port; ``up`` never gets past its checks (the weights folders are never verified), and no pidfile is ever
+fuzzed (``down`` would signal what it names).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deploy.hardware.profiles import load_profile
+from deploy.planning.contract import save_plan
+from deploy.planning.planner import plan
+
+REPO = Path(__file__).resolve().parents[1]
+#: 0 ok, 1 failure, 2 bad input, 3 nothing runnable, 4 disk, 5 verification, 6 launch, 7 check
+EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 7}
+RUN_DEADLINE_S = 60
+EXAMPLES = {"plan": 16, "profile": 20, "lock": 20, "manifest": 12, "args": 24}
+#: runs per example: plan -> render, download --offline, up; the others one each
+FUZZ_RUNS = (
+    3 * EXAMPLES["plan"] + EXAMPLES["profile"] + EXAMPLES["lock"] + EXAMPLES["manifest"] + EXAMPLES["args"]
+)
+
+HOSTILE_STRINGS = [
+    "$(touch ../PWNED)",
+    "`touch ../PWNED`",
+    "x; touch ../PWNED",
+    "a\nExecStartPre=/bin/touch ../PWNED",
+    "../PWNED",
+    "../../PWNED",
+    "/tmp",
+    "",
+    " ",
+    "%n%h$HOME",
+    "'\"\\",
+    "é€\u202e",
+    "A" * 5000,
+    "0.0.0.0",
+    "::1",
+    "-5",
+    "nan",
+]
+HOSTILE_NUMBERS = [-1, 0, 1, -8, 2**63, 2**31, 70000, 1e308, -1e-9, 0.5]
+WRONG_TYPES: list[Any] = [None, [], {}, True, "two", [1, 2], {"a": {"b": {}}}]
+VALUES = st.sampled_from(HOSTILE_STRINGS + HOSTILE_NUMBERS + WRONG_TYPES)
+SETTINGS = settings(
+    derandomize=True,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(doc, dict):
+        for k in sorted(doc, key=str):
+            out += _paths(doc[k], (*prefix, k))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc[:4]):
+            out += _paths(v, (*prefix, i))
+    return out
+
+
+def mutate(doc: Any, edits: list[tuple[int, str, Any]]) -> Any:
+    """Apply ``(path index, kind, value)`` edits: ``set`` a value, ``drop`` a key, ``wrap`` it in a list."""
+    doc = json.loads(json.dumps(doc))
+    for index, kind, value in edits:
+        paths = _paths(doc)
+        path = paths[index % len(paths)]
+        if not path:
+            doc = value if kind == "set" else [doc]
+            continue
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        key = path[-1]
+        if kind == "drop" and isinstance(parent, dict):
+            del parent[key]
+        elif kind == "wrap":
+            parent[key] = [parent[key]]
+        else:
+            parent[key] = value
+    return doc
+
+
+EDITS = st.lists(
+    st.tuples(st.integers(0, 10_000), st.sampled_from(["set", "set", "set", "drop", "wrap"]), VALUES),
+    min_size=1,
+    max_size=3,
+)
+#: whole-file damage instead of a structured edit, one time in five
+RAW = st.sampled_from([None, None, None, None, b"\xff\xfe\x00", b"[" * 5000, b"{", b"", b'{"schema": NaN}'])
+
+
+def write_doc(path: Path, doc: Any, raw: bytes | None, yaml_format: bool = False) -> None:
+    if raw is not None:
+        path.write_bytes(raw)
+    elif yaml_format:
+        import yaml
+
+        path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    else:
+        path.write_text(json.dumps(doc))
+
+
+class Run:
+    """One example's sandbox: ``base/run`` is the working folder; hostile values aim at ``base``."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="kimi-fuzz-")
+        self.base = Path(self._tmp.name)
+        self.dir = self.base / "run"
+        self.dir.mkdir()
+        self.env = {
+            **os.environ,
+            "HOME": str(self.dir / "home"),
+            "KIMI_DEPLOY_STATE_DIR": str(self.dir / "state"),
+            "HF_HUB_OFFLINE": "1",
+            "HF_ENDPOINT": "http://127.0.0.1:9",  # discard port: nothing leaves the machine
+            "KIMI_API_KEY": "fuzz-key-123456",
+        }
+
+    def kd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            r = subprocess.run(
+                [sys.executable, "-m", "deploy", *args],
+                cwd=self.dir,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=RUN_DEADLINE_S,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"hang: {args} ran past {RUN_DEADLINE_S} s")
+        assert "Traceback" not in r.stderr, (args, r.stderr[-2000:])
+        assert r.returncode in EXIT_CODES, (args, r.returncode, r.stderr[-500:])
+        if r.returncode:
+            assert r.stderr.strip(), (args, "a failure must say why")
+        return r
+
+    def close(self) -> None:
+        escaped = sorted(p.name for p in self.base.iterdir() if p.name != "run")
+        self._tmp.cleanup()
+        assert not escaped, f"written outside the run's folder: {escaped}"
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Real inputs: plans from the planner, a profile from hardware/, a lock and a manifest from the tools."""
+    d = tmp_path_factory.mktemp("seeds")
+    plans = [plan(load_profile("h200x8")).to_dict(), plan(load_profile("h100x8-2nodes")).to_dict()]
+    save_plan(plan(load_profile("h200x8")), d / "plan.json")
+    import yaml
+
+    profile = yaml.safe_load((REPO / "hardware" / "h100x8-2nodes.yaml").read_text())
+    src = d / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "m.gguf").write_bytes(b"GGUF" * 64)
+    (src / "sub" / "config.json").write_text("{}")
+    r = subprocess.run(
+        [sys.executable, "-m", "deploy", "mirror", "stage", str(src), "--repo", "o/n", "--into", f"{d}/m"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert r.returncode == 0
+    lock = json.loads((d / "m" / "o" / "n" / "weights.lock").read_text())
+    out = d / "rendered"
+    subprocess.run(
+        [sys.executable, "-m", "deploy", "render", "--plan", str(d / "plan.json"), "--out", str(out)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {
+        "plans": plans,
+        "profile": profile,
+        "lock": lock,
+        "weights": d / "m" / "o" / "n",
+        "manifest": manifest,
+    }
+
+
+pytestmark = pytest.mark.slow
+
+
+@settings(SETTINGS, max_examples=EXAMPLES["plan"])
+@given(which=st.integers(0, 1), edits=EDITS, raw=RAW)
+def test_fuzz_plan(seeds: dict[str, Any], which: int, edits: list, raw: bytes | None) -> None:
+    run = Run()
+    try:
+        write_doc(run.dir / "plan.json", mutate(seeds["plans"][which], edits), raw)
+        r = run.kd("render", "--plan", "plan.json", "--out", "rendered")
+        run.kd("download", "--plan", "plan.json", "--offline", "--dest", "w")
+        if r.returncode == 0:
+            run.kd("up", "--plan", "plan.json", "--rendered", "rendered", "--deadline", "5")
+        else:
+            run.kd("up", "--plan", "plan.json", "--rendered", "rendered")
+    finally:
+        run.close()
+
+
+@settings(SETTINGS, max_examples=EXAMPLES["profile"])
+@given(edits=EDITS, raw=RAW)
+def test_fuzz_profile(seeds: dict[str, Any], edits: list, raw: bytes | None) -> None:
+    run = Run()
+    try:
+        write_doc(run.dir / "hw.yaml", mutate(seeds["profile"], edits), raw, yaml_format=True)
+        run.kd("plan", "--hardware", "hw.yaml", "-o", "plan.json")
+    finally:
+        run.close()
+
+
+@settings(SETTINGS, max_examples=EXAMPLES["lock"])
+@given(edits=EDITS, raw=RAW)
+def test_fuzz_weights_lock(seeds: dict[str, Any], edits: list, raw: bytes | None) -> None:
+    run = Run()
+    try:
+        weights = run.dir / "w"
+        shutil.copytree(seeds["weights"], weights)
+        write_doc(weights / "weights.lock", mutate(seeds["lock"], edits), raw)
+        (run.base / "victim.txt").write_text("victim")  # what a "../" path in the lock would reach
+        run.kd("verify", "w")
+        assert (run.base / "victim.txt").read_text() == "victim"
+        (run.base / "victim.txt").unlink()
+    finally:
+        run.close()
+
+
+@settings(SETTINGS, max_examples=EXAMPLES["manifest"])
+@given(edits=EDITS, raw=RAW, env_line=st.sampled_from(HOSTILE_STRINGS))
+def test_fuzz_manifest_and_env_file(
+    seeds: dict[str, Any], edits: list, raw: bytes | None, env_line: str
+) -> None:
+    run = Run()
+    try:
+        out = run.dir / "rendered"
+        out.mkdir()
+        write_doc(out / "manifest.json", mutate(seeds["manifest"], edits), raw)
+        (out / "kimi-deploy.env").write_text(f"KIMI_API_KEY={env_line}\n")
+        (out / "launch-node0.sh").write_text("#!/bin/sh\ntouch ../../PWNED-launched\nexit 1\n")
+        (run.dir / "plan.json").write_text(json.dumps(seeds["plans"][0]))
+        r = run.kd("up", "--plan", "plan.json", "--rendered", "rendered")
+        assert r.returncode != 0  # the weights are never verified here: nothing starts
+        assert "fuzz-key-123456" not in r.stdout + r.stderr
+    finally:
+        run.close()
+
+
+ARGS = st.sampled_from(
+    [
+        ["render", "--plan", "plan.json", "--out", "o", "--bind", "{v}"],
+        ["render", "--plan", "plan.json", "--out", "o", "--port", "{v}"],
+        ["render", "--plan", "plan.json", "--out", "{v}"],
+        ["render", "--plan", "plan.json", "--out", "o", "--weights-dir", "{v}"],
+        ["render", "--plan", "plan.json", "--out", "o", "--api-key-env", "{v}", "--bind", "0.0.0.0"],
+        ["plan", "--gpus", "{v}"],
+        ["plan", "--hardware", "{v}"],
+        ["plan", "--hardware", "h200x8", "--context", "{v}"],
+        ["plan", "--hardware", "h200x8", "-o", "{v}"],
+        ["mirror", "stage", "src", "--repo", "{v}", "--into", "m"],
+        ["verify", "{v}"],
+        ["check", "--url", "http://127.0.0.1:9", "--model", "{v}", "--timeout", "1"],
+        ["check", "--url", "http://127.0.0.1:9", "--model", "m", "--timeout", "{v}"],
+        ["check", "--plan", "{v}"],
+    ]
+)
+
+
+@settings(SETTINGS, max_examples=EXAMPLES["args"])
+@given(args=ARGS, value=st.sampled_from([str(v) for v in HOSTILE_STRINGS + HOSTILE_NUMBERS]))
+def test_fuzz_command_line_values(seeds: dict[str, Any], args: list[str], value: str) -> None:
+    run = Run()
+    try:
+        (run.dir / "plan.json").write_text(json.dumps(seeds["plans"][0]))
+        (run.dir / "src").mkdir()
+        (run.dir / "src" / "a.bin").write_text("a")
+        run.kd(*[a.replace("{v}", value) for a in args])
+    finally:
+        run.close()
