@@ -27,6 +27,16 @@ from deploy.errors import DiskSpaceError, InputError
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 
+class NotReadable(InputError, OSError):
+    """Not a regular file (directory, FIFO, device), unreadable, or too large: bad input (exit 2), and an
+    OSError for readers that treat an unreadable file as absent."""
+
+
+class NotJson(InputError, ValueError):
+    """Binary, too deeply nested or otherwise not JSON: bad input (exit 2), and a ValueError for readers
+    that already handle ``json.JSONDecodeError``."""
+
+
 def kind_of(mode: int) -> str:
     """A file type in words: ``kind_of(os.stat('/dev/null').st_mode)`` -> 'character device'."""
     for test, name in (
@@ -106,27 +116,29 @@ def read_regular_bytes(path: str | Path, limit: int = MAX_INPUT_BYTES) -> bytes:
     except FileNotFoundError:
         raise
     except IsADirectoryError:
-        raise InputError(f"{p}: is a directory, expected a file") from None
+        raise NotReadable(f"{p}: is a directory, expected a file") from None
     except PermissionError:
-        raise InputError(f"{p}: not readable (permission denied)") from None
+        raise NotReadable(f"{p}: not readable (permission denied)") from None
     except OSError as exc:
-        raise InputError(f"{p}: cannot open ({exc.strerror})") from None
+        raise NotReadable(f"{p}: cannot open ({exc.strerror})") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{p}: is a {kind_of(st.st_mode)}, expected a regular file")
+            raise NotReadable(f"{p}: is a {kind_of(st.st_mode)}, expected a regular file")
         if st.st_size > limit:
-            raise InputError(f"{p}: {st.st_size} bytes, more than the {limit} this toolkit reads")
+            raise NotReadable(f"{p}: {st.st_size} bytes, more than the {limit} this toolkit reads")
         os.set_blocking(fd, True)
         chunks, total = [], 0
         while chunk := os.read(fd, 1 << 20):
             chunks.append(chunk)
             total += len(chunk)
             if total > limit:
-                raise InputError(f"{p}: more than the {limit} bytes this toolkit reads")
+                raise NotReadable(f"{p}: more than the {limit} bytes this toolkit reads")
         return b"".join(chunks)
+    except NotReadable:
+        raise
     except OSError as exc:
-        raise InputError(f"{p}: cannot read ({exc.strerror})") from None
+        raise NotReadable(f"{p}: cannot read ({exc.strerror})") from None
     finally:
         os.close(fd)
 
@@ -137,4 +149,18 @@ def read_regular_text(path: str | Path, limit: int = MAX_INPUT_BYTES) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise NotJson(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def read_json(path: str | Path, limit: int = MAX_INPUT_BYTES) -> Any:
+    """A drop-in for ``json.loads(Path(path).read_text())`` that never blocks on a FIFO, never reads a
+    device or an unbounded file, and never recurses out of the stack: FileNotFoundError when nothing is
+    there, NotReadable (an OSError) for what is not a regular file, NotJson (a ValueError) for what is not
+    JSON. Files with a schema go through ``deploy.schema.load_json`` instead."""
+    text = read_regular_text(path, limit)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise NotJson(f"{path}: nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise NotJson(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None

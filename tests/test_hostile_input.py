@@ -740,3 +740,21 @@ def test_signed_url_from_before_a_mirror_restart_is_re_resolved_not_auth(tmp_pat
             _with_retries(denied, "o/n", second.url, retries=2, backoff_s=0, progress=None)
     finally:
         second.stop()
+
+
+def test_every_reader_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    """read_json is the drop-in for json.loads(path.read_text()) in every stage that has no schema of its
+    own (releases, journal, reports): a FIFO is an OSError and bad input at once, never a hang."""
+    from deploy.errors import InputError
+    from deploy.fsutil import NotJson, NotReadable, read_json
+
+    fifo = tmp_path / "state.json"
+    os.mkfifo(fifo)
+    with pytest.raises(NotReadable) as exc:
+        read_json(fifo)
+    assert isinstance(exc.value, OSError) and isinstance(exc.value, InputError)
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(NotJson) as exc2:
+        read_json(deep)
+    assert isinstance(exc2.value, ValueError)

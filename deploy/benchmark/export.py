@@ -21,6 +21,7 @@ from typing import Any
 import jsonschema
 
 from deploy.errors import KimiDeployError
+from deploy.fsutil import read_json
 
 #: the export schema majors this reader understands
 KNOWN_MAJORS = (1,)
@@ -136,7 +137,7 @@ def read_export(path: str | Path, concurrency: int) -> dict[str, Any]:
     """Read ``profile_export_aiperf.json`` at ``path`` into a report point."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
+        data = read_json(p)
     except FileNotFoundError:
         raise ExportError(f"{p}: AIPerf wrote no summary export") from None
     except json.JSONDecodeError as exc:

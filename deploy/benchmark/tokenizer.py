@@ -35,6 +35,7 @@ from pathlib import Path
 from deploy import constants, pins
 from deploy.benchmark.install import require_aiperf
 from deploy.errors import InputError, KimiDeployError
+from deploy.fsutil import read_json
 
 EXPORTER = Path(__file__).resolve().parents[1] / "data" / "gguf_tokenizer.py"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -70,7 +71,7 @@ def _has_tokenizer(folder: Path) -> bool:
 
 def _needs_code(folder: Path) -> bool:
     try:
-        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config = read_json(folder / "tokenizer_config.json")
     except (OSError, json.JSONDecodeError):
         return False
     return isinstance(config, dict) and bool(config.get("auto_map"))

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import constants
+from deploy.fsutil import read_json
 
 STREAM_MODES = ("ok-stream", "drop-mid-stream", "500-some", "stall")
 MODES = ("ok-kimi", "leak-think", "leak-tool-markers", "bad-tool-id", "stay-503", *STREAM_MODES)
@@ -50,7 +51,7 @@ BANNER = "FAULT-INJECTING TEST SERVER"
 
 def load_fixture(fixtures: Path, engine: str, kind: str) -> dict[str, Any]:
     """One recorded payload without its ``_``-prefixed provenance keys."""
-    data = json.loads((fixtures / f"{engine}_{kind}.json").read_text())
+    data = read_json(fixtures / f"{engine}_{kind}.json")
     return {k: v for k, v in data.items() if not k.startswith("_")}
 
 

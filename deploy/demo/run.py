@@ -37,6 +37,7 @@ import requests
 
 from deploy.catalog import Variant, load_model
 from deploy.errors import InputError, KimiDeployError, LaunchError
+from deploy.fsutil import read_json
 from deploy.monitoring import dashboards, prometheus
 from deploy.planning import architecture
 from deploy.serving import launch
@@ -357,7 +358,7 @@ def _prepare(
 
 
 def _chosen(paths: _Paths) -> dict[str, Any]:
-    plan = json.loads(paths.plan.read_text())
+    plan = read_json(paths.plan)
     return next(c for c in plan["candidates"] if c["id"] == plan["chosen"])
 
 
@@ -472,7 +473,7 @@ def run_demo(
                 if exc.exit_code != 7 or not paths.check.is_file():
                     raise
                 check_failed = exc
-            result.check = json.loads(paths.check.read_text())
+            result.check = read_json(paths.check)
 
             r.stage("report", "what was deployed and how it answered")
             _report(r, paths, result, time.monotonic() - t0)
@@ -570,7 +571,7 @@ def _served(paths: _Paths) -> tuple[str, float | None]:
 
 
 def _report(r: _Runner, paths: _Paths, result: DemoResult, elapsed: float) -> None:
-    plan = json.loads(paths.plan.read_text())
+    plan = read_json(paths.plan)
     cand = next(c for c in plan["candidates"] if c["id"] == plan["chosen"])
     summary = result.check.get("summary", {})
     r.say(

@@ -15,7 +15,6 @@ finds it. Used by ``demo --monitoring`` and the end-to-end tests.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -29,7 +28,7 @@ from typing import Any
 import requests
 
 from deploy.errors import KimiDeployError
-from deploy.fsutil import atomic_write_json
+from deploy.fsutil import atomic_write_json, read_json
 
 RECORD = "prometheus.json"
 #: Seconds to wait for /-/ready after the start (it takes about a second here).
@@ -163,7 +162,7 @@ def start(config: str | Path, data_dir: str | Path, port: int | None = None) -> 
 def load_recorded(data_dir: str | Path) -> Prometheus | None:
     """The server recorded in ``data_dir`` if it still runs."""
     try:
-        rec = json.loads((Path(data_dir) / RECORD).read_text())
+        rec = read_json(Path(data_dir) / RECORD)
         server = Prometheus(int(rec["pid"]), int(rec["port"]), Path(rec["data_dir"]), Path(rec["config"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -17,13 +17,13 @@ for a plan), so a flag that appears, disappears or changes value is named.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploy import pins
 from deploy.errors import KimiDeployError, PlanError
+from deploy.fsutil import read_json
 from deploy.planning.contract import Candidate, Plan, load_plan, plan_from_dict
 from deploy.serving import release_dir, render
 from deploy.serving.argv import Endpoint, argv_strings, node_commands
@@ -52,7 +52,7 @@ def load_side(path: str | Path) -> Side:
         meta = release_dir.read_release(folder)
         plan = load_plan(folder / release_dir.PLAN_COPY)
         cand = plan.candidate(str(meta.get("candidate") or plan.chosen))
-        manifest = json.loads((folder / release_dir.MANIFEST).read_text())
+        manifest = read_json(folder / release_dir.MANIFEST)
         lock = None
         weights = meta.get("weights") or {}
         if weights.get("dir") and lockfile.lock_path(weights["dir"]).is_file():

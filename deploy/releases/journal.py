@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import time
 import uuid
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import KimiDeployError, PlanError
-from deploy.fsutil import atomic_write_json
+from deploy.fsutil import atomic_write_json, read_json
 
 JOURNAL = "upgrade.json"
 FINISHED = "upgrades.json"
@@ -100,7 +99,7 @@ def load(state_dir: str | Path) -> Journal | None:
     """The last operation's journal, or None."""
     path = _path(state_dir)
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except FileNotFoundError:
         return None
     except ValueError:
@@ -162,7 +161,7 @@ def finish(
     path = Path(state_dir) / FINISHED
     done: list[Any] = []
     with contextlib.suppress(OSError, ValueError):
-        loaded = json.loads(path.read_text())
+        loaded = read_json(path)
         done = loaded if isinstance(loaded, list) else []
     done = [d for d in done if isinstance(d, dict) and d.get("id") != j.id] + [asdict(j)]
     atomic_write_json(path, done[-KEEP_FINISHED:], mode=0o600)
@@ -171,7 +170,7 @@ def finish(
 def finished(state_dir: str | Path) -> list[dict[str, Any]]:
     """The finished operations, oldest first."""
     with contextlib.suppress(OSError, ValueError):
-        loaded = json.loads((Path(state_dir) / FINISHED).read_text())
+        loaded = read_json(Path(state_dir) / FINISHED)
         return [d for d in loaded if isinstance(d, dict)] if isinstance(loaded, list) else []
     return []
 

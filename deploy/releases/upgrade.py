@@ -41,6 +41,7 @@ from typing import Any, TextIO
 
 from deploy import constants
 from deploy.errors import CheckFailedError, InputError, KimiDeployError, LaunchError, PlanError
+from deploy.fsutil import read_json
 from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.releases import journal
 from deploy.serving import launch, release_dir, supervise
@@ -245,7 +246,6 @@ def _bench(
 
     The report is ``--bench-report`` FILE when given (measured by another tool), else `kimi-deploy bench`
     run now against the new server with ``--bench-args`` (the same load the previous report was made with)."""
-    import json
     import shlex
 
     release = release_dir.release_path(root, rid)
@@ -263,7 +263,7 @@ def _bench(
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
             raise GateFailed(f"bench on {rid} failed (exit {done.returncode}): {tail[0]}")
     try:
-        new = json.loads(source.read_text())
+        new = read_json(source)
     except (OSError, ValueError) as exc:
         raise InputError(f"bench report {source}: {exc.__class__.__name__}: {exc}") from None
     if not isinstance(new, dict):

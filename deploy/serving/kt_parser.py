@@ -20,12 +20,12 @@ import argparse
 import ast
 import contextlib
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from deploy import pins
 from deploy.engines import builds as engines
+from deploy.fsutil import read_json
 
 SGLANG_MODULE = "sglang.launch_server"
 _TYPES: dict[str, Any] = {"int": int, "float": float, "str": str}
@@ -126,7 +126,7 @@ def source_version(source: Path | None = None) -> str:
     """The fork's version the cached server_args.py came from (its SOURCE.json), else the pin."""
     meta = (source or engines.kt_server_args_path()).parent / "SOURCE.json"
     try:
-        return str(json.loads(meta.read_text())["version"])
+        return str(read_json(meta)["version"])
     except (OSError, ValueError, KeyError):
         return pins.SGLANG_KT_VERSION
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.errors import InputError, PlanError
-from deploy.fsutil import atomic_write_json
+from deploy.fsutil import atomic_write_json, read_json
 
 RELEASES = "releases"
 CURRENT = "current"
@@ -111,7 +111,7 @@ def _replace_link(link: Path, target: str) -> None:
 def _manifest_files(release: Path) -> list[str]:
     """The top-level names of a release's files (a file, or the folder a file is in, e.g. ``monitoring``)."""
     try:
-        data = json.loads((release / MANIFEST).read_text())
+        data = read_json(release / MANIFEST)
     except (OSError, ValueError):
         return []
     names = list((data.get("files") or {}) if isinstance(data, dict) else ())
@@ -124,7 +124,7 @@ def read_history(root: str | Path) -> list[dict[str, Any]]:
     """Every switch of ``current``, oldest first: ``[{"release", "at_unix", "reason"}, ...]``."""
     path = Path(root) / HISTORY
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except FileNotFoundError:
         return []
     except ValueError:
@@ -190,7 +190,7 @@ def read_release(release: str | Path) -> dict[str, Any]:
     """``release.json`` of a release folder (schema-checked)."""
     path = Path(release) / RELEASE_META
     try:
-        data = json.loads(path.read_text())
+        data = read_json(path)
     except FileNotFoundError:
         raise PlanError(f"{path}: not found (not a release folder)") from None
     except ValueError:
@@ -234,7 +234,7 @@ def read_report(release: str | Path, name: str) -> dict[str, Any] | None:
     path = Path(release) / REPORTS / f"{name}.json"
     with contextlib.suppress(FileNotFoundError):
         try:
-            data = json.loads(path.read_text())
+            data = read_json(path)
         except ValueError:
             raise PlanError(f"{path}: not valid JSON") from None
         return data if isinstance(data, dict) else None

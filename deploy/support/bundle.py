@@ -45,6 +45,7 @@ from typing import Any
 
 from deploy import __version__, constants, pins
 from deploy.errors import InputError
+from deploy.fsutil import read_json
 from deploy.serving import diagnosis, launch
 from deploy.serving.render import ENV_FILE, MANIFEST, MONITORING_DIR
 from deploy.support.redact import MASK, Redactor, known_secrets
@@ -185,7 +186,7 @@ def _versions() -> dict[str, Any]:
         info = layout.root / "BUILD_INFO.json"
         if info.is_file():
             with contextlib.suppress(OSError, ValueError):
-                out["engines"][layout.key] = json.loads(info.read_text())
+                out["engines"][layout.key] = read_json(info)
         server = layout.root / "bin" / "llama-server"
         if server.is_file():
             out["engines"][f"{layout.key} llama-server --version"] = (
@@ -362,7 +363,7 @@ def write_bundle(opts: BundleOptions) -> BundleResult:
     if plan_path.is_file():
         b.add_file("plan.json", plan_path)
         with contextlib.suppress(OSError, ValueError):
-            plan_data = json.loads(plan_path.read_text())
+            plan_data = read_json(plan_path)
     else:
         b.miss("plan.json", f"{plan_path}: not found")
 
@@ -378,7 +379,7 @@ def write_bundle(opts: BundleOptions) -> BundleResult:
         if releases.is_dir():
             b.add_json("releases.json", sorted(p.name for p in releases.iterdir()), str(releases))
         with contextlib.suppress(OSError, ValueError):
-            rendered_manifest = json.loads((rendered / MANIFEST).read_text())
+            rendered_manifest = read_json(rendered / MANIFEST)
     else:
         b.miss("rendered/", f"{rendered}: not found (run `kimi-deploy render`)")
 
