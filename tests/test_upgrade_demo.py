@@ -225,3 +225,69 @@ def test_rollback_on_demand_then_gc_keeps_what_releases_use(demo: dict) -> None:
     v1 = Path(v2_weights).with_name(Path(v2_weights).name.split("@")[0])
     assert not v1.exists() and f"weights {v1}" in g.stdout
     _serving(work)
+
+
+def _playbook(work: Path, inventory: dict, plan: Path) -> subprocess.CompletedProcess[str]:
+    import yaml
+
+    inv = work / "replicas.yml"
+    inv.write_text(yaml.safe_dump(inventory))
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_ENDPOINT", "KIMI_DEPLOY_STATE_DIR")}
+    env["ANSIBLE_NOCOLOR"] = "1"
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(inv),
+         str(repo / "playbooks" / "upgrade.yml"), "-e", f"kimi_upgrade_plan={plan}"],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+
+
+def test_ansible_rolls_replicas_one_by_one_and_stops_at_the_first_failure(demo: dict, tmp_path: Path) -> None:
+    """Two independent replicas on this machine (the module's demo and a second one): a good plan upgrades
+    both, node by node; a plan the engine rejects fails on the first, which rolls itself back, and the
+    second is never touched."""
+    work = demo["work"]
+    second = tmp_path / ".demo2"
+    done = kd(tmp_path, "demo", "--workdir", str(second), "--port", "0", "--keep-running", timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    try:
+        local = {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "kimi_bin": str(Path(sys.executable).with_name("kimi-deploy")),
+            "kimi_upgrade_by_node": False,
+            "kimi_hf_endpoint": demo["url"],
+        }
+        inventory = {"all": {"vars": local, "children": {"kimi_replicas": {"hosts": {
+            "r1": {"kimi_state_dir": str(work / "state")},
+            "r2": {"kimi_state_dir": str(second / "state")},
+        }}}}}  # fmt: skip
+        # a good plan: the demo at 16k context on revision v2 (a replica still on revision 1 fetches it)
+        good = _plan(work, "16k", "--revision", "v2", "--context", "16384")
+        r = _playbook(work, inventory, good)
+        assert r.returncode == 0, r.stdout[-4000:]
+        for w in (work, second):
+            rid, _ = _current(w)
+            data = json.loads((release_dir.release_path(w / "rendered", rid) / "plan.json").read_text())
+            assert next(c for c in data["candidates"] if c["id"] == data["chosen"])["max_model_len"] == 16384
+            assert _check_report(w, rid)["ok"] is True
+            _serving(w)
+        # a broken plan: r1 fails and rolls itself back; the roll stops there, r2 keeps its release
+        before = {w: _current(w)[0] for w in (work, second)}
+        bad = _plan(work, "bad", "--revision", "v2", "--context", "16384")
+        data = json.loads(bad.read_text())
+        next(c for c in data["candidates"] if c["id"] == data["chosen"])["engine_args"]["cache_type_k"] = (
+            "q9_x"
+        )
+        bad.write_text(json.dumps(data))
+        r = _playbook(work, inventory, bad)
+        assert r.returncode != 0
+        assert "r1" in r.stdout and "Upgrade the node" in r.stdout
+        assert "r2" not in r.stdout.split("PLAY RECAP")[0], r.stdout[-3000:]
+        assert {w: _current(w)[0] for w in (work, second)} == before
+        assert journal.load(work / "state").status == journal.ROLLED_BACK
+        assert journal.load(second / "state").status == journal.DONE
+        for w in (work, second):
+            _serving(w)
+    finally:
+        launch.down(state_dir=second / "state", grace_s=10)

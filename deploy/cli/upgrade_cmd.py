@@ -50,6 +50,12 @@ from deploy.releases import upgrade as releases
     show_default=True,
     help="Tolerated regression of each bench metric (fraction).",
 )
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    help="The plan's node this machine runs (repeatable; default: those `up` started here, else the head).",
+)
 @click.option("--deadline", type=float, metavar="SECONDS", help="How long to wait for /health 200.")
 @click.option(
     "--keep",
@@ -67,6 +73,7 @@ def upgrade_command(
     bench_args: str,
     bench_report: str | None,
     bench_tolerance: float,
+    nodes: tuple[str, ...],
     deadline: float | None,
     keep: int,
 ) -> None:
@@ -89,6 +96,7 @@ def upgrade_command(
             bench_tolerance=bench_tolerance,
             deadline_s=deadline,
             keep=keep,
+            nodes=list(nodes) or None,
         )
     )
 
@@ -100,14 +108,22 @@ def upgrade_command(
     help="The rendered folder (default: the one the running deployment was started from).",
 )
 @click.option("--to", "to", metavar="RELEASE", help="This release instead of the one before current.")
+@click.option(
+    "--node",
+    "nodes",
+    multiple=True,
+    help="The plan's node this machine runs (repeatable; default: those `up` started here, else the head).",
+)
 @click.option("--deadline", type=float, metavar="SECONDS", help="How long to wait for /health 200.")
-def rollback_command(rendered: str | None, to: str | None, deadline: float | None) -> None:
+def rollback_command(
+    rendered: str | None, to: str | None, nodes: tuple[str, ...], deadline: float | None
+) -> None:
     """Switch back to the previous release (or --to), start it and check it.
 
     Finishes an interrupted upgrade first. If the release rolled back to fails its check, the current one
     is put back and the command exits non-zero.
     """
-    releases.rollback(rendered=rendered, to=to, deadline_s=deadline)
+    releases.rollback(rendered=rendered, to=to, deadline_s=deadline, nodes=list(nodes) or None)
 
 
 COMMANDS = [upgrade_command, rollback_command]

@@ -65,6 +65,8 @@ class Journal:
     started_unix: float = 0.0
     updated_unix: float = 0.0
     steps: list[dict[str, Any]] = field(default_factory=list)
+    #: the nodes of the deployment this machine runs (restarted on a switch; [] = the head)
+    nodes: list[str] = field(default_factory=list)
     schema: int = SCHEMA
 
     @property
@@ -127,6 +129,7 @@ def begin(
     from_release: str | None,
     to_release: str | None,
     plan: str | None = None,
+    nodes: list[str] | None = None,
 ) -> Journal:
     now = round(time.time(), 3)
     j = Journal(
@@ -138,6 +141,7 @@ def begin(
         pid=os.getpid(),
         plan=plan,
         started_unix=now,
+        nodes=list(nodes or []),
     )
     j.steps.append({"step": "begin", "at_unix": now})
     save(state_dir, j)

@@ -88,6 +88,8 @@ class UpgradeOptions:
     deadline_s: float | None = None
     check_timeout_s: float = 120.0
     keep: int = release_dir.DEFAULT_KEEP
+    #: the nodes of the plan this machine runs (default: those `up` started here, else the head)
+    nodes: list[str] | None = None
     out: TextIO | None = None
 
 
@@ -162,10 +164,33 @@ def _release_plan(root: Path, rid: str) -> Path:
 
 
 def _start(
-    root: Path, rid: str, opts_state: Path, say: Callable[[str], None], deadline_s: float | None
+    root: Path,
+    rid: str,
+    opts_state: Path,
+    say: Callable[[str], None],
+    deadline_s: float | None,
+    nodes: list[str] | None = None,
 ) -> None:
-    launch.up(_release_plan(root, rid), root, state_dir=opts_state, deadline_s=deadline_s, stream=sys.stderr)
-    say(f"  started {rid}")
+    """Start the release's ``nodes`` that run on this machine (default: the head)."""
+    for node in nodes or [None]:
+        launch.up(
+            _release_plan(root, rid),
+            root,
+            node=node,
+            state_dir=opts_state,
+            deadline_s=deadline_s,
+            stream=sys.stderr,
+        )
+    say(f"  started {rid}" + (f" ({', '.join(nodes)})" if nodes else ""))
+
+
+def _serves_here(root: Path, rid: str, nodes: list[str] | None) -> bool:
+    """Whether the node that serves HTTP (the head) runs on this machine: only it can be checked."""
+    if not nodes:
+        return True
+    manifest = launch.read_manifest(release_dir.release_path(root, rid))
+    heads = [str(n.get("name")) for n in manifest.get("nodes") or [] if n.get("serves_http")]
+    return not heads or any(h in nodes for h in heads)
 
 
 def _stop(state: Path, say: Callable[[str], None]) -> None:
@@ -173,9 +198,16 @@ def _stop(state: Path, say: Callable[[str], None]) -> None:
         say(f"  {line}")
 
 
-def _check(root: Path, rid: str, say: Callable[[str], None], timeout_s: float) -> dict[str, Any]:
-    """Run the conformance suite on the release that now serves; store the report in the release."""
+def _check(
+    root: Path, rid: str, say: Callable[[str], None], timeout_s: float, nodes: list[str] | None = None
+) -> dict[str, Any]:
+    """Run the conformance suite on the release that now serves; store the report in the release. On a
+    worker machine there is nothing to check (the head's upgrade checks the deployment)."""
     from deploy.checking import suite as check
+
+    if not _serves_here(root, rid, nodes):
+        say("  check: not on a worker (the head's upgrade checks the deployment)")
+        return {}
 
     plan = load_plan(_release_plan(root, rid))
     target = check.target_from_rendered(plan, root, None, timeout_s=timeout_s)
@@ -434,8 +466,8 @@ def _put_back(
     say(f"rolling back to {old}")
     _stop(state, say)
     release_dir.switch_current(dep_root, old, reason="rollback")
-    _start(dep_root, old, state, say, opts_deadline)
-    _check(dep_root, old, say, timeout_s)
+    _start(dep_root, old, state, say, opts_deadline, j.nodes)
+    _check(dep_root, old, say, timeout_s, j.nodes)
 
 
 def _switch_gated(
@@ -458,9 +490,9 @@ def _switch_gated(
             journal.step(state, j, "switch")
             release_dir.switch_current(root, new, reason=j.op)
             journal.step(state, j, "start-new")
-            _start(root, new, state, say, deadline_s)
+            _start(root, new, state, say, deadline_s, j.nodes)
             journal.step(state, j, "check")
-            _check(root, new, say, timeout_s)
+            _check(root, new, say, timeout_s, j.nodes)
             if gate is not None:
                 journal.step(state, j, "bench")
                 gate()
@@ -511,7 +543,7 @@ def recover(
             if release_dir.current_id(root) != old:
                 release_dir.switch_current(root, old, reason="recover")
             if not any(s.running for s in launch.status(state)):
-                _start(root, old, state, say, deadline_s)
+                _start(root, old, state, say, deadline_s, j.nodes)
             journal.finish(state, j, journal.ABORTED, f"interrupted at step {j.step}; {old} kept serving", 1)
     except KimiDeployError as exc:
         journal.finish(state, j, journal.FAILED, f"interrupted at step {j.step}; recovery failed: {exc}", 1)
@@ -543,7 +575,13 @@ def upgrade(opts: UpgradeOptions) -> str:
             f"({cand.engine} {cand.weights.repo}@{cand.weights.revision})"
         )
         j = journal.begin(
-            state, "upgrade", root=dep.root, from_release=old, to_release=None, plan=str(opts.plan_path)
+            state,
+            "upgrade",
+            root=dep.root,
+            from_release=old,
+            to_release=None,
+            plan=str(opts.plan_path),
+            nodes=list(opts.nodes or dep.running),
         )
         try:
             with _sigterm_as_interrupt():
@@ -631,6 +669,7 @@ def rollback(
     out: TextIO | None = None,
     deadline_s: float | None = None,
     check_timeout_s: float = 120.0,
+    nodes: list[str] | None = None,
 ) -> str:
     """Switch back to the release before the current one (or ``to``), start and check it; if that fails,
     put the current one back. Returns the release that serves afterwards. An interrupted upgrade is
@@ -657,7 +696,14 @@ def rollback(
             say(f"{target} is already current and running")
             return target
         say(f"rollback: {now} -> {target}")
-        j = journal.begin(state, "rollback", root=dep.root, from_release=now, to_release=target)
+        j = journal.begin(
+            state,
+            "rollback",
+            root=dep.root,
+            from_release=now,
+            to_release=target,
+            nodes=list(nodes or dep.running),
+        )
         _switch_gated(dep.root, now, target, state, j, say, deadline_s=deadline_s, timeout_s=check_timeout_s)
         journal.finish(state, j, journal.DONE)
         say(f"rollback done: {target} serves")
