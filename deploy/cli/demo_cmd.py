@@ -39,19 +39,33 @@ from deploy.demo import run as demo
     help="Also run Prometheus on the rendered monitoring/ (fast alerts) and show the dashboard queries "
     "answering; with --keep-running it stays up beside the engine.",
 )
-def demo_command(workdir: str, keep_running: bool, port: int | None, engine: str, monitoring: bool) -> None:
+@click.option(
+    "--bench",
+    is_flag=True,
+    help="After check, a short AIPerf load test (concurrency 1,2): bench.json and bench.png in --workdir.",
+)
+def demo_command(
+    workdir: str, keep_running: bool, port: int | None, engine: str, monitoring: bool, bench: bool
+) -> None:
     """Build (cached), stage, serve, plan, download, verify, render, up, check, report, down.
 
     Runs Gemma 3 270M (GGUF from PyPI) on llama.cpp's llama-server through the same commands a deployment
     of Kimi-K2.5 uses. Exits with the failing stage's code (5 verify, 6 up, 7 check) and always cleans up.
     """
     result = demo.run_demo(
-        workdir, keep_running=keep_running, port=port, engine=engine, monitoring=monitoring
+        workdir, keep_running=keep_running, port=port, engine=engine, monitoring=monitoring, bench=bench
     )
     click.echo(
         f"\ndemo passed: {result.check.get('summary', {}).get('pass', 0)} checks passed "
         f"in {result.timings.get('total', 0):.0f} s"
     )
+    if result.bench:
+        cap = result.bench.get("capacity") or {}
+        click.echo(
+            f"bench: {len(result.bench.get('points') or [])} points, {result.bench.get('errors', 0)} errors"
+            + (f", capacity at the SLO: concurrency {cap['concurrency']}" if cap.get("slo_ms") else "")
+            + f"; report {workdir}/bench.json, picture {workdir}/bench.png"
+        )
 
 
 COMMANDS = [demo_command]

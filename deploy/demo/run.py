@@ -65,6 +65,7 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
     ready_s: float | None = None
     prometheus_url: str = ""
+    bench: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -105,6 +106,10 @@ class _Paths:
     @property
     def check(self) -> Path:
         return self.root / "check.json"
+
+    @property
+    def bench(self) -> Path:
+        return self.root / "bench.json"
 
     @property
     def mirror_log(self) -> Path:
@@ -366,6 +371,25 @@ def _plan_port(paths: _Paths) -> int:
     return int(_chosen(paths)["engine_args"]["port"])
 
 
+def _bench_args(paths: _Paths) -> list[str]:
+    """`bench` on what was rendered (its port and name), with the demo's short sweep; JSON and a picture."""
+    return [
+        "bench",
+        "--plan",
+        str(paths.plan),
+        "--rendered",
+        str(paths.rendered),
+        "--concurrency",
+        "1,2",
+        "--requests",
+        "2",
+        "-o",
+        str(paths.bench),
+        "--plot",
+        str(paths.root / "bench.png"),
+    ]
+
+
 def _check_args(paths: _Paths) -> list[str]:
     """`check --plan`, or, when the demo serves on another port than the plan's, the same target by URL."""
     port = int(launch.read_manifest(paths.rendered).get("port") or _plan_port(paths))
@@ -431,6 +455,7 @@ def run_demo(
     port: int | None = None,
     engine: str = "llama.cpp",
     monitoring: bool = False,
+    bench: bool = False,
 ) -> DemoResult:
     """Run the demo pipeline under ``workdir``; raise DemoStepFailed (that stage's exit code) on a failure.
 
@@ -440,13 +465,14 @@ def run_demo(
     ``engine`` is ``llama.cpp`` (llama-server on the GGUF) or ``vllm`` (vLLM's CPU build on the HF variant).
     ``monitoring`` renders with fast alerts (1 s scrapes), starts a Prometheus on loopback with the rendered
     ``monitoring/prometheus.yml`` after the check and prints what the dashboard queries answer; with
-    ``keep_running`` it stays up beside the engine (`kimi-deploy down` stops both).
+    ``keep_running`` it stays up beside the engine (`kimi-deploy down` stops both). ``bench`` runs a short
+    `kimi-deploy bench` sweep (concurrency 1 and 2, AIPerf) after the check: ``bench.json`` and ``bench.png``.
     """
     if port == 0:
         port = free_port()
     paths = _Paths(Path(workdir))
     paths.root.mkdir(parents=True, exist_ok=True)
-    r = _Runner(paths, out or sys.stdout, STAGES)
+    r = _Runner(paths, out or sys.stdout, STAGES + (1 if bench else 0))
     mirror = _Mirror(r)
     result = DemoResult(paths.root)
     started = False
@@ -474,6 +500,13 @@ def run_demo(
                     raise
                 check_failed = exc
             result.check = read_json(paths.check)
+            if bench and check_failed is None:
+                r.stage(
+                    "bench", "a short load test through AIPerf: concurrency 1 and 2, latency and throughput"
+                )
+                r.kd("engine", ["engine", "install", "aiperf"])
+                r.kd("bench", _bench_args(paths))
+                result.bench = read_json(paths.bench)
 
             r.stage("report", "what was deployed and how it answered")
             _report(r, paths, result, time.monotonic() - t0)
@@ -487,7 +520,7 @@ def run_demo(
         finally:
             mirror.stop()
             if started and not keep_running:
-                r.say(f"\n==> [{STAGES}/{STAGES}] down: stop the engine")
+                r.say(f"\n==> [{r.total}/{r.total}] down: stop the engine")
                 r.show(["down"])
                 for line in launch.down(state_dir=paths.state, grace_s=10):
                     r.say(f"  {line}")
