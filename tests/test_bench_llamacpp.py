@@ -116,3 +116,43 @@ def test_bench_agrees_with_the_engines_own_timing(tmp_path: Path) -> None:
         and report["engine_metrics"]["sources"]["queue"] == "llamacpp:requests_deferred"
     )
     assert png.stat().st_size > 10_000
+
+
+def test_the_api_key_reaches_the_engine_and_nothing_else(tmp_path: Path) -> None:
+    """llama-server with --api-key refuses requests without it; bench passes it through AIPerf's config
+    (``${VAR}``), and it appears in no report, artifact or command line."""
+    binary, gguf, port, key = (
+        llama_server_path(),
+        demo_gguf_path(load_model("demo")),
+        _free_port(),
+        "sk-bench-7f3a9c",
+    )
+    cmd = [str(binary), "-m", str(gguf), "-t", "1", "-c", "1024", "-np", "1", "--alias", "demo",
+           "--host", "127.0.0.1", "--port", str(port), "--api-key", key]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        out, kept = tmp_path / "bench.json", tmp_path / "artifacts"
+        args = ["bench", "--url", url, "--model", "demo", "--flavor", "llama.cpp", "--tokenizer", str(gguf),
+                "--api-key-env", "BENCH_TEST_KEY", "--concurrency", "1", "--requests", "2", "--isl", "16",
+                "--osl", "4", "-o", str(out), "--artifacts", str(kept)]  # fmt: skip
+        run = subprocess.run([*KD, *args], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "BENCH_TEST_KEY": key})  # fmt: skip
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["points"][0]["requests"] == 2 and report["errors"] == 0
+    assert report["target"]["api_key_set"] is True
+    assert key not in out.read_text() + run.stdout + run.stderr
+    for f in kept.rglob("*"):
+        if f.is_file():
+            assert key not in f.read_text(errors="replace"), f

@@ -11,7 +11,8 @@ asking for ``--prompt-output-tokens-mean`` tokens (stddev 0), or a ``raw-payload
 body per line, sent verbatim) for the tool-call workload; ``--request-count`` or ``--benchmark-duration``
 per point; ``--request-timeout-seconds`` so a stalled server ends as counted errors; the summary export
 in ``--output-artifact-dir``. The API key never reaches argv or a file: AIPerf resolves ``${VAR}`` in its
-``--config`` YAML (aiperf/config/config.py), so the YAML names a variable set only in AIPerf's environment.
+``--config`` YAML (aiperf/config/config.py), so the YAML names a variable set only in AIPerf's environment
+(AIPerf itself keeps the key off its children's command lines: aiperf/orchestrator/local_executor.py).
 """
 
 from __future__ import annotations
@@ -116,10 +117,34 @@ def aiperf_env(hub_cache: Path, api_key: str | None) -> dict[str, str]:
     return env
 
 
-def write_key_config(directory: Path) -> Path:
-    """A YAML for ``--config`` whose only value is the API key, read from :data:`KEY_VAR` by AIPerf."""
-    path = directory / "aiperf-endpoint.yaml"
-    path.write_text(f"endpoint:\n  api_key: ${{{KEY_VAR}}}\n")
+def write_key_config(directory: Path, spec: PointSpec) -> Path:
+    """A ``--config`` YAML whose endpoint key is ``${KIMI_DEPLOY_BENCH_API_KEY}``, resolved by AIPerf from its
+    own environment. A config file must hold the dataset and the phase too (AIPerf 0.13.0 requires them once
+    ``--config`` is given); they repeat the point's flags, which override them. The key itself is never in it.
+    """
+    phase = (
+        f"      duration: {spec.duration_s:g}"
+        if spec.duration_s is not None
+        else (f"      requests: {spec.requests or max(4, 2 * spec.concurrency)}")
+    )
+    text = (
+        "benchmark:\n"
+        "  endpoint:\n"
+        f"    api_key: ${{{KEY_VAR}}}\n"
+        "  datasets:\n"
+        "    - name: main\n"
+        "      type: synthetic\n"
+        "      prompts:\n"
+        f"        isl: {{mean: {spec.isl}, stddev: 0}}\n"
+        f"        osl: {{mean: {spec.osl}, stddev: 0}}\n"
+        "  phases:\n"
+        "    - name: profiling\n"
+        "      type: concurrency\n"
+        f"      concurrency: {spec.concurrency}\n"
+        f"{phase}\n"
+    )
+    path = directory / f"aiperf-endpoint-c{spec.concurrency}-isl{spec.isl}-osl{spec.osl}.yaml"
+    path.write_text(text)
     path.chmod(0o600)
     return path
 

@@ -191,7 +191,6 @@ def run_bench(
     per_point_metrics: list[dict[str, Any]] = []
     try:
         tok_name, hub = hub_cache_for(tokenizer, work / "hub", target.model)
-        config = write_key_config(work) if target.api_key else None
         env = aiperf_env(hub, target.api_key)
         payloads = None
         # with ignore_eos every answer is exactly --osl tokens: one that ends short was cut off
@@ -213,6 +212,7 @@ def run_bench(
                     seed=1000 * len(points) + c,
                 )
                 artifacts = work / f"isl{isl}-osl{osl}-c{c}"
+                config = write_key_config(work, spec) if target.api_key else None
                 argv = aiperf_argv(
                     python, target.base_url, target.model, tok_name, spec, artifacts,
                     tokenizer.trust_remote_code, config,
