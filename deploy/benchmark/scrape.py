@@ -25,6 +25,8 @@ from typing import Any
 
 import requests
 
+from deploy.checking import bounded
+
 KV_USAGE = (
     "vllm:kv_cache_usage_perc",
     "vllm:gpu_cache_usage_perc",
@@ -75,7 +77,8 @@ class MetricsScraper:
 
     def scrape_once(self) -> None:
         try:
-            r = requests.get(self.url, headers=self.headers, timeout=self.timeout_s)
+            # an overall deadline and a size cap, not only a per-read timeout (deploy.checking.bounded)
+            r = bounded.get(self.url, headers=self.headers, timeout_s=self.timeout_s)
         except requests.RequestException as exc:
             self.error = f"{exc.__class__.__name__}"
             return

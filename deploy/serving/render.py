@@ -513,6 +513,8 @@ def render(
     _check_unit_safe(out)
     ep = endpoint_for(cand, opts, environ)
     weights_dir = weights_dir_for(plan, cand, opts.weights_dir)
+    # the path lands in scripts (quoted), the manifest and the units' environment: no control characters
+    schema.validate(str(weights_dir), schema.PATH, "--weights-dir" if opts.weights_dir else "plan weights")
     model_path = resolve_model_path(cand, weights_dir)
     chat_template = (
         resolve_chat_template(cand.engine_args.get("chat_template"), cand)
