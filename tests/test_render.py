@@ -658,6 +658,10 @@ def test_rendered_demo_script_serves_with_the_api_key(tmp_path: Path, run_cli) -
             time.sleep(0.25)
         assert _get(f"http://127.0.0.1:{port}/v1/models") == 401
         assert _get(f"http://127.0.0.1:{port}/v1/models", CANARY_KEY) == 200
+        # the script exec'd llama-server, which took the key from LLAMA_API_KEY: its argv, readable by every
+        # local user, does not hold it (issue 14)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode()
+        assert "llama-server" in cmdline and CANARY_KEY not in cmdline and "--api-key" not in cmdline
         assert _get(f"http://127.0.0.1:{port}/metrics", CANARY_KEY) == 200
     finally:
         os.killpg(proc.pid, 15)
