@@ -43,11 +43,12 @@ SGLANG_KV_DTYPES = {"fp8": "fp8_e4m3"}
 #: llama-server LLAMA_API_KEY (llama.cpp common/arg.cpp: ``--api-key`` is registered with
 #: ``set_env("LLAMA_API_KEY")``); the launch script exports it from the deployment's own variable.
 API_KEY_ENV_OF = {"vllm": "VLLM_API_KEY", "llama.cpp": "LLAMA_API_KEY"}
-#: SGLang 0.5.23 (and KTransformers, which runs it) reads ``api_key`` from no environment variable
-#: (sglang/srt/arg_groups/fields/serving.py: a flag only) but merges a ``--config`` YAML file into its
-#: arguments in-process (sglang/srt/server_args.py ``prepare_server_args``, ConfigArgumentMerger in
-#: srt/utils/server_args_config_parser.py; the file must end in .yaml). The launch script writes the key
-#: into a 0600 file beside itself and passes that file's path, held in this shell variable.
+#: SGLang 0.5.23 reads ``api_key`` from no environment variable (sglang/srt/arg_groups/fields/serving.py:
+#: a flag only) but merges a ``--config`` YAML file into its arguments in-process (sglang/srt/server_args.py
+#: ``prepare_server_args``, ConfigArgumentMerger in srt/utils/server_args_config_parser.py; the file must
+#: end in .yaml). KTransformers runs kvcache-ai's fork (sglang-kt 0.7.2), whose server_args.py has the same
+#: ``--config`` argument and ``prepare_server_args`` merge and no key variable either. The launch script
+#: writes the key into a 0600 file beside itself and passes that file's path, held in this shell variable.
 SGLANG_KEY_CONFIG_VAR = "kimi_key_config"
 SGLANG_KEY_CONFIG_FILE = ".sglang-api-key.yaml"
 
