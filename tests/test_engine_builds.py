@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers.cpu_nodes import write_cpu_profile
 
@@ -182,3 +185,36 @@ def test_launch_finds_the_build_in_its_own_nodes_cache(tmp_path: Path) -> None:
     env.pop("KIMI_DEPLOY_CACHE")
     home = subprocess.run(["bash", str(launch)], capture_output=True, text=True, env=env, timeout=30)
     assert home.returncode == 2 and str(tmp_path / ".cache" / "kimi-deploy") in home.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("isa", "want", "unwanted"),
+    [
+        ((), ["-mavx2"], ["-mavx512f", "-mamx-int8"]),
+        (
+            ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_int8"),
+            ["-mavx512f", "-mamx-int8"],
+            ["-mamx-bf16"],
+        ),
+    ],
+    ids=["portable", "avx512-amx"],
+)
+def test_llama_cpp_cmake_configures_the_isa_build(tmp_path: Path, isa, want, unwanted) -> None:
+    """llama.cpp's own CMake (configure only, a few seconds; nothing is compiled) takes the build's options
+    and turns them into the compiler flags of its CPU backend, from the pinned sdist the cached build kept."""
+    if shutil.which("cmake") is None or shutil.which("ninja") is None:
+        pytest.fail("cmake and ninja are needed: apt-get install cmake ninja-build (make setup-system)")
+    sdist = engines.llama_cpp_layout().root / "src" / f"{engines.LLAMA_CPP_SDIST}.tar.gz"
+    if not sdist.is_file():
+        pytest.fail(f"{sdist} is missing: run `make setup` (kimi-deploy engine install llama.cpp)")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp_path, filter="data")
+    tree = tmp_path / engines.LLAMA_CPP_SDIST / "vendor" / "llama.cpp"
+    build = engines.LlamaCppBuild(cpu_isa=isa)
+    cmd = engines.llama_cpp_configure_command(tree, tmp_path / "build", build=build)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (line,) = [x for x in out.stdout.splitlines() if "Adding CPU backend variant ggml-cpu:" in x]
+    flags = line.split(":", 1)[1].split()[0].split(";")
+    assert all(f in flags for f in want) and not any(f in flags for f in unwanted), flags
