@@ -167,3 +167,12 @@ def test_release_names_are_checked(bad: str, tmp_path: Path) -> None:
 
     with pytest.raises(InputError):
         release_dir.release_path(tmp_path, bad)
+
+
+def test_rollback_target_passes_over_a_release_that_failed(tmp_path: Path) -> None:
+    p = _plan(tmp_path, "k25", variant="int4")
+    out = tmp_path / "rendered"
+    ids = [render(p, RenderOptions(out_dir=out, port=9200 + i)).release_id for i in range(3)]
+    assert release_dir.previous_id(out) == ids[1]
+    release_dir.write_report(release_dir.release_path(out, ids[1]), "outcome", {"ok": False, "cause": "test"})
+    assert release_dir.previous_id(out) == ids[0]

@@ -161,6 +161,9 @@ def test_a_flag_the_engine_rejects_rolls_back_by_itself(demo: dict) -> None:
     assert j is not None and j.status == journal.ROLLED_BACK and j.exit_code == 6
     _serving(work)
     # the old release answers `check` again, on its own
+    broken = j.to_release
+    assert broken and release_dir.failed(release_dir.release_path(work / "rendered", broken))
+    assert release_dir.previous_id(work / "rendered") != broken  # `rollback` passes the failed one over
     c = kd(work, "check", "--plan", str(release_dir.release_path(work / "rendered", good) / "plan.json"),
            "--rendered", str(work / "rendered"))  # fmt: skip
     assert c.returncode == 0, c.stdout[-3000:]
@@ -200,7 +203,10 @@ def test_kill_9_mid_upgrade_then_a_rerun_ends_checked_and_recorded(demo: dict) -
     assert _check_report(work, rid)["ok"] is True
     done = journal.finished(work / "state")
     assert [d["status"] for d in done[-2:]] == [journal.ROLLED_BACK, journal.DONE]
-    assert "interrupted at step" in done[-2]["cause"]
+    assert done[-2]["cause"] in (
+        "interrupted at step start-new; rolled back",
+        "interrupted at step check; rolled back",
+    )
     _serving(work)
 
 
@@ -291,3 +297,29 @@ def test_ansible_rolls_replicas_one_by_one_and_stops_at_the_first_failure(demo: 
             _serving(w)
     finally:
         launch.down(state_dir=second / "state", grace_s=10)
+
+
+def test_ansible_deployment_mode_fails_on_the_head_and_rolls_back(demo: dict) -> None:
+    """The head+workers path of playbooks/upgrade.yml (here a head alone): a release the engine rejects fails
+    on the head, which rolls itself back; the play fails with the head's cause and the old release serves."""
+    work = demo["work"]
+    before, _ = _current(work)
+    node = json.loads((work / "rendered" / "manifest.json").read_text())["nodes"][0]["name"]
+    bad = _plan(work, "bad-head", "--revision", "v2", "--context", "12288")
+    data = json.loads(bad.read_text())
+    next(c for c in data["candidates"] if c["id"] == data["chosen"])["engine_args"]["cache_type_k"] = "q9_x"
+    bad.write_text(json.dumps(data))
+    local = {
+        "ansible_connection": "local",
+        "ansible_python_interpreter": sys.executable,
+        "kimi_bin": str(Path(sys.executable).with_name("kimi-deploy")),
+        "kimi_hf_endpoint": demo["url"],
+    }
+    head = {"hosts": {node: {"kimi_state_dir": str(work / "state")}}}
+    inventory = {"all": {"vars": local, "children": {"kimi_head": head, "kimi_workers": {"hosts": {}}}}}
+    r = _playbook(work, inventory, bad)
+    assert r.returncode != 0
+    assert "the upgrade failed on the head and every node was rolled back" in r.stdout, r.stdout[-3000:]
+    assert release_dir.current_id(work / "rendered") == before
+    assert journal.load(work / "state").status == journal.ROLLED_BACK
+    _serving(work)

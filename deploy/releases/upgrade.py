@@ -461,13 +461,32 @@ def _put_back(
     opts_deadline: float | None,
     timeout_s: float,
 ) -> None:
-    """Stop whatever runs, switch ``current`` to ``old``, start it and check it."""
+    """Stop whatever runs, switch ``current`` to ``old``, start it and check it; the release that failed is
+    marked so (``reports/outcome.json``), and `rollback` passes it over."""
     journal.step(state, j, "rollback", to=old)
+    if j.to_release and j.to_release != old:
+        _outcome(dep_root, j.to_release, False, j.cause or f"{j.op} failed at step {_failed_step(j)}")
     say(f"rolling back to {old}")
     _stop(state, say)
     release_dir.switch_current(dep_root, old, reason="rollback")
     _start(dep_root, old, state, say, opts_deadline, j.nodes)
     _check(dep_root, old, say, timeout_s, j.nodes)
+
+
+def _failed_step(j: journal.Journal) -> str:
+    steps = [s["step"] for s in j.steps if s["step"] != "rollback"]
+    return steps[-1] if steps else j.step
+
+
+def _outcome(root: Path, rid: str, ok: bool, cause: str | None = None) -> None:
+    import time
+
+    with contextlib.suppress(OSError, KimiDeployError):
+        release_dir.write_report(
+            release_dir.release_path(root, rid),
+            "outcome",
+            {"ok": ok, "cause": cause, "at_unix": round(time.time(), 3)},
+        )
 
 
 def _switch_gated(
@@ -499,6 +518,7 @@ def _switch_gated(
     except BaseException as exc:
         cause, code = _cause(exc)
         say(f"{j.op} failed: {cause}")
+        j.cause = cause
         try:
             with _sigterm_as_interrupt():
                 _put_back(root, old, state, j, say, deadline_s, timeout_s)
@@ -535,18 +555,20 @@ def recover(
             state, j, journal.ABORTED, f"interrupted at step {j.step}; nothing was running before", 1
         )
         return j
+    at = j.step
+    j.cause = f"interrupted at step {at}"
     try:
-        if j.step in journal.SWITCHING_STEPS:
+        if at in journal.SWITCHING_STEPS:
             _put_back(root, old, state, j, say, deadline_s, 120.0)
-            journal.finish(state, j, journal.ROLLED_BACK, f"interrupted at step {j.step}; rolled back", 1)
+            journal.finish(state, j, journal.ROLLED_BACK, f"interrupted at step {at}; rolled back", 1)
         else:
             if release_dir.current_id(root) != old:
                 release_dir.switch_current(root, old, reason="recover")
             if not any(s.running for s in launch.status(state)):
                 _start(root, old, state, say, deadline_s, j.nodes)
-            journal.finish(state, j, journal.ABORTED, f"interrupted at step {j.step}; {old} kept serving", 1)
+            journal.finish(state, j, journal.ABORTED, f"interrupted at step {at}; {old} kept serving", 1)
     except KimiDeployError as exc:
-        journal.finish(state, j, journal.FAILED, f"interrupted at step {j.step}; recovery failed: {exc}", 1)
+        journal.finish(state, j, journal.FAILED, f"interrupted at step {at}; recovery failed: {exc}", 1)
         raise UpgradeFailed(f"recovering the interrupted {j.op} failed: {exc}", exc.exit_code) from None
     say(f"recovered: {old} is current and serving")
     return j
@@ -617,6 +639,7 @@ def upgrade(opts: UpgradeOptions) -> str:
             timeout_s=opts.check_timeout_s,
             gate=gate,
         )
+        _outcome(dep.root, new, True)
         journal.finish(state, j, journal.DONE)
         removed = release_dir.prune(dep.root, opts.keep)
         for rid in removed:
@@ -705,6 +728,7 @@ def rollback(
             nodes=list(nodes or dep.running),
         )
         _switch_gated(dep.root, now, target, state, j, say, deadline_s=deadline_s, timeout_s=check_timeout_s)
+        _outcome(dep.root, target, True)
         journal.finish(state, j, journal.DONE)
         say(f"rollback done: {target} serves")
         return target

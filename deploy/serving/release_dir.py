@@ -164,12 +164,22 @@ def switch_current(root: str | Path, rid: str, reason: str = "render") -> str | 
     return previous
 
 
+def failed(release: str | Path) -> bool:
+    """Whether the release's last start failed its gate and was rolled back (``reports/outcome.json``)."""
+    with contextlib.suppress(OSError, ValueError):
+        data = json.loads((Path(release) / REPORTS / "outcome.json").read_text())
+        return isinstance(data, dict) and data.get("ok") is False
+    return False
+
+
 def previous_id(root: str | Path) -> str | None:
-    """The release that was current before the current one (what `rollback` switches to), if still on disk."""
+    """The release that was current before the current one (what `rollback` switches to), if still on disk;
+    a release whose last start failed and was rolled back is passed over."""
     now = current_id(root)
     for entry in reversed(read_history(root)):
         rid = entry["release"]
-        if rid != now and is_release(release_path(root, rid)):
+        path = release_path(root, rid)
+        if rid != now and is_release(path) and not failed(path):
             return rid
     return None
 
@@ -250,6 +260,7 @@ __all__ = [
     "RELEASE_META",
     "check_id",
     "current_id",
+    "failed",
     "is_release",
     "list_releases",
     "previous_id",
