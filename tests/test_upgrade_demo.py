@@ -193,9 +193,17 @@ def test_kill_9_mid_upgrade_then_a_rerun_ends_checked_and_recorded(demo: dict) -
     proc.wait(timeout=10)
     j = journal.load(work / "state")
     assert j is not None and j.status == journal.RUNNING and j.interrupted
+    # the next `up` finishes it first: back to the release that ran, checked, recorded as rolled back
+    old_plan = release_dir.release_path(work / "rendered", before) / "plan.json"
+    u = kd(work, "up", "--plan", str(old_plan), "--rendered", str(work / "rendered"))
+    assert u.returncode == 0, (u.stdout + u.stderr)[-4000:]
+    assert "recovering an interrupted upgrade" in u.stderr and "already running" in u.stdout + u.stderr
+    assert release_dir.current_id(work / "rendered") == before
+    assert journal.load(work / "state").status == journal.ROLLED_BACK
+    _serving(work)
+    # and the upgrade, run again, goes through (its weights and release are already there)
     r = kd(work, "upgrade", "--plan", str(plan))
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert "recovering an interrupted upgrade" in r.stdout
     rid, meta = _current(work)
     assert rid != before
     data = json.loads((release_dir.release_path(work / "rendered", rid) / "plan.json").read_text())
