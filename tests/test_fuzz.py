@@ -229,14 +229,50 @@ def test_fuzz_profile(seeds: dict[str, Any], edits: list, raw: bytes | None) -> 
         run.close()
 
 
+#: lock paths that pass the schema but name something odd inside the folder
+LOCK_PATHS = [
+    "nonexistent.bin",
+    "sub",
+    "sub/config.json/x",
+    "weights.lock",
+    ".quarantine/x",
+    "m.gguf",
+    "é.bin",
+]
+LOCK_EDITS = st.lists(
+    st.tuples(
+        st.integers(0, 1),
+        st.sampled_from(["path", "size"]),
+        st.sampled_from(LOCK_PATHS),
+        st.sampled_from([0, 1, 255, 256, 2**40]),
+    ),
+    max_size=2,
+)
+
+
+def mutate_lock_entries(lock: dict[str, Any], edits: list) -> dict[str, Any]:
+    """Edits that keep the lock valid (so verify gets past the schema to hashing and quarantine)."""
+    lock = json.loads(json.dumps(lock))
+    for index, field, path, size in edits:
+        entry = lock["files"][index % len(lock["files"])]
+        if field == "path":
+            entry["path"] = path
+        else:
+            entry["size"] = size
+    return lock
+
+
 @settings(SETTINGS, max_examples=EXAMPLES["lock"])
-@given(edits=EDITS, raw=RAW)
-def test_fuzz_weights_lock(seeds: dict[str, Any], edits: list, raw: bytes | None) -> None:
+@given(edits=EDITS, raw=RAW, valid_edits=LOCK_EDITS, structured=st.booleans())
+def test_fuzz_weights_lock(
+    seeds: dict[str, Any], edits: list, raw: bytes | None, valid_edits: list, structured: bool
+) -> None:
     run = Run()
     try:
         weights = run.dir / "w"
         shutil.copytree(seeds["weights"], weights)
-        write_doc(weights / "weights.lock", mutate(seeds["lock"], edits), raw)
+        lock = mutate_lock_entries(seeds["lock"], valid_edits) if structured else mutate(seeds["lock"], edits)
+        write_doc(weights / "weights.lock", lock, None if structured else raw)
         (run.base / "victim.txt").write_text("victim")  # what a "../" path in the lock would reach
         run.kd("verify", "w")
         assert (run.base / "victim.txt").read_text() == "victim"

@@ -758,3 +758,17 @@ def test_every_reader_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
     with pytest.raises(NotJson) as exc2:
         read_json(deep)
     assert isinstance(exc2.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("entry", "code"), [("sub", 5), ("sub/m.bin/x", 5), ("weights.lock", 2), (".quarantine/x", 2)]
+)
+def test_verify_never_moves_a_folder_or_its_own_bookkeeping(tmp_path: Path, entry: str, code: int) -> None:
+    """Found by the fuzz suite: a lock entry naming a folder moved the whole folder aside, one naming
+    weights.lock quarantined the lock itself, and a path through a file was a traceback."""
+    d = tmp_path / "weights"
+    _lock_with(d, entry)
+    (d / "sub").mkdir()
+    (d / "sub" / "m.bin").write_text("keep me")
+    assert one_error_line(kd(tmp_path, "verify", str(d)), code)
+    assert (d / "sub" / "m.bin").read_text() == "keep me" and (d / "weights.lock").is_file()

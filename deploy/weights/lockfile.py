@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from typing import Any
 
 from deploy import schema
 from deploy.errors import InputError, VerificationError
-from deploy.fsutil import atomic_write_json
+from deploy.fsutil import atomic_write_json, kind_of
 
 LOCK_NAME = "weights.lock"
 STAMP_NAME = ".kimi-deploy-verified.json"
@@ -153,7 +154,10 @@ def locked_path(directory: str | Path, rel: str) -> Path:
 
 def check_paths(directory: str | Path, lock: Lock) -> None:
     """Every locked path stays inside ``directory`` (see ``locked_path``), and so does the quarantine."""
+    reserved = (LOCK_NAME, STAMP_NAME, QUARANTINE_DIR)
     for f in lock.files:
+        if f.path.split("/")[0] in reserved:
+            raise InputError(f"{lock_path(directory)}: path {f.path!r} names the toolkit's own bookkeeping")
         locked_path(directory, f.path)
     schema.inside(directory, QUARANTINE_DIR, f"{directory}/{QUARANTINE_DIR}")
 
@@ -206,7 +210,7 @@ def check_file(directory: str | Path, f: LockedFile) -> FileCheck:
     p = Path(directory) / f.path
     try:
         st = p.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return FileCheck(f.path, -1, -1, "missing")
     return FileCheck(f.path, st.st_size, st.st_mtime_ns, _file_matches(Path(directory), f))
 
@@ -215,9 +219,12 @@ def _file_matches(directory: Path, f: LockedFile) -> str | None:
     """None when the file matches its lock entry, else the reason."""
     p = directory / f.path
     try:
-        size = p.stat().st_size
-    except FileNotFoundError:
+        st = p.stat()
+    except (FileNotFoundError, NotADirectoryError):
         return "missing"
+    if not stat.S_ISREG(st.st_mode):
+        return f"not a regular file ({kind_of(st.st_mode)})"
+    size = st.st_size
     if size != f.size:
         return f"size {size} != {f.size}"
     if f.sha256 is not None:
@@ -315,7 +322,7 @@ def _unchanged_since_stamp(directory: Path, stamp: dict[str, Any] | None, f: Loc
         return False
     try:
         st = (directory / f.path).stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return False
     return entry == {"size": st.st_size, "mtime_ns": st.st_mtime_ns} and st.st_size == f.size
 
@@ -364,7 +371,7 @@ def verify(
                 st = (d / f.path).stat()
                 if (st.st_size, st.st_mtime_ns) == (known.size, known.mtime_ns):
                     return f, known.problem
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 pass
         return f, _file_matches(d, f)
 
@@ -378,7 +385,8 @@ def verify(
         report.bytes_hashed += f.size if problem is None or not problem.startswith("size") else 0
         if problem is not None:
             report.mismatched[f.path] = problem
-            if quarantine:
+            # only a file (or a link) is moved aside; a folder or device in its place is reported, left alone
+            if quarantine and (os.path.islink(d / f.path) or os.path.isfile(d / f.path)):
                 report.quarantined[f.path] = _quarantine(d, f.path)
     report.missing.sort()
     report.seconds = round(time.monotonic() - t0, 3)
@@ -426,7 +434,7 @@ def missing_files(directory: str | Path, lock: Lock | None = None) -> list[str]:
         try:
             if (d / f.path).stat().st_size == f.size:
                 continue
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
         out.append(f.path)
     return out
