@@ -202,12 +202,56 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 pytestmark = pytest.mark.slow
 
 
+#: edits that keep plan.json valid, so render gets past the schema (key, value); None drops the key
+PLAN_VALID_EDITS = [
+    ("port", 1), ("port", 65535), ("host", "::"), ("host", "localhost"), ("host", "node-1.example"),
+    ("served_model_name", "a/b:c"), ("api_key_env", "X"), ("api_key_env", None), ("threads", 1),
+    ("kt", None), ("multinode", None), ("multinode", {"backend": "ray"}), ("rpc_servers", ["10.0.0.9:1"]),
+    ("override_tensor", ["x=CPU"]), ("chat_template", None), ("tool_call_parser", None),
+    ("max_model_len", 1), ("tensor_parallel", 3), ("pipeline_parallel", 64), ("data_parallel", 2),
+    ("nodes", 0), ("placement", "rpc"), ("status", "reduced"), ("chosen", "other"), ("node_name", "n-1.a"),
+]  # fmt: skip
+_CANDIDATE_KEYS = {"max_model_len", "tensor_parallel", "pipeline_parallel", "data_parallel", "nodes",
+                   "placement", "status"}  # fmt: skip
+
+
+def mutate_plan_validly(plan_doc: dict[str, Any], picks: list[int]) -> dict[str, Any]:
+    doc = json.loads(json.dumps(plan_doc))
+    cand = next(c for c in doc["candidates"] if c["id"] == doc["chosen"])
+    for pick in picks:
+        key, value = PLAN_VALID_EDITS[pick % len(PLAN_VALID_EDITS)]
+        if key == "chosen":
+            doc["chosen"] = doc["candidates"][-1]["id"]
+        elif key == "node_name":
+            doc["hardware"]["nodes"][0]["name"] = value
+        elif key in _CANDIDATE_KEYS:
+            cand[key] = value
+        elif value is None:
+            cand["engine_args"].pop(key, None)
+        else:
+            cand["engine_args"][key] = value
+    return doc
+
+
 @settings(SETTINGS, max_examples=EXAMPLES["plan"])
-@given(which=st.integers(0, 1), edits=EDITS, raw=RAW)
-def test_fuzz_plan(seeds: dict[str, Any], which: int, edits: list, raw: bytes | None) -> None:
+@given(
+    which=st.integers(0, 1),
+    edits=EDITS,
+    raw=RAW,
+    picks=st.lists(st.integers(0, 1000), min_size=1, max_size=3),
+    structured=st.booleans(),
+)
+def test_fuzz_plan(
+    seeds: dict[str, Any], which: int, edits: list, raw: bytes | None, picks: list, structured: bool
+) -> None:
     run = Run()
     try:
-        write_doc(run.dir / "plan.json", mutate(seeds["plans"][which], edits), raw)
+        doc = (
+            mutate_plan_validly(seeds["plans"][which], picks)
+            if structured
+            else mutate(seeds["plans"][which], edits)
+        )
+        write_doc(run.dir / "plan.json", doc, None if structured else raw)
         r = run.kd("render", "--plan", "plan.json", "--out", "rendered")
         run.kd("download", "--plan", "plan.json", "--offline", "--dest", "w")
         if r.returncode == 0:
