@@ -169,6 +169,32 @@ def test_a_flag_the_engine_rejects_rolls_back_by_itself(demo: dict) -> None:
     assert c.returncode == 0, c.stdout[-3000:]
 
 
+def test_a_release_that_starts_but_breaks_the_contract_fails_check_and_rolls_back(demo: dict) -> None:
+    """The engine starts, but with `--reasoning-format none` llama-server hands the model's thinking back
+    inside the answer instead of in reasoning_content: `check` catches it (exit 7) and the old release is
+    put back."""
+    work = demo["work"]
+    good, _ = _current(work)
+    plan = _plan(work, "no-reasoning", "--revision", "v2")
+    data = json.loads(plan.read_text())
+    next(c for c in data["candidates"] if c["id"] == data["chosen"])["engine_args"]["reasoning_format"] = (
+        "none"
+    )
+    plan.write_text(json.dumps(data))
+    r = kd(work, "upgrade", "--plan", str(plan))
+    assert r.returncode == 7, (r.stdout + r.stderr)[-4000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "rolled back" in last and "thinking" in last
+    assert release_dir.current_id(work / "rendered") == good
+    failed = journal.load(work / "state").to_release
+    report = _check_report(work, failed)  # the failed release keeps the report of its start
+    assert report["ok"] is False and "thinking" in [
+        x["name"] for x in report["results"] if x["status"] == "fail"
+    ]
+    assert _check_report(work, good)["ok"] is True
+    _serving(work)
+
+
 def test_kill_9_mid_upgrade_then_a_rerun_ends_checked_and_recorded(demo: dict) -> None:
     work = demo["work"]
     before, _ = _current(work)
