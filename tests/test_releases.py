@@ -176,3 +176,33 @@ def test_rollback_target_passes_over_a_release_that_failed(tmp_path: Path) -> No
     assert release_dir.previous_id(out) == ids[1]
     release_dir.write_report(release_dir.release_path(out, ids[1]), "outcome", {"ok": False, "cause": "test"})
     assert release_dir.previous_id(out) == ids[0]
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [[{"release": "../../etc"}], [{"release": "a\n"}], [{"release": 7}], "not a list"],
+    ids=["escape", "newline", "number", "not-a-list"],
+)
+def test_history_is_read_through_its_schema(switches: object, tmp_path: Path) -> None:
+    (tmp_path / release_dir.HISTORY).write_text(json.dumps({"switches": switches}))
+    with pytest.raises(Exception) as info:
+        release_dir.read_history(tmp_path)
+    assert info.type.__name__ == "PlanError" and "history.json" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("to_release", "../../victim"), ("op", "rm -rf"), ("pid", -1), ("schema", 2)],
+)
+def test_a_tampered_upgrade_journal_is_refused_in_one_line(field: str, value: object, tmp_path: Path) -> None:
+    from deploy.releases import journal
+
+    j = journal.begin(tmp_path, "upgrade", root=tmp_path / "rendered", from_release="a-1", to_release="b-2")
+    data = json.loads((tmp_path / journal.JOURNAL).read_text())
+    assert journal.load(tmp_path).id == j.id
+    data[field] = value
+    (tmp_path / journal.JOURNAL).write_text(json.dumps(data))
+    with pytest.raises(Exception) as info:
+        journal.load(tmp_path)
+    assert info.type.__name__ == "PlanError" and field in str(info.value)

@@ -26,6 +26,8 @@ from typing import Any
 
 from deploy.errors import KimiDeployError, PlanError
 from deploy.fsutil import atomic_write_json, read_json
+from deploy.schema import validate
+from deploy.serving import release_dir
 
 JOURNAL = "upgrade.json"
 FINISHED = "upgrades.json"
@@ -39,6 +41,34 @@ FAILED = "failed"  # could not put the old release back: needs an operator
 #: Steps after which the old release is no longer (known to be) serving: recovery must roll back.
 SWITCHING_STEPS = ("stop-old", "switch", "start-new", "check", "bench", "rollback")
 KEEP_FINISHED = 50
+
+
+_RELEASE = {"type": ["string", "null"], "pattern": release_dir._ID.pattern}
+_TEXT = {"type": ["string", "null"], "maxLength": 4096}
+#: ``<state>/upgrade.json``: recovery acts on what it names (releases, a pid to wait for), so every field is
+#: checked before use; release names follow ``release_dir.check_id`` and cannot leave the rendered folder.
+JOURNAL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["schema", "id", "op", "root", "from_release", "to_release"],
+    "properties": {
+        "schema": {"const": SCHEMA},
+        "id": {"type": "string", "pattern": r"^[0-9a-f]{1,32}\Z"},
+        "op": {"enum": ["upgrade", "rollback"]},
+        "root": {"type": "string", "minLength": 1, "maxLength": 4096},
+        "from_release": _RELEASE,
+        "to_release": _RELEASE,
+        "status": {"enum": [RUNNING, DONE, ROLLED_BACK, ABORTED, FAILED]},
+        "step": {"type": "string", "maxLength": 64},
+        "pid": {"type": "integer", "minimum": 0},
+        "plan": _TEXT,
+        "cause": _TEXT,
+        "exit_code": {"type": "integer", "minimum": 0, "maximum": 255},
+        "started_unix": {"type": "number", "minimum": 0},
+        "updated_unix": {"type": "number", "minimum": 0},
+        "steps": {"type": "array", "items": {"type": "object"}},
+        "nodes": {"type": "array", "items": {"type": "string", "maxLength": 64}},
+    },
+}
 
 
 class UpgradeBusy(KimiDeployError):
@@ -106,13 +136,9 @@ def load(state_dir: str | Path) -> Journal | None:
         return None
     except ValueError:
         raise PlanError(f"{path}: not valid JSON (an upgrade journal; inspect it, then remove it)") from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise PlanError(f"{path}: not an upgrade journal of schema {SCHEMA}")
+    validate(data, JOURNAL_SCHEMA, str(path), PlanError)
     known = Journal.__dataclass_fields__
-    try:
-        return Journal(**{k: v for k, v in data.items() if k in known})
-    except TypeError as exc:
-        raise PlanError(f"{path}: malformed upgrade journal ({exc})") from None
+    return Journal(**{k: v for k, v in data.items() if k in known})
 
 
 def save(state_dir: str | Path, j: Journal) -> None:

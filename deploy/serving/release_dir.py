@@ -33,6 +33,7 @@ from typing import Any
 
 from deploy.errors import InputError, PlanError
 from deploy.fsutil import atomic_write_json, read_json
+from deploy.schema import validate
 
 RELEASES = "releases"
 CURRENT = "current"
@@ -44,7 +45,7 @@ MANIFEST = "manifest.json"
 RELEASE_SCHEMA = 1
 #: Releases kept by `render` besides ``current`` and the one before it (``render --keep``).
 DEFAULT_KEEP = 3
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}\Z")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -120,6 +121,27 @@ def _manifest_files(release: Path) -> list[str]:
     return sorted(top) + [MANIFEST]
 
 
+#: ``DIR/history.json``: release names follow ``check_id``, so a name read back can never leave ``DIR``.
+HISTORY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["switches"],
+    "properties": {
+        "switches": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["release"],
+                "properties": {
+                    "release": {"type": "string", "pattern": _ID.pattern},
+                    "at_unix": {"type": "number", "minimum": 0},
+                    "reason": {"type": "string", "maxLength": 200},
+                },
+            },
+        }
+    },
+}
+
+
 def read_history(root: str | Path) -> list[dict[str, Any]]:
     """Every switch of ``current``, oldest first: ``[{"release", "at_unix", "reason"}, ...]``."""
     path = Path(root) / HISTORY
@@ -129,9 +151,8 @@ def read_history(root: str | Path) -> list[dict[str, Any]]:
         return []
     except ValueError:
         raise PlanError(f"{path}: not valid JSON (restore it or remove it)") from None
-    if not isinstance(data, dict) or not isinstance(data.get("switches"), list):
-        raise PlanError(f"{path}: expected {{'switches': [...]}}")
-    return [s for s in data["switches"] if isinstance(s, dict) and isinstance(s.get("release"), str)]
+    validate(data, HISTORY_SCHEMA, str(path), PlanError)
+    return data["switches"]
 
 
 def switch_current(root: str | Path, rid: str, reason: str = "render") -> str | None:
