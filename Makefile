@@ -41,8 +41,8 @@ test-fast: setup ## run the fast tests only
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(BIN)/kimi-deploy ## ruff check, ruff format --check, and ansible-lint (offline) on playbooks/
-	$(BIN)/ruff check deploy tests bench setup.py
-	$(BIN)/ruff format --check deploy tests bench setup.py
+	$(BIN)/ruff check deploy tests bench scripts setup.py
+	$(BIN)/ruff format --check deploy tests bench scripts setup.py
 	$(BIN)/ansible-lint --offline -q --nocolor -c playbooks/.ansible-lint -i playbooks/.ansible-lint-ignore playbooks/
 
 inventory: setup ## probe this node (GPUs, CPU, RAM, NUMA, disk, network) and print its hardware profile
