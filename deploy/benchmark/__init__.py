@@ -1,4 +1,4 @@
-"""Stage 7b, benchmark: load-test a served model through AIPerf and compare it with what the plan expects.
+"""Benchmark: load-test a served model through AIPerf and compare it with what the plan expects.
 
 - ``install``: the AIPerf venv in the cache (``kimi-deploy engine install aiperf``), keyed by its pin.
 - ``tokenizer``: the deployed model's tokenizer as a local folder AIPerf reads offline (a GGUF's is exported).

@@ -1,4 +1,4 @@
-"""Stage 6, checking: does a served model answer the way a Kimi-K2.5 client expects?
+"""Checking: does a served model answer the way a Kimi-K2.5 client expects?
 
 - ``suite``: ``run_checks`` over a ``target`` (a plan or a URL); ``calls``: the requests each check sends.
 - ``shapes``: response shapes judged on plain dicts; ``result``: verdicts and the report.

@@ -1,4 +1,4 @@
-"""Stage 5 (before serving), monitoring: Prometheus scrape config, alert rules and Grafana dashboards per
+"""Monitoring: Prometheus scrape config, alert rules and Grafana dashboards per
 engine, checked with promtool; reading an engine's ``/metrics``; a local Prometheus for the demo and tests.
 
 - ``engines``: the metric names of each pinned engine (``metrics_for``), with their sources.

@@ -1,4 +1,4 @@
-"""Stage 2, planning: size every engine x weights variant x layout on a profile, choose one, write plan.json.
+"""Planning: size every engine x weights variant x layout on a profile, choose one, write plan.json.
 
 - ``architecture``: tensor groups and KV bytes per token, from the catalog.
 - ``memory``: per-GPU and per-host memory for one engine, layout and variant.

@@ -1,4 +1,4 @@
-"""Stage 7c, releases (after checking, benchmark, support): compare, upgrade and roll back releases.
+"""Releases (after checking, benchmark and support): compare, upgrade and roll back releases.
 
 - ``diff``: `plan diff OLD NEW`, what changes between two plans or releases, in operator terms.
 - ``journal``: the upgrade journal in the state dir (written atomically at every step).

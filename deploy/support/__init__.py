@@ -1,4 +1,4 @@
-"""Stage after checking, support: a support bundle of one node (versions, inventory, plan, rendered files,
+"""Support (after checking): a support bundle of one node (versions, inventory, plan, rendered files,
 weights status, engine logs, reports, nvidia-smi, the engine's environment report), with every secret
 redacted.
 

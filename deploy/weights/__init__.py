@@ -1,4 +1,4 @@
-"""Stage 3, weights: fetch a plan's files through huggingface_hub, lock and verify them, serve a mirror.
+"""Weights: fetch a plan's files through huggingface_hub, lock and verify them, serve a mirror.
 
 - ``download``: resumable downloads with a disk check; writes ``weights.lock``.
 - ``lockfile``: ``weights.lock`` and ``verify`` (re-hash, quarantine what does not match).
