@@ -483,6 +483,20 @@ def test_check_timeout_must_be_positive_and_finite(tmp_path: Path, h200_plan: Pa
     assert "--timeout" in one_error_line(r, 2)
 
 
+#: Runs a command from a fresh, small interpreter and writes its peak RSS (KiB) to argv[1]. A child's
+#: ru_maxrss counts the pages of whoever forked it (at fork, before exec), so measuring from the pytest
+#: process itself (hundreds of MB late in a full run) would measure pytest, not the command.
+PEAK_RSS = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.argv[2], sys.argv[2:])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
 def _hostile_server(mode: str):
     """A real HTTP server on loopback that answers every request either one byte every 0.2 s for ever
     (``trickle``) or with an endless body as fast as it can (``endless``); it stops with the test."""
@@ -537,23 +551,21 @@ def test_check_is_bounded_against_a_hostile_server(tmp_path: Path, mode: str) ->
         "2",
     ]
     env = {**os.environ, "KIMI_DEPLOY_STATE_DIR": str(tmp_path / "state")}
-    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    rss_file = tmp_path / "peak-rss-kib"
     try:
         t0 = time.monotonic()
-        with out.open("wb") as fo, err.open("wb") as fe:
-            child = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=fo, stderr=fe)
-            # wait4: the peak memory of this one child (RUSAGE_CHILDREN would be the largest of every child
-            # the test process ever waited for)
-            _, status, usage = os.wait4(child.pid, 0)
-            child.returncode = os.waitstatus_to_exitcode(status)
+        r = subprocess.run(
+            [sys.executable, "-c", PEAK_RSS, str(rss_file), *argv],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False,
+        )  # fmt: skip
         elapsed = time.monotonic() - t0
     finally:
         server.shutdown()
-    stderr = err.read_text()
-    assert child.returncode == 7 and "Traceback" not in stderr, stderr
+    assert r.returncode == 7 and "Traceback" not in r.stderr, r.stderr
     assert elapsed < 120, elapsed
+    peak_kib = int(rss_file.read_text())
     # the child's peak memory stayed far below the 1.3 GB the endless server offered
-    assert usage.ru_maxrss < 600 * 1024, usage.ru_maxrss
+    assert peak_kib < 600 * 1024, peak_kib
 
 
 # ---------------------------------------------------------- mirror, ansible, manifest, state, samples
