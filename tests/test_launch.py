@@ -457,6 +457,38 @@ def test_down_kills_after_grace_when_term_is_ignored(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout.strip() == "not running"
 
 
+def test_supervisor_killed_between_fork_and_pidfile_leaves_nothing_down_cannot_stop(tmp_path: Path) -> None:
+    """A supervisor SIGKILLed right after it forked the engine, before the pidfile named the pid (what `kill -9`
+    of an `upgrade` at step start-new can hit): `down` still finds the engine by its run id and stops it.
+
+    Fault injection (the one mock here): the child's ``write_pidfile`` kills its own process, because no real
+    part stops a process at exactly that instruction."""
+    state = tmp_path / "state"
+    script = write_script(tmp_path / "r", "sleep 300")
+    child = (
+        "import os, signal, sys\n"
+        "from deploy.serving import supervise\n"
+        "supervise.write_pidfile = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"supervise.start([{str(script)!r}], supervise.RunFiles.for_node({str(state)!r}, {NODE!r}),"
+        " {'engine': 'llama.cpp', 'url': ''})\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", child], capture_output=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    engine = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and str(script) in " ".join(p.info["cmdline"])
+    ]
+    assert engine, "the fault did not leave an orphaned engine to find"
+    status = kd(tmp_path, "status")
+    assert f"running, not ready pid {engine[0].pid}" in status.stdout, status.stdout + status.stderr
+    d = kd(tmp_path, "down", "--grace", "5")
+    assert d.returncode == 0 and f"stopped pid {engine[0].pid}" in d.stdout, d.stdout + d.stderr
+    psutil.wait_procs(engine, timeout=10)
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in engine)
+    assert kd(tmp_path, "down").stdout.strip() == "not running"
+
+
 def test_stale_pidfile_is_not_a_server(tmp_path: Path, weights: Path, cleanup: None) -> None:
     port = free_port()
     write_plan(tmp_path, weights, port)

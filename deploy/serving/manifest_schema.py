@@ -60,10 +60,12 @@ MANIFEST_SCHEMA: dict[str, Any] = {
 #: ``<state>/run/<node>.json``: what `down` signals. pid/pgid 0 or 1 would mean every process or init.
 PIDFILE_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "required": ["pid"],
+    # no pid yet: written just before the fork, identified by its run id alone
+    "anyOf": [{"required": ["pid"]}, {"required": ["run_id", "spawning"]}],
     "properties": {
         "pid": {"type": "integer", "minimum": 2, "maximum": 1 << 22},
         "pgid": {"type": "integer", "minimum": 2, "maximum": 1 << 22},
+        "run_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
     },
 }
 

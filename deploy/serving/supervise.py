@@ -139,6 +139,10 @@ def start(
         log.flush()
         # the log is appended to across runs; diagnosis reads only what this run wrote
         offset = log.tell()
+        data = {**meta, "log": str(files.log), "log_offset": offset, "run_id": run_id}
+        # recorded before the fork: a supervisor killed between fork and the pidfile below leaves an engine
+        # that `down` still finds, by the run id in its environment
+        atomic_write_json(files.pidfile, {**data, "spawning": True})
         try:
             proc = subprocess.Popen(
                 argv,
@@ -150,8 +154,8 @@ def start(
                 cwd=cwd,
             )
         except OSError as exc:
+            forget(files)
             raise LaunchError(f"cannot start {argv[0]}: {exc.strerror}") from None
-    data = {**meta, "log": str(files.log), "log_offset": offset, "run_id": run_id}
     write_pidfile(files, proc.pid, data)
     # start_new_session makes the child the leader of its own group, so its pgid is its pid
     return Launched(proc, Running(files, proc.pid, proc.pid, data), offset)
@@ -183,8 +187,10 @@ def update_pidfile(files: RunFiles, **changes: Any) -> None:
 def running(files: RunFiles) -> Running | None:
     """The live process the pidfile names, or None (no pidfile, dead process, or a reused pid)."""
     data = _read_json(files.pidfile)
-    if data is None or not isinstance(data.get("pid"), int):
+    if data is None:
         return None
+    if not isinstance(data.get("pid"), int):
+        return _spawned(files, data)
     pid, pgid = data["pid"], int(data.get("pgid", data["pid"]))
     if data.get("mode") == "systemd":
         return Running(files, pid, pgid, data)
@@ -199,6 +205,23 @@ def running(files: RunFiles) -> Running | None:
     if _group_members(pgid, data.get("run_id")):
         # the leader (the launch script) is gone but the engine it started still runs in the group
         return Running(files, pid, pgid, data)
+    return None
+
+
+def _spawned(files: RunFiles, data: dict[str, Any]) -> Running | None:
+    """The engine of a pidfile written before its fork and never completed (its supervisor died in
+    between): found by the run id in its environment, whatever its pid."""
+    run_id = data.get("run_id")
+    if not run_id:
+        return None
+    for p in psutil.process_iter(["pid", "status"]):
+        try:
+            if p.info["status"] == psutil.STATUS_ZOMBIE or p.environ().get(RUN_ID_ENV) != run_id:
+                continue
+            pgid = os.getpgid(p.info["pid"])
+        except (ProcessLookupError, psutil.Error):
+            continue
+        return Running(files, p.info["pid"], pgid, data)
     return None
 
 
