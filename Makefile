@@ -166,7 +166,7 @@ bench-serve: setup-bench ## load-test $(PLAN)'s deployment (or URL=... MODEL=...
 
 # --- engines per node (issue 15: llama.cpp builds per node, KTransformers' fork) ----------------------------
 .PHONY: setup-parsers-kt llama-build
-setup-parsers-kt: $(BIN)/kimi-deploy ## the pinned sglang-kt wheel's server_args.py (kvcache-ai's SGLang fork), against which KTransformers launches are checked
+setup-parsers-kt: $(BIN)/kimi-deploy ## the venv of the pinned sglang-kt (kvcache-ai's SGLang fork), whose own parser checks KTransformers launches (~5.6 GB, ~2 min once)
 	$(KD) engine install parsers-kt
 
 llama-build: $(BIN)/kimi-deploy ## show the llama.cpp build for a node without building it: LLAMA_BUILD="--cuda-arch 89 --isa avx2,avx512f"

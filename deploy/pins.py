@@ -24,6 +24,12 @@ RAY_VERSION = "2.60.0"
 #: server_args.py. kt-kernel 0.5.0 (the earlier pin) predates Kimi-K2.5 and paired with upstream SGLang.
 KTRANSFORMERS_VERSION = "0.7.2"
 SGLANG_KT_VERSION = "0.7.2"
+#: The torch and torchvision of the venv that imports the fork's parser. Its server_args imports torchvision
+#: (through a vision model's config), and torchvision loads only beside the torch it was built for: PyPI's
+#: wheels are CUDA builds, which import on a machine without a GPU. 2.14.1/0.29.1 are a matching pair that
+#: pip finds on this project's build machines without a download.
+TORCH_KT_VERSION = "2.14.1"
+TORCHVISION_KT_VERSION = "0.29.1"
 
 #: AIPerf (PyPI `aiperf`), the load generator behind `kimi-deploy bench`, in its own cached venv.
 AIPERF_VERSION = "0.13.0"

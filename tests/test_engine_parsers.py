@@ -1,7 +1,7 @@
 """Every rendered vLLM / SGLang / KTransformers command goes through the real engines' argument parsers.
 
-KTransformers commands are parsed with the argument definitions of the pinned SGLang fork (sglang-kt),
-rebuilt from its wheel's server_args.py (deploy/serving/kt_parser.py explains why it is not imported).
+KTransformers commands are parsed by the pinned SGLang fork's own parser (sglang-kt's prepare_server_args), in
+its own venv (deploy.engines.builds.kt_parser_venv_dir says why it is a second venv).
 
 The commands come from the planner on every hardware profile in hardware/: the chosen candidate and every
 runnable one, every rank of the multi-node ones, vLLM multi-node with both the mp and Ray backends, bound to
@@ -123,9 +123,9 @@ def report() -> parser_check.ParserReport:
     batch = [(engine, argv) for _, engine, argv in CASES] + [
         (engine, argv) for _, engine, argv, _ in NEGATIVE
     ]
-    if not engines.kt_parser_ready():
+    if not engines.kt_parser_python().is_file():
         pytest.fail(
-            f"{engines.kt_server_args_path()} missing: run `make setup` "
+            f"{engines.kt_parser_venv_dir()} missing: run `make setup` "
             "(kimi-deploy engine install parsers-kt)"
         )
     return parser_check.check_argvs(batch, python=python)
@@ -168,6 +168,8 @@ def test_ktransformers_launch_runs_the_guide(report: parser_check.ParserReport) 
         assert int(argv[argv.index("--kt-gpu-prefill-token-threshold") + 1]) > 0
         assert argv[argv.index("--chunked-prefill-size") + 1] == "32658"
         assert report.results[i].ok, report.results[i].summary()
+        # parsed by the fork (sglang-kt), which says what of its validation needs a GPU
+        assert report.results[i].notes and "__post_init__" in report.results[i].notes[0]
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])
@@ -193,6 +195,9 @@ def test_the_probe_catches_bad_commands(report: parser_check.ParserReport, index
 def test_missing_parser_venv_is_an_error_not_a_pass(tmp_path) -> None:
     with pytest.raises(parser_check.ParserVenvMissing):
         parser_check.check_argvs([("vllm", VLLM)], python=tmp_path / "bin" / "python")
+    kt = next(argv for _, engine, argv in CASES if engine == "ktransformers")
+    with pytest.raises(parser_check.ParserVenvMissing, match="parsers-kt"):
+        parser_check.check_argvs([("ktransformers", kt)], kt_python=tmp_path / "bin" / "python")
 
 
 def test_api_key_never_rides_on_argv(report: parser_check.ParserReport) -> None:

@@ -175,6 +175,33 @@ def test_parser_venv_packages_are_pinned_and_no_deps(tmp_path: Path) -> None:
     assert not engines.parser_venv_ready(tmp_path / "v")
 
 
+def test_kt_parser_venv_is_built_and_reused() -> None:
+    venv = engines.kt_parser_venv_dir()
+    if not engines.kt_parser_ready(venv):
+        pytest.fail(
+            f"KTransformers parser venv missing at {venv}: run `make setup` (engine install parsers-kt)"
+        )
+    messages: list[str] = []
+    assert engines.install_kt_parser(progress=messages.append) == venv
+    assert any("cached at" in m for m in messages)
+
+
+def test_kt_parser_venv_pins_the_fork_and_a_matching_torch(tmp_path: Path) -> None:
+    """torch and torchvision come as a pinned pair (pip takes the CUDA libraries torch's metadata pins);
+    everything else, the fork first, is pinned and --no-deps."""
+    venv_cmd, torch_cmd, fork_cmd = engines.kt_parser_venv_install_commands(tmp_path / "v")
+    assert "venv" in venv_cmd
+    assert torch_cmd[-2:] == [
+        f"torch=={pins.TORCH_KT_VERSION}",
+        f"torchvision=={pins.TORCHVISION_KT_VERSION}",
+    ]
+    assert "--no-deps" in fork_cmd and f"sglang-kt=={pins.SGLANG_KT_VERSION}" in fork_cmd
+    packages = fork_cmd[fork_cmd.index("--no-deps") + 1 :]
+    assert all("==" in p for p in packages)
+    assert not any(p.split("==")[0] in ("sglang", "torch", "vllm") for p in packages)
+    assert not engines.kt_parser_ready(tmp_path / "v")
+
+
 def test_engine_cli_bad_input_is_exit_2(capsys) -> None:
     code, _, err = run(capsys, "engine", "install", "parsers", "--cuda")
     assert code == 2 and err.startswith("error: --cuda")

@@ -458,8 +458,9 @@ def test_down_kills_after_grace_when_term_is_ignored(tmp_path: Path) -> None:
 
 
 def test_supervisor_killed_between_fork_and_pidfile_leaves_nothing_down_cannot_stop(tmp_path: Path) -> None:
-    """A supervisor SIGKILLed right after it forked the engine, before the pidfile named the pid (what `kill -9`
-    of an `upgrade` at step start-new can hit): `down` still finds the engine by its run id and stops it.
+    """A supervisor SIGKILLed right after it forked the engine, before the pidfile named the pid (what
+    `kill -9` of an `upgrade` at step start-new can hit): `down` still finds the engine by its run id and
+    stops it.
 
     Fault injection (the one mock here): the child's ``write_pidfile`` kills its own process, because no real
     part stops a process at exactly that instruction."""

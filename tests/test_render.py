@@ -740,3 +740,14 @@ def _number(tok: str) -> bool:
 
 def shell_join(args: list[str]) -> str:
     return " ".join(render.shell_quote(x) for x in args)
+
+
+def test_render_checks_a_ktransformers_launch_with_the_forks_parser(tmp_path: Path, run_cli) -> None:
+    """`render --check-parsers` on the 4x RTX 4090 + 768 GB plan: the KTransformers launch goes through
+    kvcache-ai's fork (its version in the line), and the line says what of its validation was not run."""
+    path, _ = plan_file(tmp_path, "kt-4x4090-768g")
+    r = run_cli(["render", "--plan", str(path), "--out", str(tmp_path / "out"), "--check-parsers"])
+    assert r.exit_code == 0, r.stderr
+    (line,) = [ln for ln in r.output.splitlines() if ln.startswith("parser check")]
+    assert line.startswith(f"parser check (ktransformers {pins.SGLANG_KT_VERSION}): ok"), line
+    assert "__post_init__ not run" in line

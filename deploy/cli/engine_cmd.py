@@ -87,7 +87,7 @@ def install_command(
 ) -> None:
     """Build NAME once per machine: llama.cpp (llama-server + rpc-server, for this node's GPU or CPU with
     --cuda-arch / --isa), parsers (the real vLLM and SGLang argument parsers, used by the render tests),
-    parsers-kt (the server_args.py of kvcache-ai's SGLang fork, for KTransformers launches), vllm --cpu
+    parsers-kt (the venv of kvcache-ai's SGLang fork, whose parser checks KTransformers launches), vllm --cpu
     (vLLM's CPU build, for the demo) or aiperf (the load generator behind `kimi-deploy bench`)."""
     build_opts = cuda or cuda_arch or isa or native
     if name != "llama.cpp" and (build_opts or jobs or from_tree or dry_run):

@@ -128,10 +128,9 @@ def render_command(
                 f"parser check: nothing to parse ({m['engine']} is not checked by the vLLM/SGLang parsers)"
             )
         for r in report.results:
-            click.echo(
-                f"parser check ({r.engine} {report.versions.get('sglang' if r.engine != 'vllm' else 'vllm')})"
-                f": {r.summary()}"
-            )
+            version = report.versions.get(parser_check.VERSION_KEYS.get(r.engine, r.engine))
+            notes = "".join(f" ({note})" for note in r.notes)
+            click.echo(f"parser check ({r.engine} {version}): {r.summary()}{notes}")
         if not report.ok:
             raise ParserCheckFailed("a rendered command failed its engine's argument parser (see above)")
 

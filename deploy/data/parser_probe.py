@@ -7,12 +7,13 @@ toolkit's venv: it imports vLLM and SGLang, which the toolkit does not depend on
                   {"engine": "sglang", "argv": ["python3", "-m", "sglang.launch_server", "--tp-size", "8"]}]}
 
 Output on stdout: ``{"versions": {...}, "results": [{"ok", "errors", "inexact_flags", "unknown_parsers"}]}``,
-one result per command in the input order.
+one result per command in the input order (a KTransformers result adds ``notes``).
 
 - vLLM: the parser of the ``serve`` subcommand (cmd_init() -> subparser_init), then its ``validate``; the
   tool-call and reasoning parser names are looked up in vLLM's registries, since argparse does not check them.
-- SGLang (and KTransformers, which launches kvcache-ai's SGLang fork: run in the fork's venv):
-  ``prepare_server_args(argv)``, as ``launch_server`` does.
+- SGLang: ``prepare_server_args(argv)``, as ``launch_server`` does.
+- KTransformers (kvcache-ai's SGLang fork, run with the python of the fork's venv): the fork's parser and
+  ``--config`` merger, as its ``prepare_server_args`` uses them (check_ktransformers says what is not run).
 - Both accept unambiguous abbreviations of long flags (``--tp`` for ``--tp-size``); every flag in the argv
   must be an exact option string of the parser.
 """
@@ -145,7 +146,36 @@ def check_sglang(argv: list[str]) -> dict:
     return result
 
 
-CHECKS = {"vllm": check_vllm, "sglang": check_sglang, "ktransformers": check_sglang}
+def check_ktransformers(argv: list[str]) -> dict:
+    """kvcache-ai's fork: the first half of its ``prepare_server_args`` (its parser, its ``--config``
+    merger, ``parse_args``). The second half, ``ServerArgs.from_cli_args``, needs an accelerator and the
+    model's config.json (its ``__post_init__`` asks for the device and reads the model), so it is not run."""
+    result = {"ok": False, "errors": [], "inexact_flags": [], "unknown_parsers": []}
+    args = _strip_prefix(argv, SGLANG_PROGRAMS)
+    if args is None:
+        result["errors"].append(f"not an SGLang server command: {argv[:3]}")
+        return result
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser(prog="sglang-kt")
+    ServerArgs.add_cli_args(parser)
+    result["inexact_flags"] = [f for f in _flags(args) if f not in _option_strings(parser)]
+    if "--config" in args:
+        from sglang.srt.server_args_config_parser import ConfigArgumentMerger
+
+        args, error = _parse_quietly(ConfigArgumentMerger(parser).merge_config_with_args, args)
+        if error is not None:
+            result["errors"].append(error)
+            return result
+    _, error = _parse_quietly(parser.parse_args, args)
+    if error is not None:
+        result["errors"].append(error)
+    result["ok"] = not (result["errors"] or result["inexact_flags"])
+    result["notes"] = ["ServerArgs.__post_init__ not run: it needs an accelerator and the model's config"]
+    return result
+
+
+CHECKS = {"vllm": check_vllm, "sglang": check_sglang, "ktransformers": check_ktransformers}
 
 
 def main() -> int:

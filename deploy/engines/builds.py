@@ -514,8 +514,8 @@ def install_llama_cpp(
 
 
 # -------------------------------------------------------------------------------------------- parser venv
-# The upstream engines' parsers (vLLM + SGLang) in a venv; kvcache-ai's SGLang fork (`sglang-kt`, the server
-# KTransformers launches) as its server_args.py (kt_parser_dir explains why it is not imported).
+# The upstream engines' parsers (vLLM + SGLang) in one venv; kvcache-ai's SGLang fork (`sglang-kt`, the server
+# KTransformers launches) in another (kt_parser_venv_dir says why).
 
 
 def parser_venv_key() -> str:
@@ -591,88 +591,122 @@ def parser_venv_ready(venv: Path | None = None) -> bool:
     return out.returncode == 0
 
 
-#: The file of kvcache-ai's SGLang fork that defines its server arguments (ServerArgs.add_cli_args).
-KT_SERVER_ARGS_MEMBER = "sglang/srt/server_args.py"
+#: What the fork's server_args needs beyond the upstream parser venv's packages, each pinned (found by
+#: importing ``sglang.srt.server_args`` from the fork in a fresh venv until it loaded).
+KT_PARSER_VENV_EXTRA_DEPS: tuple[str, ...] = (
+    "dill==0.4.1",
+    "jsonschema==4.26.0",
+    "jsonschema-specifications==2025.9.1",
+    "referencing==0.37.0",
+    "rpds-py==2026.9.1",
+    "sentencepiece==0.2.3",
+)
 
 
-def kt_parser_dir(cache_dir: Path | None = None) -> Path:
-    """Where the pinned fork's server_args.py is kept (``engines/sglang-kt/<version>/``).
+def kt_parser_venv_key() -> str:
+    return f"parsers-sglang-kt{pins.SGLANG_KT_VERSION}-torch{pins.TORCH_KT_VERSION}"
 
-    The fork cannot be imported on a CPU-only machine: its server_args imports every model config, one of
-    which imports torchvision, and PyPI's torchvision wheels are CUDA builds that do not load beside the CPU
-    torch (``undefined libc10_cuda.so``; PyTorch's CPU wheels are not on PyPI). So the KTransformers check
-    rebuilds the fork's argparse parser from this file (deploy/serving/kt_parser.py) instead of importing it.
+
+def kt_parser_venv_dir(cache_dir: Path | None = None) -> Path:
+    """Where the venv with kvcache-ai's SGLang fork (``sglang-kt``, the server KTransformers launches) lives.
+
+    It is its own venv because the fork installs as the same ``sglang`` package as upstream, and because its
+    server_args imports torchvision, which loads only beside the torch it was built for (a CUDA build; it
+    imports on a machine without a GPU): see ``pins.TORCH_KT_VERSION``.
     """
-    return (cache_dir or constants.CACHE_DIR) / "engines" / "sglang-kt" / pins.SGLANG_KT_VERSION
+    return (cache_dir or constants.CACHE_DIR) / "venvs" / kt_parser_venv_key()
 
 
-def kt_server_args_path(cache_dir: Path | None = None) -> Path:
-    return kt_parser_dir(cache_dir) / "server_args.py"
+def kt_parser_python(cache_dir: Path | None = None) -> Path:
+    return kt_parser_venv_dir(cache_dir) / "bin" / "python"
 
 
-def kt_parser_ready(cache_dir: Path | None = None) -> bool:
-    """True when the pinned fork's server_args.py is cached and defines the KT flags."""
-    path = kt_server_args_path(cache_dir)
-    return path.is_file() and '"--kt-gpu-prefill-token-threshold"' in path.read_text(errors="replace")
+def kt_parser_venv_install_commands(venv: Path) -> list[list[str]]:
+    """The commands that build the KTransformers parser venv at ``venv``: torch and torchvision with the
+    dependencies torch's metadata pins exactly (its CUDA libraries), then the fork and the rest --no-deps."""
+    py = str(venv / "bin" / "python")
+    return [
+        [sys.executable, "-m", "venv", str(venv)],
+        [
+            py,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            f"torch=={pins.TORCH_KT_VERSION}",
+            f"torchvision=={pins.TORCHVISION_KT_VERSION}",
+        ],
+        [
+            py,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            f"sglang-kt=={pins.SGLANG_KT_VERSION}",
+            *PARSER_VENV_DEPS,
+            *KT_PARSER_VENV_EXTRA_DEPS,
+        ],
+    ]
+
+
+#: The fork at the pinned version imports, and its parser has the flag the KTransformers guide launches with.
+_KT_PARSER_VENV_CHECK = """
+import argparse, importlib.metadata as m, sys
+got = m.version("sglang-kt")
+assert got == sys.argv[1], f"sglang-kt {got} != {sys.argv[1]}"
+from sglang.srt.server_args import ServerArgs
+parser = argparse.ArgumentParser()
+ServerArgs.add_cli_args(parser)
+assert any("--kt-gpu-prefill-token-threshold" in a.option_strings for a in parser._actions)
+"""
+
+
+def kt_parser_ready(venv: Path | None = None) -> bool:
+    """True when the venv imports the pinned fork's argument parser, with its KT prefill flag."""
+    py = (venv or kt_parser_venv_dir()) / "bin" / "python"
+    if not py.is_file():
+        return False
+    try:
+        out = subprocess.run(
+            [str(py), "-c", _KT_PARSER_VENV_CHECK, pins.SGLANG_KT_VERSION],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
 
 
 def install_kt_parser(progress: Progress | None = print, force: bool = False) -> Path:
-    """Fetch the pinned ``sglang-kt`` wheel from PyPI (pip download, ~100 MB) and keep its server_args.py.
+    """Build the KTransformers parser venv (about 5.6 GB, a minute or two from a local wheel store) or reuse
+    a working one; returns its path.
 
     >>> install_kt_parser()  # doctest: +SKIP
-    PosixPath('/root/.cache/kimi-deploy/engines/sglang-kt/0.7.2/server_args.py')
+    PosixPath('/root/.cache/kimi-deploy/venvs/parsers-sglang-kt0.7.2-torch2.14.1')
     """
-    import hashlib
-    import zipfile
-
-    final = kt_parser_dir()
-    if not force and kt_parser_ready():
-        _say(progress, f"sglang-kt {pins.SGLANG_KT_VERSION} server_args: cached at {final}")
-        return kt_server_args_path()
+    final = kt_parser_venv_dir()
+    if not force and kt_parser_ready(final):
+        _say(progress, f"KTransformers parser venv: cached at {final}")
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    log = constants.CACHE_DIR / "build-logs" / f"sglang-kt-{pins.SGLANG_KT_VERSION}.log"
+    log = constants.CACHE_DIR / "build-logs" / f"{final.name}.log"
+    steps = ("create venv", "pip install torch and torchvision", "pip install the fork --no-deps")
     try:
-        wheels = staging / "wheel"
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--dest",
-            str(wheels),
-            f"sglang-kt=={pins.SGLANG_KT_VERSION}",
-        ]
-        _run_logged(cmd, log, "download the sglang-kt wheel", progress)
-        found = sorted(wheels.glob(f"sglang_kt-{pins.SGLANG_KT_VERSION}-*.whl"))
-        if not found:
-            raise EngineInstallError(f"no sglang_kt-{pins.SGLANG_KT_VERSION} wheel in {wheels}; see {log}")
-        with zipfile.ZipFile(found[0]) as wheel:
-            text = wheel.read(KT_SERVER_ARGS_MEMBER)
-        (staging / "server_args.py").write_bytes(text)
-        atomic_write_json(
-            staging / "SOURCE.json",
-            {
-                "distribution": "sglang-kt",
-                "version": pins.SGLANG_KT_VERSION,
-                "wheel": found[0].name,
-                "wheel_sha256": hashlib.sha256(found[0].read_bytes()).hexdigest(),
-                "member": KT_SERVER_ARGS_MEMBER,
-                "sha256": hashlib.sha256(text).hexdigest(),
-            },
-        )
-        shutil.rmtree(wheels)
+        shutil.rmtree(staging)
+        for step, cmd in zip(steps, kt_parser_venv_install_commands(staging), strict=True):
+            _run_logged(cmd, log, step, progress)
+        _say(progress, "checking the venv imports the fork's parser")
+        if not kt_parser_ready(staging):
+            raise EngineInstallError(f"{staging}: sglang-kt's server_args does not import; see {log}")
         _finish(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if not kt_parser_ready():
-        raise EngineInstallError(f"{kt_server_args_path()}: no --kt-gpu-prefill-token-threshold in it")
-    _say(progress, f"sglang-kt {pins.SGLANG_KT_VERSION} server_args: installed at {final}")
-    return kt_server_args_path()
+    _say(progress, f"KTransformers parser venv: installed at {final}")
+    return final
 
 
 def install_parser_venv(progress: Progress | None = print, force: bool = False) -> Path:
@@ -720,9 +754,10 @@ __all__ = [
     "install_kt_parser",
     "installed_llama_cpp_builds",
     "install_parser_venv",
-    "kt_parser_dir",
+    "kt_parser_python",
     "kt_parser_ready",
-    "kt_server_args_path",
+    "kt_parser_venv_dir",
+    "kt_parser_venv_install_commands",
     "llama_cpp_build_command",
     "llama_cpp_configure_command",
     "llama_cpp_download_command",

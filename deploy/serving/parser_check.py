@@ -7,8 +7,9 @@
     True
 
 The engines are not the toolkit's dependencies: the check runs ``deploy/data/parser_probe.py`` with the python
-of the venv that `kimi-deploy engine install parsers` builds, one process for a whole batch (importing vLLM
-takes seconds). A missing venv is an error, never a silent pass.
+of the venv that `kimi-deploy engine install parsers` builds (KTransformers commands: `parsers-kt`, the venv
+of kvcache-ai's SGLang fork), one process per venv for a whole batch (importing vLLM takes seconds). A
+missing venv is an error, never a silent pass.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from deploy.serving.argv import Arg, EnvRef, NodeCommand
 PROBE = constants.PACKAGE_DIR / "data" / "parser_probe.py"
 #: Engines whose commands the probe checks; ray/rpc-server/llama-server commands are checked elsewhere.
 CHECKED = ("vllm", "sglang", "ktransformers")
+#: The distribution whose version names each engine's parser in a report.
+VERSION_KEYS = {"vllm": "vllm", "sglang": "sglang", "ktransformers": "sglang-kt"}
 #: Stands in for "${KIMI_API_KEY}" in the argv given to the parsers (they only see its shape).
 PROBE_API_KEY = "probe-api-key"
 
@@ -42,6 +45,8 @@ class ParserResult:
     errors: list[str] = field(default_factory=list)
     inexact_flags: list[str] = field(default_factory=list)
     unknown_parsers: list[str] = field(default_factory=list)
+    #: what the engine's check did not run, and why (the fork's post-parse validation needs a GPU)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         problems = self.errors + [f"inexact flag {f}" for f in self.inexact_flags] + self.unknown_parsers
@@ -74,33 +79,27 @@ def check_argvs(
     commands: list[tuple[str, list[Arg]]],
     python: Path | None = None,
     timeout_s: float = 900,
-    kt_source: Path | None = None,
+    kt_python: Path | None = None,
 ) -> ParserReport:
     """Parse each ``(engine, argv)`` with the engine's parser; results come back in the same order.
 
-    KTransformers commands are parsed with the argument definitions of kvcache-ai's SGLang fork
-    (deploy/serving/kt_parser.py, from the server_args.py `kimi-deploy engine install parsers-kt` caches),
-    the rest with the upstream engines' parsers in the parser venv (``python``)."""
-    from deploy.serving import kt_parser
-
+    KTransformers commands go to the parser of kvcache-ai's SGLang fork, in the venv `kimi-deploy engine
+    install parsers-kt` builds (``kt_python``); the rest to the upstream engines' parsers in the parser venv
+    (``python``)."""
     kt = [i for i, (e, _a) in enumerate(commands) if e == "ktransformers"]
     rest = [i for i in range(len(commands)) if i not in set(kt)]
     report = _check_in([commands[i] for i in rest], python or engines.parser_python(), timeout_s, "parsers")
+    kt_report = _check_in(
+        [commands[i] for i in kt], kt_python or engines.kt_parser_python(), timeout_s, "parsers-kt"
+    )
     results: list[ParserResult | None] = [None] * len(commands)
     for i, r in zip(rest, report.results, strict=True):
         results[i] = r
-    with tempfile.TemporaryDirectory(prefix="kimi-probe-kt-") as scratch:
-        # the fork takes SGLang's --config file like upstream: the launch writes the API key there
-        key_config = Path(scratch) / "api-key.yaml"
-        key_config.write_text(f'api-key: "{PROBE_API_KEY}"\n')
-        for i in kt:
-            argv = _probe_argv(commands[i][1], key_config)
-            results[i] = ParserResult(
-                engine="ktransformers", argv=argv, **kt_parser.check_kt_argv(argv, kt_source)
-            )
+    for i, r in zip(kt, kt_report.results, strict=True):
+        results[i] = r
     versions = dict(report.versions)
-    if kt:
-        versions["sglang-kt"] = kt_parser.source_version(kt_source)
+    if "sglang-kt" in kt_report.versions:
+        versions["sglang-kt"] = kt_report.versions["sglang-kt"]
     return ParserReport(versions=versions, results=[r for r in results if r is not None])
 
 
@@ -111,7 +110,7 @@ def _check_in(
         return ParserReport(versions={}, results=[])
     if not python.is_file():
         raise ParserVenvMissing(
-            f"{python}: the parser venv is missing; run `kimi-deploy engine install {venv_name}`"
+            f"{python}: the {venv_name} venv is missing; run `kimi-deploy engine install {venv_name}`"
         )
     scratch = tempfile.TemporaryDirectory(prefix="kimi-probe-")
     key_config = Path(scratch.name) / "api-key.yaml"
@@ -151,4 +150,12 @@ def check_nodes(nodes: list[NodeCommand], python: Path | None = None) -> ParserR
     return check_argvs([(n.program, n.argv) for n in nodes if n.program in CHECKED], python=python)
 
 
-__all__ = ["CHECKED", "ParserReport", "ParserResult", "ParserVenvMissing", "check_argvs", "check_nodes"]
+__all__ = [
+    "CHECKED",
+    "VERSION_KEYS",
+    "ParserReport",
+    "ParserResult",
+    "ParserVenvMissing",
+    "check_argvs",
+    "check_nodes",
+]
