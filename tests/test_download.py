@@ -39,6 +39,7 @@ from deploy.weights.progress import PLAIN, TTY, Progress, pick_mode
 GGUF = "unsloth/Kimi-K2.5-GGUF"
 NATIVE = "moonshotai/Kimi-K2.5"
 QUANT = "UD-TQ1_0"
+DRAFT = "lightseekorg/kimi-k2.5-eagle3"
 PART = 2 * 1024 * 1024
 
 
@@ -47,6 +48,12 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("repos")
     stage(make_gguf_repo(base / "src-gguf", part_bytes=PART), GGUF, base / "root")
     stage(make_safetensors_repo(base / "src-native", shard_bytes=32 * 1024), NATIVE, base / "root")
+    draft = base / "src-draft"
+    draft.mkdir()
+    (draft / "model.safetensors").write_bytes(random.Random(7).randbytes(96 * 1024))
+    (draft / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLMEagle3"]}))
+    (draft / "README.md").write_text("# draft\n")
+    stage(draft, DRAFT, base / "root")
     return base / "root"
 
 
@@ -148,6 +155,42 @@ def test_safetensors_layout_and_hf_endpoint_with_path_prefix(
         "chat_template.jinja",
     }  # docs/ not pulled
     assert is_verified(dest)
+
+
+def test_speculative_draft_model_is_downloaded_and_verified_beside_the_weights(
+    root: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A plan with `--speculative eagle3` launches with a draft model: `download` fetches it into the folder
+    the launch names, with its own weights.lock, and `verify --plan` checks both folders."""
+    dest = tmp_path / "weights" / NATIVE
+    draft_dir = tmp_path / "weights" / DRAFT
+    plan = write_plan(tmp_path / "plan.json", NATIVE, ["*.json"], dest)
+    data = json.loads(plan.read_text())
+    data["candidates"][0]["engine_args"]["speculative"] = {
+        "method": "eagle3",
+        "draft_repo": DRAFT,
+        "draft_model_path": str(draft_dir),
+        "num_steps": 3,
+        "eagle_topk": 1,
+        "num_draft_tokens": 4,
+    }
+    plan.write_text(json.dumps(data))
+    with MirrorProcess(root, env=env) as m:
+        r = run_kd("download", "--plan", str(plan), "--json", env={**env, "HF_ENDPOINT": m.url})
+        assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["repo"] == NATIVE and out["draft"]["repo"] == DRAFT and out["draft"]["verified"]
+    assert _weight_files(draft_dir) == {"model.safetensors", "config.json"}  # no README
+    assert read_lock(draft_dir).repo == DRAFT and is_verified(draft_dir) and is_verified(dest)
+    v = run_kd("verify", "--plan", str(plan), env=env)
+    assert v.returncode == 0 and DRAFT in v.stdout and NATIVE in v.stdout, v.stdout + v.stderr
+    # a flipped byte in the draft fails `verify --plan` (exit 5), naming the file
+    shard = draft_dir / "model.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[100] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    bad = run_kd("verify", "--plan", str(plan), env=env)
+    assert bad.returncode == 5 and "model.safetensors" in bad.stderr, bad.stderr
 
 
 def test_fan_out_from_a_downloaded_folder(root: Path, tmp_path: Path, env: dict[str, str]) -> None:

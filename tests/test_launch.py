@@ -279,6 +279,31 @@ def test_up_refuses_unverified_weights(tmp_path: Path, weights: Path) -> None:
     assert r2.returncode == 5 and gguf.name in r2.stderr and "verify" in r2.stderr
 
 
+def test_up_refuses_an_unverified_speculative_draft_model(tmp_path: Path, weights: Path) -> None:
+    """A plan with a draft model (`plan --speculative`): verified weights are not enough, the draft's folder
+    must pass `verify` too, before anything starts."""
+    port = free_port()
+    plan_path = write_plan(tmp_path, weights, port)
+    data = json.loads(plan_path.read_text())
+    draft = tmp_path / "weights" / "org" / "draft"
+    draft.mkdir(parents=True)
+    data["candidates"][0]["engine_args"]["speculative"] = {
+        "method": "eagle3",
+        "draft_repo": "org/draft",
+        "draft_model_path": str(draft),
+        "num_steps": 3,
+        "eagle_topk": 1,
+        "num_draft_tokens": 4,
+    }
+    plan_path.write_text(json.dumps(data))
+    write_script(tmp_path / "rendered", "exec sleep 60")
+    r = kd(tmp_path, *up_args(tmp_path))
+    assert r.returncode == 5, r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: refusing to start on unverified weights") and str(draft) in line
+    assert not (tmp_path / "state" / "run" / f"{NODE}.json").exists()
+
+
 # --- fault tests: each ends with the right cause and exit 6, and leaves nothing running ---------------
 
 

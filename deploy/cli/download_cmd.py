@@ -13,10 +13,11 @@ from deploy.planning.contract import Weights, load_plan
 from deploy.weights.progress import Progress, pick_mode
 
 
-def _weights(plan_path: str, candidate: str | None) -> Weights:
+def _weights(plan_path: str, candidate: str | None) -> tuple[Weights, Weights | None]:
+    """The candidate's weights and its speculative-decoding draft model (None without one)."""
     plan = load_plan(plan_path)
     cand = plan.candidate(candidate) if candidate else plan.chosen_candidate
-    return cand.weights
+    return cand.weights, cand.draft_weights
 
 
 @click.command("download")
@@ -54,37 +55,50 @@ def download(
     stall_seconds: float,
     progress_interval: float,
 ) -> None:
-    """Download the plan's weights, write weights.lock, verify every file.
+    """Download the plan's weights, write weights.lock, verify every file; then the same for the
+    speculative-decoding draft model when the plan uses one (`plan --speculative`), into its own folder.
 
     The token comes from HF_TOKEN or `hf auth login`, never from the command line."""
-    from deploy.weights.download import download_weights, exit_keeping_partials
+    from deploy.weights.download import DownloadResult, download_weights, exit_keeping_partials
 
-    weights = _weights(plan_path, candidate)
+    weights, draft = _weights(plan_path, candidate)
     target = dest or weights.local_dir
     if not target:
         raise InputError(f"{plan_path}: the candidate has no weights.local_dir; pass --dest")
-    # Totals are set once the repo is listed.
-    progress = Progress(0, 0, stream=sys.stderr, mode=pick_mode(sys.stderr), interval=progress_interval)
+    if draft is not None and not draft.local_dir:
+        raise InputError(f"{plan_path}: the speculative draft model has no draft_model_path")
     exit_keeping_partials()
-    try:
-        result = download_weights(
-            weights,
-            Path(target),
-            endpoint=endpoint,
-            offline=offline,
-            retries=retries,
-            stall_s=stall_seconds,
-            progress=progress,
-        )
-    finally:
-        progress.close()
+
+    def fetch(what: Weights, folder: str) -> DownloadResult:
+        # totals are set once the repo is listed
+        progress = Progress(0, 0, stream=sys.stderr, mode=pick_mode(sys.stderr), interval=progress_interval)
+        try:
+            return download_weights(
+                what,
+                Path(folder),
+                endpoint=endpoint,
+                offline=offline,
+                retries=retries,
+                stall_s=stall_seconds,
+                progress=progress,
+            )
+        finally:
+            progress.close()
+
+    result = fetch(weights, target)
+    draft_result = fetch(draft, draft.local_dir) if draft is not None else None
     if json_out:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        how = "checked offline" if result.offline else f"{result.bytes_fetched / 1e9:.2f} GB fetched"
+        data = result.to_dict()
+        if draft_result is not None:
+            data["draft"] = draft_result.to_dict()
+        click.echo(json.dumps(data, indent=2))
+        return
+    for r in (result, draft_result):
+        if r is None:
+            continue
+        how = "checked offline" if r.offline else f"{r.bytes_fetched / 1e9:.2f} GB fetched"
         click.echo(
-            f"{result.repo}@{result.commit[:12]}: {result.files} files in {result.dest} ({how}), "
-            f"verified: {result.what_was_checked()}"
+            f"{r.repo}@{r.commit[:12]}: {r.files} files in {r.dest} ({how}), verified: {r.what_was_checked()}"
         )
 
 
@@ -100,20 +114,31 @@ def download(
 @click.option("--json", "json_out", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--workers", type=int, help="Parallel hashing threads (default: CPU count, at most 8).")
 def verify_cmd(directory: str | None, plan_path: str, json_out: bool, workers: int | None) -> None:
-    """Re-hash every file of a weights folder against its weights.lock; corrupt files go to .quarantine/."""
+    """Re-hash every file of a weights folder against its weights.lock; corrupt files go to .quarantine/.
+
+    Without DIR: the plan's weights folder, and its speculative draft model's folder when it has one."""
     from deploy.weights.lockfile import verify
 
+    draft_dir = None
     if directory is None:
         if not Path(plan_path).is_file():
             raise InputError(f"no DIR given and {plan_path} not found")
-        directory = _weights(plan_path, None).local_dir
+        weights, draft = _weights(plan_path, None)
+        directory, draft_dir = weights.local_dir, (draft.local_dir if draft is not None else None)
     report = verify(directory, workers=workers)
+    draft_report = verify(draft_dir, workers=workers) if draft_dir else None
     if json_out:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    if not report.ok:
-        raise VerificationError(report.summary())
+        data = report.to_dict()
+        if draft_report is not None:
+            data["draft"] = draft_report.to_dict()
+        click.echo(json.dumps(data, indent=2))
+    for r in (report, draft_report):
+        if r is not None and not r.ok:
+            raise VerificationError(r.summary())
     if not json_out:
         click.echo(report.summary())
+        if draft_report is not None:
+            click.echo(draft_report.summary())
 
 
 COMMANDS = [download, verify_cmd]

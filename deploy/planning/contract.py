@@ -74,6 +74,10 @@ class Weights:
     computed_bytes: int = 0  # from the architecture; `bytes` is the repo's listing
 
 
+#: What a draft model's folder needs: its config, weights and tokenizer files (no README or images).
+DRAFT_ALLOW_PATTERNS = ("*.safetensors", "*.json", "*.py", "*.model", "*.tiktoken", "*.jinja")
+
+
 @dataclass
 class Candidate:
     id: str
@@ -123,6 +127,28 @@ class Candidate:
     @property
     def runs(self) -> bool:
         return self.status in (RUNNABLE, REDUCED)
+
+    @property
+    def draft_weights(self) -> Weights | None:
+        """The speculative-decoding draft model the launch loads (``plan --speculative``), as weights to
+        download and verify beside the main ones; None without one.
+
+        >>> load_plan("plan.json").chosen_candidate.draft_weights.repo  # doctest: +SKIP
+        'lightseekorg/kimi-k2.5-eagle3'
+        """
+        spec = self.engine_args.get("speculative")
+        if not isinstance(spec, dict) or not spec.get("draft_repo"):
+            return None
+        return Weights(
+            variant=f"{spec.get('method', 'speculative')}-draft",
+            repo=str(spec["draft_repo"]),
+            # the repo's newest commit when downloaded; weights.lock pins it from then on
+            revision="main",
+            allow_patterns=list(DRAFT_ALLOW_PATTERNS),
+            bytes=0,
+            format="safetensors",
+            local_dir=str(spec.get("draft_model_path") or ""),
+        )
 
     @property
     def start_deadline_s(self) -> int:

@@ -130,6 +130,8 @@ def up(
     # the env files are read as bash/systemd read them, or refused (exit 2) before anything starts
     launch_target.secret_values(target.env_files)
     require_verified(target.weights_dir)
+    if target.draft_dir is not None:
+        require_verified(target.draft_dir)
     files = supervise.RunFiles.for_node(state_dir or constants.STATE_DIR, target.node)
     out = _Reporter.for_stream(stream)
     with supervise.node_lock(files):

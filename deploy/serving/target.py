@@ -57,6 +57,8 @@ class Target:
     rpc_servers: tuple[str, ...] = ()
     #: the plan's candidate the rendered files run (its prediction is what a start is measured against)
     candidate: str = ""
+    #: the speculative-decoding draft model's folder the launch loads (verified like the weights), if any
+    draft_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -157,6 +159,7 @@ def target_for(
         listen=None if head else worker_listen(entry, args, str(plan_node.get("address") or "")),
         rpc_servers=tuple(rpc_servers_of(entry, args)) if head else (),
         candidate=cand.id,
+        draft_dir=Path(draft.local_dir) if (draft := cand.draft_weights) else None,
     )
 
 
