@@ -384,6 +384,14 @@ def _weights(cand: Candidate, old: dict[str, Any], opts: UpgradeOptions, say: Ca
         f"  downloaded {result.bytes_fetched / 1e9:.3f} GB of {result.bytes_total / 1e9:.3f} GB "
         f"({result.files} files, commit {result.commit[:12]}), verified"
     )
+    draft = cand.draft_weights
+    if draft is not None:
+        # the draft keeps its own folder (the launch names it); a verified one is reused as it is
+        if lockfile.is_verified(draft.local_dir):
+            say(f"  draft model: {draft.repo} already in {draft.local_dir} (verified)")
+        else:
+            d = download.download_weights(draft, draft.local_dir, endpoint=opts.endpoint)
+            say(f"  draft model: {d.repo}@{d.commit[:12]} -> {draft.local_dir}, verified")
     return dest
 
 
