@@ -214,3 +214,96 @@ def test_report_without_points_still_renders() -> None:
     report = build_report(target, opts, LocalTokenizer(Path("/x"), "x"), [], [], None, 0.0)
     text = render_report(report)
     assert "Capacity at the SLO" in text and "none" in text
+
+
+# ------------------------------------------------------------------ engine metrics during a point
+
+
+class _MetricsServer:
+    """A real HTTP server on loopback whose /metrics text is whatever ``pages`` holds next (the last page
+    repeats): the engines' own exposition, replayed, with the values a test needs."""
+
+    def __init__(self, pages: list[str]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.pages = list(pages)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                body = (server.pages.pop(0) if len(server.pages) > 1 else server.pages[0]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _vllm_page(kv: tuple[float, float], waiting: int, preemptions: int) -> str:
+    """vLLM with two data-parallel engine cores: one series per core, labelled as its stat logger does."""
+    lines = ["# TYPE vllm:kv_cache_usage_perc gauge"]
+    for core, value in enumerate(kv):
+        lines.append(f'vllm:kv_cache_usage_perc{{engine="{core}",model_name="kimi-k2.5"}} {value}')
+        lines.append(f'vllm:num_requests_waiting{{engine="{core}",model_name="kimi-k2.5"}} {waiting}')
+        lines.append(f'vllm:num_requests_running{{engine="{core}",model_name="kimi-k2.5"}} 4')
+        lines.append(f'vllm:num_preemptions_total{{engine="{core}",model_name="kimi-k2.5"}} {preemptions}')
+    return "\n".join(lines) + "\n"
+
+
+def test_scraper_reads_the_names_monitoring_uses_and_averages_data_parallel_kv() -> None:
+    from deploy.benchmark.scrape import MetricsScraper
+    from deploy.monitoring.engines import VLLM
+
+    pages = [_vllm_page((0.5, 0.7), 1, 2), _vllm_page((0.9, 0.5), 3, 5), _vllm_page((0.2, 0.2), 0, 5)]
+    server = _MetricsServer(pages)
+    try:
+        scraper = MetricsScraper(server.url, interval_s=60, engine="vllm")
+        for _ in pages:
+            scraper.scrape_once()
+    finally:
+        server.close()
+    s = scraper.summary()
+    # the mean of the cores' gauges (0.9 and 0.5), never their sum, which could read above 1
+    assert s["peak_kv_cache_usage"] == pytest.approx(0.7)
+    assert s["peak_queue"] == 6 and s["peak_running"] == 8
+    assert s["preemptions"] == (5 - 2) * 2  # the counter's rise over the window, both cores
+    assert s["sources"] == {
+        "engine": "vllm",
+        "kv_cache_usage": VLLM.kv_usage,
+        "queue": VLLM.waiting,
+        "running": VLLM.running,
+        "preemptions": VLLM.preemptions,
+    }
+
+
+def test_scraper_recognises_the_engine_behind_a_url_and_reports_what_it_lacks_as_null() -> None:
+    from deploy.benchmark.scrape import MetricsScraper
+
+    page = "llamacpp:requests_processing 2\nllamacpp:requests_deferred 1\nllamacpp:tokens_predicted_total 9\n"
+    server = _MetricsServer([page])
+    try:
+        scraper = MetricsScraper(server.url, interval_s=60, engine="openai")
+        scraper.scrape_once()
+        other = _MetricsServer(["# an exporter that is not an engine\nprocess_cpu_seconds_total 3\n"])
+        unknown = MetricsScraper(other.url, interval_s=60)
+        unknown.scrape_once()
+        other.close()
+    finally:
+        server.close()
+    s = scraper.summary()
+    assert s["sources"]["engine"] == "llama.cpp" and s["peak_running"] == 2 and s["peak_queue"] == 1
+    assert s["peak_kv_cache_usage"] is None and s["preemptions"] is None
+    assert s["sources"]["kv_cache_usage"] is None and s["sources"]["preemptions"] is None
+    assert unknown.summary()["available"] is False and "no metric of vLLM" in unknown.summary()["reason"]

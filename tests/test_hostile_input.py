@@ -411,6 +411,18 @@ PLAN_CASES = {
     "numa_nodes two": (lambda d, c: d["hardware"]["nodes"][0]["cpu"].update(numa_nodes="two"), "numa_nodes"),
     "repo escape": (lambda d, c: c["weights"].update(repo="../../etc"), "weights.repo"),
     "chosen unknown": (lambda d, c: d.update(chosen="nope"), "chosen"),
+    # well-formed values that contradict each other: caught before anything is rendered
+    "pipeline 64 on one node": (lambda d, c: c.update(pipeline_parallel=64), "ranks on 8 device(s)"),
+    "two nodes on one": (lambda d, c: c.update(nodes=2), "nodes 2 but the plan's hardware has 1"),
+    "16 GPUs per 8-GPU node": (lambda d, c: c.update(gpus_per_node=16), "gpus_per_node 16"),
+    "context above its KV cache": (
+        lambda d, c: c.update(max_model_len=c["kv_cache_tokens"] + 1),
+        "is above its KV cache",
+    ),
+    "context above the model": (
+        lambda d, c: c.update(max_model_len=d["model"]["max_position_embeddings"] * 2, kv_cache_tokens=10**7),
+        "above the model's",
+    ),
 }
 
 

@@ -219,7 +219,7 @@ def run_bench(
                 )  # fmt: skip
                 say(f"bench: concurrency {c}, {opts.workload} ISL {isl} / OSL {osl} ...")
                 t0 = time.monotonic()
-                with MetricsScraper(target.base_url, headers(target)) as scraper:
+                with MetricsScraper(target.base_url, headers(target), engine=target.flavor) as scraper:
                     export, rc, tail = run_point(argv, env, artifacts, opts.point_budget_s(c, osl))
                 try:
                     point = read_export(export, c)

@@ -1,24 +1,20 @@
-"""The engine's own ``/metrics`` (Prometheus text) polled during a benchmark point: peaks and counter deltas.
+"""The engine's own ``/metrics`` polled during a benchmark point: peaks and counter deltas.
 
-    >>> with MetricsScraper("http://127.0.0.1:8001") as scraper:   # doctest: +SKIP
+    >>> with MetricsScraper("http://127.0.0.1:8001", engine="llama.cpp") as scraper:   # doctest: +SKIP
     ...     run_the_point()
-    >>> scraper.summary()["peak_kv_cache_usage"]                    # doctest: +SKIP
-    0.42
+    >>> scraper.summary()["peak_queue"]                                                  # doctest: +SKIP
+    3.0
 
-Which gauges mean what, per engine (the names each engine's metrics code registers):
-- vLLM: ``vllm:kv_cache_usage_perc`` (older ``vllm:gpu_cache_usage_perc``), ``vllm:num_requests_waiting``,
-  ``vllm:num_requests_running``, counter ``vllm:num_preemptions_total`` (vllm/v1/metrics/loggers.py);
-- SGLang: ``sglang:token_usage``, ``sglang:num_queue_reqs``, ``sglang:num_running_reqs``;
-- llama.cpp (``--metrics``): ``llamacpp:kv_cache_usage_ratio`` where the build has it,
-  ``llamacpp:requests_deferred`` (waiting for a slot), ``llamacpp:requests_processing``
-  (tools/server/server-context.cpp, the ``/metrics`` handler).
-A metric the engine does not expose is reported as null, never as 0.
+The text is parsed, and each signal is read by the name the pinned engine registers, exactly as `status
+--watch` and the alert rules read them (deploy.monitoring.scrape, deploy.monitoring.engines): running and
+waiting requests, the KV-cache usage gauge (the mean over vLLM's data-parallel engine cores, not their sum)
+and the preemption counter (SGLang: retractions). Against a URL whose engine is not known, the engine is
+recognised by which of those names its ``/metrics`` carries. A metric the engine does not expose (llama.cpp
+has no KV gauge and never preempts) is reported as null, never as 0.
 """
 
 from __future__ import annotations
 
-import math
-import re
 import threading
 import time
 from typing import Any
@@ -26,35 +22,31 @@ from typing import Any
 import requests
 
 from deploy.checking import bounded
+from deploy.errors import InputError
+from deploy.monitoring.engines import LLAMA_CPP, SGLANG, VLLM, EngineMetrics, metrics_for
+from deploy.monitoring.scrape import Samples, parse_metrics, total
 
-KV_USAGE = (
-    "vllm:kv_cache_usage_perc",
-    "vllm:gpu_cache_usage_perc",
-    "sglang:token_usage",
-    "llamacpp:kv_cache_usage_ratio",
-)
-QUEUE = ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "llamacpp:requests_deferred")
-RUNNING = ("vllm:num_requests_running", "sglang:num_running_reqs", "llamacpp:requests_processing")
-PREEMPTIONS = ("vllm:num_preemptions_total", "vllm:num_preemptions")
-_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+_FAMILIES = (VLLM, SGLANG, LLAMA_CPP)
 
 
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Metric name -> value, summed over label sets (one engine serves one model)."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _LINE.match(line)
-        if not m:
-            continue
+def engine_metrics(engine: str | None, samples: Samples) -> EngineMetrics | None:
+    """The metric names of ``engine``; for an unknown one (a URL), the family whose running-requests gauge
+    the samples carry, or None."""
+    if engine:
         try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        if math.isfinite(value):
-            out[m.group(1)] = out.get(m.group(1), 0.0) + value
-    return out
+            return metrics_for(engine)
+        except InputError:
+            pass
+    return next((m for m in _FAMILIES if m.running in samples), None)
+
+
+def kv_usage(m: EngineMetrics, samples: Samples) -> float | None:
+    """The KV-cache fraction in use from the engine's gauge; None where it has none (llama.cpp)."""
+    if "{sel}" in m.kv_usage:
+        return None
+    series = samples.get(m.kv_usage, [])
+    value = total(samples, m.kv_usage)
+    return value / len(series) if value is not None and series else value
 
 
 class MetricsScraper:
@@ -66,11 +58,13 @@ class MetricsScraper:
         headers: dict[str, str] | None = None,
         interval_s: float = 0.5,
         timeout_s: float = 2.0,
+        engine: str | None = None,
     ) -> None:
         self.url = f"{base_url.rstrip('/')}/metrics"
+        self.engine = engine
         self.headers = headers or {}
         self.interval_s, self.timeout_s = interval_s, timeout_s
-        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.samples: list[tuple[float, Samples]] = []
         self.error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,7 +79,7 @@ class MetricsScraper:
         if r.status_code != 200:
             self.error = f"HTTP {r.status_code}"
             return
-        self.samples.append((time.time(), parse_prometheus(r.text)))
+        self.samples.append((time.time(), parse_metrics(r.text)))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -103,26 +97,30 @@ class MetricsScraper:
             self._thread.join(timeout=self.timeout_s + 1)
         self.scrape_once()
 
-    def _peak(self, names: tuple[str, ...]) -> tuple[float | None, str | None]:
-        for name in names:
-            values = [s[name] for _, s in self.samples if name in s]
-            if values:
-                return max(values), name
-        return None, None
+    @staticmethod
+    def _peak(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return max(present) if present else None
 
     def summary(self) -> dict[str, Any]:
         """Peaks of KV usage / queue / running, preemptions during the window, and the metric names used."""
         if not self.samples:
             return {"available": False, "reason": f"{self.url}: {self.error or 'no sample'}", "samples": 0}
-        kv, kv_name = self._peak(KV_USAGE)
-        queue, queue_name = self._peak(QUEUE)
-        running, running_name = self._peak(RUNNING)
-        preempt, preempt_name = None, None
-        for name in PREEMPTIONS:
-            values = [s[name] for _, s in self.samples if name in s]
-            if values:
-                preempt, preempt_name = max(values) - values[0], name
-                break
+        m = engine_metrics(self.engine, self.samples[-1][1])
+        if m is None:
+            return {
+                "available": False,
+                "reason": f"{self.url}: no metric of vLLM, SGLang or llama.cpp in it",
+                "samples": len(self.samples),
+            }
+        scrapes = [s for _, s in self.samples]
+        kv = self._peak([kv_usage(m, s) for s in scrapes])
+        queue = self._peak([total(s, m.waiting) for s in scrapes])
+        running = self._peak([total(s, m.running) for s in scrapes])
+        preempt = None
+        if m.preemptions:
+            counts = [c for c in (total(s, m.preemptions) for s in scrapes) if c is not None]
+            preempt = max(counts) - counts[0] if counts else None
         return {
             "available": True,
             "samples": len(self.samples),
@@ -131,12 +129,13 @@ class MetricsScraper:
             "peak_running": running,
             "preemptions": preempt,
             "sources": {
-                "kv_cache_usage": kv_name,
-                "queue": queue_name,
-                "running": running_name,
-                "preemptions": preempt_name,
+                "engine": m.family,
+                "kv_cache_usage": m.kv_usage if kv is not None else None,
+                "queue": m.waiting if queue is not None else None,
+                "running": m.running if running is not None else None,
+                "preemptions": m.preemptions if preempt is not None else None,
             },
         }
 
 
-__all__ = ["MetricsScraper", "parse_prometheus"]
+__all__ = ["MetricsScraper", "engine_metrics", "kv_usage"]

@@ -193,6 +193,39 @@ def candidate_from_dict(d: dict[str, Any]) -> Candidate:
     return Candidate(**{k: v for k, v in d.items() if k in known})
 
 
+def _check_consistent(
+    c: dict[str, Any], hardware: dict[str, Any], model: dict[str, Any], source: str
+) -> None:
+    """What the schema cannot say about a candidate that runs: its layout fits the hardware it names and
+    its context fits its KV cache and the model. A plan edited by hand to TP8 x PP64 on one 8-GPU node
+    would otherwise render and fail only at start-up, on the node."""
+    where = f"{source}: candidate {c['id']!r}"
+    nodes = hardware.get("nodes") or []
+    if nodes and c["nodes"] > len(nodes):
+        raise PlanError(f"{where}: nodes {c['nodes']} but the plan's hardware has {len(nodes)}")
+    gpus_here = [int((n.get("gpus") or {}).get("count", 0)) for n in nodes[: c["nodes"]] if "gpus" in n]
+    if gpus_here and c["gpus_per_node"] > min(gpus_here):
+        raise PlanError(
+            f"{where}: gpus_per_node {c['gpus_per_node']} but a node it uses has {min(gpus_here)} GPUs"
+        )
+    ranks = c["tensor_parallel"] * c["pipeline_parallel"] * c["data_parallel"]
+    devices = max(1, c["nodes"] * c["gpus_per_node"])
+    if ranks > devices:
+        raise PlanError(
+            f"{where}: tensor x pipeline x data parallel = {c['tensor_parallel']} x {c['pipeline_parallel']}"
+            f" x {c['data_parallel']} = {ranks} ranks on {devices} device(s) ({c['nodes']} node(s) x "
+            f"{c['gpus_per_node']} GPUs)"
+        )
+    if c["max_model_len"] > c["kv_cache_tokens"] > 0:
+        raise PlanError(
+            f"{where}: max_model_len {c['max_model_len']} is above its KV cache of "
+            f"{c['kv_cache_tokens']} tokens (the engine refuses to start)"
+        )
+    limit = model.get("max_position_embeddings")
+    if isinstance(limit, int) and limit > 0 and c["max_model_len"] > limit:
+        raise PlanError(f"{where}: max_model_len {c['max_model_len']} is above the model's {limit} positions")
+
+
 def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     """A Plan from plan.json's data, validated against deploy.planning.plan_schema first: a wrong type,
     range or character is PlanError (exit 2) naming ``source``, the key and the reason."""
@@ -208,6 +241,9 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     ids = [c["id"] for c in data["candidates"]]
     if data.get("chosen") is not None and data["chosen"] not in ids:
         raise PlanError(f"{source}: chosen: {data['chosen']!r} is not the id of a candidate")
+    for c in data["candidates"]:
+        if c.get("status") in (RUNNABLE, REDUCED):
+            _check_consistent(c, data["hardware"], data["model"], source)
     try:
         candidates = [candidate_from_dict(c) for c in data["candidates"]]
         return Plan(
