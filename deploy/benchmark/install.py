@@ -1,4 +1,4 @@
-"""The AIPerf venv in the cache, keyed by its pin, built like the parser venv (deploy/engines/builds.py).
+"""The AIPerf venv in the cache, keyed by its pin, built like the parser venvs (builds.build_venv).
 
     >>> from deploy.benchmark.install import aiperf_venv_dir
     >>> aiperf_venv_dir().name
@@ -7,8 +7,7 @@
 ``venvs/aiperf-<AIPERF_VERSION>/`` holds ``aiperf`` and ``gguf`` (to export a GGUF's tokenizer), installed
 with the constraints in ``deploy/data/aiperf-constraints.txt`` so every machine resolves the same versions.
 It is built in a temporary directory beside its destination and renamed into place when its imports work,
-so a killed install never looks complete. AIPerf is always run as ``<venv>/bin/python -m aiperf`` (console
-scripts keep the staging path in their shebang).
+so a killed install never looks complete. AIPerf is always run as ``<venv>/bin/python -m aiperf``.
 
 Regenerate the constraints after changing the pin: build the venv, then
 ``<venv>/bin/pip freeze | grep -v -e ^aiperf== -e ^gguf==`` into the file under its two comment lines.
@@ -16,14 +15,13 @@ Regenerate the constraints after changing the pin: build the venv, then
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from deploy import constants, pins
-from deploy.engines.builds import EngineInstallError, Progress, _finish, _run_logged, _say
+from deploy.engines.builds import EngineInstallError, Progress, build_venv
 
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "data" / "aiperf-constraints.txt"
 #: What `bench` prints when the venv is missing or broken.
@@ -65,11 +63,17 @@ def aiperf_packages() -> list[str]:
 
 def aiperf_install_commands(venv: Path) -> list[list[str]]:
     """The commands that build the AIPerf venv at ``venv``."""
-    py = str(venv / "bin" / "python")
+    return [command(venv) for _label, command in _steps()]
+
+
+def _steps() -> list[tuple[str, Callable[[Path], list[str]]]]:
+    def pip(*args: str) -> Callable[[Path], list[str]]:
+        return lambda v: [str(v / "bin" / "python"), "-m", "pip", "install", "--quiet", *args]
+
     return [
-        [sys.executable, "-m", "venv", str(venv)],
-        [py, "-m", "pip", "install", "--quiet", "--upgrade", "pip"],
-        [py, "-m", "pip", "install", "--quiet", "-c", str(CONSTRAINTS), *aiperf_packages()],
+        ("create venv", lambda v: [sys.executable, "-m", "venv", str(v)]),
+        ("upgrade pip", pip("--upgrade", "pip")),
+        (f"pip install {' '.join(aiperf_packages())}", pip("-c", str(CONSTRAINTS), *aiperf_packages())),
     ]
 
 
@@ -113,25 +117,12 @@ def install_aiperf(progress: Progress | None = print, force: bool = False) -> Pa
     """
     final = aiperf_venv_dir()
     if not force and aiperf_problem(final) is None:
-        _say(progress, f"AIPerf venv: cached at {final}")
+        if progress is not None:
+            progress(f"AIPerf venv: cached at {final}")
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    log = constants.CACHE_DIR / "build-logs" / f"{final.name}.log"
-    try:
-        shutil.rmtree(staging)
-        steps = ("create venv", "upgrade pip", f"pip install {' '.join(aiperf_packages())}")
-        for step, cmd in zip(steps, aiperf_install_commands(staging), strict=True):
-            _run_logged(cmd, log, step, progress)
-        _say(progress, "checking the venv imports AIPerf and gguf")
-        problem = aiperf_problem(staging)
-        if problem:
-            raise EngineInstallError(f"{problem}; see {log}")
-        _finish(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    _say(progress, f"AIPerf venv: installed at {final}")
+    build_venv(final, _steps(), aiperf_problem, progress)
+    if progress is not None:
+        progress(f"AIPerf venv: installed at {final}")
     return final
 
 

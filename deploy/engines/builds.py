@@ -28,7 +28,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -453,6 +453,41 @@ def _finish(staging: Path, final: Path) -> None:
     os.replace(staging, final)
 
 
+def build_venv(
+    final: Path,
+    steps: Sequence[tuple[str, Callable[[Path], list[str]]]],
+    problem: Callable[[Path], str | None],
+    progress: Progress | None,
+) -> Path:
+    """Build a venv at a temporary sibling of ``final``, run ``steps`` (label, command for the staging path)
+    with their output in ``build-logs/<name>.log``, then rename it into place only when ``problem(staging)``
+    finds nothing wrong: an interrupted or broken build never looks finished.
+
+    The venv's python finds its prefix from the pyvenv.cfg beside it, so the renamed venv works; console
+    scripts keep the staging path in their shebang, so run its tools as ``python -m``.
+
+    >>> build_venv(Path("/c/venvs/x"), [("create venv", lambda v: ["python3", "-m", "venv", str(v)])],
+    ...            lambda v: None, print)  # doctest: +SKIP
+    PosixPath('/c/venvs/x')
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    log = constants.CACHE_DIR / "build-logs" / f"{final.name}.log"
+    try:
+        shutil.rmtree(staging)
+        for label, command in steps:
+            _run_logged(command(staging), log, label, progress)
+        _say(progress, f"checking {final.name}")
+        found = problem(staging)
+        if found:
+            raise EngineInstallError(f"{found}; see {log}")
+        _finish(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
 def install_llama_cpp(
     cuda: bool = False,
     jobs: int | None = None,
@@ -546,10 +581,17 @@ def parser_venv_packages() -> list[str]:
 def parser_venv_install_commands(venv: Path) -> list[list[str]]:
     """The commands that build the parser venv at ``venv``; all installs are --no-deps, so nothing
     (a CUDA torch, nvidia-* wheels) arrives that is not listed."""
-    py = str(venv / "bin" / "python")
+    return [command(venv) for _label, command in _parser_venv_steps()]
+
+
+def _parser_venv_steps() -> list[tuple[str, Callable[[Path], list[str]]]]:
+    packages = parser_venv_packages()
     return [
-        [sys.executable, "-m", "venv", str(venv)],
-        [py, "-m", "pip", "install", "--quiet", "--no-deps", *parser_venv_packages()],
+        ("create venv", lambda v: [sys.executable, "-m", "venv", str(v)]),
+        (
+            f"pip install {len(packages)} packages --no-deps",
+            lambda v: [str(v / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", *packages],
+        ),
     ]
 
 
@@ -624,29 +666,22 @@ def kt_parser_python(cache_dir: Path | None = None) -> Path:
 def kt_parser_venv_install_commands(venv: Path) -> list[list[str]]:
     """The commands that build the KTransformers parser venv at ``venv``: torch and torchvision with the
     dependencies torch's metadata pins exactly (its CUDA libraries), then the fork and the rest --no-deps."""
-    py = str(venv / "bin" / "python")
+    return [command(venv) for _label, command in _kt_parser_venv_steps()]
+
+
+def _kt_parser_venv_steps() -> list[tuple[str, Callable[[Path], list[str]]]]:
+    torch = [f"torch=={pins.TORCH_KT_VERSION}", f"torchvision=={pins.TORCHVISION_KT_VERSION}"]
+    fork = [f"sglang-kt=={pins.SGLANG_KT_VERSION}", *PARSER_VENV_DEPS, *KT_PARSER_VENV_EXTRA_DEPS]
     return [
-        [sys.executable, "-m", "venv", str(venv)],
-        [
-            py,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            f"torch=={pins.TORCH_KT_VERSION}",
-            f"torchvision=={pins.TORCHVISION_KT_VERSION}",
-        ],
-        [
-            py,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            f"sglang-kt=={pins.SGLANG_KT_VERSION}",
-            *PARSER_VENV_DEPS,
-            *KT_PARSER_VENV_EXTRA_DEPS,
-        ],
+        ("create venv", lambda v: [sys.executable, "-m", "venv", str(v)]),
+        (
+            "pip install torch and torchvision",
+            lambda v: [str(v / "bin" / "python"), "-m", "pip", "install", "--quiet", *torch],
+        ),
+        (
+            "pip install the fork --no-deps",
+            lambda v: [str(v / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-deps", *fork],
+        ),
     ]
 
 
@@ -690,21 +725,12 @@ def install_kt_parser(progress: Progress | None = print, force: bool = False) ->
     if not force and kt_parser_ready(final):
         _say(progress, f"KTransformers parser venv: cached at {final}")
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    log = constants.CACHE_DIR / "build-logs" / f"{final.name}.log"
-    steps = ("create venv", "pip install torch and torchvision", "pip install the fork --no-deps")
-    try:
-        shutil.rmtree(staging)
-        for step, cmd in zip(steps, kt_parser_venv_install_commands(staging), strict=True):
-            _run_logged(cmd, log, step, progress)
-        _say(progress, "checking the venv imports the fork's parser")
-        if not kt_parser_ready(staging):
-            raise EngineInstallError(f"{staging}: sglang-kt's server_args does not import; see {log}")
-        _finish(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    build_venv(
+        final,
+        _kt_parser_venv_steps(),
+        lambda v: None if kt_parser_ready(v) else f"{v}: sglang-kt's server_args does not import",
+        progress,
+    )
     _say(progress, f"KTransformers parser venv: installed at {final}")
     return final
 
@@ -719,33 +745,19 @@ def install_parser_venv(progress: Progress | None = print, force: bool = False) 
     if not force and parser_venv_ready(final):
         _say(progress, f"parser venv: cached at {final}")
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    log = constants.CACHE_DIR / "build-logs" / f"{final.name}.log"
-    try:
-        # the venv is made at the final path's sibling and renamed: bin/python resolves its prefix from
-        # pyvenv.cfg beside it, so the renamed venv works (console scripts keep the old shebang; we use -m)
-        shutil.rmtree(staging)
-        for i, cmd in enumerate(parser_venv_install_commands(staging)):
-            _run_logged(
-                cmd,
-                log,
-                "create venv" if i == 0 else f"pip install {len(parser_venv_packages())} packages --no-deps",
-                progress,
-            )
-        _say(progress, "checking the venv imports both parsers")
-        if not parser_venv_ready(staging):
-            raise EngineInstallError(f"{staging}: the engines' parsers do not import; see {log}")
-        _finish(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    build_venv(
+        final,
+        _parser_venv_steps(),
+        lambda v: None if parser_venv_ready(v) else f"{v}: the engines' parsers do not import",
+        progress,
+    )
     _say(progress, f"parser venv: installed at {final}")
     return final
 
 
 __all__ = [
     "GGML_ISA_OPTIONS",
+    "build_venv",
     "LLAMA_CPP_CACHE_SUBDIR",
     "EngineInstallError",
     "LlamaCppBuild",
