@@ -1,4 +1,4 @@
-"""The AIPerf venv in the cache, keyed by its pin, built like the parser venvs (builds.build_venv).
+"""The AIPerf venv in the cache, keyed by its pin, built like the parser venvs (builds.ensure_venv).
 
     >>> from deploy.benchmark.install import aiperf_venv_dir
     >>> aiperf_venv_dir().name
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deploy import constants, pins
-from deploy.engines.builds import EngineInstallError, Progress, build_venv
+from deploy.engines.builds import EngineInstallError, Progress, ensure_venv
 
 CONSTRAINTS = Path(__file__).resolve().parents[1] / "data" / "aiperf-constraints.txt"
 #: What `bench` prints when the venv is missing or broken.
@@ -115,15 +115,7 @@ def install_aiperf(progress: Progress | None = print, force: bool = False) -> Pa
     >>> install_aiperf()  # doctest: +SKIP
     PosixPath('/root/.cache/kimi-deploy/venvs/aiperf-0.13.0')
     """
-    final = aiperf_venv_dir()
-    if not force and aiperf_problem(final) is None:
-        if progress is not None:
-            progress(f"AIPerf venv: cached at {final}")
-        return final
-    build_venv(final, _steps(), aiperf_problem, progress)
-    if progress is not None:
-        progress(f"AIPerf venv: installed at {final}")
-    return final
+    return ensure_venv(aiperf_venv_dir(), "AIPerf venv", _steps(), aiperf_problem, progress, force)
 
 
 __all__ = [

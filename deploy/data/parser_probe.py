@@ -128,17 +128,30 @@ def check_vllm(argv: list[str]) -> dict:
     return result
 
 
-def check_sglang(argv: list[str]) -> dict:
+def _sglang_start(
+    argv: list[str], prog: str
+) -> tuple[dict, list[str] | None, argparse.ArgumentParser | None]:
+    """The result to fill, the arguments after ``python -m sglang.launch_server`` and the installed SGLang's
+    parser (upstream's, or the fork's in its venv), with the argv's inexact flags already listed."""
     result = {"ok": False, "errors": [], "inexact_flags": [], "unknown_parsers": []}
     args = _strip_prefix(argv, SGLANG_PROGRAMS)
     if args is None:
         result["errors"].append(f"not an SGLang server command: {argv[:3]}")
-        return result
-    from sglang.srt.server_args import ServerArgs, prepare_server_args
+        return result, None, None
+    from sglang.srt.server_args import ServerArgs
 
-    parser = argparse.ArgumentParser(prog="sglang")
+    parser = argparse.ArgumentParser(prog=prog)
     ServerArgs.add_cli_args(parser)
     result["inexact_flags"] = [f for f in _flags(args) if f not in _option_strings(parser)]
+    return result, args, parser
+
+
+def check_sglang(argv: list[str]) -> dict:
+    result, args, _parser = _sglang_start(argv, "sglang")
+    if args is None:
+        return result
+    from sglang.srt.server_args import prepare_server_args
+
     _, error = _parse_quietly(prepare_server_args, args)
     if error is not None:
         result["errors"].append(error)
@@ -150,16 +163,9 @@ def check_ktransformers(argv: list[str]) -> dict:
     """kvcache-ai's fork: the first half of its ``prepare_server_args`` (its parser, its ``--config``
     merger, ``parse_args``). The second half, ``ServerArgs.from_cli_args``, needs an accelerator and the
     model's config.json (its ``__post_init__`` asks for the device and reads the model), so it is not run."""
-    result = {"ok": False, "errors": [], "inexact_flags": [], "unknown_parsers": []}
-    args = _strip_prefix(argv, SGLANG_PROGRAMS)
-    if args is None:
-        result["errors"].append(f"not an SGLang server command: {argv[:3]}")
+    result, args, parser = _sglang_start(argv, "sglang-kt")
+    if args is None or parser is None:
         return result
-    from sglang.srt.server_args import ServerArgs
-
-    parser = argparse.ArgumentParser(prog="sglang-kt")
-    ServerArgs.add_cli_args(parser)
-    result["inexact_flags"] = [f for f in _flags(args) if f not in _option_strings(parser)]
     if "--config" in args:
         from sglang.srt.server_args_config_parser import ConfigArgumentMerger
 

@@ -453,31 +453,38 @@ def _finish(staging: Path, final: Path) -> None:
     os.replace(staging, final)
 
 
-def build_venv(
+def ensure_venv(
     final: Path,
+    label: str,
     steps: Sequence[tuple[str, Callable[[Path], list[str]]]],
     problem: Callable[[Path], str | None],
     progress: Progress | None,
+    force: bool = False,
 ) -> Path:
-    """Build a venv at a temporary sibling of ``final``, run ``steps`` (label, command for the staging path)
-    with their output in ``build-logs/<name>.log``, then rename it into place only when ``problem(staging)``
-    finds nothing wrong: an interrupted or broken build never looks finished.
+    """The venv at ``final`` when ``problem(final)`` finds nothing wrong (and not ``force``); otherwise build
+    it at a temporary sibling, run ``steps`` (label, command for the staging path) with their output in
+    ``build-logs/<name>.log``, and rename it into place only when ``problem(staging)`` finds nothing wrong:
+    an interrupted or broken build never looks finished.
 
     The venv's python finds its prefix from the pyvenv.cfg beside it, so the renamed venv works; console
     scripts keep the staging path in their shebang, so run its tools as ``python -m``.
 
-    >>> build_venv(Path("/c/venvs/x"), [("create venv", lambda v: ["python3", "-m", "venv", str(v)])],
-    ...            lambda v: None, print)  # doctest: +SKIP
+    >>> steps = [("create venv", lambda v: ["python3", "-m", "venv", str(v)])]
+    >>> ensure_venv(Path("/c/venvs/x"), "x venv", steps, lambda v: None, print)  # doctest: +SKIP
+    x venv: installed at /c/venvs/x
     PosixPath('/c/venvs/x')
     """
+    if not force and problem(final) is None:
+        _say(progress, f"{label}: cached at {final}")
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     log = constants.CACHE_DIR / "build-logs" / f"{final.name}.log"
     try:
         shutil.rmtree(staging)
-        for label, command in steps:
-            _run_logged(command(staging), log, label, progress)
-        _say(progress, f"checking {final.name}")
+        for step, command in steps:
+            _run_logged(command(staging), log, step, progress)
+        _say(progress, f"checking the {label}")
         found = problem(staging)
         if found:
             raise EngineInstallError(f"{found}; see {log}")
@@ -485,6 +492,7 @@ def build_venv(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _say(progress, f"{label}: installed at {final}")
     return final
 
 
@@ -721,18 +729,14 @@ def install_kt_parser(progress: Progress | None = print, force: bool = False) ->
     >>> install_kt_parser()  # doctest: +SKIP
     PosixPath('/root/.cache/kimi-deploy/venvs/parsers-sglang-kt0.7.2-torch2.14.1')
     """
-    final = kt_parser_venv_dir()
-    if not force and kt_parser_ready(final):
-        _say(progress, f"KTransformers parser venv: cached at {final}")
-        return final
-    build_venv(
-        final,
+    return ensure_venv(
+        kt_parser_venv_dir(),
+        "KTransformers parser venv",
         _kt_parser_venv_steps(),
         lambda v: None if kt_parser_ready(v) else f"{v}: sglang-kt's server_args does not import",
         progress,
+        force,
     )
-    _say(progress, f"KTransformers parser venv: installed at {final}")
-    return final
 
 
 def install_parser_venv(progress: Progress | None = print, force: bool = False) -> Path:
@@ -741,23 +745,19 @@ def install_parser_venv(progress: Progress | None = print, force: bool = False) 
     >>> install_parser_venv()  # doctest: +SKIP
     PosixPath('/root/.cache/kimi-deploy/venvs/parsers-vllm0.33.0-sglang0.5.23')
     """
-    final = parser_venv_dir()
-    if not force and parser_venv_ready(final):
-        _say(progress, f"parser venv: cached at {final}")
-        return final
-    build_venv(
-        final,
+    return ensure_venv(
+        parser_venv_dir(),
+        "parser venv",
         _parser_venv_steps(),
         lambda v: None if parser_venv_ready(v) else f"{v}: the engines' parsers do not import",
         progress,
+        force,
     )
-    _say(progress, f"parser venv: installed at {final}")
-    return final
 
 
 __all__ = [
     "GGML_ISA_OPTIONS",
-    "build_venv",
+    "ensure_venv",
     "LLAMA_CPP_CACHE_SUBDIR",
     "EngineInstallError",
     "LlamaCppBuild",
