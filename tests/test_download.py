@@ -486,3 +486,38 @@ def test_progress_modes(monkeypatch: pytest.MonkeyPatch) -> None:
     assert plain.getvalue().count("\n") == 1 and "\x1b" not in plain.getvalue()
     monkeypatch.setenv("TERM", "dumb")  # a terminal that cannot move the cursor gets the plain lines
     assert pick_mode(_Tty()) == PLAIN
+
+
+def test_upgrade_weights_step_fetches_a_new_plans_draft_model(
+    root: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """`upgrade` to a plan with `--speculative`: its weights step brings the draft model too (into the folder
+    the launch names, verified), and a second upgrade reuses the verified draft without fetching."""
+    import io
+
+    from deploy.planning.contract import load_plan
+    from deploy.releases import upgrade
+
+    dest = tmp_path / "weights" / NATIVE
+    draft_dir = tmp_path / "weights" / DRAFT
+    plan = write_plan(tmp_path / "plan.json", NATIVE, ["*.json"], dest)
+    data = json.loads(plan.read_text())
+    data["candidates"][0]["engine_args"]["speculative"] = {
+        "method": "eagle3",
+        "draft_repo": DRAFT,
+        "draft_model_path": str(draft_dir),
+        "num_steps": 3,
+        "eagle_topk": 1,
+        "num_draft_tokens": 4,
+    }
+    plan.write_text(json.dumps(data))
+    cand = load_plan(plan).chosen_candidate
+    lines: list[str] = []
+    with MirrorProcess(root, env=env) as m:
+        opts = upgrade.UpgradeOptions(plan_path=plan, endpoint=m.url, out=io.StringIO())
+        assert upgrade._weights(cand, {}, opts, lines.append) == dest
+        assert is_verified(dest) and is_verified(draft_dir) and read_lock(draft_dir).repo == DRAFT
+        assert any(line.startswith(f"  draft model: {DRAFT}@") for line in lines), lines
+        lines.clear()
+        upgrade._weights(cand, {"dir": str(dest)}, opts, lines.append)
+    assert f"  draft model: {DRAFT} already in {draft_dir} (verified)" in lines, lines

@@ -375,24 +375,30 @@ def _weights(cand: Candidate, old: dict[str, Any], opts: UpgradeOptions, say: Ca
     w = cand.weights
     if old and str(dest) == str(old.get("dir")) and lockfile.is_verified(dest):
         say(f"  weights: {w.repo}@{w.revision} already in {dest} (verified), nothing to download")
-        return dest
-    dest.mkdir(parents=True, exist_ok=True)
-    _link_known_files(dest, old.get("dir"), say)
-    say(f"  weights: {w.repo}@{w.revision} -> {dest} (the old weights stay in {old.get('dir') or '-'})")
-    result = download.download_weights(w, dest, endpoint=opts.endpoint)
-    say(
-        f"  downloaded {result.bytes_fetched / 1e9:.3f} GB of {result.bytes_total / 1e9:.3f} GB "
-        f"({result.files} files, commit {result.commit[:12]}), verified"
-    )
-    draft = cand.draft_weights
-    if draft is not None:
-        # the draft keeps its own folder (the launch names it); a verified one is reused as it is
-        if lockfile.is_verified(draft.local_dir):
-            say(f"  draft model: {draft.repo} already in {draft.local_dir} (verified)")
-        else:
-            d = download.download_weights(draft, draft.local_dir, endpoint=opts.endpoint)
-            say(f"  draft model: {d.repo}@{d.commit[:12]} -> {draft.local_dir}, verified")
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        _link_known_files(dest, old.get("dir"), say)
+        say(f"  weights: {w.repo}@{w.revision} -> {dest} (the old weights stay in {old.get('dir') or '-'})")
+        result = download.download_weights(w, dest, endpoint=opts.endpoint)
+        say(
+            f"  downloaded {result.bytes_fetched / 1e9:.3f} GB of {result.bytes_total / 1e9:.3f} GB "
+            f"({result.files} files, commit {result.commit[:12]}), verified"
+        )
+    _draft(cand, opts, say)
     return dest
+
+
+def _draft(cand: Candidate, opts: UpgradeOptions, say: Callable[[str], None]) -> None:
+    """The new plan's speculative draft model in the folder its launch names (a verified one is kept), even
+    when the main weights are unchanged: turning speculation on changes only this."""
+    draft = cand.draft_weights
+    if draft is None:
+        return
+    if lockfile.is_verified(draft.local_dir):
+        say(f"  draft model: {draft.repo} already in {draft.local_dir} (verified)")
+        return
+    d = download.download_weights(draft, draft.local_dir, endpoint=opts.endpoint)
+    say(f"  draft model: {d.repo}@{d.commit[:12]} -> {draft.local_dir}, verified")
 
 
 def _engine(cand: Candidate, say: Callable[[str], None]) -> None:
