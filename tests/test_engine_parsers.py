@@ -170,6 +170,11 @@ def test_ktransformers_launch_runs_the_guide(report: parser_check.ParserReport) 
         assert report.results[i].ok, report.results[i].summary()
         # parsed by the fork (sglang-kt), which says what of its validation needs a GPU
         assert report.results[i].notes and "__post_init__" in report.results[i].notes[0]
+        # and in effect: the values the fork's own parser read from the launch
+        parsed = report.results[i].parsed
+        for flag in ("--kt-num-gpu-experts", "--kt-gpu-prefill-token-threshold", "--chunked-prefill-size"):
+            assert parsed[flag[2:].replace("-", "_")] == int(argv[argv.index(flag) + 1]) > 0, flag
+        assert parsed["kt_method"] == argv[argv.index("--kt-method") + 1]
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c[0] for c in CASES])

@@ -7,7 +7,7 @@ toolkit's venv: it imports vLLM and SGLang, which the toolkit does not depend on
                   {"engine": "sglang", "argv": ["python3", "-m", "sglang.launch_server", "--tp-size", "8"]}]}
 
 Output on stdout: ``{"versions": {...}, "results": [{"ok", "errors", "inexact_flags", "unknown_parsers"}]}``,
-one result per command in the input order (a KTransformers result adds ``notes``).
+one result per command in the input order (a KTransformers result adds ``notes`` and ``parsed``).
 
 - vLLM: the parser of the ``serve`` subcommand (cmd_init() -> subparser_init), then its ``validate``; the
   tool-call and reasoning parser names are looked up in vLLM's registries, since argparse does not check them.
@@ -173,9 +173,16 @@ def check_ktransformers(argv: list[str]) -> dict:
         if error is not None:
             result["errors"].append(error)
             return result
-    _, error = _parse_quietly(parser.parse_args, args)
+    ns, error = _parse_quietly(parser.parse_args, args)
     if error is not None:
         result["errors"].append(error)
+    else:
+        # what the fork made of the KTransformers flags: the values its server runs with
+        result["parsed"] = {
+            k: v
+            for k, v in sorted(vars(ns).items())
+            if (k.startswith("kt_") or k == "chunked_prefill_size") and isinstance(v, (int, float, str, bool))
+        }
     result["ok"] = not (result["errors"] or result["inexact_flags"])
     result["notes"] = ["ServerArgs.__post_init__ not run: it needs an accelerator and the model's config"]
     return result

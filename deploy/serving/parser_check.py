@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from deploy import constants
 from deploy.engines import builds as engines
@@ -47,6 +48,8 @@ class ParserResult:
     unknown_parsers: list[str] = field(default_factory=list)
     #: what the engine's check did not run, and why (the fork's post-parse validation needs a GPU)
     notes: list[str] = field(default_factory=list)
+    #: KTransformers: the fork's parsed values of its kt_* settings and chunked_prefill_size
+    parsed: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         problems = self.errors + [f"inexact flag {f}" for f in self.inexact_flags] + self.unknown_parsers
