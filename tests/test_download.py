@@ -157,11 +157,9 @@ def test_safetensors_layout_and_hf_endpoint_with_path_prefix(
     assert is_verified(dest)
 
 
-def test_speculative_draft_model_is_downloaded_and_verified_beside_the_weights(
-    root: Path, tmp_path: Path, env: dict[str, str]
-) -> None:
-    """A plan with `--speculative eagle3` launches with a draft model: `download` fetches it into the folder
-    the launch names, with its own weights.lock, and `verify --plan` checks both folders."""
+def _plan_with_draft(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A plan for the native repo's json files whose launch loads the EAGLE3 draft (as `plan --speculative`
+    writes it); returns the plan, the weights folder and the draft's folder."""
     dest = tmp_path / "weights" / NATIVE
     draft_dir = tmp_path / "weights" / DRAFT
     plan = write_plan(tmp_path / "plan.json", NATIVE, ["*.json"], dest)
@@ -175,6 +173,15 @@ def test_speculative_draft_model_is_downloaded_and_verified_beside_the_weights(
         "num_draft_tokens": 4,
     }
     plan.write_text(json.dumps(data))
+    return plan, dest, draft_dir
+
+
+def test_speculative_draft_model_is_downloaded_and_verified_beside_the_weights(
+    root: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A plan with `--speculative eagle3` launches with a draft model: `download` fetches it into the folder
+    the launch names, with its own weights.lock, and `verify --plan` checks both folders."""
+    plan, dest, draft_dir = _plan_with_draft(tmp_path)
     with MirrorProcess(root, env=env) as m:
         r = run_kd("download", "--plan", str(plan), "--json", env={**env, "HF_ENDPOINT": m.url})
         assert r.returncode == 0, r.stderr
@@ -498,19 +505,7 @@ def test_upgrade_weights_step_fetches_a_new_plans_draft_model(
     from deploy.planning.contract import load_plan
     from deploy.releases import upgrade
 
-    dest = tmp_path / "weights" / NATIVE
-    draft_dir = tmp_path / "weights" / DRAFT
-    plan = write_plan(tmp_path / "plan.json", NATIVE, ["*.json"], dest)
-    data = json.loads(plan.read_text())
-    data["candidates"][0]["engine_args"]["speculative"] = {
-        "method": "eagle3",
-        "draft_repo": DRAFT,
-        "draft_model_path": str(draft_dir),
-        "num_steps": 3,
-        "eagle_topk": 1,
-        "num_draft_tokens": 4,
-    }
-    plan.write_text(json.dumps(data))
+    plan, dest, draft_dir = _plan_with_draft(tmp_path)
     cand = load_plan(plan).chosen_candidate
     lines: list[str] = []
     with MirrorProcess(root, env=env) as m:
