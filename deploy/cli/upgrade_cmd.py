@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from deploy.releases import upgrade as releases
+
+
+def _node_and_deadline(command: Callable[..., None]) -> Callable[..., None]:
+    """--node and --deadline, which upgrade and rollback share."""
+    command = click.option(
+        "--deadline", type=float, metavar="SECONDS", help="How long to wait for /health 200."
+    )(command)
+    return click.option(
+        "--node",
+        "nodes",
+        multiple=True,
+        help="The plan's node this machine runs (repeatable; default: those `up` started here, "
+        "else the head).",
+    )(command)
 
 
 @click.command("upgrade")
@@ -50,13 +66,7 @@ from deploy.releases import upgrade as releases
     show_default=True,
     help="Tolerated regression of each bench metric (fraction).",
 )
-@click.option(
-    "--node",
-    "nodes",
-    multiple=True,
-    help="The plan's node this machine runs (repeatable; default: those `up` started here, else the head).",
-)
-@click.option("--deadline", type=float, metavar="SECONDS", help="How long to wait for /health 200.")
+@_node_and_deadline
 @click.option(
     "--keep",
     type=click.IntRange(min=1),
@@ -108,13 +118,7 @@ def upgrade_command(
     help="The rendered folder (default: the one the running deployment was started from).",
 )
 @click.option("--to", "to", metavar="RELEASE", help="This release instead of the one before current.")
-@click.option(
-    "--node",
-    "nodes",
-    multiple=True,
-    help="The plan's node this machine runs (repeatable; default: those `up` started here, else the head).",
-)
-@click.option("--deadline", type=float, metavar="SECONDS", help="How long to wait for /health 200.")
+@_node_and_deadline
 def rollback_command(
     rendered: str | None, to: str | None, nodes: tuple[str, ...], deadline: float | None
 ) -> None:

@@ -28,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -40,7 +39,7 @@ from deploy.errors import InputError, KimiDeployError, LaunchError
 from deploy.fsutil import read_json
 from deploy.monitoring import dashboards, prometheus
 from deploy.planning import architecture
-from deploy.serving import launch
+from deploy.serving import launch, supervise
 
 DEMO_MODEL = "demo"
 MIRROR_READY = "mirror-ready "
@@ -234,23 +233,6 @@ class _Mirror:
             self.proc.wait(timeout=10)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a CI runner cancelling the job) unwinds like Ctrl-C, so the clean-up still runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 STAGES = 13
 
 
@@ -432,7 +414,7 @@ def prepare_deployment(
     paths.root.mkdir(parents=True, exist_ok=True)
     r = _Runner(paths, out or sys.stdout, STAGES)
     mirror = _Mirror(r)
-    with _sigterm_as_interrupt():
+    with supervise.sigterm_as_interrupt():
         try:
             _prepare(r, paths, mirror, port, engine)
         finally:
@@ -477,7 +459,7 @@ def run_demo(
     result = DemoResult(paths.root)
     started = False
     t0 = time.monotonic()
-    with _sigterm_as_interrupt():
+    with supervise.sigterm_as_interrupt():
         try:
             _prepare(r, paths, mirror, port, engine, monitoring)
             # the weights are on disk now; the mirror has done its job

@@ -27,7 +27,7 @@ from typing import Any
 from deploy.errors import KimiDeployError, PlanError
 from deploy.fsutil import atomic_write_json, read_json
 from deploy.schema import validate
-from deploy.serving import release_dir
+from deploy.serving import release_dir, supervise
 
 JOURNAL = "upgrade.json"
 FINISHED = "upgrades.json"
@@ -102,25 +102,7 @@ class Journal:
     @property
     def interrupted(self) -> bool:
         """Running according to the file, but its process is gone."""
-        return self.status == RUNNING and not _alive(self.pid)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (killed, not yet reaped by its parent) is gone for our purpose
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
+        return self.status == RUNNING and not supervise.pid_alive(self.pid)
 
 
 def _path(state_dir: str | Path) -> Path:

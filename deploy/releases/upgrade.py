@@ -30,11 +30,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -441,23 +439,6 @@ def _run_install_script(release: Path, node: str, say: Callable[[str], None]) ->
 # ------------------------------------------------------------------------------------- switching
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so a stopped upgrade still rolls back."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:  # noqa: ANN401
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _cause(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted (Ctrl-C or SIGTERM)", 130
@@ -517,7 +498,7 @@ def _switch_gated(
 ) -> None:
     """Stop ``old``, make ``new`` current, start and check it; on any failure put ``old`` back."""
     try:
-        with _sigterm_as_interrupt():
+        with supervise.sigterm_as_interrupt():
             journal.step(state, j, "stop-old")
             _stop(state, say)
             journal.step(state, j, "switch")
@@ -534,7 +515,7 @@ def _switch_gated(
         say(f"{j.op} failed: {cause}")
         j.cause = cause
         try:
-            with _sigterm_as_interrupt():
+            with supervise.sigterm_as_interrupt():
                 _put_back(root, old, state, j, say, deadline_s, timeout_s)
         except BaseException as again:
             second, _ = _cause(again)
@@ -620,7 +601,7 @@ def upgrade(opts: UpgradeOptions) -> str:
             nodes=list(opts.nodes or dep.running),
         )
         try:
-            with _sigterm_as_interrupt():
+            with supervise.sigterm_as_interrupt():
                 journal.step(state, j, "weights")
                 weights_dir = _weights(cand, _old_weights(dep.root, old), opts, say)
                 journal.step(state, j, "engine")

@@ -22,6 +22,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ def write_pidfile(files: RunFiles, pid: int, meta: dict[str, Any]) -> Path:
         create_time = 0.0
     data = {
         "pid": pid,
-        "pgid": os.getpgid(pid) if _exists(pid) else pid,
+        "pgid": os.getpgid(pid) if pid_alive(pid) else pid,
         "create_time": create_time,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **meta,
@@ -297,14 +298,41 @@ def _make_run_dir(files: RunFiles) -> None:
     os.chmod(files.run_dir, 0o700)
 
 
-def _exists(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (killed, not yet reaped by its parent: gone for
+    every purpose here). Another user's live process counts as alive."""
+    if pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (systemd, a CI runner cancelling the job) unwinds like Ctrl-C for the body, so its clean-up
+    (a rollback, stopping the demo's servers) still runs. Only the main thread can set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:  # noqa: ANN401
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
