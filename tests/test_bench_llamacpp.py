@@ -29,7 +29,10 @@ KD = [sys.executable, "-m", "deploy"]
 TEMPLATE = (
     Path(__file__).resolve().parents[1] / "deploy" / "data" / "chat_templates" / "demo-hermes-think.jinja"
 )
-ISL, OSL, REQUESTS = 32, 8, 2
+# OSL: at concurrency 2 on one slot, the second request waits for the whole first one. 48 tokens keep it
+# waiting across several of bench's 0.5 s /metrics scrapes; with 8 (about 0.3 s here) the wait could fall
+# between two scrapes and the queue gauge was never seen
+ISL, OSL, REQUESTS = 32, 48, 2
 _TIMING = re.compile(r"task (\d+) \|\s+(prompt eval|eval|total) time =\s+([\d.]+) ms /\s+(\d+) tokens")
 
 
