@@ -24,6 +24,7 @@ from typing import Any
 
 from deploy import pins
 from deploy.benchmark.aiperf import (
+    FRESH_CONNECTION_FLAVORS,
     PointSpec,
     aiperf_argv,
     aiperf_env,
@@ -216,6 +217,7 @@ def run_bench(
                 argv = aiperf_argv(
                     python, target.base_url, target.model, tok_name, spec, artifacts,
                     tokenizer.trust_remote_code, config,
+                    fresh_connections=target.flavor in FRESH_CONNECTION_FLAVORS,
                 )  # fmt: skip
                 say(f"bench: concurrency {c}, {opts.workload} ISL {isl} / OSL {osl} ...")
                 t0 = time.monotonic()
