@@ -28,7 +28,17 @@ from deploy.planning.contract import Plan
 from deploy.serving.readiness import probe_host
 from deploy.serving.target import ENV_FILE, env_file_pairs, read_manifest, rpc_servers_of
 
-__all__ = ["FLAVORS", "Target", "target_from_plan", "target_from_rendered", "target_from_url"]
+__all__ = [
+    "DEFAULT_PLAN",
+    "DEFAULT_RENDERED",
+    "FLAVORS",
+    "Target",
+    "TargetChoice",
+    "choose_target",
+    "target_from_plan",
+    "target_from_rendered",
+    "target_from_url",
+]
 
 
 @dataclass
@@ -86,6 +96,54 @@ class Target:
         d["api_key_set"] = self.api_key is not None
         d["hosted"] = self.hosted
         return d
+
+
+#: Where `check`, `bench` and `support-bundle` look without --plan / --rendered.
+DEFAULT_PLAN = "plan.json"
+DEFAULT_RENDERED = "rendered"
+
+
+@dataclass(frozen=True)
+class TargetChoice:
+    """Which target a command was given: a ``url``, or a ``plan`` (and maybe its ``rendered`` folder)."""
+
+    url: str | None = None
+    plan: str | None = None
+    rendered: str | None = None
+
+
+def choose_target(
+    url: str | None,
+    plan_path: str | None,
+    rendered: str | None,
+    *,
+    url_needs: tuple[tuple[str, Any, str], ...] = (),
+    url_only: tuple[tuple[str, Any], ...] = (),
+    default_rendered: str | None = None,
+) -> TargetChoice:
+    """The target rules of `check`, `bench` and `support-bundle`: ``--url``, or ``--plan``/``--rendered``.
+
+    With ``--url``, each of ``url_needs`` ((option, value, what it is)) must be given; without it, none of
+    ``url_only`` ((option, value)) may be, and the plan defaults to plan.json (``rendered`` to
+    ``default_rendered``). Anything else is bad input, in one line.
+
+    >>> choose_target(None, None, None)
+    TargetChoice(url=None, plan='plan.json', rendered=None)
+    >>> choose_target("http://h:8000", "plan.json", None)
+    Traceback (most recent call last):
+    deploy.errors.InputError: give either --plan or --url, not both
+    """
+    if url and (plan_path or rendered):
+        raise InputError(f"give either {'--plan' if plan_path else '--rendered'} or --url, not both")
+    if url:
+        for option, value, what in url_needs:
+            if not value:
+                raise InputError(f"--url needs {option} ({what})")
+        return TargetChoice(url=url)
+    for option, value in url_only:
+        if value is not None:
+            raise InputError(f"{option} goes with --url; a plan names its own")
+    return TargetChoice(plan=plan_path or DEFAULT_PLAN, rendered=rendered or default_rendered)
 
 
 def _id_rule(parsers: dict[str, Any]) -> tuple[str, str]:
