@@ -32,7 +32,18 @@ STAGES = [
     "ansible",
     "cli",
 ]
-BASE = {"console", "constants", "errors", "pins", "fsutil", "schema", "__init__", "__main__", "__version__"}
+BASE = {
+    "console",
+    "constants",
+    "errors",
+    "pins",
+    "fsutil",
+    "schema",
+    "secrets",
+    "__init__",
+    "__main__",
+    "__version__",
+}
 
 
 def stage_of(module: str) -> str | None:

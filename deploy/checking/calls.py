@@ -21,6 +21,7 @@ import requests
 from deploy.checking import bounded, providers
 from deploy.checking.meter import send
 from deploy.checking.target import Target
+from deploy.secrets import redact
 
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
@@ -119,18 +120,6 @@ def complete(target: Target, req: dict[str, Any]) -> dict[str, Any]:
     payload = create(target, req).model_dump()
     target.meter.add_usage(payload)
     return payload
-
-
-def redact(text: str, secrets: list[str | None]) -> str:
-    """``text`` with every secret value replaced by ``***`` (servers may echo the key they were given).
-
-    >>> redact("Incorrect API key provided: sk-123456789", ["sk-123456789", None])
-    'Incorrect API key provided: ***'
-    """
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _sampling(target: Target, thinking: bool) -> dict[str, Any]:

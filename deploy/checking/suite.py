@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import requests
 
 from deploy.checking import bounded, providers
-from deploy.checking.calls import WEATHER_TOOL, chat_request, complete, create, error_reason, headers, redact
+from deploy.checking.calls import WEATHER_TOOL, chat_request, complete, create, error_reason, headers
 from deploy.checking.result import FAIL, PASS, SKIP, CheckReport, CheckResult, render_table
 from deploy.checking.shapes import (
     ID_RULE_GENERIC,
@@ -49,6 +49,7 @@ from deploy.checking.target import (
     target_from_url,
 )
 from deploy.checking.toolset import run_tool_call_set
+from deploy.secrets import redact
 from deploy.serving import readiness
 
 __all__ = [
@@ -64,7 +65,6 @@ __all__ = [
     "CheckReport",
     "CheckResult",
     "Target",
-    "redact",
     "render_table",
     "require_key",
     "run_checks",

@@ -14,6 +14,7 @@ from deploy.checking.target import choose_target
 from deploy.errors import CheckFailedError
 from deploy.fsutil import atomic_write_json
 from deploy.planning.contract import load_plan
+from deploy.secrets import redact
 
 
 @click.command("check")
@@ -222,16 +223,16 @@ def check_command(
     )
     report = session.execute(run, threshold, f1_threshold)
     secrets = run.secrets()
-    data = json.loads(check.redact(json.dumps(report.to_dict()), secrets))
+    data = json.loads(redact(json.dumps(report.to_dict()), secrets))
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        print_table(report, scrub=lambda text: check.redact(text, secrets))
+        print_table(report, scrub=lambda text: redact(text, secrets))
     if output:
         atomic_write_json(output, data)
         click.echo(f"wrote {output}", err=True)
     if not report.ok:
-        raise CheckFailedError(check.redact(failure_line(report), secrets))
+        raise CheckFailedError(redact(failure_line(report), secrets))
 
 
 def failure_line(report: check.CheckReport) -> str:

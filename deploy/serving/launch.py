@@ -43,6 +43,7 @@ from deploy import constants
 from deploy.errors import LaunchError, PlanError
 from deploy.monitoring import prometheus
 from deploy.planning.contract import Plan, load_plan
+from deploy.secrets import redact
 from deploy.serving import calibration, diagnosis, readiness, supervise
 from deploy.serving import target as launch_target
 from deploy.serving.target import Target, port_holder, read_manifest, require_verified, target_for
@@ -340,7 +341,7 @@ def _progress(
 ) -> Callable[[float, readiness.Probe], None]:
     def report(elapsed: float, probe: readiness.Probe) -> None:
         last = diagnosis.last_lines(_tail(log, offset), 1)
-        tail = f" | {launch_target.redact(last[0], secrets)}" if last else ""
+        tail = f" | {redact(last[0], secrets)}" if last else ""
         out.status(
             f"  {target.node}: {elapsed:5.1f}s / {target.deadline_s:g}s  "
             f"{probe.describe(target.engine)}{tail}"
@@ -375,10 +376,10 @@ def _failure(
         + (f"last log lines ({log_name}):" if shown else "its log is empty")
     )
     for line in shown:
-        out.line(f"    {launch_target.redact(line, secrets)}")
+        out.line(f"    {redact(line, secrets)}")
     if cause.evidence and cause.evidence not in shown:
         # the line that names the cause is often above the traceback that ends the log
-        out.line(f"cause: {launch_target.redact(cause.evidence, secrets)}")
+        out.line(f"cause: {redact(cause.evidence, secrets)}")
     out.line(f"hint: {cause.hint}")
     return LaunchError(
         f"{target.engine} on node {target.node} {how}: {cause.summary} [{cause.kind}] (log {log_name})"

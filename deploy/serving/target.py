@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from deploy import schema
+from deploy import schema, secrets
 from deploy.errors import PlanError, VerificationError
 from deploy.planning.contract import Plan
 from deploy.serving import readiness, release_dir
@@ -33,7 +32,6 @@ from deploy.weights import lockfile
 ENV_FILE = "kimi-deploy.env"
 #: rpc-server's own default port (its ``--help``), used when neither the manifest nor the plan names one
 RPC_DEFAULT_PORT = 50052
-_SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 
 
 @dataclass(frozen=True)
@@ -261,23 +259,6 @@ def env_file_pairs(env_file: Path) -> dict[str, str]:
 
 
 def secret_values(env_files: tuple[Path, ...]) -> list[str]:
-    """Secret values from the env file and the environment, so log lines shown never carry them."""
-    values: list[str] = []
-    pairs = list(os.environ.items())
-    for env_file in env_files:
-        pairs += list(env_file_pairs(env_file).items())
-    for key, value in pairs:
-        if any(w in key.upper() for w in _SECRET_WORDS) and len(value) >= 6:
-            values.append(value)
-    return sorted(set(values), key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Replace every secret value in ``text`` with ``***``.
-
-    >>> redact("--api-key s3cr3t-value", ["s3cr3t-value"])
-    '--api-key ***'
-    """
-    for value in secrets:
-        text = text.replace(value, "***")
-    return text
+    """Secret values from the env files and the environment (deploy.secrets), so log lines shown never
+    carry them."""
+    return secrets.secret_values(pair for env_file in env_files for pair in env_file_pairs(env_file).items())
