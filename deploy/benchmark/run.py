@@ -36,7 +36,7 @@ from deploy.benchmark.scrape import MetricsScraper
 from deploy.benchmark.slo import capacity
 from deploy.benchmark.tokenizer import LocalTokenizer, hub_cache_for
 from deploy.checking.calls import chat_request, headers, mode_body
-from deploy.checking.target import Target
+from deploy.checking.target import CheckTarget
 from deploy.errors import InputError
 
 Progress = Callable[[str], None]
@@ -102,7 +102,7 @@ class BenchOptions:
         return 120 + waves * self.request_timeout_s
 
 
-def _extra_body(target: Target, opts: BenchOptions) -> dict[str, Any]:
+def _extra_body(target: CheckTarget, opts: BenchOptions) -> dict[str, Any]:
     body = dict(mode_body(target.flavor, opts.mode == "thinking"))
     sampling = target.sampling.get(opts.mode) or {}
     if "temperature" in sampling:
@@ -112,7 +112,7 @@ def _extra_body(target: Target, opts: BenchOptions) -> dict[str, Any]:
     return body
 
 
-def tool_call_payloads(target: Target, path: Path, osl: int, count: int = 16) -> Path:
+def tool_call_payloads(target: CheckTarget, path: Path, osl: int, count: int = 16) -> Path:
     """The tool-call workload as AIPerf raw payloads: ``check``'s tool request (its tool definition and,
     for a base model, its few-shot history), streamed, one per line with a different city each."""
     cities = ("Berlin", "Madrid", "Oslo", "Lima", "Cairo", "Seoul", "Quito", "Dakar")
@@ -176,7 +176,7 @@ def compare_expected(expected: dict[str, Any] | None, points: list[dict[str, Any
 
 
 def run_bench(
-    target: Target,
+    target: CheckTarget,
     opts: BenchOptions,
     tokenizer: LocalTokenizer,
     expected: dict[str, Any] | None = None,
@@ -294,7 +294,7 @@ def _overall_metrics(per_point: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_report(
-    target: Target,
+    target: CheckTarget,
     opts: BenchOptions,
     tokenizer: LocalTokenizer,
     points: list[dict[str, Any]],

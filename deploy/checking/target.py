@@ -32,7 +32,7 @@ __all__ = [
     "DEFAULT_PLAN",
     "DEFAULT_RENDERED",
     "FLAVORS",
-    "Target",
+    "CheckTarget",
     "TargetChoice",
     "choose_target",
     "target_from_plan",
@@ -42,7 +42,7 @@ __all__ = [
 
 
 @dataclass
-class Target:
+class CheckTarget:
     """What to check and how to talk to it. ``api_key`` is never printed or written to a report."""
 
     base_url: str  # the server root, e.g. http://127.0.0.1:8001 (the OpenAI API is under /v1)
@@ -182,7 +182,7 @@ def hosted_key(
     return None, None
 
 
-def require_key(target: Target, option: str = "--api-key-env") -> None:
+def require_key(target: CheckTarget, option: str = "--api-key-env") -> None:
     """Bad input when a hosted provider (other than the generic ``openai``) would be asked without a key."""
     f = providers.flavor(target.flavor)
     if target.api_key is None and not f.engine and f.key_env:
@@ -195,7 +195,7 @@ def _modes_request_profile(modes: dict[str, Any]) -> tuple[bool, list[str]]:
     return bool(modes.get("few_shot", False)), [str(s) for s in modes.get("stop") or []]
 
 
-def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: float = 120.0) -> Target:
+def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: float = 120.0) -> CheckTarget:
     """The target a plan deploys: its engine, bind address, served name, context and declared features.
 
     >>> target_from_plan(load_plan("plan.json")).flavor  # doctest: +SKIP
@@ -221,7 +221,7 @@ def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: floa
     )
     vision, vision_src = _plan_vision(plan, caps)
     few_shot, stop = _modes_request_profile(model.get("modes") or {})
-    return Target(
+    return CheckTarget(
         base_url=f"http://{host}:{port}",
         model=str(args.get("served_model_name") or model.get("served_model_name") or model.get("name")),
         flavor=cand.engine,
@@ -247,7 +247,7 @@ def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: floa
 
 def target_from_rendered(
     plan: Plan, rendered: str | Path, api_key_env: str | None = None, timeout_s: float = 120.0
-) -> Target:
+) -> CheckTarget:
     """The target as `kimi-deploy render` wrote it: bind, port, served name, API key variable and RPC
     workers from ``rendered/manifest.json`` (as `up` reads them, so `render --port/--bind` is followed);
     the rest from the plan. A key not in the environment is read from the rendered env file.
@@ -332,7 +332,7 @@ def target_from_url(
     vision: bool | None = None,
     max_model_len: int | None = None,
     timeout_s: float = 120.0,
-) -> Target:
+) -> CheckTarget:
     """A target at any OpenAI-compatible URL (self-hosted or hosted); capabilities come from the catalog.
 
     The flavor defaults to the provider the URL's host belongs to, else vllm. A URL with a path is the API
@@ -361,7 +361,7 @@ def target_from_url(
     else:
         vision_src = "--vision" if vision else "--no-vision"
         vision = vision and bool(caps.get("vision"))
-    return Target(
+    return CheckTarget(
         base_url=root,
         api_base=api_base,
         model=model,

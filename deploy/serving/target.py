@@ -35,7 +35,7 @@ RPC_DEFAULT_PORT = 50052
 
 
 @dataclass(frozen=True)
-class Target:
+class ServingTarget:
     """What `up` starts on one node, from plan.json and the rendered folder."""
 
     node: str
@@ -95,7 +95,7 @@ def _weights_dir(model_path: str, fallback: str) -> Path:
 
 def target_for(
     plan: Plan, rendered: str | Path, node: str | None = None, deadline_s: float | None = None
-) -> Target:
+) -> ServingTarget:
     """Resolve the node (default: the head), its rendered script and unit, its port and deadline.
 
     The rendered manifest is what the scripts actually run (`render --port/--bind/--weights-dir` may differ
@@ -143,7 +143,7 @@ def target_for(
     env_files = [rendered / str(f) for f in entry.get("env_files") or [manifest.get("env_file") or ENV_FILE]]
     head = bool(entry.get("serves_http", node == names[0]))
     plan_node = next((n for n in plan.hardware.get("nodes") or [] if str(n.get("name")) == node), {})
-    return Target(
+    return ServingTarget(
         node=node,
         head=head,
         engine=str(manifest.get("engine") or cand.engine),
