@@ -25,19 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import KimiDeployError
+from deploy.errors import AiperfRunError
 
 #: the variable AIPerf's config YAML reads the key from (set only in AIPerf's environment)
 KEY_VAR = "KIMI_DEPLOY_BENCH_API_KEY"
 EXPORT_NAME = "profile_export_aiperf.json"
 #: how far (percent) below the requested output length a response may end before it counts as short
 SHORT_OUTPUT_PCT = 25
-
-
-class AiperfRunError(KimiDeployError):
-    """AIPerf exited without a usable export; the message names its log."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

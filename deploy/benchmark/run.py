@@ -30,14 +30,14 @@ from deploy.benchmark.aiperf import (
     run_point,
     write_key_config,
 )
-from deploy.benchmark.export import ExportError, read_export
+from deploy.benchmark.export import read_export
 from deploy.benchmark.install import require_aiperf
 from deploy.benchmark.scrape import MetricsScraper
 from deploy.benchmark.slo import capacity
 from deploy.benchmark.tokenizer import LocalTokenizer, hub_cache_for
 from deploy.checking.calls import chat_request, headers, mode_body
 from deploy.checking.target import CheckTarget
-from deploy.errors import InputError
+from deploy.errors import ExportError, InputError
 
 Progress = Callable[[str], None]
 REPORT_SCHEMA = 1

@@ -32,7 +32,7 @@ import jinja2
 
 from deploy import __version__, constants, pins, schema
 from deploy.engines import builds as engines
-from deploy.errors import InputError, KimiDeployError, PlanError
+from deploy.errors import InputError, PlanError, RenderError
 from deploy.monitoring import promtool
 from deploy.monitoring.render import monitoring_texts
 from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, MonitoringSpec, ScrapeTarget, Timings
@@ -79,12 +79,6 @@ ENV_FILE_HEADER = (
     "below, or export them where `kimi-deploy up` runs.",
 )
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-
-
-class RenderError(KimiDeployError):
-    """A template could not be rendered (a value the template needs is missing)."""
-
-    exit_code = 1
 
 
 @dataclass
