@@ -72,7 +72,7 @@ def _chosen_candidate(text: str) -> str:
 
 PROFILES = ["h200x8", "h100x8", "h100x8-2nodes", "rtx4090-256g", "kt-4x4090-768g", "cpu-512g"]
 KEY = {"KIMI_API_KEY": "docs-example-key"}
-FAULTSERVER = ["deploy.checking.faultserver"]
+FAULTSERVER = ["deploy.fakes.faultserver"]
 
 
 def snippets() -> list[Snippet]:

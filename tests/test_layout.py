@@ -25,6 +25,7 @@ STAGES = [
     "monitoring",
     "serving",
     "checking",
+    "fakes",
     "benchmark",
     "support",
     "releases",
@@ -145,6 +146,16 @@ def test_imports_point_down_the_pipeline(path: Path):
 def test_the_rule_catches_an_upward_import(rel: str, source: str, expected: str):
     found = violations(source, Path(rel))
     assert found and expected in found[0]
+
+
+def test_only_tests_and_tooling_import_the_fakes():
+    """deploy/fakes/ holds test doubles: no module of the toolkit may import them (tests and scripts may)."""
+    for path in modules():
+        rel = path.relative_to(PACKAGE)
+        if owner_of(rel) == "fakes":
+            continue
+        wrong = [m for _, m in imported_modules(path.read_text(), rel) if stage_of(m) == "fakes"]
+        assert not wrong, f"deploy/{rel} imports the test doubles {', '.join(wrong)}"
 
 
 def test_the_rule_allows_downward_and_same_stage_imports():
