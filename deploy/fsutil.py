@@ -21,20 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import DiskSpaceError, InputError
+from deploy.errors import DiskSpaceError, InputError, NotJson, NotReadable
 
 #: The largest input file (plan, profile, lock, manifest, state) any reader accepts.
 MAX_INPUT_BYTES = 64 * 1024 * 1024
-
-
-class NotReadable(InputError, OSError):
-    """Not a regular file (directory, FIFO, device), unreadable, or too large: bad input (exit 2), and an
-    OSError for readers that treat an unreadable file as absent."""
-
-
-class NotJson(InputError, ValueError):
-    """Binary, too deeply nested or otherwise not JSON: bad input (exit 2), and a ValueError for readers
-    that already handle ``json.JSONDecodeError``."""
 
 
 def kind_of(mode: int) -> str:

@@ -72,7 +72,7 @@ def _chosen_candidate(text: str) -> str:
 
 PROFILES = ["h200x8", "h100x8", "h100x8-2nodes", "rtx4090-256g", "kt-4x4090-768g", "cpu-512g"]
 KEY = {"KIMI_API_KEY": "docs-example-key"}
-FAULTSERVER = ["deploy.checking.faultserver"]
+FAULTSERVER = ["deploy.fakes.faultserver"]
 
 
 def snippets() -> list[Snippet]:
@@ -133,13 +133,19 @@ def snippets() -> list[Snippet]:
 
 
 def _exit_codes() -> str:
-    """A Markdown table of the error hierarchy in deploy/errors.py: class, exit code, docstring."""
+    """A Markdown table of the error hierarchy in deploy/errors.py (and the few it lists as defined
+    elsewhere): class, exit code, docstring."""
+    import importlib
+
     import deploy.errors as errors
 
     rows = ["| exit code | error class | when |", "|---|---|---|"]
     classes = [
         c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.KimiDeployError)
     ]
+    for qualified in errors.DEFINED_ELSEWHERE:
+        module, name = qualified.rsplit(".", 1)
+        classes.append(getattr(importlib.import_module(module), name))
     for c in sorted(
         classes, key=lambda c: (c.exit_code, c.__mro__.index(errors.KimiDeployError), c.__name__)
     ):

@@ -1,5 +1,5 @@
 """`kimi-deploy bench` with the real AIPerf against the FAULT-INJECTING TEST SERVER
-(deploy/checking/faultserver.py, load-test modes): a real engine does not drop streams, answer 500 or stall on
+(deploy/fakes/faultserver.py, load-test modes): a real engine does not drop streams, answer 500 or stall on
 demand, so these faults are injected. Every second request carries the fault; the report must count them,
 `--gate` must exit 8, and nothing may end in a traceback. ``ok-stream`` is the baseline: its tokens come
 every ``TOKEN_DELAY`` seconds, so the inter-token latency AIPerf reports must be that delay.
@@ -32,7 +32,7 @@ def fault_server(tmp_path: Path) -> Iterator:
     procs: list[subprocess.Popen] = []
 
     def start(mode: str) -> str:
-        cmd = [sys.executable, "-m", "deploy.checking.faultserver", "--mode", mode, "--model", "demo",
+        cmd = [sys.executable, "-m", "deploy.fakes.faultserver", "--mode", mode, "--model", "demo",
                "--port", "0", "--token-delay", str(TOKEN_DELAY), "--stall", "60"]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         procs.append(proc)

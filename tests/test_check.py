@@ -3,7 +3,7 @@
 The Kimi shapes (ids ``functions.<name>:<n>``, vLLM's ``reasoning`` vs SGLang's ``reasoning_content``) come
 from payloads reconstructed from the engines' sources (tests/fixtures/kimi/, each names its source).
 The faults a correctly configured engine never shows (a missing reasoning or tool parser, random ids, a
-model that never loads) come from deploy/checking/faultserver.py,
+model that never loads) come from deploy/fakes/faultserver.py,
 a labelled fault-injecting server that runs as a
 real process on loopback; the CLI is driven as a user runs it.
 """
@@ -27,12 +27,12 @@ import pytest
 from helpers.check_plans import demo_plan
 
 from deploy.checking import calls as check_requests
-from deploy.checking import faultserver
 from deploy.checking import result as check_result
 from deploy.checking import shapes as check_shapes
 from deploy.checking import suite as check
 from deploy.checking import target as check_target
 from deploy.checking import toolset as check_toolset
+from deploy.fakes import faultserver
 from deploy.planning.contract import plan_from_dict
 
 shapes, requests_ = check_shapes, check_requests
@@ -228,7 +228,7 @@ def fault_server() -> Iterator:
             [
                 sys.executable,
                 "-m",
-                "deploy.checking.faultserver",
+                "deploy.fakes.faultserver",
                 "--mode",
                 mode,
                 "--engine",

@@ -1,6 +1,6 @@
 """`kimi-deploy check` against hosted Kimi APIs (NIM, Moonshot, Oxen.ai), and trigger F1 against a reference.
 
-The hosted APIs cannot be reached here, so each test starts deploy/checking/providerserver.py: a real
+The hosted APIs cannot be reached here, so each test starts deploy/fakes/providerserver.py: a real
 HTTP server on loopback that keeps to one provider's paths, bearer-key authentication, model id and
 instant-mode dialect (a PROVIDER-MIMIC TEST SERVER; its fault-injection options, labelled as such, are
 the echoed key, 429s and schema-breaking arguments). The CLI runs as a user runs it, the key only ever in
@@ -26,8 +26,9 @@ import pytest
 
 from deploy.checking import calls as check_calls
 from deploy.checking import meter as check_meter
-from deploy.checking import providers, providerserver, session, trigger
+from deploy.checking import providers, session, trigger
 from deploy.errors import InputError
+from deploy.fakes import providerserver
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tool_calls"
 SAMPLES = FIXTURES / "hosted_triggers.jsonl"
@@ -58,7 +59,7 @@ def provider() -> Iterator:
             [
                 sys.executable,
                 "-m",
-                "deploy.checking.providerserver",
+                "deploy.fakes.providerserver",
                 "--provider",
                 name,
                 "--model",
@@ -516,13 +517,13 @@ def _kimi_plan(port: int) -> dict:
 def kimi_engine() -> Iterator[int]:
     """The FAULT-INJECTING TEST SERVER in its ok-kimi mode: a self-hosted engine (SGLang shapes) that
     answers every request offering tools with a tool call."""
-    from deploy.checking import faultserver
+    from deploy.fakes import faultserver
 
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "deploy.checking.faultserver",
+            "deploy.fakes.faultserver",
             "--mode",
             "ok-kimi",
             "--engine",

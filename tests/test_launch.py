@@ -364,9 +364,9 @@ def test_unknown_flag_real_engine(tmp_path: Path, weights: Path, server_bin: Pat
 
 
 def stay_503_script(rendered: Path, port: int) -> Path:
-    """The fault-injecting server (deploy.checking.faultserver), stay-503: 503 "Loading model" forever."""
+    """The fault-injecting server (deploy.fakes.faultserver), stay-503: 503 "Loading model" forever."""
     return write_script(
-        rendered, f"exec {sys.executable} -m deploy.checking.faultserver --mode stay-503 --port {port}"
+        rendered, f"exec {sys.executable} -m deploy.fakes.faultserver --mode stay-503 --port {port}"
     )
 
 

@@ -25,6 +25,7 @@ STAGES = [
     "monitoring",
     "serving",
     "checking",
+    "fakes",
     "benchmark",
     "support",
     "releases",
@@ -32,7 +33,18 @@ STAGES = [
     "ansible",
     "cli",
 ]
-BASE = {"console", "constants", "errors", "pins", "fsutil", "schema", "__init__", "__main__", "__version__"}
+BASE = {
+    "console",
+    "constants",
+    "errors",
+    "pins",
+    "fsutil",
+    "schema",
+    "secrets",
+    "__init__",
+    "__main__",
+    "__version__",
+}
 
 
 def stage_of(module: str) -> str | None:
@@ -136,6 +148,60 @@ def test_the_rule_catches_an_upward_import(rel: str, source: str, expected: str)
     assert found and expected in found[0]
 
 
+def test_only_tests_and_tooling_import_the_fakes():
+    """deploy/fakes/ holds test doubles: no module of the toolkit may import them (tests and scripts may)."""
+    for path in modules():
+        rel = path.relative_to(PACKAGE)
+        if owner_of(rel) == "fakes":
+            continue
+        wrong = [m for _, m in imported_modules(path.read_text(), rel) if stage_of(m) == "fakes"]
+        assert not wrong, f"deploy/{rel} imports the test doubles {', '.join(wrong)}"
+
+
 def test_the_rule_allows_downward_and_same_stage_imports():
     source = "from deploy.planning import contract\nfrom . import calls\nfrom deploy import errors\n"
     assert violations(source, Path("checking/suite.py")) == []
+
+
+def error_classes() -> dict[str, str]:
+    """Every subclass of KimiDeployError in deploy/ (read from the source): ``module.Class`` -> its file."""
+    bases: dict[str, tuple[str, list[str]]] = {}
+    for path in modules():
+        rel = path.relative_to(PACKAGE)
+        module = ".".join(("deploy", *rel.with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                names = [b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "") for b in node.bases]
+                bases[f"{module}.{node.name}"] = (str(rel), names)
+    by_name = {qualified.rsplit(".", 1)[1]: qualified for qualified in bases}
+    found: dict[str, str] = {}
+
+    def is_error(qualified: str, seen: frozenset[str] = frozenset()) -> bool:
+        if qualified.endswith(".KimiDeployError"):
+            return True
+        return any(
+            n in by_name and by_name[n] not in seen and is_error(by_name[n], seen | {qualified})
+            for n in bases[qualified][1]
+        )
+
+    for qualified, (rel, _) in bases.items():
+        if is_error(qualified) and not qualified.endswith(".KimiDeployError"):
+            found[qualified] = rel
+    return found
+
+
+def test_every_error_is_in_deploy_errors_with_its_exit_code():
+    import importlib
+
+    from deploy import errors
+
+    found = error_classes()
+    assert "deploy.errors.GateFailed" in found and "deploy.engines.builds.EngineInstallError" in found
+    elsewhere = {q for q, rel in found.items() if rel != "errors.py"}
+    assert elsewhere == set(errors.DEFINED_ELSEWHERE), (
+        "define every KimiDeployError subclass in deploy/errors.py (or list it in DEFINED_ELSEWHERE): "
+        + ", ".join(sorted(elsewhere ^ set(errors.DEFINED_ELSEWHERE)))
+    )
+    for qualified, code in errors.DEFINED_ELSEWHERE.items():
+        module, name = qualified.rsplit(".", 1)
+        assert getattr(importlib.import_module(module), name).exit_code == code, qualified

@@ -160,6 +160,75 @@ def test_install_steps_use_the_pins(tmp_path: Path, run_cli) -> None:
         assert f"export PATH={venv_bin}:" in launch
 
 
+# ------------------------------------------------------------------------- composing, without writing
+
+
+def test_compose_returns_every_file_with_its_mode_and_writes_nothing(tmp_path: Path) -> None:
+    p = plan(load_profile("h200x8"))
+    out = tmp_path / "out"
+    opts = render.RenderOptions(out_dir=out)
+    release = render.compose_release(p, render.resolve_inputs(p, opts, {}), opts)
+    assert not out.exists()
+    node = p.hardware["nodes"][0]["name"]
+    files = release.files
+    assert files["kimi-deploy.env"].mode == 0o600
+    assert files[f"launch-{node}.sh"].mode == files[f"install-{node}.sh"].mode == 0o755
+    assert files[f"kimi-deploy-{node}.service"].mode == 0o644
+    assert str(out.resolve() / f"launch-{node}.sh") in files[f"kimi-deploy-{node}.service"].text
+    # the manifest lists every other file (plan.json and release.json aside) with the digest of its text
+    listed = release.manifest["files"]
+    assert set(listed) == set(files) - {"manifest.json", "plan.json"}
+    for name, meta in listed.items():
+        assert meta == {
+            "sha256": hashlib.sha256(files[name].text.encode()).hexdigest(),
+            "mode": oct(files[name].mode),
+        }
+    assert json.loads(files["manifest.json"].text) == release.manifest
+    assert json.loads(files["plan.json"].text)["chosen"] == p.chosen
+    env_lines = files["kimi-deploy.env"].text.splitlines()
+    assert all(env_lines.count(line) == 1 for line in env_lines if line.startswith("# ") and len(line) > 2)
+    # the same inputs give the same release
+    again = render.compose_release(p, render.resolve_inputs(p, opts, {}), opts)
+    assert again.id == release.id and again.files == files
+
+
+def test_compose_the_demo_launch_script_runs_the_argv() -> None:
+    p = plan(load_profile("ci-24g"), model="demo")
+    cand = p.chosen_candidate
+    opts = render.RenderOptions()
+    inputs = render.RenderInputs(
+        candidate=cand,
+        out_dir=Path("/srv/kimi/rendered"),
+        endpoint=render.endpoint_for(cand, opts, {}),
+        weights_dir=Path("/models/demo"),
+        model_path="/models/demo/model.gguf",
+        chat_template=render.resolve_chat_template(cand.engine_args["chat_template"], cand),
+    )
+    release = render.compose_release(p, inputs, opts)
+    (node,) = release.nodes
+    launch = release.files[f"launch-{node.node}.sh"].text
+    assert all(render.shell_quote(tok) in launch for tok in node.argv)
+    assert release.manifest["nodes"][0]["argv"][flag_index(release, "--model")] == "/models/demo/model.gguf"
+    assert "HF_HUB_OFFLINE=1" in release.files["kimi-deploy.env"].text.splitlines()
+
+
+def flag_index(release, flag: str) -> int:
+    return release.manifest["nodes"][0]["argv"].index(flag) + 1
+
+
+def test_compose_puts_secrets_only_in_the_0600_files(tmp_path: Path) -> None:
+    p = plan(load_profile("h200x8"))
+    opts = render.RenderOptions(out_dir=tmp_path / "out", bind="0.0.0.0", secrets_to_env_file=True)
+    environ = {"KIMI_API_KEY": CANARY_KEY, "HF_TOKEN": CANARY_HF}
+    release = render.compose_release(p, render.resolve_inputs(p, opts, environ), opts)
+    env_lines = release.files["kimi-deploy.env"].text.splitlines()
+    assert f"KIMI_API_KEY={CANARY_KEY}" in env_lines and f"HF_TOKEN={CANARY_HF}" in env_lines
+    secret_files = {name for name, f in release.files.items() if CANARY_KEY in f.text or CANARY_HF in f.text}
+    assert secret_files == {"kimi-deploy.env", "monitoring/api-key"}
+    assert all(release.files[name].mode == 0o600 for name in secret_files)
+    assert CANARY_KEY not in repr(render.resolve_inputs(p, opts, environ))
+
+
 # ---------------------------------------------------------------------------------- Kimi invariants
 
 

@@ -14,6 +14,7 @@ archive: not a file's content, not a file name, not the command's output.
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
 import socket
@@ -25,12 +26,13 @@ from pathlib import Path
 
 import pytest
 
+from deploy import secrets
 from deploy.catalog import load_model
 from deploy.hardware.profiles import load_profile
 from deploy.planning import architecture
 from deploy.planning.contract import save_plan
 from deploy.planning.planner import plan
-from deploy.support.redact import MASK, Redactor
+from deploy.secrets import MASK, Redactor
 from deploy.weights import lockfile
 
 CANARIES = {
@@ -80,6 +82,10 @@ def _verified_weights(root: Path) -> Path:
 def _read_bundle(path: Path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_secrets_doctests() -> None:
+    assert doctest.testmod(secrets).failed == 0
 
 
 def test_redactor_masks_values_and_patterns() -> None:

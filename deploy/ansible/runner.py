@@ -24,24 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from deploy import constants
-from deploy.errors import InputError, KimiDeployError
+from deploy.errors import AnsibleMissing, InputError
 
 PLAYBOOKS_DIR = constants.PLAYBOOKS_DIR
 STAT_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
-
-
-class AnsibleMissing(KimiDeployError):
-    """`kimi-deploy ansible` without the optional ``ansible`` extra: one line saying what to install."""
-
-    exit_code = 2
-
-
-class AnsibleRunError(KimiDeployError):
-    """The playbook failed; the exit code is ansible-playbook's own (2 failed hosts, 4 unreachable)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code if exit_code > 0 else 1
 
 
 @dataclass

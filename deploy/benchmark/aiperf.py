@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import KimiDeployError
+from deploy.errors import AiperfRunError
 
 #: the variable AIPerf's config YAML reads the key from (set only in AIPerf's environment)
 KEY_VAR = "KIMI_DEPLOY_BENCH_API_KEY"
@@ -47,12 +47,6 @@ SERVER_IDLE_TIMEOUT_S = 5
 #: AIPerf's pool drops a connection idle this long (aiohttp checks the age when it takes one from the pool;
 #: AIPerf's own default is 300 s), so it never reuses one the server may be closing for idleness
 POOL_IDLE_S = 2
-
-
-class AiperfRunError(KimiDeployError):
-    """AIPerf exited without a usable export; the message names its log."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import jsonschema
 
-from deploy.errors import KimiDeployError
+from deploy.errors import ExportError
 from deploy.fsutil import read_json
 
 #: the export schema majors this reader understands
@@ -56,12 +56,6 @@ EXPORT_SCHEMA: dict[str, Any] = {
         "is_complete": {"type": ["boolean", "null"]},
     },
 }
-
-
-class ExportError(KimiDeployError):
-    """AIPerf's export is missing, malformed, or in a schema version this toolkit does not know."""
-
-    exit_code = 1
 
 
 def check_schema_version(version: Any, source: str) -> str:

@@ -31,14 +31,14 @@ from deploy.benchmark.aiperf import (
     run_point,
     write_key_config,
 )
-from deploy.benchmark.export import ExportError, read_export
+from deploy.benchmark.export import read_export
 from deploy.benchmark.install import require_aiperf
 from deploy.benchmark.scrape import MetricsScraper
 from deploy.benchmark.slo import capacity
 from deploy.benchmark.tokenizer import LocalTokenizer, hub_cache_for
 from deploy.checking.calls import chat_request, headers, mode_body
-from deploy.checking.target import Target
-from deploy.errors import InputError
+from deploy.checking.target import CheckTarget
+from deploy.errors import ExportError, InputError
 
 Progress = Callable[[str], None]
 REPORT_SCHEMA = 1
@@ -103,7 +103,7 @@ class BenchOptions:
         return 120 + waves * self.request_timeout_s
 
 
-def _extra_body(target: Target, opts: BenchOptions) -> dict[str, Any]:
+def _extra_body(target: CheckTarget, opts: BenchOptions) -> dict[str, Any]:
     body = dict(mode_body(target.flavor, opts.mode == "thinking"))
     sampling = target.sampling.get(opts.mode) or {}
     if "temperature" in sampling:
@@ -113,7 +113,7 @@ def _extra_body(target: Target, opts: BenchOptions) -> dict[str, Any]:
     return body
 
 
-def tool_call_payloads(target: Target, path: Path, osl: int, count: int = 16) -> Path:
+def tool_call_payloads(target: CheckTarget, path: Path, osl: int, count: int = 16) -> Path:
     """The tool-call workload as AIPerf raw payloads: ``check``'s tool request (its tool definition and,
     for a base model, its few-shot history), streamed, one per line with a different city each."""
     cities = ("Berlin", "Madrid", "Oslo", "Lima", "Cairo", "Seoul", "Quito", "Dakar")
@@ -177,7 +177,7 @@ def compare_expected(expected: dict[str, Any] | None, points: list[dict[str, Any
 
 
 def run_bench(
-    target: Target,
+    target: CheckTarget,
     opts: BenchOptions,
     tokenizer: LocalTokenizer,
     expected: dict[str, Any] | None = None,
@@ -296,7 +296,7 @@ def _overall_metrics(per_point: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_report(
-    target: Target,
+    target: CheckTarget,
     opts: BenchOptions,
     tokenizer: LocalTokenizer,
     points: list[dict[str, Any]],

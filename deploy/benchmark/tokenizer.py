@@ -34,19 +34,13 @@ from pathlib import Path
 
 from deploy import constants, pins
 from deploy.benchmark.install import require_aiperf
-from deploy.errors import InputError, KimiDeployError
+from deploy.errors import InputError, TokenizerExportError
 from deploy.fsutil import read_json
 
 EXPORTER = Path(__file__).resolve().parents[1] / "data" / "gguf_tokenizer.py"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 #: files of a tokenizer folder linked into the private hub cache (plus any *.py / *.model / *.tiktoken)
 _LINKED = re.compile(r"^(tokenizer.*|special_tokens_map\.json|config\.json|.*\.py|.*\.model|.*\.tiktoken)$")
-
-
-class TokenizerExportError(KimiDeployError):
-    """Exporting a GGUF's tokenizer failed; the message names the file and the log."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@
 - ``toolset``: K2-Vendor-Verifier sample sets; ``trigger``: their trigger F1 against a reference.
 - ``providers``: engine and hosted-provider flavors (NIM, Moonshot, Oxen.ai, generic OpenAI): URL, dialect.
 - ``meter``: request budget, bounded concurrency, 429 Retry-After, token counts; ``session``: one run.
-- ``faultserver``: a fault-injecting engine for the tests; ``providerserver``: a hosted-provider mimic.
 
 Imports the stages before it (``deploy.serving`` for readiness and the rendered manifest).
 """

@@ -20,7 +20,8 @@ import requests
 
 from deploy.checking import bounded, providers
 from deploy.checking.meter import send
-from deploy.checking.target import Target
+from deploy.checking.target import CheckTarget
+from deploy.secrets import redact
 
 WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
@@ -90,7 +91,7 @@ def few_shot_tools() -> list[dict[str, Any]]:
     return messages
 
 
-def client(target: Target) -> Any:
+def client(target: CheckTarget) -> Any:
     from openai import OpenAI
 
     # No retries in the client: deploy.checking.meter.send retries (429 with Retry-After, one dropped
@@ -105,7 +106,7 @@ def client(target: Target) -> Any:
     )
 
 
-def create(target: Target, req: dict[str, Any]) -> Any:
+def create(target: CheckTarget, req: dict[str, Any]) -> Any:
     """Send one chat request within the target's meter (budget, concurrency, 429s); returns the client's
     answer (a ChatCompletion, or a Stream of chunks). Hosted APIs are asked for usage in streams too."""
     req = dict(req)
@@ -114,26 +115,14 @@ def create(target: Target, req: dict[str, Any]) -> Any:
     return send(target.meter, lambda: client(target).chat.completions.create(**req))
 
 
-def complete(target: Target, req: dict[str, Any]) -> dict[str, Any]:
+def complete(target: CheckTarget, req: dict[str, Any]) -> dict[str, Any]:
     """One non-streamed chat request as a plain dict; its token usage is counted."""
     payload = create(target, req).model_dump()
     target.meter.add_usage(payload)
     return payload
 
 
-def redact(text: str, secrets: list[str | None]) -> str:
-    """``text`` with every secret value replaced by ``***`` (servers may echo the key they were given).
-
-    >>> redact("Incorrect API key provided: sk-123456789", ["sk-123456789", None])
-    'Incorrect API key provided: ***'
-    """
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _sampling(target: Target, thinking: bool) -> dict[str, Any]:
+def _sampling(target: CheckTarget, thinking: bool) -> dict[str, Any]:
     s = dict(target.sampling.get("thinking" if thinking else "instant") or {})
     out: dict[str, Any] = {}
     if "temperature" in s:
@@ -145,7 +134,7 @@ def _sampling(target: Target, thinking: bool) -> dict[str, Any]:
     return out
 
 
-def chat_request(target: Target, kind: str) -> dict[str, Any]:
+def chat_request(target: CheckTarget, kind: str) -> dict[str, Any]:
     """The keyword arguments of ``client.chat.completions.create`` for one check (``instant``,
     ``thinking``, ``tool``, ``stream``, ``vision``); unknown fields travel in ``extra_body``."""
     thinking = kind == "thinking"
@@ -195,13 +184,13 @@ def solid_png_b64(width: int = 16, height: int = 16, rgb: tuple[int, int, int] =
     return base64.b64encode(png).decode()
 
 
-def error_reason(exc: BaseException, target: Target | None = None) -> str:
+def error_reason(exc: BaseException, target: CheckTarget | None = None) -> str:
     """One line for a failed request; the target's key is redacted from any echoed response."""
     reason = _error_reason(exc, target)
     return redact(reason, [target.api_key] if target is not None else [])
 
 
-def _error_reason(exc: BaseException, target: Target | None) -> str:
+def _error_reason(exc: BaseException, target: CheckTarget | None) -> str:
     import openai
 
     from deploy.errors import KimiDeployError
@@ -220,7 +209,7 @@ def _error_reason(exc: BaseException, target: Target | None) -> str:
     return f"{exc.__class__.__name__}: {exc}"
 
 
-def status_hint(status: int, target: Target | None) -> str:
+def status_hint(status: int, target: CheckTarget | None) -> str:
     """What an HTTP status means for a check: a refused key, a model the provider does not serve."""
     if status in (401, 403):
         where = f" in ${target.api_key_env}" if target is not None and target.api_key_env else ""
@@ -233,5 +222,5 @@ def status_hint(status: int, target: Target | None) -> str:
     return ""
 
 
-def headers(target: Target) -> dict[str, str]:
+def headers(target: CheckTarget) -> dict[str, str]:
     return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}

@@ -22,13 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from deploy.errors import KimiDeployError
-
-
-class BudgetExhausted(KimiDeployError):
-    """The run's request budget (--max-requests) is spent; the request was not sent."""
-
-    exit_code = 7
+from deploy.errors import BudgetExhausted, RateLimited
 
 
 class Budget:
@@ -173,9 +167,3 @@ def send(meter: Meter, call: Callable[[], Any]) -> Any:
             if dropped:
                 raise
             dropped += 1
-
-
-class RateLimited(KimiDeployError):
-    """A 429 the run would not (or could no longer) wait out."""
-
-    exit_code = 7

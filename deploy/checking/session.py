@@ -21,7 +21,7 @@ from deploy.checking import providers
 from deploy.checking.meter import Budget, Meter
 from deploy.checking.result import FAIL, CheckReport, CheckResult
 from deploy.checking.suite import GATES, check_liveness, run_checks
-from deploy.checking.target import Target, require_key, target_from_url
+from deploy.checking.target import CheckTarget, require_key, target_from_url
 from deploy.checking.toolset import Sample, check_threshold, load_samples, run_samples, tool_call_set_result
 from deploy.checking.trigger import f1_result, load_reference_results
 from deploy.errors import InputError
@@ -49,8 +49,8 @@ class ReferenceOptions:
 
 @dataclass
 class Run:
-    target: Target
-    reference: Target | None = None
+    target: CheckTarget
+    reference: CheckTarget | None = None
     reference_results: str | None = None
     samples: list[Sample] = field(default_factory=list)
     samples_path: str | None = None
@@ -95,7 +95,7 @@ def validate_options(
 
 
 def prepare_run(
-    target: Target,
+    target: CheckTarget,
     ref: ReferenceOptions,
     tool_calls: str | None,
     limit: int | None = 50,

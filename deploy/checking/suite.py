@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import requests
 
 from deploy.checking import bounded, providers
-from deploy.checking.calls import WEATHER_TOOL, chat_request, complete, create, error_reason, headers, redact
+from deploy.checking.calls import WEATHER_TOOL, chat_request, complete, create, error_reason, headers
 from deploy.checking.result import FAIL, PASS, SKIP, CheckReport, CheckResult, render_table
 from deploy.checking.shapes import (
     ID_RULE_GENERIC,
@@ -42,13 +42,14 @@ from deploy.checking.shapes import (
 )
 from deploy.checking.target import (
     FLAVORS,
-    Target,
+    CheckTarget,
     require_key,
     target_from_plan,
     target_from_rendered,
     target_from_url,
 )
 from deploy.checking.toolset import run_tool_call_set
+from deploy.secrets import redact
 from deploy.serving import readiness
 
 __all__ = [
@@ -63,8 +64,7 @@ __all__ = [
     "WEATHER_TOOL",
     "CheckReport",
     "CheckResult",
-    "Target",
-    "redact",
+    "CheckTarget",
     "render_table",
     "require_key",
     "run_checks",
@@ -75,12 +75,12 @@ __all__ = [
 ]
 
 
-def _models_path(target: Target) -> str:
+def _models_path(target: CheckTarget) -> str:
     """``/v1/models``, ``/api/ai/models``...: the models route as the report names it."""
     return f"{urlsplit(target.api_base).path}/models"
 
 
-def _http_failure(target: Target, what: str, r: requests.Response) -> str:
+def _http_failure(target: CheckTarget, what: str, r: requests.Response) -> str:
     """One line for a non-200 answer: status, what it means here, the start of the body (key redacted)."""
     from deploy.checking.calls import status_hint
 
@@ -88,7 +88,7 @@ def _http_failure(target: Target, what: str, r: requests.Response) -> str:
     return f"{what} {r.status_code}{status_hint(r.status_code, target)}: {body}"
 
 
-def _list_models(target: Target) -> requests.Response:
+def _list_models(target: CheckTarget) -> requests.Response:
     """GET {base}/models with the key; a 429 is waited out as chat requests are (the meter's bound)."""
     attempt = 0
     while True:
@@ -100,7 +100,7 @@ def _list_models(target: Target) -> requests.Response:
         attempt += 1
 
 
-def _liveness_by_models(target: Target, t0: float, why: str) -> CheckResult:
+def _liveness_by_models(target: CheckTarget, t0: float, why: str) -> CheckResult:
     what = f"GET {_models_path(target)}"
     try:
         m = _list_models(target)
@@ -114,7 +114,7 @@ def _liveness_by_models(target: Target, t0: float, why: str) -> CheckResult:
     return CheckResult("liveness", FAIL, f"{why}; {_http_failure(target, what, m)}", dt)
 
 
-def check_liveness(target: Target) -> CheckResult:
+def check_liveness(target: CheckTarget) -> CheckResult:
     """GET /health with the engine's semantics; a hosted API (no /health) answers an authenticated
     GET {base}/models."""
     t0 = time.monotonic()
@@ -144,7 +144,7 @@ def check_liveness(target: Target) -> CheckResult:
     return CheckResult("liveness", FAIL, _http_failure(target, "GET /health", r), dt)
 
 
-def check_rpc_workers(target: Target) -> CheckResult:
+def check_rpc_workers(target: CheckTarget) -> CheckResult:
     """Each llama.cpp RPC worker the head was started with is there: the head holds a session to it, or it
     accepts a TCP connection from here.
 
@@ -175,7 +175,7 @@ def check_rpc_workers(target: Target) -> CheckResult:
     )
 
 
-def _reported_context(target: Target, entry: dict[str, Any]) -> tuple[int | None, str]:
+def _reported_context(target: CheckTarget, entry: dict[str, Any]) -> tuple[int | None, str]:
     if isinstance(entry.get("max_model_len"), int):
         return entry["max_model_len"], "max_model_len in /v1/models"
     meta = entry.get("meta") or {}
@@ -192,7 +192,7 @@ def _reported_context(target: Target, entry: dict[str, Any]) -> tuple[int | None
     return None, ""
 
 
-def check_models(target: Target) -> CheckResult:
+def check_models(target: CheckTarget) -> CheckResult:
     """The models route lists the served name; the context it reports is at least the plan's. A model that
     is not listed stops the run (every chat request would fail the same way)."""
     t0 = time.monotonic()
@@ -238,7 +238,7 @@ def check_models(target: Target) -> CheckResult:
 
 
 def _chat_check(
-    name: str, target: Target, kind: str, validate: Callable[[dict[str, Any]], tuple[bool, str]]
+    name: str, target: CheckTarget, kind: str, validate: Callable[[dict[str, Any]], tuple[bool, str]]
 ) -> CheckResult:
     t0 = time.monotonic()
     req = chat_request(target, kind)
@@ -260,11 +260,11 @@ def _chat_check(
     return CheckResult(name, PASS if ok else FAIL, why, dt, details)
 
 
-def check_instant(target: Target) -> CheckResult:
+def check_instant(target: CheckTarget) -> CheckResult:
     return _chat_check("instant", target, "instant", validate_instant)
 
 
-def check_thinking(target: Target) -> CheckResult:
+def check_thinking(target: CheckTarget) -> CheckResult:
     if not target.capabilities.get("reasoning"):
         return CheckResult("thinking", SKIP, f"no reasoning declared ({target.capabilities_source})")
     documented = providers.flavor(target.flavor).reasoning_field
@@ -280,7 +280,7 @@ def check_thinking(target: Target) -> CheckResult:
     return _chat_check("thinking", target, "thinking", validate)
 
 
-def check_tool_call(target: Target) -> CheckResult:
+def check_tool_call(target: CheckTarget) -> CheckResult:
     if not target.capabilities.get("tools"):
         return CheckResult("tool_call", SKIP, f"no tool use declared ({target.capabilities_source})")
     return _chat_check(
@@ -288,7 +288,7 @@ def check_tool_call(target: Target) -> CheckResult:
     )
 
 
-def check_streaming(target: Target) -> CheckResult:
+def check_streaming(target: CheckTarget) -> CheckResult:
     """SSE chunks arrive; time to first token is recorded; the folded answer passes the instant rules."""
     t0 = time.monotonic()
     ttft = None
@@ -321,7 +321,7 @@ def check_streaming(target: Target) -> CheckResult:
     )
 
 
-def check_vision(target: Target) -> CheckResult:
+def check_vision(target: CheckTarget) -> CheckResult:
     if not target.vision:
         return CheckResult("vision", SKIP, target.vision_source or "vision not served")
     return _chat_check("vision", target, "vision", validate_instant)
@@ -330,7 +330,7 @@ def check_vision(target: Target) -> CheckResult:
 _METRIC_LINE = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})?\s+\S+")
 
 
-def check_metrics(target: Target) -> CheckResult:
+def check_metrics(target: CheckTarget) -> CheckResult:
     if not target.metrics:
         return CheckResult("metrics", SKIP, target.metrics_source or "metrics not enabled")
     t0 = time.monotonic()
@@ -347,7 +347,7 @@ def check_metrics(target: Target) -> CheckResult:
     return CheckResult("metrics", PASS, f"{len(samples)} Prometheus samples", dt, {"samples": len(samples)})
 
 
-CHECKS: list[tuple[str, Callable[[Target], CheckResult]]] = [
+CHECKS: list[tuple[str, Callable[[CheckTarget], CheckResult]]] = [
     ("liveness", check_liveness),
     ("rpc_workers", check_rpc_workers),
     ("models", check_models),
@@ -365,7 +365,7 @@ CHECKS: list[tuple[str, Callable[[Target], CheckResult]]] = [
 GATES = ("liveness", "rpc_workers", "models")
 
 
-def run_checks(target: Target, only: Iterable[str] | None = None) -> CheckReport:
+def run_checks(target: CheckTarget, only: Iterable[str] | None = None) -> CheckReport:
     """Run the suite in order; when a gate fails (the server is not live, an RPC worker is unreachable)
     the rest fail as not run (not skipped). rpc_workers is there only when the target has RPC workers."""
     wanted = set(only) if only else None

@@ -28,11 +28,21 @@ from deploy.planning.contract import Plan
 from deploy.serving.readiness import probe_host
 from deploy.serving.target import ENV_FILE, env_file_pairs, read_manifest, rpc_servers_of
 
-__all__ = ["FLAVORS", "Target", "target_from_plan", "target_from_rendered", "target_from_url"]
+__all__ = [
+    "DEFAULT_PLAN",
+    "DEFAULT_RENDERED",
+    "FLAVORS",
+    "CheckTarget",
+    "TargetChoice",
+    "choose_target",
+    "target_from_plan",
+    "target_from_rendered",
+    "target_from_url",
+]
 
 
 @dataclass
-class Target:
+class CheckTarget:
     """What to check and how to talk to it. ``api_key`` is never printed or written to a report."""
 
     base_url: str  # the server root, e.g. http://127.0.0.1:8001 (the OpenAI API is under /v1)
@@ -88,6 +98,54 @@ class Target:
         return d
 
 
+#: Where `check`, `bench` and `support-bundle` look without --plan / --rendered.
+DEFAULT_PLAN = "plan.json"
+DEFAULT_RENDERED = "rendered"
+
+
+@dataclass(frozen=True)
+class TargetChoice:
+    """Which target a command was given: a ``url``, or a ``plan`` (and maybe its ``rendered`` folder)."""
+
+    url: str | None = None
+    plan: str | None = None
+    rendered: str | None = None
+
+
+def choose_target(
+    url: str | None,
+    plan_path: str | None,
+    rendered: str | None,
+    *,
+    url_needs: tuple[tuple[str, Any, str], ...] = (),
+    url_only: tuple[tuple[str, Any], ...] = (),
+    default_rendered: str | None = None,
+) -> TargetChoice:
+    """The target rules of `check`, `bench` and `support-bundle`: ``--url``, or ``--plan``/``--rendered``.
+
+    With ``--url``, each of ``url_needs`` ((option, value, what it is)) must be given; without it, none of
+    ``url_only`` ((option, value)) may be, and the plan defaults to plan.json (``rendered`` to
+    ``default_rendered``). Anything else is bad input, in one line.
+
+    >>> choose_target(None, None, None)
+    TargetChoice(url=None, plan='plan.json', rendered=None)
+    >>> choose_target("http://h:8000", "plan.json", None)
+    Traceback (most recent call last):
+    deploy.errors.InputError: give either --plan or --url, not both
+    """
+    if url and (plan_path or rendered):
+        raise InputError(f"give either {'--plan' if plan_path else '--rendered'} or --url, not both")
+    if url:
+        for option, value, what in url_needs:
+            if not value:
+                raise InputError(f"--url needs {option} ({what})")
+        return TargetChoice(url=url)
+    for option, value in url_only:
+        if value is not None:
+            raise InputError(f"{option} goes with --url; a plan names its own")
+    return TargetChoice(plan=plan_path or DEFAULT_PLAN, rendered=rendered or default_rendered)
+
+
 def _id_rule(parsers: dict[str, Any]) -> tuple[str, str]:
     # the id format is the tool parser's: kimi_k2 (vLLM, SGLang, llama.cpp's Kimi handler, Moonshot's API)
     # writes functions.<name>:<n>; other parsers (hermes, ...) make up any unique id
@@ -124,7 +182,7 @@ def hosted_key(
     return None, None
 
 
-def require_key(target: Target, option: str = "--api-key-env") -> None:
+def require_key(target: CheckTarget, option: str = "--api-key-env") -> None:
     """Bad input when a hosted provider (other than the generic ``openai``) would be asked without a key."""
     f = providers.flavor(target.flavor)
     if target.api_key is None and not f.engine and f.key_env:
@@ -137,7 +195,7 @@ def _modes_request_profile(modes: dict[str, Any]) -> tuple[bool, list[str]]:
     return bool(modes.get("few_shot", False)), [str(s) for s in modes.get("stop") or []]
 
 
-def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: float = 120.0) -> Target:
+def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: float = 120.0) -> CheckTarget:
     """The target a plan deploys: its engine, bind address, served name, context and declared features.
 
     >>> target_from_plan(load_plan("plan.json")).flavor  # doctest: +SKIP
@@ -163,7 +221,7 @@ def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: floa
     )
     vision, vision_src = _plan_vision(plan, caps)
     few_shot, stop = _modes_request_profile(model.get("modes") or {})
-    return Target(
+    return CheckTarget(
         base_url=f"http://{host}:{port}",
         model=str(args.get("served_model_name") or model.get("served_model_name") or model.get("name")),
         flavor=cand.engine,
@@ -189,7 +247,7 @@ def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: floa
 
 def target_from_rendered(
     plan: Plan, rendered: str | Path, api_key_env: str | None = None, timeout_s: float = 120.0
-) -> Target:
+) -> CheckTarget:
     """The target as `kimi-deploy render` wrote it: bind, port, served name, API key variable and RPC
     workers from ``rendered/manifest.json`` (as `up` reads them, so `render --port/--bind` is followed);
     the rest from the plan. A key not in the environment is read from the rendered env file.
@@ -274,7 +332,7 @@ def target_from_url(
     vision: bool | None = None,
     max_model_len: int | None = None,
     timeout_s: float = 120.0,
-) -> Target:
+) -> CheckTarget:
     """A target at any OpenAI-compatible URL (self-hosted or hosted); capabilities come from the catalog.
 
     The flavor defaults to the provider the URL's host belongs to, else vllm. A URL with a path is the API
@@ -303,7 +361,7 @@ def target_from_url(
     else:
         vision_src = "--vision" if vision else "--no-vision"
         vision = vision and bool(caps.get("vision"))
-    return Target(
+    return CheckTarget(
         base_url=root,
         api_base=api_base,
         model=model,

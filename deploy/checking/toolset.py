@@ -28,7 +28,7 @@ from deploy.checking import providers
 from deploy.checking.calls import create, error_reason
 from deploy.checking.result import FAIL, PASS, CheckResult
 from deploy.checking.shapes import assemble_stream, first_message, tool_schema, validate_arguments
-from deploy.checking.target import Target
+from deploy.checking.target import CheckTarget
 from deploy.errors import InputError
 
 _CREATE_ARGS = {
@@ -99,7 +99,7 @@ def load_tool_call_requests(path: str | Path, limit: int | None = None) -> list[
     return [s.body for s in load_samples(path, limit)]
 
 
-def prepare(target: Target, body: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+def prepare(target: CheckTarget, body: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     """The ``chat.completions.create`` keyword arguments for one sample, in the target's dialect."""
     body = providers.to_dialect(body, target.flavor)
     if providers.flavor(target.flavor).sampling_fixed:
@@ -116,7 +116,7 @@ def prepare(target: Target, body: dict[str, Any], max_tokens: int) -> dict[str, 
     return req
 
 
-def _ask(target: Target, body: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+def _ask(target: CheckTarget, body: dict[str, Any], max_tokens: int) -> dict[str, Any]:
     req = prepare(target, body, max_tokens)
     try:
         result = create(target, req)
@@ -149,7 +149,7 @@ def _ask(target: Target, body: dict[str, Any], max_tokens: int) -> dict[str, Any
 
 
 def run_samples(
-    target: Target, samples: list[Sample], max_tokens: int = 512, workers: int | None = None
+    target: CheckTarget, samples: list[Sample], max_tokens: int = 512, workers: int | None = None
 ) -> dict[int, dict[str, Any]]:
     """Send every sample (at most ``workers``, by default the meter's concurrency, in flight); outcome per
     line number: ``status``, ``finish_reason``, ``tool_calls_valid`` (the verifier's fields), ``error``."""
@@ -213,7 +213,7 @@ def check_threshold(name: str, value: float) -> None:
 
 
 def run_tool_call_set(
-    target: Target,
+    target: CheckTarget,
     path: str | Path,
     concurrency: int = 4,
     threshold: float = 0.95,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from deploy.ansible import runner as ansible
+from deploy.errors import AnsibleRunError
 
 
 @click.command("ansible")
@@ -66,7 +67,7 @@ def ansible_command(
     click.echo(ansible.format_recap(result))
     if not result.ok:
         first = result.failed_tasks[0].splitlines()[0] if result.failed_tasks else f"status {result.status}"
-        raise ansible.AnsibleRunError(f"playbook {playbook} failed (rc {result.rc}): {first}", result.rc)
+        raise AnsibleRunError(f"playbook {playbook} failed (rc {result.rc}): {first}", result.rc)
     click.echo(
         f"{'would change' if check_mode else 'changed'}: {result.total_changed} task(s) on "
         f"{len(result.hosts())} host(s)"

@@ -113,28 +113,29 @@ def bench_command(
 
     if gate and not slo:
         raise InputError("--gate needs --slo (what the lowest point must meet)")
-    if url and (plan_path or rendered):
-        raise InputError(f"give either {'--plan' if plan_path else '--rendered'} or --url, not both")
+    choice = targets.choose_target(
+        url,
+        plan_path,
+        rendered,
+        url_needs=(
+            ("--model", model_name, "the served model name"),
+            ("--tokenizer DIR|FILE.gguf", tokenizer_path, "the served model's tokenizer, read offline"),
+        ),
+        url_only=(("--model", model_name), ("--flavor", flavor)),
+    )
     if plot_path and not plot_path.lower().endswith(".png"):
         raise InputError(f"--plot {plot_path!r}: expected a .png file name")
     limits = parse_slo(slo)
     expected = None
-    if url:
-        if not model_name:
-            raise InputError("--url needs --model (the served model name)")
-        if not tokenizer_path:
-            raise InputError(
-                "--url needs --tokenizer DIR|FILE.gguf (the served model's tokenizer, read offline)"
-            )
-        target = targets.target_from_url(url, model_name, flavor=flavor or "vllm", api_key_env=api_key_env,
-                                         timeout_s=timeout_s)  # fmt: skip
+    if choice.url:
+        target = targets.target_from_url(
+            choice.url, str(model_name), flavor=flavor or "vllm", api_key_env=api_key_env, timeout_s=timeout_s
+        )
         engine_args: dict = {}
     else:
-        if model_name or flavor:
-            raise InputError("--model and --flavor go with --url; a plan names its own")
-        plan = load_plan(plan_path or "plan.json")
-        if rendered:
-            target = targets.target_from_rendered(plan, rendered, api_key_env, timeout_s=timeout_s)
+        plan = load_plan(choice.plan)
+        if choice.rendered:
+            target = targets.target_from_rendered(plan, choice.rendered, api_key_env, timeout_s=timeout_s)
         else:
             target = targets.target_from_plan(plan, api_key_env, timeout_s=timeout_s)
         cand = plan.chosen_candidate

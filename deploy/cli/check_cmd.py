@@ -10,9 +10,11 @@ import click
 from deploy.checking import session
 from deploy.checking import suite as check
 from deploy.checking.result import print_table
-from deploy.errors import CheckFailedError, InputError
+from deploy.checking.target import choose_target
+from deploy.errors import CheckFailedError
 from deploy.fsutil import atomic_write_json
 from deploy.planning.contract import load_plan
+from deploy.secrets import redact
 
 
 @click.command("check")
@@ -180,13 +182,23 @@ def check_command(
     session.validate_options(
         tool_calls, ref_opts, f1_threshold, threshold, concurrency, max_requests, max_retry_wait
     )
-    if url and (plan_path or rendered):
-        raise InputError(f"give either {'--plan' if plan_path else '--rendered'} or --url, not both")
-    if url:
-        if not model_name:
-            raise InputError("--url needs --model (the served model name)")
+    choice = choose_target(
+        url,
+        plan_path,
+        rendered,
+        url_needs=(("--model", model_name, "the served model name"),),
+        url_only=(
+            ("--model", model_name),
+            ("--flavor", flavor),
+            ("--catalog-model", catalog_model),
+            ("--max-model-len", max_model_len),
+            ("--metrics/--no-metrics", metrics),
+            ("--vision/--no-vision", vision),
+        ),
+    )
+    if choice.url:
         target = check.target_from_url(
-            url,
+            choice.url,
             model_name,
             flavor=flavor,
             api_key_env=api_key_env,
@@ -198,19 +210,9 @@ def check_command(
             timeout_s=timeout_s,
         )
     else:
-        for name, value in (
-            ("--model", model_name),
-            ("--flavor", flavor),
-            ("--catalog-model", catalog_model),
-            ("--max-model-len", max_model_len),
-            ("--metrics/--no-metrics", metrics),
-            ("--vision/--no-vision", vision),
-        ):
-            if value is not None:
-                raise InputError(f"{name} goes with --url; a plan names its own")
-        plan = load_plan(plan_path or "plan.json")
-        if rendered:
-            target = check.target_from_rendered(plan, rendered, api_key_env, timeout_s=timeout_s)
+        plan = load_plan(choice.plan)
+        if choice.rendered:
+            target = check.target_from_rendered(plan, choice.rendered, api_key_env, timeout_s=timeout_s)
         else:
             target = check.target_from_plan(plan, api_key_env, timeout_s=timeout_s)
         if few_shot is not None:
@@ -221,16 +223,16 @@ def check_command(
     )
     report = session.execute(run, threshold, f1_threshold)
     secrets = run.secrets()
-    data = json.loads(check.redact(json.dumps(report.to_dict()), secrets))
+    data = json.loads(redact(json.dumps(report.to_dict()), secrets))
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        print_table(report, scrub=lambda text: check.redact(text, secrets))
+        print_table(report, scrub=lambda text: redact(text, secrets))
     if output:
         atomic_write_json(output, data)
         click.echo(f"wrote {output}", err=True)
     if not report.ok:
-        raise CheckFailedError(check.redact(failure_line(report), secrets))
+        raise CheckFailedError(redact(failure_line(report), secrets))
 
 
 def failure_line(report: check.CheckReport) -> str:

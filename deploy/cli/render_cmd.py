@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import click
 
-from deploy.errors import KimiDeployError
+from deploy.errors import ParserCheckFailed
 from deploy.monitoring.spec import Timings
 from deploy.serving import parser_check, render
 from deploy.serving.argv import argv_strings
-
-
-class ParserCheckFailed(KimiDeployError):
-    """A rendered command did not pass its engine's own argument parser."""
-
-    exit_code = 1
 
 
 @click.command("render")

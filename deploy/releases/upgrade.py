@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from deploy import constants
-from deploy.errors import CheckFailedError, InputError, KimiDeployError, LaunchError, PlanError
+from deploy.errors import (
+    GateFailed,
+    InputError,
+    KimiDeployError,
+    LaunchError,
+    PlanError,
+    UpgradeFailed,
+)
 from deploy.fsutil import read_json
 from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.releases import journal
@@ -48,18 +55,6 @@ from deploy.weights import download, lockfile
 
 #: A bench gate's default: the new release may be this much slower (fraction) than the previous one.
 DEFAULT_BENCH_TOLERANCE = 0.10
-
-
-class UpgradeFailed(KimiDeployError):
-    """The upgrade (or rollback) failed; the exit code is the cause's (5 weights, 6 start, 7 check, ...)."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        self.exit_code = exit_code or 1
-        super().__init__(message)
-
-
-class GateFailed(CheckFailedError):
-    """The new release started but did not pass the gate (check or bench)."""
 
 
 @dataclass

@@ -43,11 +43,21 @@ from deploy import constants
 from deploy.errors import LaunchError, PlanError
 from deploy.monitoring import prometheus
 from deploy.planning.contract import Plan, load_plan
+from deploy.secrets import redact
 from deploy.serving import calibration, diagnosis, readiness, supervise
 from deploy.serving import target as launch_target
-from deploy.serving.target import Target, port_holder, read_manifest, require_verified, target_for
+from deploy.serving.target import ServingTarget, port_holder, read_manifest, require_verified, target_for
 
-__all__ = ["Target", "port_holder", "read_manifest", "require_verified", "target_for", "up", "down", "status"]
+__all__ = [
+    "ServingTarget",
+    "down",
+    "port_holder",
+    "read_manifest",
+    "require_verified",
+    "status",
+    "target_for",
+    "up",
+]
 
 #: Where `up --systemd` installs units.
 SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
@@ -150,7 +160,7 @@ def up(
         return _up_process(plan, target, files, out)
 
 
-def _already_running(existing: supervise.Running, target: Target, out: _Reporter) -> UpResult:
+def _already_running(existing: supervise.Running, target: ServingTarget, out: _Reporter) -> UpResult:
     if not target.head:
         return _worker_already_running(existing, target, out)
     url = str(existing.meta.get("url") or target.url)
@@ -164,7 +174,7 @@ def _already_running(existing: supervise.Running, target: Target, out: _Reporter
     )
 
 
-def _listen_of(meta: dict[str, Any], target: Target) -> tuple[str, int] | None:
+def _listen_of(meta: dict[str, Any], target: ServingTarget) -> tuple[str, int] | None:
     """The worker's listening endpoint as the running process was started with, else as rendered now."""
     recorded = str(meta.get("listen") or "")
     if recorded:
@@ -174,7 +184,7 @@ def _listen_of(meta: dict[str, Any], target: Target) -> tuple[str, int] | None:
     return target.listen
 
 
-def _worker_already_running(existing: supervise.Running, target: Target, out: _Reporter) -> UpResult:
+def _worker_already_running(existing: supervise.Running, target: ServingTarget, out: _Reporter) -> UpResult:
     """A worker serves no HTTP (the head's URL may not even be reachable from here): alive, and for one that
     listens a socket listening on its port, is all there is to know."""
     listen = _listen_of(existing.meta, target)
@@ -192,7 +202,7 @@ def _worker_already_running(existing: supervise.Running, target: Target, out: _R
     )
 
 
-def _launch_env(target: Target) -> dict[str, str]:
+def _launch_env(target: ServingTarget) -> dict[str, str]:
     """The environment the script starts with: ours plus the rendered env file, as systemd's
     EnvironmentFile= gives the unit (a script that sources the file itself gets the same values)."""
     env = dict(os.environ)
@@ -202,7 +212,7 @@ def _launch_env(target: Target) -> dict[str, str]:
     return env
 
 
-def _up_process(plan: Plan, target: Target, files: supervise.RunFiles, out: _Reporter) -> UpResult:
+def _up_process(plan: Plan, target: ServingTarget, files: supervise.RunFiles, out: _Reporter) -> UpResult:
     argv = (
         [str(target.script.resolve())] if os.access(target.script, os.X_OK) else ["bash", str(target.script)]
     )
@@ -252,7 +262,7 @@ def _up_process(plan: Plan, target: Target, files: supervise.RunFiles, out: _Rep
 
 
 def _calibrate(
-    plan: Plan, target: Target, log_text: Callable[[], str], ready_s: float, out: _Reporter
+    plan: Plan, target: ServingTarget, log_text: Callable[[], str], ready_s: float, out: _Reporter
 ) -> dict[str, Any]:
     """The head's start-up measured against its plan and recorded (workers print no KV lines)."""
     if not target.head or not target.candidate:
@@ -264,7 +274,7 @@ def _calibrate(
     return summary
 
 
-def _meta(target: Target) -> dict[str, Any]:
+def _meta(target: ServingTarget) -> dict[str, Any]:
     """What the pidfile records to answer `status` and a second `up` later, however the node was started."""
     meta: dict[str, Any] = {
         "node": target.node,
@@ -282,7 +292,7 @@ def _meta(target: Target) -> dict[str, Any]:
 
 
 def _wait_started(
-    target: Target,
+    target: ServingTarget,
     exit_status: Callable[[], int | None],
     out: _Reporter,
     head_progress: Callable[[float, readiness.Probe], None],
@@ -313,7 +323,7 @@ def _wait_started(
     return _settle(exit_status, min(WORKER_SETTLE_S, target.deadline_s))
 
 
-def _started(target: Target, result: readiness.WaitResult) -> str:
+def _started(target: ServingTarget, result: readiness.WaitResult) -> str:
     if target.head:
         return f"ready in {result.elapsed_s:.1f} s at {target.base_url}"
     if target.listen is not None:
@@ -336,11 +346,11 @@ def _settle(exit_status: Callable[[], int | None], seconds: float) -> readiness.
 
 
 def _progress(
-    out: _Reporter, target: Target, log: Path, offset: int, secrets: list[str]
+    out: _Reporter, target: ServingTarget, log: Path, offset: int, secrets: list[str]
 ) -> Callable[[float, readiness.Probe], None]:
     def report(elapsed: float, probe: readiness.Probe) -> None:
         last = diagnosis.last_lines(_tail(log, offset), 1)
-        tail = f" | {launch_target.redact(last[0], secrets)}" if last else ""
+        tail = f" | {redact(last[0], secrets)}" if last else ""
         out.status(
             f"  {target.node}: {elapsed:5.1f}s / {target.deadline_s:g}s  "
             f"{probe.describe(target.engine)}{tail}"
@@ -350,7 +360,7 @@ def _progress(
 
 
 def _failure(
-    target: Target,
+    target: ServingTarget,
     log_text: str,
     rc: int | None,
     timed_out: bool,
@@ -375,10 +385,10 @@ def _failure(
         + (f"last log lines ({log_name}):" if shown else "its log is empty")
     )
     for line in shown:
-        out.line(f"    {launch_target.redact(line, secrets)}")
+        out.line(f"    {redact(line, secrets)}")
     if cause.evidence and cause.evidence not in shown:
         # the line that names the cause is often above the traceback that ends the log
-        out.line(f"cause: {launch_target.redact(cause.evidence, secrets)}")
+        out.line(f"cause: {redact(cause.evidence, secrets)}")
     out.line(f"hint: {cause.hint}")
     return LaunchError(
         f"{target.engine} on node {target.node} {how}: {cause.summary} [{cause.kind}] (log {log_name})"
@@ -487,7 +497,7 @@ def _journal(unit_name: str, lines: int = 200) -> str:
 
 
 def _up_systemd(
-    plan: Plan, target: Target, files: supervise.RunFiles, out: _Reporter, unit_dir: Path
+    plan: Plan, target: ServingTarget, files: supervise.RunFiles, out: _Reporter, unit_dir: Path
 ) -> UpResult:
     if not target.unit.is_file():
         raise PlanError(

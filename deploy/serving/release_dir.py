@@ -28,12 +28,17 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.errors import InputError, PlanError
-from deploy.fsutil import atomic_write_json, read_json
+from deploy import schema
+from deploy.errors import InputError, KimiDeployError, PlanError
+from deploy.fsutil import atomic_write_json, atomic_write_text, read_json
+from deploy.monitoring import promtool
 from deploy.schema import validate
+from deploy.serving import manifest_schema
 
 RELEASES = "releases"
 CURRENT = "current"
@@ -42,6 +47,8 @@ RELEASE_META = "release.json"
 PLAN_COPY = "plan.json"
 REPORTS = "reports"
 MANIFEST = "manifest.json"
+#: The folder of a release with prometheus.yml, rules and dashboards (deploy.monitoring).
+MONITORING = "monitoring"
 RELEASE_SCHEMA = 1
 #: Releases kept by `render` besides ``current`` and the one before it (``render --keep``).
 DEFAULT_KEEP = 3
@@ -272,27 +279,136 @@ def read_report(release: str | Path, name: str) -> dict[str, Any] | None:
     return None
 
 
+# --------------------------------------------------------------------------- writing a composed release
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file of a release as composed (deploy.serving.render.compose_release): its text and its mode."""
+
+    text: str
+    mode: int = 0o644
+
+    @property
+    def sha256(self) -> str:
+        """The digest of the bytes written (UTF-8)."""
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+def json_file(data: Any, mode: int = 0o644) -> RenderedFile:
+    """``data`` as deploy.fsutil.atomic_write_json writes it."""
+    return RenderedFile(json.dumps(data, indent=2, sort_keys=False) + "\n", mode)
+
+
+@dataclass
+class Published:
+    """What `publish` did: the release folder, the files written (their stable names under the rendered
+    folder once ``current`` switched), promtool's results and the releases pruned."""
+
+    path: Path
+    files: list[Path]
+    promtool: list[promtool.PromtoolResult] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+
+
+def remove_stale(release: Path, keep: set[str]) -> None:
+    """Files a previous render listed in its manifest and this one does not write (a node fewer)."""
+    try:
+        old = schema.load_json(release / MANIFEST, manifest_schema.MANIFEST_SCHEMA)
+    except InputError:
+        return  # none, or not ours: nothing is removed on its word
+    for name in (old.get("files") or {}) if isinstance(old, dict) else ():
+        if not isinstance(name, str) or name in keep or name == MANIFEST:
+            continue
+        parts = Path(name).parts
+        if len(parts) == 1 or (parts[0] == MONITORING and ".." not in parts and not Path(name).is_absolute()):
+            (release / name).unlink(missing_ok=True)
+
+
+def write_meta(release: Path, meta: Mapping[str, Any]) -> Path:
+    """``release.json``: ``meta`` after its schema, id and creation time (kept from an earlier write of the
+    same release, so rendering the same inputs again does not make it newer)."""
+    previous: dict[str, Any] = {}
+    with contextlib.suppress(KimiDeployError):
+        previous = read_release(release)
+    return atomic_write_json(
+        release / RELEASE_META,
+        {
+            "schema": RELEASE_SCHEMA,
+            "id": release.name,
+            "created_unix": previous.get("created_unix") or round(time.time(), 3),
+            **meta,
+        },
+    )
+
+
+def publish(
+    root: str | Path,
+    rid: str,
+    files: Mapping[str, RenderedFile],
+    meta: Mapping[str, Any],
+    *,
+    check_monitoring: bool = False,
+    switch: bool = True,
+    keep: int = DEFAULT_KEEP,
+    reason: str = "render",
+) -> Published:
+    """Write a composed release into ``root/releases/<rid>`` and (``switch``) make it ``current``.
+
+    The files its manifest lists are written first (atomically, each with its mode; files an earlier render
+    of the same release listed and this one has not are removed), then promtool checks the monitoring files
+    (``check_monitoring``; a failure stops here), then ``manifest.json``, ``plan.json`` and ``release.json``:
+    a folder without them is no release. Switching ``current`` prunes releases beyond ``keep``."""
+    root = Path(root)
+    rel = release_path(root, rid)
+    rel.mkdir(parents=True, exist_ok=True)
+    listed = {name: f for name, f in files.items() if name not in (MANIFEST, PLAN_COPY)}
+    remove_stale(rel, set(listed))
+    written = [atomic_write_text(rel / name, f.text, mode=f.mode) for name, f in listed.items()]
+    checked = promtool.check_dir(rel / MONITORING, unit_tests=False) if check_monitoring else []
+    promtool.require_ok(checked)
+    for name in (MANIFEST, PLAN_COPY):
+        if name in files:
+            path = atomic_write_text(rel / name, files[name].text, mode=files[name].mode)
+            written += [path] if name == MANIFEST else []
+    write_meta(rel, meta)
+    pruned: list[str] = []
+    if switch:
+        switch_current(root, rid, reason=reason)
+        pruned = prune(root, keep)
+        # the stable names in the rendered folder, which follow `current`
+        written = [root / p.relative_to(rel) for p in written]
+    return Published(rel, written, checked, pruned)
+
+
 __all__ = [
     "CURRENT",
     "DEFAULT_KEEP",
     "HISTORY",
+    "MONITORING",
     "PLAN_COPY",
     "RELEASES",
     "RELEASE_META",
+    "Published",
+    "RenderedFile",
     "check_id",
     "current_id",
     "failed",
     "is_release",
+    "json_file",
     "list_releases",
     "previous_id",
     "prune",
+    "publish",
     "read_history",
     "read_release",
     "read_report",
     "release_id",
     "release_path",
+    "remove_stale",
     "resolve",
     "root_of",
     "switch_current",
+    "write_meta",
     "write_report",
 ]

@@ -19,13 +19,11 @@ script runs. Secrets are never written unless asked for (``secrets_to_env_file``
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import hashlib
 import os
 import re
 import shlex
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +32,13 @@ import jinja2
 
 from deploy import __version__, constants, pins, schema
 from deploy.engines import builds as engines
-from deploy.errors import InputError, KimiDeployError, PlanError
-from deploy.fsutil import atomic_write_json, atomic_write_text
+from deploy.errors import InputError, PlanError, RenderError
 from deploy.monitoring import promtool
 from deploy.monitoring.render import monitoring_texts
 from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, MonitoringSpec, ScrapeTarget, Timings
 from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.schema import check_env_name, check_host, check_port
-from deploy.serving import manifest_schema, release_dir
+from deploy.serving import release_dir
 from deploy.serving.argv import (
     ENGINE_DIR_VAR,
     SGLANG_KEY_CONFIG_FILE,
@@ -55,11 +52,12 @@ from deploy.serving.argv import (
     node_commands,
 )
 from deploy.serving.quoting import ENV_VALUE_CHARS, check_env_value, systemd_path, systemd_text, systemd_word
+from deploy.serving.release_dir import RenderedFile, json_file
 from deploy.weights import lockfile
 
-MANIFEST = "manifest.json"
+MANIFEST = release_dir.MANIFEST
 #: The folder (under the rendered folder) with prometheus.yml, rules and dashboards (deploy.monitoring).
-MONITORING_DIR = "monitoring"
+MONITORING_DIR = release_dir.MONITORING
 ENV_FILE = "kimi-deploy.env"
 MANIFEST_SCHEMA = 1
 #: Where install-<node>.sh puts each engine's venv on a GPU node; the launch script puts its bin/ on PATH.
@@ -74,13 +72,13 @@ KT_SYSTEM_LIBS_SCRIPT = (
     + " ".join(KT_SYSTEM_PACKAGES)
     + "; else echo 'install libnuma and libhwloc with the system package manager' >&2; fi"
 )
+#: The env file's promise about secrets, below its first line.
+ENV_FILE_HEADER = (
+    "Read by the launch scripts and the systemd units; mode 0600.",
+    "`kimi-deploy render` writes no secret here unless run with --secrets-to-env-file: fill them in",
+    "below, or export them where `kimi-deploy up` runs.",
+)
 _NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\Z")
-
-
-class RenderError(KimiDeployError):
-    """A template could not be rendered (a value the template needs is missing)."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -444,26 +442,6 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _remove_stale(out: Path, keep: set[str]) -> None:
-    """Files a previous render listed in its manifest and this one does not write (a node fewer)."""
-    try:
-        old = schema.load_json(out / MANIFEST, manifest_schema.MANIFEST_SCHEMA)
-    except InputError:
-        return  # none, or not ours: nothing is removed on its word
-    for name in (old.get("files") or {}) if isinstance(old, dict) else ():
-        if not isinstance(name, str) or name in keep or name == MANIFEST:
-            continue
-        parts = Path(name).parts
-        if len(parts) == 1 or (
-            parts[0] == MONITORING_DIR and ".." not in parts and not Path(name).is_absolute()
-        ):
-            (out / name).unlink(missing_ok=True)
-
-
 def _scrape_host(ep: Endpoint, node: NodeCommand) -> str:
     """Where Prometheus reaches a node's engine: loopback for a loopback bind, the node's address for a
     wildcard bind, else the bind address itself."""
@@ -493,15 +471,31 @@ def monitoring_spec(
     )
 
 
-def render(
-    plan: Plan | str | Path, opts: RenderOptions | None = None, environ: dict[str, str] | None = None
-) -> RenderResult:
-    """Render every file for the plan's chosen candidate (or ``opts.candidate_id``) into ``opts.out_dir``."""
-    opts = opts or RenderOptions()
-    environ = dict(os.environ) if environ is None else environ
-    if not isinstance(plan, Plan):
-        opts.plan_path = opts.plan_path or str(plan)
-        plan = load_plan(plan)
+# ------------------------------------------------------------------------------------------------ inputs
+
+
+@dataclass(frozen=True)
+class RenderInputs:
+    """Everything a release is composed from besides the plan and the options: what `render` reads from the
+    environment and the file system (``resolve_inputs``), so that ``compose_release`` reads neither."""
+
+    candidate: Candidate
+    #: the rendered folder (``--out``), absolute: the units name the files in it
+    out_dir: Path
+    endpoint: Endpoint
+    weights_dir: Path
+    model_path: str
+    chat_template: Path | None = None
+    #: the weights.lock reference of ``weights_dir`` (None without a lock)
+    lock: dict[str, Any] | None = None
+    #: the secrets the env file may carry (only with ``secrets_to_env_file``): name -> value
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def resolve_inputs(plan: Plan, opts: RenderOptions, environ: dict[str, str]) -> RenderInputs:
+    """Check the options against the plan and read what the release depends on outside it: the candidate,
+    the endpoint (the API key variable must be set for a non-loopback bind), the weights folder and the file
+    the engine loads, the chat template, the weights lock, and the secrets --secrets-to-env-file writes."""
     cand = plan.candidate(opts.candidate_id) if opts.candidate_id else plan.chosen_candidate
     if not cand.runs:
         raise PlanError(
@@ -521,153 +515,189 @@ def render(
         if cand.engine in ("llama.cpp", "vllm")
         else None
     )
-    nodes = node_commands(plan, cand, model_path, ep, chat_template)
-    for n in nodes:
-        if not _NODE_NAME.match(n.node):
-            raise InputError(
-                f"node name {n.node!r}: use letters, digits, '.', '_' or '-' (it names the files)"
-            )
-    port = check_port(ep.port or cand.engine_args.get("port") or 8000, "port")
-    multinode = len(nodes) > 1
-    served = str(cand.engine_args["served_model_name"])
-
-    texts: dict[str, tuple[str, int]] = {}
-    placeholders = [("HF_TOKEN", "only for gated repos; the engines load local weights")]
-    secrets: list[tuple[str, Any]] = []
-    required_env: list[str] = []
-    if not ep.loopback and ep.api_key_env:
-        required_env.append(ep.api_key_env)
-        placeholders.insert(0, (ep.api_key_env, f"required: the server is bound to {ep.bind}"))
-    if opts.secrets_to_env_file:
-        for name, _hint in placeholders:
-            if environ.get(name):
-                secrets.append((name, check_env_value(name, environ[name])))
-        placeholders = [p for p in placeholders if p[0] not in {s[0] for s in secrets}]
-    env_header = [
-        "Read by the launch scripts and the systemd units; mode 0600.",
-        "`kimi-deploy render` writes no secret here unless run with --secrets-to-env-file: fill them in",
-        "below, or export them where `kimi-deploy up` runs.",
-    ]
-    texts[ENV_FILE] = (
-        render_template(
-            "kimi-deploy.env.j2",
-            {
-                "header": [
-                    f"kimi-deploy environment for {'all nodes' if multinode else _one_line(nodes[0].node)}.",
-                    *env_header,
-                ],
-                "values": _env_values(cand, nodes[0], shared=True) + secrets,
-                "placeholders": placeholders,
-            },
-        ),
-        0o600,
+    secrets = {
+        name: environ[name]
+        for name in (ep.api_key_env, "HF_TOKEN")
+        if opts.secrets_to_env_file and name and environ.get(name)
+    }
+    return RenderInputs(
+        cand, out, ep, weights_dir, model_path, chat_template, _lock_reference(weights_dir), secrets
     )
-    for n in nodes:
-        node = _one_line(n.node)
-        env_files = [ENV_FILE]
-        if multinode:
-            node_env = f"kimi-deploy-{n.node}.env"
-            env_files.append(node_env)
-            texts[node_env] = (
-                render_template(
-                    "kimi-deploy.env.j2",
-                    {
-                        "header": [
-                            f"kimi-deploy environment of node {node}, read after {ENV_FILE}; mode 0600."
-                        ],
-                        "values": _env_values(cand, n, shared=False),
-                        "placeholders": [],
-                    },
-                ),
-                0o600,
-            )
-        launch = f"launch-{n.node}.sh"
-        install = f"install-{n.node}.sh"
-        venv = _engine_venv(cand)
-        header = [
-            f"Rendered by kimi-deploy {__version__}: {cand.engine} {n.role} on node {node} "
-            f"(rank {n.rank} of {len(nodes)}).",
-            f"Plan candidate {_one_line(cand.id)}; install the engine first with {install}.",
-        ]
-        ray = any(c.program == "ray" for c in nodes)
-        if multinode and n.rank == 0:
-            header.append(
-                "Ray: start this head first, then the workers; vLLM waits for their GPUs."
-                if ray
-                else "Start every worker first; only this head serves HTTP."
-            )
-        elif multinode:
-            header.append(
-                f"Worker: start it {'after' if ray else 'before'} the head ({_one_line(nodes[0].node)})."
-            )
-        if n.program == "rpc":
-            header.append(
-                f"rpc-server has no authentication: it binds {_one_line(n.address)} only; keep its port "
-                "closed to every network but the cluster's."
-            )
-        texts[launch] = (
-            render_template(
-                "launch.sh.j2",
-                {
-                    "header": header,
-                    "env_files": env_files,
-                    "path_prepend": f"{venv}/bin" if venv else None,
-                    "required_env": required_env if n.serves_http else [],
-                    "exports": sorted(n.env.items()),
-                    "key_config": _key_config(n),
-                    "pre": [_argv_lines(c) for c in n.pre],
-                    "argv_lines": _argv_lines(n.argv),
-                    "engine_dir_var": ENGINE_DIR_VAR,
-                    "engine_dir": (
-                        f"{engines.LLAMA_CPP_CACHE_SUBDIR}/{n.build.key}" if n.build is not None else None
-                    ),
-                    "engine_binary": (n.argv[0].rest.lstrip("/") if isinstance(n.argv[0], EnvPath) else None),
-                    "install_script": install,
-                },
-            ),
-            0o755,
-        )
-        texts[install] = (
-            render_template(
-                "install.sh.j2",
-                {
-                    "header": [
-                        f"Rendered by kimi-deploy {__version__}: install {cand.engine} on node {node}.",
-                        "Versions pinned in deploy/pins.py (the parser tests use the same pins).",
-                    ],
-                    "steps": [
-                        {"comment": _one_line(s["comment"]), "argv": s["argv"]}
-                        for s in install_steps(cand, n, uses_ray=ray)
-                    ],
-                },
-            ),
-            0o755,
-        )
-        texts[f"kimi-deploy-{n.node}.service"] = (
-            render_template(
-                "kimi-deploy.service.j2",
-                {
-                    "description": (
-                        f"kimi-deploy {_one_line(served)}: {cand.engine} {n.role} on {node} (rank {n.rank})"
-                    ),
-                    "env_files": [out / f for f in env_files],
-                    "launch_script": out / launch,
-                    "out_dir": out,
-                    # the predicted time to ready times its factor of safety (margins.READY_SAFETY_FACTOR)
-                    "timeout_start_s": int(cand.start_deadline_s) if n.serves_http else 300,
-                    # systemd counts the wait for /health in TimeoutStartSec: a stuck load fails the unit
-                    "ready_command": _ready_command(ep, port) if n.serves_http else None,
-                },
-            ),
-            0o644,
-        )
 
-    spec = monitoring_spec(plan, cand, nodes, ep, port, opts)
-    api_key = environ.get(ep.api_key_env or "") if opts.secrets_to_env_file and spec.api_key else None
-    for rel, text_mode in monitoring_texts(spec, api_key).items():
-        texts[f"{MONITORING_DIR}/{rel}"] = text_mode
 
-    lock = _lock_reference(weights_dir)
+def _lock_reference(weights_dir: Path) -> dict[str, Any] | None:
+    """Which weights a release runs: the folder, and its weights.lock's repo, revision, commit and digest."""
+    if not lockfile.lock_path(weights_dir).is_file():
+        return None
+    lock = lockfile.read_lock(weights_dir)
+    return {
+        "dir": str(weights_dir),
+        "repo": lock.repo,
+        "revision": lock.revision,
+        "commit": lock.commit,
+        "lock_sha256": lockfile.lock_digest(weights_dir),
+        "bytes": lock.total_bytes,
+        "files": len(lock.files),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- artifacts
+
+
+def _env_files(node: NodeCommand, multinode: bool) -> list[str]:
+    """The env files a node's script and unit read: the shared one, then (multi-node) the node's own."""
+    return [ENV_FILE] + ([f"kimi-deploy-{node.node}.env"] if multinode else [])
+
+
+def _required_env(ep: Endpoint) -> list[str]:
+    """The variables the serving script refuses to start without: the API key of a non-loopback bind."""
+    return [ep.api_key_env] if not ep.loopback and ep.api_key_env else []
+
+
+def env_file(
+    cand: Candidate, nodes: list[NodeCommand], ep: Endpoint, secrets: dict[str, str] | None = None
+) -> RenderedFile:
+    """``kimi-deploy.env`` (mode 0600): the shared values, the secrets given (``--secrets-to-env-file``), and
+    an empty placeholder for each secret not given."""
+    secrets = secrets or {}
+    placeholders = [("HF_TOKEN", "only for gated repos; the engines load local weights")]
+    if _required_env(ep):
+        placeholders.insert(0, (str(ep.api_key_env), f"required: the server is bound to {ep.bind}"))
+    given = [(name, check_env_value(name, secrets[name])) for name, _ in placeholders if secrets.get(name)]
+    placeholders = [p for p in placeholders if p[0] not in {s[0] for s in given}]
+    where = "all nodes" if len(nodes) > 1 else _one_line(nodes[0].node)
+    text = render_template(
+        "kimi-deploy.env.j2",
+        {
+            "header": [
+                f"kimi-deploy environment for {where}.",
+                *ENV_FILE_HEADER,
+            ],
+            "values": _env_values(cand, nodes[0], shared=True) + given,
+            "placeholders": placeholders,
+        },
+    )
+    return RenderedFile(text, 0o600)
+
+
+def node_env_file(cand: Candidate, node: NodeCommand) -> RenderedFile:
+    """``kimi-deploy-<node>.env`` of a multi-node plan (mode 0600): the node's own interface and address."""
+    text = render_template(
+        "kimi-deploy.env.j2",
+        {
+            "header": [
+                f"kimi-deploy environment of node {_one_line(node.node)}, read after {ENV_FILE}; mode 0600."
+            ],
+            "values": _env_values(cand, node, shared=False),
+            "placeholders": [],
+        },
+    )
+    return RenderedFile(text, 0o600)
+
+
+def _launch_header(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand) -> list[str]:
+    """The comment at the top of a launch script: what runs, where, and in which order to start the nodes."""
+    header = [
+        f"Rendered by kimi-deploy {__version__}: {cand.engine} {n.role} on node {_one_line(n.node)} "
+        f"(rank {n.rank} of {len(nodes)}).",
+        f"Plan candidate {_one_line(cand.id)}; install the engine first with install-{n.node}.sh.",
+    ]
+    ray = any(c.program == "ray" for c in nodes)
+    if len(nodes) > 1 and n.rank == 0:
+        header.append(
+            "Ray: start this head first, then the workers; vLLM waits for their GPUs."
+            if ray
+            else "Start every worker first; only this head serves HTTP."
+        )
+    elif len(nodes) > 1:
+        head = _one_line(nodes[0].node)
+        header.append(f"Worker: start it {'after' if ray else 'before'} the head ({head}).")
+    if n.program == "rpc":
+        header.append(
+            f"rpc-server has no authentication: it binds {_one_line(n.address)} only; keep its port "
+            "closed to every network but the cluster's."
+        )
+    return header
+
+
+def launch_script(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, ep: Endpoint) -> RenderedFile:
+    """``launch-<node>.sh`` (mode 0755): reads the env files, then execs the node's argv."""
+    venv = _engine_venv(cand)
+    text = render_template(
+        "launch.sh.j2",
+        {
+            "header": _launch_header(cand, nodes, n),
+            "env_files": _env_files(n, len(nodes) > 1),
+            "path_prepend": f"{venv}/bin" if venv else None,
+            "required_env": _required_env(ep) if n.serves_http else [],
+            "exports": sorted(n.env.items()),
+            "key_config": _key_config(n),
+            "pre": [_argv_lines(c) for c in n.pre],
+            "argv_lines": _argv_lines(n.argv),
+            "engine_dir_var": ENGINE_DIR_VAR,
+            "engine_dir": f"{engines.LLAMA_CPP_CACHE_SUBDIR}/{n.build.key}" if n.build is not None else None,
+            "engine_binary": n.argv[0].rest.lstrip("/") if isinstance(n.argv[0], EnvPath) else None,
+            "install_script": f"install-{n.node}.sh",
+        },
+    )
+    return RenderedFile(text, 0o755)
+
+
+def install_script(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand) -> RenderedFile:
+    """``install-<node>.sh`` (mode 0755): the pinned install steps (``install_steps``)."""
+    ray = any(c.program == "ray" for c in nodes)
+    text = render_template(
+        "install.sh.j2",
+        {
+            "header": [
+                f"Rendered by kimi-deploy {__version__}: install {cand.engine} on node {_one_line(n.node)}.",
+                "Versions pinned in deploy/pins.py (the parser tests use the same pins).",
+            ],
+            "steps": [
+                {"comment": _one_line(s["comment"]), "argv": s["argv"]}
+                for s in install_steps(cand, n, uses_ray=ray)
+            ],
+        },
+    )
+    return RenderedFile(text, 0o755)
+
+
+def systemd_unit(
+    cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, ep: Endpoint, port: int, out: Path
+) -> RenderedFile:
+    """``kimi-deploy-<node>.service``: runs the launch script in ``out``; the head waits for /health."""
+    served = _one_line(str(cand.engine_args["served_model_name"]))
+    what = f"{cand.engine} {n.role} on {_one_line(n.node)} (rank {n.rank})"
+    text = render_template(
+        "kimi-deploy.service.j2",
+        {
+            "description": f"kimi-deploy {served}: {what}",
+            "env_files": [out / f for f in _env_files(n, len(nodes) > 1)],
+            "launch_script": out / f"launch-{n.node}.sh",
+            "out_dir": out,
+            # the predicted time to ready times its factor of safety (margins.READY_SAFETY_FACTOR)
+            "timeout_start_s": int(cand.start_deadline_s) if n.serves_http else 300,
+            # systemd counts the wait for /health in TimeoutStartSec: a stuck load fails the unit
+            "ready_command": _ready_command(ep, port) if n.serves_http else None,
+        },
+    )
+    return RenderedFile(text, 0o644)
+
+
+def monitoring_files(spec: MonitoringSpec, api_key: str | None = None) -> dict[str, RenderedFile]:
+    """The files under ``monitoring/`` (deploy.monitoring.render), keyed by their path in the release."""
+    return {
+        f"{MONITORING_DIR}/{rel}": RenderedFile(text, mode)
+        for rel, (text, mode) in monitoring_texts(spec, api_key).items()
+    }
+
+
+def release_id_for(
+    plan: Plan, inputs: RenderInputs, opts: RenderOptions, files: dict[str, RenderedFile]
+) -> str:
+    """The release's content address: the plan's candidate, the options, the weights lock, the toolkit version
+    and what the files say, wherever the rendered folder is (the units name it)."""
+    cand, out = inputs.candidate, str(inputs.out_dir)
     material = {
         "plan": plan.to_dict() | {"chosen": cand.id},
         "options": {
@@ -675,29 +705,35 @@ def render(
             for k, v in sorted(vars(opts).items())
             if k not in ("out_dir", "plan_path", "switch_current", "keep")
         },
-        "weights": lock,
+        "weights": inputs.lock,
         "toolkit_version": __version__,
-        # what the files say, wherever the rendered folder is (the units name it)
         "texts": {
-            name: hashlib.sha256(text.replace(str(out), "{out}").encode()).hexdigest()
-            for name, (text, _) in sorted(texts.items())
+            name: hashlib.sha256(f.text.replace(out, "{out}").encode()).hexdigest()
+            for name, f in sorted(files.items())
         },
     }
-    rid = release_dir.release_id(f"{served}-{cand.engine}", material)
-    rel = release_dir.release_path(out, rid)
-    rel.mkdir(parents=True, exist_ok=True)
-    _remove_stale(rel, set(texts))
-    files = [atomic_write_text(rel / name, text, mode=mode) for name, (text, mode) in texts.items()]
-    checked = promtool.check_dir(rel / MONITORING_DIR, unit_tests=False) if opts.check_monitoring else []
-    promtool.require_ok(checked)
-    manifest = {
+    return release_dir.release_id(f"{cand.engine_args['served_model_name']}-{cand.engine}", material)
+
+
+def manifest(
+    inputs: RenderInputs,
+    opts: RenderOptions,
+    nodes: list[NodeCommand],
+    port: int,
+    spec: MonitoringSpec,
+    files: dict[str, RenderedFile],
+) -> dict[str, Any]:
+    """``manifest.json``: what runs where (each node's argv, scripts, unit, env files), the pins, the
+    monitoring targets, and the digest and mode of every file in ``files``."""
+    cand, ep = inputs.candidate, inputs.endpoint
+    return {
         "schema": MANIFEST_SCHEMA,
         "toolkit_version": __version__,
         "plan": opts.plan_path,
         "candidate": cand.id,
         "engine": cand.engine,
-        "served_model_name": served,
-        "model_path": model_path,
+        "served_model_name": str(cand.engine_args["served_model_name"]),
+        "model_path": inputs.model_path,
         "bind": ep.bind,
         "port": port,
         "api_key_env": ep.api_key_env if not ep.loopback else None,
@@ -723,7 +759,7 @@ def render(
                 "launch": f"launch-{n.node}.sh",
                 "install": f"install-{n.node}.sh",
                 "service": f"kimi-deploy-{n.node}.service",
-                "env_files": [ENV_FILE] + ([f"kimi-deploy-{n.node}.env"] if multinode else []),
+                "env_files": _env_files(n, len(nodes) > 1),
             }
             for n in nodes
         ],
@@ -734,89 +770,113 @@ def render(
             "ttft_p95_slo_s": spec.ttft_p95_slo_s,
             "credentials_file": f"{MONITORING_DIR}/api-key" if spec.api_key else None,
         },
-        "files": {
-            p.relative_to(rel).as_posix(): {"sha256": _sha256(p), "mode": oct(p.stat().st_mode & 0o777)}
-            for p in files
-        },
+        "files": {name: {"sha256": f.sha256, "mode": oct(f.mode)} for name, f in files.items()},
     }
-    files.append(atomic_write_json(rel / MANIFEST, manifest))
-    _write_release(rel, rid, plan, cand, opts, model_path, weights_dir, lock)
-    pruned: list[str] = []
-    if opts.switch_current:
-        release_dir.switch_current(out, rid, reason="render")
-        pruned = release_dir.prune(out, opts.keep)
-        # the stable names in the rendered folder, which follow `current`
-        files = [out / p.relative_to(rel) for p in files]
-    return RenderResult(
-        out_dir=out,
-        candidate=cand,
-        nodes=nodes,
-        files=files,
-        manifest=manifest,
-        release_id=rid,
-        release_dir=rel,
-        pruned=pruned,
-        promtool=checked,
-    )
 
 
-def _lock_reference(weights_dir: Path) -> dict[str, Any] | None:
-    """Which weights a release runs: the folder, and its weights.lock's repo, revision, commit and digest."""
-    if not lockfile.lock_path(weights_dir).is_file():
-        return None
-    lock = lockfile.read_lock(weights_dir)
+def release_meta(inputs: RenderInputs, opts: RenderOptions) -> dict[str, Any]:
+    """``release.json`` but its schema, id and creation time (deploy.serving.release_dir.write_meta)."""
+    cand = inputs.candidate
     return {
-        "dir": str(weights_dir),
-        "repo": lock.repo,
-        "revision": lock.revision,
-        "commit": lock.commit,
-        "lock_sha256": lockfile.lock_digest(weights_dir),
-        "bytes": lock.total_bytes,
-        "files": len(lock.files),
+        "toolkit_version": __version__,
+        "plan_source": opts.plan_path,
+        "plan": release_dir.PLAN_COPY,
+        "candidate": cand.id,
+        "engine": cand.engine,
+        "engine_version": pins.ENGINE_PINS.get(cand.engine, ""),
+        "served_model_name": cand.engine_args.get("served_model_name"),
+        "model_path": inputs.model_path,
+        "weights_dir": str(inputs.weights_dir),
+        "weights": inputs.lock,
+        "render_options": {
+            "bind": opts.bind,
+            "port": opts.port,
+            "api_key_env": opts.api_key_env,
+            "multinode_backend": opts.multinode_backend,
+            "weights_dir": str(opts.weights_dir) if opts.weights_dir else None,
+            "candidate_id": opts.candidate_id,
+            "secrets_to_env_file": opts.secrets_to_env_file,
+        },
     }
 
 
-def _write_release(
-    rel: Path,
-    rid: str,
-    plan: Plan,
-    cand: Candidate,
-    opts: RenderOptions,
-    model_path: str,
-    weights_dir: Path,
-    lock: dict[str, Any] | None,
-) -> None:
-    """The release's own copy of its plan and its description (release.json)."""
-    atomic_write_json(rel / release_dir.PLAN_COPY, plan.to_dict() | {"chosen": cand.id})
-    previous: dict[str, Any] = {}
-    with contextlib.suppress(KimiDeployError):
-        previous = release_dir.read_release(rel)
-    atomic_write_json(
-        rel / release_dir.RELEASE_META,
-        {
-            "schema": release_dir.RELEASE_SCHEMA,
-            "id": rid,
-            "created_unix": previous.get("created_unix") or round(time.time(), 3),
-            "toolkit_version": __version__,
-            "plan_source": opts.plan_path,
-            "plan": release_dir.PLAN_COPY,
-            "candidate": cand.id,
-            "engine": cand.engine,
-            "engine_version": pins.ENGINE_PINS.get(cand.engine, ""),
-            "served_model_name": cand.engine_args.get("served_model_name"),
-            "model_path": model_path,
-            "weights_dir": str(weights_dir),
-            "weights": lock,
-            "render_options": {
-                "bind": opts.bind,
-                "port": opts.port,
-                "api_key_env": opts.api_key_env,
-                "multinode_backend": opts.multinode_backend,
-                "weights_dir": str(opts.weights_dir) if opts.weights_dir else None,
-                "candidate_id": opts.candidate_id,
-                "secrets_to_env_file": opts.secrets_to_env_file,
-            },
-        },
+# ------------------------------------------------------------------------------------------------ compose
+
+
+@dataclass(frozen=True)
+class Release:
+    """A composed release, not yet written: ``files`` maps each path in the release folder to its text and
+    mode, in the order they are written (``manifest.json`` and ``plan.json`` last; ``release.json`` is
+    ``meta`` plus its creation time, added when written)."""
+
+    id: str
+    candidate: Candidate
+    nodes: list[NodeCommand]
+    files: dict[str, RenderedFile]
+    manifest: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def compose_release(plan: Plan, inputs: RenderInputs, opts: RenderOptions | None = None) -> Release:
+    """Every file of the release for ``plan`` and ``inputs`` (``resolve_inputs``); pure: reads and writes
+    nothing (but the templates), so the same arguments give the same texts."""
+    opts = opts or RenderOptions()
+    cand, ep = inputs.candidate, inputs.endpoint
+    nodes = node_commands(plan, cand, inputs.model_path, ep, inputs.chat_template)
+    for n in nodes:
+        if not _NODE_NAME.match(n.node):
+            raise InputError(
+                f"node name {n.node!r}: use letters, digits, '.', '_' or '-' (it names the files)"
+            )
+    port = check_port(ep.port or cand.engine_args.get("port") or 8000, "port")
+    files = {ENV_FILE: env_file(cand, nodes, ep, inputs.secrets)}
+    for n in nodes:
+        if len(nodes) > 1:
+            files[f"kimi-deploy-{n.node}.env"] = node_env_file(cand, n)
+        files[f"launch-{n.node}.sh"] = launch_script(cand, nodes, n, ep)
+        files[f"install-{n.node}.sh"] = install_script(cand, nodes, n)
+        files[f"kimi-deploy-{n.node}.service"] = systemd_unit(cand, nodes, n, ep, port, inputs.out_dir)
+    spec = monitoring_spec(plan, cand, nodes, ep, port, opts)
+    api_key = inputs.secrets.get(ep.api_key_env) if spec.api_key and ep.api_key_env else None
+    files.update(monitoring_files(spec, api_key))
+    rid = release_id_for(plan, inputs, opts, files)
+    listing = manifest(inputs, opts, nodes, port, spec, files)
+    files[MANIFEST] = json_file(listing)
+    files[release_dir.PLAN_COPY] = json_file(plan.to_dict() | {"chosen": cand.id})
+    return Release(rid, cand, nodes, files, listing, release_meta(inputs, opts))
+
+
+def render(
+    plan: Plan | str | Path, opts: RenderOptions | None = None, environ: dict[str, str] | None = None
+) -> RenderResult:
+    """Render every file for the plan's chosen candidate (or ``opts.candidate_id``) into ``opts.out_dir``:
+    resolve the inputs, compose the release, then write it and switch ``current`` (release_dir.publish)."""
+    opts = opts or RenderOptions()
+    environ = dict(os.environ) if environ is None else environ
+    if not isinstance(plan, Plan):
+        opts.plan_path = opts.plan_path or str(plan)
+        plan = load_plan(plan)
+    inputs = resolve_inputs(plan, opts, environ)
+    release = compose_release(plan, inputs, opts)
+    published = release_dir.publish(
+        inputs.out_dir,
+        release.id,
+        release.files,
+        release.meta,
+        check_monitoring=opts.check_monitoring,
+        switch=opts.switch_current,
+        keep=opts.keep,
+    )
+    return RenderResult(
+        out_dir=inputs.out_dir,
+        candidate=release.candidate,
+        nodes=release.nodes,
+        files=published.files,
+        manifest=release.manifest,
+        release_id=release.id,
+        release_dir=published.path,
+        pruned=published.pruned,
+        promtool=published.promtool,
     )
 
 
@@ -824,17 +884,31 @@ __all__ = [
     "ENV_FILE",
     "MANIFEST",
     "MONITORING_DIR",
+    "Release",
     "RenderError",
+    "RenderInputs",
     "RenderOptions",
     "RenderResult",
+    "RenderedFile",
+    "compose_release",
     "endpoint_for",
+    "env_file",
+    "install_script",
     "install_steps",
+    "launch_script",
+    "manifest",
+    "monitoring_files",
     "monitoring_spec",
+    "node_env_file",
+    "release_id_for",
+    "release_meta",
     "render",
     "render_template",
     "resolve_chat_template",
     "resolve_model_path",
+    "resolve_inputs",
     "shell_quote",
+    "systemd_unit",
     "template_env",
     "weights_dir_for",
 ]

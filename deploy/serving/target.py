@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from deploy import schema
+from deploy import schema, secrets
 from deploy.errors import PlanError, VerificationError
 from deploy.planning.contract import Plan
 from deploy.serving import readiness, release_dir
@@ -33,11 +32,10 @@ from deploy.weights import lockfile
 ENV_FILE = "kimi-deploy.env"
 #: rpc-server's own default port (its ``--help``), used when neither the manifest nor the plan names one
 RPC_DEFAULT_PORT = 50052
-_SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD")
 
 
 @dataclass(frozen=True)
-class Target:
+class ServingTarget:
     """What `up` starts on one node, from plan.json and the rendered folder."""
 
     node: str
@@ -97,7 +95,7 @@ def _weights_dir(model_path: str, fallback: str) -> Path:
 
 def target_for(
     plan: Plan, rendered: str | Path, node: str | None = None, deadline_s: float | None = None
-) -> Target:
+) -> ServingTarget:
     """Resolve the node (default: the head), its rendered script and unit, its port and deadline.
 
     The rendered manifest is what the scripts actually run (`render --port/--bind/--weights-dir` may differ
@@ -145,7 +143,7 @@ def target_for(
     env_files = [rendered / str(f) for f in entry.get("env_files") or [manifest.get("env_file") or ENV_FILE]]
     head = bool(entry.get("serves_http", node == names[0]))
     plan_node = next((n for n in plan.hardware.get("nodes") or [] if str(n.get("name")) == node), {})
-    return Target(
+    return ServingTarget(
         node=node,
         head=head,
         engine=str(manifest.get("engine") or cand.engine),
@@ -261,23 +259,6 @@ def env_file_pairs(env_file: Path) -> dict[str, str]:
 
 
 def secret_values(env_files: tuple[Path, ...]) -> list[str]:
-    """Secret values from the env file and the environment, so log lines shown never carry them."""
-    values: list[str] = []
-    pairs = list(os.environ.items())
-    for env_file in env_files:
-        pairs += list(env_file_pairs(env_file).items())
-    for key, value in pairs:
-        if any(w in key.upper() for w in _SECRET_WORDS) and len(value) >= 6:
-            values.append(value)
-    return sorted(set(values), key=len, reverse=True)
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    """Replace every secret value in ``text`` with ``***``.
-
-    >>> redact("--api-key s3cr3t-value", ["s3cr3t-value"])
-    '--api-key ***'
-    """
-    for value in secrets:
-        text = text.replace(value, "***")
-    return text
+    """Secret values from the env files and the environment (deploy.secrets), so log lines shown never
+    carry them."""
+    return secrets.secret_values(pair for env_file in env_files for pair in env_file_pairs(env_file).items())

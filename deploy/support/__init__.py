@@ -2,7 +2,6 @@
 weights status, engine logs, reports, nvidia-smi, the engine's environment report), with every secret
 redacted.
 
-- ``redact``: ``known_secrets`` (where the toolkit reads secrets) and ``Redactor`` (values and patterns).
 - ``bundle``: ``write_bundle(BundleOptions)`` -> a 0600 ``.tar.gz`` with a ``MANIFEST.json``.
 
 Reads plan.json, the rendered folder (its manifest) and the runtime state; imports the base and the earlier

@@ -21,7 +21,7 @@ Inside ``kimi-deploy-support-<host>-<UTC time>/``:
 - ``engine-env.txt``: the engine's own environment report (``vllm collect_env``, SGLang ``check_env``,
   ``llama-server --version``) where it has one.
 
-Every text goes through deploy.support.redact before it is written; the archive is written 0600.
+Every text goes through deploy.secrets.Redactor before it is written; the archive is written 0600.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ from typing import Any
 from deploy import __version__, constants, pins
 from deploy.errors import InputError
 from deploy.fsutil import read_json
+from deploy.secrets import MASK, Redactor, file_secrets, hf_token_files
 from deploy.serving import diagnosis, launch
+from deploy.serving import target as launch_target
 from deploy.serving.render import ENV_FILE, MANIFEST, MONITORING_DIR
-from deploy.support.redact import MASK, Redactor, known_secrets
 
 #: Bytes of each log kept (its tail).
 LOG_BYTES = 256 * 1024
@@ -344,7 +345,9 @@ def write_bundle(opts: BundleOptions) -> BundleResult:
     env_files = sorted(rendered.glob("*.env")) if rendered.is_dir() else []
     secret_files = [rendered / MONITORING_DIR / "api-key", rendered / ".sglang-api-key.yaml"]
     secret_files += sorted(state.rglob(".sglang-api-key.yaml")) if state.is_dir() else []
-    redactor = Redactor(known_secrets(env_files, secret_files))
+    # the environment's and env files' secrets, and files that hold nothing but one
+    known = launch_target.secret_values(tuple(env_files))
+    redactor = Redactor(known + file_secrets([*secret_files, *hf_token_files()]))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     host = socket.gethostname().split(".")[0] or "node"
     b = _Bundle(f"kimi-deploy-support-{host}-{stamp}", redactor)

@@ -37,11 +37,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from deploy import constants
 from deploy.errors import AuthError, DiskSpaceError, DownloadError, InputError, VerificationError
 from deploy.planning.contract import Weights
+from deploy.secrets import redact_url
 from deploy.weights.lockfile import (
     FileCheck,
     Lock,
@@ -117,15 +118,6 @@ def _fnmatch_literal(path: str) -> str:
 
 
 # ---------------------------------------------------------------- endpoint, token, errors
-
-
-def redact_url(url: str) -> str:
-    """Drop credentials and query strings from a URL before it is printed or stored."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def resolve_endpoint(endpoint: str | None) -> str:

@@ -5,7 +5,7 @@ it is misconfigured (no reasoning parser, a broken tool parser, random tool-call
 finishes loading). It serves nothing real: every answer is a recorded Kimi-shaped payload from
 ``tests/fixtures/kimi/`` (vLLM or SGLang shapes), replayed as is (``ok-kimi``) or with one fault injected.
 
-    python -m deploy.checking.faultserver --mode leak-think --engine vllm --port 0
+    python -m deploy.fakes.faultserver --mode leak-think --engine vllm --port 0
     # prints: FAULT-INJECTING TEST SERVER (mode leak-think) listening on http://127.0.0.1:PORT
 
 Modes:
@@ -268,7 +268,7 @@ class FaultServer(ThreadingHTTPServer):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="python -m deploy.checking.faultserver", description=f"{BANNER}: see the module doc."
+        prog="python -m deploy.fakes.faultserver", description=f"{BANNER}: see the module doc."
     )
     ap.add_argument("--mode", choices=MODES, required=True)
     ap.add_argument(

@@ -10,7 +10,7 @@ platform's "cannot be modified"). It is not a model: answers are canned, and whe
 a rule on the last user message (``--call-when``), so a test can design which samples trigger tool calls.
 Every answer bills a flat ``PROMPT_TOKENS`` + ``COMPLETION_TOKENS`` so token counts can be checked.
 
-    KEY=sk-... python -m deploy.checking.providerserver --provider oxen --model moonshotai-kimi-k2-5 \\
+    KEY=sk-... python -m deploy.fakes.providerserver --provider oxen --model moonshotai-kimi-k2-5 \\
         --key-env KEY --call-when weather,time --port 0
     # prints: PROVIDER-MIMIC TEST SERVER (oxen) listening on http://127.0.0.1:PORT/api/ai
 
@@ -274,7 +274,7 @@ class MimicServer(ThreadingHTTPServer):
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
-        prog="python -m deploy.checking.providerserver", description=f"{BANNER}: see the module doc."
+        prog="python -m deploy.fakes.providerserver", description=f"{BANNER}: see the module doc."
     )
     ap.add_argument("--provider", choices=PROVIDERS, required=True)
     ap.add_argument("--model", required=True, help="the model id this provider serves Kimi under")
