@@ -13,6 +13,7 @@ from deploy.hardware.profiles import HardwareProfile, load_profile, profile_from
 from deploy.planning.contract import save_plan
 from deploy.planning.planner import plan
 from deploy.planning.report import print_report
+from deploy.planning.request import PlanRequest
 
 
 def _number(value: str | None, option: str, kind: type) -> int | float | None:
@@ -135,8 +136,7 @@ def plan_command(
         return
     profile = _profile(hardware, gpus, weights_dir)
     records = [] if no_calibration else _calibration_records()
-    result = plan(
-        profile,
+    request = PlanRequest(
         model=model,
         engine=engine,
         variant=variant,
@@ -149,10 +149,10 @@ def plan_command(
         nodes=_number(nodes, "--nodes", int),
         speculative=speculative,
         tight=tight,
-        calibration=records,
         revision=revision,
         ttft_p95_slo_s=_number(ttft_slo, "--ttft-slo", float),
     )
+    result = plan(profile, request, calibration=records)
     if output:
         save_plan(result, output)
     if as_json:
