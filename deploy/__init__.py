@@ -4,7 +4,8 @@ The library API mirrors the CLI verbs, one module each::
 
     from deploy.hardware.profiles import load_profile
     from deploy.planning.planner import plan
-    result = plan(load_profile("hardware/h200x8.yaml"), model="kimi-k2.5")
+    from deploy.planning.request import PlanRequest
+    result = plan(load_profile("hardware/h200x8.yaml"), PlanRequest(model="kimi-k2.5"))
     print(result.chosen_candidate.id)
 """
 

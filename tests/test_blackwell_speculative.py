@@ -15,6 +15,7 @@ from deploy.hardware.profiles import load_gpu_table, load_profile, profile_from_
 from deploy.planning.architecture import architecture_for, expert_bytes
 from deploy.planning.contract import INCOMPATIBLE, RUNNABLE
 from deploy.planning.planner import plan
+from deploy.planning.request import PlanRequest
 from deploy.serving.argv import Endpoint, node_commands
 
 
@@ -57,7 +58,7 @@ def test_nvfp4_runs_on_blackwell(gpu, kimi):
 
 
 def test_nvfp4_blocked_without_fp4():
-    p = plan(load_profile("h200x8"), variant="nvfp4")
+    p = plan(load_profile("h200x8"), PlanRequest(variant="nvfp4"))
     assert p.chosen is None
     for c in p.candidates:
         assert c.status == INCOMPATIBLE
@@ -78,7 +79,7 @@ def test_plan_cli_lists_nvfp4_on_b200():
 
 
 def test_sglang_nvfp4_renders_modelopt_fp4():
-    p = plan(load_profile("b200x8"), engine="sglang", variant="nvfp4")
+    p = plan(load_profile("b200x8"), PlanRequest(engine="sglang", variant="nvfp4"))
     (head,) = node_commands(p, p.chosen_candidate, "/models/m", Endpoint())
     i = head.argv.index("--quantization")
     assert head.argv[i + 1] == "modelopt_fp4"
@@ -95,8 +96,8 @@ def test_speculative_off_by_default():
 
 def test_eagle3_memory_counted(kimi):
     spec = kimi.speculative["eagle3"]
-    base = plan(load_profile("h200x8"), engine="sglang")
-    eagle = plan(load_profile("h200x8"), engine="sglang", speculative="eagle3")
+    base = plan(load_profile("h200x8"), PlanRequest(engine="sglang"))
+    eagle = plan(load_profile("h200x8"), PlanRequest(engine="sglang", speculative="eagle3"))
     b = next(c for c in base.candidates if c.tensor_parallel == 8 and c.data_parallel == 1)
     e = next(c for c in eagle.candidates if c.tensor_parallel == 8 and c.data_parallel == 1)
     tp = e.tensor_parallel
@@ -117,9 +118,9 @@ def test_eagle3_memory_counted(kimi):
 
 
 def test_eagle3_only_where_a_recipe_runs_it():
-    p = plan(load_profile("kt-4x4090-768g"), speculative="eagle3")
+    p = plan(load_profile("kt-4x4090-768g"), PlanRequest(speculative="eagle3"))
     assert all(c.engine_args.get("speculative") is None for c in p.candidates)
-    p = plan(load_profile("b200x8"), engine="vllm", speculative="eagle3")
+    p = plan(load_profile("b200x8"), PlanRequest(engine="vllm", speculative="eagle3"))
     c = p.chosen_candidate
     (head,) = node_commands(p, c, "/m", Endpoint())
     argv = [str(x) for x in head.argv]
@@ -128,7 +129,7 @@ def test_eagle3_only_where_a_recipe_runs_it():
 
 
 def test_vllm_multinode_distributed_timeout_on_every_rank():
-    p = plan(load_profile("h100x8-2nodes"), engine="vllm")
+    p = plan(load_profile("h100x8-2nodes"), PlanRequest(engine="vllm"))
     for c in (c for c in p.candidates if c.runs and c.nodes > 1):
         want = str(max(600, 2 * c.time_to_ready_s))
         for backend in ("mp", "ray"):
@@ -136,5 +137,5 @@ def test_vllm_multinode_distributed_timeout_on_every_rank():
                 argv = [str(x) for x in n.argv]
                 if n.program == "vllm":
                     assert argv[argv.index("--distributed-timeout-seconds") + 1] == want
-    single = plan(load_profile("h200x8"), engine="vllm").chosen_candidate
+    single = plan(load_profile("h200x8"), PlanRequest(engine="vllm")).chosen_candidate
     assert "multinode" not in single.engine_args

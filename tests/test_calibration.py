@@ -246,19 +246,20 @@ def test_sglang_record_scales_to_another_fraction():
     from deploy.hardware.profiles import load_profile
     from deploy.planning.calibrated import record_from_start
     from deploy.planning.planner import plan
+    from deploy.planning.request import PlanRequest
 
     h200 = load_profile("h200x8")
-    first = plan(h200, engine="sglang")
+    first = plan(h200, PlanRequest(engine="sglang"))
     c = first.candidate("sglang-int4-tp8")
     facts = StartupFacts(engine="sglang", kv_cache_gib=c.memory.kv_cache - 2.0, weights_gib_per_gpu=71.9)
     facts.kv_cache_tokens = int(facts.kv_cache_gib * GIB // 70272)
     rec = record_from_start(first, c, facts, source="test")
-    again = plan(h200, engine="sglang", gpu_memory_utilization=0.85, calibration=[rec])
+    again = plan(h200, PlanRequest(engine="sglang", gpu_memory_utilization=0.85), calibration=[rec])
     c2 = again.candidate("sglang-int4-tp8")
-    raw = plan(h200, engine="sglang", gpu_memory_utilization=0.85).candidate("sglang-int4-tp8")
+    raw = plan(h200, PlanRequest(engine="sglang", gpu_memory_utilization=0.85)).candidate("sglang-int4-tp8")
     assert c2.calibrated_from == 1 and raw.calibrated_from == 0
     assert c2.kv_cache_tokens == pytest.approx((raw.memory.kv_cache - 2.0) * GIB / 70272, rel=1e-3)
     assert c2.kv_error == 0.01 and "calibrated from 1 start(s)" in c2.reasons[0]
     # another GPU, engine version or layout does not match
-    other = plan(load_profile("b200x8"), engine="sglang", calibration=[rec])
+    other = plan(load_profile("b200x8"), PlanRequest(engine="sglang"), calibration=[rec])
     assert all(x.calibrated_from == 0 for x in other.candidates)

@@ -25,6 +25,7 @@ from deploy.engines import builds as engines
 from deploy.hardware.profiles import load_gpu_table, load_profile
 from deploy.planning.contract import save_plan
 from deploy.planning.planner import plan
+from deploy.planning.request import PlanRequest
 from deploy.serving import render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +69,7 @@ def _dry_run(install: list[str]) -> dict[str, str]:
 
 
 def test_rtx4090_install_builds_cuda_for_its_compute_capability(tmp_path: Path) -> None:
-    p = plan(load_profile("rtx4090-256g"), engine="llama.cpp")
+    p = plan(load_profile("rtx4090-256g"), PlanRequest(engine="llama.cpp"))
     cand = p.chosen_candidate
     assert cand.placement in ("gpu", "hybrid")
     sm = load_gpu_table()["RTX4090"].compute_capability.replace(".", "")
@@ -91,7 +92,7 @@ def test_rtx4090_install_builds_cuda_for_its_compute_capability(tmp_path: Path) 
 
 def test_cpu_node_install_builds_for_its_isa(tmp_path: Path) -> None:
     profile = load_profile("cpu-512g")
-    p = plan(profile, engine="llama.cpp")
+    p = plan(profile, PlanRequest(engine="llama.cpp"))
     cand = p.chosen_candidate
     assert cand.engine_args["node_role"] == "dedicated"
     result = _render(tmp_path, p, cand)
@@ -123,7 +124,7 @@ def test_amx_node_gets_the_amx_options() -> None:
 
 
 def test_demo_keeps_the_portable_build(tmp_path: Path) -> None:
-    p = plan(load_profile("ci-24g"), model="demo")
+    p = plan(load_profile("ci-24g"), PlanRequest(model="demo"))
     cand = p.chosen_candidate
     assert cand.engine_args["node_role"] == "shared"
     assert cand.engine_args["omp_wait_policy"] == "PASSIVE"
@@ -144,7 +145,7 @@ def test_rpc_nodes_each_get_their_own_isa(tmp_path: Path) -> None:
     data = yaml.safe_load(path.read_text())
     data["nodes"][1]["cpu"]["isa"] = ["avx2", "avx512f", "amx_tile", "amx_int8"]
     path.write_text(yaml.safe_dump(data))
-    p = plan(load_profile(path), nodes=2, variant="UD-TQ1_0")
+    p = plan(load_profile(path), PlanRequest(nodes=2, variant="UD-TQ1_0"))
     cand = p.chosen_candidate
     assert cand.placement == "rpc"
     result = _render(tmp_path, p, cand)
@@ -160,7 +161,7 @@ def test_rpc_nodes_each_get_their_own_isa(tmp_path: Path) -> None:
 def test_launch_finds_the_build_in_its_own_nodes_cache(tmp_path: Path) -> None:
     """The rendered launch runs the binary under the cache of whoever runs it ($KIMI_DEPLOY_CACHE here),
     not the renderer's. A stand-in llama-server (records its path and exits) replaces only the engine."""
-    p = plan(load_profile("ci-24g"), model="demo")
+    p = plan(load_profile("ci-24g"), PlanRequest(model="demo"))
     weights = tmp_path / "w"
     weights.mkdir()
     (weights / "model.gguf").touch()

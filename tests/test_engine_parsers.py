@@ -20,6 +20,7 @@ from deploy import pins
 from deploy.engines import builds as engines
 from deploy.hardware.profiles import available_profiles, load_profile
 from deploy.planning.planner import plan
+from deploy.planning.request import PlanRequest
 from deploy.serving import parser_check
 from deploy.serving.argv import Endpoint, node_commands
 
@@ -31,7 +32,8 @@ def _cases() -> list[tuple[str, str, list]]:
     plans = [(profile, plan(load_profile(profile))) for profile in available_profiles()]
     # the optional speculative decoding (EAGLE3) where a recipe runs it: H200 and Blackwell
     plans += [
-        (f"{name}+eagle3", plan(load_profile(name), speculative="eagle3")) for name in ("h200x8", "b200x8")
+        (f"{name}+eagle3", plan(load_profile(name), PlanRequest(speculative="eagle3")))
+        for name in ("h200x8", "b200x8")
     ]
     for profile, p in plans:
         for cand in p.candidates:

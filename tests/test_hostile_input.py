@@ -21,6 +21,7 @@ from helpers.systemd import Substitution, command_words
 from deploy.hardware.profiles import load_profile
 from deploy.planning.contract import Plan, Weights, save_plan
 from deploy.planning.planner import plan
+from deploy.planning.request import PlanRequest
 from deploy.serving.quoting import parse_env_file, systemd_word
 from deploy.weights import lockfile
 
@@ -216,7 +217,7 @@ def test_api_key_reaches_the_engine_but_not_its_argv(
     """The rendered launch script runs for real with a stand-in engine (the real ones need GPUs) that records
     its argv and environment: the key is in the engine's variable (vLLM) or its --config YAML (SGLang)."""
     path = tmp_path / "plan.json"
-    save_plan(plan(load_profile("h200x8"), engine=engine), path)
+    save_plan(plan(load_profile("h200x8"), PlanRequest(engine=engine)), path)
     out = tmp_path / "out"
     r = kd(tmp_path, "render", "--plan", str(path), "--out", str(out), "--bind", "0.0.0.0",
            env={"KIMI_API_KEY": KEY})  # fmt: skip

@@ -1,8 +1,9 @@
 """The package layout: stages are subpackages, and imports only point down the pipeline.
 
 A module may import the base (the modules directly in ``deploy/``), its own stage and the stages before it;
-the base imports only the base; ``deploy.cli`` sits on top and may import everything. Read from the source's
-``import`` statements (function-level lazy imports included), so no import can slip past by being deferred.
+the base imports only the base; ``deploy.cli`` sits on top and may import everything. No two modules import
+each other (inside a stage too). Read from the source's ``import`` statements (function-level lazy imports
+included), so no import can slip past by being deferred.
 """
 
 from __future__ import annotations
@@ -57,19 +58,23 @@ def stage_of(module: str) -> str | None:
     return "base" if parts[1] in BASE else parts[1]
 
 
+def from_module(node: ast.ImportFrom, rel: Path) -> str:
+    """The absolute name of the module a ``from ... import`` reads, relative ones resolved from ``rel``."""
+    if not node.level:
+        return node.module or ""
+    package = ".".join(("deploy", *rel.with_suffix("").parts[:-1]))
+    base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+    return f"{base}.{node.module}" if node.module else base
+
+
 def imported_modules(text: str, rel: Path) -> list[tuple[int, str]]:
     """(line, module) for every import in a module's source; ``rel`` is its path under deploy/."""
-    package = ".".join(("deploy", *rel.with_suffix("").parts[:-1]))
     found = []
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                module = f"{base}.{node.module}" if node.module else base
-            else:
-                module = node.module or ""
+            module = from_module(node, rel)
             found.append((node.lineno, module))
             # `from deploy import serving` names a stage, not the base
             if module == "deploy":
@@ -104,6 +109,31 @@ def modules() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if "data" not in p.relative_to(PACKAGE).parts)
 
 
+def module_name(rel: Path) -> str:
+    """'serving/launch.py' -> 'deploy.serving.launch'; 'planning/__init__.py' -> 'deploy.planning'."""
+    parts = rel.with_suffix("").parts
+    return ".".join(("deploy", *(parts[:-1] if parts[-1] == "__init__" else parts)))
+
+
+def imports_graph(sources: dict[Path, str]) -> dict[str, set[str]]:
+    """Module -> the modules of ``sources`` it imports (``from pkg import mod`` counts as importing mod)."""
+    names = {module_name(rel) for rel in sources}
+    graph = {}
+    for rel, text in sources.items():
+        found = {module for _, module in imported_modules(text, rel)}
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom):
+                found |= {f"{from_module(node, rel)}.{alias.name}" for alias in node.names}
+        graph[module_name(rel)] = (found & names) - {module_name(rel)}
+    return graph
+
+
+def mutual_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{a} <-> {b}" for a, targets in graph.items() for b in targets if a < b and a in graph.get(b, ())
+    )
+
+
 def test_every_module_lives_in_a_known_stage_or_the_base():
     for path in modules():
         rel = path.relative_to(PACKAGE)
@@ -128,6 +158,23 @@ def test_imports_point_down_the_pipeline(path: Path):
     rel = path.relative_to(PACKAGE)
     wrong = violations(path.read_text(), rel)
     assert not wrong, f"deploy/{rel}: " + "; ".join(wrong)
+
+
+def test_no_two_modules_import_each_other():
+    graph = imports_graph({p.relative_to(PACKAGE): p.read_text() for p in modules()})
+    assert graph["deploy.planning.contract"], "the graph found no import in deploy/planning/contract.py"
+    assert not mutual_imports(graph), "modules that import each other: " + "; ".join(mutual_imports(graph))
+
+
+def test_the_rule_catches_two_modules_that_import_each_other():
+    sources = {
+        Path("planning/contract.py"): "def f():\n    from deploy.planning.plan_schema import PLAN_SCHEMA\n",
+        Path("planning/plan_schema.py"): "from . import contract\n",
+        Path("planning/memory.py"): "from deploy.planning import contract\n",
+    }
+    assert mutual_imports(imports_graph(sources)) == [
+        "deploy.planning.contract <-> deploy.planning.plan_schema"
+    ]
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from deploy.planning.margins import (
 )
 from deploy.planning.memory import LLAMA_FIT_MARGIN_GIB
 from deploy.planning.planner import CONTEXT_STEP, plan
+from deploy.planning.request import PlanRequest
 
 PROFILES = sorted(p.stem for p in constants.HARDWARE_DIR.glob("*.yaml") if p.stem != "gpus")
 
@@ -82,10 +83,10 @@ def test_rtx4090_leaves_its_headroom():
 
 
 def test_vllm_above_the_headroom_needs_tight():
-    p = plan(load_profile("h200x8"), engine="vllm", gpu_memory_utilization=0.99)
+    p = plan(load_profile("h200x8"), PlanRequest(engine="vllm", gpu_memory_utilization=0.99))
     c = p.candidate("vllm-int4-tp8")
     assert not c.runs and "plan --tight" in " ".join(c.reasons)
-    t = plan(load_profile("h200x8"), engine="vllm", gpu_memory_utilization=0.99, tight=True)
+    t = plan(load_profile("h200x8"), PlanRequest(engine="vllm", gpu_memory_utilization=0.99, tight=True))
     tc = t.candidate("vllm-int4-tp8-tight")
     assert tc.runs and tc.tight and "risk" in tc.reasons[0]
 

@@ -24,6 +24,7 @@ from deploy.monitoring import dashboards, engines, promtool, rules
 from deploy.monitoring.render import monitoring_texts, write_monitoring
 from deploy.monitoring.spec import JOB, MonitoringSpec, ScrapeTarget, Timings
 from deploy.planning.planner import plan
+from deploy.planning.request import PlanRequest
 from deploy.serving import render
 from deploy.serving.argv import Endpoint, node_commands
 
@@ -38,7 +39,7 @@ def _cases() -> list[tuple[str, str]]:
     for profile in available_profiles():
         p = plan(load_profile(profile))
         if not any(c.runs for c in p.candidates):
-            p = plan(load_profile(profile), model="demo")
+            p = plan(load_profile(profile), PlanRequest(model="demo"))
         seen: set[str] = set()
         for c in p.candidates:
             if c.runs and c.engine not in seen:
@@ -53,7 +54,7 @@ CASES = _cases()
 def _spec(profile: str, engine: str, ep: Endpoint | None = None, **opts) -> tuple[MonitoringSpec, object]:
     p = plan(load_profile(profile))
     if not any(c.runs for c in p.candidates):
-        p = plan(load_profile(profile), model="demo")
+        p = plan(load_profile(profile), PlanRequest(model="demo"))
     cand = next(c for c in p.candidates if c.runs and c.engine == engine)
     model = cand.weights.local_dir if cand.engine != "llama.cpp" else "/m/x-00001-of-00002.gguf"
     ep = ep or Endpoint()
@@ -184,13 +185,13 @@ def test_slo_comes_from_the_option_then_the_plan_then_the_default() -> None:
     assert spec.ttft_p95_slo_s == 0.75
     assert "> 0.75" in next(r["expr"] for r in rules.alert_rules(spec) if r["alert"] == "KimiTTFTHigh")
     # `plan --ttft-slo` records it in plan.json's request; render takes it from there
-    p = plan(load_profile("h200x8"), ttft_p95_slo_s=1.5)
+    p = plan(load_profile("h200x8"), PlanRequest(ttft_p95_slo_s=1.5))
     assert p.request["ttft_p95_slo_s"] == 1.5
     cand = next(c for c in p.candidates if c.runs and c.engine == "sglang")
     spec = render.monitoring_spec(p, cand, nodes, Endpoint(), 30000, render.RenderOptions())
     assert spec.ttft_p95_slo_s == 1.5
     with pytest.raises(InputError, match="--ttft-slo"):
-        plan(load_profile("h200x8"), ttft_p95_slo_s=float("nan"))
+        plan(load_profile("h200x8"), PlanRequest(ttft_p95_slo_s=float("nan")))
 
 
 def test_short_timings_reach_the_rules_and_the_config() -> None:

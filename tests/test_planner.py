@@ -19,6 +19,7 @@ from deploy.planning.architecture import architecture_for
 from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, load_plan, save_plan
 from deploy.planning.memory import host_available, llama_layer_devices, rpc_split
 from deploy.planning.planner import CONTEXT_STEP, MIN_CONTEXT, plan
+from deploy.planning.request import PlanRequest
 
 ORDER = {RUNNABLE: 0, REDUCED: 1, INCOMPATIBLE: 2}
 FULL = 262_144
@@ -118,7 +119,7 @@ def test_ci_runs_nothing_and_says_what_would(plans):
 
 
 def test_demo_on_ci(kimi):
-    p = plan(load_profile("ci-24g"), model="demo")
+    p = plan(load_profile("ci-24g"), PlanRequest(model="demo"))
     c = p.chosen_candidate
     assert (c.engine, c.placement, c.status) == ("llama.cpp", "cpu", RUNNABLE)
     a = c.engine_args
@@ -164,17 +165,17 @@ def test_time_to_ready_grows_with_weights(plans):
 
 
 def test_fp8_kv_doubles_tokens():
-    bf16 = plan(load_profile("h200x8"), engine="vllm", variant="int4").candidate("vllm-int4-tp8")
-    fp8 = plan(load_profile("h200x8"), engine="vllm", variant="int4", kv_cache_dtype="fp8").candidate(
-        "vllm-int4-tp8"
-    )
+    bf16 = plan(load_profile("h200x8"), PlanRequest(engine="vllm", variant="int4")).candidate("vllm-int4-tp8")
+    fp8 = plan(
+        load_profile("h200x8"), PlanRequest(engine="vllm", variant="int4", kv_cache_dtype="fp8")
+    ).candidate("vllm-int4-tp8")
     assert fp8.kv_cache_tokens == pytest.approx(2 * bf16.kv_cache_tokens, rel=1e-3)
 
 
 def test_sglang_on_one_h100_node_follows_its_own_fraction():
     # SGLang 0.5.23's own --mem-fraction-static on an 80 GB card at TP8: 10 GiB floor, 512 + 1.5 x 8192 +
     # 2 x 512 + 1024 MiB reserved, then x 0.95 x (1 - 0.1 x (27 x 1152^2 / (24 x 1024^2) - 1)) for MoonViT
-    p = plan(load_profile("h100x8"), engine="sglang", context=16384)
+    p = plan(load_profile("h100x8"), PlanRequest(engine="sglang", context=16384))
     c = p.candidate("sglang-int4-tp8")
     mib = load_profile("h100x8").head.gpu_memory_mib
     reserved = max(512 + 1.5 * 8192 + 2 * 512 + 8 / 8 * 1024, 10 * 1024)
@@ -184,7 +185,7 @@ def test_sglang_on_one_h100_node_follows_its_own_fraction():
     assert any("second node" in r for r in c.remediation) and any("hybrid" in r for r in c.remediation)
     assert not c.tight
     # only `--tight` sets a fraction beyond SGLang's own, and says so; it ranks after every non-tight one
-    t = plan(load_profile("h100x8"), engine="sglang", context=16384, tight=True)
+    t = plan(load_profile("h100x8"), PlanRequest(engine="sglang", context=16384, tight=True))
     tc = t.candidate("sglang-int4-tp8-tight")
     assert tc.tight and tc.runs and tc.gpu_memory_utilization > fraction
     assert "overrides SGLang's own" in tc.reasons[0] and "risk" in tc.reasons[0]
@@ -192,7 +193,7 @@ def test_sglang_on_one_h100_node_follows_its_own_fraction():
 
 
 def test_filters():
-    p = plan(profile_from_gpus("8xH200"), engine="llama.cpp", variant="UD-Q2_K_XL")
+    p = plan(profile_from_gpus("8xH200"), PlanRequest(engine="llama.cpp", variant="UD-Q2_K_XL"))
     assert {c.engine for c in p.candidates} == {"llama.cpp"} and {c.variant for c in p.candidates} == {
         "UD-Q2_K_XL"
     }
@@ -216,7 +217,21 @@ def test_filters():
 )
 def test_bad_input(kwargs):
     with pytest.raises(InputError):
-        plan(load_profile("h200x8"), **kwargs)
+        plan(load_profile("h200x8"), PlanRequest(**kwargs))
+
+
+def test_the_request_is_one_frozen_keyword_only_value():
+    r = PlanRequest(engine="vllm", context=65536)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        r.engine = "sglang"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        PlanRequest("kimi-k2.5")  # type: ignore[misc]
+    # checked when built, before any profile or model is read
+    with pytest.raises(InputError, match="--context 0"):
+        PlanRequest(context=0)
+    # plan.json's request is the value, field for field
+    assert plan(load_profile("h200x8"), r).request == dataclasses.asdict(r)
+    assert plan(load_profile("h200x8")).request == dataclasses.asdict(PlanRequest())
 
 
 # ---- property tests ----------------------------------------------------------------------------------
@@ -265,7 +280,7 @@ def test_more_ram_never_worse(name, base, factor):
 def test_longer_context_never_needs_less(name, short, longer):
     long_ctx = min(FULL, short + longer)
     profile = load_profile(name)
-    a, b = plan(profile, context=short), plan(profile, context=long_ctx)
+    a, b = plan(profile, PlanRequest(context=short)), plan(profile, PlanRequest(context=long_ctx))
     sa, sb = _statuses(a), _statuses(b)
     for cid in sa:
         assert sa[cid] <= sb[cid], cid
@@ -278,7 +293,9 @@ def test_longer_context_never_needs_less(name, short, longer):
 def test_smaller_batch_settings_are_written_when_used():
     # with --tight on 80 GB GPUs the plan falls back to SGLang's 24 GB-class settings and must then pass
     # them to the engine, matching the memory it reserved
-    c = plan(load_profile("h100x8"), engine="sglang", tight=True).candidate("sglang-int4-tp8-tight")
+    c = plan(load_profile("h100x8"), PlanRequest(engine="sglang", tight=True)).candidate(
+        "sglang-int4-tp8-tight"
+    )
     assert c.runs and c.tight
     args, terms = c.engine_args, c.memory.terms
     assert terms["activation_reserve"] == pytest.approx(
@@ -289,7 +306,7 @@ def test_smaller_batch_settings_are_written_when_used():
 
 
 def test_demo_on_vllm_cpu():
-    p = plan(load_profile("ci-24g"), model="demo", engine="vllm")
+    p = plan(load_profile("ci-24g"), PlanRequest(model="demo", engine="vllm"))
     c = p.chosen_candidate
     demo = load_model("demo")
     arch = architecture_for(demo, demo.variant("hf-bf16"))
@@ -308,21 +325,29 @@ def test_demo_on_vllm_cpu():
         abs=1e-3,
     )
     # on the default demo plan llama-server (the GGUF's own weights) ranks first
-    assert plan(load_profile("ci-24g"), model="demo").chosen_candidate.engine == "llama.cpp"
+    assert plan(load_profile("ci-24g"), PlanRequest(model="demo")).chosen_candidate.engine == "llama.cpp"
 
 
 def test_decode_context_parallel():
-    two = plan(load_profile("h200x8"), engine="vllm", decode_context_parallel=2).candidate("vllm-int4-tp8")
-    one = plan(load_profile("h200x8"), engine="vllm").candidate("vllm-int4-tp8")
+    two = plan(load_profile("h200x8"), PlanRequest(engine="vllm", decode_context_parallel=2)).candidate(
+        "vllm-int4-tp8"
+    )
+    one = plan(load_profile("h200x8"), PlanRequest(engine="vllm")).candidate("vllm-int4-tp8")
     assert two.decode_context_parallel == 2
     assert two.kv_cache_tokens == pytest.approx(2 * one.kv_cache_tokens, rel=1e-3)
-    bad = plan(load_profile("h200x8"), engine="vllm", decode_context_parallel=3).candidate("vllm-int4-tp8")
+    bad = plan(load_profile("h200x8"), PlanRequest(engine="vllm", decode_context_parallel=3)).candidate(
+        "vllm-int4-tp8"
+    )
     assert bad.status == INCOMPATIBLE and "must divide TP 8" in bad.reasons[0]
 
 
 def test_gpu_memory_utilization_sets_the_budget():
-    low = plan(load_profile("h200x8"), engine="vllm", gpu_memory_utilization=0.8).candidate("vllm-int4-tp8")
-    high = plan(load_profile("h200x8"), engine="vllm", gpu_memory_utilization=0.95).candidate("vllm-int4-tp8")
+    low = plan(load_profile("h200x8"), PlanRequest(engine="vllm", gpu_memory_utilization=0.8)).candidate(
+        "vllm-int4-tp8"
+    )
+    high = plan(load_profile("h200x8"), PlanRequest(engine="vllm", gpu_memory_utilization=0.95)).candidate(
+        "vllm-int4-tp8"
+    )
     assert (low.gpu_memory_utilization, high.gpu_memory_utilization) == (0.8, 0.95)
     # the same weights and overheads, so the extra budget all goes to the KV cache
     extra = (high.memory.budget - low.memory.budget) * GIB
@@ -368,7 +393,7 @@ def test_rpc_split_weights_the_layers_by_usable_ram():
 def test_demo_on_two_cpu_nodes_with_nodes_2_runs_over_rpc(tmp_path):
     profile = _cpu_nodes(tmp_path)
     demo = load_model("demo")
-    p = plan(profile, model="demo", nodes=2)
+    p = plan(profile, PlanRequest(model="demo", nodes=2))
     assert {c.nodes for c in p.candidates} == {2}
     c = p.chosen_candidate
     variant = c.variant
@@ -423,7 +448,7 @@ def test_demo_on_two_cpu_nodes_with_nodes_2_runs_over_rpc(tmp_path):
 
 
 def test_rpc_ranks_after_every_single_node_candidate_that_runs(tmp_path):
-    p = plan(_cpu_nodes(tmp_path), model="demo")
+    p = plan(_cpu_nodes(tmp_path), PlanRequest(model="demo"))
     kinds = [(c.runs, c.placement == "rpc") for c in p.candidates]
     assert kinds == sorted(kinds, key=lambda k: (not k[0], k[1]))
     assert p.chosen_candidate.nodes == 1 and any(c.placement == "rpc" and c.runs for c in p.candidates)
@@ -436,7 +461,7 @@ def test_kimi_gguf_over_two_nodes_when_no_single_node_fits(tmp_path):
     arch = architecture_for(kimi, smallest)
     ram = math.ceil((arch.total_bytes / 2 / GIB + 16) / (1 - 0.05))
     profile = _cpu_nodes(tmp_path, ram_gib=ram, cores=32)
-    p = plan(profile, engine="llama.cpp", variant=smallest.id)
+    p = plan(profile, PlanRequest(engine="llama.cpp", variant=smallest.id))
     single = p.candidate(f"llama.cpp-{smallest.id}-cpu")
     assert single.status == INCOMPATIBLE
     assert "llama.cpp RPC over 2 nodes: plan --nodes 2" in single.remediation
@@ -446,7 +471,7 @@ def test_kimi_gguf_over_two_nodes_when_no_single_node_fits(tmp_path):
 
 
 def test_rpc_names_the_node_that_runs_short(tmp_path):
-    p = plan(_cpu_nodes(tmp_path), engine="llama.cpp", nodes=2)
+    p = plan(_cpu_nodes(tmp_path), PlanRequest(engine="llama.cpp", nodes=2))
     assert p.chosen is None
     for c in p.candidates:
         assert c.placement == "rpc" and c.status == INCOMPATIBLE
@@ -456,13 +481,13 @@ def test_rpc_names_the_node_that_runs_short(tmp_path):
 
 def test_nodes_filter_and_bad_values(tmp_path):
     profile = _cpu_nodes(tmp_path)
-    assert {c.nodes for c in plan(profile, model="demo", nodes=1).candidates} == {1}
+    assert {c.nodes for c in plan(profile, PlanRequest(model="demo", nodes=1)).candidates} == {1}
     with pytest.raises(InputError, match="--nodes 3: the profile has 2 nodes"):
-        plan(profile, model="demo", nodes=3)
+        plan(profile, PlanRequest(model="demo", nodes=3))
     with pytest.raises(InputError, match="--nodes 0"):
-        plan(profile, model="demo", nodes=0)
+        plan(profile, PlanRequest(model="demo", nodes=0))
     # GPU profiles get no RPC layout (it sizes host RAM only); --nodes 2 keeps their multi-node layouts
-    gpu = plan(load_profile("h100x8-2nodes"), nodes=2)
+    gpu = plan(load_profile("h100x8-2nodes"), PlanRequest(nodes=2))
     assert gpu.candidates and all(c.nodes == 2 and c.placement != "rpc" for c in gpu.candidates)
 
 
@@ -482,10 +507,13 @@ def _two_node_cpu(ram: float) -> HardwareProfile:
 )
 def test_rpc_more_ram_never_worse_longer_context_never_needs_less(ram, factor, short, longer):
     small, big = _two_node_cpu(ram), _two_node_cpu(ram * factor)
-    before, after = _statuses(plan(small, engine="llama.cpp")), _statuses(plan(big, engine="llama.cpp"))
+    before, after = (
+        _statuses(plan(small, PlanRequest(engine="llama.cpp"))),
+        _statuses(plan(big, PlanRequest(engine="llama.cpp"))),
+    )
     for cid, status in before.items():
         assert after[cid] <= status, cid
-    a = plan(small, engine="llama.cpp", nodes=2, context=short)
-    b = plan(small, engine="llama.cpp", nodes=2, context=min(FULL, short + longer))
+    a = plan(small, PlanRequest(engine="llama.cpp", nodes=2, context=short))
+    b = plan(small, PlanRequest(engine="llama.cpp", nodes=2, context=min(FULL, short + longer)))
     for c in a.candidates:
         assert ORDER[c.status] <= ORDER[b.candidate(c.id).status], c.id

@@ -18,6 +18,7 @@ from deploy.catalog import load_model
 from deploy.hardware.profiles import load_profile
 from deploy.planning.contract import save_plan
 from deploy.planning.planner import plan
+from deploy.planning.request import PlanRequest
 from deploy.releases import diff
 from deploy.serving import release_dir
 from deploy.serving.render import RenderOptions, render
@@ -26,7 +27,7 @@ from deploy.weights.lockfile import Lock, LockedFile, write_lock
 
 def _plan(tmp_path: Path, name: str, **kw) -> Path:
     path = tmp_path / f"{name}.json"
-    save_plan(plan(load_profile("h200x8"), **kw), path)
+    save_plan(plan(load_profile("h200x8"), PlanRequest(**kw)), path)
     return path
 
 

@@ -25,6 +25,7 @@ from deploy.engines import builds as engines
 from deploy.hardware.profiles import available_profiles, load_profile
 from deploy.planning.contract import Plan, save_plan
 from deploy.planning.planner import plan
+from deploy.planning.request import PlanRequest
 from deploy.serving import render
 from deploy.serving.argv import Endpoint, EnvRef, node_commands
 from deploy.weights import lockfile
@@ -65,7 +66,7 @@ def rendered_files(out: Path) -> list[Path]:
 
 
 def plan_file(tmp_path: Path, profile: str, **kw) -> tuple[Path, Plan]:
-    p = plan(load_profile(profile), **kw)
+    p = plan(load_profile(profile), PlanRequest(**kw))
     path = tmp_path / f"plan-{profile}.json"
     save_plan(p, path)
     return path, p
@@ -612,7 +613,7 @@ def test_llama_server_flags_exist_in_the_built_binary() -> None:
 
 
 def test_demo_plan_chat_template_and_cpu_env(tmp_path: Path, run_cli) -> None:
-    p = plan(load_profile("ci-24g"), model="demo")
+    p = plan(load_profile("ci-24g"), PlanRequest(model="demo"))
     cand = p.chosen_candidate
     assert cand.engine == "llama.cpp"
     weights = tmp_path / "demo"
@@ -688,7 +689,7 @@ def test_rendered_demo_script_serves_with_the_api_key(tmp_path: Path, run_cli) -
     weights = tmp_path / "demo weights"
     weights.mkdir()
     os.link(gguf, weights / gguf.name)
-    p = plan(load_profile("ci-24g"), model="demo")
+    p = plan(load_profile("ci-24g"), PlanRequest(model="demo"))
     port = _free_port()
     p.chosen_candidate.engine_args["port"] = port
     path = tmp_path / "plan.json"
@@ -753,7 +754,7 @@ def test_llama_cpp_rpc_layout_over_two_nodes(tmp_path: Path, run_cli) -> None:
     plan's layer split; the manifest lists both nodes; re-rendering is byte-identical; every flag is in the
     real binaries' --help."""
     profile = write_cpu_profile(tmp_path / "two.yaml", ["10.213.0.1", "10.213.0.2"])
-    p = plan(load_profile(profile), model="demo", nodes=2)
+    p = plan(load_profile(profile), PlanRequest(model="demo", nodes=2))
     cand = p.chosen_candidate
     a = cand.engine_args
     assert cand.placement == "rpc"

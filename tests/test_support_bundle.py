@@ -32,6 +32,7 @@ from deploy.hardware.profiles import load_profile
 from deploy.planning import architecture
 from deploy.planning.contract import save_plan
 from deploy.planning.planner import plan
+from deploy.planning.request import PlanRequest
 from deploy.secrets import MASK, Redactor
 from deploy.weights import lockfile
 
@@ -119,7 +120,7 @@ def test_redactor_masks_values_and_patterns() -> None:
 @pytest.mark.slow
 def test_bundle_of_a_failed_start_has_the_cause_and_no_secret(tmp_path: Path) -> None:
     weights = _verified_weights(tmp_path)
-    p = plan(load_profile("ci-24g"), model="demo")
+    p = plan(load_profile("ci-24g"), PlanRequest(model="demo"))
     assert p.chosen_candidate.engine == "llama.cpp"
     plan_path = tmp_path / "plan.json"
     save_plan(p, plan_path)

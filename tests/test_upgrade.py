@@ -16,6 +16,7 @@ import pytest
 from deploy.hardware.profiles import load_profile
 from deploy.planning.contract import Weights, save_plan
 from deploy.planning.planner import plan
+from deploy.planning.request import PlanRequest
 from deploy.releases import gc, journal
 from deploy.releases.upgrade import bench_gate, find_deployment, weights_dest
 from deploy.serving import release_dir
@@ -80,7 +81,7 @@ def test_one_operation_at_a_time(tmp_path: Path) -> None:
 
 def test_upgrade_without_a_deployment_is_one_line_exit_2(tmp_path: Path) -> None:
     p = tmp_path / "plan.json"
-    save_plan(plan(load_profile("h200x8"), variant="int4"), p)
+    save_plan(plan(load_profile("h200x8"), PlanRequest(variant="int4")), p)
     env = {**os.environ, "KIMI_DEPLOY_STATE_DIR": str(tmp_path / "state")}
     for verb in (["upgrade", "--plan", str(p)], ["rollback"], ["gc"]):
         r = subprocess.run([sys.executable, "-m", "deploy", *verb], env=env, capture_output=True, text=True,
@@ -91,7 +92,7 @@ def test_upgrade_without_a_deployment_is_one_line_exit_2(tmp_path: Path) -> None
 
 def test_gc_removes_only_weights_no_kept_release_uses(tmp_path: Path) -> None:
     p = tmp_path / "plan.json"
-    save_plan(plan(load_profile("h200x8"), variant="int4"), p)
+    save_plan(plan(load_profile("h200x8"), PlanRequest(variant="int4")), p)
     w = tmp_path / "models" / "o"
     v1, v2, v3 = _lock(w / "r", "main"), _lock(w / "r@v2", "v2"), _lock(w / "r@v3", "v3")
     unrelated = _lock(w / "r@x", "x", repo="someone/else")

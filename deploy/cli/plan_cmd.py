@@ -9,10 +9,11 @@ import click
 from deploy import constants
 from deploy.cli import plan_diff_cmd
 from deploy.errors import InputError, NothingRunnableError
-from deploy.hardware.profiles import HardwareProfile, load_profile, profile_from_gpus
 from deploy.planning.contract import save_plan
+from deploy.planning.inputs import calibration_records, hardware_profile
 from deploy.planning.planner import plan
 from deploy.planning.report import print_report
+from deploy.planning.request import PlanRequest
 
 
 def _number(value: str | None, option: str, kind: type) -> int | float | None:
@@ -24,32 +25,6 @@ def _number(value: str | None, option: str, kind: type) -> int | float | None:
         raise InputError(
             f"{option} {value!r}: expected {'an integer' if kind is int else 'a number'}"
         ) from None
-
-
-def _profile(hardware: str | None, gpus: str | None, weights_dir: str | None) -> HardwareProfile:
-    if hardware and gpus:
-        raise InputError("give either --hardware FILE or --gpus SPEC, not both")
-    if hardware:
-        return load_profile(hardware)
-    if gpus:
-        return profile_from_gpus(gpus)
-    try:
-        from deploy.hardware import inventory
-    except ImportError:
-        raise InputError("no hardware given: pass --hardware FILE or --gpus SPEC (e.g. 8xH200)") from None
-    return inventory.probe(weights_dir) if weights_dir else inventory.probe()
-
-
-def _calibration_records() -> list[dict]:
-    """The calibration store's records; a store that fails its schema is reported and left out."""
-    from deploy.calibration.store import load_records
-    from deploy.errors import CalibrationError
-
-    try:
-        return load_records()
-    except CalibrationError as exc:
-        click.echo(f"warning: {exc}; planning without calibration", err=True)
-        return []
 
 
 @click.group("plan", invoke_without_command=True)
@@ -133,10 +108,11 @@ def plan_command(
     `kimi-deploy plan diff OLD NEW` compares two plans or releases."""
     if click.get_current_context().invoked_subcommand is not None:
         return
-    profile = _profile(hardware, gpus, weights_dir)
-    records = [] if no_calibration else _calibration_records()
-    result = plan(
-        profile,
+    profile = hardware_profile(hardware, gpus, weights_dir)
+    records, warning = ([], None) if no_calibration else calibration_records()
+    if warning:
+        click.echo(warning, err=True)
+    request = PlanRequest(
         model=model,
         engine=engine,
         variant=variant,
@@ -149,10 +125,10 @@ def plan_command(
         nodes=_number(nodes, "--nodes", int),
         speculative=speculative,
         tight=tight,
-        calibration=records,
         revision=revision,
         ttft_p95_slo_s=_number(ttft_slo, "--ttft-slo", float),
     )
+    result = plan(profile, request, calibration=records)
     if output:
         save_plan(result, output)
     if as_json:

@@ -30,14 +30,18 @@ from typing import Any
 from deploy.errors import PlanError
 from deploy.fsutil import atomic_write_json
 from deploy.planning.margins import ready_deadline_s
+
+# The schema owns its version and the candidate statuses (runnable at the full context; reduced: runs with
+# the smaller max_model_len the plan sets; incompatible); they are re-exported here for the readers.
+from deploy.planning.plan_schema import (
+    INCOMPATIBLE,
+    PLAN_SCHEMA,
+    REDUCED,
+    RUNNABLE,
+    SCHEMA_VERSION,
+    STATUSES,
+)
 from deploy.schema import parse_json, read_text, validate
-
-SCHEMA_VERSION = 1
-
-RUNNABLE = "runnable"  # runs at the model's full context
-REDUCED = "reduced"  # runs only with a smaller max_model_len, which the plan sets
-INCOMPATIBLE = "incompatible"
-STATUSES = (RUNNABLE, REDUCED, INCOMPATIBLE)
 
 
 @dataclass
@@ -229,8 +233,6 @@ def _check_consistent(
 def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     """A Plan from plan.json's data, validated against deploy.planning.plan_schema first: a wrong type,
     range or character is PlanError (exit 2) naming ``source``, the key and the reason."""
-    from deploy.planning.plan_schema import PLAN_SCHEMA
-
     if not isinstance(data, dict):
         raise PlanError(f"{source}: expected a JSON object")
     if data.get("schema") != SCHEMA_VERSION:
@@ -267,3 +269,21 @@ def load_plan(path: str | Path) -> Plan:
 
 def save_plan(plan: Plan, path: str | Path) -> Path:
     return atomic_write_json(path, plan.to_dict())
+
+
+__all__ = [
+    "DRAFT_ALLOW_PATTERNS",
+    "INCOMPATIBLE",
+    "REDUCED",
+    "RUNNABLE",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "Candidate",
+    "Memory",
+    "Plan",
+    "Weights",
+    "candidate_from_dict",
+    "load_plan",
+    "plan_from_dict",
+    "save_plan",
+]

@@ -19,8 +19,14 @@ from typing import Any
 
 from deploy import schema
 from deploy.hardware.profile_schema import PLAN_HARDWARE
-from deploy.planning.contract import SCHEMA_VERSION, STATUSES
 
+#: plan.json's ``schema``: a reader refuses any other (deploy.planning.contract.plan_from_dict).
+SCHEMA_VERSION = 1
+#: A candidate's ``status`` (deploy.planning.contract re-exports these for every stage that reads a plan).
+RUNNABLE = "runnable"  # runs at the model's full context
+REDUCED = "reduced"  # runs only with a smaller max_model_len, which the plan sets
+INCOMPATIBLE = "incompatible"
+STATUSES = (RUNNABLE, REDUCED, INCOMPATIBLE)
 ENGINES = ["vllm", "sglang", "ktransformers", "llama.cpp"]
 PLACEMENTS = ["gpu", "hybrid", "cpu", "rpc"]
 _PARALLEL = {"type": "integer", "minimum": 1, "maximum": 65536}
@@ -208,4 +214,14 @@ def markdown() -> str:
 if __name__ == "__main__":
     sys.stdout.write(markdown())
 
-__all__ = ["CANDIDATE", "ENGINE_ARGS", "PLAN_SCHEMA", "markdown"]
+__all__ = [
+    "CANDIDATE",
+    "ENGINE_ARGS",
+    "INCOMPATIBLE",
+    "PLAN_SCHEMA",
+    "REDUCED",
+    "RUNNABLE",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "markdown",
+]

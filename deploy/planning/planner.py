@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any
 
-from deploy import constants
-from deploy.catalog import ENGINES, Model, Variant, load_model
+from deploy.catalog import Model, Variant, load_model
 from deploy.constants import GB, GIB
-from deploy.errors import InputError
 from deploy.hardware.profiles import Cpu, HardwareProfile, Node, load_gpu_table
 from deploy.planning import performance
 from deploy.planning.architecture import Architecture, architecture_for
@@ -33,6 +30,7 @@ from deploy.planning.calibrated import apply_to_fit, matching_records
 from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
 from deploy.planning.margins import CALIBRATED_ERROR, READY_SAFETY_FACTOR, kv_error, low_end, ready_deadline_s
 from deploy.planning.memory import VLLM_CPU_PROCESS_GIB, Fit, Layout, evaluate, evaluate_best, host_available
+from deploy.planning.request import PlanRequest
 
 #: Below this context a deployment is not worth running (agentic clients send long prompts).
 MIN_CONTEXT = 8192
@@ -43,7 +41,6 @@ CONTEXT_STEP = 1024
 DISK_READ_GBPS = 1.0
 #: Engine start-up beyond reading weights (s): process start, compile/graph capture, warm-up.
 STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20, "vllm-cpu": 240}
-KV_CACHE_DTYPES = ("bf16", "fp8")
 #: llama.cpp over RPC moves activations over the network between layers: only when no single node fits.
 PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "cpu": 2, "rpc": 3}
 #: Tie-break among layouts of one engine: keep traffic inside a node, then pipeline across nodes.
@@ -74,91 +71,29 @@ GPU_FEATURE_NAMES = {
 DEMO_LLAMA_ARGS = {"threads": 1, "parallel": 1, "chat_template": "demo-hermes-think.jinja"}
 
 
-@dataclasses.dataclass(frozen=True)
-class Request:
-    """The planner's options, validated."""
-
-    model: str = constants.DEFAULT_MODEL
-    engine: str | None = None
-    variant: str | None = None
-    context: int | None = None
-    gpu_memory_utilization: float | None = None
-    kv_cache_dtype: str = "bf16"
-    decode_context_parallel: int = 1
-    tensor_parallel: int | None = None
-    weights_dir: str | None = None
-    nodes: int | None = None
-    #: a speculative-decoding method of the catalog (``eagle3``), applied where a published recipe runs it
-    speculative: str | None = None
-    tight: bool = False
-    revision: str | None = None
-    #: the TTFT p95 the deployment must meet (seconds); the planner records it, the monitoring alerts on it
-    ttft_p95_slo_s: float | None = None
-
-
 def plan(
     profile: HardwareProfile,
-    model: str = constants.DEFAULT_MODEL,
-    engine: str | None = None,
-    variant: str | None = None,
-    context: int | None = None,
-    gpu_memory_utilization: float | None = None,
-    kv_cache_dtype: str = "bf16",
-    decode_context_parallel: int = 1,
-    weights_dir: str | None = None,
-    tensor_parallel: int | None = None,
-    nodes: int | None = None,
-    speculative: str | None = None,
-    tight: bool = False,
+    request: PlanRequest | None = None,
+    *,
     calibration: list[dict[str, Any]] | None = None,
-    revision: str | None = None,
-    ttft_p95_slo_s: float | None = None,
 ) -> Plan:
-    """Plan ``model`` on ``profile``. Bad input raises InputError; a plan with nothing runnable has
-    ``chosen`` None (the CLI prints the table and exits 3). ``nodes`` keeps only the candidates on exactly
-    that many nodes (on a CPU-only profile, ``nodes=2`` forces llama.cpp's RPC layout for GGUF weights).
-    ``tight`` adds candidates that set a knob beyond the engine's own choice (marked, ranked after the
-    others). ``calibration`` is the calibration store's records (the CLI reads them; the planner reads no
-    file).
+    """Plan ``request.model`` on ``profile`` (``request`` None: the defaults, the catalog's default model).
+    Bad input raises InputError (deploy.planning.request checks it); a plan with nothing runnable has
+    ``chosen`` None (the CLI prints the table and exits 3). ``request.nodes`` keeps only the candidates on
+    exactly that many nodes (on a CPU-only profile, ``nodes=2`` forces llama.cpp's RPC layout for GGUF
+    weights). ``request.tight`` adds candidates that set a knob beyond the engine's own choice (marked,
+    ranked after the others). ``calibration`` is the calibration store's records (the CLI reads them; the
+    planner reads no file).
 
-        >>> plan(load_profile("h100x8"), context=65536).chosen_candidate.status  # doctest: +SKIP
+        >>> plan(load_profile("h100x8"), PlanRequest(context=65536)).chosen_candidate.status  # doctest: +SKIP
         'runnable'
     """
-    req = Request(
-        model,
-        engine,
-        variant,
-        context,
-        gpu_memory_utilization,
-        kv_cache_dtype,
-        decode_context_parallel,
-        tensor_parallel,
-        weights_dir,
-        nodes,
-        speculative,
-        tight,
-        revision,
-        ttft_p95_slo_s,
-    )
-    if revision is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$", revision):
-        raise InputError(f"--revision {revision!r}: expected a branch, tag or commit name")
-    if ttft_p95_slo_s is not None and not (math.isfinite(ttft_p95_slo_s) and ttft_p95_slo_s > 0):
-        raise InputError(f"--ttft-slo {ttft_p95_slo_s}: must be a positive number of seconds")
-    if ttft_p95_slo_s is not None and not (math.isfinite(ttft_p95_slo_s) and ttft_p95_slo_s > 0):
-        raise InputError(f"--ttft-slo {ttft_p95_slo_s}: must be a positive number of seconds")
-    have = len(profile.nodes)
-    if nodes is not None and not 1 <= nodes <= have:
-        raise InputError(
-            f"--nodes {nodes}: the profile has {have} node{'s' if have > 1 else ''}"
-            if nodes > 0
-            else f"--nodes {nodes}: must be at least 1"
-        )
-    m = load_model(model)
-    variants = _validate(req, m)
+    req = request or PlanRequest()
+    m = load_model(req.model)
+    variants = req.variants_for(m, profile)
     archs = {v.id: architecture_for(m, v) for v in variants}
     max_pos = next(iter(archs.values())).max_position_embeddings
-    if req.context is not None and req.context > max_pos:
-        raise InputError(f"--context {req.context} is above {m.name}'s maximum of {max_pos} tokens")
+    req.check_context(m, max_pos)
     candidates: list[Candidate] = []
     for v in variants:
         for eng in _engines_for(m, v, req.engine):
@@ -186,50 +121,7 @@ def plan(
     )
 
 
-# ---- validation ------------------------------------------------------------------------------------
-
-
-def _validate(req: Request, m: Model) -> list[Variant]:
-    if req.engine is not None and req.engine not in ENGINES:
-        raise InputError(f"--engine {req.engine!r} is not known; known: {', '.join(ENGINES)}")
-    if req.engine is not None and req.engine not in m.engines:
-        raise InputError(
-            f"--engine {req.engine}: model {m.name} is not served by it (catalog engines: "
-            f"{', '.join(m.engines)})"
-        )
-    if req.context is not None and req.context < 1:
-        raise InputError(f"--context {req.context}: must be at least 1 token")
-    u = req.gpu_memory_utilization
-    if u is not None and not 0 < u <= 1:
-        raise InputError(f"--gpu-memory-utilization {u}: must be in (0, 1]")
-    if req.kv_cache_dtype not in KV_CACHE_DTYPES:
-        raise InputError(
-            f"--kv-cache-dtype {req.kv_cache_dtype!r}: expected one of {', '.join(KV_CACHE_DTYPES)}"
-        )
-    if req.decode_context_parallel < 1:
-        raise InputError(f"--decode-context-parallel {req.decode_context_parallel}: must be at least 1")
-    heads = m.architecture.get("num_attention_heads")
-    if req.tensor_parallel is not None:
-        if req.tensor_parallel < 1:
-            raise InputError(f"--tensor-parallel {req.tensor_parallel}: must be at least 1")
-        if heads and heads % req.tensor_parallel:
-            raise InputError(
-                f"--tensor-parallel {req.tensor_parallel} does not divide the {heads} attention "
-                f"heads of {m.name}"
-            )
-    if req.speculative is not None and req.speculative not in m.speculative:
-        known = ", ".join(m.speculative) or "none"
-        raise InputError(f"--speculative {req.speculative!r}: {m.name} offers {known}")
-    variants = list(m.variants) if req.variant is None else [m.variant(req.variant)]
-    if req.engine is not None:
-        usable = [v for v in variants if req.engine in v.engines]
-        if not usable:
-            raise InputError(
-                f"--engine {req.engine} loads none of the variants "
-                f"{', '.join(v.id for v in variants)} of {m.name}"
-            )
-        variants = usable
-    return variants
+# ---- engines ---------------------------------------------------------------------------------------
 
 
 def _engines_for(m: Model, v: Variant, wanted: str | None) -> list[str]:
@@ -247,7 +139,7 @@ def _layouts(
     engine: str,
     arch: Architecture,
     profile: HardwareProfile,
-    req: Request,
+    req: PlanRequest,
     meta: dict[str, Any] | None = None,
 ) -> list[tuple[str, Layout]]:
     """(layout kind, Layout) pairs to size for this engine on this profile (``meta``: the catalog's
@@ -342,7 +234,7 @@ def _layouts(
     return out
 
 
-def _rpc_nodes(profile: HardwareProfile, req: Request) -> int:
+def _rpc_nodes(profile: HardwareProfile, req: PlanRequest) -> int:
     """How many nodes llama.cpp's RPC layout spans here (0: not offered). Only on CPU-only profiles: the
     memory model sizes each node's host RAM, and rpc-server then serves its node's CPU."""
     count = req.nodes or len(profile.nodes)
@@ -372,7 +264,7 @@ def _min_context(arch: Architecture) -> int:
     return min(MIN_CONTEXT, arch.max_position_embeddings)
 
 
-def _size(arch: Architecture, lay: Layout, node: Node, req: Request, target: int) -> Fit:
+def _size(arch: Architecture, lay: Layout, node: Node, req: PlanRequest, target: int) -> Fit:
     return evaluate_best(
         arch,
         lay,
@@ -383,7 +275,9 @@ def _size(arch: Architecture, lay: Layout, node: Node, req: Request, target: int
     )
 
 
-def _kt_layout(arch: Architecture, lay: Layout, node: Node, req: Request, target: int) -> tuple[Layout, Fit]:
+def _kt_layout(
+    arch: Architecture, lay: Layout, node: Node, req: PlanRequest, target: int
+) -> tuple[Layout, Fit]:
     """The most routed experts per layer on GPU that still leave KV room for ``target`` tokens."""
     base = _size(arch, lay, node, req, target)
     if not base.fits or base.max_fit_tokens < target:
@@ -459,7 +353,7 @@ def _candidates(
     arch: Architecture,
     engine: str,
     profile: HardwareProfile,
-    req: Request,
+    req: PlanRequest,
     calibration: list[dict[str, Any]],
 ) -> list[Candidate]:
     out = []
@@ -496,7 +390,7 @@ def _one_candidate(
     arch: Architecture,
     engine: str,
     profile: HardwareProfile,
-    req: Request,
+    req: PlanRequest,
     kind: str,
     lay: Layout,
     target: int,
@@ -650,7 +544,9 @@ def _one_candidate(
     return c
 
 
-def _speculative(m: Model, v: Variant, engine: str, profile: HardwareProfile, req: Request) -> dict[str, Any]:
+def _speculative(
+    m: Model, v: Variant, engine: str, profile: HardwareProfile, req: PlanRequest
+) -> dict[str, Any]:
     """The catalog's speculative-decoding entry when it was asked for and a published recipe covers this
     engine, variant and GPU (``{}`` otherwise: the candidate runs without it)."""
     spec = m.speculative.get(req.speculative or "", {})
@@ -675,7 +571,7 @@ def _candidate(
     engine: str,
     lay: Layout,
     profile: HardwareProfile,
-    req: Request,
+    req: PlanRequest,
     fit: Fit | None,
     status: str,
     max_len: int,
@@ -773,7 +669,7 @@ def _engine_args(
     engine: str,
     lay: Layout,
     profile: HardwareProfile,
-    req: Request,
+    req: PlanRequest,
     fit: Fit | None,
     max_len: int,
     local_dir: str,
@@ -963,12 +859,12 @@ def _with_gpu_memory(profile: HardwareProfile, mib: int, count: int | None = Non
     return dataclasses.replace(profile, nodes=nodes)
 
 
-def _runs_at(arch: Architecture, lay: Layout, node: Node, req: Request, target: int) -> bool:
+def _runs_at(arch: Architecture, lay: Layout, node: Node, req: PlanRequest, target: int) -> bool:
     fit = _size(arch, lay, node, req, target)
     return fit.fits and fit.max_fit_tokens >= target
 
 
-def _needed_gpu_mib(arch: Architecture, lay: Layout, node: Node, req: Request, target: int) -> int | None:
+def _needed_gpu_mib(arch: Architecture, lay: Layout, node: Node, req: PlanRequest, target: int) -> int | None:
     """Smallest per-GPU memory (MiB, in steps of 1 GiB) at which ``lay`` runs ``target`` tokens.
 
     More memory never makes a layout stop fitting, so this is a binary search (about 10 sizings instead
@@ -994,7 +890,7 @@ def _remediation(
     kind: str,
     lay: Layout,
     profile: HardwareProfile,
-    req: Request,
+    req: PlanRequest,
     target: int,
     fit: Fit | None,
     status: str,
@@ -1246,4 +1142,4 @@ def _explain(
     return lines
 
 
-__all__ = ["MIN_CONTEXT", "Request", "distributed_timeout_s", "plan", "rank_key"]
+__all__ = ["MIN_CONTEXT", "PlanRequest", "distributed_timeout_s", "plan", "rank_key"]
