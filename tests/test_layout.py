@@ -18,10 +18,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deploy"
 STAGES = [
     "catalog",
     "hardware",
+    "engines",
     "calibration",
     "planning",
     "weights",
-    "engines",
     "monitoring",
     "serving",
     "checking",
