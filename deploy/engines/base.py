@@ -18,6 +18,7 @@ catalog, the hardware stage and its own stage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,10 +142,12 @@ class StartupLog:
     ready_lines: tuple[str, ...] = ()
     #: what a completed start-up must have printed (for the "truncated" message)
     required: str = ""
-    #: ``parse(text, facts)`` fills a ``deploy.calibration.logs.StartupFacts`` from the text (None: not read)
-    parse: Any = None
-    #: what the log is read for at all; ``detect(text) -> score`` (None: the signs' count)
-    detect: Any = None
+    #: ``parse(text, facts)`` fills a ``deploy.engines.startup.StartupFacts`` from the text (None: not read)
+    parse: Callable[[str, Any], None] | None = None
+    #: ``detect(text)``: the log holds the family's decisive line (the KV cache), which outweighs the signs
+    detect: Callable[[str], bool] | None = None
+    #: ``refused(text)``: the engine's refusal to start, in its words (None: it did not refuse)
+    refused: Callable[[str], str | None] | None = None
 
 
 @dataclass(frozen=True)

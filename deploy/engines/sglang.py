@@ -7,8 +7,11 @@
 
 from __future__ import annotations
 
+import re
+
 from deploy import pins
 from deploy.engines.base import Engine, EngineMetrics, ErrorRatio, Feature, Health, Install, StartupLog
+from deploy.engines.startup import NUM, StartupFacts, last, span_s, to_float
 
 METRICS = EngineMetrics(
     family="sglang",
@@ -40,11 +43,60 @@ HEALTH = Health(
     not_ready_hint="SGLang is still warming up (or its health generation failed)",
 )
 
+# ---- the start-up log (model_runner.py load_model / init_memory_pool, cuda_graph_runner.py): per GPU
+_S_LOAD = re.compile(r"Load weight end\..*?mem usage=" + NUM + r" ?GB")
+_S_KV = re.compile(
+    r"KV Cache is allocated\. #tokens: "
+    + NUM
+    + r", (?:KV size: "
+    + NUM
+    + r" ?GB|K size: "
+    + NUM
+    + r" ?GB, V size: "
+    + NUM
+    + r" ?GB)"
+)
+_S_MAX_TOTAL = re.compile(r"max_total_num_tokens=" + NUM)
+_S_GRAPH = re.compile(r"Capture cuda graph end\. Time elapsed: " + NUM + r" ?s\. mem usage=" + NUM + r" ?GB")
+_S_TS = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)")
+_S_VERSION = re.compile(r"sglang(?:==| version[: ]+)(\d+\.\d+\.\d+[\w.+-]*)", re.IGNORECASE)
+_READY = ("The server is fired up and ready to roll", "Application startup complete")
+
+
+def _parse_sglang(text: str, facts: StartupFacts) -> None:
+    if m := _S_VERSION.search(text):
+        facts.engine_version = m.group(1)
+    if m := last(_S_LOAD, text):
+        facts.weights_gib_per_gpu = to_float(m.group(1))
+        facts.lines["weights"] = m.group(0)
+    if m := last(_S_KV, text):
+        facts.kv_cache_tokens = int(to_float(m.group(1)))
+        if m.group(2):
+            facts.kv_cache_gib = to_float(m.group(2))
+        elif m.group(3) and m.group(4):
+            facts.kv_cache_gib = round(to_float(m.group(3)) + to_float(m.group(4)), 3)
+        facts.lines["kv_cache_tokens"] = m.group(0)
+    elif m := last(_S_MAX_TOTAL, text):
+        facts.kv_cache_tokens = int(to_float(m.group(1)))
+        facts.lines["kv_cache_tokens"] = m.group(0)
+    if m := last(_S_GRAPH, text):
+        facts.compile_s = to_float(m.group(1))
+        facts.lines["cuda_graphs"] = m.group(0)
+    if any(s in text for s in _READY):
+        facts.load_s = span_s(_S_TS.findall(text), "%Y-%m-%d %H:%M:%S")
+
+
+def _detect(text: str) -> bool:
+    return bool(_S_KV.search(text))
+
+
 STARTUP_LOG = StartupLog(
     family="sglang",
     signs=("sglang", "Load weight begin", "KV Cache is allocated", "max_total_num_tokens"),
-    ready_lines=("The server is fired up and ready to roll", "Application startup complete"),
+    ready_lines=_READY,
     required="the KV cache line ('KV Cache is allocated. #tokens: N')",
+    parse=_parse_sglang,
+    detect=_detect,
 )
 
 ENGINE = Engine(
