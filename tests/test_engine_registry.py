@@ -31,7 +31,6 @@ STILL_CONVERTING: dict[str, int] = {
     "monitoring/rules.py": 1,
     "monitoring/scrape.py": 1,
     "planning/calibrated.py": 6,
-    "planning/memory.py": 10,
     "planning/performance.py": 2,
     "planning/planner.py": 34,
     "releases/diff.py": 3,
