@@ -30,8 +30,6 @@ STILL_CONVERTING: dict[str, int] = {
     "demo/run.py": 2,
     "monitoring/rules.py": 1,
     "monitoring/scrape.py": 1,
-    "planning/calibrated.py": 6,
-    "planning/performance.py": 2,
     "planning/planner.py": 34,
     "releases/diff.py": 3,
     "releases/upgrade.py": 4,

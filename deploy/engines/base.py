@@ -214,6 +214,10 @@ class Engine:
     startup_overhead_s: int = 60
     #: the same for the CPU build (``cpu_build``), when it has one
     cpu_build_startup_overhead_s: int | None = None
+    #: the CPU build's pinned version (``deploy.pins``), when it has one
+    cpu_build_version: str | None = None
+    #: the pin names a source release: a calibration record adds the build id the start-up log prints
+    log_build_in_version: bool = False
 
     def supports(self, feature: str) -> bool:
         """Whether the engine has ``feature`` (one of ``Feature.ALL``).

@@ -128,4 +128,5 @@ ENGINE = Engine(
     metrics_flag="metrics",
     api_key_env="LLAMA_API_KEY",
     startup_overhead_s=20,
+    log_build_in_version=True,
 )

