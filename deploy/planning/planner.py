@@ -31,6 +31,7 @@ from deploy.planning import performance
 from deploy.planning.architecture import Architecture, architecture_for
 from deploy.planning.calibrated import apply_to_fit, matching_records
 from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
+from deploy.planning.engine_args import KT_GUIDE_TOTAL_TOKENS, ArgsInput, engine_args
 from deploy.planning.margins import CALIBRATED_ERROR, READY_SAFETY_FACTOR, kv_error, low_end, ready_deadline_s
 from deploy.planning.memory import VLLM_CPU_PROCESS_GIB, Fit, Layout, evaluate, evaluate_best, host_available
 
@@ -48,18 +49,7 @@ KV_CACHE_DTYPES = ("bf16", "fp8")
 PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "cpu": 2, "rpc": 3}
 #: Tie-break among layouts of one engine: keep traffic inside a node, then pipeline across nodes.
 LAYOUT_ORDER = ("tp", "tp-pp", "dp-ep", "tp-nodes", "kt", "gpu", "hybrid", "cpu", "rpc")
-#: rpc-server's port on every worker (its default).
-RPC_PORT = 50052
 STATUS_ORDER = {RUNNABLE: 0, REDUCED: 1, INCOMPATIBLE: 2}
-API_KEY_ENV = "KIMI_API_KEY"
-MASTER_PORT = 29500
-DIST_INIT_PORT = 50000
-#: KTransformers' Kimi-K2.5 guide (kvcache-ai/ktransformers doc/en/Kimi-K2.5.md, the 4x RTX 4090 launch):
-#: layer-wise GPU prefill above 400 tokens, 32,658-token prefill chunks, a 50,000-token KV pool beside 30
-#: GPU experts per layer; --enable-mixed-chunk, --enable-p2p-check, --disable-shared-experts-fusion.
-KT_PREFILL_THRESHOLD = 400
-KT_CHUNKED_PREFILL_SIZE = 32658
-KT_GUIDE_TOTAL_TOKENS = 50000
 #: vLLM multi-node: ``--distributed-timeout-seconds`` = time_to_ready_s x this (slow disks, first compile).
 DIST_TIMEOUT_SAFETY = 2.0
 #: PyTorch's default init_process_group timeout for NCCL (vllm/config/parallel.py distributed_timeout_seconds)
@@ -70,8 +60,6 @@ GPU_FEATURE_NAMES = {
     "fp8": "FP8 tensor cores (sm89+)",
     "int4_w4a16": "INT4 weight-only kernels (sm80+)",
 }
-#: The demo model serves on a shared 2-core CI machine: one thread, one slot, the demo's own template.
-DEMO_LLAMA_ARGS = {"threads": 1, "parallel": 1, "chat_template": "demo-hermes-think.jinja"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -726,7 +714,7 @@ def _candidate(
         layout=lay.label,
     )
     c.time_to_ready_s, c.read_rate_gbps, c.read_rate_source = _time_to_ready(engine, v, lay, profile.head)
-    c.engine_args = _engine_args(m, v, arch, engine, lay, profile, req, fit, max_len, weights.local_dir)
+    c.engine_args = _engine_args(m, v, engine, lay, profile, req, fit, max_len, weights.local_dir)
     if status != INCOMPATIBLE:
         c.performance = performance.for_candidate(
             arch, engine, c.placement, lay, profile.head, max_len, req.kv_cache_dtype, c.engine_args
@@ -769,7 +757,6 @@ def _time_to_ready(engine: str, v: Variant, lay: Layout, node: Node) -> tuple[in
 def _engine_args(
     m: Model,
     v: Variant,
-    arch: Architecture,
     engine: str,
     lay: Layout,
     profile: HardwareProfile,
@@ -778,25 +765,12 @@ def _engine_args(
     max_len: int,
     local_dir: str,
 ) -> dict[str, Any]:
-    meta = m.engines.get(engine, {})
-    args: dict[str, Any] = {
-        "served_model_name": m.served_model_name,
-        "host": "127.0.0.1",
-        "port": int(meta.get("port", 8000)),
-        "trust_remote_code": bool(m.architecture.get("trust_remote_code", False)),
-        "tool_call_parser": m.parsers.get("tool_call"),
-        "reasoning_parser": m.parsers.get("reasoning"),
-        "api_key_env": API_KEY_ENV,
-        "kv_cache_dtype": "auto" if req.kv_cache_dtype == "bf16" else "fp8",
-    }
-    settings = fit.settings if fit else {}
-    head = profile.head
-    args.update(v.engine_args.get(engine, {}))
     spec = _speculative(m, v, engine, profile, req)
-    args["speculative"] = (
+    weights_dir = (req.weights_dir or profile.head.weights_dir).rstrip("/")
+    speculative = (
         {
             "method": spec["method"],
-            "draft_model_path": f"{(req.weights_dir or head.weights_dir).rstrip('/')}/{spec['draft_repo']}",
+            "draft_model_path": f"{weights_dir}/{spec['draft_repo']}",
             "draft_repo": spec["draft_repo"],
             "num_steps": int(spec["num_steps"]),
             "eagle_topk": int(spec["eagle_topk"]),
@@ -805,130 +779,8 @@ def _engine_args(
         if spec
         else None
     )
-    if engine == "vllm":
-        cpu = lay.placement == "cpu"
-        args.update(
-            {
-                "enable_auto_tool_choice": True,
-                "mm_encoder_tp_mode": "data" if v.serves_vision else None,
-                # only a multimodal model can be told to skip its vision encoder
-                "language_model_only": bool(m.architecture.get("vision")) and not v.serves_vision,
-                "enable_expert_parallel": lay.expert_parallel,
-                "distributed_executor_backend": "mp",
-                # CPU: ready in 80-100 s instead of about 210 s with compilation (docs/tutorial/demo-vllm.md)
-                "enforce_eager": cpu,
-                "device": "cpu" if cpu else "cuda",
-                "max_num_batched_tokens": settings.get("max_num_batched_tokens"),
-                "max_num_seqs": settings.get("max_num_seqs"),
-            }
-        )
-        if cpu:
-            args["cpu_kvcache_space_gib"] = settings.get("cpu_kvcache_space_gib", lay.cpu_kv_space_gib)
-        # the demo's tokenizer has no chat template: serve the one llama-server uses, for the same shapes
-        args["chat_template"] = (
-            DEMO_LLAMA_ARGS["chat_template"] if m.architecture.get("kind") == "gguf" else None
-        )
-    elif engine in ("sglang", "ktransformers"):
-        args.update(
-            {
-                "mem_fraction_static": settings.get("mem_fraction_static"),
-                "chunked_prefill_size": settings.get("chunked_prefill_size"),
-                "cuda_graph_max_bs": settings.get("cuda_graph_max_bs"),
-                "enable_dp_attention": lay.data_parallel > 1,
-                "attention_backend": None,
-                "enable_metrics": True,
-            }
-        )
-        if engine == "ktransformers":
-            args.update(
-                {
-                    "kt": {
-                        "method": "RAWINT4",
-                        "weight_path": local_dir,
-                        # KTransformers' tip (doc/en/Kimi-K2-Thinking.md): physical cores minus one per GPU,
-                        # which keeps a core for each GPU's SGLang process
-                        "cpuinfer": max(1, head.cpu.physical_cores - head.gpu_count),
-                        "threadpool_count": head.cpu.numa_nodes,
-                        "num_gpu_experts": lay.gpu_experts,
-                        "gpu_prefill_token_threshold": KT_PREFILL_THRESHOLD,
-                    },
-                    "chunked_prefill_size": KT_CHUNKED_PREFILL_SIZE,
-                    "enable_mixed_chunk": True,
-                    "enable_p2p_check": True,
-                    "disable_shared_experts_fusion": True,
-                    "max_total_tokens": fit.kv_capacity_tokens if fit else 0,
-                    "attention_backend": "flashinfer",
-                }
-            )
-    elif engine == "llama.cpp":
-        sampling = dict(m.modes.get("sampling", {}).get("thinking", {}))
-        sampling.update(m.modes.get("sampling", {}).get("gguf_extra", {}) or {})
-        args.update(
-            {
-                "n_gpu_layers": settings.get("n_gpu_layers", 0),
-                "override_tensor": settings.get("override_tensor", []),
-                "threads": head.cpu.physical_cores,
-                "parallel": 1,
-                "jinja": True,
-                "chat_template": None,
-                "reasoning_format": "deepseek",
-                "metrics": True,
-                "ctx_size": max_len,
-                "cache_type_k": "f16" if req.kv_cache_dtype == "bf16" else "q8_0",
-                "sampling": {
-                    "temp": sampling.get("temperature"),
-                    "top_p": sampling.get("top_p"),
-                    "min_p": sampling.get("min_p"),
-                },
-                "rpc_servers": [],
-            }
-        )
-        demo = m.architecture.get("kind") == "gguf"
-        if demo:
-            args.update(DEMO_LLAMA_ARGS)
-        args.update(_llama_node_builds(profile.nodes[: lay.nodes], lay, shared=demo))
-        if lay.placement == "rpc":
-            workers = profile.nodes[1 : lay.nodes]
-            demo = m.architecture.get("kind") == "gguf"
-            args.update(
-                {
-                    "rpc_servers": [f"{n.address}:{RPC_PORT}" for n in workers],
-                    "tensor_split": settings.get("tensor_split", []),
-                    "rpc_threads": [
-                        DEMO_LLAMA_ARGS["threads"] if demo else n.cpu.physical_cores for n in workers
-                    ],
-                    "multinode": {"backend": "rpc", "rpc_port": RPC_PORT},
-                }
-            )
-            return args
-    if lay.nodes > 1:
-        args["multinode"] = {"backend": "mp", "master_port": MASTER_PORT, "dist_init_port": DIST_INIT_PORT}
-    return args
-
-
-def _llama_node_builds(nodes: tuple[Node, ...], lay: Layout, shared: bool) -> dict[str, Any]:
-    """Which llama.cpp build each node runs and how its threads wait, by the node's role.
-
-    ``shared`` (the demo model on the shared CI box): the portable CPU build everyone has cached, and
-    OpenMP threads that sleep when idle (OMP_WAIT_POLICY=PASSIVE: spinning starves the other processes,
-    engines-on-cpu.md). ``dedicated`` (a real node): CUDA for the GPUs' compute capability when layers go
-    to the GPU, the node's own ISA (AVX-512, AMX) for what runs on its CPU, and OpenMP's default spin-wait.
-    """
-    builds: dict[str, dict[str, Any]] = {}
-    table = load_gpu_table()
-    for n in nodes:
-        spec = table.get(n.gpu_model) if n.gpu_count else None
-        on_gpu = spec is not None and lay.placement in ("gpu", "hybrid")
-        builds[n.name] = {
-            "portable": shared,
-            "cuda_architectures": [] if shared or not on_gpu else [spec.compute_capability.replace(".", "")],
-            "cpu_isa": [] if shared else list(n.cpu.isa),
-        }
-    return {
-        "node_role": "shared" if shared else "dedicated",
-        "omp_wait_policy": "PASSIVE" if shared else None,
-        "builds": builds,
-    }
+    a = ArgsInput(m, v, lay, profile, fit, max_len, local_dir, req.kv_cache_dtype)
+    return engine_args(engine, a, speculative)
 
 
 # ---- remediation -----------------------------------------------------------------------------------
