@@ -30,7 +30,6 @@ STILL_CONVERTING: dict[str, int] = {
     "demo/run.py": 2,
     "monitoring/rules.py": 1,
     "monitoring/scrape.py": 1,
-    "planning/planner.py": 30,
     "releases/diff.py": 3,
     "releases/upgrade.py": 4,
     "serving/argv.py": 6,

@@ -218,6 +218,11 @@ class Engine:
     cpu_build_version: str | None = None
     #: the pin names a source release: a calibration record adds the build id the start-up log prints
     log_build_in_version: bool = False
+    #: a multi-node launch takes a distributed timeout (vLLM's --distributed-timeout-seconds), which the
+    #: plan derives from the time to ready
+    distributed_timeout: bool = False
+    #: what a node without GPUs would need to run it (the remediation of a candidate blocked there)
+    needs_gpu_fix: str | None = None
 
     def supports(self, feature: str) -> bool:
         """Whether the engine has ``feature`` (one of ``Feature.ALL``).

