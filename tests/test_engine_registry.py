@@ -32,7 +32,6 @@ STILL_CONVERTING: dict[str, int] = {
     "monitoring/scrape.py": 1,
     "releases/diff.py": 3,
     "releases/upgrade.py": 4,
-    "serving/argv.py": 6,
     "serving/parser_check.py": 1,
     "serving/render.py": 13,
     "serving/watch.py": 1,

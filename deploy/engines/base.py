@@ -184,6 +184,9 @@ class Engine:
     #: key of the planning layer's maths for this engine (memory model, layouts, engine_args builder);
     #: ``deploy.planning`` keeps a dict from these keys to its functions
     memory_model: str
+    #: key of the builder of its launch commands (``deploy.serving.argv.LAUNCHERS``: ``vllm``, ``sglang``,
+    #: ``sglang-kt``, ``llama.cpp``)
+    launcher: str
     #: the key of ``deploy.pins.ENGINE_PINS`` for its pinned version
     pin_key: str
     health: Health

@@ -27,6 +27,7 @@ ENGINE = Engine(
     name="ktransformers",
     display_name="KTransformers",
     memory_model="sglang-kt",
+    launcher="sglang-kt",
     pin_key="ktransformers",
     health=HEALTH,
     metrics=sglang.METRICS,

@@ -109,6 +109,7 @@ ENGINE = Engine(
     name="llama.cpp",
     display_name="llama.cpp",
     memory_model="llama.cpp",
+    launcher="llama.cpp",
     pin_key="llama.cpp",
     health=HEALTH,
     metrics=METRICS,

@@ -103,6 +103,7 @@ ENGINE = Engine(
     name="sglang",
     display_name="SGLang",
     memory_model="sglang",
+    launcher="sglang",
     pin_key="sglang",
     health=HEALTH,
     metrics=METRICS,

@@ -118,6 +118,7 @@ ENGINE = Engine(
     name="vllm",
     display_name="vLLM",
     memory_model="vllm",
+    launcher="vllm",
     pin_key="vllm",
     health=HEALTH,
     metrics=METRICS,
