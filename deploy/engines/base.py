@@ -226,6 +226,9 @@ class Engine:
     distributed_timeout: bool = False
     #: what a node without GPUs would need to run it (the remediation of a candidate blocked there)
     needs_gpu_fix: str | None = None
+    #: a route beyond /v1/models that reports the served context (llama-server's ``/props``:
+    #: ``default_generation_settings.n_ctx``)
+    props_path: str | None = None
 
     def supports(self, feature: str) -> bool:
         """Whether the engine has ``feature`` (one of ``Feature.ALL``).

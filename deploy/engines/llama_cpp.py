@@ -130,4 +130,5 @@ ENGINE = Engine(
     api_key_env="LLAMA_API_KEY",
     startup_overhead_s=20,
     log_build_in_version=True,
+    props_path="/props",
 )

@@ -38,6 +38,15 @@ def get(name: str) -> Engine:
         raise InputError(f"engine {name!r} is not known; known: {', '.join(names())}") from None
 
 
+def find(name: str) -> Engine | None:
+    """The engine called ``name``, or None (a hosted provider's flavor, an old plan's unknown engine).
+
+    >>> find("moonshot") is None, find("vllm").display_name
+    (True, 'vLLM')
+    """
+    return _ENGINES.get(name) if isinstance(name, str) else None
+
+
 def names() -> list[str]:
     """Registered engine names: the catalog's engine order first, then any others in registration order."""
     known = [n for n in CATALOG_ORDER if n in _ENGINES]
@@ -57,4 +66,4 @@ def is_known(name: str) -> bool:
 for _engine in (vllm.ENGINE, sglang.ENGINE, ktransformers.ENGINE, llama_cpp.ENGINE):
     register(_engine)
 
-__all__ = ["all", "get", "is_known", "names", "register"]
+__all__ = ["all", "find", "get", "is_known", "names", "register"]
