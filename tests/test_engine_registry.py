@@ -23,15 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deploy"
 #: conversion lowers a count or removes its file; a file may never go above its count, and a file not
 #: listed must have none. The finished state has no entry.
 STILL_CONVERTING: dict[str, int] = {
-    "demo/run.py": 2,
-    "monitoring/rules.py": 1,
-    "monitoring/scrape.py": 1,
-    "releases/diff.py": 3,
-    "releases/upgrade.py": 4,
-    "serving/parser_check.py": 1,
     "serving/render.py": 13,
-    "serving/watch.py": 1,
-    "support/bundle.py": 4,
 }
 
 _OPS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)

@@ -229,6 +229,9 @@ class Engine:
     #: a route beyond /v1/models that reports the served context (llama-server's ``/props``:
     #: ``default_generation_settings.n_ctx``)
     props_path: str | None = None
+    #: the distribution its build comes from when that is not the engine's own name (llama.cpp:
+    #: llama-cpp-python): a rendered manifest's ``pins`` key it, and its version reads ``<dist>-<version>``
+    source_dist: str | None = None
 
     def supports(self, feature: str) -> bool:
         """Whether the engine has ``feature`` (one of ``Feature.ALL``).
@@ -255,6 +258,27 @@ class Engine:
         if cpu_build and self.cpu_build_startup_overhead_s is not None:
             return self.cpu_build_startup_overhead_s
         return self.startup_overhead_s
+
+    def uses_cpu_build(self, engine_args: dict[str, Any]) -> bool:
+        """Whether a launch with these plan ``engine_args`` runs the engine's separate CPU build.
+
+        >>> from deploy.engines import registry
+        >>> registry.get("vllm").uses_cpu_build({"device": "cpu"}), registry.get("sglang").uses_cpu_build({})
+        (True, False)
+        """
+        return self.cpu_build and engine_args.get("device") == "cpu"
+
+    def cache_build(self, engine_args: dict[str, Any]) -> tuple[str, ...] | None:
+        """The ``kimi-deploy engine install`` words of the build a launch with these ``engine_args`` runs
+        from the kimi-deploy cache; None when it runs a versioned venv (the release's install-<node>.sh).
+
+        >>> from deploy.engines import registry
+        >>> registry.get("llama.cpp").cache_build({}), registry.get("vllm").cache_build({"device": "cuda"})
+        (('llama.cpp',), None)
+        """
+        if self.install.venv is None or self.uses_cpu_build(engine_args):
+            return self.install.cache_install
+        return None
 
     def serves_metrics(self, engine_args: dict[str, Any]) -> bool:
         """Whether a launch with these plan ``engine_args`` serves ``/metrics``."""

@@ -131,4 +131,5 @@ ENGINE = Engine(
     startup_overhead_s=20,
     log_build_in_version=True,
     props_path="/props",
+    source_dist="llama-cpp-python",
 )
