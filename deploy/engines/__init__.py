@@ -7,5 +7,6 @@
 - ``builds``: llama-server/rpc-server from the pinned llama.cpp source, the vLLM/SGLang parser venv.
 - ``vllm_cpu``: vLLM's CPU build in its own venv (the demo's second engine).
 
-Imports the base, the catalog and the hardware stage only.
+The first stage: imports the base only. The catalog, the plan schema and the planner accept the names the
+registry holds, so registering an engine is the only step that makes it known.
 """

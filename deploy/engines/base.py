@@ -12,8 +12,8 @@ data instead of comparing its name:
     'vLLM keeps every routed expert on the GPUs (plan --engine ktransformers or llama.cpp offloads them)'
 
 What stays elsewhere: the memory and plan maths (``deploy.planning``, dispatched on ``memory_model``), the
-argv of each launch (``deploy.serving``). A module under ``deploy/engines/`` imports only the base, the
-catalog, the hardware stage and its own stage.
+argv of each launch (``deploy.serving``, dispatched on ``launcher``). ``deploy/engines/`` is the first
+stage: a module here imports only the base and its own stage.
 """
 
 from __future__ import annotations

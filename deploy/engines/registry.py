@@ -1,4 +1,5 @@
-"""The engine registry: every engine the toolkit knows, by name, in the catalog's engine order.
+"""The engine registry: every engine the toolkit knows, by name, in registration order (the four engine
+modules first, in the catalog's order of preference: vLLM, SGLang, KTransformers, llama.cpp).
 
     >>> from deploy.engines import registry
     >>> registry.names()
@@ -8,11 +9,11 @@
 
 The four engine modules register on import of this module. A new engine is one module that builds an
 ``Engine`` (``deploy.engines.base``) and one ``register`` call here; code elsewhere looks it up with ``get``.
+The catalog and the plan schema accept exactly the registered names, so registering is the only step.
 """
 
 from __future__ import annotations
 
-from deploy.catalog import ENGINES as CATALOG_ORDER
 from deploy.engines import ktransformers, llama_cpp, sglang, vllm
 from deploy.engines.base import Engine
 from deploy.errors import InputError
@@ -48,9 +49,8 @@ def find(name: str) -> Engine | None:
 
 
 def names() -> list[str]:
-    """Registered engine names: the catalog's engine order first, then any others in registration order."""
-    known = [n for n in CATALOG_ORDER if n in _ENGINES]
-    return known + [n for n in _ENGINES if n not in known]
+    """Registered engine names, in registration order."""
+    return list(_ENGINES)
 
 
 def all() -> list[Engine]:  # noqa: A001 - the registry's own vocabulary (registry.all())

@@ -229,7 +229,7 @@ def _check_consistent(
 def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     """A Plan from plan.json's data, validated against deploy.planning.plan_schema first: a wrong type,
     range or character is PlanError (exit 2) naming ``source``, the key and the reason."""
-    from deploy.planning.plan_schema import PLAN_SCHEMA
+    from deploy.planning.plan_schema import plan_schema
 
     if not isinstance(data, dict):
         raise PlanError(f"{source}: expected a JSON object")
@@ -237,7 +237,7 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
         raise PlanError(
             f"{source}: unsupported plan schema {data.get('schema')!r} (expected {SCHEMA_VERSION})"
         )
-    validate(data, PLAN_SCHEMA, source, PlanError)
+    validate(data, plan_schema(), source, PlanError)
     ids = [c["id"] for c in data["candidates"]]
     if data.get("chosen") is not None and data["chosen"] not in ids:
         raise PlanError(f"{source}: chosen: {data['chosen']!r} is not the id of a candidate")

@@ -18,10 +18,13 @@ import sys
 from typing import Any
 
 from deploy import schema
+from deploy.engines import registry
 from deploy.hardware.profile_schema import PLAN_HARDWARE
 from deploy.planning.contract import SCHEMA_VERSION, STATUSES
 
-ENGINES = ["vllm", "sglang", "ktransformers", "llama.cpp"]
+#: The engines registered at import (the page docs/reference/plan-schema.md lists these); ``plan_schema()``
+#: takes the registry as it is when a plan is read.
+ENGINES = registry.names()
 PLACEMENTS = ["gpu", "hybrid", "cpu", "rpc"]
 _PARALLEL = {"type": "integer", "minimum": 1, "maximum": 65536}
 _MAYBE_WORD = {"anyOf": [schema.WORD, {"type": "null"}]}
@@ -191,6 +194,16 @@ PLAN_SCHEMA: dict[str, Any] = {
 }
 
 
+def plan_schema() -> dict[str, Any]:
+    """PLAN_SCHEMA with the engines registered now (an engine registered after import included)."""
+    names = registry.names()
+    if names == ENGINES:
+        return PLAN_SCHEMA
+    candidate = {**CANDIDATE, "properties": {**CANDIDATE["properties"], "engine": {"enum": names}}}
+    candidates = {**PLAN_SCHEMA["properties"]["candidates"], "items": candidate}
+    return {**PLAN_SCHEMA, "properties": {**PLAN_SCHEMA["properties"], "candidates": candidates}}
+
+
 def markdown() -> str:
     """docs/reference/plan-schema.md: how to read the schema, then the schema itself."""
     return (
@@ -208,4 +221,4 @@ def markdown() -> str:
 if __name__ == "__main__":
     sys.stdout.write(markdown())
 
-__all__ = ["CANDIDATE", "ENGINE_ARGS", "PLAN_SCHEMA", "markdown"]
+__all__ = ["CANDIDATE", "ENGINE_ARGS", "PLAN_SCHEMA", "markdown", "plan_schema"]

@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 from deploy import constants
-from deploy.catalog import ENGINES, Model, Variant, load_model
+from deploy.catalog import Model, Variant, load_model
 from deploy.constants import GB, GIB
 from deploy.engines import registry
 from deploy.engines.base import Engine, Feature
@@ -186,8 +186,8 @@ def plan(
 
 
 def _validate(req: Request, m: Model) -> list[Variant]:
-    if req.engine is not None and req.engine not in ENGINES:
-        raise InputError(f"--engine {req.engine!r} is not known; known: {', '.join(ENGINES)}")
+    if req.engine is not None and not registry.is_known(req.engine):
+        raise InputError(f"--engine {req.engine!r} is not known; known: {', '.join(registry.names())}")
     if req.engine is not None and req.engine not in m.engines:
         raise InputError(
             f"--engine {req.engine}: model {m.name} is not served by it (catalog engines: "
