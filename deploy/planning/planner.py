@@ -34,7 +34,14 @@ from deploy.planning.architecture import Architecture, architecture_for
 from deploy.planning.calibrated import apply_to_fit, matching_records
 from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
 from deploy.planning.engine_args import KT_GUIDE_TOTAL_TOKENS, ArgsInput, engine_args
-from deploy.planning.margins import CALIBRATED_ERROR, READY_SAFETY_FACTOR, kv_error, low_end, ready_deadline_s
+from deploy.planning.margins import (
+    CALIBRATED_ERROR,
+    READY_SAFETY_FACTOR,
+    KvError,
+    kv_error,
+    low_end,
+    ready_deadline_s,
+)
 from deploy.planning.memory import (
     VLLM_CPU_PROCESS_GIB,
     Fit,
@@ -488,6 +495,27 @@ def _candidates(
     return out
 
 
+@dataclasses.dataclass
+class _Sizing:
+    """One candidate on its way through ``_one_candidate``'s steps (size -> calibrate -> context ->
+    remediate -> engine args): what each step reads and fills in."""
+
+    lay: Layout
+    #: "gpu" or "cpu": where the KV cache lives (the KV error figure and calibration records key on it)
+    device: str
+    error: KvError
+    reasons: list[str]
+    remediation: list[str]
+    fit: Fit | None = None
+    #: calibration records applied, and the start-up time they measured
+    used: int = 0
+    measured_ready: float | None = None
+    status: str = INCOMPATIBLE
+    max_len: int = 0
+    #: the low end of the KV range (tokens)
+    low: int = 0
+
+
 def _one_candidate(
     m: Model,
     v: Variant,
@@ -503,116 +531,35 @@ def _one_candidate(
     calibration: list[dict[str, Any]],
 ) -> Candidate:
     cid = f"{engine}-{v.id}-{_layout_id(kind, lay)}" + ("-tight" if lay.tight else "")
-    eng, mm = registry.get(engine), memory_model(engine)
     node = profile.head
-    reasons: list[str] = list(blockers)
-    remediation: list[str] = list(blocker_fixes)
-    fit: Fit | None = None
     device = "cpu" if lay.placement in ("cpu", "rpc") or not node.gpu_count else "gpu"
-    error = kv_error(engine, device)
-    used, measured_ready = 0, None
+    s = _Sizing(lay, device, kv_error(engine, device), list(blockers), list(blocker_fixes))
     if not blockers:
-        if mm.experts_in_ram:
-            # size the experts so that the low end of the KV range still holds the context
-            lay, fit = _kt_layout(arch, lay, node, req, math.ceil(target / (1 - error.fraction)))
-            if lay.gpu_experts == 0 and req.context is None and target > KT_GUIDE_TOTAL_TOKENS:
-                # the full context leaves no room for experts on the GPU: size them, as KTransformers'
-                # guide does, beside a KV pool of its 50,000 tokens (the context is then reduced)
-                guide = math.ceil(KT_GUIDE_TOTAL_TOKENS / (1 - error.fraction))
-                lay, fit = _kt_layout(arch, lay, node, req, guide)
-            where = (
-                f"all {lay.gpu_experts} experts on GPU"
-                if lay.gpu_experts >= arch.n_routed_experts
-                else f"{lay.gpu_experts} experts/layer on GPU, rest in RAM"
-            )
-            lay = dataclasses.replace(lay, label=f"TP{lay.tensor_parallel}, {where}")
-        else:
-            fit = _size(arch, lay, node, req, target)
-        if (
-            eng.supports(Feature.DECODE_CONTEXT_PARALLEL)
-            and lay.decode_context_parallel > 1
-            and lay.tensor_parallel % lay.decode_context_parallel
-        ):
-            reasons.append(
-                f"--decode-context-parallel {lay.decode_context_parallel} must divide TP "
-                f"{lay.tensor_parallel}"
-            )
-        if fit is not None and calibration:
-            gpu = "cpu" if device == "cpu" else node.gpu_model
-            found = matching_records(
-                calibration, m.name, engine, lay.placement, gpu, lay.label, v.id, req.kv_cache_dtype
-            )
-            if found:
-                used, measured_ready = apply_to_fit(fit, found, engine, lay.placement, target)
-                if used and error.fraction:
-                    error = CALIBRATED_ERROR
-    status, max_len = INCOMPATIBLE, 0
-    low = 0
-    if fit is not None and not reasons:
-        reasons.extend(fit.reasons)
-        if fit.fits:
-            low = low_end(fit.max_fit_tokens, error)
-            margin = (
-                f"{fit.max_fit_tokens:,} estimated, {low:,} at the low end (-{error.fraction:.0%})"
-                if error.fraction
-                else f"{fit.max_fit_tokens:,} tokens (allocated exactly)"
-            )
-            if low >= target:
-                status, max_len = RUNNABLE, target
-            else:
-                rounded = low // CONTEXT_STEP * CONTEXT_STEP
-                if rounded >= _min_context(arch):
-                    status, max_len = REDUCED, rounded
-                    reasons.append(
-                        f"KV room for {margin}, less than the {target:,} wanted: max_model_len set to "
-                        f"{rounded:,}"
-                    )
-                else:
-                    reasons.append(f"KV room for only {margin} (< {_min_context(arch):,})")
-        if fit.fits and fit.settings.get("smaller_batch_settings"):
-            reasons.append(
-                f"the engine's defaults for this GPU leave too little KV room; the plan sets "
-                f"{fit.settings['smaller_batch_settings']}"
-            )
-        if mm.exact_context and status == REDUCED:
-            fit = _size(arch, lay, node, req, max_len)
-            if calibration and used:
-                apply_to_fit(
-                    fit,
-                    matching_records(
-                        calibration,
-                        m.name,
-                        engine,
-                        lay.placement,
-                        "cpu" if device == "cpu" else node.gpu_model,
-                        lay.label,
-                        v.id,
-                        req.kv_cache_dtype,
-                    ),
-                    engine,
-                    lay.placement,
-                    max_len,
-                )
-    tight_note = fit.settings.get("tight") if fit is not None else None
+        _size_step(s, arch, engine, node, req, target)
+        if s.fit is not None and calibration:
+            _calibrate_step(s, m, v, engine, node, req, target, calibration)
+    if s.fit is not None and not s.reasons:
+        _context_step(s, m, v, arch, engine, node, req, target, calibration)
+    tight_note = s.fit.settings.get("tight") if s.fit is not None else None
     if tight_note:
-        reasons.insert(0, f"tight: {tight_note}")
-    if used:
-        reasons.insert(0, f"calibrated from {used} start(s)")
-    if status != RUNNABLE:
-        remediation.extend(
+        s.reasons.insert(0, f"tight: {tight_note}")
+    if s.used:
+        s.reasons.insert(0, f"calibrated from {s.used} start(s)")
+    if s.status != RUNNABLE:
+        s.remediation.extend(
             _remediation(
                 m,
                 v,
                 arch,
                 engine,
                 kind,
-                lay,
+                s.lay,
                 profile,
                 req,
                 target,
-                fit,
-                status,
-                max_len,
+                s.fit,
+                s.status,
+                s.max_len,
                 blocked=bool(blockers),
             )
         )
@@ -622,31 +569,151 @@ def _one_candidate(
         v,
         arch,
         engine,
-        lay,
+        s.lay,
         profile,
         req,
-        fit,
-        status,
-        max_len,
-        reasons,
-        _dedupe(remediation),
+        s.fit,
+        s.status,
+        s.max_len,
+        s.reasons,
+        _dedupe(s.remediation),
     )
-    c.tight = bool(tight_note)
-    c.calibrated_from = used
-    c.kv_error = error.fraction
-    c.kv_error_source = error.source
-    if mm.exact_context and c.runs:
+    _finish_step(c, s, engine, bool(tight_note))
+    return c
+
+
+def _size_step(s: _Sizing, arch: Architecture, engine: str, node: Node, req: Request, target: int) -> None:
+    """Size the layout's memory for ``target`` tokens (KTransformers: first place the experts)."""
+    eng, mm = registry.get(engine), memory_model(engine)
+    lay = s.lay
+    if mm.experts_in_ram:
+        # size the experts so that the low end of the KV range still holds the context
+        lay, s.fit = _kt_layout(arch, lay, node, req, math.ceil(target / (1 - s.error.fraction)))
+        if lay.gpu_experts == 0 and req.context is None and target > KT_GUIDE_TOTAL_TOKENS:
+            # the full context leaves no room for experts on the GPU: size them, as KTransformers'
+            # guide does, beside a KV pool of its 50,000 tokens (the context is then reduced)
+            guide = math.ceil(KT_GUIDE_TOTAL_TOKENS / (1 - s.error.fraction))
+            lay, s.fit = _kt_layout(arch, lay, node, req, guide)
+        where = (
+            f"all {lay.gpu_experts} experts on GPU"
+            if lay.gpu_experts >= arch.n_routed_experts
+            else f"{lay.gpu_experts} experts/layer on GPU, rest in RAM"
+        )
+        lay = dataclasses.replace(lay, label=f"TP{lay.tensor_parallel}, {where}")
+    else:
+        s.fit = _size(arch, lay, node, req, target)
+    s.lay = lay
+    if (
+        eng.supports(Feature.DECODE_CONTEXT_PARALLEL)
+        and lay.decode_context_parallel > 1
+        and lay.tensor_parallel % lay.decode_context_parallel
+    ):
+        s.reasons.append(
+            f"--decode-context-parallel {lay.decode_context_parallel} must divide TP {lay.tensor_parallel}"
+        )
+
+
+def _records(
+    s: _Sizing,
+    m: Model,
+    v: Variant,
+    engine: str,
+    node: Node,
+    req: Request,
+    calibration: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The calibration records of this model, engine, layout, GPU (or CPU), variant and KV dtype."""
+    gpu = "cpu" if s.device == "cpu" else node.gpu_model
+    return matching_records(
+        calibration, m.name, engine, s.lay.placement, gpu, s.lay.label, v.id, req.kv_cache_dtype
+    )
+
+
+def _calibrate_step(
+    s: _Sizing,
+    m: Model,
+    v: Variant,
+    engine: str,
+    node: Node,
+    req: Request,
+    target: int,
+    calibration: list[dict[str, Any]],
+) -> None:
+    """Replace estimates with what earlier starts of the same deployment measured."""
+    if s.fit is None:
+        return
+    found = _records(s, m, v, engine, node, req, calibration)
+    if found:
+        s.used, s.measured_ready = apply_to_fit(s.fit, found, engine, s.lay.placement, target)
+        if s.used and s.error.fraction:
+            s.error = CALIBRATED_ERROR
+
+
+def _context_step(
+    s: _Sizing,
+    m: Model,
+    v: Variant,
+    arch: Architecture,
+    engine: str,
+    node: Node,
+    req: Request,
+    target: int,
+    calibration: list[dict[str, Any]],
+) -> None:
+    """The status and max_model_len from the KV room the fit leaves (its low end against the target)."""
+    fit = s.fit
+    if fit is None:
+        return
+    s.reasons.extend(fit.reasons)
+    if fit.fits:
+        s.low = low_end(fit.max_fit_tokens, s.error)
+        margin = (
+            f"{fit.max_fit_tokens:,} estimated, {s.low:,} at the low end (-{s.error.fraction:.0%})"
+            if s.error.fraction
+            else f"{fit.max_fit_tokens:,} tokens (allocated exactly)"
+        )
+        if s.low >= target:
+            s.status, s.max_len = RUNNABLE, target
+        else:
+            rounded = s.low // CONTEXT_STEP * CONTEXT_STEP
+            if rounded >= _min_context(arch):
+                s.status, s.max_len = REDUCED, rounded
+                s.reasons.append(
+                    f"KV room for {margin}, less than the {target:,} wanted: max_model_len set to {rounded:,}"
+                )
+            else:
+                s.reasons.append(f"KV room for only {margin} (< {_min_context(arch):,})")
+    if fit.fits and fit.settings.get("smaller_batch_settings"):
+        s.reasons.append(
+            f"the engine's defaults for this GPU leave too little KV room; the plan sets "
+            f"{fit.settings['smaller_batch_settings']}"
+        )
+    if memory_model(engine).exact_context and s.status == REDUCED:
+        # the engine allocates exactly max_model_len: size again for the reduced context
+        s.fit = _size(arch, s.lay, node, req, s.max_len)
+        if calibration and s.used:
+            found = _records(s, m, v, engine, node, req, calibration)
+            apply_to_fit(s.fit, found, engine, s.lay.placement, s.max_len)
+
+
+def _finish_step(c: Candidate, s: _Sizing, engine: str, tight: bool) -> None:
+    """What the candidate records of the steps: tight, calibration, KV error, readiness, and the engine
+    args that follow from the time to ready (vLLM's distributed timeout)."""
+    c.tight = tight
+    c.calibrated_from = s.used
+    c.kv_error = s.error.fraction
+    c.kv_error_source = s.error.source
+    if memory_model(engine).exact_context and c.runs:
         c.kv_cache_tokens_low = c.kv_cache_tokens
     else:
-        c.kv_cache_tokens_low = low_end(c.kv_cache_tokens, error) if c.runs else 0
-    if measured_ready:
-        c.time_to_ready_s = max(10, int(math.ceil(measured_ready)))
-        c.read_rate_source = f"measured start-up ({used} start(s), calibration store)"
+        c.kv_cache_tokens_low = low_end(c.kv_cache_tokens, s.error) if c.runs else 0
+    if s.measured_ready:
+        c.time_to_ready_s = max(10, int(math.ceil(s.measured_ready)))
+        c.read_rate_source = f"measured start-up ({s.used} start(s), calibration store)"
     c.ready_safety_factor = READY_SAFETY_FACTOR
     c.ready_deadline_s = ready_deadline_s(c.time_to_ready_s)
-    if eng.distributed_timeout and lay.nodes > 1 and "multinode" in c.engine_args:
+    if registry.get(engine).distributed_timeout and s.lay.nodes > 1 and "multinode" in c.engine_args:
         c.engine_args["multinode"]["distributed_timeout_s"] = distributed_timeout_s(c.time_to_ready_s)
-    return c
 
 
 def _speculative(m: Model, v: Variant, engine: str, profile: HardwareProfile, req: Request) -> dict[str, Any]:
