@@ -540,10 +540,11 @@ def _evaluate_vllm(
     return fit
 
 
-def _evaluate_sglang(
-    arch: Architecture, layout: Layout, node: Node, fraction: float | None, dtype: str, tier: int | None
-) -> Fit:
-    kt = memory_model(layout.engine).experts_in_ram
+def _sglang_fraction(
+    layout: Layout, node: Node, fraction: float | None, tier: int | None
+) -> tuple[float, float, str]:
+    """(--mem-fraction-static, SGLang's own choice, the tight note): the plan's ``fraction``, else SGLang's
+    own, or with ``--tight`` SGLang's formula without its 10 GiB floor and vision-model reduction."""
     dp_attention = layout.data_parallel > 1
     tp_total = layout.tensor_parallel * layout.data_parallel
     own = sglang_mem_fraction_static(
@@ -586,6 +587,35 @@ def _evaluate_sglang(
             fraction = own
     if fraction is None:
         fraction = own
+    return fraction, own, tight_note
+
+
+def _sglang_sources(kt: bool) -> dict[str, str]:
+    """Where each memory term of an SGLang (or KTransformers) fit comes from."""
+    sources = {
+        "weights": SRC_WEIGHTS,
+        "budget": SRC_SGLANG_FRACTION,
+        "kv_cache": SRC_KV,
+        "activation_reserve": SRC_SGLANG_FRACTION,
+        "cuda_graph_reserve": SRC_SGLANG_FRACTION,
+        "metadata_reserve": SRC_SGLANG_FRACTION,
+        "parallel_reserve": SRC_SGLANG_FRACTION,
+        "host_engine_processes": SRC_HOST,
+        "host_pinned_buffers": SRC_PINNED,
+    }
+    if kt:
+        sources["host_routed_experts"] = SRC_KT
+        sources["weights"] = SRC_WEIGHTS + "; " + SRC_KT
+    return sources
+
+
+def _evaluate_sglang(
+    arch: Architecture, layout: Layout, node: Node, fraction: float | None, dtype: str, tier: int | None
+) -> Fit:
+    kt = memory_model(layout.engine).experts_in_ram
+    dp_attention = layout.data_parallel > 1
+    tp_total = layout.tensor_parallel * layout.data_parallel
+    fraction, own, tight_note = _sglang_fraction(layout, node, fraction, tier)
     total = node.gpu_memory_mib * MIB
     budget = total * fraction
     weights, per_group, layers = gpu_weights(arch, layout)
@@ -620,20 +650,7 @@ def _evaluate_sglang(
     staging = arch.n_routed_experts * arch.one_expert_bytes if kt and host_experts else 0.0
     host_terms, host = _host_gpu_engine(layout, node, host_experts, staging)
     terms.update(host_terms)
-    sources = {
-        "weights": SRC_WEIGHTS,
-        "budget": SRC_SGLANG_FRACTION,
-        "kv_cache": SRC_KV,
-        "activation_reserve": SRC_SGLANG_FRACTION,
-        "cuda_graph_reserve": SRC_SGLANG_FRACTION,
-        "metadata_reserve": SRC_SGLANG_FRACTION,
-        "parallel_reserve": SRC_SGLANG_FRACTION,
-        "host_engine_processes": SRC_HOST,
-        "host_pinned_buffers": SRC_PINNED,
-    }
-    if kt:
-        sources["host_routed_experts"] = SRC_KT
-        sources["weights"] = SRC_WEIGHTS + "; " + SRC_KT
+    sources = _sglang_sources(kt)
     mem = Memory(
         total=_gib(total),
         budget=_gib(budget),
