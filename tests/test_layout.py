@@ -17,12 +17,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deploy"
 
 #: The pipeline, earliest first. A new stage gets its own folder and a place in this list.
 STAGES = [
+    "engines",
     "catalog",
     "hardware",
     "calibration",
     "planning",
     "weights",
-    "engines",
     "monitoring",
     "serving",
     "checking",

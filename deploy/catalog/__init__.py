@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from deploy import constants, schema
+from deploy.engines import registry
 from deploy.errors import CatalogError
 
-ENGINES = ("vllm", "sglang", "ktransformers", "llama.cpp")
+#: The engines registered when the catalog was imported (``deploy.engines.registry``); a catalog entry is
+#: checked against the registry as it is when the entry loads, so an engine registered later is accepted.
+ENGINES = tuple(registry.names())
 
 
 @dataclass(frozen=True)
@@ -83,37 +86,43 @@ def available_models(catalog_dir: Path | None = None) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.yaml"))
 
 
-#: A catalog entry after ``extends`` is resolved: the values that reach plans, commands and paths, typed.
-CATALOG_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "name": schema.WORD,
-        "served_model_name": schema.MODEL_NAME,
-        "architecture": {"type": "object"},
-        "capabilities": {"type": "object", "additionalProperties": {"type": "boolean"}},
-        "parsers": {"type": "object"},
-        "modes": {"type": "object"},
-        "engines": {"type": "object", "propertyNames": {"enum": list(ENGINES)}},
-        "variants": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "properties": {
-                    "id": schema.WORD,
-                    "repo": schema.REPO,
-                    "revision": schema.TEXT,
-                    "format": {"enum": ["safetensors", "gguf"]},
-                    "fidelity": {"type": "integer"},
-                    "allow_patterns": {"type": "array", "items": schema.TEXT},
-                    "file_count": schema.COUNT,
-                    "file_bytes": schema.COUNT,
-                    "engines": {"type": "array", "items": {"enum": list(ENGINES)}},
+def catalog_schema(engines: list[str] | tuple[str, ...] = ENGINES) -> dict[str, Any]:
+    """A catalog entry after ``extends`` is resolved: the values that reach plans, commands and paths, typed;
+    ``engines``: the engine names it may name."""
+    return {
+        "type": "object",
+        "properties": {
+            "name": schema.WORD,
+            "served_model_name": schema.MODEL_NAME,
+            "architecture": {"type": "object"},
+            "capabilities": {"type": "object", "additionalProperties": {"type": "boolean"}},
+            "parsers": {"type": "object"},
+            "modes": {"type": "object"},
+            "engines": {"type": "object", "propertyNames": {"enum": list(engines)}},
+            "variants": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": schema.WORD,
+                        "repo": schema.REPO,
+                        "revision": schema.TEXT,
+                        "format": {"enum": ["safetensors", "gguf"]},
+                        "fidelity": {"type": "integer"},
+                        "allow_patterns": {"type": "array", "items": schema.TEXT},
+                        "file_count": schema.COUNT,
+                        "file_bytes": schema.COUNT,
+                        "engines": {"type": "array", "items": {"enum": list(engines)}},
+                    },
                 },
             },
         },
-    },
-}
+    }
+
+
+#: The schema with the engines registered at import.
+CATALOG_SCHEMA: dict[str, Any] = catalog_schema()
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -187,10 +196,11 @@ def load_model(name: str, catalog_dir: Path | None = None) -> Model:
     for key in _REQUIRED:
         if key not in data:
             raise CatalogError(f"{src}: missing key {key!r}")
-    schema.validate(data, CATALOG_SCHEMA, src, CatalogError)
-    unknown = set(data["engines"]) - set(ENGINES)
+    known = registry.names()
+    schema.validate(data, catalog_schema(known), src, CatalogError)
+    unknown = set(data["engines"]) - set(known)
     if unknown:
-        raise CatalogError(f"{src}: engines: unknown engine(s) {sorted(unknown)}; known: {list(ENGINES)}")
+        raise CatalogError(f"{src}: engines: unknown engine(s) {sorted(unknown)}; known: {known}")
     variants = []
     for i, v in enumerate(data["variants"]):
         for key in _VARIANT_REQUIRED:

@@ -49,6 +49,7 @@ from deploy.checking.target import (
     target_from_url,
 )
 from deploy.checking.toolset import run_tool_call_set
+from deploy.engines import registry
 from deploy.secrets import redact
 from deploy.serving import readiness
 
@@ -124,7 +125,9 @@ def check_liveness(target: CheckTarget) -> CheckResult:
     try:
         r = bounded.get(url, headers=headers(target), timeout_s=min(target.timeout_s, 10.0))
     except requests.ConnectionError:
-        hint = " (vLLM does not answer until the model is loaded)" if target.flavor == "vllm" else ""
+        eng = registry.find(target.flavor)
+        refuses = eng is not None and not eng.health.answers_while_loading
+        hint = f" ({eng.display_name} does not answer until the model is loaded)" if refuses and eng else ""
         return CheckResult("liveness", FAIL, f"nothing answers at {url}{hint}", time.monotonic() - t0)
     except requests.RequestException as exc:
         return CheckResult("liveness", FAIL, error_reason(exc, target), time.monotonic() - t0)
@@ -181,12 +184,14 @@ def _reported_context(target: CheckTarget, entry: dict[str, Any]) -> tuple[int |
     meta = entry.get("meta") or {}
     if isinstance(meta.get("n_ctx"), int):
         return meta["n_ctx"], "meta.n_ctx in /v1/models"
-    if target.flavor == "llama.cpp":
+    eng = registry.find(target.flavor)
+    if eng is not None and eng.props_path:
         try:
-            props = bounded.get(f"{target.base_url}/props", headers=headers(target), timeout_s=10.0).json()
+            url = f"{target.base_url}{eng.props_path}"
+            props = bounded.get(url, headers=headers(target), timeout_s=10.0).json()
             n_ctx = (props.get("default_generation_settings") or {}).get("n_ctx")
             if isinstance(n_ctx, int):
-                return n_ctx, "default_generation_settings.n_ctx in /props"
+                return n_ctx, f"default_generation_settings.n_ctx in {eng.props_path}"
         except (requests.RequestException, ValueError):
             pass
     return None, ""

@@ -23,6 +23,8 @@ from deploy.checking.bounded import check_timeout
 from deploy.checking.meter import Meter
 from deploy.checking.providers import FLAVORS
 from deploy.checking.shapes import ID_RULE_GENERIC, ID_RULE_KIMI
+from deploy.engines import registry
+from deploy.engines.base import Feature
 from deploy.errors import CatalogError, InputError
 from deploy.planning.contract import Plan
 from deploy.serving.readiness import probe_host
@@ -213,10 +215,12 @@ def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: floa
     caps = {k: bool(v) for k, v in (model.get("capabilities") or {}).items()}
     id_rule, id_source = _id_rule(model.get("parsers") or {})
     key_env = api_key_env or args.get("api_key_env")
-    metrics = cand.engine == "vllm" or bool(args.get("metrics")) or bool(args.get("enable_metrics"))
+    eng = registry.find(cand.engine)
+    always = eng is not None and eng.metrics_flag is None
+    metrics = always or bool(args.get("metrics")) or bool(args.get("enable_metrics"))
     metrics_src = (
-        "vLLM always serves /metrics"
-        if cand.engine == "vllm"
+        f"{eng.display_name} always serves /metrics"
+        if always and eng is not None
         else ("plan engine_args enables metrics" if metrics else "plan engine_args does not enable metrics")
     )
     vision, vision_src = _plan_vision(plan, caps)
@@ -292,7 +296,8 @@ def _plan_vision(plan: Plan, caps: dict[str, bool]) -> tuple[bool, str]:
 
         serves = load_model(str(plan.model.get("name"))).variant(cand.variant).serves_vision
     except CatalogError:
-        serves = cand.engine != "llama.cpp"
+        eng = registry.find(cand.engine)
+        serves = eng is None or eng.supports(Feature.VISION)
         return serves, f"catalog entry not found; {cand.engine} {'serves' if serves else 'lacks'} vision"
     if not serves:
         return False, f"variant {cand.variant} has no vision tower"
@@ -351,8 +356,13 @@ def target_from_url(
     catalog_few_shot, stop = _modes_request_profile(entry.modes)
     key, key_env = hosted_key(flavor, api_key_env)
     if metrics is None:
-        metrics = flavor == "vllm"
-        metrics_src = "vLLM always serves /metrics" if metrics else f"not declared for {flavor} (--metrics)"
+        eng = registry.find(flavor)
+        metrics = eng is not None and eng.metrics_flag is None
+        metrics_src = (
+            f"{eng.display_name} always serves /metrics"
+            if metrics and eng is not None
+            else f"not declared for {flavor} (--metrics)"
+        )
     else:
         metrics_src = "--metrics" if metrics else "--no-metrics"
     if vision is None:

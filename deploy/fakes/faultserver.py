@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import constants
+from deploy.engines import registry
 from deploy.fsutil import read_json
 
 STREAM_MODES = ("ok-stream", "drop-mid-stream", "500-some", "stall")
@@ -68,7 +69,8 @@ def _request_kind(body: dict[str, Any]) -> tuple[str, bool]:
 
 
 def _reasoning_key(engine: str) -> str:
-    return "reasoning" if engine == "vllm" else "reasoning_content"
+    eng = registry.find(engine)
+    return eng.reasoning_field if eng is not None else "reasoning_content"
 
 
 def inject(mode: str, engine: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -220,7 +220,7 @@ def rule_tests(spec: MonitoringSpec, rule_file: str) -> dict[str, Any]:
             fire = [_series("up", base, f"0x{n}")]
             quiet = [_series("up", base, f"1x{n}")]
         elif name == "KimiKVCacheHigh":
-            if m.family == "llama.cpp":
+            if m.slot_based:
                 busy = spec.slots
                 fire = [_series(m.running, base, f"{busy}x{n}")]
                 quiet = [_series(m.running, base, f"{max(0, busy - 1) if busy > 1 else 0}x{n}")]

@@ -69,7 +69,7 @@ class MetricsSummary:
 def summarize(engine: str, samples: Samples, slots: int = 1, at: float | None = None) -> MetricsSummary:
     m = metrics_for(engine)
     running = total(samples, m.running)
-    if m.family == "llama.cpp":
+    if m.slot_based:
         kv = None if running is None else running / max(1, slots)
     else:
         kv = total(samples, m.kv_usage)

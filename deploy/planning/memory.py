@@ -21,10 +21,12 @@ from __future__ import annotations
 import bisect
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from deploy.constants import GIB, MIB
+from deploy.engines import registry
 from deploy.hardware.profiles import Node
 from deploy.planning.architecture import KV_DTYPE_BYTES, Architecture, TensorGroup
 from deploy.planning.contract import Memory
@@ -161,7 +163,7 @@ class Layout:
 
     @property
     def gpus_used(self) -> int:
-        if self.engine == "llama.cpp":
+        if memory_model(self.engine).layer_split:
             return self.gpus_per_node if self.placement != "cpu" else 0
         return self.tensor_parallel * self.pipeline_parallel * self.data_parallel
 
@@ -214,7 +216,8 @@ def _divisor(g: TensorGroup, layout: Layout) -> int:
 
 def gpu_weights(arch: Architecture, layout: Layout) -> tuple[float, dict[str, float], range]:
     """Weight bytes on the fullest GPU, the bytes of each group there, and that GPU's decoder layers."""
-    if layout.engine == "llama.cpp":
+    model = memory_model(layout.engine)
+    if model.layer_split:
         return _llama_gpu_weights(arch, layout)
     stages = pp_partition(arch.num_layers, layout.pipeline_parallel)
     best: tuple[float, dict[str, float], range] = (-1.0, {}, stages[0])
@@ -229,7 +232,7 @@ def gpu_weights(arch: Architecture, layout: Layout) -> tuple[float, dict[str, fl
                 amount = float(g.bytes)
             else:
                 amount = 0.0
-            if g.routed_experts and layout.engine == "ktransformers":
+            if g.routed_experts and model.experts_in_ram:
                 amount = layout.gpu_experts * arch.one_expert_bytes * len(ids & moe)
             per_group[g.name] = amount / _divisor(g, layout)
         total = sum(per_group.values())
@@ -398,26 +401,26 @@ def evaluate(
     ``context`` matters only to llama.cpp, which allocates exactly ``--ctx-size``; the others report the
     KV cache the budget leaves and the planner compares it with the context it wants. ``tier`` picks the
     engine's batch settings (VLLM_TIERS / SGLANG_TIERS); by default the engine's own choice for this GPU."""
-    if layout.engine == "llama.cpp" and layout.placement == "rpc":
-        return evaluate_llama_rpc(arch, layout, kv_cache_dtype, context or arch.max_position_embeddings)
-    if layout.engine == "llama.cpp":
-        return _evaluate_llama(arch, layout, node, kv_cache_dtype, context or arch.max_position_embeddings)
-    if layout.engine == "vllm" and layout.placement == "cpu":
-        return _evaluate_vllm_cpu(arch, layout, node, kv_cache_dtype, context or arch.max_position_embeddings)
-    if layout.engine == "vllm":
-        return _evaluate_vllm(arch, layout, node, gpu_memory_utilization, kv_cache_dtype, enforce_eager, tier)
-    return _evaluate_sglang(arch, layout, node, gpu_memory_utilization, kv_cache_dtype, tier)
+    return memory_model(layout.engine).evaluate(
+        arch,
+        layout,
+        node,
+        gpu_memory_utilization,
+        kv_cache_dtype,
+        context or arch.max_position_embeddings,
+        enforce_eager,
+        tier,
+    )
 
 
 def evaluate_best(arch: Architecture, layout: Layout, node: Node, target: int, **kwargs: Any) -> Fit:
     """Like evaluate, but when the engine's default batch settings leave too little KV room for
     ``target`` tokens, try the smaller settings the engine uses on smaller GPUs (the plan then sets them
     explicitly). A larger GPU thus never plans worse than a smaller one."""
-    if layout.engine == "llama.cpp" or layout.placement == "cpu":
+    model = memory_model(layout.engine)
+    if model.tier is None or layout.placement == "cpu":
         return evaluate(arch, layout, node, context=target, **kwargs)
-    default = (
-        vllm_tier(node.gpu_memory_mib / 1024) if layout.engine == "vllm" else sglang_tier(node.gpu_memory_mib)
-    )
+    default = model.tier(node)
     best = evaluate(arch, layout, node, context=target, tier=default, **kwargs)
     for tier in range(default - 1, -1, -1):
         if best.fits and best.max_fit_tokens >= target:
@@ -537,10 +540,11 @@ def _evaluate_vllm(
     return fit
 
 
-def _evaluate_sglang(
-    arch: Architecture, layout: Layout, node: Node, fraction: float | None, dtype: str, tier: int | None
-) -> Fit:
-    kt = layout.engine == "ktransformers"
+def _sglang_fraction(
+    layout: Layout, node: Node, fraction: float | None, tier: int | None
+) -> tuple[float, float, str]:
+    """(--mem-fraction-static, SGLang's own choice, the tight note): the plan's ``fraction``, else SGLang's
+    own, or with ``--tight`` SGLang's formula without its 10 GiB floor and vision-model reduction."""
     dp_attention = layout.data_parallel > 1
     tp_total = layout.tensor_parallel * layout.data_parallel
     own = sglang_mem_fraction_static(
@@ -583,6 +587,35 @@ def _evaluate_sglang(
             fraction = own
     if fraction is None:
         fraction = own
+    return fraction, own, tight_note
+
+
+def _sglang_sources(kt: bool) -> dict[str, str]:
+    """Where each memory term of an SGLang (or KTransformers) fit comes from."""
+    sources = {
+        "weights": SRC_WEIGHTS,
+        "budget": SRC_SGLANG_FRACTION,
+        "kv_cache": SRC_KV,
+        "activation_reserve": SRC_SGLANG_FRACTION,
+        "cuda_graph_reserve": SRC_SGLANG_FRACTION,
+        "metadata_reserve": SRC_SGLANG_FRACTION,
+        "parallel_reserve": SRC_SGLANG_FRACTION,
+        "host_engine_processes": SRC_HOST,
+        "host_pinned_buffers": SRC_PINNED,
+    }
+    if kt:
+        sources["host_routed_experts"] = SRC_KT
+        sources["weights"] = SRC_WEIGHTS + "; " + SRC_KT
+    return sources
+
+
+def _evaluate_sglang(
+    arch: Architecture, layout: Layout, node: Node, fraction: float | None, dtype: str, tier: int | None
+) -> Fit:
+    kt = memory_model(layout.engine).experts_in_ram
+    dp_attention = layout.data_parallel > 1
+    tp_total = layout.tensor_parallel * layout.data_parallel
+    fraction, own, tight_note = _sglang_fraction(layout, node, fraction, tier)
     total = node.gpu_memory_mib * MIB
     budget = total * fraction
     weights, per_group, layers = gpu_weights(arch, layout)
@@ -617,20 +650,7 @@ def _evaluate_sglang(
     staging = arch.n_routed_experts * arch.one_expert_bytes if kt and host_experts else 0.0
     host_terms, host = _host_gpu_engine(layout, node, host_experts, staging)
     terms.update(host_terms)
-    sources = {
-        "weights": SRC_WEIGHTS,
-        "budget": SRC_SGLANG_FRACTION,
-        "kv_cache": SRC_KV,
-        "activation_reserve": SRC_SGLANG_FRACTION,
-        "cuda_graph_reserve": SRC_SGLANG_FRACTION,
-        "metadata_reserve": SRC_SGLANG_FRACTION,
-        "parallel_reserve": SRC_SGLANG_FRACTION,
-        "host_engine_processes": SRC_HOST,
-        "host_pinned_buffers": SRC_PINNED,
-    }
-    if kt:
-        sources["host_routed_experts"] = SRC_KT
-        sources["weights"] = SRC_WEIGHTS + "; " + SRC_KT
+    sources = _sglang_sources(kt)
     mem = Memory(
         total=_gib(total),
         budget=_gib(budget),
@@ -933,7 +953,88 @@ def _check_host(fit: Fit) -> None:
         )
 
 
+# ---- the memory models, by the key each engine names (deploy.engines: Engine.memory_model) ---------------
+
+
+def _vllm(
+    arch: Architecture, layout: Layout, node: Node, util: Any, dtype: str, ctx: int, eager: bool, tier: Any
+) -> Fit:
+    if layout.placement == "cpu":
+        return _evaluate_vllm_cpu(arch, layout, node, dtype, ctx)
+    return _evaluate_vllm(arch, layout, node, util, dtype, eager, tier)
+
+
+def _sglang(
+    arch: Architecture, layout: Layout, node: Node, util: Any, dtype: str, _ctx: int, _e: bool, tier: Any
+) -> Fit:
+    return _evaluate_sglang(arch, layout, node, util, dtype, tier)
+
+
+def _llama(
+    arch: Architecture, layout: Layout, node: Node, _util: Any, dtype: str, ctx: int, _e: bool, _t: Any
+) -> Fit:
+    if layout.placement == "rpc":
+        return evaluate_llama_rpc(arch, layout, dtype, ctx)
+    return _evaluate_llama(arch, layout, node, dtype, ctx)
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """How one family of engines is sized. ``evaluate(arch, layout, node, gpu_memory_utilization,
+    kv_cache_dtype, context, enforce_eager, tier)``; ``tier(node)``: the engine's own batch-settings tier
+    for the node's GPU (None: no tiers, llama.cpp allocates exactly what it is told)."""
+
+    evaluate: Callable[..., Fit]
+    tier: Callable[[Node], int] | None = None
+    #: whole layers go to devices (llama.cpp's --n-gpu-layers), not split by TP
+    layer_split: bool = False
+    #: only ``Layout.gpu_experts`` routed experts per layer are on the GPUs, the rest in host RAM
+    experts_in_ram: bool = False
+    #: the KV cache is allocated in blocks of this many tokens (vLLM's paged MLA blocks)
+    kv_block_tokens: int = 1
+    #: the engine allocates exactly the context it is given (llama.cpp's --ctx-size), no more
+    exact_context: bool = False
+    #: SGLang's rule: a vision tower lowers the static memory fraction (``Layout.vit``)
+    vlm_fraction: bool = False
+    #: the default GPU memory utilization the engine applies (vLLM's 0.9), and the fit setting that
+    #: replaces it (SGLang's mem_fraction_static)
+    default_util: float | None = None
+    util_setting: str | None = None
+
+
+MEMORY_MODELS: dict[str, MemoryModel] = {
+    "vllm": MemoryModel(
+        _vllm,
+        tier=lambda node: vllm_tier(node.gpu_memory_mib / 1024),
+        kv_block_tokens=VLLM_MLA_BLOCK,
+        default_util=0.9,
+    ),
+    "sglang": MemoryModel(
+        _sglang,
+        tier=lambda node: sglang_tier(node.gpu_memory_mib),
+        vlm_fraction=True,
+        util_setting="mem_fraction_static",
+    ),
+    "sglang-kt": MemoryModel(
+        _sglang,
+        tier=lambda node: sglang_tier(node.gpu_memory_mib),
+        experts_in_ram=True,
+        vlm_fraction=True,
+        util_setting="mem_fraction_static",
+    ),
+    "llama.cpp": MemoryModel(_llama, layer_split=True, exact_context=True),
+}
+
+
+def memory_model(engine: str) -> MemoryModel:
+    """The memory model of ``engine`` (its registry entry names the key)."""
+    return MEMORY_MODELS[registry.get(engine).memory_model]
+
+
 __all__ = [
+    "MEMORY_MODELS",
+    "MemoryModel",
+    "memory_model",
     "Fit",
     "Layout",
     "activation_peak_bytes",

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 from deploy.planning.architecture import Architecture
+from deploy.planning.memory import memory_model
 
 GIB = 1024**3
 
@@ -98,7 +99,7 @@ def decode_bytes(
 ) -> dict[str, float]:
     """Bytes one decode step reads on the busiest device, by term: ``dense`` (non-routed weights),
     ``experts`` (active routed experts) and ``kv`` (the context's cache)."""
-    tp = 1 if engine == "llama.cpp" else max(1, tensor_parallel)
+    tp = 1 if memory_model(engine).layer_split else max(1, tensor_parallel)
     names = {g.name for g in arch.groups}
     dense = 0.0
     for g in arch.groups:
@@ -191,7 +192,7 @@ def for_candidate(
     host_src = "measured by inventory" if host_bw else "not in the profile"
     threads = engine_args.get("threads")
     if (
-        engine == "llama.cpp"
+        memory_model(engine).layer_split
         and isinstance(threads, int)
         and threads > 0
         and node.memory_bandwidth_per_thread_gbs

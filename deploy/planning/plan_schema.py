@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from deploy import schema
+from deploy.engines import registry
 from deploy.hardware.profile_schema import PLAN_HARDWARE
 
 #: plan.json's ``schema``: a reader refuses any other (deploy.planning.contract.plan_from_dict).
@@ -27,7 +28,9 @@ RUNNABLE = "runnable"  # runs at the model's full context
 REDUCED = "reduced"  # runs only with a smaller max_model_len, which the plan sets
 INCOMPATIBLE = "incompatible"
 STATUSES = (RUNNABLE, REDUCED, INCOMPATIBLE)
-ENGINES = ["vllm", "sglang", "ktransformers", "llama.cpp"]
+#: The engines registered at import (the page docs/reference/plan-schema.md lists these); ``plan_schema()``
+#: takes the registry as it is when a plan is read.
+ENGINES = registry.names()
 PLACEMENTS = ["gpu", "hybrid", "cpu", "rpc"]
 _PARALLEL = {"type": "integer", "minimum": 1, "maximum": 65536}
 _MAYBE_WORD = {"anyOf": [schema.WORD, {"type": "null"}]}
@@ -197,6 +200,16 @@ PLAN_SCHEMA: dict[str, Any] = {
 }
 
 
+def plan_schema() -> dict[str, Any]:
+    """PLAN_SCHEMA with the engines registered now (an engine registered after import included)."""
+    names = registry.names()
+    if names == ENGINES:
+        return PLAN_SCHEMA
+    candidate = {**CANDIDATE, "properties": {**CANDIDATE["properties"], "engine": {"enum": names}}}
+    candidates = {**PLAN_SCHEMA["properties"]["candidates"], "items": candidate}
+    return {**PLAN_SCHEMA, "properties": {**PLAN_SCHEMA["properties"], "candidates": candidates}}
+
+
 def markdown() -> str:
     """docs/reference/plan-schema.md: how to read the schema, then the schema itself."""
     return (
@@ -224,4 +237,5 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATUSES",
     "markdown",
+    "plan_schema",
 ]

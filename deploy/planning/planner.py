@@ -23,13 +23,31 @@ from typing import Any
 
 from deploy.catalog import Model, Variant, load_model
 from deploy.constants import GB, GIB
+from deploy.engines import registry
+from deploy.engines.base import Engine, Feature
 from deploy.hardware.profiles import Cpu, HardwareProfile, Node, load_gpu_table
 from deploy.planning import performance
 from deploy.planning.architecture import Architecture, architecture_for
 from deploy.planning.calibrated import apply_to_fit, matching_records
 from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
-from deploy.planning.margins import CALIBRATED_ERROR, READY_SAFETY_FACTOR, kv_error, low_end, ready_deadline_s
-from deploy.planning.memory import VLLM_CPU_PROCESS_GIB, Fit, Layout, evaluate, evaluate_best, host_available
+from deploy.planning.engine_args import KT_GUIDE_TOTAL_TOKENS, ArgsInput, engine_args
+from deploy.planning.margins import (
+    CALIBRATED_ERROR,
+    READY_SAFETY_FACTOR,
+    KvError,
+    kv_error,
+    low_end,
+    ready_deadline_s,
+)
+from deploy.planning.memory import (
+    VLLM_CPU_PROCESS_GIB,
+    Fit,
+    Layout,
+    evaluate,
+    evaluate_best,
+    host_available,
+    memory_model,
+)
 from deploy.planning.request import PlanRequest
 
 #: Below this context a deployment is not worth running (agentic clients send long prompts).
@@ -39,24 +57,11 @@ CONTEXT_STEP = 1024
 #: Sequential read rate assumed for loading weights when the profile has no measured one (GB/s): a
 #: conservative local NVMe figure; `kimi-deploy inventory` measures the node's own (disk_read_gbps).
 DISK_READ_GBPS = 1.0
-#: Engine start-up beyond reading weights (s): process start, compile/graph capture, warm-up.
-STARTUP_OVERHEAD_S = {"vllm": 420, "sglang": 300, "ktransformers": 600, "llama.cpp": 20, "vllm-cpu": 240}
 #: llama.cpp over RPC moves activations over the network between layers: only when no single node fits.
 PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "cpu": 2, "rpc": 3}
 #: Tie-break among layouts of one engine: keep traffic inside a node, then pipeline across nodes.
 LAYOUT_ORDER = ("tp", "tp-pp", "dp-ep", "tp-nodes", "kt", "gpu", "hybrid", "cpu", "rpc")
-#: rpc-server's port on every worker (its default).
-RPC_PORT = 50052
 STATUS_ORDER = {RUNNABLE: 0, REDUCED: 1, INCOMPATIBLE: 2}
-API_KEY_ENV = "KIMI_API_KEY"
-MASTER_PORT = 29500
-DIST_INIT_PORT = 50000
-#: KTransformers' Kimi-K2.5 guide (kvcache-ai/ktransformers doc/en/Kimi-K2.5.md, the 4x RTX 4090 launch):
-#: layer-wise GPU prefill above 400 tokens, 32,658-token prefill chunks, a 50,000-token KV pool beside 30
-#: GPU experts per layer; --enable-mixed-chunk, --enable-p2p-check, --disable-shared-experts-fusion.
-KT_PREFILL_THRESHOLD = 400
-KT_CHUNKED_PREFILL_SIZE = 32658
-KT_GUIDE_TOTAL_TOKENS = 50000
 #: vLLM multi-node: ``--distributed-timeout-seconds`` = time_to_ready_s x this (slow disks, first compile).
 DIST_TIMEOUT_SAFETY = 2.0
 #: PyTorch's default init_process_group timeout for NCCL (vllm/config/parallel.py distributed_timeout_seconds)
@@ -67,8 +72,6 @@ GPU_FEATURE_NAMES = {
     "fp8": "FP8 tensor cores (sm89+)",
     "int4_w4a16": "INT4 weight-only kernels (sm80+)",
 }
-#: The demo model serves on a shared 2-core CI machine: one thread, one slot, the demo's own template.
-DEMO_LLAMA_ARGS = {"threads": 1, "parallel": 1, "chat_template": "demo-hermes-think.jinja"}
 
 
 def plan(
@@ -144,7 +147,8 @@ def _layouts(
 ) -> list[tuple[str, Layout]]:
     """(layout kind, Layout) pairs to size for this engine on this profile (``meta``: the catalog's
     settings for the engine; ``device: cpu`` means vLLM's CPU build)."""
-    if engine == "vllm" and (meta or {}).get("device") == "cpu":
+    eng, mm = registry.get(engine), memory_model(engine)
+    if eng.cpu_build and (meta or {}).get("device") == "cpu":
         space = int((meta or {}).get("kvcache_space_gib", 1))
         return [("cpu", Layout(engine, placement="cpu", cpu_kv_space_gib=space, label="CPU (vllm-cpu)"))]
     head = profile.head
@@ -153,8 +157,8 @@ def _layouts(
     tp = req.tensor_parallel or _largest_tp(g, heads)
     dcp = req.decode_context_parallel
     out: list[tuple[str, Layout]] = []
-    if engine in ("vllm", "sglang"):
-        d = dcp if engine == "vllm" else 1
+    if _gpu_parallel(eng):
+        d = dcp if eng.supports(Feature.DECODE_CONTEXT_PARALLEL) else 1
         out.append(
             ("tp", Layout(engine, 1, g, tp, decode_context_parallel=d, label=f"TP{tp}" if g else "no GPU"))
         )
@@ -206,9 +210,9 @@ def _layouts(
                         ),
                     )
                 )
-    elif engine == "ktransformers":
+    elif mm.experts_in_ram:
         out.append(("kt", Layout(engine, 1, g, tp, label=f"TP{tp}, experts in RAM" if g else "no GPU")))
-    elif engine == "llama.cpp":
+    elif mm.layer_split:
         if g > 0:
             out.append(("gpu", Layout(engine, 1, g, 1, placement="gpu", label=f"all on {g} GPU(s)")))
             if arch.n_routed_experts:
@@ -232,6 +236,11 @@ def _layouts(
                 )
             )
     return out
+
+
+def _gpu_parallel(eng: Engine) -> bool:
+    """The engine spreads the model over GPUs by TP, DP+EP and PP, on one node or several (vLLM, SGLang)."""
+    return eng.needs_gpu and eng.supports(Feature.MULTINODE) and eng.supports(Feature.EXPERT_PARALLEL)
 
 
 def _rpc_nodes(profile: HardwareProfile, req: PlanRequest) -> int:
@@ -301,15 +310,11 @@ def _engine_blockers(
     """Reasons an engine cannot run here regardless of memory, and what would fix each."""
     head = profile.head
     reasons, fixes = [], []
+    eng = registry.get(engine)
     cpu_build = m.engines.get(engine, {}).get("device") == "cpu"
-    if engine in ("vllm", "sglang", "ktransformers") and head.gpu_count == 0 and not cpu_build:
+    if eng.needs_gpu and head.gpu_count == 0 and not cpu_build:
         reasons.append(f"{engine} needs NVIDIA GPUs; {head.name} has none")
-    if (
-        engine in ("vllm", "sglang", "ktransformers")
-        and head.gpu_count
-        and not cpu_build
-        and v.format == "safetensors"
-    ):
+    if eng.needs_gpu and head.gpu_count and not cpu_build and v.format == "safetensors":
         spec = load_gpu_table().get(head.gpu_model)
         if spec is not None and not spec.int4_w4a16:
             reasons.append(f"{head.gpu_model} has no INT4 weight-only kernels (needs sm80+)")
@@ -323,26 +328,26 @@ def _engine_blockers(
                 f"{head.gpu_model} has none"
             )
             fixes.append(f"GPUs with {', '.join(GPU_FEATURE_NAMES.get(f, f) for f in missing)}")
-    if engine == "ktransformers":
-        meta = m.engines.get("ktransformers", {})
-        for flag in meta.get("requires_isa", []):
-            if not head.cpu.has(flag):
-                reasons.append(f"KTransformers' CPU kernels need {flag.upper()}; {head.cpu.model} lacks it")
-                fixes.append(f"a CPU with {flag.upper()} (AMX preferred), e.g. Xeon Sapphire Rapids or newer")
-        min_vram = float(meta.get("min_total_vram_gb", 0))
-        vram_gb = head.gpu_count * head.gpu_memory_mib * 1024**2 / GB
-        if head.gpu_count and vram_gb < min_vram:
-            reasons.append(
-                f"KTransformers needs >= {min_vram:.0f} GB of VRAM in total; the node has {vram_gb:.0f} GB"
-            )
-            fixes.append(f">= {min_vram:.0f} GB of VRAM in total (e.g. 2x RTX 4090)")
+    # the catalog's requirements of the engine (KTransformers: a CPU ISA, VRAM in total)
+    meta = m.engines.get(engine, {})
+    for flag in meta.get("requires_isa", []):
+        if not head.cpu.has(flag):
+            reasons.append(f"{eng.display_name}' CPU kernels need {flag.upper()}; {head.cpu.model} lacks it")
+            fixes.append(f"a CPU with {flag.upper()} (AMX preferred), e.g. Xeon Sapphire Rapids or newer")
+    min_vram = float(meta.get("min_total_vram_gb", 0))
+    vram_gb = head.gpu_count * head.gpu_memory_mib * 1024**2 / GB
+    if head.gpu_count and vram_gb < min_vram:
+        reasons.append(
+            f"{eng.display_name} needs >= {min_vram:.0f} GB of VRAM in total; the node has {vram_gb:.0f} GB"
+        )
+        fixes.append(f">= {min_vram:.0f} GB of VRAM in total (e.g. 2x RTX 4090)")
     return reasons, fixes
 
 
 def _vit(m: Model, v: Variant, engine: str) -> tuple[int, int] | None:
     """The vision tower SGLang loads for this variant (layers, hidden), for its VLM fraction rule."""
     vision = m.architecture.get("vision")
-    if engine in ("sglang", "ktransformers") and v.serves_vision and isinstance(vision, dict):
+    if memory_model(engine).vlm_fraction and v.serves_vision and isinstance(vision, dict):
         return int(vision.get("num_hidden_layers", 24)), int(vision.get("hidden_size", 1024))
     return None
 
@@ -359,7 +364,7 @@ def _candidates(
     out = []
     target = req.context or arch.max_position_embeddings
     blockers, blocker_fixes = _engine_blockers(engine, v, m, profile)
-    tights = (False, True) if req.tight and engine in ("vllm", "sglang", "ktransformers") else (False,)
+    tights = (False, True) if req.tight and registry.get(engine).supports(Feature.TIGHT) else (False,)
     spec = _speculative(m, v, engine, profile, req)
     for kind, base_lay in _layouts(engine, arch, profile, req, m.engines.get(engine)):
         if spec:
@@ -384,6 +389,27 @@ def _candidates(
     return out
 
 
+@dataclasses.dataclass
+class _Sizing:
+    """One candidate on its way through ``_one_candidate``'s steps (size -> calibrate -> context ->
+    remediate -> engine args): what each step reads and fills in."""
+
+    lay: Layout
+    #: "gpu" or "cpu": where the KV cache lives (the KV error figure and calibration records key on it)
+    device: str
+    error: KvError
+    reasons: list[str]
+    remediation: list[str]
+    fit: Fit | None = None
+    #: calibration records applied, and the start-up time they measured
+    used: int = 0
+    measured_ready: float | None = None
+    status: str = INCOMPATIBLE
+    max_len: int = 0
+    #: the low end of the KV range (tokens)
+    low: int = 0
+
+
 def _one_candidate(
     m: Model,
     v: Variant,
@@ -400,114 +426,34 @@ def _one_candidate(
 ) -> Candidate:
     cid = f"{engine}-{v.id}-{_layout_id(kind, lay)}" + ("-tight" if lay.tight else "")
     node = profile.head
-    reasons: list[str] = list(blockers)
-    remediation: list[str] = list(blocker_fixes)
-    fit: Fit | None = None
     device = "cpu" if lay.placement in ("cpu", "rpc") or not node.gpu_count else "gpu"
-    error = kv_error(engine, device)
-    used, measured_ready = 0, None
+    s = _Sizing(lay, device, kv_error(engine, device), list(blockers), list(blocker_fixes))
     if not blockers:
-        if engine == "ktransformers":
-            # size the experts so that the low end of the KV range still holds the context
-            lay, fit = _kt_layout(arch, lay, node, req, math.ceil(target / (1 - error.fraction)))
-            if lay.gpu_experts == 0 and req.context is None and target > KT_GUIDE_TOTAL_TOKENS:
-                # the full context leaves no room for experts on the GPU: size them, as KTransformers'
-                # guide does, beside a KV pool of its 50,000 tokens (the context is then reduced)
-                guide = math.ceil(KT_GUIDE_TOTAL_TOKENS / (1 - error.fraction))
-                lay, fit = _kt_layout(arch, lay, node, req, guide)
-            where = (
-                f"all {lay.gpu_experts} experts on GPU"
-                if lay.gpu_experts >= arch.n_routed_experts
-                else f"{lay.gpu_experts} experts/layer on GPU, rest in RAM"
-            )
-            lay = dataclasses.replace(lay, label=f"TP{lay.tensor_parallel}, {where}")
-        else:
-            fit = _size(arch, lay, node, req, target)
-        if (
-            engine == "vllm"
-            and lay.decode_context_parallel > 1
-            and lay.tensor_parallel % lay.decode_context_parallel
-        ):
-            reasons.append(
-                f"--decode-context-parallel {lay.decode_context_parallel} must divide TP "
-                f"{lay.tensor_parallel}"
-            )
-        if fit is not None and calibration:
-            gpu = "cpu" if device == "cpu" else node.gpu_model
-            found = matching_records(
-                calibration, m.name, engine, lay.placement, gpu, lay.label, v.id, req.kv_cache_dtype
-            )
-            if found:
-                used, measured_ready = apply_to_fit(fit, found, engine, lay.placement, target)
-                if used and error.fraction:
-                    error = CALIBRATED_ERROR
-    status, max_len = INCOMPATIBLE, 0
-    low = 0
-    if fit is not None and not reasons:
-        reasons.extend(fit.reasons)
-        if fit.fits:
-            low = low_end(fit.max_fit_tokens, error)
-            margin = (
-                f"{fit.max_fit_tokens:,} estimated, {low:,} at the low end (-{error.fraction:.0%})"
-                if error.fraction
-                else f"{fit.max_fit_tokens:,} tokens (allocated exactly)"
-            )
-            if low >= target:
-                status, max_len = RUNNABLE, target
-            else:
-                rounded = low // CONTEXT_STEP * CONTEXT_STEP
-                if rounded >= _min_context(arch):
-                    status, max_len = REDUCED, rounded
-                    reasons.append(
-                        f"KV room for {margin}, less than the {target:,} wanted: max_model_len set to "
-                        f"{rounded:,}"
-                    )
-                else:
-                    reasons.append(f"KV room for only {margin} (< {_min_context(arch):,})")
-        if fit.fits and fit.settings.get("smaller_batch_settings"):
-            reasons.append(
-                f"the engine's defaults for this GPU leave too little KV room; the plan sets "
-                f"{fit.settings['smaller_batch_settings']}"
-            )
-        if engine == "llama.cpp" and status == REDUCED:
-            fit = _size(arch, lay, node, req, max_len)
-            if calibration and used:
-                apply_to_fit(
-                    fit,
-                    matching_records(
-                        calibration,
-                        m.name,
-                        engine,
-                        lay.placement,
-                        "cpu" if device == "cpu" else node.gpu_model,
-                        lay.label,
-                        v.id,
-                        req.kv_cache_dtype,
-                    ),
-                    engine,
-                    lay.placement,
-                    max_len,
-                )
-    tight_note = fit.settings.get("tight") if fit is not None else None
+        _size_step(s, arch, engine, node, req, target)
+        if s.fit is not None and calibration:
+            _calibrate_step(s, m, v, engine, node, req, target, calibration)
+    if s.fit is not None and not s.reasons:
+        _context_step(s, m, v, arch, engine, node, req, target, calibration)
+    tight_note = s.fit.settings.get("tight") if s.fit is not None else None
     if tight_note:
-        reasons.insert(0, f"tight: {tight_note}")
-    if used:
-        reasons.insert(0, f"calibrated from {used} start(s)")
-    if status != RUNNABLE:
-        remediation.extend(
+        s.reasons.insert(0, f"tight: {tight_note}")
+    if s.used:
+        s.reasons.insert(0, f"calibrated from {s.used} start(s)")
+    if s.status != RUNNABLE:
+        s.remediation.extend(
             _remediation(
                 m,
                 v,
                 arch,
                 engine,
                 kind,
-                lay,
+                s.lay,
                 profile,
                 req,
                 target,
-                fit,
-                status,
-                max_len,
+                s.fit,
+                s.status,
+                s.max_len,
                 blocked=bool(blockers),
             )
         )
@@ -517,31 +463,153 @@ def _one_candidate(
         v,
         arch,
         engine,
-        lay,
+        s.lay,
         profile,
         req,
-        fit,
-        status,
-        max_len,
-        reasons,
-        _dedupe(remediation),
+        s.fit,
+        s.status,
+        s.max_len,
+        s.reasons,
+        _dedupe(s.remediation),
     )
-    c.tight = bool(tight_note)
-    c.calibrated_from = used
-    c.kv_error = error.fraction
-    c.kv_error_source = error.source
-    if engine == "llama.cpp" and c.runs:
+    _finish_step(c, s, engine, bool(tight_note))
+    return c
+
+
+def _size_step(
+    s: _Sizing, arch: Architecture, engine: str, node: Node, req: PlanRequest, target: int
+) -> None:
+    """Size the layout's memory for ``target`` tokens (KTransformers: first place the experts)."""
+    eng, mm = registry.get(engine), memory_model(engine)
+    lay = s.lay
+    if mm.experts_in_ram:
+        # size the experts so that the low end of the KV range still holds the context
+        lay, s.fit = _kt_layout(arch, lay, node, req, math.ceil(target / (1 - s.error.fraction)))
+        if lay.gpu_experts == 0 and req.context is None and target > KT_GUIDE_TOTAL_TOKENS:
+            # the full context leaves no room for experts on the GPU: size them, as KTransformers'
+            # guide does, beside a KV pool of its 50,000 tokens (the context is then reduced)
+            guide = math.ceil(KT_GUIDE_TOTAL_TOKENS / (1 - s.error.fraction))
+            lay, s.fit = _kt_layout(arch, lay, node, req, guide)
+        where = (
+            f"all {lay.gpu_experts} experts on GPU"
+            if lay.gpu_experts >= arch.n_routed_experts
+            else f"{lay.gpu_experts} experts/layer on GPU, rest in RAM"
+        )
+        lay = dataclasses.replace(lay, label=f"TP{lay.tensor_parallel}, {where}")
+    else:
+        s.fit = _size(arch, lay, node, req, target)
+    s.lay = lay
+    if (
+        eng.supports(Feature.DECODE_CONTEXT_PARALLEL)
+        and lay.decode_context_parallel > 1
+        and lay.tensor_parallel % lay.decode_context_parallel
+    ):
+        s.reasons.append(
+            f"--decode-context-parallel {lay.decode_context_parallel} must divide TP {lay.tensor_parallel}"
+        )
+
+
+def _records(
+    s: _Sizing,
+    m: Model,
+    v: Variant,
+    engine: str,
+    node: Node,
+    req: PlanRequest,
+    calibration: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """The calibration records of this model, engine, layout, GPU (or CPU), variant and KV dtype."""
+    gpu = "cpu" if s.device == "cpu" else node.gpu_model
+    return matching_records(
+        calibration, m.name, engine, s.lay.placement, gpu, s.lay.label, v.id, req.kv_cache_dtype
+    )
+
+
+def _calibrate_step(
+    s: _Sizing,
+    m: Model,
+    v: Variant,
+    engine: str,
+    node: Node,
+    req: PlanRequest,
+    target: int,
+    calibration: list[dict[str, Any]],
+) -> None:
+    """Replace estimates with what earlier starts of the same deployment measured."""
+    if s.fit is None:
+        return
+    found = _records(s, m, v, engine, node, req, calibration)
+    if found:
+        s.used, s.measured_ready = apply_to_fit(s.fit, found, engine, s.lay.placement, target)
+        if s.used and s.error.fraction:
+            s.error = CALIBRATED_ERROR
+
+
+def _context_step(
+    s: _Sizing,
+    m: Model,
+    v: Variant,
+    arch: Architecture,
+    engine: str,
+    node: Node,
+    req: PlanRequest,
+    target: int,
+    calibration: list[dict[str, Any]],
+) -> None:
+    """The status and max_model_len from the KV room the fit leaves (its low end against the target)."""
+    fit = s.fit
+    if fit is None:
+        return
+    s.reasons.extend(fit.reasons)
+    if fit.fits:
+        s.low = low_end(fit.max_fit_tokens, s.error)
+        margin = (
+            f"{fit.max_fit_tokens:,} estimated, {s.low:,} at the low end (-{s.error.fraction:.0%})"
+            if s.error.fraction
+            else f"{fit.max_fit_tokens:,} tokens (allocated exactly)"
+        )
+        if s.low >= target:
+            s.status, s.max_len = RUNNABLE, target
+        else:
+            rounded = s.low // CONTEXT_STEP * CONTEXT_STEP
+            if rounded >= _min_context(arch):
+                s.status, s.max_len = REDUCED, rounded
+                s.reasons.append(
+                    f"KV room for {margin}, less than the {target:,} wanted: max_model_len set to {rounded:,}"
+                )
+            else:
+                s.reasons.append(f"KV room for only {margin} (< {_min_context(arch):,})")
+    if fit.fits and fit.settings.get("smaller_batch_settings"):
+        s.reasons.append(
+            f"the engine's defaults for this GPU leave too little KV room; the plan sets "
+            f"{fit.settings['smaller_batch_settings']}"
+        )
+    if memory_model(engine).exact_context and s.status == REDUCED:
+        # the engine allocates exactly max_model_len: size again for the reduced context
+        s.fit = _size(arch, s.lay, node, req, s.max_len)
+        if calibration and s.used:
+            found = _records(s, m, v, engine, node, req, calibration)
+            apply_to_fit(s.fit, found, engine, s.lay.placement, s.max_len)
+
+
+def _finish_step(c: Candidate, s: _Sizing, engine: str, tight: bool) -> None:
+    """What the candidate records of the steps: tight, calibration, KV error, readiness, and the engine
+    args that follow from the time to ready (vLLM's distributed timeout)."""
+    c.tight = tight
+    c.calibrated_from = s.used
+    c.kv_error = s.error.fraction
+    c.kv_error_source = s.error.source
+    if memory_model(engine).exact_context and c.runs:
         c.kv_cache_tokens_low = c.kv_cache_tokens
     else:
-        c.kv_cache_tokens_low = low_end(c.kv_cache_tokens, error) if c.runs else 0
-    if measured_ready:
-        c.time_to_ready_s = max(10, int(math.ceil(measured_ready)))
-        c.read_rate_source = f"measured start-up ({used} start(s), calibration store)"
+        c.kv_cache_tokens_low = low_end(c.kv_cache_tokens, s.error) if c.runs else 0
+    if s.measured_ready:
+        c.time_to_ready_s = max(10, int(math.ceil(s.measured_ready)))
+        c.read_rate_source = f"measured start-up ({s.used} start(s), calibration store)"
     c.ready_safety_factor = READY_SAFETY_FACTOR
     c.ready_deadline_s = ready_deadline_s(c.time_to_ready_s)
-    if engine == "vllm" and lay.nodes > 1 and "multinode" in c.engine_args:
+    if registry.get(engine).distributed_timeout and s.lay.nodes > 1 and "multinode" in c.engine_args:
         c.engine_args["multinode"]["distributed_timeout_s"] = distributed_timeout_s(c.time_to_ready_s)
-    return c
 
 
 def _speculative(
@@ -580,10 +648,11 @@ def _candidate(
 ) -> Candidate:
     memory = fit.memory if fit else Memory()
     util = req.gpu_memory_utilization
-    if fit is not None and engine == "vllm" and lay.placement != "cpu":
-        util = 0.9 if util is None else util
-    elif fit is not None and engine in ("sglang", "ktransformers"):
-        util = fit.settings.get("mem_fraction_static", util)
+    eng, mm = registry.get(engine), memory_model(engine)
+    if fit is not None and mm.default_util is not None and lay.placement != "cpu":
+        util = mm.default_util if util is None else util
+    elif fit is not None and mm.util_setting:
+        util = fit.settings.get(mm.util_setting, util)
     weights_dir = req.weights_dir or profile.head.weights_dir
     weights = Weights(
         variant=v.id,
@@ -596,7 +665,7 @@ def _candidate(
         computed_bytes=arch.total_bytes,
     )
     kv_tokens = fit.kv_capacity_tokens if fit else 0
-    if engine == "llama.cpp" and fit is not None:
+    if mm.exact_context and fit is not None:
         kv_tokens = max_len
     c = Candidate(
         id=cid,
@@ -616,18 +685,18 @@ def _candidate(
         gpu_memory_utilization=float(util or 0.0),
         memory=memory,
         weights=weights,
-        placement="hybrid" if engine == "ktransformers" else lay.placement,
+        placement="hybrid" if mm.experts_in_ram else lay.placement,
         reasons=reasons,
         remediation=remediation,
         layout=lay.label,
     )
     c.time_to_ready_s, c.read_rate_gbps, c.read_rate_source = _time_to_ready(engine, v, lay, profile.head)
-    c.engine_args = _engine_args(m, v, arch, engine, lay, profile, req, fit, max_len, weights.local_dir)
+    c.engine_args = _engine_args(m, v, engine, lay, profile, req, fit, max_len, weights.local_dir)
     if status != INCOMPATIBLE:
         c.performance = performance.for_candidate(
             arch, engine, c.placement, lay, profile.head, max_len, req.kv_cache_dtype, c.engine_args
         )
-    if engine == "vllm" and lay.nodes > 1 and "multinode" in c.engine_args:
+    if eng.distributed_timeout and lay.nodes > 1 and "multinode" in c.engine_args:
         c.engine_args["multinode"]["distributed_timeout_s"] = distributed_timeout_s(c.time_to_ready_s)
     return c
 
@@ -648,13 +717,15 @@ def distributed_timeout_s(time_to_ready_s: float) -> int:
 def _time_to_ready(engine: str, v: Variant, lay: Layout, node: Node) -> tuple[int, float, str]:
     """(seconds, read rate GB/s, where the rate comes from): reading this node's share of the weights at
     the node's measured sequential rate (`kimi-deploy inventory`), else DISK_READ_GBPS, plus the engine's
-    start-up beyond reading (STARTUP_OVERHEAD_S; a calibration record replaces the whole figure)."""
+    start-up beyond reading (``Engine.startup_overhead_s``, deploy/engines/; a calibration record replaces
+    the whole figure)."""
     per_node = v.file_bytes / max(1, lay.nodes)
     if node.disk_read_gbps:
         rate, source = node.disk_read_gbps, f"measured by inventory on {node.name}"
     else:
         rate, source = DISK_READ_GBPS, "assumed (the profile has no measured disk_read_gbps)"
-    startup = STARTUP_OVERHEAD_S["vllm-cpu" if engine == "vllm" and lay.placement == "cpu" else engine]
+    eng = registry.get(engine)
+    startup = eng.startup_overhead(cpu_build=eng.cpu_build and lay.placement == "cpu")
     seconds = per_node / (rate * GB) + startup
     return max(60, int(math.ceil(seconds / 10.0)) * 10), rate, source
 
@@ -665,7 +736,6 @@ def _time_to_ready(engine: str, v: Variant, lay: Layout, node: Node) -> tuple[in
 def _engine_args(
     m: Model,
     v: Variant,
-    arch: Architecture,
     engine: str,
     lay: Layout,
     profile: HardwareProfile,
@@ -674,25 +744,12 @@ def _engine_args(
     max_len: int,
     local_dir: str,
 ) -> dict[str, Any]:
-    meta = m.engines.get(engine, {})
-    args: dict[str, Any] = {
-        "served_model_name": m.served_model_name,
-        "host": "127.0.0.1",
-        "port": int(meta.get("port", 8000)),
-        "trust_remote_code": bool(m.architecture.get("trust_remote_code", False)),
-        "tool_call_parser": m.parsers.get("tool_call"),
-        "reasoning_parser": m.parsers.get("reasoning"),
-        "api_key_env": API_KEY_ENV,
-        "kv_cache_dtype": "auto" if req.kv_cache_dtype == "bf16" else "fp8",
-    }
-    settings = fit.settings if fit else {}
-    head = profile.head
-    args.update(v.engine_args.get(engine, {}))
     spec = _speculative(m, v, engine, profile, req)
-    args["speculative"] = (
+    weights_dir = (req.weights_dir or profile.head.weights_dir).rstrip("/")
+    speculative = (
         {
             "method": spec["method"],
-            "draft_model_path": f"{(req.weights_dir or head.weights_dir).rstrip('/')}/{spec['draft_repo']}",
+            "draft_model_path": f"{weights_dir}/{spec['draft_repo']}",
             "draft_repo": spec["draft_repo"],
             "num_steps": int(spec["num_steps"]),
             "eagle_topk": int(spec["eagle_topk"]),
@@ -701,130 +758,8 @@ def _engine_args(
         if spec
         else None
     )
-    if engine == "vllm":
-        cpu = lay.placement == "cpu"
-        args.update(
-            {
-                "enable_auto_tool_choice": True,
-                "mm_encoder_tp_mode": "data" if v.serves_vision else None,
-                # only a multimodal model can be told to skip its vision encoder
-                "language_model_only": bool(m.architecture.get("vision")) and not v.serves_vision,
-                "enable_expert_parallel": lay.expert_parallel,
-                "distributed_executor_backend": "mp",
-                # CPU: ready in 80-100 s instead of about 210 s with compilation (docs/tutorial/demo-vllm.md)
-                "enforce_eager": cpu,
-                "device": "cpu" if cpu else "cuda",
-                "max_num_batched_tokens": settings.get("max_num_batched_tokens"),
-                "max_num_seqs": settings.get("max_num_seqs"),
-            }
-        )
-        if cpu:
-            args["cpu_kvcache_space_gib"] = settings.get("cpu_kvcache_space_gib", lay.cpu_kv_space_gib)
-        # the demo's tokenizer has no chat template: serve the one llama-server uses, for the same shapes
-        args["chat_template"] = (
-            DEMO_LLAMA_ARGS["chat_template"] if m.architecture.get("kind") == "gguf" else None
-        )
-    elif engine in ("sglang", "ktransformers"):
-        args.update(
-            {
-                "mem_fraction_static": settings.get("mem_fraction_static"),
-                "chunked_prefill_size": settings.get("chunked_prefill_size"),
-                "cuda_graph_max_bs": settings.get("cuda_graph_max_bs"),
-                "enable_dp_attention": lay.data_parallel > 1,
-                "attention_backend": None,
-                "enable_metrics": True,
-            }
-        )
-        if engine == "ktransformers":
-            args.update(
-                {
-                    "kt": {
-                        "method": "RAWINT4",
-                        "weight_path": local_dir,
-                        # KTransformers' tip (doc/en/Kimi-K2-Thinking.md): physical cores minus one per GPU,
-                        # which keeps a core for each GPU's SGLang process
-                        "cpuinfer": max(1, head.cpu.physical_cores - head.gpu_count),
-                        "threadpool_count": head.cpu.numa_nodes,
-                        "num_gpu_experts": lay.gpu_experts,
-                        "gpu_prefill_token_threshold": KT_PREFILL_THRESHOLD,
-                    },
-                    "chunked_prefill_size": KT_CHUNKED_PREFILL_SIZE,
-                    "enable_mixed_chunk": True,
-                    "enable_p2p_check": True,
-                    "disable_shared_experts_fusion": True,
-                    "max_total_tokens": fit.kv_capacity_tokens if fit else 0,
-                    "attention_backend": "flashinfer",
-                }
-            )
-    elif engine == "llama.cpp":
-        sampling = dict(m.modes.get("sampling", {}).get("thinking", {}))
-        sampling.update(m.modes.get("sampling", {}).get("gguf_extra", {}) or {})
-        args.update(
-            {
-                "n_gpu_layers": settings.get("n_gpu_layers", 0),
-                "override_tensor": settings.get("override_tensor", []),
-                "threads": head.cpu.physical_cores,
-                "parallel": 1,
-                "jinja": True,
-                "chat_template": None,
-                "reasoning_format": "deepseek",
-                "metrics": True,
-                "ctx_size": max_len,
-                "cache_type_k": "f16" if req.kv_cache_dtype == "bf16" else "q8_0",
-                "sampling": {
-                    "temp": sampling.get("temperature"),
-                    "top_p": sampling.get("top_p"),
-                    "min_p": sampling.get("min_p"),
-                },
-                "rpc_servers": [],
-            }
-        )
-        demo = m.architecture.get("kind") == "gguf"
-        if demo:
-            args.update(DEMO_LLAMA_ARGS)
-        args.update(_llama_node_builds(profile.nodes[: lay.nodes], lay, shared=demo))
-        if lay.placement == "rpc":
-            workers = profile.nodes[1 : lay.nodes]
-            demo = m.architecture.get("kind") == "gguf"
-            args.update(
-                {
-                    "rpc_servers": [f"{n.address}:{RPC_PORT}" for n in workers],
-                    "tensor_split": settings.get("tensor_split", []),
-                    "rpc_threads": [
-                        DEMO_LLAMA_ARGS["threads"] if demo else n.cpu.physical_cores for n in workers
-                    ],
-                    "multinode": {"backend": "rpc", "rpc_port": RPC_PORT},
-                }
-            )
-            return args
-    if lay.nodes > 1:
-        args["multinode"] = {"backend": "mp", "master_port": MASTER_PORT, "dist_init_port": DIST_INIT_PORT}
-    return args
-
-
-def _llama_node_builds(nodes: tuple[Node, ...], lay: Layout, shared: bool) -> dict[str, Any]:
-    """Which llama.cpp build each node runs and how its threads wait, by the node's role.
-
-    ``shared`` (the demo model on the shared CI box): the portable CPU build everyone has cached, and
-    OpenMP threads that sleep when idle (OMP_WAIT_POLICY=PASSIVE: spinning starves the other processes,
-    engines-on-cpu.md). ``dedicated`` (a real node): CUDA for the GPUs' compute capability when layers go
-    to the GPU, the node's own ISA (AVX-512, AMX) for what runs on its CPU, and OpenMP's default spin-wait.
-    """
-    builds: dict[str, dict[str, Any]] = {}
-    table = load_gpu_table()
-    for n in nodes:
-        spec = table.get(n.gpu_model) if n.gpu_count else None
-        on_gpu = spec is not None and lay.placement in ("gpu", "hybrid")
-        builds[n.name] = {
-            "portable": shared,
-            "cuda_architectures": [] if shared or not on_gpu else [spec.compute_capability.replace(".", "")],
-            "cpu_isa": [] if shared else list(n.cpu.isa),
-        }
-    return {
-        "node_role": "shared" if shared else "dedicated",
-        "omp_wait_policy": "PASSIVE" if shared else None,
-        "builds": builds,
-    }
+    a = ArgsInput(m, v, lay, profile, fit, max_len, local_dir, req.kv_cache_dtype)
+    return engine_args(engine, a, speculative)
 
 
 # ---- remediation -----------------------------------------------------------------------------------
@@ -902,26 +837,23 @@ def _remediation(
     if status == REDUCED:
         out.append(f"runs with max_model_len {max_len:,} (set by this plan)")
     rpc = _rpc_nodes(profile, dataclasses.replace(req, nodes=None))
-    if engine == "llama.cpp" and lay.placement == "cpu" and rpc:
+    eng, mm = registry.get(engine), memory_model(engine)
+    if "rpc" in eng.multinode_backends and lay.placement == "cpu" and rpc:
         out.append(f"llama.cpp RPC over {rpc} nodes: plan --nodes {rpc}")
     if fit is not None and req.kv_cache_dtype == "bf16" and status != RUNNABLE and fit.fits:
         alt = dataclasses.replace(req, kv_cache_dtype="fp8")
         f2 = _size(arch, lay, node, alt, target)
         if f2.fits and f2.max_fit_tokens >= target:
             out.append(f"--kv-cache-dtype fp8 fits the full {target:,} tokens")
-    if engine == "vllm" and fit is not None and fit.fits and status != RUNNABLE and lay.tensor_parallel > 1:
+    dcp_ok = eng.supports(Feature.DECODE_CONTEXT_PARALLEL)
+    if dcp_ok and fit is not None and fit.fits and status != RUNNABLE and lay.tensor_parallel > 1:
         for dcp in (2, 4, 8):
             if lay.tensor_parallel % dcp == 0 and dcp > lay.decode_context_parallel:
                 f3 = _size(arch, dataclasses.replace(lay, decode_context_parallel=dcp), node, req, target)
                 if f3.fits and f3.max_fit_tokens >= target:
                     out.append(f"--decode-context-parallel {dcp} fits the full {target:,} tokens")
                     break
-    if (
-        engine in ("vllm", "sglang")
-        and node.gpu_count
-        and len(profile.nodes) == 1
-        and kind in ("tp", "dp-ep")
-    ):
+    if _gpu_parallel(eng) and node.gpu_count and len(profile.nodes) == 1 and kind in ("tp", "dp-ep"):
         two = _doubled(profile)
         for _k2, lay2 in _layouts(engine, arch, two, req, m.engines.get(engine)):
             if lay2.nodes == 2 and _runs_at(arch, lay2, two.head, req, target):
@@ -950,15 +882,15 @@ def _remediation(
             out.append(
                 f"{per_node} GPU(s) per node with >= {mib // 1024} GiB each{_gpu_name_for(mib / 1024)}"
             )
-    if engine in ("vllm", "sglang") and node.gpu_count < 8 and kind == "tp":
+    if _gpu_parallel(eng) and node.gpu_count < 8 and kind == "tp":
         hypo = _with_gpu_memory(profile, 1024, 8)
         lay8 = Layout(engine, 1, 8, 8, label="TP8")
         mib = _needed_gpu_mib(arch, lay8, hypo.head, req, target)
         if mib:
             out.append(f"a node with 8 GPUs of >= {mib // 1024} GiB each{_gpu_name_for(mib / 1024)}")
-    if engine == "ktransformers" and blocked and node.gpu_count == 0:
-        out.append("one or more NVIDIA GPUs (>= 48 GB VRAM in total) beside >= 600 GB RAM and an AVX512 CPU")
-    if engine == "vllm" and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
+    if eng.needs_gpu_fix and blocked and node.gpu_count == 0:
+        out.append(eng.needs_gpu_fix)
+    if eng.cpu_build and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
         kv_gib = math.ceil(target * arch.kv_bytes_per_token(req.kv_cache_dtype) / GIB)
         need = arch.total_bytes / GIB + max(kv_gib, lay.cpu_kv_space_gib, 1) + VLLM_CPU_PROCESS_GIB
         out.append(f">= {math.ceil(need / (1 - 0.05) * GIB / GB)} GB RAM for the full {target:,} tokens")
@@ -967,7 +899,7 @@ def _remediation(
             if need > host_available(host):
                 gb = math.ceil(need / (1 - 0.05) * GIB / GB)
                 out.append(f">= {gb} GB RAM on {host.name} for its share of the full {target:,} tokens")
-    if engine == "llama.cpp" and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
+    if mm.layer_split and lay.placement == "cpu" and fit is not None and status != RUNNABLE:
         full = _llama_host_need(arch, lay, target)
         out.append(
             f">= {math.ceil(full / (1 - 0.05) * GIB / GB)} GB RAM for the full {target:,} tokens on CPU"
@@ -1000,9 +932,10 @@ _BIG_NODE = Node(
 
 
 def _layout_kind(c: Candidate) -> str:
-    if c.engine == "llama.cpp" or c.placement == "cpu":
+    mm = memory_model(c.engine)
+    if mm.layer_split or c.placement == "cpu":
         return c.placement
-    if c.engine == "ktransformers":
+    if mm.experts_in_ram:
         return "kt"
     if c.data_parallel > 1:
         return "dp-ep"

@@ -22,7 +22,8 @@ import math
 import re
 
 from deploy import constants
-from deploy.catalog import ENGINES, Model, Variant
+from deploy.catalog import Model, Variant
+from deploy.engines import registry
 from deploy.errors import InputError
 from deploy.hardware.profiles import HardwareProfile
 
@@ -64,8 +65,8 @@ class PlanRequest:
             raise InputError(f"--ttft-slo {slo}: must be a positive number of seconds")
         if self.nodes is not None and self.nodes < 1:
             raise InputError(f"--nodes {self.nodes}: must be at least 1")
-        if self.engine is not None and self.engine not in ENGINES:
-            raise InputError(f"--engine {self.engine!r} is not known; known: {', '.join(ENGINES)}")
+        if self.engine is not None and not registry.is_known(self.engine):
+            raise InputError(f"--engine {self.engine!r} is not known; known: {', '.join(registry.names())}")
         if self.context is not None and self.context < 1:
             raise InputError(f"--context {self.context}: must be at least 1 token")
         u = self.gpu_memory_utilization

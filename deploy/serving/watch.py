@@ -24,6 +24,7 @@ from typing import Any
 import requests
 
 from deploy import console
+from deploy.engines import registry
 from deploy.monitoring import scrape
 from deploy.serving import launch
 from deploy.serving import target as launch_target
@@ -108,7 +109,8 @@ def snapshot(
         except scrape.ScrapeError as exc:
             v.metrics_error = str(exc)
             continue
-        slots = _slots(base, key, slot_cache) if engine == "llama.cpp" else 1
+        eng = registry.find(engine)
+        slots = _slots(base, key, slot_cache) if eng is not None and eng.metrics.slot_based else 1
         v.summary = scrape.summarize(engine, scrape.parse_metrics(text), slots=slots)
         before = previous.get(s.node)
         v.metrics = {

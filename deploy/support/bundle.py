@@ -204,26 +204,26 @@ def _versions() -> dict[str, Any]:
 
 def _engine_report(engine: str) -> tuple[str, str] | None:
     """(command shown, output) of the engine's own environment report, where this node has the engine."""
-    from deploy.engines import builds, vllm_cpu
+    from deploy.engines import builds, registry, vllm_cpu
 
-    if engine == "llama.cpp":
+    eng = registry.find(engine)
+    if eng is None:
+        return None
+    if eng.install.venv is None:
+        # built in the kimi-deploy cache, not a venv (llama.cpp): its server's version
         for layout in builds.installed_llama_cpp_builds():
             return f"{layout.server} --version", _run([str(layout.server), "--version"], 30) or ""
         return None
     pythons: list[Path] = []
-    venv = vllm_cpu.find_installed() if engine == "vllm" else None
+    venv = vllm_cpu.find_installed() if eng.cpu_build else None
     if venv is not None:
         pythons.append(Path(venv.python))
     from deploy.serving.render import ENGINE_VENV_ROOT
 
-    version = {"vllm": pins.VLLM_VERSION, "sglang": pins.SGLANG_VERSION}.get(engine)
-    if engine == "ktransformers":
-        pythons.append(
-            Path(ENGINE_VENV_ROOT) / f"ktransformers-{pins.KTRANSFORMERS_VERSION}" / "bin" / "python"
-        )
-    elif version:
-        pythons.append(Path(ENGINE_VENV_ROOT) / f"{engine}-{version}" / "bin" / "python")
-    module = "vllm.collect_env" if engine == "vllm" else "sglang.check_env"
+    pythons.append(Path(ENGINE_VENV_ROOT) / eng.install.venv / "bin" / "python")
+    module = eng.install.env_report_module
+    if not module:
+        return None
     for python in pythons:
         if python.is_file():
             env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"} if venv is not None else None
