@@ -252,3 +252,25 @@ def test_every_error_is_in_deploy_errors_with_its_exit_code():
     for qualified, code in errors.DEFINED_ELSEWHERE.items():
         module, name = qualified.rsplit(".", 1)
         assert getattr(importlib.import_module(module), name).exit_code == code, qualified
+
+
+#: The longest a function in deploy/ may be (issue 20); past it, split the function into named steps.
+MAX_FUNCTION_LINES = 100
+
+
+def test_no_function_is_over_the_length_limit() -> None:
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not too_long, "split into named steps: " + "; ".join(too_long)
+
+
+def test_render_is_compose_then_write() -> None:
+    """`render` resolves its inputs, composes the release as text and publishes it: a short function."""
+    tree = ast.parse((PACKAGE / "serving" / "render.py").read_text())
+    render = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "render")
+    assert render.end_lineno - render.lineno + 1 < 60
