@@ -119,19 +119,22 @@ check: setup ## conformance checks against what $(PLAN) deploys (or URL=... MODE
 		$(if $(TOOL_CALLS),--tool-calls $(TOOL_CALLS)) $(CHECK_ARGS)
 
 # --- bench: load test through AIPerf (deploy/benchmark/, docs/how-to/bench.md), and the toolkit's own benchmarks --
-.PHONY: bench-serve bench bench-download bench-up
+.PHONY: bench-serve bench bench-download bench-up bench-connections
 bench-serve: setup-bench ## load-test $(PLAN)'s deployment (or URL=... MODEL=... TOKENIZER=...) with AIPerf; SLO=... PLOT=file.png
 	$(KD) bench $(if $(URL),--url $(URL) --model $(MODEL) --tokenizer $(TOKENIZER),--plan $(PLAN)) \
 		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(SLO),--slo $(SLO)) $(if $(PLOT),--plot $(PLOT)) \
 		-o $(or $(BENCH_OUT),bench.json)
 
-bench: bench-download bench-up ## every benchmark; each prints ratios against a baseline measured in the same run
+bench: bench-download bench-up bench-connections ## every benchmark; each prints ratios against a baseline measured in the same run
 
 bench-download: setup ## our download + verification vs plain `hf download` from the same local mirror; median ratio
 	$(BIN)/python bench/bench_download.py $(BENCH_ARGS)
 
 bench-up: setup ## readiness-detection overhead of `up` (first 200 -> `up` returns) over runs of the demo; goal <= 0.3 s
 	$(BIN)/python bench/bench_up.py
+
+bench-connections: setup setup-bench ## `bench` against the demo's llama-server RUNS times (default 10) vs AIPerf's own pooling: lost requests, TTFT and throughput ratios; goal 0 lost
+	$(BIN)/python bench/bench_connections.py --runs $(or $(RUNS),10)
 
 # --- monitoring (deploy/monitoring/; docs/how-to/monitoring.md) -------------------------------------------------
 .PHONY: monitoring

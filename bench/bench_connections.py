@@ -2,7 +2,7 @@
 (`make bench-connections`). Not a timed test.
 
 llama-server closes the connection about a millisecond after every streamed response, although the response
-offered keep-alive (deploy/benchmark/aiperf.py, FRESH_CONNECTION_FLAVORS). AIPerf's default connection pool
+offered keep-alive (``Engine.closes_after_stream``). AIPerf's default connection pool
 then sometimes sends the next request on that closing socket, and the request is lost
 (ClientOSError / ServerDisconnectedError) without reaching the engine. `bench` therefore has AIPerf open
 one connection per request to llama.cpp targets.
@@ -11,8 +11,8 @@ This runs the same `--concurrency 1,2` sweep ``--runs`` times in each of two way
 engine started from the demo deployment:
 
 - ``pooled``: the baseline, AIPerf's own pool (300 s idle keep-alive, connections reused), as `bench` did
-  before; produced by emptying FRESH_CONNECTION_FLAVORS and restoring AIPerf's keep-alive in this process
-  only;
+  before; produced by switching ``deploy.benchmark.run.fresh_connections`` off and restoring AIPerf's
+  keep-alive in this process only;
 - ``bench``: what `kimi-deploy bench` does now.
 
 It prints the failed requests per run and the medians of TTFT p50 and output throughput of each way, with
@@ -50,14 +50,14 @@ def one_sweep(way: str, plan_path: Path) -> dict[str, Any]:
     target = target_from_rendered(plan, plan_path.parent / "rendered", None)
     tokenizer = tokenizer_for_weights(plan.chosen_candidate.weights.local_dir)
     opts = run.BenchOptions(concurrency=[1, 2], isl=[64], osl=[16], requests=4)
-    saved = (run.FRESH_CONNECTION_FLAVORS, aiperf.POOL_IDLE_S)
+    saved = (run.fresh_connections, aiperf.POOL_IDLE_S)
     if way == "pooled":
         # the baseline: AIPerf's own pooling, exactly what `bench` passed before the fix
-        run.FRESH_CONNECTION_FLAVORS, aiperf.POOL_IDLE_S = frozenset(), AIPERF_DEFAULT_KEEPALIVE_S
+        run.fresh_connections, aiperf.POOL_IDLE_S = (lambda _flavor: False), AIPERF_DEFAULT_KEEPALIVE_S
     try:
         report = run.run_bench(target, opts, tokenizer, progress=None)
     finally:
-        run.FRESH_CONNECTION_FLAVORS, aiperf.POOL_IDLE_S = saved
+        run.fresh_connections, aiperf.POOL_IDLE_S = saved
     points = report["points"]
     return {
         "way": way,

@@ -167,12 +167,13 @@ def _read_chunked_stream(sock: socket.socket) -> bytes:
 
 
 def test_llama_server_closes_a_kept_alive_connection_after_each_stream(tmp_path: Path) -> None:
-    """The engine fact behind bench's fresh connections for llama.cpp (FRESH_CONNECTION_FLAVORS): a streamed
+    """The engine fact behind bench's fresh connections for llama.cpp (``closes_after_stream``): a streamed
     response offers keep-alive, yet the server closes the socket right after its terminating chunk, well
     before the server's own idle timeout; a plain response keeps the connection usable. A pooled client
     that reuses the connection in between loses its next request (the CI failure of issue 30)."""
-    from deploy.benchmark.aiperf import FRESH_CONNECTION_FLAVORS, SERVER_IDLE_TIMEOUT_S
+    from deploy.engines import registry
 
+    engine = registry.get("llama.cpp")
     with llama_server(tmp_path, "-c", "1024") as (url, _log):
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -193,6 +194,6 @@ def test_llama_server_closes_a_kept_alive_connection_after_each_stream(tmp_path:
             headers = response.split(b"\r\n\r\n", 1)[0].decode()
             assert "Keep-Alive: timeout=" in headers and "Connection: close" not in headers, headers
             # the end of the stream is followed by the server's FIN, not by its idle timeout
-            sock.settimeout(SERVER_IDLE_TIMEOUT_S - 1)
+            sock.settimeout(engine.keepalive_idle_s - 1)
             assert sock.recv(1) == b"", "llama-server kept the connection after a stream: revisit bench's fix"
-    assert "llama.cpp" in FRESH_CONNECTION_FLAVORS
+    assert engine.closes_after_stream

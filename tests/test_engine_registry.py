@@ -59,6 +59,24 @@ def _modules() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if p.relative_to(PACKAGE).parts[0] != "engines")
 
 
+def engine_name_lists(source: str, names: set[str]) -> list[int]:
+    """Lines of a tuple, list or set made only of two or more engine names (a hand-kept list of engines,
+    which a membership test then compares against); derive it from the registry instead.
+    """
+    return sorted(
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+        and len(node.elts) >= 2
+        and len(_literal_names(node, names)) == len(node.elts)
+    )
+
+
+#: Modules that may spell engine lists: the test doubles mimic named engines by design, and the parser
+#: probe runs inside the parser venv, where the toolkit is not installed.
+SPELLS_ENGINES = {"fakes/faultserver.py", "data/parser_probe.py"}
+
+
 def _rel(path: Path) -> str:
     return path.relative_to(PACKAGE).as_posix()
 
@@ -70,6 +88,19 @@ def test_no_module_outside_the_engines_compares_an_engine_name(path: Path):
     assert not found, (
         f"deploy/{_rel(path)}: compares with engine names at {lines}: look the engine up "
         "(deploy.engines.registry.get) and read its data, or add what it needs to deploy/engines/base.py"
+    )
+
+
+def test_a_list_of_engine_names_is_found():
+    source = "E = ('vllm', 'sglang')\nF = ('vllm', 'ray')\nG = ['x']\n"
+    assert engine_name_lists(source, {"vllm", "sglang"}) == [1]
+
+
+@pytest.mark.parametrize("path", [p for p in _modules() if _rel(p) not in SPELLS_ENGINES], ids=_rel)
+def test_no_module_outside_the_engines_keeps_its_own_list_of_engines(path: Path):
+    lines = engine_name_lists(path.read_text(), set(registry.names()))
+    assert not lines, (
+        f"deploy/{_rel(path)}: a list of engine names at line(s) {lines}: derive it from the registry"
     )
 
 

@@ -194,7 +194,7 @@ def test_compose_returns_every_file_with_its_mode_and_writes_nothing(tmp_path: P
 
 
 def test_compose_the_demo_launch_script_runs_the_argv() -> None:
-    p = plan(load_profile("ci-24g"), model="demo")
+    p = plan(load_profile("ci-24g"), PlanRequest(model="demo"))
     cand = p.chosen_candidate
     opts = render.RenderOptions()
     inputs = render.RenderInputs(

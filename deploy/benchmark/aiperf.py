@@ -32,20 +32,9 @@ KEY_VAR = "KIMI_DEPLOY_BENCH_API_KEY"
 EXPORT_NAME = "profile_export_aiperf.json"
 #: how far (percent) below the requested output length a response may end before it counts as short
 SHORT_OUTPUT_PCT = 25
-#: Flavors whose server closes the connection right after every streamed response although the response
-#: offered keep-alive (``Keep-Alive: timeout=5, max=100``). llama-server (llama-cpp-python 0.3.36's
-#: llama.cpp): its chunked content provider returns false after the last chunk, which cpp-httplib takes as a
-#: cancelled response, so the socket closes about a millisecond after the terminating chunk. A pooled client
-#: that sends its next request inside that millisecond writes to a closing socket and reports
-#: ClientOSError / ServerDisconnectedError for a request the engine never received
-#: (docs/how-to/bench.md#connections). AIPerf opens a fresh connection per request for these.
-FRESH_CONNECTION_FLAVORS = frozenset({"llama.cpp"})
-#: The shortest idle keep-alive among the engines' HTTP servers: cpp-httplib's
-#: CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND (llama.cpp), vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE and SGLang's
-#: SGLANG_TIMEOUT_KEEP_ALIVE (uvicorn's timeout_keep_alive) are all 5 s
-SERVER_IDLE_TIMEOUT_S = 5
 #: AIPerf's pool drops a connection idle this long (aiohttp checks the age when it takes one from the pool;
-#: AIPerf's own default is 300 s), so it never reuses one the server may be closing for idleness
+#: AIPerf's own default is 300 s), below every engine's ``keepalive_idle_s`` (5 s), so it never reuses a
+#: connection the server may be closing for idleness
 POOL_IDLE_S = 2
 
 
@@ -76,7 +65,7 @@ def aiperf_argv(
     fresh_connections: bool = False,
 ) -> list[str]:
     """The ``aiperf profile`` command for one point; ``fresh_connections`` opens one connection per request
-    (for a server in :data:`FRESH_CONNECTION_FLAVORS`)."""
+    (for a server that closes its connection after each stream: ``Engine.closes_after_stream``)."""
     argv = [
         str(python), "-m", "aiperf", "profile",
         "--model", model,
@@ -197,10 +186,8 @@ def run_point(
 
 __all__ = [
     "EXPORT_NAME",
-    "FRESH_CONNECTION_FLAVORS",
     "KEY_VAR",
     "POOL_IDLE_S",
-    "SERVER_IDLE_TIMEOUT_S",
     "AiperfRunError",
     "PointSpec",
     "aiperf_argv",

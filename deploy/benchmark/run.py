@@ -24,7 +24,6 @@ from typing import Any
 
 from deploy import pins
 from deploy.benchmark.aiperf import (
-    FRESH_CONNECTION_FLAVORS,
     PointSpec,
     aiperf_argv,
     aiperf_env,
@@ -38,12 +37,11 @@ from deploy.benchmark.slo import capacity
 from deploy.benchmark.tokenizer import LocalTokenizer, hub_cache_for
 from deploy.checking.calls import chat_request, headers, mode_body
 from deploy.checking.target import CheckTarget
+from deploy.engines import registry
 from deploy.errors import ExportError, InputError
 
 Progress = Callable[[str], None]
 REPORT_SCHEMA = 1
-#: flavors whose servers accept ``ignore_eos`` (every output is exactly --osl tokens long)
-IGNORE_EOS_FLAVORS = ("vllm", "sglang", "llama.cpp", "ktransformers")
 WORKLOADS = ("chat", "tool-calls")
 MODES = ("instant", "thinking")
 
@@ -103,12 +101,25 @@ class BenchOptions:
         return 120 + waves * self.request_timeout_s
 
 
+def accepts_ignore_eos(flavor: str) -> bool:
+    """Every engine this toolkit deploys takes ``ignore_eos`` (each output exactly --osl tokens long);
+    a hosted provider may not."""
+    return registry.find(flavor) is not None
+
+
+def fresh_connections(flavor: str) -> bool:
+    """Whether AIPerf opens a connection per request to this flavor's server: one that closes its
+    connection right after each stream, where a pooled request can meet the closing socket and be lost."""
+    engine = registry.find(flavor)
+    return engine is not None and engine.closes_after_stream
+
+
 def _extra_body(target: CheckTarget, opts: BenchOptions) -> dict[str, Any]:
     body = dict(mode_body(target.flavor, opts.mode == "thinking"))
     sampling = target.sampling.get(opts.mode) or {}
     if "temperature" in sampling:
         body["temperature"] = float(sampling["temperature"])
-    if target.flavor in IGNORE_EOS_FLAVORS:
+    if accepts_ignore_eos(target.flavor):
         body["ignore_eos"] = True
     return body
 
@@ -195,7 +206,7 @@ def run_bench(
         env = aiperf_env(hub, target.api_key)
         payloads = None
         # with ignore_eos every answer is exactly --osl tokens: one that ends short was cut off
-        fixed_length = opts.workload == "chat" and target.flavor in IGNORE_EOS_FLAVORS
+        fixed_length = opts.workload == "chat" and accepts_ignore_eos(target.flavor)
         for isl, osl in opts.shapes:
             if opts.workload == "tool-calls":
                 payloads = tool_call_payloads(target, work / f"tool-calls-{osl}.jsonl", osl)
@@ -217,7 +228,7 @@ def run_bench(
                 argv = aiperf_argv(
                     python, target.base_url, target.model, tok_name, spec, artifacts,
                     tokenizer.trust_remote_code, config,
-                    fresh_connections=target.flavor in FRESH_CONNECTION_FLAVORS,
+                    fresh_connections=fresh_connections(target.flavor),
                 )  # fmt: skip
                 say(f"bench: concurrency {c}, {opts.workload} ISL {isl} / OSL {osl} ...")
                 t0 = time.monotonic()

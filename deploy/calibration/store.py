@@ -31,6 +31,7 @@ from typing import Any
 import jsonschema
 
 from deploy import constants
+from deploy.engines import registry
 from deploy.errors import CalibrationError
 from deploy.fsutil import atomic_write_json
 from deploy.schema import parse_json, read_text, validate
@@ -55,7 +56,7 @@ RECORD_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "model": {"type": "string", "minLength": 1},
-        "engine": {"enum": ["vllm", "sglang", "ktransformers", "llama.cpp"]},
+        "engine": {"enum": registry.names()},
         "engine_version": {"type": "string", "minLength": 1},
         "gpu": {"type": "string", "minLength": 1},
         "layout": {"type": "string", "minLength": 1},

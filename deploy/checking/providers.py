@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from deploy.engines import registry
 from deploy.errors import InputError
 
 #: Instant-mode dialects: Moonshot's API reads a ``thinking`` object, the engines' chat template a kwarg.
@@ -69,7 +70,7 @@ class Flavor:
     source: str = ""
 
 
-ENGINE_FLAVORS = ("vllm", "sglang", "llama.cpp", "ktransformers")
+ENGINE_FLAVORS = tuple(registry.names())
 PROVIDER_FLAVORS = ("nim", "moonshot", "oxen", "openai")
 FLAVORS = ENGINE_FLAVORS + PROVIDER_FLAVORS
 

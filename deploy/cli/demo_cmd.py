@@ -28,7 +28,7 @@ from deploy.demo import run as demo
 )
 @click.option(
     "--engine",
-    type=click.Choice(["llama.cpp", "vllm"]),
+    type=click.Choice(list(demo.ENGINES)),
     default="llama.cpp",
     show_default=True,
     help="llama.cpp: llama-server on the GGUF; vllm: vLLM's CPU build on the HF-format variant.",

@@ -233,6 +233,13 @@ class Engine:
     #: a route beyond /v1/models that reports the served context (llama-server's ``/props``:
     #: ``default_generation_settings.n_ctx``)
     props_path: str | None = None
+    #: seconds the HTTP server keeps an idle kept-alive connection before closing it (uvicorn's
+    #: timeout_keep_alive, which vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE and SGLang's SGLANG_TIMEOUT_KEEP_ALIVE
+    #: set; cpp-httplib's CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND in llama-server): reuse none older
+    keepalive_idle_s: int = 5
+    #: the server closes the connection right after every streamed response although the response offered
+    #: keep-alive: a client must open a fresh connection per request (docs/how-to/bench.md#connections)
+    closes_after_stream: bool = False
     #: the launch names a chat template file (``engine_args.chat_template``, resolved by render)
     chat_template_file: bool = False
     #: the engine's CPU threads are OpenMP's, so the plan's ``omp_wait_policy`` reaches it as OMP_WAIT_POLICY

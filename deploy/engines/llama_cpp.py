@@ -130,6 +130,10 @@ ENGINE = Engine(
     api_key_env="LLAMA_API_KEY",
     chat_template_file=True,
     openmp_threads=True,
+    # llama-server's chunked content provider returns false after the last chunk, which cpp-httplib takes as
+    # a cancelled response: the socket closes about a millisecond after the terminating chunk (measured;
+    # tests/test_bench_llamacpp.py checks it against the pinned build)
+    closes_after_stream=True,
     startup_overhead_s=20,
     log_build_in_version=True,
     props_path="/props",

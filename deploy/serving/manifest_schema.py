@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from deploy import schema
+from deploy.engines import registry
 
 #: A file of the rendered folder: a plain name, no folder (``launch-node0.sh``).
 FILE_NAME: dict[str, Any] = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"}
@@ -24,7 +25,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
     "properties": {
         "schema": {"const": 1},
         "candidate": schema.TEXT,
-        "engine": {"enum": ["vllm", "sglang", "ktransformers", "llama.cpp"]},
+        "engine": {"enum": registry.names()},
         "served_model_name": schema.MODEL_NAME,
         "model_path": schema.PATH,
         "bind": schema.HOST,

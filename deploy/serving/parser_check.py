@@ -27,10 +27,11 @@ from deploy.engines import registry
 from deploy.serving.argv import Arg, EnvRef, NodeCommand
 
 PROBE = constants.PACKAGE_DIR / "data" / "parser_probe.py"
-#: Engines whose commands the probe checks; ray/rpc-server/llama-server commands are checked elsewhere.
-CHECKED = ("vllm", "sglang", "ktransformers")
+#: Engines whose commands the probe checks (those with a parser venv); ray/rpc-server/llama-server commands
+#: are checked elsewhere.
+CHECKED = tuple(e.name for e in registry.all() if e.install.parser_venv)
 #: The distribution whose version names each engine's parser in a report.
-VERSION_KEYS = {"vllm": "vllm", "sglang": "sglang", "ktransformers": "sglang-kt"}
+VERSION_KEYS = {e.name: e.install.parser_version_key for e in registry.all() if e.install.parser_version_key}
 #: Stands in for "${KIMI_API_KEY}" in the argv given to the parsers (they only see its shape).
 PROBE_API_KEY = "probe-api-key"
 
