@@ -36,6 +36,9 @@ AIPERF_VERSION = "0.13.0"
 #: gguf-py in the AIPerf venv: exports a GGUF's tokenizer into a local folder for AIPerf (offline).
 AIPERF_GGUF_VERSION = "0.19.0"
 
+#: The router in front of a fleet (PyPI `vllm-router`, a prebuilt Rust binary), in its own cached venv.
+VLLM_ROUTER_VERSION = "0.1.17"
+
 ENGINE_PINS: dict[str, str] = {
     "vllm": VLLM_VERSION,
     "sglang": SGLANG_VERSION,

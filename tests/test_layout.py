@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "deploy"
 #: The pipeline, earliest first. A new stage gets its own folder and a place in this list.
 STAGES = [
     "engines",
+    "routers",
     "catalog",
     "hardware",
     "calibration",

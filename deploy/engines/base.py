@@ -240,6 +240,12 @@ class Engine:
     #: the server closes the connection right after every streamed response although the response offered
     #: keep-alive: a client must open a fresh connection per request (docs/how-to/bench.md#connections)
     closes_after_stream: bool = False
+    #: the routing policy a fleet's router uses in front of this engine's replicas, and why
+    #: (deploy.routers; the router scores prefixes itself, so cache-aware needs no engine endpoint)
+    router_policy: str = "cache_aware"
+    router_policy_reason: str = (
+        "cache-aware: a conversation's next turn goes to the replica that holds its prefix in the KV cache"
+    )
     #: the launch names a chat template file (``engine_args.chat_template``, resolved by render)
     chat_template_file: bool = False
     #: the engine's CPU threads are OpenMP's, so the plan's ``omp_wait_policy`` reaches it as OMP_WAIT_POLICY
