@@ -125,6 +125,17 @@ class ParserCheckFailed(KimiDeployError):
     exit_code = 1
 
 
+class RouterArgsRejected(ParserCheckFailed):
+    """A router command did not pass the pinned router's own parser (deploy.routers.check): one line with
+    the router's version and its own message."""
+
+
+class RouterRequestError(KimiDeployError):
+    """A running router did not answer, or refused a request (deploy.routers.client): status and text."""
+
+    exit_code = 1
+
+
 class BudgetExhausted(KimiDeployError):
     """The run's request budget (--max-requests) is spent; the request was not sent."""
 
@@ -206,5 +217,6 @@ class AnsibleRunError(KimiDeployError):
 DEFINED_ELSEWHERE: dict[str, int] = {
     "deploy.engines.builds.EngineInstallError": 1,
     "deploy.benchmark.install.AiperfMissingError": 1,
+    "deploy.routers.install.RouterMissingError": 1,
     "deploy.serving.parser_check.ParserVenvMissing": 1,
 }

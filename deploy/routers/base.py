@@ -63,6 +63,12 @@ class Router:
     health_path: str = "/health"
     #: environment variable the rendered launcher reads the API key from (never on argv)
     api_key_env: str = "KIMI_ROUTER_API_KEY"
+    #: plan.json ``fleet.router`` key -> the router's flag (``deploy.routers.argv.router_argv`` composes them)
+    flags: dict[str, str] = field(default_factory=dict)
+    #: the flag that lists the workers (one value per replica's URL)
+    worker_urls_flag: str = "--worker-urls"
+    #: how the router's gauges encode states, read from its own metric HELP texts and seen in the fleet test
+    metric_values: dict[str, dict[int, str]] = field(default_factory=dict)
     #: what the docs and the table say about this router
     source: str = ""
 
@@ -72,12 +78,16 @@ class Router:
 
             >>> from deploy.engines import registry as engines
             >>> from deploy.routers import registry
-            >>> registry.get("vllm-router").settings_for(engines.get("llama.cpp")).policy
+            >>> registry.get("vllm-router").settings_for(engines.get("vllm")).policy
             'cache_aware'
+            >>> registry.get("vllm-router").settings_for(engines.get("llama.cpp")).policy
+            'power_of_two'
         """
         if engine.router_policy in self.policies:
             return RouterSettings(policy=engine.router_policy, policy_reason=engine.router_policy_reason)
         return RouterSettings(
             policy="round_robin",
-            policy_reason=f"{self.name} has no {engine.router_policy} policy: requests alternate between replicas",
+            policy_reason=(
+                f"{self.name} has no {engine.router_policy} policy: requests alternate between replicas"
+            ),
         )

@@ -1,10 +1,10 @@
 """The router registry: every router program the toolkit can put in front of a fleet, by name.
 
-    >>> from deploy.routers import registry
-    >>> registry.names()
-    ['vllm-router']
-    >>> registry.DEFAULT
-    'vllm-router'
+>>> from deploy.routers import registry
+>>> registry.names()
+['vllm-router']
+>>> registry.DEFAULT
+'vllm-router'
 """
 
 from __future__ import annotations

@@ -1,6 +1,14 @@
 """vLLM's router (PyPI ``vllm-router``, a prebuilt Rust binary behind a Python launcher).
 
 It fronts any OpenAI-compatible server: workers are URLs, checked on ``--health-check-endpoint``.
+docs/explanation/router.md has the evidence behind this data (endpoints, metrics, the API key).
+
+Its metrics (Prometheus text on ``--prometheus-host``:``--prometheus-port``, no authentication): a worker's
+gauges appear once the router has touched it (``vllm_router_cb_state`` after its first request), so an
+absent series is "not yet seen", not 0. Encodings (the router's HELP texts, confirmed in
+tests/test_router_fleet.py): ``vllm_router_worker_health`` 1 healthy, 0 unhealthy;
+``vllm_router_cb_state`` 0 closed, 1 open, 2 half-open; ``vllm_router_running_requests{worker=...}`` the
+requests the router has in flight on that worker (what a drain waits to reach 0).
 
     >>> ROUTER.version == pins.VLLM_ROUTER_VERSION
     True
@@ -32,6 +40,34 @@ ROUTER = Router(
         "cb_state": "vllm_router_cb_state",
         "requests_total": "vllm_router_requests_total",
         "generate_duration": "vllm_router_generate_duration_seconds",
+        "running_requests": "vllm_router_running_requests",
+    },
+    flags={
+        "host": "--host",
+        "port": "--port",
+        "metrics_host": "--prometheus-host",
+        "metrics_port": "--prometheus-port",
+        "policy": "--policy",
+        "health_check_endpoint": "--health-check-endpoint",
+        "health_check_interval_s": "--health-check-interval-secs",
+        "health_check_timeout_s": "--health-check-timeout-secs",
+        "health_failure_threshold": "--health-failure-threshold",
+        "health_success_threshold": "--health-success-threshold",
+        "retry_max_retries": "--retry-max-retries",
+        "retry_initial_backoff_ms": "--retry-initial-backoff-ms",
+        "retry_max_backoff_ms": "--retry-max-backoff-ms",
+        "cb_failure_threshold": "--cb-failure-threshold",
+        "cb_success_threshold": "--cb-success-threshold",
+        "cb_timeout_s": "--cb-timeout-duration-secs",
+        "cb_window_s": "--cb-window-duration-secs",
+        "queue_size": "--queue-size",
+        "queue_timeout_s": "--queue-timeout-secs",
+        "request_timeout_s": "--request-timeout-secs",
+        "log_level": "--log-level",
+    },
+    metric_values={
+        "vllm_router_worker_health": {1: "healthy", 0: "unhealthy"},
+        "vllm_router_cb_state": {0: "closed", 1: "open", 2: "half_open"},
     },
     source="vllm-project/router (PyPI vllm-router)",
 )
