@@ -138,4 +138,14 @@ ENGINE = Engine(
     log_build_in_version=True,
     props_path="/props",
     source_dist="llama-cpp-python",
+    # vllm-router 0.1.17's cache_aware matches prefixes on token ids, which it gets only from a worker that
+    # describes its model (vLLM's server_info); llama-server does not, so every decision ended as
+    # outcome="missing_tokens" and all requests went to one replica. round_robin spreads but the router then
+    # counts no in-flight requests (a drain could not wait on them); power_of_two does both
+    # (tests/test_router_fleet.py, docs/explanation/router.md)
+    router_policy="power_of_two",
+    router_policy_reason=(
+        "power of two: the less busy replica by the router's own in-flight count; cache_aware needs token "
+        "ids llama-server workers do not give vllm-router (it sent every request to one replica)"
+    ),
 )
