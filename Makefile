@@ -168,11 +168,11 @@ gc: setup ## remove releases beyond KEEP (default 3) and weights no kept release
 
 # --- demo (deploy/demo/; docs/tutorial/) ------------------------------------------------------------------------
 .PHONY: demo demo-vllm
-demo: ## the whole pipeline for real on a small model (Gemma 3 270M on llama-server, CPU); fine as a first command
+demo: ## the whole pipeline for real on a small model (Gemma 3 270M on llama-server, CPU); REPLICAS=2: behind the router; fine as a first command
 	@echo "==> set-up: virtualenv $(VENV) with the toolkit, then the cached engine builds (make setup)"
 	@echo "    the first time this compiles llama.cpp (about 15 minutes on 2 cores); later runs reuse the cache"
 	@$(MAKE) --no-print-directory $(if $(filter vllm,$(ENGINE)),$(BIN)/kimi-deploy,setup)
-	$(KD) demo $(if $(ENGINE),--engine $(ENGINE))
+	$(KD) demo $(if $(ENGINE),--engine $(ENGINE)) $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(KEEP_RUNNING),--keep-running)
 
 demo-vllm: ## `make demo` on vLLM's CPU build instead of llama-server (same as `make demo ENGINE=vllm`)
 	@$(MAKE) --no-print-directory demo ENGINE=vllm

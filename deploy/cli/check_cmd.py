@@ -7,6 +7,7 @@ import json
 
 import click
 
+from deploy.checking import fleet as fleet_check
 from deploy.checking import session
 from deploy.checking import suite as check
 from deploy.checking.result import print_table
@@ -196,6 +197,7 @@ def check_command(
             ("--vision/--no-vision", vision),
         ),
     )
+    replicas: list = []
     if choice.url:
         target = check.target_from_url(
             choice.url,
@@ -217,11 +219,13 @@ def check_command(
             target = check.target_from_plan(plan, api_key_env, timeout_s=timeout_s)
         if few_shot is not None:
             target.few_shot = few_shot
+        replicas = fleet_check.replica_targets(plan, target)
     check.require_key(target)
     run = session.prepare_run(
         target, ref_opts, tool_calls, limit, concurrency, max_requests, max_retry_wait, timeout_s
     )
     report = session.execute(run, threshold, f1_threshold)
+    report.results += fleet_check.check_replicas(replicas)
     secrets = run.secrets()
     data = json.loads(redact(json.dumps(report.to_dict()), secrets))
     if as_json:

@@ -44,8 +44,22 @@ from deploy.demo import run as demo
     is_flag=True,
     help="After check, a short AIPerf load test (concurrency 1,2): bench.json and bench.png in --workdir.",
 )
+@click.option(
+    "--replicas",
+    type=click.IntRange(min=1, max=8),
+    default=1,
+    show_default=True,
+    help="Serve this many llama-server replicas behind the router (vllm-router) on loopback; check and "
+    "bench go through the router's URL.",
+)
 def demo_command(
-    workdir: str, keep_running: bool, port: int | None, engine: str, monitoring: bool, bench: bool
+    workdir: str,
+    keep_running: bool,
+    port: int | None,
+    engine: str,
+    monitoring: bool,
+    bench: bool,
+    replicas: int,
 ) -> None:
     """Build (cached), stage, serve, plan, download, verify, render, up, check, report, down.
 
@@ -53,7 +67,13 @@ def demo_command(
     of Kimi-K2.5 uses. Exits with the failing stage's code (5 verify, 6 up, 7 check) and always cleans up.
     """
     result = demo.run_demo(
-        workdir, keep_running=keep_running, port=port, engine=engine, monitoring=monitoring, bench=bench
+        workdir,
+        keep_running=keep_running,
+        port=port,
+        engine=engine,
+        monitoring=monitoring,
+        bench=bench,
+        replicas=replicas,
     )
     click.echo(
         f"\ndemo passed: {result.check.get('summary', {}).get('pass', 0)} checks passed "

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from deploy.serving import launch
+from deploy.serving import fleet_launch
 from deploy.serving import watch as live_status
 
 
@@ -26,7 +26,11 @@ from deploy.serving import watch as live_status
     type=click.Path(file_okay=False),
     help="The folder `kimi-deploy render` wrote.",
 )
-@click.option("--node", help="Which node of the plan this machine is (default: the head, the first node).")
+@click.option(
+    "--node",
+    help="Which node of the plan this machine is (default: the head, the first node; for a fleet, every "
+    "replica and then the router); `router` starts a fleet's router.",
+)
 @click.option("--systemd", is_flag=True, help="Install and start the rendered systemd unit instead.")
 @click.option(
     "--deadline",
@@ -38,7 +42,8 @@ from deploy.serving import watch as live_status
 def up_command(
     plan_path: str, rendered: str, node: str | None, systemd: bool, deadline: float | None
 ) -> None:
-    """Start the engine on verified weights and wait until it is ready.
+    """Start the engine on verified weights and wait until it is ready (a fleet: each replica, then the
+    router, until it reports every replica healthy).
 
     A second `up` on a node whose server is ready prints "already running" and exits 0; if that server is
     not ready, or another `up` is still starting it, it exits 6. A worker node is ready when its process
@@ -49,7 +54,7 @@ def up_command(
     from deploy.releases import upgrade
 
     upgrade.recover(out=sys.stderr)
-    launch.up(plan_path, rendered, node=node, systemd=systemd, deadline_s=deadline)
+    fleet_launch.up(plan_path, rendered, node=node, systemd=systemd, deadline_s=deadline)
 
 
 @click.command("down")
@@ -58,7 +63,11 @@ def up_command(
     type=click.Path(file_okay=False),
     help="The rendered folder: its nodes are listed too (what runs comes from the pidfiles).",
 )
-@click.option("--node", help="Stop only this node (default: every node `up` started here).")
+@click.option(
+    "--node",
+    help="Stop only this node (default: every node `up` started here, a fleet's router first); a fleet "
+    "replica's node leaves the router, drained, before it stops (needs --rendered).",
+)
 @click.option(
     "--grace",
     type=float,
@@ -69,7 +78,7 @@ def up_command(
 )
 def down_command(rendered: str | None, node: str | None, grace: float) -> None:
     """Stop the engine (SIGTERM to its process group, SIGKILL after the grace period). Idempotent."""
-    for line in launch.down(node=node, grace_s=grace, rendered=rendered):
+    for line in fleet_launch.down(node=node, grace_s=grace, rendered=rendered):
         click.echo(line)
 
 

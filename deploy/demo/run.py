@@ -39,7 +39,7 @@ from deploy.errors import DemoStepFailed, InputError, LaunchError
 from deploy.fsutil import read_json
 from deploy.monitoring import dashboards, prometheus
 from deploy.planning import architecture
-from deploy.serving import launch, supervise
+from deploy.serving import fleet_launch, launch, supervise
 
 DEMO_MODEL = "demo"
 MIRROR_READY = "mirror-ready "
@@ -272,22 +272,33 @@ def _prepare(
     port: int | None = None,
     engine: str = "llama.cpp",
     monitoring: bool = False,
+    replicas: int = 1,
 ) -> None:
-    """Stages set-up .. render: everything before `up`. ``port`` renders on another port than the plan's."""
+    """Stages set-up .. render: everything before `up`. ``port`` renders on another port than the plan's;
+    ``replicas`` > 1 plans that many replicas behind the router (their ports follow the router's)."""
     if engine not in ENGINES:
         raise InputError(f"--engine {engine!r}: the demo runs on {' or '.join(ENGINES)}")
+    if replicas < 1:
+        raise InputError(f"--replicas {replicas}: give 1 or more")
+    if replicas > 1 and port:
+        raise InputError("--port goes with one replica; a fleet serves on the plan's ports (the router's first)")
     variant = _variant(engine)
     r.stage("set-up", "the toolkit is installed (make setup: .venv with kimi-deploy and its test tools)")
     r.say(f"  {sys.executable} -m deploy  ==  kimi-deploy")
     # the plan serves on the catalog's port: say now, not after the build and download, if it is taken
     port = port or int(load_model(DEMO_MODEL).engines[engine]["port"])
-    holder = launch.port_holder("127.0.0.1", port)
-    if holder is not None:
-        raise LaunchError(
-            f"port {port} (where the demo serves, from deploy/catalog/demo.yaml) is in use by "
-            f"{holder}; stop it (`kimi-deploy down`?) and run the demo again"
-        )
-    r.say(f"  port {port} (where the demo will serve) is free")
+    # a fleet: the router on the catalog's port, replica i on the next ports (the planner's rule)
+    for p in [port] + [port + 1 + i for i in range(replicas if replicas > 1 else 0)]:
+        holder = launch.port_holder("127.0.0.1", p)
+        if holder is not None:
+            raise LaunchError(
+                f"port {p} (where the demo serves, from deploy/catalog/demo.yaml) is in use by "
+                f"{holder}; stop it (`kimi-deploy down`?) and run the demo again"
+            )
+    r.say(
+        f"  port {port} (where the demo will serve) is free"
+        + (f", and the {replicas} replicas' ports after it" if replicas > 1 else "")
+    )
     r.say(
         f"  everything the demo writes goes under {r.display([str(paths.root)])[0]}/, its engine state "
         "(pidfile, log) too: KIMI_DEPLOY_STATE_DIR=" + r.display([str(paths.state)])[0]
@@ -297,6 +308,9 @@ def _prepare(
     r.stage("engine", demo.title)
     r.say(f"  {demo.note}")
     r.kd("engine", demo.install)
+    if replicas > 1:
+        r.say(f"  the router in front of the {replicas} replicas: vllm-router, pinned, in its own cached venv")
+        r.kd("engine", ["engine", "install", "router"])
 
     # the safetensors variant (vLLM) is made from the PyPI GGUF once; the GGUF one is staged as it is
     if variant.format != "gguf":
@@ -332,7 +346,8 @@ def _prepare(
             str(paths.node),
             "-o",
             str(paths.plan),
-        ],
+        ]
+        + (["--replicas", str(replicas)] if replicas > 1 else []),
     )
 
     r.stage("download", "fetch the weights through the mirror with huggingface_hub, write weights.lock")
@@ -444,6 +459,7 @@ def run_demo(
     engine: str = "llama.cpp",
     monitoring: bool = False,
     bench: bool = False,
+    replicas: int = 1,
 ) -> DemoResult:
     """Run the demo pipeline under ``workdir``; raise DemoStepFailed (that stage's exit code) on a failure.
 
@@ -455,6 +471,8 @@ def run_demo(
     ``monitoring/prometheus.yml`` after the check and prints what the dashboard queries answer; with
     ``keep_running`` it stays up beside the engine (`kimi-deploy down` stops both). ``bench`` runs a short
     `kimi-deploy bench` sweep (concurrency 1 and 2, AIPerf) after the check: ``bench.json`` and ``bench.png``.
+    ``replicas`` > 1 serves that many llama-server replicas behind the router (vllm-router) on loopback:
+    `up` starts each replica and then the router, `check` and `bench` go through the router's URL.
     """
     if port == 0:
         port = free_port()
@@ -467,11 +485,15 @@ def run_demo(
     t0 = time.monotonic()
     with supervise.sigterm_as_interrupt():
         try:
-            _prepare(r, paths, mirror, port, engine, monitoring)
+            _prepare(r, paths, mirror, port, engine, monitoring, replicas)
             # the weights are on disk now; the mirror has done its job
             mirror.stop()
 
-            r.stage("up", f"start {ENGINES[engine].server} and wait for /health 200")
+            r.stage(
+                "up",
+                f"start {ENGINES[engine].server} and wait for /health 200"
+                + (f" ({replicas} replicas, then the router until it sees them healthy)" if replicas > 1 else ""),
+            )
             started = True
             r.kd("up", ["up", "--plan", str(paths.plan), "--rendered", str(paths.rendered)])
             result.url, result.ready_s = _served(paths)
@@ -508,7 +530,7 @@ def run_demo(
             if started and not keep_running:
                 r.say(f"\n==> [{r.total}/{r.total}] down: stop the engine")
                 r.show(["down"])
-                for line in launch.down(state_dir=paths.state, grace_s=10):
+                for line in fleet_launch.down(state_dir=paths.state, grace_s=10):
                     r.say(f"  {line}")
             r.timings.setdefault("total", round(time.monotonic() - t0, 2))
             result.timings = r.timings

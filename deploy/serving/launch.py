@@ -55,6 +55,7 @@ __all__ = [
     "read_manifest",
     "require_verified",
     "status",
+    "status_meta",
     "target_for",
     "up",
 ]
@@ -633,6 +634,17 @@ class NodeStatus:
     url: str = ""
     detail: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def status_meta(state_dir: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """What `up` recorded for every node with a live pidfile, by node name."""
+    state = Path(state_dir or constants.STATE_DIR)
+    out = {}
+    for name in supervise.all_nodes(state):
+        run = supervise.running(supervise.RunFiles.for_node(state, name))
+        if run is not None:
+            out[name] = run.meta
+    return out
 
 
 def status(state_dir: str | Path | None = None) -> list[NodeStatus]:

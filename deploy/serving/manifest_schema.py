@@ -14,7 +14,10 @@ from typing import Any
 
 from deploy import schema
 from deploy.engines import registry
+from deploy.routers import registry as routers
 
+#: A fleet's replica: ``r0``, ``r1``, ...
+REPLICA_ID: dict[str, Any] = {"type": "string", "pattern": r"^r[0-9]{1,4}\Z"}
 #: A file of the rendered folder: a plain name, no folder (``launch-node0.sh``).
 FILE_NAME: dict[str, Any] = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z"}
 
@@ -51,6 +54,51 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "install": FILE_NAME,
                     "service": FILE_NAME,
                     "env_files": {"type": "array", "maxItems": 16, "items": FILE_NAME},
+                    "replica": REPLICA_ID,
+                    "host": schema.NAME,
+                    "bind": schema.HOST,
+                    "port": schema.PORT,
+                },
+            },
+        },
+        "fleet": {
+            "type": "object",
+            "required": ["router", "replicas"],
+            "properties": {
+                "router": {
+                    "type": "object",
+                    "required": ["program", "bind", "port", "url", "launch", "env_file"],
+                    "properties": {
+                        "name": schema.NAME,
+                        "program": {"enum": routers.names()},
+                        "version": schema.TEXT,
+                        "node": schema.NAME,
+                        "bind": schema.HOST,
+                        "port": schema.PORT,
+                        "url": schema.TEXT,
+                        "metrics": schema.TEXT,
+                        "argv": {"type": "array", "items": {"type": "string"}},
+                        "launch": FILE_NAME,
+                        "install": FILE_NAME,
+                        "service": FILE_NAME,
+                        "env_file": FILE_NAME,
+                        "health_check_interval_s": {"type": "integer", "minimum": 1, "maximum": 3600},
+                    },
+                },
+                "replicas": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": schema.MAX_NODES,
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "nodes", "head", "url"],
+                        "properties": {
+                            "id": REPLICA_ID,
+                            "nodes": {"type": "array", "minItems": 1, "items": schema.NAME},
+                            "head": schema.NAME,
+                            "url": schema.TEXT,
+                        },
+                    },
                 },
             },
         },

@@ -40,7 +40,10 @@ from deploy.monitoring.render import monitoring_texts
 from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, MonitoringSpec, ScrapeTarget, Timings
 from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.schema import check_env_name, check_host, check_port
-from deploy.serving import release_dir
+from deploy.routers import argv as router_args
+from deploy.routers import install as router_install
+from deploy.routers import registry as routers
+from deploy.serving import release_dir, replicas
 from deploy.serving.argv import (
     ENGINE_DIR_VAR,
     SGLANG_KEY_CONFIG_FILE,
@@ -55,6 +58,7 @@ from deploy.serving.argv import (
 )
 from deploy.serving.quoting import ENV_VALUE_CHARS, check_env_value, systemd_path, systemd_text, systemd_word
 from deploy.serving.release_dir import RenderedFile, json_file
+from deploy.serving.replicas import Replica
 from deploy.weights import lockfile
 
 MANIFEST = release_dir.MANIFEST
@@ -446,15 +450,18 @@ def _scrape_host(ep: Endpoint, node: NodeCommand) -> str:
 
 
 def monitoring_spec(
-    plan: Plan, cand: Candidate, nodes: list[NodeCommand], ep: Endpoint, port: int, opts: RenderOptions
+    plan: Plan, cand: Candidate, group: list[Replica], ep: Endpoint, opts: RenderOptions
 ) -> MonitoringSpec:
-    """The plain values deploy.monitoring renders from: one scrape target per node that serves HTTP."""
+    """The plain values deploy.monitoring renders from: one scrape target per node that serves HTTP (each
+    replica's head, on its own port)."""
     slo = opts.ttft_p95_slo_s or (plan.request or {}).get("ttft_p95_slo_s") or DEFAULT_TTFT_P95_SLO_S
     return MonitoringSpec(
         engine=cand.engine,
         served_model_name=str(cand.engine_args["served_model_name"]),
         candidate=cand.id,
-        targets=[ScrapeTarget(n.node, f"{_scrape_host(ep, n)}:{port}") for n in nodes if n.serves_http],
+        targets=[
+            ScrapeTarget(n.node, f"{_scrape_host(ep, n)}:{r.port}") for r in group for n in r.nodes if n.serves_http
+        ],
         api_key=bool(not ep.loopback and ep.api_key_env),
         slots=int(cand.engine_args.get("parallel") or 1)
         if registry.get(cand.engine).metrics.slot_based
@@ -508,9 +515,16 @@ def resolve_inputs(plan: Plan, opts: RenderOptions, environ: dict[str, str]) -> 
         if registry.get(cand.engine).chat_template_file
         else None
     )
+    fleet = replicas.fleet_of(plan)
+    router_key = routers.get(str(fleet["router"]["program"])).api_key_env if fleet else None
+    if router_key and not ep.loopback and not environ.get(router_key):
+        raise InputError(
+            f"--bind {ep.bind} is not loopback: set {router_key} (the key clients must send the router) in "
+            "the environment"
+        )
     secrets = {
         name: environ[name]
-        for name in (ep.api_key_env, "HF_TOKEN")
+        for name in (ep.api_key_env, "HF_TOKEN", router_key)
         if opts.secrets_to_env_file and name and environ.get(name)
     }
     return RenderInputs(
@@ -708,18 +722,42 @@ def release_id_for(
     return release_dir.release_id(f"{cand.engine_args['served_model_name']}-{cand.engine}", material)
 
 
+def _node_entry(r: Replica, n: NodeCommand) -> dict[str, Any]:
+    entry = {
+        "name": n.node,
+        "rank": n.rank,
+        "role": n.role,
+        "address": n.address,
+        "serves_http": n.serves_http,
+        "program": n.program,
+        "engine_build": n.build.key if n.build is not None else None,
+        "argv": argv_strings(n.argv),
+        "pre": [argv_strings(c) for c in n.pre],
+        "launch": f"launch-{n.node}.sh",
+        "install": f"install-{n.node}.sh",
+        "service": f"kimi-deploy-{n.node}.service",
+        "env_files": _env_files(n, len(r.nodes) > 1),
+    }
+    if r.id is not None:
+        # the profile node it runs on, and where this replica's head serves
+        host = n.node[len(r.id) + 1 :]
+        entry |= {"replica": r.id, "host": host, "bind": r.endpoint.bind, "port": r.port}
+    return entry
+
+
 def manifest(
     inputs: RenderInputs,
     opts: RenderOptions,
-    nodes: list[NodeCommand],
-    port: int,
+    group: list[Replica],
     spec: MonitoringSpec,
     files: dict[str, RenderedFile],
+    router: RouterRelease | None = None,
 ) -> dict[str, Any]:
     """``manifest.json``: what runs where (each node's argv, scripts, unit, env files), the pins, the
-    monitoring targets, and the digest and mode of every file in ``files``."""
+    monitoring targets, and the digest and mode of every file in ``files``. A fleet's ``bind`` and ``port``
+    are its router's (what users reach) and ``fleet`` lists the router and the replicas."""
     cand, ep = inputs.candidate, inputs.endpoint
-    return {
+    listing: dict[str, Any] = {
         "schema": MANIFEST_SCHEMA,
         "toolkit_version": __version__,
         "plan": opts.plan_path,
@@ -727,8 +765,8 @@ def manifest(
         "engine": cand.engine,
         "served_model_name": str(cand.engine_args["served_model_name"]),
         "model_path": inputs.model_path,
-        "bind": ep.bind,
-        "port": port,
+        "bind": router.entry["bind"] if router else ep.bind,
+        "port": router.entry["port"] if router else group[0].port,
         "api_key_env": ep.api_key_env if not ep.loopback else None,
         "env_file": ENV_FILE,
         "pins": {
@@ -737,25 +775,9 @@ def manifest(
             "llama-cpp-python": pins.LLAMA_CPP_PYTHON_VERSION,
             "ktransformers": pins.KTRANSFORMERS_VERSION,
             "sglang-kt": pins.SGLANG_KT_VERSION,
-        },
-        "nodes": [
-            {
-                "name": n.node,
-                "rank": n.rank,
-                "role": n.role,
-                "address": n.address,
-                "serves_http": n.serves_http,
-                "program": n.program,
-                "engine_build": n.build.key if n.build is not None else None,
-                "argv": argv_strings(n.argv),
-                "pre": [argv_strings(c) for c in n.pre],
-                "launch": f"launch-{n.node}.sh",
-                "install": f"install-{n.node}.sh",
-                "service": f"kimi-deploy-{n.node}.service",
-                "env_files": _env_files(n, len(nodes) > 1),
-            }
-            for n in nodes
-        ],
+        }
+        | ({router.entry["program"]: router.entry["version"]} if router else {}),
+        "nodes": [_node_entry(r, n) for r in group for n in r.nodes],
         "monitoring": {
             "dir": MONITORING_DIR,
             "prometheus_config": f"{MONITORING_DIR}/prometheus.yml",
@@ -765,6 +787,15 @@ def manifest(
         },
         "files": {name: {"sha256": f.sha256, "mode": oct(f.mode)} for name, f in files.items()},
     }
+    if router is not None:
+        listing["fleet"] = {
+            "router": router.entry,
+            "replicas": [
+                {"id": r.id, "nodes": [n.node for n in r.nodes], "head": r.head.node, "url": r.url}
+                for r in group
+            ],
+        }
+    return listing
 
 
 def release_meta(inputs: RenderInputs, opts: RenderOptions) -> dict[str, Any]:
@@ -793,6 +824,137 @@ def release_meta(inputs: RenderInputs, opts: RenderOptions) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------------------------- router
+
+#: The router's files in a fleet's release.
+ROUTER_LAUNCH = "launch-router.sh"
+ROUTER_INSTALL = "install-router.sh"
+ROUTER_UNIT = "kimi-deploy-router.service"
+ROUTER_ENV = "router.env"
+#: vllm-router's own parser and launch, with the key from the environment (deploy/data/router_launch.py),
+#: shipped in the release so the node runs the launcher of the toolkit that rendered it
+ROUTER_LAUNCHER = "router_launch.py"
+
+
+@dataclass(frozen=True)
+class RouterRelease:
+    """The router's files and its manifest entry (``fleet.router``)."""
+
+    files: dict[str, RenderedFile]
+    entry: dict[str, Any]
+
+
+def _router_host(spec: dict[str, Any], ep: Endpoint) -> tuple[str, str]:
+    """(bind, URL host) of the router: it binds where the replicas bind; users reach it at the plan's host."""
+    host = str(spec.get("host") or "")
+    if not host:
+        raise PlanError("the fleet's router has no address (a plan from --gpus): plan with a hardware profile")
+    return ep.bind, check_host(host, "fleet router host")
+
+
+def router_release(
+    spec: dict[str, Any], group: list[Replica], ep: Endpoint, inputs: RenderInputs
+) -> RouterRelease:
+    """launch-router.sh, install-router.sh, router.env (0600) and kimi-deploy-router.service for the plan's
+    ``fleet.router`` in front of ``group``'s replicas. Beyond loopback the router requires its API key
+    (``KIMI_ROUTER_API_KEY``, from the env file or the environment at run time, never on argv)."""
+    router = routers.get(str(spec["program"]))
+    bind, host = _router_host(spec, ep)
+    port = check_port(spec["port"], "fleet router port")
+    metrics_port = check_port(spec["metrics_port"], "fleet router metrics_port")
+    workers = [r.url for r in group]
+    # the router binds where the replicas bind; the plan's host is where users reach it
+    args = router_args.router_argv({**spec, "host": bind}, workers)
+    argv: list[Arg] = [EnvPath(ENGINE_DIR_VAR, "/bin/python"), EnvPath("here", f"/{ROUTER_LAUNCHER}"), *args]
+    loopback = ep.loopback
+    key_envs = [router.api_key_env] if not loopback else []
+    shown = f"[{host}]" if ":" in host else host
+    secrets = {k: v for k, v in inputs.secrets.items() if k == router.api_key_env}
+    env_text = render_template(
+        "kimi-deploy.env.j2",
+        {
+            "header": [f"{router.display_name} in front of {len(group)} replicas.", *ENV_FILE_HEADER],
+            "values": [(k, check_env_value(k, v)) for k, v in secrets.items()],
+            "placeholders": [
+                (k, f"required: the router is bound to {bind}; clients send it as a bearer token")
+                for k in key_envs
+                if k not in secrets
+            ],
+        },
+    )
+    launch_text = render_template(
+        "launch.sh.j2",
+        {
+            "header": [
+                f"Rendered by kimi-deploy {__version__}: {router.display_name} {router.version} in front of "
+                f"{len(group)} replicas ({', '.join(str(r.id) for r in group)}).",
+                "Start it after the replicas are ready: it waits for them to answer its health checks.",
+            ],
+            "env_files": [ROUTER_ENV],
+            "path_prepend": None,
+            "required_env": key_envs,
+            "exports": [],
+            "key_config": None,
+            "pre": [],
+            "argv_lines": _argv_lines(argv),
+            "engine_dir_var": ENGINE_DIR_VAR,
+            "engine_dir": f"venvs/{router_install.router_venv_key()}",
+            "engine_binary": "bin/python",
+            "install_script": ROUTER_INSTALL,
+        },
+    )
+    install_text = render_template(
+        "install.sh.j2",
+        {
+            "header": [
+                f"Rendered by kimi-deploy {__version__}: install {router.display_name} {router.version}.",
+                "Versions pinned in deploy/pins.py (the parser tests use the same pins).",
+            ],
+            "steps": [
+                {
+                    "comment": f"{router.package}=={router.version} in its own venv in the kimi-deploy cache",
+                    "argv": ["kimi-deploy", "engine", "install", "router"],
+                }
+            ],
+        },
+    )
+    unit_text = render_template(
+        "kimi-deploy.service.j2",
+        {
+            "description": f"kimi-deploy {router.display_name} in front of {len(group)} replicas",
+            "env_files": [inputs.out_dir / ROUTER_ENV],
+            "launch_script": inputs.out_dir / ROUTER_LAUNCH,
+            "out_dir": inputs.out_dir,
+            "timeout_start_s": 120,
+            "ready_command": _ready_command(Endpoint(bind=bind), port),
+        },
+    )
+    files = {
+        ROUTER_LAUNCHER: RenderedFile(router_args.LAUNCHER.read_text(encoding="utf-8"), 0o644),
+        ROUTER_ENV: RenderedFile(env_text, 0o600),
+        ROUTER_LAUNCH: RenderedFile(launch_text, 0o755),
+        ROUTER_INSTALL: RenderedFile(install_text, 0o755),
+        ROUTER_UNIT: RenderedFile(unit_text, 0o644),
+    }
+    entry = {
+        "name": "router",
+        "program": router.name,
+        "version": router.version,
+        "node": str(spec.get("node") or ""),
+        "bind": bind,
+        "port": port,
+        "url": f"http://{shown}:{port}",
+        "metrics": f"{_scrape_host(ep, group[0].head) if loopback else shown}:{metrics_port}",
+        "argv": argv_strings(argv),
+        "launch": ROUTER_LAUNCH,
+        "install": ROUTER_INSTALL,
+        "service": ROUTER_UNIT,
+        "env_file": ROUTER_ENV,
+        "health_check_interval_s": int(spec.get("health_check_interval_s") or 5),
+    }
+    return RouterRelease(files, entry)
+
+
 # ------------------------------------------------------------------------------------------------ compose
 
 
@@ -810,30 +972,44 @@ class Release:
     meta: dict[str, Any]
 
 
-def compose_release(plan: Plan, inputs: RenderInputs, opts: RenderOptions | None = None) -> Release:
-    """Every file of the release for ``plan`` and ``inputs`` (``resolve_inputs``); pure: reads and writes
-    nothing (but the templates), so the same arguments give the same texts."""
-    opts = opts or RenderOptions()
-    cand, ep = inputs.candidate, inputs.endpoint
-    nodes = node_commands(plan, cand, inputs.model_path, ep, inputs.chat_template)
-    for n in nodes:
+def _node_files(r: Replica, ep: Endpoint, out: Path) -> dict[str, RenderedFile]:
+    """Each node's launch script, install script, unit and (multi-node) own env file, of one replica."""
+    cand, files = r.candidate, {}
+    for n in r.nodes:
         if not _NODE_NAME.match(n.node):
             raise InputError(
                 f"node name {n.node!r}: use letters, digits, '.', '_' or '-' (it names the files)"
             )
-    port = check_port(ep.port or cand.engine_args.get("port") or 8000, "port")
-    files = {ENV_FILE: env_file(cand, nodes, ep, inputs.secrets)}
-    for n in nodes:
-        if len(nodes) > 1:
+        if len(r.nodes) > 1:
             files[f"kimi-deploy-{n.node}.env"] = node_env_file(cand, n)
-        files[f"launch-{n.node}.sh"] = launch_script(cand, nodes, n, ep)
-        files[f"install-{n.node}.sh"] = install_script(cand, nodes, n)
-        files[f"kimi-deploy-{n.node}.service"] = systemd_unit(cand, nodes, n, ep, port, inputs.out_dir)
-    spec = monitoring_spec(plan, cand, nodes, ep, port, opts)
+        files[f"launch-{n.node}.sh"] = launch_script(cand, r.nodes, n, r.endpoint)
+        files[f"install-{n.node}.sh"] = install_script(cand, r.nodes, n)
+        files[f"kimi-deploy-{n.node}.service"] = systemd_unit(cand, r.nodes, n, r.endpoint, r.port, out)
+    return files
+
+
+def compose_release(plan: Plan, inputs: RenderInputs, opts: RenderOptions | None = None) -> Release:
+    """Every file of the release for ``plan`` and ``inputs`` (``resolve_inputs``); pure: reads and writes
+    nothing (but the templates), so the same arguments give the same texts. A fleet (a plan whose
+    ``fleet.router`` is set) gets each replica's node files (deploy.serving.replicas) and the router's."""
+    opts = opts or RenderOptions()
+    cand, ep = inputs.candidate, inputs.endpoint
+    group = replicas.replicas(plan, cand, inputs.model_path, ep, inputs.chat_template)
+    nodes = [n for r in group for n in r.nodes]
+    for r in group:
+        check_port(r.port, "port")
+    files = {ENV_FILE: env_file(cand, nodes, ep, inputs.secrets)}
+    for r in group:
+        files.update(_node_files(r, ep, inputs.out_dir))
+    fleet = replicas.fleet_of(plan)
+    router = router_release(fleet["router"], group, ep, inputs) if fleet else None
+    if router is not None:
+        files.update(router.files)
+    spec = monitoring_spec(plan, cand, group, ep, opts)
     api_key = inputs.secrets.get(ep.api_key_env) if spec.api_key and ep.api_key_env else None
     files.update(monitoring_files(spec, api_key))
     rid = release_id_for(plan, inputs, opts, files)
-    listing = manifest(inputs, opts, nodes, port, spec, files)
+    listing = manifest(inputs, opts, group, spec, files, router)
     files[MANIFEST] = json_file(listing)
     files[release_dir.PLAN_COPY] = json_file(plan.to_dict() | {"chosen": cand.id})
     return Release(rid, cand, nodes, files, listing, release_meta(inputs, opts))

@@ -130,7 +130,8 @@ def target_for(
     entry = nodes[node]
     args = cand.engine_args
     try:
-        port = int(manifest.get("port") or args["port"])
+        # a fleet's replica serves on its own port; the manifest's top-level port is the router's
+        port = int(entry.get("port") or manifest.get("port") or args["port"])
     except (KeyError, TypeError, ValueError):
         raise PlanError(f"plan candidate {cand.id!r}: engine_args.port is missing or not a number") from None
     if not cand.weights.local_dir and not manifest.get("model_path"):
@@ -147,7 +148,7 @@ def target_for(
         node=node,
         head=head,
         engine=str(manifest.get("engine") or cand.engine),
-        host=str(manifest.get("bind") or args.get("host") or "127.0.0.1"),
+        host=str(entry.get("bind") or manifest.get("bind") or args.get("host") or "127.0.0.1"),
         port=port,
         script=script,
         unit=rendered / str(entry.get("service") or f"kimi-deploy-{node}.service"),

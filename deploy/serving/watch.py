@@ -26,7 +26,8 @@ import requests
 from deploy import console
 from deploy.engines import registry
 from deploy.monitoring import scrape
-from deploy.serving import launch
+from deploy.errors import KimiDeployError
+from deploy.serving import fleet_launch, launch
 from deploy.serving import target as launch_target
 
 
@@ -46,6 +47,10 @@ class NodeView:
     summary: scrape.MetricsSummary | None = None
     #: predicted against measured at the node's last `up` (deploy/serving/calibration.py), or None
     calibration: dict[str, Any] | None = None
+    #: a fleet: "router" for the router, the replica's URL for a replica's head (as the router names it)
+    program: str = ""
+    #: a fleet replica's head: healthy as the router sees it (None outside a fleet or the router unreachable)
+    healthy: bool | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +64,8 @@ class NodeView:
             "metrics": self.metrics,
             "metrics_error": self.metrics_error or None,
             "calibration": self.calibration,
+            "program": self.program or self.engine,
+            "healthy_in_router": self.healthy,
         }
 
 
@@ -99,6 +106,7 @@ def snapshot(
         engine = str(s.meta.get("engine") or "")
         v = NodeView(s.node, s.running, s.ready, s.pid, s.url, s.detail, engine)
         v.calibration = s.meta.get("calibration") or None
+        v.program = str(s.meta.get("program") or engine)
         views.append(v)
         if not (s.running and s.url and engine):
             continue
@@ -120,7 +128,24 @@ def snapshot(
             "generated_tokens": v.summary.generated_tokens,
             "tokens_per_s": scrape.tokens_per_s(before.summary if before else None, v.summary),
         }
+    _router_view(views, launch.status_meta(state_dir))
     return views
+
+
+def _router_view(views: list[NodeView], metas: dict[str, dict[str, Any]]) -> None:
+    """A fleet: each replica head's health as the router that runs here sees it."""
+    router = next((m for m in metas.values() if m.get("router")), None)
+    if router is None:
+        return
+    rendered = router.get("rendered")
+    try:
+        health = fleet_launch.worker_health(fleet_launch.router_target(str(rendered)))
+    except KimiDeployError:
+        return
+    for v in views:
+        worker = v.url.rsplit("/", 1)[0]
+        if worker in health:
+            v.healthy = health[worker]
 
 
 def _num(value: float | None, fmt: str = "{:.0f}") -> str:

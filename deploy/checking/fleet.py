@@ -1,0 +1,76 @@
+"""`check` of a fleet: the whole suite through the router (what users reach), then each replica on its own.
+
+    >>> from deploy.checking.fleet import replica_targets
+    >>> replica_targets(load_plan("plan.json"), target)[0][0]      # doctest: +SKIP
+    'r0'
+
+The router serves the OpenAI API of its replicas but not their engine metrics (it has its own, on its
+Prometheus port, which monitoring scrapes), so through the router the metrics check is declared skipped and
+each replica gets liveness, models and metrics on its own URL: a replica the router hides (dead, not in its
+list) still fails the check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from deploy.checking.meter import Meter
+from deploy.checking.result import FAIL, PASS, CheckResult
+from deploy.checking.suite import run_checks
+from deploy.checking.target import CheckTarget
+from deploy.planning.contract import Plan
+
+#: What each replica is checked for on its own URL (the gates come with them).
+REPLICA_CHECKS = ("liveness", "models", "metrics")
+
+
+def replica_targets(plan: Plan, front: CheckTarget) -> list[tuple[str, CheckTarget]]:
+    """(replica id, target) for each replica behind the plan's router; [] for one endpoint. ``front`` (the
+    router's target) stops asking for engine metrics: the replicas answer for theirs."""
+    fleet = plan.fleet or {}
+    if not fleet.get("router"):
+        return []
+    engine_metrics = front.metrics
+    front.metrics = False
+    front.metrics_source = "the router serves no engine metrics: each replica's are checked (replica_<id>)"
+    out = []
+    for r in fleet.get("replicas") or []:
+        url = str(r.get("url") or "").rstrip("/")
+        if not url:
+            continue
+        target = dataclasses.replace(
+            front,
+            base_url=url,
+            api_base=f"{url}/v1",
+            meter=Meter(f"replica {r['id']}"),
+            metrics=engine_metrics,
+            metrics_source="the replica's engine (plan engine_args)",
+        )
+        out.append((str(r["id"]), target))
+    return out
+
+
+def check_replicas(replicas: list[tuple[str, CheckTarget]]) -> list[CheckResult]:
+    """One result per replica (``replica_<id>``): pass when its liveness, models and metrics pass."""
+    out = []
+    for rid, target in replicas:
+        report = run_checks(target, only=REPLICA_CHECKS)
+        failed = report.failed
+        reason = (
+            f"{target.base_url}: " + "; ".join(f"{r.name}: {r.reason}" for r in failed)
+            if failed
+            else f"{target.base_url}: " + ", ".join(f"{r.name} {r.status}" for r in report.results)
+        )
+        out.append(
+            CheckResult(
+                f"replica_{rid}",
+                FAIL if failed else PASS,
+                reason,
+                sum(r.seconds for r in report.results),
+                {"url": target.base_url, "results": [dataclasses.asdict(r) for r in report.results]},
+            )
+        )
+    return out
+
+
+__all__ = ["REPLICA_CHECKS", "check_replicas", "replica_targets"]
