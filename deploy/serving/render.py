@@ -37,7 +37,15 @@ from deploy.engines.base import Install
 from deploy.errors import InputError, PlanError, RenderError
 from deploy.monitoring import promtool
 from deploy.monitoring.render import monitoring_texts
-from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, MonitoringSpec, ScrapeTarget, Timings
+from deploy.monitoring.spec import (
+    DEFAULT_TTFT_P95_SLO_S,
+    MonitoringSpec,
+    ScrapeTarget,
+    Timings,
+    dcgm_targets,
+    fleet_hosts,
+    router_target,
+)
 from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.schema import check_env_name, check_host, check_port
 from deploy.serving import release_dir
@@ -446,9 +454,16 @@ def _scrape_host(ep: Endpoint, node: NodeCommand) -> str:
 
 
 def monitoring_spec(
-    plan: Plan, cand: Candidate, nodes: list[NodeCommand], ep: Endpoint, port: int, opts: RenderOptions
+    plan: Plan,
+    cand: Candidate,
+    nodes: list[NodeCommand],
+    ep: Endpoint,
+    port: int,
+    opts: RenderOptions,
+    fleet: dict[str, Any] | None = None,
 ) -> MonitoringSpec:
-    """The plain values deploy.monitoring renders from: one scrape target per node that serves HTTP."""
+    """The plain values deploy.monitoring renders from: one scrape target per node that serves HTTP; with
+    a ``fleet`` (the manifest's ``fleet`` section) the router's metrics; a DCGM exporter per GPU node used."""
     slo = opts.ttft_p95_slo_s or (plan.request or {}).get("ttft_p95_slo_s") or DEFAULT_TTFT_P95_SLO_S
     return MonitoringSpec(
         engine=cand.engine,
@@ -461,6 +476,8 @@ def monitoring_spec(
         else 1,
         ttft_p95_slo_s=float(slo),
         timings=opts.monitoring_timings or Timings(),
+        router=router_target(fleet),
+        dcgm=dcgm_targets(plan.hardware, fleet_hosts(fleet) or [n.node for n in nodes]),
     )
 
 
