@@ -76,7 +76,8 @@ def test_promtool_accepts_config_and_rules_for_every_profile(
     spec, _ = _spec(profile, engine)
     write_monitoring(tmp_path, spec)
     results = promtool.check_dir(tmp_path, unit_tests=False)
-    assert [r.command for r in results] == ["check config", "check rules"]
+    # the engine's rules, and on GPU plans the DCGM exporter's (tests/test_monitoring_fleet.py)
+    assert [r.command for r in results] == ["check config", "check rules"] + ["check rules"] * bool(spec.dcgm)
     assert all(r.ok for r in results), [r.summary() for r in results]
 
 
@@ -86,7 +87,10 @@ def test_every_alert_fires_and_stays_quiet_in_promtool_unit_tests(tmp_path: Path
     profile = next(p for p, e in CASES if e == engine)
     spec, _ = _spec(profile, engine)
     write_monitoring(tmp_path, spec)
-    (test_file,) = (tmp_path / "rules").glob("*.test.yml")
+    # GPU plans also get the DCGM exporter's rules (tests/test_monitoring_fleet.py); this is the engine's
+    test_file = (
+        tmp_path / "rules" / f"kimi-deploy-{engines.metrics_for(engine).family.replace('.', '')}.test.yml"
+    )
     doc = yaml.safe_load(test_file.read_text())
     alerts = [r["alert"] for r in rules.alert_rules(spec)]
     tested = [c["alert_rule_test"][0] for c in doc["tests"]]
@@ -102,7 +106,7 @@ def test_a_broken_rule_fails_its_unit_test(tmp_path: Path) -> None:
     """The unit tests can fail: a KV threshold above the test's 95% and a TTFT SLO at 10x stop the alerts."""
     spec, _ = _spec("h200x8", "vllm")
     write_monitoring(tmp_path, spec)
-    (rule_file,) = (p for p in (tmp_path / "rules").glob("*.yml") if not p.name.endswith(".test.yml"))
+    rule_file = tmp_path / "rules" / "kimi-deploy-vllm.yml"
     text = rule_file.read_text()
     slo = f"> {spec.ttft_p95_slo_s:g}\n"
     assert "> 0.9\n" in text and slo in text
@@ -161,7 +165,8 @@ def test_scrape_config_two_nodes_wildcard_bind_reads_the_key_from_a_file(tmp_pat
     assert texts["api-key"] == ("", 0o600)
     write_monitoring(tmp_path, spec, api_key=canary)
     config = yaml.safe_load((tmp_path / "prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
+    job, *others = config["scrape_configs"]
+    assert [j["job_name"] for j in others] == ["kimi-deploy-dcgm"]  # GPU nodes: the DCGM exporters
     assert job["job_name"] == JOB
     assert job["authorization"] == {"type": "Bearer", "credentials_file": "api-key"}
     assert job["static_configs"][0]["labels"]["node"] == head["name"]

@@ -8,7 +8,9 @@
 Panels: engine up, throughput (generated and prompt tokens/s), TTFT and inter-token latency percentiles (mean
 seconds per token for llama.cpp, which has no histograms), KV-cache usage, running and waiting requests,
 errors. Queries use Grafana's ``$__rate_interval`` and a ``$node`` variable; ``queries()`` lists
-them for tests that run each one against a real Prometheus.
+them for tests that run each one against a real Prometheus. A fleet adds a row for its router
+(``fleet_panels``): healthy replicas, each replica's health and circuit breaker, requests per replica and per
+route, the router's latency.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from deploy.monitoring.engines import kv_usage_expr, metrics_for
-from deploy.monitoring.spec import DATASOURCE_UID, JOB, MonitoringSpec
+from deploy.monitoring.spec import DATASOURCE_UID, JOB, ROUTER_JOB, MonitoringSpec
+from deploy.routers import registry as routers
 
 #: Grafana substitutes these; a test querying Prometheus directly substitutes them the same way.
 RATE = "$__rate_interval"
@@ -102,32 +105,110 @@ def panels_for(spec: MonitoringSpec) -> list[tuple[str, str, list[tuple[str, str
     return out
 
 
+def fleet_panels(spec: MonitoringSpec) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """The fleet row's panels (none without a router), as ``panels_for``; the router's per-worker series carry
+    ``worker`` (its URL) and ``replica`` (the id prometheus.yml maps it to)."""
+    if spec.router is None:
+        return []
+    m = routers.get(spec.router.program).metrics
+    s = f'{{job="{ROUTER_JOB}"}}'
+    latency = m["generate_duration"]
+    return [
+        (
+            "Healthy replicas",
+            "none",
+            [
+                (f"sum by (node) ({m['worker_health']}{s})", "healthy"),
+                (f"max by (node) ({m['active_workers']}{s})", "known to the router"),
+            ],
+        ),
+        (
+            "Replica health (1 healthy, 0 not)",
+            "none",
+            [(f"{m['worker_health']}{s}", "{{replica}} {{worker}}")],
+        ),
+        (
+            "Circuit breaker (0 closed, 1 open, 2 half-open)",
+            "none",
+            [(f"{m['cb_state']}{s}", "{{replica}} {{worker}}")],
+        ),
+        (
+            "Router requests/s",
+            "reqps",
+            [
+                (f"sum by (replica) (rate({m['processed_requests']}{s}[{RATE}]))", "replica {{replica}}"),
+                (f"sum by (route) (rate({m['requests_total']}{s}[{RATE}]))", "route {{route}}"),
+            ],
+        ),
+        (
+            "Router request latency",
+            "s",
+            [
+                (
+                    f"histogram_quantile({q}, sum by (le) (rate({latency}_bucket{s}[{RATE}])))",
+                    f"p{int(q * 100)}",
+                )
+                for q in (0.5, 0.95, 0.99)
+            ],
+        ),
+    ]
+
+
 def queries(spec: MonitoringSpec) -> list[tuple[str, str]]:
     """(panel title, expr) for every query of the dashboard."""
-    return [(title, expr) for title, _unit, targets in panels_for(spec) for expr, _legend in targets]
+    every = panels_for(spec) + fleet_panels(spec)
+    return [(title, expr) for title, _unit, targets in every for expr, _legend in targets]
+
+
+def _panel(pid: int, title: str, unit: str, targets: list[tuple[str, str]], y: int, x: int) -> dict[str, Any]:
+    ds = {"type": "prometheus", "uid": DATASOURCE_UID}
+    return {
+        "id": pid,
+        "type": "timeseries",
+        "title": title,
+        "datasource": ds,
+        "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+        "targets": [
+            {"refId": chr(ord("A") + j), "datasource": ds, "expr": expr, "legendFormat": legend}
+            for j, (expr, legend) in enumerate(targets)
+        ],
+    }
+
+
+def _panels(spec: MonitoringSpec) -> list[dict[str, Any]]:
+    """The engine's panels two by two, then (a fleet) a row and the router's panels."""
+    engine = panels_for(spec)
+    panels = [_panel(i + 1, t, u, q, 8 * (i // 2), 12 * (i % 2)) for i, (t, u, q) in enumerate(engine)]
+    fleet = fleet_panels(spec)
+    if not fleet:
+        return panels
+    assert spec.router is not None
+    top = 8 * ((len(engine) + 1) // 2)
+    row_id = len(panels) + 1
+    panels.append(
+        {
+            "id": row_id,
+            "type": "row",
+            "title": f"Fleet: {spec.router.program} in front of the replicas",
+            "collapsed": False,
+            "gridPos": {"h": 1, "w": 24, "x": 0, "y": top},
+            "panels": [],
+        }
+    )
+    panels += [
+        _panel(row_id + 1 + i, t, u, q, top + 1 + 8 * (i // 2), 12 * (i % 2))
+        for i, (t, u, q) in enumerate(fleet)
+    ]
+    return panels
 
 
 def dashboard(spec: MonitoringSpec) -> dict[str, Any]:
     """The Grafana dashboard JSON model (schemaVersion 39) for ``spec``'s engine."""
     m = metrics_for(spec.engine)
     ds = {"type": "prometheus", "uid": DATASOURCE_UID}
-    panels = []
-    for i, (title, unit, targets) in enumerate(panels_for(spec)):
-        panels.append(
-            {
-                "id": i + 1,
-                "type": "timeseries",
-                "title": title,
-                "datasource": ds,
-                "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
-                "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-                "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
-                "targets": [
-                    {"refId": chr(ord("A") + j), "datasource": ds, "expr": expr, "legendFormat": legend}
-                    for j, (expr, legend) in enumerate(targets)
-                ],
-            }
-        )
+    panels = _panels(spec)
     return {
         "uid": f"kimi-deploy-{m.family.replace('.', '')}",
         "title": f"kimi-deploy: {spec.served_model_name} on {m.version}",
@@ -189,4 +270,4 @@ def provisioning(spec: MonitoringSpec, dashboards_dir: str = DASHBOARDS_DIR) -> 
     }
 
 
-__all__ = ["DASHBOARDS_DIR", "RATE", "dashboard", "panels_for", "provisioning", "queries"]
+__all__ = ["DASHBOARDS_DIR", "RATE", "dashboard", "fleet_panels", "panels_for", "provisioning", "queries"]

@@ -9,12 +9,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from deploy.errors import InputError
+from deploy.monitoring import dcgm
 
 #: The Prometheus job every rendered target belongs to; rules and dashboards select on it.
 JOB = "kimi-deploy"
+#: The job of a fleet's router (its own /metrics port) and of the DCGM exporters on GPU nodes.
+ROUTER_JOB = "kimi-deploy-router"
+DCGM_JOB = "kimi-deploy-dcgm"
 #: The Grafana datasource uid the dashboards use (the provisioning file defines it).
 DATASOURCE_UID = "kimi-deploy-prometheus"
 #: The file, relative to prometheus.yml, that holds the API key Prometheus sends (mode 0600).
@@ -28,6 +34,7 @@ ERROR_RATIO = 0.05
 
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*):[0-9]{1,5}$")
 _LABEL_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+_URL = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9._-]*)(:[0-9]{1,5})?/?$")
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,28 @@ class ScrapeTarget:
 
 
 @dataclass(frozen=True)
+class RouterTarget:
+    """A fleet's router as Prometheus sees it: its program (a deploy.routers registry name), the ``host:port``
+    of its metrics listener, the node it runs on and each replica's (id, URL), which the router labels its
+    per-worker series with (``worker="<URL>"``; the scrape adds ``replica="<id>"``)."""
+
+    program: str
+    address: str
+    node: str = "router"
+    replicas: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not _ADDRESS.match(self.address):
+            raise InputError(f"router metrics {self.address!r}: expected host:port")
+        for value in (self.node, self.program, *(rid for rid, _url in self.replicas)):
+            if not _LABEL_VALUE.match(value):
+                raise InputError(f"{value!r}: not usable as a label value")
+        for _rid, url in self.replicas:
+            if not _URL.match(url):
+                raise InputError(f"replica URL {url!r}: expected http(s)://host:port")
+
+
+@dataclass(frozen=True)
 class MonitoringSpec:
     """Everything the monitoring files need, as plain values."""
 
@@ -105,6 +134,10 @@ class MonitoringSpec:
     timings: Timings = field(default_factory=Timings)
     #: the Prometheus the Grafana datasource points at
     prometheus_url: str = "http://127.0.0.1:9090"
+    #: a fleet's router (None: one replica, no router)
+    router: RouterTarget | None = None
+    #: one DCGM exporter per GPU node (empty on CPU-only plans)
+    dcgm: tuple[ScrapeTarget, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.targets:
@@ -120,14 +153,82 @@ class MonitoringSpec:
         return f'{{job="{JOB}"}}'
 
 
+def router_target(fleet: dict[str, Any] | None) -> RouterTarget | None:
+    """The router of a manifest's ``fleet`` section (None without a fleet or a router).
+
+    >>> fleet = {"router": {"program": "vllm-router", "node": "vm", "metrics": "127.0.0.1:29000"},
+    ...          "replicas": [{"id": "r0", "url": "http://127.0.0.1:8001"}]}
+    >>> router_target(fleet).replicas
+    (('r0', 'http://127.0.0.1:8001'),)
+    """
+    router = (fleet or {}).get("router")
+    if not router:
+        return None
+    replicas = tuple(
+        (str(r["id"]), str(r["url"])) for r in (fleet or {}).get("replicas") or [] if r.get("url")
+    )
+    return RouterTarget(
+        program=str(router["program"]),
+        address=str(router["metrics"]),
+        node=str(router.get("node") or "router"),
+        replicas=replicas,
+    )
+
+
+def dcgm_targets(
+    hardware: dict[str, Any], used: Iterable[str] | None = None, port: int = dcgm.DEFAULT_PORT
+) -> tuple[ScrapeTarget, ...]:
+    """One DCGM exporter per GPU node of a plan's ``hardware`` that the deployment uses (``used``: profile
+    node names; None: every node), at the node's address from the profile (loopback when it has none).
+
+    >>> hw = {"nodes": [{"name": "a", "address": "10.0.0.1", "gpus": {"count": 8}},
+    ...                 {"name": "b", "address": "10.0.0.2", "gpus": {"count": 0}}]}
+    >>> dcgm_targets(hw)
+    (ScrapeTarget(node='a', address='10.0.0.1:9400'),)
+    """
+    names = None if used is None else set(used)
+    out = []
+    for node in hardware.get("nodes") or []:
+        if int((node.get("gpus") or {}).get("count") or 0) < 1:
+            continue
+        if names is not None and node.get("name") not in names:
+            continue
+        host = str(node.get("address") or "127.0.0.1")
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        out.append(ScrapeTarget(str(node["name"]), f"{host}:{port}"))
+    return tuple(out)
+
+
+def fleet_hosts(fleet: dict[str, Any] | None) -> list[str] | None:
+    """The profile nodes a manifest's fleet runs on: its node names are ``<replica>-<node>`` (None without a
+    fleet).
+
+    >>> fleet_hosts({"replicas": [{"id": "r0", "nodes": ["r0-a", "r0-b"]}, {"id": "r1", "nodes": ["r1-c"]}]})
+    ['a', 'b', 'c']
+    """
+    if not fleet or not fleet.get("replicas"):
+        return None
+    return [
+        name[len(str(r["id"])) + 1 :] if name.startswith(f"{r['id']}-") else name
+        for r in fleet["replicas"]
+        for name in r.get("nodes") or []
+    ]
+
+
 __all__ = [
     "CREDENTIALS_FILE",
     "DATASOURCE_UID",
+    "DCGM_JOB",
     "DEFAULT_TTFT_P95_SLO_S",
     "ERROR_RATIO",
     "JOB",
     "KV_HIGH",
     "MonitoringSpec",
+    "ROUTER_JOB",
+    "RouterTarget",
     "ScrapeTarget",
     "Timings",
+    "dcgm_targets",
+    "fleet_hosts",
+    "router_target",
 ]

@@ -39,6 +39,7 @@ ROUTER = Router(
         "worker_health": "vllm_router_worker_health",
         "cb_state": "vllm_router_cb_state",
         "requests_total": "vllm_router_requests_total",
+        "processed_requests": "vllm_router_processed_requests_total",
         "generate_duration": "vllm_router_generate_duration_seconds",
         "running_requests": "vllm_router_running_requests",
     },

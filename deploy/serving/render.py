@@ -37,7 +37,15 @@ from deploy.engines.base import Install
 from deploy.errors import InputError, PlanError, RenderError
 from deploy.monitoring import promtool
 from deploy.monitoring.render import monitoring_texts
-from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, MonitoringSpec, ScrapeTarget, Timings
+from deploy.monitoring.spec import (
+    DEFAULT_TTFT_P95_SLO_S,
+    MonitoringSpec,
+    ScrapeTarget,
+    Timings,
+    dcgm_targets,
+    fleet_hosts,
+    router_target,
+)
 from deploy.planning.contract import Candidate, Plan, load_plan
 from deploy.schema import check_env_name, check_host, check_port
 from deploy.routers import argv as router_args
@@ -450,10 +458,16 @@ def _scrape_host(ep: Endpoint, node: NodeCommand) -> str:
 
 
 def monitoring_spec(
-    plan: Plan, cand: Candidate, group: list[Replica], ep: Endpoint, opts: RenderOptions
+    plan: Plan,
+    cand: Candidate,
+    group: list[Replica],
+    ep: Endpoint,
+    opts: RenderOptions,
+    fleet: dict[str, Any] | None = None,
 ) -> MonitoringSpec:
     """The plain values deploy.monitoring renders from: one scrape target per node that serves HTTP (each
-    replica's head, on its own port)."""
+    replica's head, on its own port); with a ``fleet`` (the manifest's ``fleet`` section) the router's
+    metrics; a DCGM exporter per GPU node used."""
     slo = opts.ttft_p95_slo_s or (plan.request or {}).get("ttft_p95_slo_s") or DEFAULT_TTFT_P95_SLO_S
     return MonitoringSpec(
         engine=cand.engine,
@@ -468,6 +482,8 @@ def monitoring_spec(
         else 1,
         ttft_p95_slo_s=float(slo),
         timings=opts.monitoring_timings or Timings(),
+        router=router_target(fleet),
+        dcgm=dcgm_targets(plan.hardware, fleet_hosts(fleet) or [n.node for r in group for n in r.nodes]),
     )
 
 
@@ -788,14 +804,20 @@ def manifest(
         "files": {name: {"sha256": f.sha256, "mode": oct(f.mode)} for name, f in files.items()},
     }
     if router is not None:
-        listing["fleet"] = {
-            "router": router.entry,
-            "replicas": [
-                {"id": r.id, "nodes": [n.node for n in r.nodes], "head": r.head.node, "url": r.url}
-                for r in group
-            ],
-        }
+        listing["fleet"] = fleet_section(group, router)
     return listing
+
+
+def fleet_section(group: list[Replica], router: RouterRelease | None) -> dict[str, Any] | None:
+    """The manifest's ``fleet``: the router's entry and each replica (id, nodes, head, URL); None without."""
+    if router is None:
+        return None
+    return {
+        "router": router.entry,
+        "replicas": [
+            {"id": r.id, "nodes": [n.node for n in r.nodes], "head": r.head.node, "url": r.url} for r in group
+        ],
+    }
 
 
 def release_meta(inputs: RenderInputs, opts: RenderOptions) -> dict[str, Any]:
@@ -1005,7 +1027,7 @@ def compose_release(plan: Plan, inputs: RenderInputs, opts: RenderOptions | None
     router = router_release(fleet["router"], group, ep, inputs) if fleet else None
     if router is not None:
         files.update(router.files)
-    spec = monitoring_spec(plan, cand, group, ep, opts)
+    spec = monitoring_spec(plan, cand, group, ep, opts, fleet_section(group, router))
     api_key = inputs.secrets.get(ep.api_key_env) if spec.api_key and ep.api_key_env else None
     files.update(monitoring_files(spec, api_key))
     rid = release_id_for(plan, inputs, opts, files)
