@@ -30,6 +30,7 @@ from deploy.monitoring import dashboards, prometheus, promtool, scrape
 from deploy.monitoring.render import write_monitoring
 from deploy.monitoring.spec import ROUTER_JOB, MonitoringSpec, ScrapeTarget, Timings, router_target
 from deploy.planning.architecture import demo_gguf_path
+from deploy.routers import install
 from deploy.routers import registry as routers
 
 pytestmark = pytest.mark.slow
@@ -42,11 +43,8 @@ HEALTH_INTERVAL_S = 1
 
 
 def router_python() -> Path:
-    """The Python of the venv vllm-router is installed in: the one place the tests take it from.
-
-    For now the experiment venv /tmp/rv (vllm-router 0.1.17); once deploy/routers/install.py lands, this line
-    becomes ``return install.router_python()`` (the project's cached router venv)."""
-    return Path("/tmp/rv/bin/python")
+    """The Python of the project's cached router venv (`kimi-deploy engine install router`)."""
+    return install.require_router()
 
 
 def _free_port() -> int:

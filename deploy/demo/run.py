@@ -281,7 +281,9 @@ def _prepare(
     if replicas < 1:
         raise InputError(f"--replicas {replicas}: give 1 or more")
     if replicas > 1 and port:
-        raise InputError("--port goes with one replica; a fleet serves on the plan's ports (the router's first)")
+        raise InputError(
+            "--port goes with one replica; a fleet serves on the plan's ports (the router's first)"
+        )
     variant = _variant(engine)
     r.stage("set-up", "the toolkit is installed (make setup: .venv with kimi-deploy and its test tools)")
     r.say(f"  {sys.executable} -m deploy  ==  kimi-deploy")
@@ -309,7 +311,9 @@ def _prepare(
     r.say(f"  {demo.note}")
     r.kd("engine", demo.install)
     if replicas > 1:
-        r.say(f"  the router in front of the {replicas} replicas: vllm-router, pinned, in its own cached venv")
+        r.say(
+            f"  the router in front of the {replicas} replicas: vllm-router, pinned, in its own cached venv"
+        )
         r.kd("engine", ["engine", "install", "router"])
 
     # the safetensors variant (vLLM) is made from the PyPI GGUF once; the GGUF one is staged as it is
@@ -492,7 +496,11 @@ def run_demo(
             r.stage(
                 "up",
                 f"start {ENGINES[engine].server} and wait for /health 200"
-                + (f" ({replicas} replicas, then the router until it sees them healthy)" if replicas > 1 else ""),
+                + (
+                    f" ({replicas} replicas, then the router until it sees them healthy)"
+                    if replicas > 1
+                    else ""
+                ),
             )
             started = True
             r.kd("up", ["up", "--plan", str(paths.plan), "--rendered", str(paths.rendered)])

@@ -113,8 +113,17 @@ def up(
     then the router, waiting for each to be ready and for the router to see every replica healthy."""
     spec = fleet(rendered)
     if spec is None or (node is not None and node != ROUTER):
-        return [launch.up(plan_path, rendered, node=node, systemd=systemd, deadline_s=deadline_s,
-                          state_dir=state_dir, stream=stream)]
+        return [
+            launch.up(
+                plan_path,
+                rendered,
+                node=node,
+                systemd=systemd,
+                deadline_s=deadline_s,
+                state_dir=state_dir,
+                stream=stream,
+            )
+        ]
     if node == ROUTER:
         return [up_router(rendered, state_dir=state_dir, stream=stream)]
     multi = [r["id"] for r in spec["replicas"] if len(r["nodes"]) > 1]
@@ -124,8 +133,15 @@ def up(
             "each, then `up --node router`), or with the Ansible playbook"
         )
     results = [
-        launch.up(plan_path, rendered, node=str(r["head"]), systemd=systemd, deadline_s=deadline_s,
-                  state_dir=state_dir, stream=stream)
+        launch.up(
+            plan_path,
+            rendered,
+            node=str(r["head"]),
+            systemd=systemd,
+            deadline_s=deadline_s,
+            state_dir=state_dir,
+            stream=stream,
+        )
         for r in spec["replicas"]
     ]
     return [*results, up_router(rendered, state_dir=state_dir, stream=stream)]
@@ -154,10 +170,17 @@ def up_router(
         for env_file in target.env_files:
             env.update(launch_target.env_file_pairs(env_file))
         say(f"starting the router: {target.script} (log {files.log})")
-        meta = {"url": f"{_reach(target.url)}/health", "program": ROUTER, "serves_http": True, "router": True,
-                "rendered": str(release_dir.resolve(rendered)),
-                "workers": list(target.workers), "env_files": [str(p) for p in target.env_files],
-                "script": str(target.script), "mode": "process"}
+        meta = {
+            "url": f"{_reach(target.url)}/health",
+            "program": ROUTER,
+            "serves_http": True,
+            "router": True,
+            "rendered": str(release_dir.resolve(rendered)),
+            "workers": list(target.workers),
+            "env_files": [str(p) for p in target.env_files],
+            "script": str(target.script),
+            "mode": "process",
+        }
         launched = supervise.start(["bash", str(target.script)], files, meta, env=env)
         started = time.monotonic()
         deadline = ROUTER_READY_S + 2 * target.health_check_interval_s
@@ -169,8 +192,10 @@ def up_router(
             tail = launch._tail(files.log, launched.log_offset)
             raise LaunchError(f"the router {why}; its log ends:\n{tail}")
         elapsed = time.monotonic() - started
-        say(f"{ROUTER}: ready in {elapsed:.1f} s at {target.url}, "
-            f"{len(target.workers)} of {len(target.workers)} replicas healthy (pid {launched.proc.pid})")
+        say(
+            f"{ROUTER}: ready in {elapsed:.1f} s at {target.url}, "
+            f"{len(target.workers)} of {len(target.workers)} replicas healthy (pid {launched.proc.pid})"
+        )
         supervise.update_pidfile(files, ready_s=round(elapsed, 3))
         return launch.UpResult(ROUTER, target.url, launched.proc.pid, ready_s=elapsed, log=str(files.log))
 
@@ -214,7 +239,11 @@ def drain(
     elapsed = time.monotonic() - started
     _say(stream)(
         f"{replica}: out of the router, "
-        + (f"drained in {elapsed:.1f} s" if drained else f"still busy after the {deadline_s:g} s drain deadline")
+        + (
+            f"drained in {elapsed:.1f} s"
+            if drained
+            else f"still busy after the {deadline_s:g} s drain deadline"
+        )
     )
     return elapsed
 
@@ -267,7 +296,9 @@ def down(
         if node == ROUTER:
             return lines
     rest = launch.down(node=node, grace_s=grace_s, state_dir=state, rendered=rendered)
-    return lines + [line for line in rest if not line.startswith(f"{ROUTER}:")] if node is None else lines + rest
+    return (
+        lines + [line for line in rest if not line.startswith(f"{ROUTER}:")] if node is None else lines + rest
+    )
 
 
 def _say(stream: TextIO | None) -> Callable[[str], None]:
@@ -281,5 +312,15 @@ def _say(stream: TextIO | None) -> Callable[[str], None]:
     return say
 
 
-__all__ = ["DRAIN_DEADLINE_S", "ROUTER", "RouterTarget", "down", "drain", "fleet", "rejoin", "router_target", "up",
-           "up_router"]
+__all__ = [
+    "DRAIN_DEADLINE_S",
+    "ROUTER",
+    "RouterTarget",
+    "down",
+    "drain",
+    "fleet",
+    "rejoin",
+    "router_target",
+    "up",
+    "up_router",
+]

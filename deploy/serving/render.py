@@ -47,10 +47,10 @@ from deploy.monitoring.spec import (
     router_target,
 )
 from deploy.planning.contract import Candidate, Plan, load_plan
-from deploy.schema import check_env_name, check_host, check_port
 from deploy.routers import argv as router_args
 from deploy.routers import install as router_install
 from deploy.routers import registry as routers
+from deploy.schema import check_env_name, check_host, check_port
 from deploy.serving import release_dir, replicas
 from deploy.serving.argv import (
     ENGINE_DIR_VAR,
@@ -62,7 +62,6 @@ from deploy.serving.argv import (
     EnvRef,
     NodeCommand,
     argv_strings,
-    node_commands,
 )
 from deploy.serving.quoting import ENV_VALUE_CHARS, check_env_value, systemd_path, systemd_text, systemd_word
 from deploy.serving.release_dir import RenderedFile, json_file
@@ -474,7 +473,10 @@ def monitoring_spec(
         served_model_name=str(cand.engine_args["served_model_name"]),
         candidate=cand.id,
         targets=[
-            ScrapeTarget(n.node, f"{_scrape_host(ep, n)}:{r.port}") for r in group for n in r.nodes if n.serves_http
+            ScrapeTarget(n.node, f"{_scrape_host(ep, n)}:{r.port}")
+            for r in group
+            for n in r.nodes
+            if n.serves_http
         ],
         api_key=bool(not ep.loopback and ep.api_key_env),
         slots=int(cand.engine_args.get("parallel") or 1)
@@ -870,7 +872,9 @@ def _router_host(spec: dict[str, Any], ep: Endpoint) -> tuple[str, str]:
     """(bind, URL host) of the router: it binds where the replicas bind; users reach it at the plan's host."""
     host = str(spec.get("host") or "")
     if not host:
-        raise PlanError("the fleet's router has no address (a plan from --gpus): plan with a hardware profile")
+        raise PlanError(
+            "the fleet's router has no address (a plan from --gpus): plan with a hardware profile"
+        )
     return ep.bind, check_host(host, "fleet router host")
 
 

@@ -4,11 +4,11 @@
     >>> node_name("r1", "gpu-a")
     'r1-gpu-a'
 
-A plan whose ``fleet.router`` is null is one replica serving on the candidate's own port: its nodes keep their
-own names, so a one-replica release is exactly what it always was. With a router, replica ``r<i>`` runs the same
-candidate on the nodes ``fleet.replicas[i].nodes`` names, on its own port (and, where replicas share a CPU node,
-with its share of the cores), and each of its nodes is named ``r<i>-<node>`` in the release: the files, units and
-run state of two replicas on one machine never collide.
+A plan whose ``fleet.router`` is null is one replica serving on the candidate's own port: its nodes keep
+their own names, so a one-replica release is exactly what it always was. With a router, replica ``r<i>``
+runs the same candidate on the nodes ``fleet.replicas[i].nodes`` names, on its own port (and, where
+replicas share a CPU node, with its share of the cores), and each of its nodes is named ``r<i>-<node>`` in
+the release: the files, units and run state of two replicas on one machine never collide.
 """
 
 from __future__ import annotations
@@ -66,7 +66,9 @@ def _replica_plan(plan: Plan, cand: Candidate, replica: dict[str, Any]) -> Plan:
     by_name = {str(n.get("name")): n for n in plan.hardware.get("nodes") or []}
     missing = [n for n in replica["nodes"] if n not in by_name]
     if missing:
-        raise PlanError(f"fleet replica {replica['id']}: node(s) {', '.join(missing)} are not in the plan's hardware")
+        raise PlanError(
+            f"fleet replica {replica['id']}: node(s) {', '.join(missing)} are not in the plan's hardware"
+        )
     hardware = {**plan.hardware, "nodes": [by_name[n] for n in replica["nodes"]]}
     candidates = [cand if c.id == cand.id else c for c in plan.candidates]
     return dataclasses.replace(plan, hardware=hardware, candidates=candidates)

@@ -25,8 +25,8 @@ import requests
 
 from deploy import console
 from deploy.engines import registry
-from deploy.monitoring import scrape
 from deploy.errors import KimiDeployError
+from deploy.monitoring import scrape
 from deploy.serving import fleet_launch, launch
 from deploy.serving import target as launch_target
 
