@@ -66,10 +66,13 @@ calibrate-import: $(BIN)/kimi-deploy ## record a start-up log of a server starte
 	$(KD) calibrate import $(LOG) --plan $(PLAN)
 
 # --- plan (deploy/planning/) ------------------------------------------------------------------------------------
+REPLICAS ?=
+PLAN_REPLICAS = $(if $(REPLICAS),--replicas $(REPLICAS))
 .PHONY: plan
-plan: setup ## plan for this machine (or HARDWARE=hardware/h200x8.yaml); writes $(PLAN)
-	@if [ -n "$(HARDWARE)" ]; then $(KD) plan --hardware $(HARDWARE) -o $(PLAN); \
-	else $(KD) inventory -o .kimi-deploy/this-node.yaml && $(KD) plan --hardware .kimi-deploy/this-node.yaml -o $(PLAN); fi
+plan: setup ## plan for this machine (or HARDWARE=hardware/h200x8.yaml; REPLICAS=N behind a router); writes $(PLAN)
+	@if [ -n "$(HARDWARE)" ]; then $(KD) plan --hardware $(HARDWARE) $(PLAN_REPLICAS) -o $(PLAN); \
+	else $(KD) inventory -o .kimi-deploy/this-node.yaml && \
+		$(KD) plan --hardware .kimi-deploy/this-node.yaml $(PLAN_REPLICAS) -o $(PLAN); fi
 
 # --- download / verify / mirror (deploy/weights/download.py, deploy/weights/lockfile.py, deploy/weights/mirror.py) --
 MIRROR_DIR ?= weights

@@ -70,6 +70,10 @@ def _chosen_candidate(text: str) -> str:
     return json.dumps(top, indent=2) + "\n"
 
 
+def _fleet_only(text: str) -> str:
+    return json.dumps({"fleet": json.loads(text)["fleet"]}, indent=2) + "\n"
+
+
 PROFILES = ["h200x8", "h100x8", "h100x8-2nodes", "rtx4090-256g", "kt-4x4090-768g", "cpu-512g"]
 KEY = {"KIMI_API_KEY": "docs-example-key"}
 FAULTSERVER = ["deploy.fakes.faultserver"]
@@ -88,6 +92,11 @@ def snippets() -> list[Snippet]:
             transform=_chosen_candidate,
         )
     )
+    # replicas: a layout on part of the nodes, once per node group, behind a router (issue 21)
+    four = ["plan", "--hardware", "hardware/h100x8-4nodes.yaml", "--engine", "vllm", "--variant", "int4"]
+    out.append(Snippet("plan-h100x8-4nodes-vllm.txt", four))
+    demo2 = ["plan", "--hardware", "hardware/ci-24g.yaml", "--model", "demo", "--replicas", "2", "--json"]
+    out.append(Snippet("plan-demo-replicas-2.json", demo2, prompt=False, transform=_fleet_only))
     # render: one folder per profile, the plan written first into the temporary folder
     renders = {
         "h200x8": (

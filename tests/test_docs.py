@@ -132,7 +132,15 @@ def test_every_snippet_file_is_used_and_every_include_exists() -> None:
 
 def test_plan_json_reference_names_every_field() -> None:
     text = (DOCS / "reference" / "plan-json.md").read_text()
-    for cls in (contract.Plan, contract.Candidate, contract.Memory, contract.Weights):
+    classes = (
+        contract.Plan,
+        contract.Candidate,
+        contract.Memory,
+        contract.Weights,
+        contract.Fleet,
+        contract.Replica,
+    )
+    for cls in classes:
         for f in dataclasses.fields(cls):
             assert f"`{f.name}`" in text, f"plan.json reference does not describe {cls.__name__}.{f.name}"
 

@@ -59,6 +59,18 @@ def _number(value: str | None, option: str, kind: type) -> int | float | None:
     help="Only layouts on exactly N nodes of the profile (N >= 2 on CPU-only nodes: llama.cpp over RPC).",
 )
 @click.option(
+    "--replicas",
+    metavar="N",
+    help="Replicas of the chosen layout behind one router (default: as many as the profile's nodes hold; "
+    "on a CPU node, N > 1 shares its cores).",
+)
+@click.option(
+    "--router-port",
+    metavar="PORT",
+    help="The router's port (default: the engine's own, so users keep their URL; replica i serves on the "
+    "engine's port + 1 + i).",
+)
+@click.option(
     "--weights-dir", help="Where weights live on every node (default: the head node's weights_dir)."
 )
 @click.option(
@@ -94,6 +106,8 @@ def plan_command(
     decode_context_parallel: str,
     tensor_parallel: str | None,
     nodes: str | None,
+    replicas: str | None,
+    router_port: str | None,
     weights_dir: str | None,
     speculative: str | None,
     tight: bool,
@@ -123,6 +137,8 @@ def plan_command(
         weights_dir=weights_dir,
         tensor_parallel=_number(tensor_parallel, "--tensor-parallel", int),
         nodes=_number(nodes, "--nodes", int),
+        replicas=_number(replicas, "--replicas", int),
+        router_port=_number(router_port, "--router-port", int),
         speculative=speculative,
         tight=tight,
         revision=revision,

@@ -84,6 +84,8 @@ class HardwareProfile:
     nodes: tuple[Node, ...]
     description: str = ""
     source: str = ""  # the file it came from, or how it was made
+    #: hardware described, not probed (``plan --gpus``): node names stand in for addresses nobody has yet
+    hypothetical: bool = False
 
     @property
     def total_gpus(self) -> int:
@@ -318,7 +320,11 @@ def profile_from_gpus(spec: str, ram_gib: float = 2048, cpu_cores: int = 112) ->
         for i in range(n_nodes)
     )
     return HardwareProfile(
-        name=spec, nodes=nodes, description=f"hypothetical {spec}", source=f"--gpus {spec}"
+        name=spec,
+        nodes=nodes,
+        description=f"hypothetical {spec}",
+        source=f"--gpus {spec}",
+        hypothetical=True,
     )
 
 

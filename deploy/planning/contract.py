@@ -14,8 +14,13 @@ plan.json (schema 1)::
       "hardware": <the hardware profile used, in the hardware/*.yaml format>,
       "request": <the planner's options: engine, variant, context, gpu_memory_utilization, ...>,
       "chosen": "<candidate id>" | null,
+      "fleet": {"replicas": [<Replica>, ...], "router": {...} | null, "reason": "..."},
       "candidates": [<Candidate>, ...]       # ranked best first
     }
+
+``fleet`` is the chosen candidate's replicas and the router in front of them (deploy/planning/fleet.py
+builds it; :attr:`Plan.fleet` reads it). A plan written before fleets has no ``fleet``: it reads as one
+replica on the candidate's own host and port, and no router.
 
 Later stages read only this file (plus the lockfile next to the weights). More keys are welcome;
 readers ignore what they do not know.
@@ -127,6 +132,9 @@ class Candidate:
     #: what one stream should decode (deploy/planning/performance.py): ``decode_tokens_per_s_c1`` (null when a
     #: bandwidth is unknown), the bytes per token, bandwidths, efficiency and their sources
     performance: dict[str, Any] = field(default_factory=dict)
+    #: replicas of this layout the plan would run on its profile (``plan --replicas``, else as many as the
+    #: profile's nodes hold); a plan from before fleets reads as 1
+    replicas: int = 1
 
     @property
     def runs(self) -> bool:
@@ -161,6 +169,104 @@ class Candidate:
         return self.ready_deadline_s or ready_deadline_s(self.time_to_ready_s)
 
 
+@dataclass(frozen=True)
+class Replica:
+    """One engine group of the fleet: ``nodes`` are profile node names (head first); ``host``/``url`` are
+    where the router reaches it ("" for a plan of hardware without addresses, ``plan --gpus``);
+    ``threads`` is set only when replicas share a CPU node (the engine's threads split among them)."""
+
+    id: str
+    nodes: tuple[str, ...]
+    layout: str
+    host: str
+    port: int
+    url: str
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "nodes": list(self.nodes)}
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """plan.json's ``fleet``: the replicas of the chosen candidate and the router in front of them.
+
+    ``router`` is None with one replica (it serves on the candidate's own port, as a plan always did);
+    else the contract's dict: program, version, node, host, port, url, metrics_port and the router's
+    settings (deploy.routers.base.RouterSettings.to_dict()).
+
+        >>> load_plan("plan.json").fleet.replicas[0].id  # doctest: +SKIP
+        'r0'
+    """
+
+    replicas: tuple[Replica, ...]
+    router: dict[str, Any] | None = None
+    reason: str = ""
+
+    @property
+    def size(self) -> int:
+        return len(self.replicas)
+
+    @property
+    def front(self) -> tuple[str, int] | None:
+        """(host, port) users reach: the router's, else the one replica's; None without a replica."""
+        if self.router is not None:
+            return str(self.router["host"]), int(self.router["port"])
+        return (self.replicas[0].host, self.replicas[0].port) if self.replicas else None
+
+    def replica(self, replica_id: str) -> Replica:
+        for r in self.replicas:
+            if r.id == replica_id:
+                return r
+        raise PlanError(f"the plan's fleet has no replica {replica_id!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "replicas": [r.to_dict() for r in self.replicas],
+            "router": dict(self.router) if self.router is not None else None,
+            "reason": self.reason,
+        }
+
+
+def fleet_from_dict(d: dict[str, Any]) -> Fleet:
+    """A Fleet from plan.json's ``fleet`` (already validated against the schema).
+
+    >>> fleet_from_dict({"replicas": [], "router": None, "reason": "nothing runs"}).size
+    0
+    """
+    replicas = tuple(
+        Replica(
+            id=r["id"],
+            nodes=tuple(r["nodes"]),
+            layout=r["layout"],
+            host=r["host"],
+            port=r["port"],
+            url=r["url"],
+            threads=r.get("threads"),
+        )
+        for r in d["replicas"]
+    )
+    router = d.get("router")
+    return Fleet(replicas, dict(router) if router is not None else None, str(d.get("reason", "")))
+
+
+def single_replica_fleet(c: Candidate | None, hardware: dict[str, Any]) -> Fleet:
+    """The fleet of a plan written before fleets: the chosen candidate as r0 on its own host and port
+    (the profile's first nodes), no router; no replica when nothing was chosen.
+
+        >>> single_replica_fleet(None, {}).size
+        0
+    """
+    if c is None:
+        return Fleet((), None, "nothing runs: no replica")
+    names = [str(n.get("name", "")) for n in hardware.get("nodes") or []][: max(1, c.nodes)]
+    host = str(c.engine_args.get("host", "127.0.0.1"))
+    port = int(c.engine_args.get("port", 8000))
+    url = f"http://{host}:{port}" if host else ""
+    replica = Replica("r0", tuple(names), c.layout, host, port, url, None)
+    return Fleet((replica,), None, "one replica (a plan from before fleets)")
+
+
 @dataclass
 class Plan:
     model: dict[str, Any]
@@ -170,6 +276,17 @@ class Plan:
     request: dict[str, Any] = field(default_factory=dict)
     explanation: list[str] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
+    #: plan.json's ``fleet`` as planned or read; None (a plan from before fleets): :attr:`fleet` derives it
+    fleet_spec: Fleet | None = None
+
+    @property
+    def fleet(self) -> Fleet:
+        """The replicas and the router of the chosen candidate; a plan without ``fleet`` is one replica
+        on the candidate's own port and no router."""
+        if self.fleet_spec is not None:
+            return self.fleet_spec
+        chosen = self.chosen_candidate if self.chosen is not None else None
+        return single_replica_fleet(chosen, self.hardware)
 
     @property
     def chosen_candidate(self) -> Candidate:
@@ -185,8 +302,14 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        # schema first, for people reading the file
-        return {"schema": d.pop("schema"), **d}
+        d.pop("fleet_spec")
+        # schema first, for people reading the file; the fleet beside the choice it is made of
+        out: dict[str, Any] = {"schema": d.pop("schema")}
+        for key, value in d.items():
+            out[key] = value
+            if key == "chosen" and self.fleet_spec is not None:
+                out["fleet"] = self.fleet_spec.to_dict()
+        return out
 
 
 def candidate_from_dict(d: dict[str, Any]) -> Candidate:
@@ -230,6 +353,35 @@ def _check_consistent(
         raise PlanError(f"{where}: max_model_len {c['max_model_len']} is above the model's {limit} positions")
 
 
+def _check_fleet(fleet: dict[str, Any], hardware: dict[str, Any], source: str) -> None:
+    """What the schema cannot say about ``fleet``: replica ids r0, r1, ... in order, nodes the hardware
+    names, a router exactly when there is more than one replica, and no port used twice by the router and
+    the replicas (a hand-edited plan would otherwise fail at start-up, on the node)."""
+    replicas = fleet["replicas"]
+    ids = [r["id"] for r in replicas]
+    if ids != [f"r{i}" for i in range(len(ids))]:
+        raise PlanError(f"{source}: fleet.replicas: ids {ids} are not r0, r1, ... in order")
+    names = {n.get("name") for n in hardware.get("nodes") or [] if isinstance(n, dict)}
+    for r in replicas:
+        unknown = [n for n in r["nodes"] if names and n not in names]
+        if unknown:
+            raise PlanError(f"{source}: fleet replica {r['id']}: node {unknown[0]!r} is not in the hardware")
+    router = fleet["router"]
+    if (router is not None) != (len(replicas) > 1):
+        raise PlanError(
+            f"{source}: fleet: {len(replicas)} replica(s) with{'out' if router is None else ''} a router "
+            "(a router fronts two or more replicas, never one)"
+        )
+    if router is None:
+        return
+    ports = [("the router", router["port"]), ("the router's metrics", router["metrics_port"])]
+    seen: dict[int, str] = {}
+    for name, port in ports + [(f"replica {r['id']}", r["port"]) for r in replicas]:
+        if port in seen:
+            raise PlanError(f"{source}: fleet: {name} and {seen[port]} both use port {port}")
+        seen[port] = name
+
+
 def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     """A Plan from plan.json's data, validated against deploy.planning.plan_schema first: a wrong type,
     range or character is PlanError (exit 2) naming ``source``, the key and the reason."""
@@ -246,6 +398,8 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
     for c in data["candidates"]:
         if c.get("status") in (RUNNABLE, REDUCED):
             _check_consistent(c, data["hardware"], data["model"], source)
+    if "fleet" in data:
+        _check_fleet(data["fleet"], data["hardware"], source)
     try:
         candidates = [candidate_from_dict(c) for c in data["candidates"]]
         return Plan(
@@ -255,6 +409,7 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
             chosen=data.get("chosen"),
             request=data.get("request", {}),
             explanation=data.get("explanation", []),
+            fleet_spec=fleet_from_dict(data["fleet"]) if "fleet" in data else None,
         )
     except (KeyError, TypeError) as exc:
         raise PlanError(f"{source}: malformed plan ({exc.__class__.__name__}: {exc})") from None
@@ -279,11 +434,15 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATUSES",
     "Candidate",
+    "Fleet",
     "Memory",
     "Plan",
+    "Replica",
     "Weights",
     "candidate_from_dict",
+    "fleet_from_dict",
     "load_plan",
     "plan_from_dict",
     "save_plan",
+    "single_replica_fleet",
 ]

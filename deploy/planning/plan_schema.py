@@ -103,6 +103,64 @@ ENGINE_ARGS: dict[str, Any] = {
     },
 }
 
+#: Where the router reaches a replica, or users the router: http://HOST:PORT, or "" (no addresses yet).
+URL: dict[str, Any] = {"type": "string", "pattern": r"^(https?://[A-Za-z0-9.:\[\]-]{1,300}:[0-9]{1,5})?\Z"}
+_HOST_OR_EMPTY = {"anyOf": [schema.HOST, {"const": ""}]}
+_SECONDS = {"type": "integer", "minimum": 1, "maximum": 7 * 86400}
+_SMALL_COUNT = {"type": "integer", "minimum": 0, "maximum": 1 << 20}
+REPLICA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "nodes", "layout", "host", "port", "url", "threads"],
+    "properties": {
+        "id": {"type": "string", "pattern": r"^r[0-9]{1,4}\Z"},
+        "nodes": {"type": "array", "minItems": 1, "maxItems": schema.MAX_NODES, "items": schema.NAME},
+        "layout": schema.TEXT,
+        "host": _HOST_OR_EMPTY,
+        "port": schema.PORT,
+        "url": URL,
+        "threads": _POSITIVE_OR_NULL,
+    },
+}
+ROUTER: dict[str, Any] = {
+    "type": "object",
+    "required": ["program", "version", "node", "host", "port", "url", "metrics_port", "policy"],
+    "properties": {
+        "program": schema.NAME,
+        "version": schema.WORD,
+        "node": schema.NAME,
+        "host": _HOST_OR_EMPTY,
+        "port": schema.PORT,
+        "url": URL,
+        "metrics_port": schema.PORT,
+        "policy": schema.WORD,
+        "policy_reason": schema.TEXT,
+        "health_check_endpoint": {"type": "string", "pattern": r"^/[A-Za-z0-9._/-]{0,200}\Z"},
+        "health_check_interval_s": _SECONDS,
+        "health_check_timeout_s": _SECONDS,
+        "health_failure_threshold": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "health_success_threshold": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "retry_max_retries": {"type": "integer", "minimum": 0, "maximum": 1000},
+        "retry_initial_backoff_ms": _SMALL_COUNT,
+        "retry_max_backoff_ms": _SMALL_COUNT,
+        "cb_failure_threshold": {"type": "integer", "minimum": 1, "maximum": 100000},
+        "cb_success_threshold": {"type": "integer", "minimum": 1, "maximum": 100000},
+        "cb_timeout_s": _SECONDS,
+        "cb_window_s": _SECONDS,
+        "queue_size": _SMALL_COUNT,
+        "queue_timeout_s": _SECONDS,
+        "request_timeout_s": _SECONDS,
+    },
+}
+FLEET: dict[str, Any] = {
+    "type": "object",
+    "required": ["replicas", "router", "reason"],
+    "properties": {
+        "replicas": {"type": "array", "maxItems": schema.MAX_NODES, "items": REPLICA},
+        "router": {"anyOf": [ROUTER, {"type": "null"}]},
+        "reason": schema.TEXT,
+    },
+}
+
 CANDIDATE: dict[str, Any] = {
     "type": "object",
     "required": [
@@ -169,6 +227,7 @@ CANDIDATE: dict[str, Any] = {
         "layout": {"type": "string"},
         "time_to_ready_s": {"type": "number", "minimum": 1, "maximum": 7 * 86400},
         "rank": {"type": "integer"},
+        "replicas": {"type": "integer", "minimum": 1, "maximum": schema.MAX_NODES},
     },
     # an incompatible candidate may carry zeros (nothing to run); one that runs needs real sizes
     "if": {"properties": {"status": {"enum": ["runnable", "reduced"]}}},
@@ -194,6 +253,7 @@ PLAN_SCHEMA: dict[str, Any] = {
         "hardware": PLAN_HARDWARE,
         "request": {"type": "object"},
         "chosen": {"anyOf": [schema.TEXT, {"type": "null"}]},
+        "fleet": FLEET,
         "explanation": {"type": "array", "items": {"type": "string"}},
         "candidates": {"type": "array", "maxItems": 100000, "items": CANDIDATE},
     },
@@ -230,11 +290,15 @@ if __name__ == "__main__":
 __all__ = [
     "CANDIDATE",
     "ENGINE_ARGS",
+    "FLEET",
     "INCOMPATIBLE",
     "PLAN_SCHEMA",
     "REDUCED",
+    "REPLICA",
+    "ROUTER",
     "RUNNABLE",
     "SCHEMA_VERSION",
+    "URL",
     "STATUSES",
     "markdown",
     "plan_schema",

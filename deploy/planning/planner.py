@@ -29,8 +29,18 @@ from deploy.hardware.profiles import Cpu, HardwareProfile, Node, load_gpu_table
 from deploy.planning import performance
 from deploy.planning.architecture import Architecture, architecture_for
 from deploy.planning.calibrated import apply_to_fit, matching_records
-from deploy.planning.contract import INCOMPATIBLE, REDUCED, RUNNABLE, Candidate, Memory, Plan, Weights
+from deploy.planning.contract import (
+    INCOMPATIBLE,
+    REDUCED,
+    RUNNABLE,
+    Candidate,
+    Fleet,
+    Memory,
+    Plan,
+    Weights,
+)
 from deploy.planning.engine_args import KT_GUIDE_TOTAL_TOKENS, ArgsInput, engine_args
+from deploy.planning.fleet import build_fleet, remote_loopback_warning, replicas_for
 from deploy.planning.margins import (
     CALIBRATED_ERROR,
     READY_SAFETY_FACTOR,
@@ -103,8 +113,15 @@ def plan(
             candidates.extend(_candidates(m, v, archs[v.id], eng, profile, req, calibration or []))
     if req.nodes is not None:
         candidates = [c for c in candidates if c.nodes == req.nodes]
+    for c in candidates:
+        c.replicas = replicas_for(c, profile, req)
     _rank(candidates, m)
     chosen = next((c for c in candidates if c.runs), None)
+    fleet = build_fleet(chosen, profile, req, candidates) if chosen else Fleet((), None, "nothing runs")
+    explanation = _explain(candidates, chosen, profile, m)
+    if chosen is not None:
+        warning = remote_loopback_warning(fleet)
+        explanation[3:3] = [f"Fleet: {fleet.reason}"] + ([warning] if warning else [])
     return Plan(
         model={
             "name": m.name,
@@ -120,7 +137,8 @@ def plan(
         candidates=candidates,
         chosen=chosen.id if chosen else None,
         request=dataclasses.asdict(req),
-        explanation=_explain(candidates, chosen, profile, m),
+        explanation=explanation,
+        fleet_spec=fleet,
     )
 
 
@@ -166,50 +184,7 @@ def _layouts(
             out.append(
                 ("dp-ep", Layout(engine, 1, g, 1, data_parallel=g, expert_parallel=True, label=f"DP{g}+EP"))
             )
-        if n > 1:
-            out.append(
-                (
-                    "tp-pp",
-                    Layout(
-                        engine,
-                        n,
-                        g,
-                        tp,
-                        pipeline_parallel=n,
-                        decode_context_parallel=d,
-                        label=f"TP{tp} x PP{n}",
-                    ),
-                )
-            )
-            if heads % (tp * n) == 0:
-                out.append(
-                    (
-                        "tp-nodes",
-                        Layout(
-                            engine,
-                            n,
-                            g,
-                            tp * n,
-                            decode_context_parallel=d,
-                            label=f"TP{tp * n} across {n} nodes",
-                        ),
-                    )
-                )
-            if arch.n_routed_experts:
-                out.append(
-                    (
-                        "dp-ep",
-                        Layout(
-                            engine,
-                            n,
-                            g,
-                            1,
-                            data_parallel=g * n,
-                            expert_parallel=True,
-                            label=f"DP{g * n}+EP across {n} nodes",
-                        ),
-                    )
-                )
+        out.extend(_multinode_layouts(engine, arch, n, g, tp, d))
     elif mm.experts_in_ram:
         out.append(("kt", Layout(engine, 1, g, tp, label=f"TP{tp}, experts in RAM" if g else "no GPU")))
     elif mm.layer_split:
@@ -235,6 +210,35 @@ def _layouts(
                     ),
                 )
             )
+    return out
+
+
+def multinode_spans(nodes: int) -> list[int]:
+    """The node counts a multi-node layout spans on a profile of ``nodes`` nodes: every divisor k >= 2,
+    so that the profile holds ``nodes // k`` whole replicas of it (4 nodes: TP8 x PP2 twice, or PP4 once).
+
+    >>> multinode_spans(4), multinode_spans(3), multinode_spans(1)
+    ([2, 4], [3], [])
+    """
+    return [k for k in range(2, nodes + 1) if nodes % k == 0]
+
+
+def _multinode_layouts(
+    engine: str, arch: Architecture, n: int, g: int, tp: int, d: int
+) -> list[tuple[str, Layout]]:
+    """TP x PP, TP across nodes (where TP divides the heads) and DP+EP across nodes, on every span of
+    ``multinode_spans(n)`` nodes with ``g`` GPUs each."""
+    out: list[tuple[str, Layout]] = []
+    for k in multinode_spans(n):
+        pp = Layout(engine, k, g, tp, pipeline_parallel=k, decode_context_parallel=d, label=f"TP{tp} x PP{k}")
+        out.append(("tp-pp", pp))
+        if arch.num_heads % (tp * k) == 0:
+            label = f"TP{tp * k} across {k} nodes"
+            out.append(("tp-nodes", Layout(engine, k, g, tp * k, decode_context_parallel=d, label=label)))
+        if arch.n_routed_experts:
+            label = f"DP{g * k}+EP across {k} nodes"
+            dp = Layout(engine, k, g, 1, data_parallel=g * k, expert_parallel=True, label=label)
+            out.append(("dp-ep", dp))
     return out
 
 
@@ -946,8 +950,8 @@ def _layout_kind(c: Candidate) -> str:
 
 def rank_key(c: Candidate, m: Model, fidelity: dict[str, int]) -> tuple:
     """The ranking, best first: runs (tight ones last), single node before llama.cpp RPC, fidelity,
-    placement, full context before reduced, fewer nodes, engine preference, then tie-breaks (layout kind,
-    larger KV cache, id)."""
+    placement, full context before reduced, more replicas on the profile, fewer nodes, engine preference,
+    then tie-breaks (layout kind, larger KV cache, id)."""
     prefs = m.engine_preference
     return (
         # a `plan --tight` candidate (a knob beyond the engine's own choice) after every one that is not
@@ -958,6 +962,8 @@ def rank_key(c: Candidate, m: Model, fidelity: dict[str, int]) -> tuple:
         PLACEMENT_ORDER.get(c.placement, 9),
         # the full context on every node the profile has beats a reduced context on fewer nodes
         STATUS_ORDER[c.status],
+        # then more replicas (throughput scales with them) before a layout spanning more nodes
+        -c.replicas,
         c.nodes,
         prefs.index(c.engine) if c.engine in prefs else len(prefs),
         LAYOUT_ORDER.index(_layout_kind(c)),
@@ -1075,4 +1081,4 @@ def _explain(
     return lines
 
 
-__all__ = ["MIN_CONTEXT", "PlanRequest", "distributed_timeout_s", "plan", "rank_key"]
+__all__ = ["MIN_CONTEXT", "PlanRequest", "distributed_timeout_s", "multinode_spans", "plan", "rank_key"]

@@ -4,7 +4,7 @@
 >>> from deploy.planning.planner import plan
 >>> from deploy.planning.report import render_report
 >>> print(render_report(plan(load_profile("h200x8"))))  # doctest: +SKIP
-STATUS        ENGINE  VARIANT  LAYOUT  NODESxGPUS  MAX_LEN  KV_TOKENS  ...
+STATUS        ENGINE  VARIANT  LAYOUT  NODESxGPUS  REPLICAS  MAX_LEN  KV_TOKENS  ...
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ COLUMNS = (
     "VARIANT",
     "LAYOUT",
     "NODESxGPUS",
+    "REPLICAS",
     "MAX_LEN",
     "KV_TOKENS",
     "KV_LOW",
@@ -70,6 +71,7 @@ def candidate_row(c: Candidate) -> tuple[str, ...]:
         c.variant,
         c.layout,
         gpus,
+        str(c.replicas) if runs else "-",
         f"{c.max_model_len:,}" if runs else "-",
         f"{c.kv_cache_tokens:,}" if runs else "-",
         _low(c) if runs else "-",
@@ -146,7 +148,7 @@ def rich_report(plan: Plan) -> list[Any]:
     """The same report as :func:`render_report` as rich renderables (a coloured table), for a terminal."""
     from rich.text import Text
 
-    numeric = ("#", "MAX_LEN", "KV_TOKENS", "WEIGHTS/GPU", "KV/GPU", "HOST_RAM")
+    numeric = ("#", "REPLICAS", "MAX_LEN", "KV_TOKENS", "WEIGHTS/GPU", "KV/GPU", "HOST_RAM")
     rows = [candidate_row(c) for c in plan.candidates]
     parts: list[Any] = [
         console.table(COLUMNS, rows, title=_title(plan), right=numeric, styled_column="STATUS"),

@@ -21,13 +21,16 @@ import dataclasses
 import math
 import re
 
-from deploy import constants
+from deploy import constants, schema
 from deploy.catalog import Model, Variant
 from deploy.engines import registry
 from deploy.errors import InputError
 from deploy.hardware.profiles import HardwareProfile
 
 KV_CACHE_DTYPES = ("bf16", "fp8")
+#: The most replicas a plan may ask for: one per node of the largest profile (deploy/schema.py MAX_NODES);
+#: more is a typo, and each one is a process and a port.
+MAX_REPLICAS = schema.MAX_NODES
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 
 
@@ -56,6 +59,10 @@ class PlanRequest:
     revision: str | None = None
     #: the TTFT p95 the deployment must meet (seconds); the planner records it, the monitoring alerts on it
     ttft_p95_slo_s: float | None = None
+    #: replicas of the chosen layout behind one router; None: as many as the profile's nodes hold
+    replicas: int | None = None
+    #: the router's port; None: the chosen engine's own port (users keep their URL)
+    router_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.revision is not None and not _REVISION.match(self.revision):
@@ -80,6 +87,10 @@ class PlanRequest:
             raise InputError(f"--decode-context-parallel {self.decode_context_parallel}: must be at least 1")
         if self.tensor_parallel is not None and self.tensor_parallel < 1:
             raise InputError(f"--tensor-parallel {self.tensor_parallel}: must be at least 1")
+        if self.replicas is not None and not 1 <= self.replicas <= MAX_REPLICAS:
+            raise InputError(f"--replicas {self.replicas}: must be between 1 and {MAX_REPLICAS}")
+        if self.router_port is not None:
+            schema.check_port(self.router_port, "--router-port")
 
     def variants_for(self, m: Model, profile: HardwareProfile) -> list[Variant]:
         """The variants of ``m`` to plan on ``profile``; InputError where the request does not fit them."""
@@ -119,4 +130,4 @@ class PlanRequest:
             )
 
 
-__all__ = ["KV_CACHE_DTYPES", "PlanRequest"]
+__all__ = ["KV_CACHE_DTYPES", "MAX_REPLICAS", "PlanRequest"]
