@@ -19,6 +19,7 @@ from deploy.checking.result import FAIL, PASS, CheckResult
 from deploy.checking.suite import run_checks
 from deploy.checking.target import CheckTarget
 from deploy.planning.contract import Plan
+from deploy.serving import replicas
 
 #: What each replica is checked for on its own URL (the gates come with them).
 REPLICA_CHECKS = ("liveness", "models", "metrics")
@@ -27,14 +28,14 @@ REPLICA_CHECKS = ("liveness", "models", "metrics")
 def replica_targets(plan: Plan, front: CheckTarget) -> list[tuple[str, CheckTarget]]:
     """(replica id, target) for each replica behind the plan's router; [] for one endpoint. ``front`` (the
     router's target) stops asking for engine metrics: the replicas answer for theirs."""
-    fleet = plan.fleet or {}
-    if not fleet.get("router"):
+    fleet = replicas.fleet_of(plan)
+    if fleet is None:
         return []
     engine_metrics = front.metrics
     front.metrics = False
     front.metrics_source = "the router serves no engine metrics: each replica's are checked (replica_<id>)"
     out = []
-    for r in fleet.get("replicas") or []:
+    for r in fleet["replicas"]:
         url = str(r.get("url") or "").rstrip("/")
         if not url:
             continue

@@ -21,7 +21,7 @@ from typing import Any
 from deploy.errors import PlanError
 from deploy.planning.contract import Candidate, Plan
 from deploy.schema import check_host, check_port
-from deploy.serving.argv import Endpoint, NodeCommand, node_commands
+from deploy.serving.argv import Endpoint, NodeCommand, is_loopback, node_commands
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,9 @@ def node_name(replica_id: str | None, node: str) -> str:
 def fleet_of(plan: Plan) -> dict[str, Any] | None:
     """The plan's fleet when it has a router (several replicas), else None (one endpoint)."""
     fleet = plan.fleet
-    if not fleet or not fleet.get("router"):
+    if fleet.router is None:
         return None
-    return fleet
+    return {"router": dict(fleet.router), "replicas": [r.to_dict() for r in fleet.replicas]}
 
 
 def _replica_candidate(cand: Candidate, replica: dict[str, Any]) -> Candidate:
@@ -72,6 +72,23 @@ def _replica_plan(plan: Plan, cand: Candidate, replica: dict[str, Any]) -> Plan:
     hardware = {**plan.hardware, "nodes": [by_name[n] for n in replica["nodes"]]}
     candidates = [cand if c.id == cand.id else c for c in plan.candidates]
     return dataclasses.replace(plan, hardware=hardware, candidates=candidates)
+
+
+def node_address(plan: Plan, node: str) -> str:
+    """The profile's address of ``node`` ("" when it has none)."""
+    found = next((n for n in plan.hardware.get("nodes") or [] if str(n.get("name")) == node), {})
+    return str(found.get("address") or "")
+
+
+def reachable(plan: Plan, spec: dict[str, Any], endpoint: Endpoint) -> dict[str, Any]:
+    """``spec`` (a replica or the router) with the host the others reach it at: a plan made for a loopback
+    bind names 127.0.0.1, which a router on another node cannot reach once render binds beyond loopback, so
+    the node's own address is used then."""
+    host = str(spec.get("host") or "")
+    if host and not endpoint.loopback and is_loopback(host):
+        node = spec["nodes"][0] if spec.get("nodes") else str(spec.get("node") or "")
+        return {**spec, "host": node_address(plan, node) or host}
+    return spec
 
 
 def replica_url(replica: dict[str, Any]) -> str:
@@ -104,6 +121,7 @@ def replicas(
         raise PlanError("--port names one server's port; a fleet's ports are the plan's (plan --router-port)")
     out = []
     for spec in fleet["replicas"]:
+        spec = reachable(plan, spec, endpoint)
         rc = _replica_candidate(cand, spec)
         ep = dataclasses.replace(endpoint, port=int(rc.engine_args["port"]))
         nodes = node_commands(_replica_plan(plan, rc, spec), rc, model_path, ep, chat_template)
@@ -113,4 +131,4 @@ def replicas(
     return out
 
 
-__all__ = ["Replica", "fleet_of", "node_name", "replica_url", "replicas"]
+__all__ = ["Replica", "fleet_of", "node_address", "node_name", "reachable", "replica_url", "replicas"]
