@@ -1028,7 +1028,9 @@ def compose_release(plan: Plan, inputs: RenderInputs, opts: RenderOptions | None
     for r in group:
         files.update(_node_files(r, ep, inputs.out_dir))
     fleet = replicas.fleet_of(plan)
-    router = router_release(replicas.reachable(plan, fleet["router"], ep), group, ep, inputs) if fleet else None
+    router = (
+        router_release(replicas.reachable(plan, fleet["router"], ep), group, ep, inputs) if fleet else None
+    )
     if router is not None:
         files.update(router.files)
     spec = monitoring_spec(plan, cand, group, ep, opts, fleet_section(group, router))
