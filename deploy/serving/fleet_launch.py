@@ -159,6 +159,10 @@ def up_router(
         existing = supervise.running(files)
         if existing is not None:
             if client(target).ready():
+                for url in _missing(target):
+                    # a replica stopped with `down --node` left the router; started again, it goes back
+                    client(target).add_worker(url)
+                    say(f"{ROUTER}: {url} back in the router")
                 say(f"{ROUTER}: already running (pid {existing.pid}) at {target.url}")
                 return launch.UpResult(ROUTER, target.url, existing.pid, already=True, log=str(files.log))
             raise LaunchError(f"the router (pid {existing.pid}) is not ready; run `kimi-deploy down` first")
@@ -203,6 +207,12 @@ def up_router(
 def worker_health(target: RouterTarget) -> dict[str, bool]:
     """Each replica URL the router routes to: healthy as the router sees it."""
     return {w.url: w.healthy for w in client(target).workers()}
+
+
+def _missing(target: RouterTarget) -> list[str]:
+    """The rendered replicas the running router does not route to."""
+    known = {w.url for w in client(target).workers()}
+    return [w for w in target.workers if w not in known]
 
 
 def _all_healthy(target: RouterTarget) -> bool:

@@ -919,7 +919,9 @@ def router_release(
             "env_files": [ROUTER_ENV],
             "path_prepend": None,
             "required_env": key_envs,
-            "exports": [],
+            # vllm-router renames its process with setproctitle, which otherwise overwrites the environment
+            # block that `down` identifies its processes by (KIMI_DEPLOY_RUN_ID)
+            "exports": [("SPT_NOENV", "1")],
             "key_config": None,
             "pre": [],
             "argv_lines": _argv_lines(argv),

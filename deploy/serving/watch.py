@@ -51,6 +51,8 @@ class NodeView:
     program: str = ""
     #: a fleet replica's head: healthy as the router sees it (None outside a fleet or the router unreachable)
     healthy: bool | None = None
+    #: a fleet replica's head: its replica id (``r0``)
+    replica: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +67,7 @@ class NodeView:
             "metrics_error": self.metrics_error or None,
             "calibration": self.calibration,
             "program": self.program or self.engine,
+            "replica": self.replica,
             "healthy_in_router": self.healthy,
         }
 
@@ -133,13 +136,22 @@ def snapshot(
 
 
 def _router_view(views: list[NodeView], metas: dict[str, dict[str, Any]]) -> None:
-    """A fleet: each replica head's health as the router that runs here sees it."""
+    """A fleet: the router's program, and each replica head's id and health as the router sees it."""
     router = next((m for m in metas.values() if m.get("router")), None)
     if router is None:
         return
-    rendered = router.get("rendered")
     try:
-        health = fleet_launch.worker_health(fleet_launch.router_target(str(rendered)))
+        target = fleet_launch.router_target(str(router.get("rendered")))
+        spec = fleet_launch.fleet(str(router.get("rendered"))) or {"router": {}, "replicas": []}
+    except KimiDeployError:
+        return
+    heads = {str(r["head"]): str(r["id"]) for r in spec["replicas"]}
+    for v in views:
+        if metas.get(v.node, {}).get("router"):
+            v.program = str(spec["router"].get("program") or v.program)
+        v.replica = heads.get(v.node)
+    try:
+        health = fleet_launch.worker_health(target)
     except KimiDeployError:
         return
     for v in views:
@@ -182,6 +194,8 @@ def plain_line(v: NodeView) -> str:
     pid = f" pid {v.pid}" if v.running else ""
     url = f" {v.url.rsplit('/', 1)[0]}" if v.running and v.url else ""
     line = f"{v.node}: {state}{pid}{url} ({v.detail})"
+    if v.healthy is not None:
+        line += f" {v.replica}: {'healthy' if v.healthy else 'UNHEALTHY'} in the router"
     if v.metrics_error:
         return f"{line} metrics: {v.metrics_error}"
     if not v.metrics:
