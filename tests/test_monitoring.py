@@ -27,6 +27,7 @@ from deploy.planning.planner import plan
 from deploy.planning.request import PlanRequest
 from deploy.serving import render
 from deploy.serving.argv import Endpoint, node_commands
+from deploy.serving.replicas import Replica
 
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool missing: run scripts/ci-deps.sh (Debian prometheus)"
@@ -60,7 +61,9 @@ def _spec(profile: str, engine: str, ep: Endpoint | None = None, **opts) -> tupl
     ep = ep or Endpoint()
     nodes = node_commands(p, cand, model, ep)
     port = int(ep.port or cand.engine_args.get("port") or 8000)
-    return render.monitoring_spec(p, cand, nodes, ep, port, render.RenderOptions(**opts)), (p, cand, nodes)
+    return render.monitoring_spec(
+        p, cand, [Replica(None, cand, ep, port, nodes)], ep, render.RenderOptions(**opts)
+    ), (p, cand, nodes)
 
 
 def test_every_profile_has_a_case() -> None:
@@ -157,7 +160,7 @@ def test_scrape_config_two_nodes_wildcard_bind_reads_the_key_from_a_file(tmp_pat
     ep = Endpoint(bind="0.0.0.0", api_key_env="KIMI_API_KEY")
     nodes = node_commands(p, cand, cand.weights.local_dir, ep)
     port = int(cand.engine_args["port"])
-    spec = render.monitoring_spec(p, cand, nodes, ep, port, render.RenderOptions())
+    spec = render.monitoring_spec(p, cand, [Replica(None, cand, ep, port, nodes)], ep, render.RenderOptions())
     head = p.hardware["nodes"][0]
     assert spec.targets == [ScrapeTarget(head["name"], f"{head['address']}:{port}")]
     assert spec.api_key
@@ -193,7 +196,9 @@ def test_slo_comes_from_the_option_then_the_plan_then_the_default() -> None:
     p = plan(load_profile("h200x8"), PlanRequest(ttft_p95_slo_s=1.5))
     assert p.request["ttft_p95_slo_s"] == 1.5
     cand = next(c for c in p.candidates if c.runs and c.engine == "sglang")
-    spec = render.monitoring_spec(p, cand, nodes, Endpoint(), 30000, render.RenderOptions())
+    spec = render.monitoring_spec(
+        p, cand, [Replica(None, cand, Endpoint(), 30000, nodes)], Endpoint(), render.RenderOptions()
+    )
     assert spec.ttft_p95_slo_s == 1.5
     with pytest.raises(InputError, match="--ttft-slo"):
         plan(load_profile("h200x8"), PlanRequest(ttft_p95_slo_s=float("nan")))

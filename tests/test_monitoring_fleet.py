@@ -37,6 +37,7 @@ from deploy.planning.request import PlanRequest
 from deploy.routers import registry as routers
 from deploy.serving import render
 from deploy.serving.argv import Endpoint, node_commands
+from deploy.serving.replicas import Replica
 
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool missing: run scripts/ci-deps.sh (Debian prometheus)"
@@ -66,7 +67,12 @@ def _spec(profile: str, engine: str, fleet: dict | None = None, nodes: int | Non
     cmds = node_commands(p, cand, model, ep)
     port = int(cand.engine_args.get("port") or 8000)
     opts_ = render.RenderOptions(**opts)
-    return render.monitoring_spec(p, cand, cmds, ep, port, opts_, fleet=fleet), (p, cand, cmds, port)
+    return render.monitoring_spec(p, cand, [Replica(None, cand, ep, port, cmds)], ep, opts_, fleet=fleet), (
+        p,
+        cand,
+        cmds,
+        port,
+    )
 
 
 def _hardware_nodes(profile: str) -> list[dict]:
@@ -84,7 +90,9 @@ def test_without_a_fleet_the_spec_and_files_are_as_before() -> None:
     """The old call (no fleet argument) on a CPU plan: no router, no DCGM, one scrape job, the same files."""
     spec, (p, cand, cmds, port) = _spec("ci-24g", "llama.cpp")
     assert spec.router is None and spec.dcgm == ()
-    old = render.monitoring_spec(p, cand, cmds, Endpoint(), port, render.RenderOptions())
+    old = render.monitoring_spec(
+        p, cand, [Replica(None, cand, Endpoint(), port, cmds)], Endpoint(), render.RenderOptions()
+    )
     assert old == spec
     texts = monitoring_texts(spec)
     config = yaml.safe_load(texts["prometheus.yml"][0])

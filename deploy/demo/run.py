@@ -289,14 +289,7 @@ def _prepare(
     r.say(f"  {sys.executable} -m deploy  ==  kimi-deploy")
     # the plan serves on the catalog's port: say now, not after the build and download, if it is taken
     port = port or int(load_model(DEMO_MODEL).engines[engine]["port"])
-    # a fleet: the router on the catalog's port, replica i on the next ports (the planner's rule)
-    for p in [port] + [port + 1 + i for i in range(replicas if replicas > 1 else 0)]:
-        holder = launch.port_holder("127.0.0.1", p)
-        if holder is not None:
-            raise LaunchError(
-                f"port {p} (where the demo serves, from deploy/catalog/demo.yaml) is in use by "
-                f"{holder}; stop it (`kimi-deploy down`?) and run the demo again"
-            )
+    _require_free_ports(port, replicas)
     r.say(
         f"  port {port} (where the demo will serve) is free"
         + (f", and the {replicas} replicas' ports after it" if replicas > 1 else "")
@@ -367,6 +360,18 @@ def _prepare(
         + (["--port", str(port)] if port != _plan_port(paths) else [])
         + (["--fast-alerts"] if monitoring else []),
     )
+
+
+def _require_free_ports(port: int, replicas: int) -> None:
+    """The demo's port, and with a fleet the replicas' after it (the planner's rule), must be free now: say
+    so before the build and the download, not at `up`."""
+    for p in [port] + [port + 1 + i for i in range(replicas if replicas > 1 else 0)]:
+        holder = launch.port_holder("127.0.0.1", p)
+        if holder is not None:
+            raise LaunchError(
+                f"port {p} (where the demo serves, from deploy/catalog/demo.yaml) is in use by "
+                f"{holder}; stop it (`kimi-deploy down`?) and run the demo again"
+            )
 
 
 def _chosen(paths: _Paths) -> dict[str, Any]:

@@ -301,7 +301,7 @@ def down(
         if replica is not None and supervise.running(router_files) is not None:
             drain(rendered, replica, stream=stream)
     lines = []
-    if node in (None, ROUTER):
+    if node == ROUTER or (node is None and ROUTER in supervise.all_nodes(state)):
         lines += launch.down(node=ROUTER, grace_s=grace_s, state_dir=state)
         if node == ROUTER:
             return lines

@@ -878,6 +878,24 @@ def _router_host(spec: dict[str, Any], ep: Endpoint) -> tuple[str, str]:
     return ep.bind, check_host(host, "fleet router host")
 
 
+def _router_env_text(
+    router: Any, bind: str, replicas: int, key_envs: list[str], secrets: dict[str, str]
+) -> str:
+    """router.env: the router's key when --secrets-to-env-file gave it, else a placeholder beyond loopback."""
+    return render_template(
+        "kimi-deploy.env.j2",
+        {
+            "header": [f"{router.display_name} in front of {replicas} replicas.", *ENV_FILE_HEADER],
+            "values": [(k, check_env_value(k, v)) for k, v in secrets.items()],
+            "placeholders": [
+                (k, f"required: the router is bound to {bind}; clients send it as a bearer token")
+                for k in key_envs
+                if k not in secrets
+            ],
+        },
+    )
+
+
 def router_release(
     spec: dict[str, Any], group: list[Replica], ep: Endpoint, inputs: RenderInputs
 ) -> RouterRelease:
@@ -896,18 +914,7 @@ def router_release(
     key_envs = [router.api_key_env] if not loopback else []
     shown = f"[{host}]" if ":" in host else host
     secrets = {k: v for k, v in inputs.secrets.items() if k == router.api_key_env}
-    env_text = render_template(
-        "kimi-deploy.env.j2",
-        {
-            "header": [f"{router.display_name} in front of {len(group)} replicas.", *ENV_FILE_HEADER],
-            "values": [(k, check_env_value(k, v)) for k, v in secrets.items()],
-            "placeholders": [
-                (k, f"required: the router is bound to {bind}; clients send it as a bearer token")
-                for k in key_envs
-                if k not in secrets
-            ],
-        },
-    )
+    env_text = _router_env_text(router, bind, len(group), key_envs, secrets)
     launch_text = render_template(
         "launch.sh.j2",
         {
