@@ -431,11 +431,12 @@ def prepare_deployment(
     out: TextIO | None = None,
     port: int | None = None,
     engine: str = "llama.cpp",
+    replicas: int = 1,
 ) -> Path:
     """Run the demo's stages up to `render` (the mirror is stopped after); returns the work folder.
 
-    ``port`` renders the launch files on that port instead of the plan's (`render --port`); ``engine`` as
-    for :func:`run_demo`.
+    ``port`` renders the launch files on that port instead of the plan's (`render --port`); ``engine`` and
+    ``replicas`` as for :func:`run_demo`.
 
     `bench/bench_up.py` uses it to get a verified, rendered demo deployment to start and stop repeatedly:
     ``<workdir>/plan.json``, ``<workdir>/rendered/``, state under ``<workdir>/state``.
@@ -446,7 +447,7 @@ def prepare_deployment(
     mirror = _Mirror(r)
     with supervise.sigterm_as_interrupt():
         try:
-            _prepare(r, paths, mirror, port, engine)
+            _prepare(r, paths, mirror, port, engine, replicas=replicas)
         finally:
             mirror.stop()
     return paths.root

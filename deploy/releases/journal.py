@@ -39,7 +39,7 @@ ROLLED_BACK = "rolled_back"
 ABORTED = "aborted"  # failed before the old release was stopped: it kept serving
 FAILED = "failed"  # could not put the old release back: needs an operator
 #: Steps after which the old release is no longer (known to be) serving: recovery must roll back.
-SWITCHING_STEPS = ("stop-old", "switch", "start-new", "check", "bench", "rollback")
+SWITCHING_STEPS = ("stop-old", "switch", "start-new", "check", "bench", "roll", "rollback")
 KEEP_FINISHED = 50
 
 

@@ -49,8 +49,8 @@ from deploy.errors import (
 )
 from deploy.fsutil import read_json
 from deploy.planning.contract import Candidate, Plan, load_plan
-from deploy.releases import journal
-from deploy.serving import launch, release_dir, supervise
+from deploy.releases import journal, rolling
+from deploy.serving import fleet_launch, launch, release_dir, supervise
 from deploy.serving.render import RenderOptions, render
 from deploy.weights import download, lockfile
 
@@ -167,7 +167,8 @@ def _start(
 ) -> None:
     """Start the release's ``nodes`` that run on this machine (default: the head)."""
     for node in nodes or [None]:
-        launch.up(
+        # a fleet without a node named: its replicas, then its router (deploy.serving.fleet_launch)
+        fleet_launch.up(
             _release_plan(root, rid),
             root,
             node=node,
@@ -188,7 +189,7 @@ def _serves_here(root: Path, rid: str, nodes: list[str] | None) -> bool:
 
 
 def _stop(state: Path, say: Callable[[str], None]) -> None:
-    for line in launch.down(state_dir=state, grace_s=30.0):
+    for line in fleet_launch.down(state_dir=state, grace_s=30.0):
         say(f"  {line}")
 
 
@@ -637,17 +638,20 @@ def upgrade(opts: UpgradeOptions) -> str:
             return new
         say(f"  rendered {new}")
         gate = (lambda: _bench(dep.root, new, old, opts, say)) if opts.bench_gate else None
-        _switch_gated(
-            dep.root,
-            old,
-            new,
-            state,
-            j,
-            say,
-            deadline_s=opts.deadline_s,
-            timeout_s=opts.check_timeout_s,
-            gate=gate,
-        )
+        if rolling.rolls(dep.root, old, new) and not opts.nodes:
+            _roll(dep.root, old, new, state, j, say, opts)
+        else:
+            _switch_gated(
+                dep.root,
+                old,
+                new,
+                state,
+                j,
+                say,
+                deadline_s=opts.deadline_s,
+                timeout_s=opts.check_timeout_s,
+                gate=gate,
+            )
         _outcome(dep.root, new, True)
         journal.finish(state, j, journal.DONE)
         removed = release_dir.prune(dep.root, opts.keep)
@@ -655,6 +659,44 @@ def upgrade(opts: UpgradeOptions) -> str:
             say(f"  removed old release {rid} (kept {opts.keep}; `kimi-deploy gc` frees their weights)")
         say(f"upgrade done: {new} serves ({old} kept for `kimi-deploy rollback`)")
         return new
+
+
+def _roll(
+    root: Path,
+    old: str,
+    new: str,
+    state: Path,
+    j: journal.Journal,
+    say: Callable[[str], None],
+    opts: UpgradeOptions,
+) -> None:
+    """A fleet: replica by replica behind its router (deploy.releases.rolling), then ``current`` -> new. A
+    replica's failed gate puts the moved replicas back on ``old`` and ends the upgrade rolled back."""
+    try:
+        with supervise.sigterm_as_interrupt():
+            reports = rolling.roll(
+                root,
+                old,
+                new,
+                state,
+                say,
+                deadline_s=opts.deadline_s,
+                timeout_s=opts.check_timeout_s,
+                on_step=lambda name: journal.step(state, j, "roll", replica=name),
+            )
+            journal.step(state, j, "switch")
+            release_dir.switch_current(root, new, reason=j.op)
+            release_dir.write_report(release_dir.release_path(root, new), "check", {"replicas": reports})
+            # the router keeps running: it is now the new release's router (the same command)
+            router = supervise.RunFiles.for_node(state, fleet_launch.ROUTER)
+            if supervise.running(router) is not None:
+                supervise.update_pidfile(router, rendered=str(release_dir.release_path(root, new)))
+    except BaseException as exc:
+        cause, code = _cause(exc)
+        say(f"{j.op} failed: {cause}")
+        _outcome(root, new, False, cause)
+        journal.finish(state, j, journal.ROLLED_BACK, cause, code)
+        raise UpgradeFailed(f"{j.op} to {new} failed and was rolled back to {old}: {cause}", code) from None
 
 
 def _uses_install_script(cand: Candidate) -> bool:
