@@ -295,11 +295,13 @@ def down(
     """Stop the router first, then the replicas (``node``: that one only; a replica's node leaves the router,
     drained, before it stops)."""
     state = Path(state_dir or constants.STATE_DIR)
-    router_files = supervise.RunFiles.for_node(state, ROUTER)
-    if node is not None and node != ROUTER and rendered is not None:
-        replica = replica_of_node(rendered, node)
-        if replica is not None and supervise.running(router_files) is not None:
-            drain(rendered, replica, stream=stream)
+    router_run = supervise.running(supervise.RunFiles.for_node(state, ROUTER))
+    if node is not None and node != ROUTER and router_run is not None:
+        # the release the router runs names the replicas, whatever --rendered says
+        running = str(router_run.meta.get("rendered") or rendered or "")
+        replica = replica_of_node(running, node) if running else None
+        if replica is not None:
+            drain(running, replica, stream=stream)
     lines = []
     if node == ROUTER or (node is None and ROUTER in supervise.all_nodes(state)):
         lines += launch.down(node=ROUTER, grace_s=grace_s, state_dir=state)
