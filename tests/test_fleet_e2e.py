@@ -1,10 +1,10 @@
-"""A fleet end to end on the demo: two llama-server replicas behind the router, as `make demo REPLICAS=2` runs it.
+"""A fleet end to end on the demo: two llama-server replicas behind the router (`make demo REPLICAS=2`).
 
-Slow (about three minutes once the engine and the router are cached). One fleet serves the whole module, in
-order: the demo leaves it up and Prometheus beside it; `status --json` and a chat through the router; a replica
-killed (kill -9) while 40 requests flow, the router marking it unhealthy and the alert firing in the real
-Prometheus; the replica back; a rolling upgrade (context 32768 -> 16384) under steady load. Every wait is on
-the event itself (the router's worker list, Prometheus's alerts, a request's answer), bounded by a deadline.
+Slow (about three minutes once the engine and the router are cached). One fleet serves the whole module,
+in order: the demo leaves it up and Prometheus beside it; `status --json` and a chat through the router; a
+replica killed (kill -9) while 40 requests flow, the router marking it unhealthy and the alert firing in the
+real Prometheus; the replica back; a rolling upgrade (context 32768 -> 16384) under steady load. Every wait
+is on the event itself (the router's worker list, Prometheus's alerts, a request's answer), with a deadline.
 """
 
 from __future__ import annotations
@@ -209,8 +209,9 @@ def test_the_killed_replica_comes_back_with_up(fleet: Fleet) -> None:
 
 def test_a_rolling_upgrade_under_steady_load_loses_no_request(fleet: Fleet) -> None:
     new_plan = fleet.workdir / "plan-16k.json"
+    hardware = str(fleet.workdir / "this-node.yaml")
     done = fleet.kd(
-        "plan", "--model", "demo", "--engine", "llama.cpp", "--hardware", str(fleet.workdir / "this-node.yaml"),
+        "plan", "--model", "demo", "--engine", "llama.cpp", "--hardware", hardware,
         "--replicas", str(REPLICAS), "--context", "16384", "-o", str(new_plan),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr

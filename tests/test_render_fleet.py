@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from helpers.cpu_nodes import write_cpu_profile
-from test_render import gguf_weights, plan_file, run_cli  # noqa: F401 - run_cli is a fixture
+import test_render
+from test_render import gguf_weights, plan_file
 
 from deploy.hardware.profiles import load_profile
 from deploy.planning.contract import save_plan
@@ -23,6 +24,8 @@ from deploy.routers import registry as routers
 from deploy.routers.check import check_router_argv
 
 KEY = "fleet-canary-key-93b1"
+#: the CLI fixture of test_render (the real entry point, in-process)
+run_cli = test_render.run_cli
 
 
 def _release(out: Path) -> Path:
