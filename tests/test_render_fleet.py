@@ -12,8 +12,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from helpers.cpu_nodes import write_cpu_profile
 import test_render
+from helpers.cpu_nodes import write_cpu_profile
 from test_render import gguf_weights, plan_file
 
 from deploy.hardware.profiles import load_profile
