@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,10 +112,10 @@ def _router_series(metrics_url: str, name: str) -> dict[str, float]:
     return {}
 
 
-def _chat(url: str) -> None:
+def _chat(url: str, prompt: str = "Say hi.") -> None:
     r = requests.post(
         f"{url}/v1/chat/completions",
-        json={"model": "demo", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
+        json={"model": "demo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4},
         headers={"Connection": "close"},
         timeout=120,
     )
@@ -184,14 +185,27 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_the_router_metric_names_and_encodings_are_the_live_routers(fleet) -> None:
-    for _ in range(4):  # round robin: two requests on each replica
-        _chat(fleet["url"])
+    urls = sorted(url for _p, url in fleet["workers"])
+    processed = ROUTER.metrics["processed_requests"]
+
+    def both_served() -> bool:
+        """Concurrent distinct prompts until each replica has served one (cache-aware keeps one prompt on
+        one replica; distinct ones at once spread)."""
+        prompts = ["Apples are", "Bridges carry", "Clouds drift", "Dolphins swim"]
+        burst = [threading.Thread(target=_chat, args=(fleet["url"], p)) for p in prompts]
+        for thread in burst:
+            thread.start()
+        for thread in burst:
+            thread.join()
+        samples = scrape.parse_metrics(scrape.fetch(fleet["metrics_url"]))
+        return sorted(labels["worker"] for labels, _v in samples.get(processed, [])) == urls
+
+    _wait(both_served, 120, "a request on each replica")
     samples = scrape.parse_metrics(scrape.fetch(fleet["metrics_url"]))
     missing = [
         name for name in ROUTER.metrics.values() if name not in samples and f"{name}_count" not in samples
     ]
     assert not missing, f"not on {ROUTER.name}'s /metrics: {missing}"
-    urls = sorted(url for _p, url in fleet["workers"])
     for key in ("worker_health", "cb_state", "processed_requests"):
         assert sorted(labels["worker"] for labels, _v in samples[ROUTER.metrics[key]]) == urls, key
     assert [v for _l, v in samples[ROUTER.metrics["worker_health"]]] == [1.0, 1.0]  # 1 healthy

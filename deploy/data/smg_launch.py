@@ -28,8 +28,8 @@ import ipaddress
 import json
 import os
 import sys
-import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -94,7 +94,7 @@ def check(args: object) -> None:
     Router.from_args(dataclasses.replace(args, worker_urls=[]))  # type: ignore[call-overload]
 
 
-def _request(method: str, url: str, key: str, body: object = None, timeout_s: float = 5) -> object:
+def _request(method: str, url: str, key: str, body: object = None, timeout_s: float = 5) -> bytes:
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"} if data else {}
     if key:
@@ -102,13 +102,13 @@ def _request(method: str, url: str, key: str, body: object = None, timeout_s: fl
     with urllib.request.urlopen(
         urllib.request.Request(url, data=data, headers=headers, method=method), timeout=timeout_s
     ) as reply:
-        return json.loads(reply.read() or b"null")
+        return reply.read()
 
 
 def served_model(worker: str, key: str) -> str | None:
     """The first model ``worker`` lists on /v1/models (None while it does not answer)."""
     try:
-        listed = _request("GET", worker.rstrip("/") + "/v1/models", key)
+        listed = json.loads(_request("GET", worker.rstrip("/") + "/v1/models", key))
     except (OSError, ValueError):
         return None
     data = listed.get("data") if isinstance(listed, dict) else None
@@ -120,14 +120,17 @@ def register_workers(
 ) -> None:
     """POST each worker to ``router``/workers with the model it serves, once the router and it answer."""
     end = time.monotonic() + deadline_s
+    parent = os.getppid()
     while True:
         try:
             _request("GET", router + "/liveness", "")
             break
         except (OSError, ValueError):
+            if os.getppid() != parent:
+                return  # the router is gone
             time.sleep(0.2)
     pending = list(workers)
-    while pending:
+    while pending and os.getppid() == parent:
         for worker in list(pending):
             model = served_model(worker, key)
             late = time.monotonic() >= end
@@ -176,7 +179,15 @@ def main(argv: list[str] | None = None) -> None:
     workers = list(args.worker_urls)  # type: ignore[attr-defined]
     router = reach(args.host, args.port)  # type: ignore[attr-defined]
     key = args.api_key or ""  # type: ignore[attr-defined]
-    threading.Thread(target=register_workers, args=(router, workers, key), daemon=True).start()
+    # a process, not a thread: the Rust core's start() holds the GIL while it serves, so a thread never runs
+    if os.fork() == 0:
+        code = 0
+        try:
+            register_workers(router, workers, key)
+        except BaseException:  # noqa: BLE001 - the child must never return into the router's launch
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
     launch_router(dataclasses.replace(args, worker_urls=[]))  # type: ignore[call-overload]
 
 
