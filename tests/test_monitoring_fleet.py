@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.engines import registry as engines
 from deploy.errors import InputError
 from deploy.hardware.profiles import load_profile
 from deploy.monitoring import dashboards, dcgm, fleet_rules, promtool
@@ -42,7 +43,8 @@ from deploy.serving.replicas import Replica
 needs_promtool = pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool missing: run scripts/ci-deps.sh (Debian prometheus)"
 )
-ROUTER = routers.get(routers.DEFAULT)
+#: the rules and panels are checked for the router most fleets get (llama.cpp's, SGLang's, KTransformers')
+ROUTER = routers.for_engine(engines.get("llama.cpp"))
 
 
 def _fleet(replicas: list[tuple[str, list[str], str]], node: str, metrics: str) -> dict:

@@ -1,7 +1,8 @@
-"""End to end: a real Prometheus scrapes a real vllm-router in front of two real llama-servers (the demo GGUF)
-with the rendered monitoring files, and the fleet alerts fire when replicas die.
+"""End to end: a real Prometheus scrapes the real router a llama.cpp fleet gets (``Engine.router``:
+sglang-router) in front of two real llama-servers (the demo GGUF) with the rendered monitoring files, and the
+fleet alerts fire when replicas die.
 
-The router's metric names (deploy/routers/vllm_router.py ``ROUTER.metrics``) must all be on its real
+The router's metric names (``Router.metrics`` of deploy/routers/) must all be on its real
 ``/metrics``; the rendered relabelling must name each worker URL by its replica id; every panel of the
 dashboard's fleet row must return data; ``kill -9`` of one replica must fire ``KimiReplicaUnhealthy`` for it
 (and not ``KimiNoHealthyReplicas``), of the second ``KimiNoHealthyReplicas``. Every wait is on Prometheus'
@@ -16,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,10 +34,11 @@ from deploy.monitoring.spec import ROUTER_JOB, MonitoringSpec, ScrapeTarget, Tim
 from deploy.planning.architecture import demo_gguf_path
 from deploy.routers import install
 from deploy.routers import registry as routers
+from deploy.routers.argv import launch_argv, router_argv
 
 pytestmark = pytest.mark.slow
 
-ROUTER = routers.get(routers.DEFAULT)
+ROUTER = routers.for_engine(engines.get("llama.cpp"))
 #: Grafana's $__rate_interval for 1 s scrapes; wide enough to hold the requests sent before the queries
 RATE_WINDOW = "60s"
 #: seconds between the router's health checks here (the plan's default is 5; shorter keeps the test short)
@@ -44,7 +47,7 @@ HEALTH_INTERVAL_S = 1
 
 def router_python() -> Path:
     """The Python of the project's cached router venv (`kimi-deploy engine install router`)."""
-    return install.require_router()
+    return install.require_router(ROUTER)
 
 
 def _free_port() -> int:
@@ -109,10 +112,10 @@ def _router_series(metrics_url: str, name: str) -> dict[str, float]:
     return {}
 
 
-def _chat(url: str) -> None:
+def _chat(url: str, prompt: str = "Say hi.") -> None:
     r = requests.post(
         f"{url}/v1/chat/completions",
-        json={"model": "demo", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4},
+        json={"model": "demo", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4},
         headers={"Connection": "close"},
         timeout=120,
     )
@@ -124,7 +127,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
     python = router_python()
     if not python.is_file():
         pytest.fail(
-            f"{python} not found: install vllm-router {ROUTER.version} (kimi-deploy engine install router)"
+            f"{python} not found: install {ROUTER.name} {ROUTER.version} (kimi-deploy engine install router)"
         )
     if not prometheus.shutil.which("prometheus"):
         pytest.fail("prometheus not on PATH: run scripts/ci-deps.sh (Debian prometheus)")
@@ -134,14 +137,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
         for _proc, url in workers:
             _wait(lambda url=url: _healthy(url), 120, f"llama-server {url} ready")
         port, metrics_port = _free_port(), _free_port()
-        settings = ROUTER.settings_for(engines.get("llama.cpp"))
-        cmd = [str(python), "-m", "vllm_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
-               "--worker-urls", *(url for _p, url in workers), "--policy", "round_robin",
-               "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics_port),
-               "--health-check-endpoint", settings.health_check_endpoint,
-               "--health-check-interval-secs", str(HEALTH_INTERVAL_S), "--health-check-timeout-secs", "1",
-               "--health-failure-threshold", str(settings.health_failure_threshold),
-               "--health-success-threshold", str(settings.health_success_threshold)]  # fmt: skip
+        # the plan's fleet.router for llama.cpp, composed and started as render's launch script does
+        plan_router = {"program": ROUTER.name, "host": "127.0.0.1", "port": port,
+                       "metrics_port": metrics_port,
+                       **ROUTER.settings_for(engines.get("llama.cpp")).to_dict(),
+                       "health_check_interval_s": HEALTH_INTERVAL_S, "health_check_timeout_s": 1}  # fmt: skip
+        cmd = launch_argv(ROUTER, router_argv(plan_router, [url for _p, url in workers]), python)
         router = stack.enter_context(_process(cmd, tmp / "router.log"))
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         health = ROUTER.metrics["worker_health"]
@@ -184,14 +185,27 @@ def fleet(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_the_router_metric_names_and_encodings_are_the_live_routers(fleet) -> None:
-    for _ in range(4):  # round robin: two requests on each replica
-        _chat(fleet["url"])
+    urls = sorted(url for _p, url in fleet["workers"])
+    processed = ROUTER.metrics["processed_requests"]
+
+    def both_served() -> bool:
+        """Concurrent distinct prompts until each replica has served one (cache-aware keeps one prompt on
+        one replica; distinct ones at once spread)."""
+        prompts = ["Apples are", "Bridges carry", "Clouds drift", "Dolphins swim"]
+        burst = [threading.Thread(target=_chat, args=(fleet["url"], p)) for p in prompts]
+        for thread in burst:
+            thread.start()
+        for thread in burst:
+            thread.join()
+        samples = scrape.parse_metrics(scrape.fetch(fleet["metrics_url"]))
+        return sorted(labels["worker"] for labels, _v in samples.get(processed, [])) == urls
+
+    _wait(both_served, 120, "a request on each replica")
     samples = scrape.parse_metrics(scrape.fetch(fleet["metrics_url"]))
     missing = [
         name for name in ROUTER.metrics.values() if name not in samples and f"{name}_count" not in samples
     ]
     assert not missing, f"not on {ROUTER.name}'s /metrics: {missing}"
-    urls = sorted(url for _p, url in fleet["workers"])
     for key in ("worker_health", "cb_state", "processed_requests"):
         assert sorted(labels["worker"] for labels, _v in samples[ROUTER.metrics[key]]) == urls, key
     assert [v for _l, v in samples[ROUTER.metrics["worker_health"]]] == [1.0, 1.0]  # 1 healthy

@@ -49,7 +49,7 @@ def one_error_line(err: str) -> str:
 
 
 def expected_router(c: Candidate) -> dict:
-    return routers.get(routers.DEFAULT).settings_for(engines.get(c.engine)).to_dict()
+    return routers.for_engine(engines.get(c.engine)).settings_for(engines.get(c.engine)).to_dict()
 
 
 def with_gpu_gib(profile: HardwareProfile, gib: int) -> HardwareProfile:
@@ -76,12 +76,13 @@ def test_two_h200_nodes_are_two_tp8_replicas_behind_the_router(capsys):
     port = c.engine_args["port"]
     assert fleet.router is not None and fleet.router["port"] == port
     assert [r.port for r in fleet.replicas] == [port + 1 + i for i in range(fleet.size)]
-    assert fleet.router["metrics_port"] == routers.get(routers.DEFAULT).metrics_port
+    router = routers.for_engine(engines.get(c.engine))
+    assert fleet.router["metrics_port"] == router.metrics_port
     assert {k: fleet.router[k] for k in expected_router(c)} == expected_router(c)
-    assert (fleet.router["program"], fleet.router["version"]) == (
-        routers.DEFAULT,
-        routers.get(routers.DEFAULT).version,
-    )
+    assert (fleet.router["program"], fleet.router["version"]) == (router.name, router.version)
+    # the reason names the router and why this engine gets it
+    assert f"{router.name} {router.version} fronts them" in fleet.reason
+    assert engines.get(c.engine).router_reason in fleet.reason
     # --gpus: hardware nobody has yet, so no addresses: hosts and URLs stay empty
     assert all(r.host == "" and r.url == "" for r in fleet.replicas)
     assert fleet.router["host"] == fleet.router["url"] == "" and fleet.router["node"] == profile.head.name
@@ -287,7 +288,7 @@ def test_port_clashes_are_one_line(capsys):
     replica_port = c.engine_args["port"] + 1
     code, _, err = run(capsys, *base, "--router-port", str(replica_port))
     assert code == 2 and f"both use port {replica_port}" in one_error_line(err)
-    metrics = routers.get(routers.DEFAULT).metrics_port
+    metrics = routers.for_engine(engines.get(c.engine)).metrics_port
     code, _, err = run(capsys, *base, "--router-port", str(metrics))
     assert code == 2 and f"both use port {metrics}" in one_error_line(err)
     code, _, err = run(capsys, *base, "--router-port", "70000")

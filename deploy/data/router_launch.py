@@ -1,7 +1,7 @@
 """Start the pinned vllm-router with its own parser and launch function; the API key comes from the env.
 
 Run by the ROUTER venv's python (never the toolkit's): ``<venv>/bin/python router_launch.py <router argv>``.
-The argv is exactly what ``deploy.routers.vllm_router.router_argv`` composes (and what its parser check
+The argv is exactly what ``deploy.routers.argv.router_argv`` composes (and what its parser check
 checked); it never holds the key. What this file adds to vllm-router's own ``main()``:
 
 - ``KIMI_ROUTER_API_KEY`` (``Router.api_key_env``), when set and not empty, becomes the router's ``api_key``
@@ -26,7 +26,10 @@ import sys
 from collections.abc import Mapping
 
 from vllm_router.launch_router import launch_router, parse_router_args
+from vllm_router.router import Router
 
+#: The distribution the probe reports the version of.
+DIST = "vllm-router"
 #: The environment variable that carries the key (deploy.routers.base.Router.api_key_env).
 API_KEY_ENV = "KIMI_ROUTER_API_KEY"
 #: Where a worker answers only a client holding its key (OpenAI-compatible servers started with a key).
@@ -66,6 +69,15 @@ def router_args(argv: list[str], environ: Mapping[str, str]) -> object:
             "(the router's own endpoints, /remove_worker and /add_worker among them, are open otherwise)"
         )
     return args
+
+
+def check(args: object) -> None:
+    """What ``launch_router`` does with ``args`` before ``start()``: validate, then the Rust core's
+    constructor (which rejects an argument it does not take)."""
+    validate = getattr(args, "_validate_router_args", None)
+    if validate is not None:
+        validate()
+    Router.from_args(args)
 
 
 def main(argv: list[str] | None = None) -> None:

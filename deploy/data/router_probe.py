@@ -1,26 +1,23 @@
-"""Check router command lines with the pinned vllm-router's own parser, in the router venv; nothing starts.
+"""Check router command lines with the pinned router's own parser, in the router venv; nothing starts.
 
-Reads ``{"commands": [{"argv": [...], "env": {...}}]}`` on stdin, writes
-``{"version": "...", "results": [{"ok": bool, "error": "...", "parsed": {...}}]}`` on stdout (``parsed``:
-the RouterArgs values, the key left out). Each argv goes through
-``router_launch.router_args`` (vllm-router's ``parse_router_args`` plus the key from ``env``), then the
-router's ``RouterArgs._validate_router_args`` and ``Router.from_args`` (the Rust core's constructor, which
-rejects an argument it does not take), exactly as ``launch_router`` does before ``start()``.
+``<venv>/bin/python router_probe.py <launcher file>`` reads ``{"commands": [{"argv": [...], "env": {...}}]}``
+on stdin and writes ``{"version": "...", "results": [{"ok": bool, "error": "...", "parsed": {...}}]}`` on
+stdout (``parsed``: the router's own argument values, the key left out). The launcher is the one the router
+is started with (``router_launch.py`` for vllm-router, ``smg_launch.py`` for sglang-router): each argv goes
+through its ``router_args`` (the router's parser plus the key from ``env``) and its ``check`` (the router's
+validation and the Rust core's constructor), exactly as its ``main`` does before the router starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import io
 import json
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from router_launch import LaunchRefused, router_args  # noqa: E402
-from vllm_router.router import Router  # noqa: E402
+from types import ModuleType
 
 
 def _last_line(text: str) -> str:
@@ -31,29 +28,37 @@ def _last_line(text: str) -> str:
     return lines[-1][lines[-1].find("error:") :] if "error:" in lines[-1] else lines[-1]
 
 
-def check(argv: list[str], env: dict[str, str]) -> dict[str, object]:
+def load(launcher: str) -> ModuleType:
+    """The launcher module beside this file, by its file name."""
+    path = Path(__file__).resolve().parent / Path(launcher).name
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check(launcher: ModuleType, argv: list[str], env: dict[str, str]) -> dict[str, object]:
     stderr = io.StringIO()
     try:
         with contextlib.redirect_stderr(stderr):
-            args = router_args(argv, env)
-            validate = getattr(args, "_validate_router_args", None)
-            if validate is not None:
-                validate()
-            # what the parser made of the argv, before from_args turns the policy into the core's enum
+            args = launcher.router_args(argv, env)
+            # what the parser made of the argv, before the check turns the policy into the core's enum
             parsed = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list))}
             parsed.pop("api_key", None)
-            Router.from_args(args)
+            launcher.check(args)
     except SystemExit:
         return {"ok": False, "error": _last_line(stderr.getvalue())}
-    except (LaunchRefused, ValueError, TypeError, KeyError) as exc:
+    except (launcher.LaunchRefused, ValueError, TypeError, KeyError) as exc:
         return {"ok": False, "error": f"{exc.__class__.__name__}: {exc}"}
     return {"ok": True, "error": "", "parsed": parsed}
 
 
 def main() -> None:
+    launcher = load(sys.argv[1])
     request = json.load(sys.stdin)
-    results = [check(c["argv"], c.get("env", {})) for c in request["commands"]]
-    json.dump({"version": importlib.metadata.version("vllm-router"), "results": results}, sys.stdout)
+    results = [check(launcher, c["argv"], c.get("env", {})) for c in request["commands"]]
+    json.dump({"version": importlib.metadata.version(launcher.DIST), "results": results}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -240,11 +240,26 @@ class Engine:
     #: the server closes the connection right after every streamed response although the response offered
     #: keep-alive: a client must open a fresh connection per request (docs/how-to/bench.md#connections)
     closes_after_stream: bool = False
-    #: the routing policy a fleet's router uses in front of this engine's replicas, and why
-    #: (deploy.routers; the router scores prefixes itself, so cache-aware needs no engine endpoint)
-    router_policy: str = "cache_aware"
-    router_policy_reason: str = (
-        "cache-aware: a conversation's next turn goes to the replica that holds its prefix in the KV cache"
+    #: the assistant-history fields carrying earlier reasoning that the engine's chat endpoint reads (a
+    #: multi-turn thinking conversation sends them back); the fleet's router must keep one of them
+    history_reasoning_fields: tuple[str, ...] = ("reasoning_content",)
+    #: the router a fleet of this engine's replicas gets (``deploy.routers.registry``), and why
+    router: str = "sglang-router"
+    router_reason: str = (
+        "sglang-router keeps reasoning_content in the history it forwards, the field this engine reads "
+        "(vllm-router drops it)"
+    )
+    #: router name -> (policy, why): the routing policy each router uses in front of this engine's replicas
+    #: (``deploy.routers.base.Router.settings_for``); a router missing here gets round robin
+    router_policies: dict[str, tuple[str, str]] = field(
+        default_factory=lambda: {
+            name: (
+                "cache_aware",
+                "cache-aware: a conversation's next turn goes to the replica that holds its prefix in the "
+                "KV cache",
+            )
+            for name in ("vllm-router", "sglang-router")
+        }
     )
     #: the launch names a chat template file (``engine_args.chat_template``, resolved by render)
     chat_template_file: bool = False

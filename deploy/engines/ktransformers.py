@@ -30,6 +30,11 @@ ENGINE = Engine(
     launcher="sglang-kt",
     pin_key="ktransformers",
     health=HEALTH,
+    router="sglang-router",
+    router_reason=(
+        "sglang-router keeps reasoning_content in the history it forwards, the field KTransformers' "
+        "SGLang fork reads (vllm-router drops it)"
+    ),
     metrics=sglang.METRICS,
     startup_log=sglang.STARTUP_LOG,
     install=Install(

@@ -138,14 +138,30 @@ ENGINE = Engine(
     log_build_in_version=True,
     props_path="/props",
     source_dist="llama-cpp-python",
-    # vllm-router 0.1.17's cache_aware matches prefixes on token ids, which it gets only from a worker that
-    # describes its model (vLLM's server_info); llama-server does not, so every decision ended as
-    # outcome="missing_tokens" and all requests went to one replica. round_robin spreads but the router then
-    # counts no in-flight requests (a drain could not wait on them); power_of_two does both
-    # (tests/test_router_fleet.py, docs/explanation/router.md)
-    router_policy="power_of_two",
-    router_policy_reason=(
-        "power of two: the less busy replica by the router's own in-flight count; cache_aware needs token "
-        "ids llama-server workers do not give vllm-router (it sent every request to one replica)"
+    router="sglang-router",
+    router_reason=(
+        "sglang-router keeps reasoning_content in the history it forwards, the only field llama-server reads "
+        "there (vllm-router drops it: the thinking check fails through it)"
     ),
+    router_policies={
+        # vllm-router 0.1.17's cache_aware matches prefixes on token ids, which it gets only from a worker
+        # that describes its model (vLLM's server_info); llama-server does not, so every decision ended as
+        # outcome="missing_tokens" and all requests went to one replica. round_robin spreads but the router
+        # then counts no in-flight requests (a drain could not wait on them); power_of_two does both
+        "vllm-router": (
+            "power_of_two",
+            "power of two: the less busy replica by the router's own in-flight count; cache_aware needs "
+            "token ids llama-server workers do not give vllm-router (it sent every request to one replica)",
+        ),
+        # sglang-router 0.3.2's HTTP cache_aware matches prefixes on the request text (no tokenizer needed)
+        # and counts in-flight requests per worker; its power_of_two and round_robin count none (power_of_two
+        # reads loads from a /get_load llama-server does not have). Measured: tests/test_router_fleet.py,
+        # docs/explanation/router.md
+        "sglang-router": (
+            "cache_aware",
+            "cache-aware on the request text (sglang-router needs no tokenizer for it): a conversation's "
+            "next turn goes to the replica holding its prefix, a busy replica's load sends new ones to the "
+            "other",
+        ),
+    },
 )

@@ -106,6 +106,11 @@ ENGINE = Engine(
     launcher="sglang",
     pin_key="sglang",
     health=HEALTH,
+    router="sglang-router",
+    router_reason=(
+        "sglang-router keeps reasoning_content in the history it forwards, the field SGLang "
+        "(protocol.py) reads (vllm-router drops it)"
+    ),
     metrics=METRICS,
     startup_log=STARTUP_LOG,
     install=Install(

@@ -147,6 +147,10 @@ ENGINE = Engine(
     chat_template_file=True,
     cpu_kv_space_env="VLLM_CPU_KVCACHE_SPACE",
     reasoning_field="reasoning",
+    # vLLM renames the deprecated reasoning_content to reasoning on input (chat_completion/protocol.py)
+    history_reasoning_fields=("reasoning", "reasoning_content"),
+    router="vllm-router",
+    router_reason="vllm-router: vLLM's own router; it keeps reasoning, the history field vLLM reads",
     startup_overhead_s=420,
     cpu_build_startup_overhead_s=240,
     cpu_build_version=pins.VLLM_CPU_VERSION,

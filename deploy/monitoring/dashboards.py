@@ -107,37 +107,48 @@ def panels_for(spec: MonitoringSpec) -> list[tuple[str, str, list[tuple[str, str
 
 def fleet_panels(spec: MonitoringSpec) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """The fleet row's panels (none without a router), as ``panels_for``; the router's per-worker series carry
-    ``worker`` (its URL) and ``replica`` (the id prometheus.yml maps it to)."""
+    ``worker`` (its URL) and ``replica`` (the id prometheus.yml maps it to). A query needing a metric the
+    router has no equivalent of (a key missing from ``Router.metrics``) is left out, and a panel left with
+    none."""
     if spec.router is None:
         return []
-    m = routers.get(spec.router.program).metrics
+    router = routers.get(spec.router.program)
+    m = router.metrics
     s = f'{{job="{ROUTER_JOB}"}}'
-    latency = m["generate_duration"]
-    return [
+    route = router.route_label
+    panels: list[tuple[str, str, list[tuple[str, str, str]]]] = [
         (
             "Healthy replicas",
             "none",
             [
-                (f"sum by (node) ({m['worker_health']}{s})", "healthy"),
-                (f"max by (node) ({m['active_workers']}{s})", "known to the router"),
+                ("sum by (node) ({worker_health}" + s + ")", "healthy", "worker_health"),
+                ("max by (node) ({active_workers}" + s + ")", "known to the router", "active_workers"),
             ],
         ),
         (
             "Replica health (1 healthy, 0 not)",
             "none",
-            [(f"{m['worker_health']}{s}", "{{replica}} {{worker}}")],
+            [("{worker_health}" + s, "{{replica}} {{worker}}", "worker_health")],
         ),
         (
             "Circuit breaker (0 closed, 1 open, 2 half-open)",
             "none",
-            [(f"{m['cb_state']}{s}", "{{replica}} {{worker}}")],
+            [("{cb_state}" + s, "{{replica}} {{worker}}", "cb_state")],
         ),
         (
             "Router requests/s",
             "reqps",
             [
-                (f"sum by (replica) (rate({m['processed_requests']}{s}[{RATE}]))", "replica {{replica}}"),
-                (f"sum by (route) (rate({m['requests_total']}{s}[{RATE}]))", "route {{route}}"),
+                (
+                    "sum by (replica) (rate({processed_requests}" + s + f"[{RATE}]))",
+                    "replica {{replica}}",
+                    "processed_requests",
+                ),
+                (
+                    f"sum by ({route}) (rate({{requests_total}}{s}[{RATE}]))",
+                    f"{route} {{{{{route}}}}}",
+                    "requests_total",
+                ),
             ],
         ),
         (
@@ -145,13 +156,20 @@ def fleet_panels(spec: MonitoringSpec) -> list[tuple[str, str, list[tuple[str, s
             "s",
             [
                 (
-                    f"histogram_quantile({q}, sum by (le) (rate({latency}_bucket{s}[{RATE}])))",
+                    f"histogram_quantile({q}, sum by (le) (rate({{generate_duration}}_bucket{s}[{RATE}])))",
                     f"p{int(q * 100)}",
+                    "generate_duration",
                 )
                 for q in (0.5, 0.95, 0.99)
             ],
         ),
     ]
+    out = []
+    for title, unit, targets in panels:
+        kept = [(expr.replace("{" + key + "}", m[key]), legend) for expr, legend, key in targets if key in m]
+        if kept:
+            out.append((title, unit, kept))
+    return out
 
 
 def queries(spec: MonitoringSpec) -> list[tuple[str, str]]:

@@ -46,9 +46,23 @@ def _by_router() -> str:
     return "instance, node, program, model"
 
 
+#: The ``Router.metrics`` key each router alert reads (a router without that metric gets no such alert).
+RULE_NEEDS = {
+    "KimiReplicaUnhealthy": "worker_health",
+    "KimiCircuitBreakerOpen": "cb_state",
+    "KimiNoHealthyReplicas": "worker_health",
+}
+
+
 def router_rules(spec: MonitoringSpec) -> list[dict[str, Any]]:
-    """The router's alerts: down, a replica unhealthy, a circuit breaker open, no healthy replica."""
+    """The router's alerts: down, a replica unhealthy, a circuit breaker open, no healthy replica; an alert
+    whose metric the router has no equivalent of is left out (``RULE_NEEDS``)."""
     m = router_metrics(spec)
+    return [r for r in _router_rules(spec, m) if RULE_NEEDS.get(r["alert"], "") in {"", *m}]
+
+
+def _router_rules(spec: MonitoringSpec, metrics: dict[str, str]) -> list[dict[str, Any]]:
+    m = {k: metrics.get(k, "") for k in ("worker_health", "cb_state")}
     t = spec.timings
     sel = f'{{job="{ROUTER_JOB}"}}'
     short = Timings.duration(t.not_ready_for_s)
@@ -245,7 +259,7 @@ def _router_cases(spec: MonitoringSpec) -> list[dict[str, Any]]:
     (r0, u0), (r1, u1) = replicas[:2]
     w0, w1 = {**base, "worker": u0, "replica": r0}, {**base, "worker": u1, "replica": r1}
     rules = {r["alert"]: r for r in router_rules(spec)}
-    health, cb, active = m["worker_health"], m["cb_state"], m["active_workers"]
+    health, cb, active = (m.get(k, "") for k in ("worker_health", "cb_state", "active_workers"))
     up = base
     agg = {k: base[k] for k in ("instance", "node", "program", "model")}
     cases = [
@@ -276,7 +290,11 @@ def _router_cases(spec: MonitoringSpec) -> list[dict[str, Any]]:
             [],
         ),
     ]
-    return [_case(t, name, series, expected, steps) for name, series, expected in cases]
+    return [
+        _case(t, name, [x for x in series if x["series"].split("{")[0]], expected, steps)
+        for name, series, expected in cases
+        if name in rules
+    ]
 
 
 def _dcgm_cases(spec: MonitoringSpec) -> list[dict[str, Any]]:

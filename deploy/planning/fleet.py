@@ -160,8 +160,8 @@ def _check_ports(c: Candidate, ports: dict[str, int]) -> None:
 
 
 def router_dict(c: Candidate, profile: HardwareProfile, port: int) -> dict[str, Any]:
-    """plan.json's ``fleet.router``: the default router's program, pinned version and settings for the
-    candidate's engine, on the head node of r0 (the profile's first node).
+    """plan.json's ``fleet.router``: the router the candidate's engine gets (``Engine.router``), its pinned
+    version and its settings for that engine, on the head node of r0 (the profile's first node).
 
         >>> from deploy.planning.planner import plan
         >>> from deploy.hardware.profiles import load_profile
@@ -170,7 +170,7 @@ def router_dict(c: Candidate, profile: HardwareProfile, port: int) -> dict[str, 
         >>> d["program"], d["host"], d["url"], d["policy"]
         ('vllm-router', '127.0.0.1', 'http://127.0.0.1:8000', 'cache_aware')
     """
-    router = routers.get(routers.DEFAULT)
+    router = routers.for_engine(engines.get(c.engine))
     head = profile.nodes[0]
     host = _host(profile, head, str(c.engine_args.get("host", "127.0.0.1")))
     where = {
@@ -286,7 +286,8 @@ def fleet_reason(
     else:
         parts.append(
             f"{router['program']} {router['version']} fronts them on port {router['port']} "
-            f"({router['policy']}); replicas on ports {ports[0]}-{ports[-1]}"
+            f"({router['policy']}; {engines.get(c.engine).router_reason}); replicas on ports "
+            f"{ports[0]}-{ports[-1]}"
         )
     bigger = [
         o

@@ -11,9 +11,10 @@
 
 Every value is checked before it is composed (schema below: hosts, ports, positive counts, the cross-field
 rules the router itself enforces only when it starts), so a plan edited by hand fails here with one line
-(PlanError, exit 2), not in a launch script. The flag names are the router's data (``Router.flags``); the
-pinned router's own parser then checks the result (``deploy.routers.check``). The API key is never an
-argument: the launcher (``deploy/data/router_launch.py``) reads it from ``Router.api_key_env``.
+(PlanError, exit 2), not in a launch script. The flag names are the router's data (``Router.flags``, per
+``fleet.router.program``); the pinned router's own parser then checks the result (``deploy.routers.check``).
+The API key is never an argument: the router's launcher (``deploy/data/<Router.launcher>``) reads it from
+``Router.api_key_env``.
 """
 
 from __future__ import annotations
@@ -28,9 +29,8 @@ from deploy.routers import registry
 from deploy.routers.base import Router, RouterSettings
 from deploy.schema import HOST, PORT, POSITIVE, WORD, is_host, validate
 
-#: The launcher the router venv's python runs (shipped in the package).
-LAUNCHER = constants.PACKAGE_DIR / "data" / "router_launch.py"
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+#: Where the routers' launchers are (shipped in the package; ``Router.launcher`` names each one's).
+DATA_DIR = constants.PACKAGE_DIR / "data"
 _URL = re.compile(r"^https?://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})\Z")
 
 _COUNTS = {k for k, v in RouterSettings.__dataclass_fields__.items() if v.type == "int"}
@@ -87,31 +87,49 @@ def router_argv(
     router: dict[str, Any], worker_urls: list[str], log_level: str = "info", program: Router | None = None
 ) -> list[str]:
     """The router's argv (without the program) for ``fleet.router`` in front of ``worker_urls``."""
-    if log_level not in LOG_LEVELS:
-        raise PlanError(f"router log level {log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
     check_router(router)
+    spec = program or registry.get(router["program"])
+    if log_level not in spec.log_levels:
+        raise PlanError(f"{spec.name} log level {log_level!r}: expected one of {', '.join(spec.log_levels)}")
     if not worker_urls:
         raise PlanError("fleet: a router needs at least one replica URL")
     urls = [worker_url(u) for u in worker_urls]
     if len(set(urls)) != len(urls):
         raise PlanError("fleet: two replicas have the same URL")
-    spec = program or registry.get(router["program"])
     values = {"metrics_host": router["host"], **router, "log_level": log_level}
-    argv: list[str] = []
+    argv: list[str] = list(spec.fixed_flags)
     for key, flag in spec.flags.items():
         argv += [flag, str(values[key])]
     return [*argv, spec.worker_urls_flag, *urls]
 
 
-def launch_argv(argv: list[str], python: Path | None = None) -> list[str]:
-    """The whole command: the router venv's python, the shipped launcher, then ``argv``.
+def launcher_path(router: Router | str) -> Path:
+    """The shipped launcher of ``router`` (a name or a Router).
 
-    >>> launch_argv(["--port", "8000"], Path("/v/bin/python"))[2:]
-    ['--port', '8000']
+    >>> launcher_path("sglang-router").name, launcher_path("vllm-router").name
+    ('smg_launch.py', 'router_launch.py')
+    """
+    spec = router if isinstance(router, Router) else registry.get(router)
+    return DATA_DIR / spec.launcher
+
+
+def launch_argv(router: Router | str, argv: list[str], python: Path | None = None) -> list[str]:
+    """The whole command: the router venv's python, the router's shipped launcher, then ``argv``.
+
+    >>> launch_argv("sglang-router", ["--port", "8000"], Path("/v/bin/python"))[1:]  # doctest: +ELLIPSIS
+    ['.../deploy/data/smg_launch.py', '--port', '8000']
     """
     from deploy.routers.install import router_python
 
-    return [str(python or router_python()), str(LAUNCHER), *argv]
+    return [str(python or router_python(router)), str(launcher_path(router)), *argv]
 
 
-__all__ = ["LAUNCHER", "ROUTER_SCHEMA", "check_router", "launch_argv", "router_argv", "worker_url"]
+__all__ = [
+    "DATA_DIR",
+    "ROUTER_SCHEMA",
+    "check_router",
+    "launch_argv",
+    "launcher_path",
+    "router_argv",
+    "worker_url",
+]

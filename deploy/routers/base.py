@@ -5,7 +5,8 @@
     5
 
 A router fronts N replicas of one engine behind one URL. The toolkit never routes requests itself: it pins,
-installs, configures, starts and watches an established router (``vllm-router``).
+installs, configures, starts and watches an established router (``vllm-router`` or ``sglang-router``; which
+one is the engine's data, ``Engine.router``, with its reason).
 """
 
 from __future__ import annotations
@@ -46,17 +47,28 @@ class RouterSettings:
 
 @dataclass(frozen=True)
 class Router:
-    """One router program: its PyPI package, pinned version, entry point, metrics and policies."""
+    """One router program: its PyPI package, pinned version, entry point, metrics, policies and endpoints."""
 
     name: str
     display_name: str
     package: str
     version: str
-    #: the console script the package installs
+    #: the console script the package installs (never run: the shipped launcher starts the router)
     entry_point: str
     policies: tuple[str, ...]
-    #: Prometheus metric names the monitoring rules read (checked against a live router in the tests)
+    #: the launcher in deploy/data/ its venv's python runs (the router's own parser, the key from the env)
+    launcher: str = "router_launch.py"
+    #: modules the venv check imports (the launcher's parser and the Rust core)
+    modules: tuple[str, ...] = ()
+    #: the values its ``--log-level`` takes
+    log_levels: tuple[str, ...] = ("debug", "info", "warning", "error")
+    #: the assistant-history fields it forwards to the workers (others are dropped when it re-serializes)
+    history_reasoning_fields: tuple[str, ...] = ()
+    #: Prometheus metric names the monitoring rules read (checked against a live router in the tests); a key
+    #: this router has no equivalent for is absent, and the rules and panels that need it are left out
     metrics: dict[str, str] = field(default_factory=dict)
+    #: the label of ``metrics["requests_total"]`` that names the route (endpoint)
+    route_label: str = "route"
     #: the router's own default listening port for metrics
     metrics_port: int = 29000
     #: where the router answers liveness for `up`/`status` (its own, not the workers')
@@ -65,16 +77,27 @@ class Router:
     api_key_env: str = "KIMI_ROUTER_API_KEY"
     #: plan.json ``fleet.router`` key -> the router's flag (``deploy.routers.argv.router_argv`` composes them)
     flags: dict[str, str] = field(default_factory=dict)
+    #: flags (with their values) every launch passes, whatever the plan (``deploy.routers.argv``)
+    fixed_flags: tuple[str, ...] = ()
     #: the flag that lists the workers (one value per replica's URL)
     worker_urls_flag: str = "--worker-urls"
     #: how the router's gauges encode states, read from its own metric HELP texts and seen in the fleet test
     metric_values: dict[str, dict[int, str]] = field(default_factory=dict)
+    #: "METHOD path" that takes a worker out ({url}: its URL, query-quoted; {id}: the router's id for it)
+    remove_worker_route: str = "POST /remove_worker?url={url}"
+    #: "METHOD path" that puts a worker back; with ``add_worker_json`` the body is ``{"url", "model_id"}``
+    add_worker_route: str = "POST /add_worker?url={url}"
+    add_worker_json: bool = False
+    #: the ``metrics`` key of a per-worker counter of finished requests, for a router that forgets a removed
+    #: worker's in-flight count: a drain then waits until it has grown by the in-flight count at removal
+    #: (None: the ``running_requests`` gauge keeps counting a removed worker down to 0)
+    drain_counter: str | None = None
     #: what the docs and the table say about this router
     source: str = ""
 
     def settings_for(self, engine: Any) -> RouterSettings:
-        """The router's settings in front of ``engine``'s replicas (an ``deploy.engines.base.Engine``): its
-        policy when this router has it, else round robin, with the reason either way.
+        """The router's settings in front of ``engine``'s replicas (an ``deploy.engines.base.Engine``): the
+        policy the engine names for this router when the router has it, else round robin, with the reason.
 
             >>> from deploy.engines import registry as engines
             >>> from deploy.routers import registry
@@ -82,12 +105,16 @@ class Router:
             'cache_aware'
             >>> registry.get("vllm-router").settings_for(engines.get("llama.cpp")).policy
             'power_of_two'
+            >>> registry.get("sglang-router").settings_for(engines.get("llama.cpp")).policy
+            'cache_aware'
         """
-        if engine.router_policy in self.policies:
-            return RouterSettings(policy=engine.router_policy, policy_reason=engine.router_policy_reason)
+        policy, reason = engine.router_policies.get(self.name, ("", ""))
+        if policy in self.policies:
+            return RouterSettings(policy=policy, policy_reason=reason)
         return RouterSettings(
             policy="round_robin",
             policy_reason=(
-                f"{self.name} has no {engine.router_policy} policy: requests alternate between replicas"
+                f"{self.name} has no {policy or 'policy named for ' + engine.name}: requests alternate "
+                "between replicas"
             ),
         )

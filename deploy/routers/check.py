@@ -1,15 +1,16 @@
-"""Router command lines through the pinned vllm-router's own parser, in the router venv (nothing starts).
+"""Router command lines through the pinned router's own parser, in its venv (nothing starts).
 
     >>> from deploy.routers.check import check_router_argv
-    >>> check_router_argv(["--policy", "no_such"])  # doctest: +SKIP
+    >>> check_router_argv("sglang-router", ["--policy", "no_such"])  # doctest: +SKIP
     Traceback (most recent call last):
     ...
-    deploy.errors.RouterArgsRejected: vllm-router 0.1.17 rejects the router command: error: ...
+    deploy.errors.RouterArgsRejected: sglang-router 0.3.2 rejects the router command: error: ...
 
-``deploy/data/router_probe.py`` runs with the router venv's python and checks each argv the way the launcher
-reads it: vllm-router's ``parse_router_args``, the key from the environment (a stand-in key when the launch
-will have one, so the key's path is checked too), ``RouterArgs._validate_router_args`` and the Rust core's
-constructor. A missing venv is an error, never a silent pass (as for the engines' parser venvs).
+``deploy/data/router_probe.py`` runs with the router venv's python and checks each argv the way the router's
+launcher (``Router.launcher``) reads it: the router's ``parse_router_args``, the key from the environment (a
+stand-in key when the launch will have one, so the key's path is checked too), the router's validation and
+the Rust core's constructor. A missing venv is an error, never a silent pass (as for the engines' parser
+venvs).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from typing import Any
 from deploy import constants
 from deploy.errors import RouterArgsRejected
 from deploy.routers import install
-from deploy.routers.registry import DEFAULT, get
+from deploy.routers.argv import launcher_path
+from deploy.routers.base import Router
+from deploy.routers.registry import get
 
 PROBE = constants.PACKAGE_DIR / "data" / "router_probe.py"
 #: Stands in for the key in the probe's environment (the parser sees only that one is set).
@@ -42,17 +45,22 @@ class RouterArgvResult:
 
 
 def check_router_argvs(
-    argvs: list[list[str]], with_key: bool = True, python: Path | None = None, timeout_s: float = 120
+    router: Router | str,
+    argvs: list[list[str]],
+    with_key: bool = True,
+    python: Path | None = None,
+    timeout_s: float = 120,
 ) -> list[RouterArgvResult]:
-    """Parse each router argv (without the program) with the pinned router's parser; results in order."""
+    """Parse each argv (without the program) with ``router``'s pinned parser; results in order."""
     if not argvs:
         return []
-    py = install.require_router(python.parent.parent if python else None)
-    env = {get(DEFAULT).api_key_env: PROBE_API_KEY} if with_key else {}
+    spec = router if isinstance(router, Router) else get(router)
+    py = install.require_router(spec, python.parent.parent if python else None)
+    env = {spec.api_key_env: PROBE_API_KEY} if with_key else {}
     request = {"commands": [{"argv": list(a), "env": env} for a in argvs]}
     try:
         done = subprocess.run(
-            [str(py), str(PROBE)],
+            [str(py), str(PROBE), launcher_path(spec).name],
             input=json.dumps(request),
             capture_output=True,
             text=True,
@@ -73,11 +81,14 @@ def check_router_argvs(
     ]
 
 
-def check_router_argv(argv: list[str], with_key: bool = True, python: Path | None = None) -> None:
-    """Nothing when the pinned router accepts ``argv``; RouterArgsRejected (one line) when it does not."""
-    (result,) = check_router_argvs([argv], with_key, python)
+def check_router_argv(
+    router: Router | str, argv: list[str], with_key: bool = True, python: Path | None = None
+) -> None:
+    """Nothing when the pinned ``router`` accepts ``argv``; RouterArgsRejected (one line) when it does not."""
+    (result,) = check_router_argvs(router, [argv], with_key, python)
     if not result.ok:
-        raise RouterArgsRejected(f"vllm-router {result.version} rejects the router command: {result.error}")
+        name = router if isinstance(router, str) else router.name
+        raise RouterArgsRejected(f"{name} {result.version} rejects the router command: {result.error}")
 
 
 __all__ = ["PROBE", "RouterArgvResult", "check_router_argv", "check_router_argvs"]

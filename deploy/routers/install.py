@@ -1,19 +1,21 @@
-"""The router's venv in the cache, keyed by its pin, built like the AIPerf and parser venvs (ensure_venv).
+"""Each router's venv in the cache, keyed by its name and pin, built like the AIPerf and parser venvs
+(ensure_venv).
 
     >>> from deploy.routers.install import router_venv_dir
-    >>> router_venv_dir().name
-    'vllm-router-0.1.17'
+    >>> router_venv_dir("vllm-router").name, router_venv_dir("sglang-router").name
+    ('vllm-router-0.1.17', 'sglang-router-0.3.2')
 
-``venvs/vllm-router-<VLLM_ROUTER_VERSION>/`` holds the ``vllm-router`` wheel (a prebuilt Rust extension,
-``vllm_router_rs``, behind a Python launcher), installed with the constraints in
-``deploy/data/router-constraints.txt`` so every machine resolves the same versions. It is built in a
-temporary directory beside its destination and renamed into place once the launcher and the Rust core
-import at the pinned version, so a killed install never looks complete. The router is always started as
-``<venv>/bin/python <package>/data/router_launch.py ...`` (the launcher takes the API key from the
-environment, never from argv), never through the venv's ``vllm-router`` console script.
+``venvs/<router name>-<pin>/`` holds the router's wheel (a prebuilt Rust extension behind a Python launcher:
+``vllm-router``'s ``vllm_router_rs``, ``sglang-router``'s ``sglang_router_rs``), installed with the
+constraints in ``deploy/data/router-constraints.txt`` (one file for every router: they share their Python
+dependencies) so every machine resolves the same versions. It is built in a temporary directory beside its
+destination and renamed into place once the launcher's modules and the Rust core import at the pinned
+version, so a killed install never looks complete. A router is always started as
+``<venv>/bin/python <package>/data/<launcher>`` (``Router.launcher``: it takes the API key from the
+environment, never from argv), never through its console script.
 
-Regenerate the constraints after changing the pin: build the venv, then
-``<venv>/bin/pip freeze | grep -v ^vllm-router==`` into the file under its two comment lines.
+Regenerate the constraints after changing a pin: build the venvs, then merge
+``<venv>/bin/pip freeze | grep -v ^<package>==`` of each into the file under its two comment lines.
 """
 
 from __future__ import annotations
@@ -23,21 +25,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from deploy import constants, pins
+from deploy import constants
 from deploy.engines.builds import EngineInstallError, Progress, ensure_venv
+from deploy.routers import registry
+from deploy.routers.base import Router
 
 CONSTRAINTS = constants.PACKAGE_DIR / "data" / "router-constraints.txt"
-#: What the router's users print when the venv is missing or broken.
+#: What the router's users print when a venv is missing or broken.
 INSTALL_HINT = "kimi-deploy engine install router (or make setup-router)"
 
-#: Run in the venv's python: the pinned version is installed, the launcher's parser and the Rust core import.
+#: Run in the venv's python: the pinned version is installed, the launcher's modules and the Rust core import.
 _CHECK = """
-import importlib.metadata as m, sys
-got = m.version("vllm-router")
-assert got == sys.argv[1], f"vllm-router {got} != {sys.argv[1]}"
-from vllm_router.launch_router import launch_router, parse_router_args
-from vllm_router.router import Router
-import vllm_router_rs
+import importlib, importlib.metadata as m, sys
+got = m.version(sys.argv[1])
+assert got == sys.argv[2], f"{sys.argv[1]} {got} != {sys.argv[2]}"
+for name in sys.argv[3:]:
+    importlib.import_module(name)
 """
 
 
@@ -47,88 +50,105 @@ class RouterMissingError(EngineInstallError):
     exit_code = 1
 
 
-def router_venv_key() -> str:
-    return f"vllm-router-{pins.VLLM_ROUTER_VERSION}"
+def _spec(router: Router | str) -> Router:
+    return router if isinstance(router, Router) else registry.get(router)
 
 
-def router_venv_dir(cache_dir: Path | None = None) -> Path:
-    """Where the router venv lives (it may not be built yet); under $KIMI_DEPLOY_CACHE when set."""
-    return (cache_dir or constants.CACHE_DIR) / "venvs" / router_venv_key()
+def router_venv_key(router: Router | str) -> str:
+    spec = _spec(router)
+    return f"{spec.name}-{spec.version}"
 
 
-def router_python(venv: Path | None = None) -> Path:
-    """The venv's python, which runs ``deploy/data/router_launch.py``.
+def router_venv_dir(router: Router | str, cache_dir: Path | None = None) -> Path:
+    """Where ``router``'s venv lives (it may not be built yet); under $KIMI_DEPLOY_CACHE when set."""
+    return (cache_dir or constants.CACHE_DIR) / "venvs" / router_venv_key(router)
 
-    >>> router_python(Path("/c/venvs/vllm-router-0.1.17"))
+
+def router_python(router: Router | str, venv: Path | None = None) -> Path:
+    """The venv's python, which runs the router's launcher.
+
+    >>> router_python("vllm-router", Path("/c/venvs/vllm-router-0.1.17"))
     PosixPath('/c/venvs/vllm-router-0.1.17/bin/python')
     """
-    return (venv or router_venv_dir()) / "bin" / "python"
+    return (venv or router_venv_dir(router)) / "bin" / "python"
 
 
-def router_packages() -> list[str]:
-    return [f"vllm-router=={pins.VLLM_ROUTER_VERSION}"]
+def router_packages(router: Router | str) -> list[str]:
+    spec = _spec(router)
+    return [f"{spec.package}=={spec.version}"]
 
 
-def router_install_commands(venv: Path) -> list[list[str]]:
-    """The commands that build the router venv at ``venv``."""
-    return [command(venv) for _label, command in _steps()]
+def router_install_commands(router: Router | str, venv: Path) -> list[list[str]]:
+    """The commands that build ``router``'s venv at ``venv``."""
+    return [command(venv) for _label, command in _steps(_spec(router))]
 
 
-def _steps() -> list[tuple[str, Callable[[Path], list[str]]]]:
+def _steps(spec: Router) -> list[tuple[str, Callable[[Path], list[str]]]]:
     def pip(*args: str) -> Callable[[Path], list[str]]:
         return lambda v: [str(v / "bin" / "python"), "-m", "pip", "install", "--quiet", *args]
 
+    packages = router_packages(spec)
     return [
         ("create venv", lambda v: [sys.executable, "-m", "venv", str(v)]),
         ("upgrade pip", pip("--upgrade", "pip")),
-        (f"pip install {' '.join(router_packages())}", pip("-c", str(CONSTRAINTS), *router_packages())),
+        (f"pip install {' '.join(packages)}", pip("-c", str(CONSTRAINTS), *packages)),
     ]
 
 
-def router_problem(venv: Path | None = None, timeout_s: float = 120) -> str | None:
-    """None when the venv imports the pinned router (launcher, Rust core), else what is wrong (one line)."""
-    py = router_python(venv)
+def router_problem(router: Router | str, venv: Path | None = None, timeout_s: float = 120) -> str | None:
+    """None when the venv imports the pinned router (launcher modules, Rust core), else what is wrong."""
+    spec = _spec(router)
+    py = router_python(spec, venv)
     if not py.is_file():
-        return f"vllm-router {pins.VLLM_ROUTER_VERSION} is not installed ({py.parent.parent} missing)"
+        return f"{spec.name} {spec.version} is not installed ({py.parent.parent} missing)"
     try:
         out = subprocess.run(
-            [str(py), "-c", _CHECK, pins.VLLM_ROUTER_VERSION],
+            [str(py), "-c", _CHECK, spec.package, spec.version, *spec.modules],
             capture_output=True,
             text=True,
             timeout=timeout_s,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"router venv at {py.parent.parent} does not run ({exc.__class__.__name__})"
+        return f"{spec.name} venv at {py.parent.parent} does not run ({exc.__class__.__name__})"
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["no output"])[-1][:200]
-        return f"router venv at {py.parent.parent} is broken ({last})"
+        return f"{spec.name} venv at {py.parent.parent} is broken ({last})"
     return None
 
 
-def router_ready(venv: Path | None = None) -> bool:
+def router_ready(router: Router | str, venv: Path | None = None) -> bool:
     """Whether the pinned router is installed and imports (checked by running it, not by its presence)."""
-    return router_problem(venv) is None
+    return router_problem(router, venv) is None
 
 
-def require_router(venv: Path | None = None) -> Path:
+def require_router(router: Router | str, venv: Path | None = None) -> Path:
     """The venv's python, or :class:`RouterMissingError` with the install command.
 
-    >>> require_router()  # doctest: +SKIP
-    PosixPath('/root/.cache/kimi-deploy/venvs/vllm-router-0.1.17/bin/python')
+    >>> require_router("sglang-router")  # doctest: +SKIP
+    PosixPath('/root/.cache/kimi-deploy/venvs/sglang-router-0.3.2/bin/python')
     """
-    problem = router_problem(venv)
+    problem = router_problem(router, venv)
     if problem:
         raise RouterMissingError(f"{problem}; install it with `{INSTALL_HINT}`")
-    return router_python(venv)
+    return router_python(router, venv)
 
 
-def install_router(progress: Progress | None = print, force: bool = False) -> Path:
-    """Build the router venv (about 60 MB, under a minute) or reuse a working one; returns its path.
+def install_router(router: Router | str, progress: Progress | None = print, force: bool = False) -> Path:
+    """Build ``router``'s venv (about 60 MB, under a minute) or reuse a working one; returns its path.
 
-    >>> install_router()  # doctest: +SKIP
+    >>> install_router("vllm-router")  # doctest: +SKIP
     PosixPath('/root/.cache/kimi-deploy/venvs/vllm-router-0.1.17')
     """
-    return ensure_venv(router_venv_dir(), "router venv", _steps(), router_problem, progress, force)
+    spec = _spec(router)
+    problem = lambda v: router_problem(spec, v)  # noqa: E731 - ensure_venv takes a one-argument check
+    return ensure_venv(router_venv_dir(spec), f"{spec.name} venv", _steps(spec), problem, progress, force)
+
+
+def install_routers(
+    names: list[str] | None = None, progress: Progress | None = print, force: bool = False
+) -> list[Path]:
+    """Every registered router's venv (or those ``names``), in the registry's order."""
+    return [install_router(name, progress, force) for name in (names or registry.names())]
 
 
 __all__ = [
@@ -136,6 +156,7 @@ __all__ = [
     "INSTALL_HINT",
     "RouterMissingError",
     "install_router",
+    "install_routers",
     "require_router",
     "router_install_commands",
     "router_packages",

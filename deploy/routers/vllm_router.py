@@ -25,6 +25,12 @@ ROUTER = Router(
     package="vllm-router",
     version=pins.VLLM_ROUTER_VERSION,
     entry_point="vllm-router",
+    launcher="router_launch.py",
+    modules=("vllm_router.launch_router", "vllm_router.router", "vllm_router_rs"),
+    log_levels=("debug", "info", "warning", "error", "critical"),
+    # it re-serializes the request: an assistant message's reasoning_content is dropped, reasoning kept
+    # (captured with an echo worker: docs/explanation/router.md, tests/test_router_history.py)
+    history_reasoning_fields=("reasoning",),
     policies=(
         "random",
         "round_robin",
@@ -70,5 +76,7 @@ ROUTER = Router(
         "vllm_router_worker_health": {1: "healthy", 0: "unhealthy"},
         "vllm_router_cb_state": {0: "closed", 1: "open", 2: "half_open"},
     },
+    remove_worker_route="POST /remove_worker?url={url}",
+    add_worker_route="POST /add_worker?url={url}",
     source="vllm-project/router (PyPI vllm-router)",
 )

@@ -50,6 +50,8 @@ class RouterTarget:
     #: where the router's Prometheus metrics are (``host:port``)
     metrics: str
     key_env: str
+    #: the router's registry name (``fleet.router.program``)
+    program: str = "vllm-router"
 
 
 def fleet(rendered: str | Path) -> dict[str, Any] | None:
@@ -76,13 +78,14 @@ def router_target(rendered: str | Path) -> RouterTarget:
         health_check_interval_s=float(r.get("health_check_interval_s") or 5),
         metrics=str(r.get("metrics") or ""),
         key_env=routers.get(str(r["program"])).api_key_env,
+        program=str(r["program"]),
     )
 
 
 def client(target: RouterTarget) -> RouterClient:
     """A client of the running router, with its key when it has one."""
     metrics = f"http://{target.metrics}" if target.metrics else None
-    return RouterClient(_reach(target.url), router_key(target), metrics)
+    return RouterClient(_reach(target.url), router_key(target), metrics, program=target.program)
 
 
 def _reach(url: str) -> str:

@@ -855,7 +855,7 @@ ROUTER_LAUNCH = "launch-router.sh"
 ROUTER_INSTALL = "install-router.sh"
 ROUTER_UNIT = "kimi-deploy-router.service"
 ROUTER_ENV = "router.env"
-#: vllm-router's own parser and launch, with the key from the environment (deploy/data/router_launch.py),
+#: the router's own parser and launch, with the key from the environment (deploy/data/<Router.launcher>),
 #: shipped in the release so the node runs the launcher of the toolkit that rendered it
 ROUTER_LAUNCHER = "router_launch.py"
 
@@ -933,7 +933,7 @@ def router_release(
             "pre": [],
             "argv_lines": _argv_lines(argv),
             "engine_dir_var": ENGINE_DIR_VAR,
-            "engine_dir": f"venvs/{router_install.router_venv_key()}",
+            "engine_dir": f"venvs/{router_install.router_venv_key(router)}",
             "engine_binary": "bin/python",
             "install_script": ROUTER_INSTALL,
         },
@@ -948,7 +948,7 @@ def router_release(
             "steps": [
                 {
                     "comment": f"{router.package}=={router.version} in its own venv in the kimi-deploy cache",
-                    "argv": ["kimi-deploy", "engine", "install", "router"],
+                    "argv": ["kimi-deploy", "engine", "install", "router", "--router", router.name],
                 }
             ],
         },
@@ -965,7 +965,7 @@ def router_release(
         },
     )
     files = {
-        ROUTER_LAUNCHER: RenderedFile(router_args.LAUNCHER.read_text(encoding="utf-8"), 0o644),
+        ROUTER_LAUNCHER: RenderedFile(router_args.launcher_path(router).read_text(encoding="utf-8"), 0o644),
         ROUTER_ENV: RenderedFile(env_text, 0o600),
         ROUTER_LAUNCH: RenderedFile(launch_text, 0o755),
         ROUTER_INSTALL: RenderedFile(install_text, 0o755),
