@@ -78,7 +78,7 @@ def test_a_gpu_fleet_renders_every_replica_node_and_the_router_reaching_their_ad
     launch = (release / router["launch"]).read_text()
     assert "require_env KIMI_ROUTER_API_KEY" in launch or routers.get(router["program"]).api_key_env in launch
     # the command the script runs, as the pinned router's own parser reads it
-    check_router_argv(argv[2:])
+    check_router_argv(routers.get(router["program"]), argv[2:])
 
 
 def test_a_cpu_fleet_on_one_node_splits_ports_and_the_front_door_is_the_router(
