@@ -9,7 +9,6 @@ is on the event itself (the router's worker list, Prometheus's alerts, a request
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -64,11 +63,13 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     workdir = tmp_path_factory.mktemp("fleet") / ".demo"
-    out = io.StringIO()
+    log = workdir.parent / "demo.log"
     try:
-        result = run_demo(workdir, out=out, keep_running=True, replicas=REPLICAS, monitoring=True)
+        # the demo's commands write to it directly: a real file
+        with log.open("w") as out:
+            result = run_demo(workdir, out=out, keep_running=True, replicas=REPLICAS, monitoring=True)
     except BaseException:
-        print(out.getvalue()[-8000:])
+        print(log.read_text()[-8000:])
         fleet_launch.down(state_dir=workdir / "state", grace_s=10)
         raise
     plan = load_plan(workdir / "plan.json")
@@ -133,7 +134,8 @@ class Load:
             try:
                 reply = _chat(self.url, stream=True)
                 body = reply.content
-                ok, why = reply.status_code == 200 and b"[DONE]" in body, f"{reply.status_code}"
+                ok = reply.status_code == 200 and b"[DONE]" in body
+                why = f"{reply.status_code} {body[:160]!r}"
             except requests.RequestException as exc:
                 ok, why = False, exc.__class__.__name__
             with self.lock:

@@ -581,7 +581,7 @@ def _monitoring(r: _Runner, paths: _Paths, keep_running: bool) -> str:
             next((paths.rendered / "monitoring/grafana/dashboards").glob("*.json")).read_text()
         )
         for panel in board["panels"]:
-            for target in panel["targets"]:
+            for target in panel.get("targets") or []:  # a row groups panels, it queries nothing
                 expr = target["expr"].replace(dashboards.RATE, "1m").replace("$node", ".*")
                 values = [v["value"][1] for v in server.query(expr)]
                 legend = target["legendFormat"].replace("{{node}}", "").strip()

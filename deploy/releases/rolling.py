@@ -67,6 +67,7 @@ def _move(
 ) -> None:
     """Drain ``step``'s replica out of the router, stop it, start it from release ``to``."""
     running = release_dir.release_path(root, to)
+    fleet_launch.wait_routable(running, step.replica)
     fleet_launch.drain(running, step.replica, deadline_s=drain_deadline_s, stream=sys.stderr)
     for node in reversed(step.nodes):
         for line in launch.down(node=node, state_dir=state):

@@ -22,9 +22,10 @@ from typing import Any, TextIO
 
 from deploy import constants
 from deploy.errors import LaunchError, PlanError, RouterRequestError
+from deploy.monitoring import scrape
 from deploy.routers import registry as routers
 from deploy.routers.client import RouterClient
-from deploy.serving import launch, release_dir, supervise
+from deploy.serving import launch, readiness, release_dir, supervise
 from deploy.serving import target as launch_target
 from deploy.serving.target import port_holder, read_manifest
 
@@ -34,6 +35,8 @@ ROUTER = "router"
 ROUTER_READY_S = 60.0
 #: How long a replica leaving the router may take to finish its requests in flight before it is stopped.
 DRAIN_DEADLINE_S = 120.0
+#: Between two reads of a draining replica's engine metrics: zero twice this far apart is drained.
+DRAIN_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -162,9 +165,13 @@ def up_router(
         existing = supervise.running(files)
         if existing is not None:
             if client(target).ready():
-                for url in _missing(target):
-                    # a replica stopped with `down --node` left the router; started again, it goes back
+                for url in _missing(target) + _stuck(target):
+                    # a replica stopped with `down --node` left the router, one that died may still have
+                    # an open circuit there: started again, it goes back in afresh
+                    if url not in _missing(target):
+                        client(target).remove_worker(url)
                     client(target).add_worker(url)
+                    _wait(lambda u=url: routable(target).get(u, False), lambda: None, ROUTER_READY_S)
                     say(f"{ROUTER}: {url} back in the router")
                 say(f"{ROUTER}: already running (pid {existing.pid}) at {target.url}")
                 return launch.UpResult(ROUTER, target.url, existing.pid, already=True, log=str(files.log))
@@ -212,6 +219,42 @@ def worker_health(target: RouterTarget) -> dict[str, bool]:
     return {w.url: w.healthy for w in client(target).workers()}
 
 
+def routable(target: RouterTarget) -> dict[str, bool]:
+    """Each replica URL the router lists: True when it would send it a request now (healthy, and its
+    circuit breaker not open: a replica back from the dead stays unused until its circuit closes)."""
+    c = client(target)
+    health = {w.url: w.healthy for w in c.workers()}
+    name = routers.get(target.program).metrics.get("cb_state")
+    try:
+        circuits = c.metrics().get(name, {}) if name and target.metrics else {}
+    except RouterRequestError:
+        circuits = {}
+    return {url: ok and circuits.get(url, 0) == 0 for url, ok in health.items()}
+
+
+def _stuck(target: RouterTarget) -> list[str]:
+    """Replicas the router lists but would not route to, whose engine answers: put back in afresh."""
+    state = routable(target)
+    return [w for w in target.workers if w in state and not state[w] and _answers(w)]
+
+
+def _answers(url: str) -> bool:
+    return readiness.probe(f"{url}/health", "").state == readiness.READY
+
+
+def wait_routable(rendered: str | Path, others_than: str, seconds: float = ROUTER_READY_S) -> None:
+    """Wait until every replica but ``others_than`` is routable: taking one out must leave the rest able to
+    serve. LaunchError when they are not within ``seconds``."""
+    target = router_target(rendered)
+    leaving = _replica_url(rendered, others_than)
+    rest = [w for w in target.workers if w != leaving]
+    if rest and not _wait(lambda: all(routable(target).get(w) for w in rest), lambda: None, seconds):
+        raise LaunchError(
+            f"not taking {others_than} out of the router: the other replicas are not all routable "
+            f"(healthy with a closed circuit) after {seconds:g} s"
+        )
+
+
 def _missing(target: RouterTarget) -> list[str]:
     """The rendered replicas the running router does not route to."""
     known = {w.url for w in client(target).workers()}
@@ -223,9 +266,11 @@ def _all_healthy(target: RouterTarget) -> bool:
     return all(health.get(w) for w in target.workers)
 
 
-def _wait(done: Callable[[], bool], exit_status: Callable[[], int | None], seconds: float) -> bool | None:
+def _wait(
+    done: Callable[[], bool], exit_status: Callable[[], int | None], seconds: float, pause_cap: float = 0.25
+) -> bool | None:
     """True once ``done()``; None if the process exits first; False at the deadline. Polls the state itself,
-    backing off to 250 ms."""
+    backing off to ``pause_cap``."""
     end, pause = time.monotonic() + seconds, 0.02
     while time.monotonic() < end:
         if exit_status() is not None:
@@ -236,7 +281,7 @@ def _wait(done: Callable[[], bool], exit_status: Callable[[], int | None], secon
         except RouterRequestError:
             pass
         time.sleep(pause)
-        pause = min(pause * 2, 0.25)
+        pause = min(pause * 2, pause_cap)
     return False
 
 
@@ -244,21 +289,43 @@ def drain(
     rendered: str | Path, replica: str, *, deadline_s: float = DRAIN_DEADLINE_S, stream: TextIO | None = None
 ) -> float:
     """Take ``replica`` out of the router and wait until its requests in flight reach 0 (or the deadline);
-    returns the seconds it took. The replica keeps serving what it has."""
+    returns the seconds it took. The replica keeps serving what it has.
+
+    In flight is what the replica's engine itself reports running or waiting on its ``/metrics`` (the
+    routers count differently, and forget a worker once it leaves them), zero twice in a row, so that a
+    request routed just before the worker left has reached the engine; an engine that serves no metrics
+    is drained by the router's own count."""
     target = router_target(rendered)
     url = _replica_url(rendered, replica)
+    engine = str(read_manifest(rendered).get("engine") or "")
     started = time.monotonic()
-    drained = client(target).drain(url, deadline_s)
+    if _engine_busy(url, engine, router_key(target)) is None:
+        drained = client(target).drain(url, deadline_s)
+    else:
+        client(target).remove_worker(url)
+        quiet = [0]
+
+        def idle() -> bool:
+            busy = _engine_busy(url, engine, router_key(target))
+            quiet[0] = quiet[0] + 1 if busy == 0 else 0
+            return quiet[0] >= 2
+
+        drained = _wait(idle, lambda: None, deadline_s, pause_cap=DRAIN_POLL_S) is True
     elapsed = time.monotonic() - started
-    _say(stream)(
-        f"{replica}: out of the router, "
-        + (
-            f"drained in {elapsed:.1f} s"
-            if drained
-            else f"still busy after the {deadline_s:g} s drain deadline"
-        )
-    )
+    how = f"drained in {elapsed:.1f} s" if drained else f"still busy after the {deadline_s:g} s deadline"
+    _say(stream)(f"{replica}: out of the router, {how}")
     return elapsed
+
+
+def _engine_busy(url: str, engine: str, key: str | None) -> float | None:
+    """Requests running plus waiting on the engine at ``url`` (None: it serves no metrics to read)."""
+    try:
+        summary = scrape.summarize(engine, scrape.parse_metrics(scrape.fetch(f"{url}/metrics", key)))
+    except scrape.ScrapeError:
+        return None
+    if summary.running is None:
+        return None
+    return float(summary.running or 0) + float(summary.waiting or 0)
 
 
 def rejoin(rendered: str | Path, replica: str, *, stream: TextIO | None = None) -> None:
@@ -266,7 +333,7 @@ def rejoin(rendered: str | Path, replica: str, *, stream: TextIO | None = None) 
     target = router_target(rendered)
     url = _replica_url(rendered, replica)
     client(target).add_worker(url)
-    seen = _wait(lambda: bool(worker_health(target).get(url)), lambda: None, ROUTER_READY_S)
+    seen = _wait(lambda: bool(routable(target).get(url)), lambda: None, ROUTER_READY_S)
     if not seen:
         raise LaunchError(f"the router does not see {replica} ({url}) healthy after {ROUTER_READY_S:g} s")
     _say(stream)(f"{replica}: back in the router, healthy")
