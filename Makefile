@@ -125,13 +125,13 @@ check: setup ## conformance checks against what $(PLAN) deploys (or URL=... MODE
 		$(if $(TOOL_CALLS),--tool-calls $(TOOL_CALLS)) $(CHECK_ARGS)
 
 # --- bench: load test through AIPerf (deploy/benchmark/, docs/how-to/bench.md), and the toolkit's own benchmarks --
-.PHONY: bench-serve bench bench-download bench-up bench-connections
+.PHONY: bench-serve bench bench-download bench-up bench-connections bench-fleet
 bench-serve: setup-bench ## load-test $(PLAN)'s deployment (or URL=... MODEL=... TOKENIZER=...) with AIPerf; SLO=... PLOT=file.png
 	$(KD) bench $(if $(URL),--url $(URL) --model $(MODEL) --tokenizer $(TOKENIZER),--plan $(PLAN)) \
 		$(if $(CONCURRENCY),--concurrency $(CONCURRENCY)) $(if $(SLO),--slo $(SLO)) $(if $(PLOT),--plot $(PLOT)) \
 		-o $(or $(BENCH_OUT),bench.json)
 
-bench: bench-download bench-up bench-connections ## every benchmark; each prints ratios against a baseline measured in the same run
+bench: bench-download bench-up bench-connections bench-fleet ## every benchmark; each prints ratios against a baseline measured in the same run
 
 bench-download: setup ## our download + verification vs plain `hf download` from the same local mirror; median ratio
 	$(BIN)/python bench/bench_download.py $(BENCH_ARGS)
@@ -141,6 +141,9 @@ bench-up: setup ## readiness-detection overhead of `up` (first 200 -> `up` retur
 
 bench-connections: setup setup-bench ## `bench` against the demo's llama-server RUNS times (default 10) vs AIPerf's own pooling: lost requests, TTFT and throughput ratios; goal 0 lost
 	$(BIN)/python bench/bench_connections.py --runs $(or $(RUNS),10)
+
+bench-fleet: setup setup-bench setup-router ## capacity at the demo's TTFT SLO of 2 replicas behind the router vs 1 (same threads/slots), RUNS sweeps each (default 2), ABBA; goal >= 1.6x
+	$(BIN)/python bench/bench_fleet.py --runs $(or $(RUNS),2) --json .bench-fleet/result.json
 
 # --- monitoring (deploy/monitoring/; docs/how-to/monitoring.md) -------------------------------------------------
 .PHONY: monitoring
