@@ -8,19 +8,23 @@ resume after a kill, retries, verification against weights.lock.
     >>> result.verified                                     # doctest: +SKIP
     True
 
-What the library does: the listing (``HfApi``), the transfer (``snapshot_download`` into a local dir,
-with its in-process Range resume after a dropped connection) and auth (``HF_TOKEN`` or the token file).
-What this module adds, because the library lacks it:
+What the library does: the listing (``HfApi``), each file's metadata and redirect (``get_hf_file_metadata``),
+the transfer (``http_get``, with its in-process Range resume after a dropped connection and its timeouts),
+the local-dir bookkeeping and auth (``HF_TOKEN`` or the token file). What this module adds, because the
+library lacks it:
 
 - an exact selection: fnmatch ``*`` crosses ``/``, so ``UD-TQ1_0/*`` would also match
   ``UD-TQ1_0-extra/...``; here ``*`` stays within one path segment and ``**`` crosses them, and the
   library is handed the resulting file list, escaped;
 - a hard disk-space check before the first byte (the library only warns);
-- resume across processes and failed attempts: the library writes each file to
+- resume across processes and failed attempts: ``snapshot_download`` writes each file to
   ``<etag>.<random>.incomplete``, deletes it when it gives up, and a new process starts from byte zero;
-  ``_keep_partial`` hard-links the in-flight file, ``_resume_partials`` continues the largest leftover
-  with the library's own ranged ``http_get`` and hands the finished file back to the library's bookkeeping;
-- sha256 verification (the library checks only the size of a plain-HTTP download).
+  ``fetch_file`` writes to the library's temp path itself, never deletes it, continues the largest
+  leftover by Range and hands the finished file back to the library's bookkeeping;
+- sha256 verification inside the stream (the library checks only the size of a plain-HTTP download):
+  ``http_get`` writes into a ``HashingWriter`` (deploy/weights/stream.py), so a file is verified as its
+  last byte lands, with no second read; a resumed file hashes the prefix it kept once. ``verify`` then
+  reuses those digests and hashes only what the stream did not cover.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,13 +51,13 @@ from deploy.weights.lockfile import (
     FileCheck,
     Lock,
     LockedFile,
-    check_file,
     missing_files,
     read_lock,
     verify,
     write_lock,
 )
 from deploy.weights.progress import QUIET, Progress, human_bytes
+from deploy.weights.stream import HashingWriter
 
 #: Free space kept on top of what the files need (filesystems misbehave when full).
 DISK_MARGIN_MIN_BYTES = constants.GIB
@@ -335,31 +339,6 @@ def _partials(dest: Path, f: LockedFile) -> list[Path]:
     return sorted(found, key=lambda p: -p.stat().st_size)
 
 
-KEPT_SUFFIX = ".kept.incomplete"
-
-
-def _keep_partial(dest: Path, f: LockedFile) -> None:
-    """Hard-link the library's in-flight temp file under a name of ours (same inode, no copy).
-
-    When a download fails inside the process (the server stays down past the library's own retries)
-    the library deletes its temp file while unwinding; the link keeps the bytes, so the next attempt
-    resumes from them instead of from zero."""
-    parts = _partials(dest, f)
-    live = [p for p in parts if not p.name.endswith(KEPT_SUFFIX)]
-    if not live:
-        return
-    kept = live[0].with_name(live[0].name.split(".")[0] + "." + f.etag + KEPT_SUFFIX)
-    try:
-        if kept.exists() and os.path.samefile(kept, live[0]):
-            return
-        tmp = kept.with_name(kept.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        os.link(live[0], tmp)
-        os.replace(tmp, kept)
-    except OSError:
-        return  # no hard links here (or the file just finished): the library's own retries still apply
-
-
 def _have_bytes(dest: Path, f: LockedFile) -> int:
     p = dest / f.path
     if p.is_file() and p.stat().st_size == f.size:
@@ -368,53 +347,127 @@ def _have_bytes(dest: Path, f: LockedFile) -> int:
     return min(parts[0].stat().st_size, f.size) if parts else 0
 
 
-def _resume_partials(dest: Path, lock: Lock, endpoint: str) -> int:
-    """Continue every file a killed run left half-written (Range request from its size); returns bytes kept.
+def _xet_handled_by_library(meta: Any) -> bool:  # noqa: ANN401
+    """A file the endpoint serves through Xet, with hf_xet installed: the library's own transfer fetches it
+    (Xet's chunked download beats one HTTP stream), and ``verify`` hashes it after it lands."""
+    import importlib.util
 
-    The rest of the library's bookkeeping is unchanged: the finished file is moved into place and its
-    local metadata written, so ``snapshot_download`` then sees it as up to date."""
+    from huggingface_hub import constants as hf_constants
+
+    if meta.xet_file_data is None or hf_constants.HF_HUB_DISABLE_XET:
+        return False
+    return importlib.util.find_spec("hf_xet") is not None
+
+
+def _open_partial(dest: Path, f: LockedFile) -> tuple[Path, int]:
+    """The temp file to continue for ``f`` (the largest leftover, others removed, one of the wrong size
+    emptied) and how many of its bytes are kept."""
+    from huggingface_hub._local_folder import get_local_download_paths
+
+    parts = _partials(dest, f)
+    for p in parts[1:]:
+        p.unlink(missing_ok=True)
+    tmp = parts[0] if parts else get_local_download_paths(dest, f.path).incomplete_path(f.etag)
+    have = tmp.stat().st_size if tmp.is_file() else 0
+    if have > f.size:
+        tmp.unlink()
+        have = 0
+    return tmp, have
+
+
+def fetch_file(dest: Path, lock: Lock, f: LockedFile, endpoint: str) -> tuple[FileCheck | None, int, int]:
+    """Fetch one locked file into ``dest`` through a ``HashingWriter``, continuing a leftover temp file by
+    Range; returns (its check from the stream, or None when it must be hashed from disk; bytes resumed;
+    bytes hashed in the stream, the resumed prefix included).
+
+    The temp file is ours (the library's name, never deleted on a failure), so a retry or a new process
+    continues it. The finished file is moved into place and the library's local metadata written, as
+    ``hf_hub_download`` would.
+    ``fetch_file(d, lock, lock.files[0], "http://head:8090")[0].problem`` -> None when it matched."""
     from huggingface_hub._local_folder import get_local_download_paths, write_download_metadata
     from huggingface_hub.file_download import get_hf_file_metadata, hf_hub_url, http_get
     from huggingface_hub.utils import WeakFileLock, build_hf_headers
 
-    kept = 0
-    for f in lock.files:
-        parts = _partials(dest, f)
-        final = dest / f.path
-        if final.is_file() and final.stat().st_size == f.size:
-            for p in parts:
-                p.unlink(missing_ok=True)
-            continue
-        if not parts:
-            continue
-        best, stale = parts[0], parts[1:]
-        for p in stale:
-            p.unlink(missing_ok=True)
-        have = best.stat().st_size
-        if have == 0 or have > f.size:
-            best.unlink(missing_ok=True)
-            continue
-        url = hf_hub_url(lock.repo, f.path, revision=lock.commit, endpoint=endpoint)
-        meta = get_hf_file_metadata(url, endpoint=endpoint)
-        headers = build_hf_headers()
-        if urlsplit(meta.location).netloc != urlsplit(url).netloc:
-            headers.pop("authorization", None)  # a signed CDN URL, as the library does: the token stays home
-        paths = get_local_download_paths(dest, f.path)
-        with WeakFileLock(paths.lock_path):
-            with open(best, "ab") as fh:
-                http_get(
-                    meta.location,
-                    fh,
-                    resume_size=have,
-                    headers=headers,
-                    expected_size=f.size,
-                    displayed_filename=f.path,
-                )
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(best, final)
-        write_download_metadata(dest, f.path, commit_hash=lock.commit, etag=meta.etag or f.etag)
-        kept += have
-    return kept
+    hub = _hub()
+    url = hf_hub_url(lock.repo, f.path, revision=lock.commit, endpoint=endpoint)
+    meta = get_hf_file_metadata(url, endpoint=endpoint)
+    if _xet_handled_by_library(meta):
+        hub.hf_hub_download(lock.repo, f.path, revision=lock.commit, local_dir=str(dest), endpoint=endpoint)
+        return None, 0, 0
+    headers = build_hf_headers()
+    if urlsplit(meta.location).netloc != urlsplit(url).netloc:
+        headers.pop("authorization", None)  # a signed CDN URL, as the library does: the token stays home
+    paths = get_local_download_paths(dest, f.path)
+    final = dest / f.path
+    with WeakFileLock(paths.lock_path):
+        tmp, have = _open_partial(dest, f)
+        tmp.touch(exist_ok=True)
+        with open(tmp, "r+b", buffering=0) as fh:
+            writer = HashingWriter(fh, f)
+            writer.absorb_prefix(have)
+            http_get(
+                meta.location,
+                writer,
+                resume_size=have,
+                headers=headers,
+                expected_size=f.size,
+                displayed_filename=f.path,
+            )
+            in_stream = writer.complete()
+            problem = writer.problem() if in_stream else None
+            hashed = writer.hashed if in_stream else 0
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+        st = final.stat()
+    write_download_metadata(dest, f.path, commit_hash=lock.commit, etag=meta.etag or f.etag)
+    check = FileCheck(f.path, st.st_size, st.st_mtime_ns, problem) if in_stream else None
+    return check, have, hashed
+
+
+@dataclass
+class StreamTotals:
+    """What the in-stream hashing covered over all attempts of one download."""
+
+    files: int = 0  # files whose digest came from the stream
+    bytes_hashed: int = 0  # bytes those digests cover (resumed prefixes read back once included)
+    bytes_prefix: int = 0  # of those, resumed prefixes read back from disk
+    resumed: int = 0  # bytes kept from earlier attempts or runs
+    checks: dict[str, FileCheck] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, check: FileCheck | None, resumed: int, hashed: int) -> None:
+        with self._lock:
+            self.resumed += resumed
+            if check is not None:
+                self.files += 1
+                self.bytes_hashed += hashed
+                self.bytes_prefix += resumed
+                self.checks[check.path] = check
+
+    def to_dict(self) -> dict[str, int]:
+        return {"files": self.files, "bytes_hashed": self.bytes_hashed, "bytes_prefix": self.bytes_prefix}
+
+
+def fetch_all(dest: Path, lock: Lock, endpoint: str, totals: StreamTotals, max_workers: int = 8) -> None:
+    """Fetch every locked file not yet complete in ``dest``, ``max_workers`` at a time, into ``totals``.
+
+    The first failure cancels the files not started and is raised once the running ones end (they keep
+    their temp files, so the next attempt continues them). ``fetch_all(d, lock, url, StreamTotals())``"""
+    todo = [f for f in lock.files if not _complete_on_disk(dest, f)]
+    if not todo:
+        return
+    pool = ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(todo))), thread_name_prefix="fetch")
+    try:
+        futures = [pool.submit(fetch_file, dest, lock, f, endpoint) for f in todo]
+        for fut in as_completed(futures):
+            totals.add(*fut.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _complete_on_disk(dest: Path, f: LockedFile) -> bool:
+    p = dest / f.path
+    return p.is_file() and p.stat().st_size == f.size
 
 
 def clean_orphans(dest: Path) -> int:
@@ -442,21 +495,6 @@ class _Sampler(threading.Thread):
         self.stall_s, self.period = stall_s, period
         self.stop_event = threading.Event()
         self.stalls = 0
-        # Files are hashed as soon as they land, while the others still download: the final
-        # verification then only re-checks their stat.
-        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-verify")
-        self.early: dict[str, Future[FileCheck]] = {}
-        # Present before this run: the stamp (or the final verification) covers them.
-        self.early_skip = {f.path for f in lock.files if _have_bytes(dest, f) == f.size}
-
-    def prechecked(self) -> dict[str, FileCheck]:
-        """Results hashed so far; queued ones are dropped (the final verification hashes them in parallel)."""
-        self.hasher.shutdown(wait=True, cancel_futures=True)
-        return {
-            path: fut.result()
-            for path, fut in self.early.items()
-            if fut.done() and not fut.cancelled() and fut.exception() is None
-        }
 
     def sample(self) -> tuple[int, dict[str, tuple[int, int]], int]:
         done, active, complete = 0, {}, 0
@@ -465,15 +503,8 @@ class _Sampler(threading.Thread):
             done += have
             if have == f.size:
                 complete += 1
-                if (
-                    f.path not in self.early
-                    and f.path not in self.early_skip
-                    and not self.stop_event.is_set()
-                ):
-                    self.early[f.path] = self.hasher.submit(check_file, self.dest, f)
             elif have:
                 active[f.path] = (have, f.size)
-                _keep_partial(self.dest, f)
         return done, active, complete
 
     def run(self) -> None:
@@ -525,6 +556,7 @@ class DownloadResult:
     offline: bool = False
     disk: dict[str, int] = field(default_factory=dict)
     verify: dict[str, Any] = field(default_factory=dict)
+    stream: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate_bps(self) -> float:
@@ -540,9 +572,14 @@ class DownloadResult:
         >>> DownloadResult("o/n", "c", "/w", "", 3, 0, 0, 0, 0, 0.0, 0, True,
         ...                verify={"checked": 1, "skipped": 2}).what_was_checked()
         '1 hashed, 2 unchanged since the last verify (size and mtime only; `kimi-deploy verify /w` re-hashes)'
+        >>> DownloadResult("o/n", "c", "/w", "", 2, 0, 0, 0, 0, 0.0, 0, True,
+        ...                verify={"checked": 2, "prechecked": 2}).what_was_checked()
+        '2 hashed (2 while downloading, no second read)'
         """
         hashed, trusted = int(self.verify.get("checked", 0)), int(self.verify.get("skipped", 0))
-        parts = [f"{hashed} hashed"] if hashed or not trusted else []
+        streamed = int(self.verify.get("prechecked", 0))
+        how = f" ({streamed} while downloading, no second read)" if streamed else ""
+        parts = [f"{hashed} hashed{how}"] if hashed or not trusted else []
         if trusted:
             parts.append(
                 f"{trusted} unchanged since the last verify (size and mtime only; "
@@ -604,7 +641,7 @@ def download_weights(
     if offline or constants.HF_HUB_OFFLINE:
         return _offline(weights, dest)
     endpoint = resolve_endpoint(endpoint)
-    hub = _hub()
+    _hub()  # its chunk size and quiet progress, before any transfer
     from huggingface_hub import constants as hf_constants
 
     # The stall watchdog: a read that gets no byte for this long fails, and the library resumes it by Range.
@@ -629,20 +666,13 @@ def download_weights(
     sampler = _Sampler(dest, lock, progress, stall_s)
     sampler.start()
     t0 = time.monotonic()
-    attempts, resumed = 0, 0
+    attempts = 0
+    stream = StreamTotals()
 
     def fetch() -> None:
-        nonlocal attempts, resumed
+        nonlocal attempts
         attempts += 1
-        resumed += _resume_partials(dest, lock, endpoint)
-        hub.snapshot_download(
-            lock.repo,
-            revision=lock.commit,
-            local_dir=str(dest),
-            endpoint=endpoint,
-            allow_patterns=[_fnmatch_literal(f.path) for f in lock.files],
-            max_workers=max_workers,
-        )
+        fetch_all(dest, lock, endpoint, stream, max_workers)
 
     try:
         _with_retries(fetch, lock.repo, endpoint, retries, backoff_s, progress)
@@ -653,7 +683,9 @@ def download_weights(
     progress.update(done, {}, complete, force=True)
     clean_orphans(dest)
     progress.message(f"verifying {len(lock.files)} files against {dest / 'weights.lock'}")
-    report = verify(dest, trust_stamp=True, prechecked=sampler.prechecked())
+    # Files fetched now were hashed in the stream: verify reuses those digests (a stat each) and reads
+    # only what the stream could not vouch for (files present before, a Xet transfer, a broken stream).
+    report = verify(dest, trust_stamp=True, prechecked=stream.checks)
     seconds = time.monotonic() - t0
     result = DownloadResult(
         repo=lock.repo,
@@ -664,12 +696,13 @@ def download_weights(
         bytes_total=lock.total_bytes,
         bytes_present_before=before,
         bytes_fetched=lock.total_bytes - before,
-        bytes_resumed=resumed,
+        bytes_resumed=stream.resumed,
         seconds=round(seconds, 3),
         attempts=attempts,
         verified=report.ok,
         disk=asdict(disk),
         verify=report.to_dict(),
+        stream=stream.to_dict(),
     )
     if not report.ok:
         raise VerificationError(report.summary() + " — run the download again to re-fetch them")

@@ -245,7 +245,9 @@ class VerifyReport:
     commit: str
     checked: int = 0
     skipped: int = 0
-    bytes_hashed: int = 0
+    bytes_hashed: int = 0  # read and hashed by this call
+    prechecked: int = 0  # of `checked`, files whose digest was taken while downloading (not read again)
+    bytes_prechecked: int = 0
     seconds: float = 0.0
     missing: list[str] = field(default_factory=list)
     mismatched: dict[str, str] = field(default_factory=dict)
@@ -260,9 +262,12 @@ class VerifyReport:
 
     def summary(self) -> str:
         if self.ok:
+            streamed = (
+                f", {self.bytes_prechecked / 1e9:.2f} GB hashed while downloading" if self.prechecked else ""
+            )
             return (
                 f"verified {self.checked + self.skipped} files of {self.repo}@{self.commit[:12]} "
-                f"({self.bytes_hashed / 1e9:.2f} GB hashed in {self.seconds:.1f}s)"
+                f"({self.bytes_hashed / 1e9:.2f} GB hashed in {self.seconds:.1f}s{streamed})"
             )
         parts = []
         if self.missing:
@@ -364,25 +369,30 @@ def verify(
     # Largest first, so one huge file does not start last and leave the other workers idle.
     todo.sort(key=lambda f: -f.size)
 
-    def result(f: LockedFile) -> tuple[LockedFile, str | None]:
+    def result(f: LockedFile) -> tuple[LockedFile, str | None, bool]:
         known = (prechecked or {}).get(f.path)
         if known is not None:
             try:
                 st = (d / f.path).stat()
                 if (st.st_size, st.st_mtime_ns) == (known.size, known.mtime_ns):
-                    return f, known.problem
+                    return f, known.problem, True
             except (FileNotFoundError, NotADirectoryError):
                 pass
-        return f, _file_matches(d, f)
+        return f, _file_matches(d, f), False
 
     with ThreadPoolExecutor(max_workers=n, thread_name_prefix="verify") as pool:
         results = list(pool.map(result, todo))
-    for f, problem in results:
+    for f, problem, reused in results:
         report.checked += 1
         if problem == "missing":
             report.missing.append(f.path)
             continue
-        report.bytes_hashed += f.size if problem is None or not problem.startswith("size") else 0
+        hashed = f.size if problem is None or not problem.startswith("size") else 0
+        if reused:
+            report.prechecked += 1
+            report.bytes_prechecked += hashed
+        else:
+            report.bytes_hashed += hashed
         if problem is not None:
             report.mismatched[f.path] = problem
             # only a file (or a link) is moved aside; a folder or device in its place is reported, left alone
