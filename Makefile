@@ -208,7 +208,7 @@ docs-snippets: $(BIN)/kimi-deploy ## regenerate the command output the docs show
 test: setup setup-system lint setup-bench setup-router ## lint, then the whole test suite (slow end-to-end tests included)
 	$(BIN)/python -m pytest -q
 
-test-fast: setup ## run the fast tests only
+test-fast: setup setup-router ## run the fast tests only
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(BIN)/kimi-deploy ## ruff check, ruff format --check, and ansible-lint (offline) on playbooks/
