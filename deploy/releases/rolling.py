@@ -133,7 +133,8 @@ def roll(
             reports[step.replica] = gate(root, new, step, timeout_s, say)
             fleet_launch.rejoin(release_dir.release_path(root, new), step.replica, stream=sys.stderr)
         except BaseException:
-            put_back(root, moved, old, state, say, deadline_s, drain_deadline_s)
+            # the old release starts within its own predicted deadline: an override was for the new one
+            put_back(root, moved, old, state, say, None, drain_deadline_s)
             raise
     return reports
 
