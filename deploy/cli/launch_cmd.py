@@ -66,7 +66,7 @@ def up_command(
 @click.option(
     "--node",
     help="Stop only this node (default: every node `up` started here, a fleet's router first); a fleet "
-    "replica's node leaves the router, drained, before it stops (needs --rendered).",
+    "replica's node leaves the router, drained, before it stops.",
 )
 @click.option(
     "--grace",
