@@ -299,6 +299,10 @@ def drain(
     url = _replica_url(rendered, replica)
     engine = str(read_manifest(rendered).get("engine") or "")
     started = time.monotonic()
+    if url not in {w.url for w in client(target).workers()}:
+        # already out (a roll putting a replica back, a second `down --node`): nothing routes to it
+        _say(stream)(f"{replica}: not in the router")
+        return 0.0
     if _engine_busy(url, engine, router_key(target)) is None:
         drained = client(target).drain(url, deadline_s)
     else:
