@@ -102,13 +102,13 @@ def test_site_playbook_and_roles_resolve() -> None:
     stage_tags = [tag for play in plays for tag in play["tags"]]
     for stage in ("inventory", "plan", "download", "render", "up", "check"):
         assert stage in stage_tags
-    roles = {r["role"] for play in plays for r in play["roles"]}
+    roles = {r["role"] for play in plays for r in play.get("roles") or []}
     for role in roles:
         for part in ("defaults/main.yml", "tasks/main.yml", "meta/main.yml", "meta/argument_specs.yml"):
             assert (ansible.PLAYBOOKS_DIR / "roles" / role / part).is_file(), f"{role}/{part}"
-    # workers start before the head
+    # workers start before the head, a fleet's router after both
     up_hosts = [play["hosts"] for play in plays if "up" in play["tags"]]
-    assert up_hosts == ["kimi_workers", "kimi_head"]
+    assert up_hosts == ["kimi_workers", "kimi_head", "kimi_head:kimi_workers"]
 
 
 def test_check_diff_shows_the_change_and_writes_nothing(tmp_path: Path) -> None:
