@@ -90,8 +90,12 @@ def test_a_cpu_fleet_on_one_node_splits_ports_and_the_front_door_is_the_router(
     save_plan(p, path)
     weights = gguf_weights(tmp_path, p.chosen_candidate, shards=1)
     out = tmp_path / "out"
-    r = run_cli(["render", "--plan", str(path), "--out", str(out), "--weights-dir", str(weights)])
+    r = run_cli(
+        ["render", "--plan", str(path), "--out", str(out), "--weights-dir", str(weights), "--check-parsers"]
+    )
     assert r.exit_code == 0, r.stderr
+    router = p.fleet.router
+    assert f"parser check ({router['program']} {router['version']}): the router command passes" in r.output
     manifest = json.loads((_release(out) / "manifest.json").read_text())
     ports = {n["name"]: n["port"] for n in manifest["nodes"]}
     assert ports == {f"{x.id}-{x.nodes[0]}": x.port for x in p.fleet.replicas}

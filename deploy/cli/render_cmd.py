@@ -6,6 +6,8 @@ import click
 
 from deploy.errors import ParserCheckFailed
 from deploy.monitoring.spec import Timings
+from deploy.routers import registry as routers
+from deploy.routers.check import check_router_argv
 from deploy.serving import parser_check, render
 from deploy.serving.argv import argv_strings
 
@@ -59,7 +61,8 @@ from deploy.serving.argv import argv_strings
 @click.option(
     "--check-parsers",
     is_flag=True,
-    help="Also parse the vLLM/SGLang commands with the engines' own parsers (needs the parser venv).",
+    help="Also parse the vLLM/SGLang commands with the engines' own parsers (needs the parser venv), and a "
+    "fleet's router command with the pinned router's own parser (needs the router venv).",
 )
 def render_command(
     plan_path: str,
@@ -127,6 +130,11 @@ def render_command(
             click.echo(f"parser check ({r.engine} {version}): {r.summary()}{notes}")
         if not report.ok:
             raise ParserCheckFailed("a rendered command failed its engine's argument parser (see above)")
+        router = (m.get("fleet") or {}).get("router")
+        if router:
+            # argv: the router venv's python, the launcher, then what the router's own parser reads
+            check_router_argv(routers.get(router["program"]), router["argv"][2:])
+            click.echo(f"parser check ({router['program']} {router['version']}): the router command passes")
 
 
 COMMANDS = [render_command]
