@@ -209,24 +209,34 @@ def test_the_killed_replica_comes_back_with_up(fleet: Fleet) -> None:
     _wait(lambda: all(fleet.router_workers().get(r.url) for r in plan.fleet.replicas), 60, "both healthy")
 
 
-def test_a_replica_that_fails_its_start_is_put_back_and_the_upgrade_stops(fleet: Fleet) -> None:
-    """A real fault: the new release's first replica cannot be ready within a 0.05 s deadline."""
-    new_plan = fleet.workdir / "plan-8k.json"
+def _upgrade_under_load(
+    fleet: Fleet, context: int, *extra: str
+) -> tuple[subprocess.CompletedProcess[str], Load]:
+    """Plan the fleet again at ``context``, then `upgrade` to it while two threads send requests through the
+    router; returns the upgrade's outcome and the load's."""
+    new_plan = fleet.workdir / f"plan-{context}.json"
     hardware = str(fleet.workdir / "this-node.yaml")
     done = fleet.kd(
         "plan", "--model", "demo", "--engine", "llama.cpp", "--hardware", hardware,
-        "--replicas", str(REPLICAS), "--context", "8192", "-o", str(new_plan),
+        "--replicas", str(REPLICAS), "--context", str(context), "-o", str(new_plan),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    old = release_dir.current_id(fleet.rendered)
     load = Load(fleet.router_url, threads=2)
     workers = load.start()
     _wait(lambda: load.done(2), 120, "load flowing")
-    args = ["upgrade", "--plan", str(new_plan), "--rendered", str(fleet.rendered), "--deadline", "0.05"]
-    done = fleet.kd(*args, timeout=900)
+    done = fleet.kd(
+        "upgrade", "--plan", str(new_plan), "--rendered", str(fleet.rendered), *extra, timeout=900
+    )
     load.stop.set()
     for w in workers:
         w.join(timeout=300)
+    return done, load
+
+
+def test_a_replica_that_fails_its_start_is_put_back_and_the_upgrade_stops(fleet: Fleet) -> None:
+    """A real fault: the new release's first replica cannot be ready within a 0.05 s deadline."""
+    old = release_dir.current_id(fleet.rendered)
+    done, load = _upgrade_under_load(fleet, 8192, "--deadline", "0.05")
     assert done.returncode == 6, done.stdout + done.stderr
     assert "rolled back" in done.stderr
     assert release_dir.current_id(fleet.rendered) == old
@@ -242,21 +252,9 @@ def test_a_replica_that_fails_its_start_is_put_back_and_the_upgrade_stops(fleet:
 
 
 def test_a_rolling_upgrade_under_steady_load_loses_no_request(fleet: Fleet) -> None:
-    new_plan = fleet.workdir / "plan-16k.json"
-    hardware = str(fleet.workdir / "this-node.yaml")
-    done = fleet.kd(
-        "plan", "--model", "demo", "--engine", "llama.cpp", "--hardware", hardware,
-        "--replicas", str(REPLICAS), "--context", "16384", "-o", str(new_plan),
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
     old = release_dir.current_id(fleet.rendered)
-    load = Load(fleet.router_url, threads=2)
-    workers = load.start()
-    _wait(lambda: load.done(2), 120, "load flowing")
-    done = fleet.kd("upgrade", "--plan", str(new_plan), "--rendered", str(fleet.rendered), timeout=900)
-    load.stop.set()
-    for w in workers:
-        w.join(timeout=300)
+    done, load = _upgrade_under_load(fleet, 16384)
+    new_plan = fleet.workdir / "plan-16384.json"
     assert done.returncode == 0, done.stdout + done.stderr
     assert release_dir.current_id(fleet.rendered) != old
     failed = [o for o in load.outcomes if not o[2]]

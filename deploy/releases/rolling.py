@@ -95,16 +95,21 @@ def gate(root: Path, rid: str, step: Step, timeout_s: float, say: Callable[[str]
     target = dict(fleet_check.replica_targets(plan, front)).get(step.replica)
     if target is None:
         raise GateFailed(f"{rid}: the plan has no replica {step.replica} to check")
-    report = check.run_checks(target)
+    return verdict(check.run_checks(target), f"{step.replica} of {rid}", say, label=f"{step.replica} check")
+
+
+def verdict(report: Any, where: str, say: Callable[[str], None], label: str = "check") -> dict[str, Any]:
+    """A gate's check report (deploy.checking.result.CheckReport) as a dict, its counts said; GateFailed
+    naming every failed check when it did not pass."""
     data = report.to_dict()
     summary = data.get("summary", {})
     say(
-        f"  {step.replica} check: {summary.get('pass', 0)} passed, {summary.get('fail', 0)} failed, "
+        f"  {label}: {summary.get('pass', 0)} passed, {summary.get('fail', 0)} failed, "
         f"{summary.get('skip', 0)} skipped"
     )
     if not report.ok:
         failed = "; ".join(f"{r.name}: {r.reason}" for r in report.failed)
-        raise GateFailed(f"check failed on {step.replica} of {rid}: {failed}")
+        raise GateFailed(f"check failed on {where}: {failed}")
     return data
 
 
@@ -155,4 +160,4 @@ def put_back(
         fleet_launch.rejoin(release_dir.release_path(root, old), step.replica, stream=sys.stderr)
 
 
-__all__ = ["Step", "gate", "put_back", "roll", "rolls", "steps"]
+__all__ = ["Step", "gate", "put_back", "roll", "rolls", "steps", "verdict"]

@@ -207,17 +207,9 @@ def _check(
     plan = load_plan(_release_plan(root, rid))
     target = check.target_from_rendered(plan, root, None, timeout_s=timeout_s)
     report = check.run_checks(target)
-    data = report.to_dict()
-    release_dir.write_report(release_dir.release_path(root, rid), "check", data)
-    summary = data.get("summary", {})
-    say(
-        f"  check: {summary.get('pass', 0)} passed, {summary.get('fail', 0)} failed, "
-        f"{summary.get('skip', 0)} skipped"
-    )
-    if not report.ok:
-        failed = "; ".join(f"{r.name}: {r.reason}" for r in report.failed)
-        raise GateFailed(f"check failed on {rid}: {failed}")
-    return data
+    # the report is stored before the verdict: a failed gate's report is what `rollback` and people read
+    release_dir.write_report(release_dir.release_path(root, rid), "check", report.to_dict())
+    return rolling.verdict(report, rid, say)
 
 
 def bench_gate(previous: dict[str, Any] | None, new: dict[str, Any] | None, tolerance: float) -> str | None:
