@@ -297,3 +297,36 @@ def test_stopping_the_worker_fails_check(
         -3000:
     ]
     assert API_KEY_CANARY not in staged.text
+
+
+def test_a_second_replicas_host_fetches_the_weights_from_the_heads_mirror(
+    lab: netns.TwoHostLab, deployment: dict[str, object], first_run: subprocess.CompletedProcess[str]
+) -> None:
+    """A fleet of two one-node replicas over the same two hosts, planned and downloaded into fresh weights
+    folders: the head fetches from upstream, and the second replica's host (which reaches only the head)
+    gets every file from the head's LAN mirror, with no option asking for it. Last in this module: it
+    replaces the installed plan."""
+    requests_log = _disk(lab, "head") / "kimi" / "state" / "mirror.requests.jsonl"
+    seen = len(requests_log.read_text().splitlines())
+    models = lab.node_root / "fleet-models"
+    fleet = support.run(
+        deployment["inventory"],
+        tags=["plan", "download"],
+        extra_vars=["kimi_replicas=2", f"kimi_weights_dir={models}"],
+    )
+    assert fleet.result.ok, fleet.text[-4000:]
+    plan = support.read_json(_disk(lab, "head") / "kimi" / "state" / "plan.json")
+    assert [r["nodes"] for r in plan["fleet"]["replicas"]] == [["head"], ["worker"]]
+    lock = deployment["lock"]
+    repo_dir = Path(*lock.repo.split("/"))
+    served = {f.path: 0 for f in lock.files}
+    for line in requests_log.read_text().splitlines()[seen:]:
+        r = json.loads(line)
+        if r.get("method") == "GET" and r.get("file") in served:
+            served[r["file"]] += r.get("bytes", 0)
+    assert served == {f.path: f.size for f in lock.files}
+    for f in lock.files:
+        got = _disk(lab, "worker") / "fleet-models" / repo_dir / f.path
+        assert got.stat().st_size == f.size
+        if f.sha256:
+            assert lockfile.sha256_file(got) == f.sha256
