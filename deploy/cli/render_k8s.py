@@ -22,6 +22,12 @@ _OPTIONS = [
         "--image", "k8s_image", metavar="REF", help="k8s: engine image (default: the engine's at its pin)."
     ),
     click.option(
+        "--router-image",
+        "k8s_router_image",
+        metavar="REF",
+        help="k8s: a fleet's router image (required for a fleet).",
+    ),
+    click.option(
         "--interface",
         "k8s_interface",
         metavar="NAME",
@@ -78,8 +84,8 @@ def render_k8s(plan_path: str, opts: k8s.K8sOptions) -> None:
     budget = probe_budget(leader["startupProbe"])
     click.echo(
         f"rendered {result.candidate.engine} candidate {result.candidate.id} as a LeaderWorkerSet of "
-        f"{result.commands.size} pod(s) into {opts.out_dir} (startupProbe {budget} s >= start deadline "
-        f"{result.start_deadline_s} s)"
+        f"{lws['spec']['replicas']} group(s) of {result.commands.size} pod(s) into {opts.out_dir} "
+        f"(startupProbe {budget} s >= start deadline {result.start_deadline_s} s)"
     )
     click.echo(
         f"validated: {len(result.documents)} documents against Kubernetes "

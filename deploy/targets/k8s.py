@@ -16,6 +16,8 @@ a PodMonitor and a PrometheusRule (the same alert rules promtool checks for syst
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -30,8 +32,9 @@ from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, JOB, MonitoringSpec, 
 from deploy.planning.contract import Candidate, Plan
 from deploy.schema import check_env_name, check_host, check_port
 from deploy.serving import render
-from deploy.serving.argv import Endpoint, is_loopback
+from deploy.serving.argv import SGLANG_KEY_CONFIG_FILE, SGLANG_KEY_CONFIG_VAR, Endpoint, is_loopback
 from deploy.serving.replicas import fleet_of
+from deploy.targets import k8s_fleet
 from deploy.targets.k8s_nodes import LwsCommands, lws_commands
 from deploy.targets.k8s_pod import CONFIG_DIR, PodInputs, pod_spec
 from deploy.weights import lockfile
@@ -71,6 +74,8 @@ class K8sOptions:
     weights_claim: str = "kimi-weights"
     api_key_secret: str = "kimi-deploy-api-key"
     engine_dir: str = DEFAULT_ENGINE_DIR
+    #: a fleet's router image (the pinned router package has no published image)
+    router_image: str | None = None
     ttft_p95_slo_s: float | None = None
     plan_path: str | None = None
 
@@ -100,8 +105,9 @@ def check_options(opts: K8sOptions) -> None:
     _check_name(opts.weights_claim, "--weights-claim")
     if opts.namespace:
         _check_name(opts.namespace, "--namespace")
-    if opts.image and not _IMAGE.match(opts.image):
-        raise InputError(f"--image {opts.image!r}: not an image reference")
+    for flag, image in (("--image", opts.image), ("--router-image", opts.router_image)):
+        if image and not _IMAGE.match(image):
+            raise InputError(f"{flag} {image!r}: not an image reference")
     if opts.interface and not _INTERFACE.match(opts.interface):
         raise InputError(f"--interface {opts.interface!r}: not a network interface name")
     if opts.weights_volume not in ("pvc", "hostpath"):
@@ -166,9 +172,12 @@ def _meta(opts: K8sOptions, name: str, **extra: Any) -> dict[str, Any]:
     return meta
 
 
-def config_map(opts: K8sOptions, lock_text: str | None, template: Path | None) -> dict[str, Any]:
-    """weights.lock, the checker the init container runs, and the chat template the engine reads."""
-    data = {CHECKER: CHECKER_PATH.read_text(encoding="utf-8")}
+def config_map(
+    opts: K8sOptions, lock_text: str | None, template: Path | None, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """weights.lock, the checker the init container runs, the chat template the engine reads, and ``extra``
+    (a fleet's router launcher)."""
+    data = {CHECKER: CHECKER_PATH.read_text(encoding="utf-8"), **(extra or {})}
     if lock_text is not None:
         data[lockfile.LOCK_NAME] = lock_text
     if template is not None:
@@ -195,8 +204,6 @@ def _weights_steps(
         download += ["--include", pattern]
     if lock_text is None:
         return download, None
-    import hashlib
-
     sha = hashlib.sha256(lock_text.encode()).hexdigest()
     verify = [
         "python3",
@@ -208,8 +215,11 @@ def _weights_steps(
     return download, verify
 
 
-def leader_worker_set(opts: K8sOptions, cmds: LwsCommands, pod: PodInputs, cand: Candidate) -> dict[str, Any]:
-    """The LeaderWorkerSet: one group of ``cmds.size`` pods, recreated together when one restarts."""
+def leader_worker_set(
+    opts: K8sOptions, cmds: LwsCommands, pod: PodInputs, cand: Candidate, replicas: int = 1
+) -> dict[str, Any]:
+    """The LeaderWorkerSet: ``replicas`` groups of ``cmds.size`` pods, each recreated together when one of its
+    pods restarts."""
     config = f"{opts.name}-config"
     leader = {
         "metadata": {"labels": {"kimi-deploy/role": "leader"}},
@@ -230,7 +240,7 @@ def leader_worker_set(opts: K8sOptions, cmds: LwsCommands, pod: PodInputs, cand:
         "apiVersion": LWS_API,
         "kind": "LeaderWorkerSet",
         "metadata": _meta(opts, opts.name, annotations=annotations),
-        "spec": {"replicas": 1, "startupPolicy": "LeaderCreated", "leaderWorkerTemplate": template},
+        "spec": {"replicas": replicas, "startupPolicy": "LeaderCreated", "leaderWorkerTemplate": template},
     }
 
 
@@ -238,15 +248,15 @@ def _leader_selector(opts: K8sOptions) -> dict[str, str]:
     return {LWS_NAME_LABEL: opts.name, LWS_INDEX_LABEL: "0"}
 
 
-def service(opts: K8sOptions, port: int) -> dict[str, Any]:
-    """The leader's Service: the only pod that serves HTTP."""
+def service(opts: K8sOptions, port: int, selector: dict[str, str] | None = None) -> dict[str, Any]:
+    """What users reach: the leader (the only pod that serves HTTP), or a fleet's router (``selector``)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(opts, opts.name),
+        "metadata": _meta(opts, f"{opts.name}-api"),
         "spec": {
             "type": "ClusterIP",
-            "selector": _leader_selector(opts),
+            "selector": selector or _leader_selector(opts),
             "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
@@ -337,18 +347,51 @@ def _pod_inputs(
     )
 
 
-def compose(plan: Plan, opts: K8sOptions | None = None) -> K8sRender:
-    """Every document for ``plan``'s chosen candidate (or ``opts.candidate_id``), in apply order; reads the
-    weights lock and the chat template, writes nothing."""
-    opts = opts or K8sOptions()
-    check_options(opts)
-    if fleet_of(plan) is not None:
-        raise PlanError("render --target k8s renders one replica: plan without --replicas (fleets: not yet)")
+def _candidate(plan: Plan, opts: K8sOptions) -> Candidate:
     cand = plan.candidate(opts.candidate_id) if opts.candidate_id else plan.chosen_candidate
     if not cand.runs:
-        raise PlanError(
-            f"candidate {cand.id!r} is {cand.status}: {'; '.join(cand.reasons) or 'it does not run'}"
+        why = "; ".join(cand.reasons) or "it does not run"
+        raise PlanError(f"candidate {cand.id!r} is {cand.status}: {why}")
+    fleet = fleet_of(plan)
+    if fleet is None:
+        return cand
+    if opts.port is not None:
+        raise PlanError("--port names one server's port; a fleet's ports are the plan's (plan --router-port)")
+    if not opts.router_image:
+        raise InputError(
+            f"a fleet's router ({fleet['router']['program']}) has no published image at its pin: pass "
+            "--router-image with one that has it installed"
         )
+    # every group is its own pods: one port serves for all (the first replica's, as the plan gives it)
+    port = int(fleet["replicas"][0]["port"])
+    return dataclasses.replace(cand, engine_args={**cand.engine_args, "port": port})
+
+
+def _fleet_documents(
+    plan: Plan, opts: K8sOptions, port: int
+) -> tuple[dict[str, str], list[dict[str, Any]], dict[str, str] | None, int]:
+    """(ConfigMap files, documents, the user-facing Service's selector, replicas) of a fleet's router."""
+    fleet = fleet_of(plan)
+    if fleet is None:
+        return {}, [], None, 1
+    spec = fleet["router"]
+    replicas = len(fleet["replicas"])
+    workers = k8s_fleet.leader_urls(opts.name, replicas, port)
+    key, text = k8s_fleet.launcher_file(spec)
+    meta = _meta(opts, opts.name)
+    deployment = k8s_fleet.router_deployment(
+        meta, spec, workers, str(opts.router_image), opts.api_key_secret, f"{opts.name}-config"
+    )
+    return {key: text}, [deployment], k8s_fleet.router_selector(opts.name), replicas
+
+
+def compose(plan: Plan, opts: K8sOptions | None = None) -> K8sRender:
+    """Every document for ``plan``'s chosen candidate (or ``opts.candidate_id``), in apply order; reads the
+    weights lock and the chat template, writes nothing. A fleet runs one LWS group per replica behind its
+    router's Deployment, which the user-facing Service then selects."""
+    opts = opts or K8sOptions()
+    check_options(opts)
+    cand = _candidate(plan, opts)
     ep = endpoint(cand, opts)
     weights_dir = render.weights_dir_for(plan, cand, opts.weights_dir)
     schema.validate(str(weights_dir), schema.PATH, "--weights-dir" if opts.weights_dir else "plan weights")
@@ -358,28 +401,24 @@ def compose(plan: Plan, opts: K8sOptions | None = None) -> K8sRender:
     cmds = lws_commands(plan, cand, model, ep, template, opts.interface, opts.engine_dir)
     pod = _pod_inputs(plan, cand, opts, ep, weights_dir, lock_text)
     if cmds.leader.node.key_config is not None:
-        from dataclasses import replace
-
-        from deploy.serving.argv import SGLANG_KEY_CONFIG_FILE, SGLANG_KEY_CONFIG_VAR
-
-        pod = replace(pod, key_config=(SGLANG_KEY_CONFIG_VAR, SGLANG_KEY_CONFIG_FILE.lstrip(".")))
+        pod = dataclasses.replace(pod, key_config=(SGLANG_KEY_CONFIG_VAR, SGLANG_KEY_CONFIG_FILE.lstrip(".")))
+    files, router_docs, selector, replicas = _fleet_documents(plan, opts, pod.port)
     spec = monitoring_spec(cand, opts, plan, pod.port)
+    user_port = int(fleet_of(plan)["router"]["port"]) if selector else pod.port  # type: ignore[index]
     docs = [
-        config_map(opts, lock_text, local_template),
-        leader_worker_set(opts, cmds, pod, cand),
-        service(opts, pod.port),
+        config_map(opts, lock_text, local_template, files),
+        leader_worker_set(opts, cmds, pod, cand, replicas),
+        *router_docs,
+        service(opts, user_port, selector),
         pod_monitor(opts, spec),
         prometheus_rule(opts, spec),
     ]
-    notes = (
-        []
-        if has_lock
-        else [
-            f"{lockfile.lock_path(weights_dir)} not found: the pods download at "
-            f"{cand.weights.revision} without a digest check (run `kimi-deploy download` "
-            "first to pin the weights)"
-        ]
-    )
+    notes = []
+    if not has_lock:
+        notes.append(
+            f"{lockfile.lock_path(weights_dir)} not found: the pods download at {cand.weights.revision} "
+            "without a digest check (run `kimi-deploy download` first to pin the weights)"
+        )
     return K8sRender(cand, docs, cmds, int(cand.start_deadline_s), has_lock, notes)
 
 
