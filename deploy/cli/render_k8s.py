@@ -94,7 +94,7 @@ def render_k8s(plan_path: str, opts: k8s.K8sOptions) -> None:
     for path in files:
         click.echo(f"  {path.name}")
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(f"note: {note}")
     click.echo(
         f"the API key comes from Secret {opts.api_key_secret} (key api-key): kubectl create secret generic "
         f"{opts.api_key_secret} --from-file=api-key=FILE"
