@@ -417,3 +417,31 @@ def test_the_weights_check_passes_the_locked_files_and_fails_closed_on_a_changed
     assert "missing" in _check(lock, weights, sha).stderr
     other = _check(lock, weights, "0" * 64)
     assert other.returncode == 1 and "the manifest pins" in other.stderr
+
+
+# ------------------------------------------------------------------------- the engines' own parsers
+
+
+@pytest.mark.slow
+def test_every_pod_command_passes_its_engines_own_parser(tmp_path: Path) -> None:
+    """One probe batch: the leader's and the worker's command of every vLLM, SGLang and KTransformers
+    candidate, as the kubelet hands them to worker 1 (render --check-parsers does the same per render)."""
+    from deploy.cli.render_k8s import kubelet_argv
+    from deploy.engines import builds as engines
+    from deploy.serving import parser_check
+
+    for python in (engines.parser_python(), engines.kt_parser_python()):
+        if not python.is_file():
+            pytest.fail(f"parser venv missing at {python}: run `make setup`")
+    batch = []
+    for profile, cand_id in _cases():
+        p = _plan(profile)
+        result = k8s.compose(p, options(p, cand_id, tmp_path))
+        for cmd in (result.commands.leader, result.commands.worker):
+            if cmd is not None and cmd.node.program in parser_check.CHECKED:
+                batch.append((cmd.node.program, kubelet_argv(cmd.argv, "kimi-deploy")))
+    assert {engine for engine, _ in batch} >= {"vllm", "sglang", "ktransformers"}
+    report = parser_check.check_argvs(batch)
+    failed = [f"{r.engine}: {r.summary()}" for r in report.results if not r.ok]
+    assert not failed, failed
+    assert len(report.results) == len(batch)

@@ -114,7 +114,7 @@ def render_command(
             ttft_p95_slo_s=ttft_slo,
             **{k.removeprefix("k8s_"): v for k, v in k8s_args.items()},  # type: ignore[arg-type]
         )
-        render_k8s(plan_path, k8s_opts)
+        render_k8s(plan_path, k8s_opts, check_parsers)
         return
     opts = render.RenderOptions(
         out_dir=out_dir,

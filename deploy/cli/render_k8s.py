@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from deploy import __version__
-from deploy.errors import InputError, RenderError
+from deploy.errors import InputError, ParserCheckFailed, RenderError
 from deploy.planning.contract import load_plan
+from deploy.serving import parser_check
+from deploy.serving.argv import Arg, EnvRef
 from deploy.targets import k8s, k8s_validate, k8s_write
+from deploy.targets.k8s_nodes import LEADER_ADDRESS, POD_IP_VAR, WORKER_INDEX
 from deploy.targets.k8s_pod import probe_budget
 
 _OPTIONS = [
@@ -65,8 +69,37 @@ def k8s_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def render_k8s(plan_path: str, opts: k8s.K8sOptions) -> None:
-    """Compose, validate against the schemas (fail on any violation), write, and say what was written."""
+def kubelet_argv(argv: list[str], name: str) -> list[Arg]:
+    """A pod's argv as the kubelet hands it to worker 1 of group 0 (LWS's variables substituted with what
+    LWS sets there); another ``$(NAME)`` word stays a reference (the parser probe puts a key there)."""
+    lws = {LEADER_ADDRESS: f"{name}-0.{name}", WORKER_INDEX: "1", f"$({POD_IP_VAR})": "10.0.0.2"}
+    out: list[Arg] = []
+    for word in argv:
+        for var, value in lws.items():
+            word = word.replace(var, value)
+        ref = re.fullmatch(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", word)
+        out.append(EnvRef(ref.group(1)) if ref else word)
+    return out
+
+
+def check_pod_parsers(result: k8s.K8sRender, name: str) -> None:
+    """The pods' vLLM/SGLang commands, as the kubelet hands them over, through the engines' own parsers."""
+    cmds = [c for c in (result.commands.leader, result.commands.worker) if c is not None]
+    report = parser_check.check_argvs(
+        [(c.node.program, kubelet_argv(c.argv, name)) for c in cmds if c.node.program in parser_check.CHECKED]
+    )
+    if not report.results:
+        click.echo(f"parser check: nothing to parse ({result.candidate.engine} is not parser-checked)")
+    for r in report.results:
+        version = report.versions.get(parser_check.VERSION_KEYS.get(r.engine, r.engine))
+        click.echo(f"parser check ({r.engine} {version}): {r.summary()}")
+    if not report.ok:
+        raise ParserCheckFailed("a pod's command failed its engine's argument parser (see above)")
+
+
+def render_k8s(plan_path: str, opts: k8s.K8sOptions, check_parsers: bool = False) -> None:
+    """Compose, validate against the schemas (fail on any violation), write, and say what was written;
+    ``check_parsers``: the pods' commands through the engines' own parsers too."""
     opts.plan_path = plan_path
     result = k8s.compose(load_plan(plan_path), opts)
     found = k8s_validate.validate_all(result.documents)
@@ -95,6 +128,8 @@ def render_k8s(plan_path: str, opts: k8s.K8sOptions) -> None:
         click.echo(f"  {path.name}")
     for note in result.notes:
         click.echo(f"note: {note}")
+    if check_parsers:
+        check_pod_parsers(result, opts.name)
     click.echo(
         f"the API key comes from Secret {opts.api_key_secret} (key api-key): kubectl create secret generic "
         f"{opts.api_key_secret} --from-file=api-key=FILE"
