@@ -445,3 +445,26 @@ def test_every_pod_command_passes_its_engines_own_parser(tmp_path: Path) -> None
     failed = [f"{r.engine}: {r.summary()}" for r in report.results if not r.ok]
     assert not failed, failed
     assert len(report.results) == len(batch)
+
+
+def test_bind_port_and_the_weights_volume_options_reach_the_pods(tmp_path: Path) -> None:
+    p = _plan("h200x8")
+    port = int(p.chosen_candidate.engine_args.get("port") or 8000) + 17
+    opts = k8s.K8sOptions(bind="::", port=port, weights_volume="hostpath", api_key_secret="vault-kimi")
+    docs = k8s.compose(p, opts).documents
+    assert k8s_validate.validate_all(docs) == []
+    leader, worker = templates(docs)
+    engine = leader["containers"][0]
+    argv = engine["command"]
+    assert argv[argv.index("--host") + 1] == "::" and argv[argv.index("--port") + 1] == str(port)
+    assert engine["ports"][0]["containerPort"] == port
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"]["ports"][0]["port"] == port
+    volume = next(v for v in leader["volumes"] if v["name"] == "weights")
+    assert volume["hostPath"]["path"] == str(render.weights_dir_for(p, p.chosen_candidate))
+    refs = [
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in engine["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    assert refs == ["vault-kimi"]
