@@ -468,3 +468,20 @@ def test_bind_port_and_the_weights_volume_options_reach_the_pods(tmp_path: Path)
         if "secretKeyRef" in e.get("valueFrom", {})
     ]
     assert refs == ["vault-kimi"]
+
+
+def test_validation_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every schema is on disk (kubernetes-validate's bundled ones, the vendored CRDs): with every socket
+    connection refused (a fault this machine cannot produce for one test otherwise) validation still runs."""
+    import socket
+
+    def refuse(*_args, **_kw):
+        raise OSError("network disabled by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    docs = _docs()
+    assert k8s_validate.validate_all(docs) == []
+    broken = copy.deepcopy(docs)
+    broken[2]["spec"]["type"] = 7
+    assert k8s_validate.validate_all(broken)
