@@ -35,7 +35,8 @@ from deploy.targets.k8s import K8sOptions
 @click.option(
     "--api-key-env",
     metavar="NAME",
-    help="Env var holding the API key; required (and set) for a non-loopback --bind.",
+    help="Env var holding the API key; required (and set) for a non-loopback --bind. k8s: the container "
+    "variable the Secret feeds (its value is not read).",
 )
 @click.option(
     "--multinode-backend",

@@ -19,7 +19,12 @@ from deploy.targets.k8s_pod import probe_budget
 
 _OPTIONS = [
     click.option(
-        "--name", "k8s_name", default="kimi-deploy", show_default=True, help="k8s: the LWS and Service name."
+        "--name",
+        "k8s_name",
+        metavar="NAME",
+        default="kimi-deploy",
+        show_default=True,
+        help="k8s: the LWS name.",
     ),
     click.option("--namespace", "k8s_namespace", metavar="NS", help="k8s: namespace of every document."),
     click.option(
@@ -48,6 +53,7 @@ _OPTIONS = [
     click.option(
         "--weights-claim",
         "k8s_weights_claim",
+        metavar="NAME",
         default="kimi-weights",
         show_default=True,
         help="k8s: PVC name.",
@@ -55,6 +61,7 @@ _OPTIONS = [
     click.option(
         "--api-key-secret",
         "k8s_api_key_secret",
+        metavar="NAME",
         default="kimi-deploy-api-key",
         show_default=True,
         help="k8s: the Secret (key `api-key`) the API key comes from; never written by render.",
