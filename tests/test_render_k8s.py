@@ -485,3 +485,38 @@ def test_validation_needs_no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     broken = copy.deepcopy(docs)
     broken[2]["spec"]["type"] = 7
     assert k8s_validate.validate_all(broken)
+
+
+#: plan.json edits that keep it schema-valid (as tests/test_fuzz.py's), each reaching the k8s composer
+K8S_EDITS = [
+    ("engine_args", "served_model_name", "a/b:c"), ("engine_args", "served_model_name", "x\ny"),
+    ("engine_args", "multinode", {"backend": "ray"}), ("engine_args", "api_key_env", None),
+    ("engine_args", "port", 1), ("engine_args", "host", "::"), ("candidate", "nodes", 0),
+    ("candidate", "data_parallel", 2), ("candidate", "tensor_parallel", 3),
+    ("candidate", "status", "reduced"), ("candidate", "max_model_len", 1), ("node", "name", "n-1.a"),
+    ("node", "address", "$(rm -rf /)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("where", "key", "value"), K8S_EDITS)
+def test_an_edited_plan_renders_or_fails_in_one_line(tmp_path: Path, run_cli, where, key, value) -> None:
+    doc = _plan("h100x8-2nodes").to_dict()
+    cand = next(c for c in doc["candidates"] if c["id"] == doc["chosen"])
+    target = {"engine_args": cand["engine_args"], "candidate": cand, "node": doc["hardware"]["nodes"][0]}[
+        where
+    ]
+    if value is None:
+        target.pop(key, None)
+    else:
+        target[key] = value
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "k8s"
+    code, _out, err = run_cli(["render", "--plan", str(path), "--target", "k8s", "--out", str(out)])
+    assert "Traceback" not in err
+    if code:
+        assert len(err.strip().splitlines()) == 1, err
+    else:
+        docs = [yaml.safe_load(f.read_text()) for f in sorted(out.glob("*.yaml"))]
+        assert k8s_validate.validate_all(docs) == []
+        assert "rm -rf" not in "".join(f.read_text() for f in out.glob("*.yaml"))
