@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import hashlib
 import json
 import re
 import shlex
@@ -21,8 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy import pins
 from deploy.cli import main
 from deploy.hardware.profiles import available_profiles, load_profile, profile_from_gpus
+from deploy.monitoring.spec import RouterTarget
 from deploy.planning.contract import Plan, save_plan
 from deploy.planning.planner import plan
 from deploy.planning.request import PlanRequest
@@ -61,7 +64,7 @@ def gguf_weights(root: Path, cand) -> Path:
 
 def options(p: Plan, cand_id: str, tmp_path: Path, **kw) -> k8s.K8sOptions:
     cand = p.candidate(cand_id)
-    image = None if cand.engine in __import__("deploy").pins.ENGINE_IMAGES else IMAGE
+    image = None if cand.engine in pins.ENGINE_IMAGES else IMAGE
     weights = gguf_weights(tmp_path, cand) if cand.weights.format == "gguf" else None
     return k8s.K8sOptions(
         candidate_id=cand_id, image=image, weights_dir=weights, router_image=IMAGE + "-router", **kw
@@ -311,7 +314,7 @@ def test_the_cli_writes_validated_yaml_with_the_key_only_by_reference(tmp_path: 
     inits = {c["name"]: c["command"] for c in leader["initContainers"]}
     lock_text = lockfile.lock_path(weights).read_text()
     assert inits["weights-download"][inits["weights-download"].index("--revision") + 1] == "a" * 40
-    assert inits["weights-verify"][-1] == __import__("hashlib").sha256(lock_text.encode()).hexdigest()
+    assert inits["weights-verify"][-1] == hashlib.sha256(lock_text.encode()).hexdigest()
     assert docs[0]["data"][lockfile.LOCK_NAME] == lock_text
     assert all(d["metadata"]["namespace"] == "llm" for d in docs)
 
@@ -447,6 +450,16 @@ def test_every_pod_command_passes_its_engines_own_parser(tmp_path: Path) -> None
     assert len(report.results) == len(batch)
 
 
+@pytest.mark.slow
+def test_a_fleets_router_command_passes_the_pinned_routers_parser(tmp_path: Path, run_cli) -> None:
+    path = tmp_path / "plan.json"
+    save_plan(_plan("h100x8-4nodes"), path)
+    args = ["render", "--plan", str(path), "--target", "k8s", "--out", str(tmp_path / "k8s")]
+    code, out, err = run_cli([*args, "--router-image", IMAGE, "--check-parsers"])
+    assert code == 0, err
+    assert "the router command passes" in out and out.count("parser check (vllm ") == 2
+
+
 def test_bind_port_and_the_weights_volume_options_reach_the_pods(tmp_path: Path) -> None:
     p = _plan("h200x8")
     port = int(p.chosen_candidate.engine_args.get("port") or 8000) + 17
@@ -520,3 +533,53 @@ def test_an_edited_plan_renders_or_fails_in_one_line(tmp_path: Path, run_cli, wh
         docs = [yaml.safe_load(f.read_text()) for f in sorted(out.glob("*.yaml"))]
         assert k8s_validate.validate_all(docs) == []
         assert "rm -rf" not in "".join(f.read_text() for f in out.glob("*.yaml"))
+
+
+# ----------------------------------------------------------------------------------------- a fleet
+
+
+def test_a_fleet_is_one_lws_group_per_replica_behind_the_router(tmp_path: Path) -> None:
+    from deploy.monitoring import fleet_rules
+    from deploy.routers import registry as routers
+
+    p = _plan("h100x8-4nodes")
+    fleet = render.replicas.fleet_of(p)
+    assert fleet is not None, "h100x8-4nodes plans replicas behind a router"
+    result = k8s.compose(p, k8s.K8sOptions(name="kimi", router_image=IMAGE + "-router"))
+    docs = result.documents
+    assert k8s_validate.validate_all(docs) == []
+    lws = lws_of(docs)
+    assert lws["spec"]["replicas"] == len(fleet["replicas"])
+    assert lws["spec"]["leaderWorkerTemplate"]["size"] == p.chosen_candidate.nodes
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    router = routers.get(fleet["router"]["program"])
+    port = int(fleet["replicas"][0]["port"])
+    urls = command[command.index(router.worker_urls_flag) + 1 :]
+    # LWS names group g's leader <name>-<g> under its headless Service <name>
+    assert urls == [f"http://kimi-{g}.kimi:{port}" for g in range(len(fleet["replicas"]))]
+    leader, _worker = templates(docs)
+    assert leader["containers"][0]["ports"][0]["containerPort"] == port
+    service = next(d for d in docs if d["kind"] == "Service")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["port"] == int(fleet["router"]["port"])
+    text = json.dumps(deployment)
+    assert "secretKeyRef" in text and CANARY_KEY not in text
+    # the router's alerts are the systemd render's (deploy.monitoring.fleet_rules), its replicas named
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    spec = k8s.monitoring_spec(result.candidate, k8s.K8sOptions(name="kimi"), p, port, None)
+    router_spec = dataclasses.replace(
+        spec,
+        router=RouterTarget(router.name, "kimi-router:1", replicas=(("r0", "http://x:1"),)),
+    )
+    assert {r["alert"] for r in fleet_rules.router_rules(router_spec)} <= alerts
+    monitors = [d for d in docs if d["kind"] == "PodMonitor"]
+    relabel = monitors[1]["spec"]["podMetricsEndpoints"][0]["metricRelabelings"]
+    assert [r["replacement"] for r in relabel] == [str(r["id"]) for r in fleet["replicas"]]
+
+
+def test_a_fleet_without_a_router_image_says_so(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="--router-image"):
+        k8s.compose(_plan("h100x8-4nodes"), k8s.K8sOptions())

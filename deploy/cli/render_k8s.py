@@ -11,6 +11,8 @@ import click
 from deploy import __version__
 from deploy.errors import InputError, ParserCheckFailed, RenderError
 from deploy.planning.contract import load_plan
+from deploy.routers import registry as routers
+from deploy.routers.check import check_router_argv
 from deploy.serving import parser_check
 from deploy.serving.argv import Arg, EnvRef
 from deploy.targets import k8s, k8s_validate, k8s_write
@@ -102,6 +104,13 @@ def check_pod_parsers(result: k8s.K8sRender, name: str) -> None:
         click.echo(f"parser check ({r.engine} {version}): {r.summary()}")
     if not report.ok:
         raise ParserCheckFailed("a pod's command failed its engine's argument parser (see above)")
+    for doc in result.documents:
+        if doc["kind"] == "Deployment":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            program = doc["metadata"]["annotations"]["kimi-deploy/router"]
+            # the command: python3, the launcher, then what the router's own parser reads
+            check_router_argv(routers.get(program), container["command"][2:])
+            click.echo(f"parser check ({program} {routers.get(program).version}): the router command passes")
 
 
 def render_k8s(plan_path: str, opts: k8s.K8sOptions, check_parsers: bool = False) -> None:

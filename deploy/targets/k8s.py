@@ -27,8 +27,15 @@ from typing import Any
 from deploy import __version__, constants, pins, schema
 from deploy.engines import registry
 from deploy.errors import InputError, PlanError
-from deploy.monitoring import rules
-from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S, JOB, MonitoringSpec, ScrapeTarget
+from deploy.monitoring import fleet_rules, rules
+from deploy.monitoring.spec import (
+    DEFAULT_TTFT_P95_SLO_S,
+    JOB,
+    ROUTER_JOB,
+    MonitoringSpec,
+    RouterTarget,
+    ScrapeTarget,
+)
 from deploy.planning.contract import Candidate, Plan
 from deploy.schema import check_env_name, check_host, check_port
 from deploy.serving import render
@@ -262,8 +269,11 @@ def service(opts: K8sOptions, port: int, selector: dict[str, str] | None = None)
     }
 
 
-def monitoring_spec(cand: Candidate, opts: K8sOptions, plan: Plan, port: int) -> MonitoringSpec:
-    """The same spec the systemd render's rules come from, with the leader's Service as the one target."""
+def monitoring_spec(
+    cand: Candidate, opts: K8sOptions, plan: Plan, port: int, router: RouterTarget | None = None
+) -> MonitoringSpec:
+    """The same spec the systemd render's rules come from, with the leader's Service as the one target and
+    a fleet's ``router``."""
     slo = opts.ttft_p95_slo_s or (plan.request or {}).get("ttft_p95_slo_s") or DEFAULT_TTFT_P95_SLO_S
     eng = registry.get(cand.engine)
     return MonitoringSpec(
@@ -274,6 +284,7 @@ def monitoring_spec(cand: Candidate, opts: K8sOptions, plan: Plan, port: int) ->
         api_key=True,
         slots=int(cand.engine_args.get("parallel") or 1) if eng.metrics.slot_based else 1,
         ttft_p95_slo_s=float(slo),
+        router=router,
     )
 
 
@@ -306,13 +317,54 @@ def pod_monitor(opts: K8sOptions, spec: MonitoringSpec) -> dict[str, Any]:
     }
 
 
+def router_pod_monitor(opts: K8sOptions, spec: MonitoringSpec) -> dict[str, Any]:
+    """Scrape a fleet's router as the systemd render's router job does: its labels, and each worker URL
+    named by its replica id (``replica``)."""
+    router = spec.router
+    assert router is not None
+    static = {"job": ROUTER_JOB, "node": router.node, "program": router.program}
+    static |= {"model": spec.served_model_name, "candidate": spec.candidate}
+    return {
+        "apiVersion": MONITORING_API,
+        "kind": "PodMonitor",
+        "metadata": _meta(opts, f"{opts.name}-router"),
+        "spec": {
+            "selector": {"matchLabels": k8s_fleet.router_selector(opts.name)},
+            "podMetricsEndpoints": [
+                {
+                    "port": "metrics",
+                    "path": "/metrics",
+                    "interval": f"{spec.timings.scrape_interval_s}s",
+                    "relabelings": [
+                        {"targetLabel": k, "replacement": v, "action": "replace"} for k, v in static.items()
+                    ],
+                    "metricRelabelings": [
+                        {
+                            "sourceLabels": ["worker"],
+                            "regex": re.escape(url),
+                            "targetLabel": "replica",
+                            "replacement": rid,
+                            "action": "replace",
+                        }
+                        for rid, url in router.replicas
+                    ],
+                }
+            ],
+        },
+    }
+
+
 def prometheus_rule(opts: K8sOptions, spec: MonitoringSpec) -> dict[str, Any]:
-    """The alert rules of deploy.monitoring.rules (what promtool checks for systemd), as a PrometheusRule."""
+    """The alert rules of deploy.monitoring.rules (what promtool checks for systemd), and a fleet's router
+    rules (deploy.monitoring.fleet_rules), as a PrometheusRule."""
+    groups = list(rules.rules_document(spec)["groups"])
+    for doc in fleet_rules.rules_documents(spec).values():
+        groups += doc["groups"]
     return {
         "apiVersion": MONITORING_API,
         "kind": "PrometheusRule",
         "metadata": _meta(opts, opts.name),
-        "spec": rules.rules_document(spec),
+        "spec": {"groups": groups},
     }
 
 
@@ -367,13 +419,24 @@ def _candidate(plan: Plan, opts: K8sOptions) -> Candidate:
     return dataclasses.replace(cand, engine_args={**cand.engine_args, "port": port})
 
 
-def _fleet_documents(
-    plan: Plan, opts: K8sOptions, port: int
-) -> tuple[dict[str, str], list[dict[str, Any]], dict[str, str] | None, int]:
-    """(ConfigMap files, documents, the user-facing Service's selector, replicas) of a fleet's router."""
+@dataclass(frozen=True)
+class _FleetParts:
+    """A fleet's router: ConfigMap files, its Deployment, the Service's selector, the LWS's replicas, the
+    port users reach and its monitoring target (all empty or one for a single replica)."""
+
+    files: dict[str, str] = field(default_factory=dict)
+    documents: list[dict[str, Any]] = field(default_factory=list)
+    selector: dict[str, str] | None = None
+    replicas: int = 1
+    port: int | None = None
+    target: RouterTarget | None = None
+
+
+def _fleet_documents(plan: Plan, opts: K8sOptions, port: int) -> _FleetParts:
+    """The router's parts of a fleet (``_FleetParts``); nothing for one replica."""
     fleet = fleet_of(plan)
     if fleet is None:
-        return {}, [], None, 1
+        return _FleetParts()
     spec = fleet["router"]
     replicas = len(fleet["replicas"])
     workers = k8s_fleet.leader_urls(opts.name, replicas, port)
@@ -382,7 +445,15 @@ def _fleet_documents(
     deployment = k8s_fleet.router_deployment(
         meta, spec, workers, str(opts.router_image), opts.api_key_secret, f"{opts.name}-config"
     )
-    return {key: text}, [deployment], k8s_fleet.router_selector(opts.name), replicas
+    ids = [str(r["id"]) for r in fleet["replicas"]]
+    target = RouterTarget(
+        program=str(spec["program"]),
+        address=f"{opts.name}-router:{int(spec['metrics_port'])}",
+        node="router",
+        replicas=tuple(zip(ids, workers, strict=True)),
+    )
+    selector = k8s_fleet.router_selector(opts.name)
+    return _FleetParts({key: text}, [deployment], selector, replicas, int(spec["port"]), target)
 
 
 def compose(plan: Plan, opts: K8sOptions | None = None) -> K8sRender:
@@ -402,15 +473,15 @@ def compose(plan: Plan, opts: K8sOptions | None = None) -> K8sRender:
     pod = _pod_inputs(plan, cand, opts, ep, weights_dir, lock_text)
     if cmds.leader.node.key_config is not None:
         pod = dataclasses.replace(pod, key_config=(SGLANG_KEY_CONFIG_VAR, SGLANG_KEY_CONFIG_FILE.lstrip(".")))
-    files, router_docs, selector, replicas = _fleet_documents(plan, opts, pod.port)
-    spec = monitoring_spec(cand, opts, plan, pod.port)
-    user_port = int(fleet_of(plan)["router"]["port"]) if selector else pod.port  # type: ignore[index]
+    fleet = _fleet_documents(plan, opts, pod.port)
+    spec = monitoring_spec(cand, opts, plan, pod.port, fleet.target)
     docs = [
-        config_map(opts, lock_text, local_template, files),
-        leader_worker_set(opts, cmds, pod, cand, replicas),
-        *router_docs,
-        service(opts, user_port, selector),
+        config_map(opts, lock_text, local_template, fleet.files),
+        leader_worker_set(opts, cmds, pod, cand, fleet.replicas),
+        *fleet.documents,
+        service(opts, fleet.port or pod.port, fleet.selector),
         pod_monitor(opts, spec),
+        *([router_pod_monitor(opts, spec)] if fleet.target else []),
         prometheus_rule(opts, spec),
     ]
     notes = []
@@ -434,5 +505,6 @@ __all__ = [
     "monitoring_spec",
     "pod_monitor",
     "prometheus_rule",
+    "router_pod_monitor",
     "service",
 ]

@@ -71,7 +71,11 @@ def router_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {**meta, "name": f"{meta['name']}-router"},
+        "metadata": {
+            **meta,
+            "name": f"{meta['name']}-router",
+            "annotations": {"kimi-deploy/router": router.name},
+        },
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
