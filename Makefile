@@ -102,10 +102,14 @@ verify: setup ## re-hash the plan's weights (or DIR=...) against weights.lock; c
 mirror: setup ## serve staged/downloaded weights in MIRROR_DIR to other nodes (HF_ENDPOINT=http://this-host:MIRROR_PORT)
 	$(KD) mirror serve $(MIRROR_DIR) --host 0.0.0.0 --port $(MIRROR_PORT)
 
-# --- render (deploy/serving/render.py; docs/reference/render.md) ------------------------------------------------
-.PHONY: render
+# --- render (deploy/serving/render.py; docs/reference/render.md; Kubernetes: deploy/targets/) -------------------
+.PHONY: render render-k8s
 render: setup ## launch scripts, env file (0600), systemd units, install steps and manifest for $(PLAN) in $(RENDERED)
 	$(KD) render --plan $(PLAN) --out $(RENDERED) $(if $(BIND),--bind $(BIND)) --check-parsers
+
+render-k8s: setup ## $(PLAN) as a LeaderWorkerSet + Service, ConfigMap, PodMonitor, PrometheusRule in OUT (default rendered-k8s), schema-validated offline; IMAGE=, ROUTER_IMAGE=, NAMESPACE=
+	$(KD) render --plan $(PLAN) --target k8s --out $(or $(OUT),rendered-k8s) $(if $(IMAGE),--image '$(IMAGE)') \
+		$(if $(ROUTER_IMAGE),--router-image '$(ROUTER_IMAGE)') $(if $(NAMESPACE),--namespace '$(NAMESPACE)')
 
 # --- up / down / status (deploy/serving/launch.py) --------------------------------------------------------------
 .PHONY: up down status

@@ -49,3 +49,10 @@ ENGINE_PINS: dict[str, str] = {
     "sglang-kt": SGLANG_KT_VERSION,
     "llama.cpp": f"llama-cpp-python-{LLAMA_CPP_PYTHON_VERSION}",
 }
+#: The container images `render --target k8s` runs, at the same engine pins (the projects' own release tags);
+#: an engine without one here (llama.cpp's pin is a commit of llama-cpp-python's vendored tree, no
+#: published image; KTransformers' fork) needs `--image`.
+ENGINE_IMAGES: dict[str, str] = {
+    "vllm": f"docker.io/vllm/vllm-openai:v{VLLM_VERSION}",
+    "sglang": f"docker.io/lmsysorg/sglang:v{SGLANG_VERSION}",
+}

@@ -127,6 +127,12 @@ def snippets() -> list[Snippet]:
                 transform=_manifest_abridged,
             )
         )
+    # Kubernetes: the same plan as a LeaderWorkerSet (docs/how-to/kubernetes.md)
+    k8s = ["render", "--plan", "{tmp}/plan.json", "--target", "k8s", "--out", "{tmp}/k8s"]
+    out.append(Snippet("render-k8s-h100x8-2nodes.txt", k8s, profile="h100x8-2nodes"))
+    for f in ("02-leaderworkerset-kimi-deploy.yaml", "03-service-kimi-deploy-api.yaml"):
+        name = f"render-k8s-h100x8-2nodes-{f.split('-', 1)[1]}"
+        out.append(Snippet(name, k8s, profile="h100x8-2nodes", from_file=f"k8s/{f}", prompt=False))
     out.append(Snippet("inventory.txt", ["inventory"], machine=True))
     out.append(
         Snippet(

@@ -26,6 +26,7 @@ STAGES = [
     "weights",
     "monitoring",
     "serving",
+    "targets",
     "checking",
     "fakes",
     "benchmark",

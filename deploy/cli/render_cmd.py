@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import click
 
+from deploy.cli.render_k8s import k8s_options, refuse_systemd_only, render_k8s
 from deploy.errors import ParserCheckFailed
 from deploy.monitoring.spec import Timings
 from deploy.routers import registry as routers
 from deploy.routers.check import check_router_argv
 from deploy.serving import parser_check, render
 from deploy.serving.argv import argv_strings
+from deploy.targets.k8s import K8sOptions
 
 
 @click.command("render")
+@click.option(
+    "--target",
+    type=click.Choice(["systemd", "k8s"]),
+    default="systemd",
+    show_default=True,
+    help="systemd: scripts and units per node; k8s: a LeaderWorkerSet, Service, ConfigMap, monitoring.",
+)
 @click.option(
     "--plan", "plan_path", default="plan.json", show_default=True, metavar="FILE", help="plan.json."
 )
@@ -26,7 +35,8 @@ from deploy.serving.argv import argv_strings
 @click.option(
     "--api-key-env",
     metavar="NAME",
-    help="Env var holding the API key; required (and set) for a non-loopback --bind.",
+    help="Env var holding the API key; required (and set) for a non-loopback --bind. k8s: the container "
+    "variable the Secret feeds (its value is not read).",
 )
 @click.option(
     "--multinode-backend",
@@ -64,7 +74,9 @@ from deploy.serving.argv import argv_strings
     help="Also parse the vLLM/SGLang commands with the engines' own parsers (needs the parser venv), and a "
     "fleet's router command with the pinned router's own parser (needs the router venv).",
 )
+@k8s_options
 def render_command(
+    target: str,
     plan_path: str,
     candidate_id: str | None,
     out_dir: str,
@@ -78,6 +90,7 @@ def render_command(
     fast_alerts: bool,
     keep: int,
     check_parsers: bool,
+    **k8s_args: object,
 ) -> None:
     """Write launch-<node>.sh, install-<node>.sh, kimi-deploy-<node>.service, the env file, a manifest, and
     monitoring/ (Prometheus scrape config, alert rules, Grafana dashboards; checked with promtool when it is
@@ -85,7 +98,25 @@ def render_command(
 
     They go into a release folder DIR/releases/<id> (named by the plan and the render options) and
     DIR/current is switched to it; DIR/<file> links follow current.
+
+    --target k8s writes a LeaderWorkerSet, its Service, a ConfigMap, a PodMonitor and a PrometheusRule into
+    DIR instead, validated against the schemas (docs/how-to/kubernetes.md).
     """
+    if target == "k8s":
+        refuse_systemd_only(secrets_to_env_file=secrets_to_env_file, fast_alerts=fast_alerts)
+        k8s_opts = K8sOptions(
+            out_dir=out_dir,
+            candidate_id=candidate_id,
+            weights_dir=weights_dir,
+            bind=bind,
+            port=port,
+            api_key_env=api_key_env,
+            multinode_backend=multinode_backend,
+            ttft_p95_slo_s=ttft_slo,
+            **{k.removeprefix("k8s_"): v for k, v in k8s_args.items()},  # type: ignore[arg-type]
+        )
+        render_k8s(plan_path, k8s_opts, check_parsers)
+        return
     opts = render.RenderOptions(
         out_dir=out_dir,
         candidate_id=candidate_id,

@@ -436,6 +436,20 @@ def _env_values(cand: Candidate, node: NodeCommand | None, shared: bool) -> list
     return values
 
 
+def engine_environment(cand: Candidate, nodes: list[NodeCommand], node: NodeCommand) -> dict[str, Any]:
+    """The variables ``node``'s engine starts with beyond its inherited environment, as systemd applies them:
+    the shared env file, the node's own env file (multi-node), then the launch script's exports; a later
+    value wins. Other targets (deploy.targets.k8s) take the engine's environment from here too.
+
+    >>> engine_environment(cand, nodes, nodes[0])["HF_HUB_OFFLINE"]                # doctest: +SKIP
+    '1'
+    """
+    values = _env_values(cand, nodes[0], shared=True)
+    if len(nodes) > 1:
+        values += _env_values(cand, node, shared=False)
+    return dict(values + sorted(node.env.items()))
+
+
 # ----------------------------------------------------------------------------------------------- render
 
 
@@ -1098,6 +1112,7 @@ __all__ = [
     "RenderedFile",
     "compose_release",
     "endpoint_for",
+    "engine_environment",
     "env_file",
     "install_script",
     "install_steps",
