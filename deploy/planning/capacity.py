@@ -136,9 +136,17 @@ class Capacity:
         return asdict(self)
 
 
+def _batch_limit(engine_args: dict[str, Any]) -> int | None:
+    # the engines' batch caps as the plan writes them (bench reads the same keys, a later stage)
+    for key in ("max_num_seqs", "max_running_requests", "parallel"):
+        value = engine_args.get(key)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def replica_of(plan: Any, cand: Any) -> Replica:
     """The replica of ``cand`` (a planned Candidate) in ``plan`` (a Plan)."""
-    from deploy.benchmark.run import batch_limit
     from deploy.planning.calibrated import gpu_name
 
     gpu = gpu_name(plan.hardware, cand)
@@ -154,7 +162,7 @@ def replica_of(plan: Any, cand: Any) -> Replica:
             expert_ranks=cand.tensor_parallel * cand.data_parallel if ep else 1,
             dp_attention=ep and cand.data_parallel > 1,
             kv_tokens=cand.kv_cache_tokens or None,
-            batch_limit=batch_limit(cand.engine_args),
+            batch_limit=_batch_limit(cand.engine_args),
         )
     return Replica(
         model=str(plan.model.get("name")),
@@ -202,7 +210,8 @@ def measured_figure(r: Replica, w: Workload, slo: Slo, records: list[dict[str, A
     meeting = [p for p in points if _point_meets(p, slo)]
     if not meeting:
         raise PlanError(
-            f"measured: no concurrency of {r.candidate} ({rec.get('source', 'bench')}) meets the SLO, not even "
+            f"measured: no concurrency of {r.candidate} ({rec.get('source', 'bench')}) meets the SLO, "
+            "not even "
             f"{points[0]['concurrency']}: loosen it or bench lower concurrencies"
         )
     best = meeting[-1]
@@ -211,7 +220,10 @@ def measured_figure(r: Replica, w: Workload, slo: Slo, records: list[dict[str, A
     hi_out, hi_conc = (
         (float(after[0]["output_tokens_per_s"]), float(after[0]["concurrency"])) if after else (out, conc)
     )
-    basis = f"bench of {r.candidate} at concurrency {best['concurrency']} ({rec.get('source', '')}, {rec.get('recorded_at', '')})"
+    basis = (
+        f"bench of {r.candidate} at concurrency {best['concurrency']} "
+        f"({rec.get('source', '')}, {rec.get('recorded_at', '')})"
+    )
     return _from_rates(
         Figure(out, out, max(out, hi_out)), Figure(conc, conc, hi_conc), w.osl, r.gpus, "measured", basis
     )
@@ -273,8 +285,9 @@ def modelled_figure(r: Replica, w: Workload, slo: Slo) -> PerReplica:
     """The roofline at the fitted efficiency, with the leave-one-out band; PlanError where it cannot say."""
     if r.setup is None:
         raise PlanError(
-            f"no measured figure for {r.candidate} ({r.engine}, {r.layout}) and the roofline covers GPU layouts "
-            "only: `kimi-deploy bench --plan PLAN -o bench.json` then `kimi-deploy calibrate import bench.json --plan PLAN`"
+            f"no measured figure for {r.candidate} ({r.engine}, {r.layout}) and the roofline covers GPU "
+            "layouts only: `kimi-deploy bench --plan PLAN` records one (or `calibrate import bench.json "
+            "--plan PLAN`)"
         )
     fit = published.bundled_fit()
     rates = published.gpu_rates(r.gpu)
@@ -285,11 +298,13 @@ def modelled_figure(r: Replica, w: Workload, slo: Slo) -> PerReplica:
     one = prefill_seconds(arch, r.setup, w.shape, rates["gpu_tflops"], 0.45)
     if res is None:
         raise InputError(
-            f"the SLO's {slo.itl_limit_s * 1000:.1f} ms per token is below what one token takes on {r.candidate} even alone (modelled)"
+            f"the SLO's {slo.itl_limit_s * 1000:.1f} ms per token is below what one token takes on "
+            f"{r.candidate} even alone (modelled)"
         )
     if slo.ttft_p95_s is not None and one > slo.ttft_p95_s:
         raise InputError(
-            f"--ttft-p95 {slo.ttft_p95_s:g}s is below what one {w.isl}-token prompt takes on {r.candidate} alone ({one:.2f}s, modelled)"
+            f"--ttft-p95 {slo.ttft_p95_s:g}s is below what one {w.isl}-token prompt takes on "
+            f"{r.candidate} alone ({one:.2f}s, modelled)"
         )
     low, high = fit.band
     out = res["output_tok_s"]

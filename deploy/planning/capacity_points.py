@@ -24,6 +24,7 @@ from typing import Any
 
 from deploy import schema
 from deploy.catalog import load_model
+from deploy.engines import registry as engines
 from deploy.errors import CatalogError
 from deploy.planning.architecture import Architecture, architecture_for
 from deploy.planning.roofline import Setup, Shape, at_itl
@@ -70,7 +71,7 @@ POINTS_SCHEMA: dict[str, Any] = {
                     "date": {"type": "string", "minLength": 4},
                     "setup": {"type": "string", "minLength": 5},
                     "model": {"type": "string", "minLength": 1},
-                    "engine": {"enum": ["vllm", "sglang"]},
+                    "engine": {"enum": engines.names()},
                     "variant": {"type": "string"},
                     "gpu": {"type": "string"},
                     "gpus_per_replica": {"type": "integer", "minimum": 1},

@@ -3,7 +3,9 @@
 
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "t.jsonl")
-    >>> _ = open(path, "w").write('{"input_length": 1000, "output_length": 100}\\n{"input_length": 3000, "output_length": 300}\\n')
+    >>> rows = ['{"input_length": 1000, "output_length": 100}',
+    ...         '{"input_length": 3000, "output_length": 300}']
+    >>> _ = open(path, "w").write("\\n".join(rows))
     >>> trace_shape(path)
     (2000, 200)
 """
