@@ -221,3 +221,25 @@ def test_trace_sets_the_shape(capsys, store, tmp_path):
     trace.write_text('{"input_length": "long"}\n')
     code, out, err = run(capsys, "capacity", "--gpus", "8xH200", "--trace", str(trace), "--users", "10")
     assert code == 2 and err.count("\n") == 1
+
+
+def test_plan_users_sets_the_replicas_from_capacity(capsys, store, tmp_path):
+    code, out, err = run(
+        capsys, "capacity", "--gpus", "4x8xH200", "--users", "60", "--tokens-per-user", "20", "--json"
+    )
+    assert code == 0, err
+    wanted = json.loads(out)["replicas"]["value"]
+    assert 1 < wanted <= 4  # the check below needs a count the profile holds
+    out_file = tmp_path / "plan.json"
+    code, out, err = run(
+        capsys, "plan", "--gpus", "4x8xH200", "--users", "60", "--tokens-per-user", "20", "-o", str(out_file)
+    )
+    assert code == 0, err
+    assert f"capacity: {wanted} replica(s) for 60 users (modelled" in err
+    from deploy.planning.contract import load_plan
+
+    assert len(load_plan(out_file).fleet.replicas) == wanted
+    code, out, err = run(capsys, "plan", "--gpus", "4x8xH200", "--users", "60", "--replicas", "2")
+    assert code == 2 and "not both" in err
+    code, out, err = run(capsys, "plan", "--gpus", "4x8xH200", "--itl-p95", "50ms")
+    assert code == 2 and "--users" in err

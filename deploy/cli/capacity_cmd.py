@@ -215,4 +215,46 @@ def _replica(opts: dict[str, Any]) -> Any:
     return replica_of(p, cand)
 
 
+def replan_for_users(
+    profile: Any,
+    request: Any,
+    records: list,
+    result: Any,
+    users: str | None,
+    itl_p95: str | None,
+    tokens_per_user: str | None,
+    workload: str | None,
+) -> Any:
+    """`plan --users U`: the plan again with ``--replicas`` from the chosen candidate's capacity at the SLO
+    (capped at what the profile holds, with a line saying so)."""
+    import dataclasses
+
+    from deploy.planning.capacity import capacity, replica_of
+    from deploy.planning.planner import plan
+
+    if users is None:
+        raise InputError("--itl-p95, --tokens-per-user and --workload size replicas for --users U; give it")
+    if request.replicas is not None:
+        raise InputError("give either --replicas N or --users U (which sets the replicas), not both")
+    if result.chosen is None:
+        return result
+    slo = Slo(
+        request.ttft_p95_slo_s, seconds(itl_p95, "--itl-p95"), number(tokens_per_user, "--tokens-per-user")
+    )
+    cap = capacity(
+        replica_of(result, result.chosen_candidate), WORKLOADS[workload or "chat"], slo, _load(users, None)
+    )
+    wanted = int(cap.replicas.value)
+    again = plan(profile, dataclasses.replace(request, replicas=wanted), calibration=records)
+    held = len(again.fleet.replicas) if again.fleet else 1
+    per = cap.per_replica
+    click.echo(
+        f"capacity: {wanted} replica(s) for {users} users ({per.source}: "
+        f"{per.concurrency.value:,.0f} per replica, band {cap.replicas.low:,.0f}..{cap.replicas.high:,.0f})"
+        + (f"; the profile holds {held}: plan more nodes" if held < wanted else ""),
+        err=True,
+    )
+    return again
+
+
 COMMANDS = [capacity_command]
