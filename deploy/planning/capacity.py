@@ -295,7 +295,7 @@ def modelled_figure(r: Replica, w: Workload, slo: Slo) -> PerReplica:
         raise PlanError(f"hardware/gpus.yaml has no memory_bandwidth_gbs or dense_bf16_tflops for {r.gpu}")
     arch = published.architecture()
     res = at_itl(arch, r.setup, w.shape, slo.itl_limit_s, fit.efficiency, **rates)
-    one = prefill_seconds(arch, r.setup, w.shape, rates["gpu_tflops"], 0.45)
+    one = prefill_seconds(arch, r.setup, w.shape, rates["gpu_tflops"], rates["prefill_efficiency"])
     if res is None:
         raise InputError(
             f"the SLO's {slo.itl_limit_s * 1000:.1f} ms per token is below what one token takes on "

@@ -27,7 +27,7 @@ from deploy.catalog import load_model
 from deploy.engines import registry as engines
 from deploy.errors import CatalogError
 from deploy.planning.architecture import Architecture, architecture_for
-from deploy.planning.roofline import Setup, Shape, at_itl
+from deploy.planning.roofline import Setup, Shape, active_params, at_itl
 
 POINTS_FILE = Path(__file__).with_name("capacity_points.yaml")
 #: the catalog model whose architecture counts bytes and FLOPs for the Kimi-K2 family points
@@ -122,6 +122,7 @@ class PublishedPoint:
     acceptance: float
     output_tok_s_per_gpu: float
     tok_s_per_user: float | None
+    prefill_tok_s_per_gpu: float | None = None
 
     @property
     def shape(self) -> Shape:
@@ -155,6 +156,7 @@ def load_points(path: Path = POINTS_FILE) -> list[PublishedPoint]:
                 acceptance=float(spec.get("acceptance", 1.0)),
                 output_tok_s_per_gpu=float(p["output_tok_s_per_gpu"]),
                 tok_s_per_user=p["tok_s_per_user"],
+                prefill_tok_s_per_gpu=p.get("prefill_tok_s_per_gpu"),
             )
         )
     return out
@@ -202,12 +204,36 @@ def point_setup(p: PublishedPoint) -> Setup:
     )
 
 
+@lru_cache(maxsize=1)
+def prefill_efficiency() -> float:
+    """Achieved over dense BF16 FLOPs in prefill: ``2 x active parameters x`` each published prefill rate
+    per GPU over that GPU's ``dense_bf16_tflops``, averaged (LMSYS's 7.0k tok/s per H200 gives 0.45)."""
+    from deploy.hardware.profiles import gpu_spec
+
+    rates = [
+        2.0
+        * active_params(architecture())
+        * p.prefill_tok_s_per_gpu
+        / (gpu_spec(p.gpu).dense_bf16_tflops * 1e12)
+        for p in load_points()
+        if p.prefill_tok_s_per_gpu
+    ]
+    if not rates:
+        raise CatalogError(f"{POINTS_FILE}: no point publishes a prefill rate (prefill_tok_s_per_gpu)")
+    return sum(rates) / len(rates)
+
+
 def gpu_rates(gpu: str) -> dict[str, float]:
-    """The GPU's HBM bandwidth and dense BF16 TFLOPS from hardware/gpus.yaml (0 where unknown)."""
+    """The GPU's HBM bandwidth and dense BF16 TFLOPS from hardware/gpus.yaml (0 where unknown), and the
+    prefill efficiency, as the roofline's keyword arguments."""
     from deploy.hardware.profiles import gpu_spec
 
     spec = gpu_spec(gpu)
-    return {"bandwidth_gbs": spec.memory_bandwidth_gbs, "gpu_tflops": spec.dense_bf16_tflops}
+    return {
+        "bandwidth_gbs": spec.memory_bandwidth_gbs,
+        "gpu_tflops": spec.dense_bf16_tflops,
+        "prefill_efficiency": prefill_efficiency(),
+    }
 
 
 def predict_point(p: PublishedPoint, efficiency: float) -> float:
@@ -276,6 +302,7 @@ __all__ = [
     "kv_capacity",
     "load_points",
     "point_efficiency",
+    "prefill_efficiency",
     "point_setup",
     "predict_point",
 ]

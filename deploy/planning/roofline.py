@@ -5,7 +5,7 @@
     >>> m = load_model("kimi-k2.5")
     >>> arch = architecture_for(m, m.variant("int4"))
     >>> s = Setup(gpu="H200", gpus=8, tensor_parallel=8, variant="int4")
-    >>> r = serve_rate(arch, s, Shape(isl=1024, osl=1024), batch=8, efficiency=0.1)
+    >>> r = serve_rate(arch, s, Shape(isl=1024, osl=1024), batch=8, efficiency=0.1, prefill_efficiency=0.4)
     >>> r["itl_s"] > 0 and r["output_tok_s"] > 0
     True
 
@@ -15,9 +15,10 @@ tokens routed uniformly, split by TP or spread over the expert ranks) and the KV
 context (MLA's latent is whole on every TP rank; with DP attention each rank holds only its own
 sequences). A step takes those bytes over HBM bandwidth x efficiency and yields ``acceptance`` tokens per
 sequence (speculative decoding; 1 without). Prefill: ``2 x active parameters`` FLOPs per uncached prompt
-token over the replica's dense BF16 FLOPs x prefill efficiency. In an aggregated replica the GPUs share
-their time between the two, so a request costs its prefill time plus its share of the decode steps; a
-decode-only instance (prefill/decode split) pays no prefill.
+token over the replica's dense BF16 FLOPs x prefill efficiency (capacity_points.prefill_efficiency derives
+it from a published prefill rate; the defaults here are an H200's figures, for doctests and quick looks).
+In an aggregated replica the GPUs share their time between the two, so a request costs its prefill time
+plus its share of the decode steps; a decode-only instance (prefill/decode split) pays no prefill.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def serve_rate(
     efficiency: float,
     bandwidth_gbs: float = 4800.0,
     gpu_tflops: float = 989.0,
-    prefill_efficiency: float = 0.45,
+    prefill_efficiency: float = 0.4,
     step_overhead_s: float = 0.0,
 ) -> dict[str, Any]:
     """What the replica serves with ``batch`` sequences decoding: ``itl_s`` (seconds between a user's
