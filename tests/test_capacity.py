@@ -243,3 +243,37 @@ def test_plan_users_sets_the_replicas_from_capacity(capsys, store, tmp_path):
     assert code == 2 and "not both" in err
     code, out, err = run(capsys, "plan", "--gpus", "4x8xH200", "--itl-p95", "50ms")
     assert code == 2 and "--users" in err
+
+
+def test_a_rate_sizes_by_requests_per_second(capsys, store):
+    code, out, err = run(
+        capsys,
+        "capacity",
+        "--gpus",
+        "8xH200",
+        "--workload",
+        "chat",
+        "--rate",
+        "12.5",
+        "--itl-p95",
+        "60ms",
+        "--gpu-hour-price",
+        "2",
+        "--json",
+    )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["source"] == doc["per_replica"]["source"] == "modelled"
+    assert doc["replica"]["gpu"] == "H200" and doc["replica"]["gpus"] == 8
+    per = doc["per_replica"]
+    assert doc["replicas"]["value"] == math.ceil(12.5 / per["requests_s"]["value"])
+    assert doc["replicas"]["low"] <= doc["replicas"]["value"] <= doc["replicas"]["high"]
+    served = 12.5 * 1024
+    assert doc["cost_per_million_output_tokens"]["value"] == pytest.approx(
+        2 * doc["gpus"]["value"] * 1e6 / (served * 3600)
+    )
+
+
+def test_a_cpu_layout_without_a_measurement_says_how_to_get_one(capsys, store):
+    code, out, err = run(capsys, "capacity", "--hardware", "cpu-512g", "--users", "4")
+    assert code == 2 and "bench --plan" in err and err.count("\n") == 1

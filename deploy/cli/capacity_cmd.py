@@ -173,7 +173,8 @@ def capacity_command(**opts: Any) -> None:
     replica = _replica(opts)
     cap = capacity(replica, w, slo, load, gpu_hour_price=price)
     if opts["as_json"]:
-        click.echo(json.dumps({"candidate": replica.candidate, **cap.to_dict()}, indent=2))
+        replica_doc = {**replica.key(), "candidate": replica.candidate}
+        click.echo(json.dumps({"replica": replica_doc, **cap.to_dict()}, indent=2))
     else:
         click.echo(
             render_table(cap, f"{replica.candidate} ({replica.gpus or 'CPU'} x {replica.gpu} per replica)")

@@ -132,8 +132,10 @@ class Capacity:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """The `capacity --json` document."""
-        return asdict(self)
+        """The `capacity --json` document: every figure as value, low and high; ``source`` (measured,
+        published or modelled) and ``basis`` say where the per-replica figure (so every figure) comes from."""
+        doc = asdict(self)
+        return {"source": self.per_replica.source, "basis": self.per_replica.basis, **doc}
 
 
 def _batch_limit(engine_args: dict[str, Any]) -> int | None:
