@@ -88,6 +88,12 @@ plan: setup ## plan for this machine (or HARDWARE=hardware/h200x8.yaml; REPLICAS
 	else $(KD) inventory -o .kimi-deploy/this-node.yaml && \
 		$(KD) plan --hardware .kimi-deploy/this-node.yaml $(PLAN_REPLICAS) -o $(PLAN); fi
 
+# --- capacity (deploy/planning/capacity.py, docs/how-to/capacity.md) ----------------------------------------
+CAPACITY_ARGS ?= --gpus 8xH200 --workload chat --users 1000 --tokens-per-user 20
+.PHONY: capacity
+capacity: $(BIN)/kimi-deploy ## replicas, nodes, GPUs and cost per million tokens for U users at an SLO: CAPACITY_ARGS="--plan plan.json --users 500 --itl-p95 50ms"
+	$(KD) capacity $(CAPACITY_ARGS)
+
 # --- download / verify / mirror (deploy/weights/download.py, deploy/weights/lockfile.py, deploy/weights/mirror.py) --
 MIRROR_DIR ?= weights
 MIRROR_PORT ?= 8090

@@ -67,6 +67,7 @@ def test_the_wheel_carries_profiles_templates_and_playbooks(installed, tmp_path:
     ):
         assert (data_root / name).is_file(), name
     assert (data_root.parent / "catalog" / "kimi-k2.5.yaml").is_file()
+    assert (data_root.parent / "planning" / "capacity_points.yaml").is_file()
     assert (data_root.parent / "data" / "chat_templates").is_dir()
 
 

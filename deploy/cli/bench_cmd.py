@@ -159,14 +159,7 @@ def bench_command(
         keep_artifacts=Path(artifacts) if artifacts else None,
     )
     report = bench.run_bench(target, opts, tokenizer, expected, progress=lambda m: click.echo(m, err=True))
-    if output:
-        atomic_write_json(output, report)
-        click.echo(f"wrote {output}", err=True)
-    if plot_path:
-        from deploy.benchmark.plot import write_plot
-
-        write_plot(report, plot_path)
-        click.echo(f"wrote {plot_path}", err=True)
+    _save(report, output, plot_path, None if choice.url else choice.plan)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -177,6 +170,42 @@ def bench_command(
         first = (report["capacity"].get("points") or [{}])[0]
         why = "; ".join(first.get("misses") or ["no point ran"])
         raise SloMissedError(f"the lowest concurrency point misses the SLO ({why})")
+
+
+def _save(report: dict, output: str | None, plot_path: str | None, plan_path: str | None) -> None:
+    if output:
+        atomic_write_json(output, report)
+        click.echo(f"wrote {output}", err=True)
+    if plan_path:
+        _record_for_capacity(plan_path, report)
+    if plot_path:
+        from deploy.benchmark.plot import write_plot
+
+        write_plot(report, plot_path)
+        click.echo(f"wrote {plot_path}", err=True)
+
+
+def _record_for_capacity(plan_path: str, report: dict) -> None:
+    """Keep one replica's points in the bench store for `capacity` (a fleet's router mixes replicas:
+    not kept)."""
+    from deploy.calibration.bench_store import add_bench_records, records_from_report
+    from deploy.errors import CalibrationError
+    from deploy.planning.capacity import replica_of
+    from deploy.planning.contract import load_plan
+
+    plan = load_plan(plan_path)
+    cand = plan.chosen_candidate
+    if len(getattr(plan.fleet, "replicas", []) or []) > 1:
+        click.echo("not recorded for capacity: the plan runs several replicas behind a router", err=True)
+        return
+    try:
+        records = records_from_report(
+            report, {**replica_of(plan, cand).key(), "candidate": cand.id}, f"bench --plan {plan_path}"
+        )
+    except CalibrationError as exc:
+        click.echo(f"not recorded for capacity: {exc}", err=True)
+        return
+    click.echo(f"recorded for capacity -> {add_bench_records(records)}", err=True)
 
 
 COMMANDS = [bench_command]

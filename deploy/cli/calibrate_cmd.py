@@ -1,6 +1,7 @@
 """`kimi-deploy calibrate`: record what a real start measured against what its plan predicted.
 
 kimi-deploy calibrate import journal.log --plan plan.json   # a server started outside the toolkit
+kimi-deploy calibrate import bench.json --plan plan.json    # `bench` results of that plan's candidate
 kimi-deploy calibrate list [--json]
 """
 
@@ -27,12 +28,16 @@ def calibrate_group() -> None:
 @click.option("--plan", "plan_path", required=True, metavar="PLAN", help="The plan.json the server ran.")
 @click.option("--candidate", metavar="ID", help="The candidate it ran (default: the plan's chosen one).")
 def import_command(logfile: str, plan_path: str, candidate: str | None) -> None:
-    """Add a record from a start-up log saved from `journalctl -u ...` or a container's output.
+    """Add a record from a start-up log saved from `journalctl -u ...` or a container's output, or the
+    serving points of a `bench -o bench.json` report of one replica (for `capacity`).
 
     Exit 2 (one line, nothing written) when the log is empty, binary, truncated before the KV cache line,
     or another engine's."""
     p = load_plan(plan_path)
     cand = p.candidate(candidate) if candidate else p.chosen_candidate
+    if logfile.endswith(".json"):
+        _import_bench(p, cand, logfile)
+        return
     facts = read_startup_log(logfile, cand.engine)
     record = record_from_start(p, cand, facts, source=f"import {logfile}")
     path = add_record(record)
@@ -41,6 +46,19 @@ def import_command(logfile: str, plan_path: str, candidate: str | None) -> None:
         f"recorded {cand.id} ({record['engine']} {record['engine_version']}, {record['gpu']}): KV "
         f"{_n(m['kv_cache_tokens'])} tokens measured, {_n(pr['kv_cache_tokens'])} predicted -> {path}"
     )
+
+
+def _import_bench(p: Any, cand: Any, path: str) -> None:
+    from deploy.calibration.bench_store import add_bench_records, records_from_report
+    from deploy.planning.capacity import replica_of
+    from deploy.schema import parse_json, read_text
+
+    report = parse_json(read_text(path), path)
+    key = {**replica_of(p, cand).key(), "candidate": cand.id}
+    records = records_from_report(report, key, source=f"import {path}")
+    where = add_bench_records(records)
+    shapes = ", ".join(f"{r['isl']}/{r['osl']} ({len(r['points'])} points)" for r in records)
+    click.echo(f"recorded bench of {cand.id}: {shapes} -> {where}")
 
 
 def _n(value: Any) -> str:

@@ -65,6 +65,19 @@ def _number(value: str | None, option: str, kind: type) -> int | float | None:
     "on a CPU node, N > 1 shares its cores).",
 )
 @click.option(
+    "--users",
+    metavar="U",
+    help="Set --replicas from capacity: enough replicas for U concurrent users at --itl-p95 / "
+    "--tokens-per-user / --ttft-slo (`kimi-deploy capacity`; --workload shape, default chat).",
+)
+@click.option("--itl-p95", metavar="T", help="With --users: inter-token latency p95 limit, e.g. 50ms.")
+@click.option("--tokens-per-user", metavar="N", help="With --users: output tok/s each user must get.")
+@click.option(
+    "--workload",
+    type=click.Choice(["chat", "agentic", "long"]),
+    help="With --users: the request shape (as `capacity --workload`; default chat).",
+)
+@click.option(
     "--router-port",
     metavar="PORT",
     help="The router's port (default: the engine's own, so users keep their URL; replica i serves on the "
@@ -107,6 +120,10 @@ def plan_command(
     tensor_parallel: str | None,
     nodes: str | None,
     replicas: str | None,
+    users: str | None,
+    itl_p95: str | None,
+    tokens_per_user: str | None,
+    workload: str | None,
     router_port: str | None,
     weights_dir: str | None,
     speculative: str | None,
@@ -145,6 +162,12 @@ def plan_command(
         ttft_p95_slo_s=_number(ttft_slo, "--ttft-slo", float),
     )
     result = plan(profile, request, calibration=records)
+    if users is not None or itl_p95 or tokens_per_user or workload:
+        from deploy.cli.capacity_cmd import replan_for_users
+
+        result = replan_for_users(
+            profile, request, records, result, users, itl_p95, tokens_per_user, workload
+        )
     if output:
         save_plan(result, output)
     if as_json:

@@ -36,6 +36,8 @@ class GpuSpec:
     nvml_names: tuple[str, ...] = ()
     #: HBM/GDDR bandwidth per GPU in GB/s (the vendor's figure), for the planner's decode expectation
     memory_bandwidth_gbs: float = 0.0
+    #: dense BF16 tensor-core TFLOPS per GPU (the vendor's figure, no sparsity), for capacity's prefill bound
+    dense_bf16_tflops: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ def load_gpu_table(path: Path | None = None) -> dict[str, GpuSpec]:
                 interconnect_gbps=int(spec.get("interconnect_gbps", 0)),
                 nvml_names=tuple(spec.get("nvml_names", ())),
                 memory_bandwidth_gbs=float(spec.get("memory_bandwidth_gbs", 0.0)),
+                dense_bf16_tflops=float(spec.get("dense_bf16_tflops", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{path}: gpus.{name}: missing or bad key {exc}") from None
