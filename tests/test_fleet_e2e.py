@@ -23,10 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploy.catalog import load_model
 from deploy.demo.run import run_demo
-from deploy.monitoring.spec import DEFAULT_TTFT_P95_SLO_S
-from deploy.planning.architecture import demo_gguf_path
 from deploy.planning.contract import load_plan
 from deploy.serving import fleet_launch, launch, release_dir, supervise
 
@@ -113,74 +110,6 @@ def test_the_demo_leaves_the_fleet_up_and_status_shows_the_router_and_healthy_re
     assert all(v["ready"] and v["healthy_in_router"] for v in replicas), views
     reply = _chat(fleet.router_url)
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] is not None
-
-
-def _bench(fleet: Fleet, out: Path, target: list[str], concurrency: str) -> dict:
-    done = fleet.kd(
-        "bench",
-        *target,
-        "--concurrency",
-        concurrency,
-        "--requests",
-        "6",
-        "--isl",
-        "64",
-        "--osl",
-        "24",
-        "--slo",
-        f"ttft_p95={DEFAULT_TTFT_P95_SLO_S:g}s",
-        "-o",
-        str(out),
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return json.loads(out.read_text())
-
-
-def test_capacity_from_one_replica_predicts_two_behind_the_router(fleet: Fleet, tmp_path: Path) -> None:
-    """One replica benched alone at three concurrencies (its twin idle), imported as measured; `capacity`
-    predicts the two-replica figure at the demo's SLO, and `bench` through the router measures it."""
-    plan = load_plan(fleet.plan)
-    r0 = plan.fleet.replicas[0]
-    one = tmp_path / "one.json"
-    tokenizer = str(demo_gguf_path(load_model("demo")))
-    _bench(
-        fleet,
-        one,
-        ["--url", r0.url, "--model", "demo", "--flavor", "llama.cpp", "--tokenizer", tokenizer],
-        "1,2,4",
-    )
-    done = fleet.kd("calibrate", "import", str(one), "--plan", str(fleet.plan))
-    assert done.returncode == 0, done.stderr
-    per_replica = json.loads(one.read_text())["capacity"]["concurrency"]
-    assert per_replica, "one replica met the demo's SLO at no concurrency"
-    users = 2 * per_replica
-    done = fleet.kd(
-        "capacity",
-        "--plan",
-        str(fleet.plan),
-        "--isl",
-        "64",
-        "--osl",
-        "24",
-        "--users",
-        str(users),
-        "--ttft-p95",
-        f"{DEFAULT_TTFT_P95_SLO_S:g}s",
-        "--json",
-    )
-    assert done.returncode == 0, done.stderr
-    cap = json.loads(done.stdout)
-    assert cap["per_replica"]["source"] == "measured" and cap["replicas"]["value"] == 2
-    predicted = cap["replicas"]["value"] * cap["per_replica"]["output_tok_s"]["value"]
-    both = _bench(
-        fleet,
-        tmp_path / "two.json",
-        ["--plan", str(fleet.plan), "--rendered", str(fleet.rendered)],
-        str(users),
-    )
-    assert both["capacity"]["concurrency"] == users, both["capacity"]
-    measured = both["capacity"]["output_tokens_per_s"]
-    assert abs(predicted / measured - 1) <= 0.25, (predicted, measured)
 
 
 @dataclass
