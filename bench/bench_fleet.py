@@ -18,6 +18,10 @@ on (the plan's ``ttft_p95_slo_s`` as render resolved it into the manifest: the d
 (`kimi-deploy down`, router first). Capacity is what `bench` reports: the highest concurrency meeting the
 SLO (deploy/benchmark/slo.py).
 
+Then `kimi-deploy capacity`, fed only the single replica's sweeps (`calibrate import`, into this run's own
+calibration store), predicts the two-replica output tok/s at twice that replica's capacity; the prediction is
+printed beside what the fleet's sweeps measured at that concurrency (the capacity issue's +-25%).
+
 It prints each sweep, the median capacity of each deployment and their ratio (fleet / single; goal >= 1.6x on
 the 2-core box), and the ratio of output tokens/s at the highest concurrency that every sweep of both met,
 and at the sweep's top concurrency (equal load, SLO aside). It exits 0 whether the goal is met or not.
@@ -294,6 +298,70 @@ def sweeps(dirs: dict[str, Path], args: argparse.Namespace, levels: list[int], s
     return runs
 
 
+def predict_fleet(
+    dirs: dict[str, Path], runs: dict[str, list[dict[str, Any]]], args: argparse.Namespace, slo: float
+) -> dict[str, Any]:
+    """`capacity` from the single replica's measured sweeps (imported into a calibration store of this run's
+    own), at twice that replica's capacity, against what the fleet's sweeps measured at that concurrency."""
+    store = {"KIMI_DEPLOY_CALIBRATION_DIR": str(args.workdir / "calibration")}
+    single = max(runs["single"], key=lambda r: r["capacity"] or 0)
+    if not single["capacity"]:
+        return {"predicted": None, "why": "the single replica met the SLO at no concurrency"}
+    for r in runs["single"]:
+        kd(["calibrate", "import", r["report"], "--plan", str(dirs["single"] / "plan.json")], store)
+    users = 2 * single["capacity"]
+    out = args.workdir / "capacity.json"
+    with out.open("w") as fh:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "deploy",
+                "capacity",
+                "--plan",
+                str(dirs["fleet"] / "plan.json"),
+                "--isl",
+                str(args.isl),
+                "--osl",
+                str(args.osl),
+                "--users",
+                str(users),
+                "--ttft-p95",
+                f"{slo:g}s",
+                "--json",
+            ],
+            env={**os.environ, **store},
+            stdout=fh,
+            check=False,
+        )
+    if done.returncode != 0:
+        return {"predicted": None, "why": f"`kimi-deploy capacity` failed (exit {done.returncode})"}
+    cap = read_json(out)
+    predicted = cap["replicas"]["value"] * cap["per_replica"]["output_tok_s"]["value"]
+    measured = _median([r["output_tok_s"].get(str(users)) for r in runs["fleet"]])
+    return {
+        "users": users,
+        "source": cap["per_replica"]["source"],
+        "replicas": cap["replicas"]["value"],
+        "predicted_output_tok_s": round(predicted, 2),
+        "measured_output_tok_s": round(measured, 2) if measured is not None else None,
+        "predicted_over_measured": _ratio(predicted, measured),
+    }
+
+
+def print_prediction(p: dict[str, Any]) -> None:
+    if p.get("predicted_output_tok_s") is None and "why" in p:
+        print(f"\ncapacity prediction: none ({p['why']})")
+        return
+    ratio = p["predicted_over_measured"]
+    verdict = "within +-25%" if ratio is not None and abs(ratio - 1) <= 0.25 else "outside +-25%"
+    print(
+        f"\ncapacity ({p['source']}) for {p['users']} users: {p['replicas']} replicas, predicted "
+        f"{p['predicted_output_tok_s']} output tok/s; the fleet measured {p['measured_output_tok_s']} at "
+        f"concurrency {p['users']}: predicted / measured {ratio} ({verdict})"
+    )
+
+
 def print_ratios(ratios: dict[str, Any], flags: dict[str, Any], slo: float, cores: int | None) -> bool:
     """The ratios with the thread counts beside them, and the verdict; True when the goal is met."""
     threads = next(iter(flags["single"].values()))
@@ -346,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(result, levels)
     cores = os.cpu_count()
     met = print_ratios(result["ratios"], flags, slo, cores)
+    prediction = predict_fleet(dirs, runs, args, slo)
+    print_prediction(prediction)
+    result["capacity_prediction"] = prediction
     if args.json:
         workload = {"concurrency": levels, "requests": args.requests, "isl": args.isl, "osl": args.osl}
         extra = {"engine_flags": flags, "cores": cores, "slo_ttft_p95_s": slo, "workload": workload}
