@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -307,3 +308,49 @@ def test_scraper_recognises_the_engine_behind_a_url_and_reports_what_it_lacks_as
     assert s["peak_kv_cache_usage"] is None and s["preemptions"] is None
     assert s["sources"]["kv_cache_usage"] is None and s["sources"]["preemptions"] is None
     assert unknown.summary()["available"] is False and "no metric of vLLM" in unknown.summary()["reason"]
+
+
+def test_through_a_router_each_replicas_own_metrics_are_read_and_named() -> None:
+    """A router serves no engine metrics: the scrapers read each replica's, the peaks are the highest any
+    replica reached, preemptions the sum, and a replica that does not answer is named, not hidden."""
+    from deploy.benchmark.scrape import MetricsScraper, ReplicaScrapers, scraper_for
+
+    busy = _MetricsServer([_vllm_page((0.5, 0.5), 0, 1), _vllm_page((0.9, 0.7), 5, 4)])
+    idle = _MetricsServer([_vllm_page((0.1, 0.1), 0, 0), _vllm_page((0.2, 0.2), 1, 0)])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{s.getsockname()[1]}"  # nothing listens here once the socket closes
+    assert isinstance(scraper_for(busy.url, {}, "vllm"), MetricsScraper)
+    try:
+        fleet = scraper_for("http://router:8001", {}, "vllm", [("0", busy.url), ("1", idle.url), ("2", gone)])
+        assert isinstance(fleet, ReplicaScrapers)
+        for _ in range(2):
+            for scraper in fleet.scrapers.values():
+                scraper.scrape_once()
+    finally:
+        busy.close()
+        idle.close()
+    s = fleet.summary()
+    assert s["available"] is True
+    assert s["peak_kv_cache_usage"] == pytest.approx(0.8)  # replica 0's second page, its cores' mean
+    assert s["peak_queue"] == 10 and s["peak_running"] == 8  # per replica: 2 cores x 5 waiting, 2 x 4 running
+    assert s["preemptions"] == (4 - 1) * 2 + 0
+    assert s["sources"]["replicas"] == "2 of 3 replicas' own /metrics"
+    assert s["replicas"]["1"]["peak_queue"] == 2
+    assert s["replicas"]["2"]["available"] is False and gone in s["replicas"]["2"]["reason"]
+
+
+def test_a_fleet_plan_benches_the_router_and_scrapes_every_replica(tmp_path: Path) -> None:
+    from deploy.benchmark.run import replica_endpoints
+    from deploy.cli import main
+    from deploy.planning.contract import load_plan
+
+    for replicas in ("1", "2"):
+        out = tmp_path / f"plan-{replicas}.json"
+        with pytest.raises(SystemExit) as done:
+            main(["plan", "--hardware", "ci-24g", "--model", "demo", "--replicas", replicas, "-o", str(out)])
+        assert done.value.code in (0, None)
+    assert replica_endpoints(load_plan(tmp_path / "plan-1.json")) == []
+    fleet = load_plan(tmp_path / "plan-2.json").fleet
+    assert replica_endpoints(load_plan(tmp_path / "plan-2.json")) == [(r.id, r.url) for r in fleet.replicas]
+    assert len({url for _, url in replica_endpoints(load_plan(tmp_path / "plan-2.json"))}) == 2

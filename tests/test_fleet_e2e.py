@@ -112,6 +112,28 @@ def test_the_demo_leaves_the_fleet_up_and_status_shows_the_router_and_healthy_re
     assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] is not None
 
 
+def test_bench_through_the_router_reads_every_replicas_engine_metrics(fleet: Fleet, tmp_path: Path) -> None:
+    """`bench --plan` of a fleet loads the front door (the router) and reads the engine metrics from each
+    replica's own /metrics, since the router serves none of them."""
+    out = tmp_path / "bench.json"
+    done = fleet.kd(
+        "bench", "--plan", str(fleet.plan), "--rendered", str(fleet.rendered), "--concurrency", "2",
+        "--requests", "4", "--isl", "32", "--osl", "8", "-o", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    plan = load_plan(fleet.plan)
+    assert report["target"]["url"].rstrip("/").endswith(f":{plan.fleet.router['port']}")
+    metrics = report["engine_metrics"]
+    assert metrics["available"], metrics
+    assert metrics["sources"]["replicas"] == f"{REPLICAS} of {REPLICAS} replicas' own /metrics"
+    (point,) = report["points"]
+    per_replica = point["engine_metrics"]["replicas"]
+    assert sorted(per_replica) == sorted(r.id for r in plan.fleet.replicas)
+    assert all(m["available"] and m["samples"] > 0 for m in per_replica.values()), per_replica
+    assert "each replica's /metrics" in done.stdout
+
+
 @dataclass
 class Load:
     """Requests through the router from ``threads`` threads; each outcome with its start and end time."""

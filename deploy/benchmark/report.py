@@ -85,8 +85,9 @@ def _metrics_lines(m: dict[str, Any]) -> list[str]:
             return f"{label} not exposed"
         return f"{label} {fmt.format(value)} ({src.get(src_key)})"
 
+    where = f"each replica's /metrics ({src['replicas']})" if src.get("replicas") else "/metrics"
     return [
-        "Engine metrics (peaks over the sweep, from /metrics): "
+        f"Engine metrics (peaks over the sweep, from {where}): "
         + "; ".join(
             [
                 item("KV cache usage", "peak_kv_cache_usage", "kv_cache_usage", "{:.1%}"),

@@ -32,13 +32,15 @@ from deploy.benchmark.aiperf import (
 )
 from deploy.benchmark.export import read_export
 from deploy.benchmark.install import require_aiperf
-from deploy.benchmark.scrape import MetricsScraper
+from deploy.benchmark.scrape import scraper_for
 from deploy.benchmark.slo import capacity
 from deploy.benchmark.tokenizer import LocalTokenizer, hub_cache_for
 from deploy.checking.calls import chat_request, headers, mode_body
 from deploy.checking.target import CheckTarget
 from deploy.engines import registry
 from deploy.errors import ExportError, InputError
+from deploy.planning.contract import Plan
+from deploy.serving import replicas
 
 Progress = Callable[[str], None]
 REPORT_SCHEMA = 1
@@ -61,6 +63,9 @@ class BenchOptions:
     request_timeout_s: float = 120.0
     point_timeout_s: float | None = None
     keep_artifacts: Path | None = None
+    #: (replica id, base URL) of each replica when the target is a fleet's router: engine metrics come
+    #: from them, since a router serves none of the engine's
+    replicas: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.concurrency or any(c < 1 for c in self.concurrency):
@@ -187,6 +192,16 @@ def compare_expected(expected: dict[str, Any] | None, points: list[dict[str, Any
     }
 
 
+def replica_endpoints(plan: Plan) -> list[tuple[str, str]]:
+    """(replica id, base URL) of each replica behind the plan's router; [] for one endpoint.
+
+    ``replica_endpoints(load_plan("plan.json"))`` -> [("0", "http://10.0.0.5:8002"), ("1", ...)]"""
+    fleet = replicas.fleet_of(plan)
+    if fleet is None:
+        return []
+    return [(str(r["id"]), str(r["url"]).rstrip("/")) for r in fleet["replicas"] if r.get("url")]
+
+
 def run_bench(
     target: CheckTarget,
     opts: BenchOptions,
@@ -232,7 +247,8 @@ def run_bench(
                 )  # fmt: skip
                 say(f"bench: concurrency {c}, {opts.workload} ISL {isl} / OSL {osl} ...")
                 t0 = time.monotonic()
-                with MetricsScraper(target.base_url, headers(target), engine=target.flavor) as scraper:
+                scraper = scraper_for(target.base_url, headers(target), target.flavor, opts.replicas)
+                with scraper:
                     export, rc, tail = run_point(argv, env, artifacts, opts.point_budget_s(c, osl))
                 try:
                     point = read_export(export, c)

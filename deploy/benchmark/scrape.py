@@ -138,4 +138,62 @@ class MetricsScraper:
         }
 
 
-__all__ = ["MetricsScraper", "engine_metrics", "kv_usage"]
+class ReplicaScrapers:
+    """One ``MetricsScraper`` per replica behind a router, which serves no engine metrics of its own.
+
+    ``summary()`` has the single scraper's keys, over the replicas: each peak is the highest any replica
+    reached (a queue on one replica is what a client waits in), preemptions are the sum, and ``replicas``
+    holds each replica's own summary by id.
+
+        >>> urls = [("0", "http://n:8002"), ("1", "http://n:8003")]
+        >>> with ReplicaScrapers(urls, {}, "llama.cpp") as s:     # doctest: +SKIP
+        ...     run_the_point()
+        >>> s.summary()["replicas"]["1"]["peak_running"]          # doctest: +SKIP
+        1.0
+    """
+
+    def __init__(self, replicas: list[tuple[str, str]], headers: dict[str, str], engine: str | None) -> None:
+        self.scrapers = {rid: MetricsScraper(url, headers, engine=engine) for rid, url in replicas}
+
+    def __enter__(self) -> ReplicaScrapers:
+        for scraper in self.scrapers.values():
+            scraper.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for scraper in self.scrapers.values():
+            scraper.__exit__(*exc)
+
+    def summary(self) -> dict[str, Any]:
+        each = {rid: scraper.summary() for rid, scraper in self.scrapers.items()}
+        up = [m for m in each.values() if m.get("available")]
+        if not up:
+            reasons = "; ".join(f"replica {rid}: {m.get('reason')}" for rid, m in each.items())
+            return {"available": False, "reason": reasons, "samples": 0, "replicas": each}
+
+        def peak(key: str) -> float | None:
+            return MetricsScraper._peak([m.get(key) for m in up])
+
+        preempt = [m["preemptions"] for m in up if m.get("preemptions") is not None]
+        return {
+            "available": True,
+            "samples": sum(m["samples"] for m in up),
+            "peak_kv_cache_usage": peak("peak_kv_cache_usage"),
+            "peak_queue": peak("peak_queue"),
+            "peak_running": peak("peak_running"),
+            "preemptions": sum(preempt) if preempt else None,
+            "sources": {**up[0]["sources"], "replicas": f"{len(up)} of {len(each)} replicas' own /metrics"},
+            "replicas": each,
+        }
+
+
+def scraper_for(
+    base_url: str, headers: dict[str, str], engine: str | None, replicas: list[tuple[str, str]] | None = None
+) -> MetricsScraper | ReplicaScrapers:
+    """The replicas' scrapers when the target is a router in front of them, else the endpoint's own."""
+    if replicas:
+        return ReplicaScrapers(replicas, headers, engine)
+    return MetricsScraper(base_url, headers, engine=engine)
+
+
+__all__ = ["MetricsScraper", "ReplicaScrapers", "engine_metrics", "kv_usage", "scraper_for"]

@@ -157,6 +157,7 @@ def bench_command(
         slo=limits,
         request_timeout_s=timeout_s,
         keep_artifacts=Path(artifacts) if artifacts else None,
+        replicas=[] if choice.url else bench.replica_endpoints(plan),
     )
     report = bench.run_bench(target, opts, tokenizer, expected, progress=lambda m: click.echo(m, err=True))
     _save(report, output, plot_path, None if choice.url else choice.plan)
