@@ -36,6 +36,8 @@ class GpuSpec:
     nvml_names: tuple[str, ...] = ()
     #: HBM/GDDR bandwidth per GPU in GB/s (the vendor's figure), for the planner's decode expectation
     memory_bandwidth_gbs: float = 0.0
+    #: GPUs one node holds (HGX boards 8, a GB200 compute tray 4): how `plan --gpus` splits a count into nodes
+    gpus_per_node: int = 8
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,11 @@ GPU_TABLE_SCHEMA: dict[str, Any] = {
             "additionalProperties": {
                 "type": "object",
                 "required": ["memory_mib", "compute_capability", "fp8", "int4_w4a16", "interconnect"],
-                "properties": {"memory_mib": schema.POSITIVE, "interconnect_gbps": schema.COUNT},
+                "properties": {
+                    "memory_mib": schema.POSITIVE,
+                    "interconnect_gbps": schema.COUNT,
+                    "gpus_per_node": {"type": "integer", "minimum": 1, "maximum": schema.MAX_GPUS_PER_NODE},
+                },
             },
         }
     },
@@ -158,6 +164,7 @@ def load_gpu_table(path: Path | None = None) -> dict[str, GpuSpec]:
                 interconnect_gbps=int(spec.get("interconnect_gbps", 0)),
                 nvml_names=tuple(spec.get("nvml_names", ())),
                 memory_bandwidth_gbs=float(spec.get("memory_bandwidth_gbs", 0.0)),
+                gpus_per_node=int(spec.get("gpus_per_node", 8)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{path}: gpus.{name}: missing or bad key {exc}") from None
@@ -280,9 +287,31 @@ def load_profile(path: str | Path) -> HardwareProfile:
 _GPUS_RE = re.compile(r"^(?:(\d+)x)?(\d+)x([A-Za-z0-9_.-]+)$")
 
 
+def _node_shape(spec: str, nodes: int | None, count: int, gpu: GpuSpec) -> tuple[int, int]:
+    """(nodes, GPUs per node) for ``--gpus``: a bare count larger than one node holds (``gpu.gpus_per_node``)
+    fills whole nodes; a count that does not fill them, or an explicit node wider than the GPU's node, is
+    refused rather than planned as a node that cannot be bought."""
+    per = gpu.gpus_per_node
+    if count > per and nodes is None:
+        if count % per:
+            raise InputError(
+                f"--gpus {spec!r}: a {gpu.name} node holds {per} GPUs and {count} is not a multiple; "
+                f"write {count // per + 1}x{per}x{gpu.name} or a smaller count"
+            )
+        return count // per, per
+    if count > per:
+        raise InputError(f"--gpus {spec!r}: a {gpu.name} node holds at most {per} GPUs (gpus_per_node)")
+    return nodes or 1, count
+
+
 def profile_from_gpus(spec: str, ram_gib: float = 2048, cpu_cores: int = 112) -> HardwareProfile:
     """A hypothetical profile from ``8xH200`` or ``2x8xH100`` (nodes x GPUs per node x model), for
-    planning hardware the user does not have yet. Host values are those of a typical HGX node."""
+    planning hardware the user does not have yet. Host values are those of a typical HGX node; a count
+    above what one node holds (the GPU table's ``gpus_per_node``) becomes several nodes.
+
+    >>> [n.gpu_count for n in profile_from_gpus("8xGB200").nodes]
+    [4, 4]
+    """
     m = _GPUS_RE.match(spec.strip())
     if not m:
         raise InputError(
@@ -291,11 +320,12 @@ def profile_from_gpus(spec: str, ram_gib: float = 2048, cpu_cores: int = 112) ->
     n_nodes, count, model = int(m.group(1) or 1), int(m.group(2)), m.group(3)
     if n_nodes < 1 or count < 1:
         raise InputError(f"--gpus {spec!r}: counts must be at least 1")
+    gpu = gpu_spec(model)
+    n_nodes, count = _node_shape(spec, int(m.group(1)) if m.group(1) else None, count, gpu)
     if n_nodes > schema.MAX_NODES or count > schema.MAX_GPUS_PER_NODE:
         raise InputError(
             f"--gpus {spec!r}: at most {schema.MAX_NODES} nodes of at most {schema.MAX_GPUS_PER_NODE} GPUs"
         )
-    gpu = gpu_spec(model)
     cpu = Cpu(
         model="typical 2-socket server",
         physical_cores=cpu_cores,
