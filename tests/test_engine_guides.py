@@ -7,13 +7,21 @@ catalog and the plan, never typed in.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from deploy.catalog import load_model
-from deploy.hardware.profiles import load_gpu_table, profile_from_gpus
+from deploy.hardware.profiles import load_gpu_table, load_profile, profile_from_gpus
 from deploy.planning.contract import RUNNABLE
 from deploy.planning.planner import plan
 from deploy.planning.request import PlanRequest
+from deploy.serving.argv import Endpoint, node_commands
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +63,96 @@ def test_four_gb200_run_int4_tp4_at_full_context(kimi) -> None:
     tp4 = next(c for c in p.candidates if c.tensor_parallel == 4 and c.data_parallel <= 1)
     assert tp4.status == RUNNABLE
     assert tp4.max_model_len == kimi.architecture["max_position_embeddings"]
+
+
+# ------------------------------------------------------------------------------- hypothetical plans
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "deploy", *args], capture_output=True, text=True, timeout=300)
+
+
+def _rendered_texts(out: Path) -> dict[str, str]:
+    cur = out / "current"
+    return {str(p.relative_to(cur)): p.read_text() for p in cur.rglob("*") if p.is_file()}
+
+
+def test_a_multinode_plan_from_gpus_is_refused_with_the_missing_facts(tmp_path: Path) -> None:
+    """A --gpus plan has no node addresses or interfaces: the ranks' --master-addr and NCCL/Gloo's interface
+    would be guesses (vLLM's multi-node guide: the head's reachable address, NCCL/GLOO_SOCKET_IFNAME)."""
+    plan_path = tmp_path / "plan.json"
+    assert _cli("plan", "--gpus", "16xH200", "--nodes", "2", "-o", str(plan_path)).returncode == 0
+    chosen = json.loads(plan_path.read_text())["chosen"]
+    res = _cli("render", "--plan", str(plan_path), "--out", str(tmp_path / "r"))
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr
+    for fact in ("address", "network interface", "--hardware", "--gpus 16xH200", chosen):
+        assert fact in lines[0]
+    assert not (tmp_path / "r" / "current").exists()
+
+
+@pytest.mark.parametrize("hardware", [["--gpus", "8xH200"], ["--hardware", "h200x8"]])
+def test_a_single_node_render_names_no_interface_and_no_guessed_host(tmp_path: Path, hardware) -> None:
+    """One node needs no interface name (NCCL and Gloo choose one); a named one that the host lacks fails
+    Gloo's init, so a single-node launch sets none, and a --gpus plan writes no invented host."""
+    plan_path = tmp_path / "plan.json"
+    assert _cli("plan", *hardware, "-o", str(plan_path)).returncode == 0
+    hw = json.loads(plan_path.read_text())["hardware"]
+    res = _cli("render", "--plan", str(plan_path), "--out", str(tmp_path / "r"))
+    assert res.returncode == 0, res.stderr
+    texts = _rendered_texts(tmp_path / "r")
+    for name, text in texts.items():
+        if name == "plan.json":
+            continue
+        assert "SOCKET_IFNAME" not in text, name
+        for node in hw["nodes"]:
+            if node.get("network_interface"):
+                assert f"={node['network_interface']}" not in text, name
+            if hw.get("hypothetical"):
+                # a node's name may label a file or a metric, never stand where a host goes
+                assert f"//{node['name']}" not in text and f"{node['name']}:" not in text, name
+    assert hardware[0] != "--gpus" or hw.get("hypothetical") is True
+
+
+# ---------------------------------------------------------------------------------- sampling defaults
+
+#: where each engine takes a default sampling as JSON (vLLM 0.33.0 --override-generation-config; SGLang
+#: 0.5.23 and sglang-kt 0.7.2 --preferred-sampling-params); llama-server takes --temp/--top-p/--min-p
+SAMPLING_FLAG = {
+    "vllm": "--override-generation-config",
+    "sglang": "--preferred-sampling-params",
+    "ktransformers": "--preferred-sampling-params",
+}
+
+
+def _runnable_launches(profile, **request):
+    p = plan(profile, PlanRequest(**request))
+    for cand in p.candidates:
+        if cand.runs:
+            yield p, cand, node_commands(p, cand, cand.weights.local_dir, Endpoint())
+
+
+@pytest.mark.parametrize("hardware", ["h200x8", "h100x8-2nodes", "kt-4x4090-768g", "b200x8"])
+def test_every_gpu_engine_serves_the_thinking_defaults(hardware: str, kimi) -> None:
+    """Moonshot's card: thinking temperature 1.0, top_p 0.95 (catalog modes.sampling.thinking); a client that
+    sends none must get them from every engine, not only from llama.cpp."""
+    want = kimi.modes["sampling"]["thinking"]
+    seen = set()
+    for _p, cand, nodes in _runnable_launches(load_profile(hardware)):
+        head = [str(x) for x in nodes[0].argv]
+        if cand.engine == "llama.cpp":
+            assert float(head[head.index("--temp") + 1]) == want["temperature"]
+            assert float(head[head.index("--top-p") + 1]) == want["top_p"]
+            continue
+        flag = SAMPLING_FLAG[cand.engine]
+        assert json.loads(head[head.index(flag) + 1]) == want, cand.id
+        seen.add(cand.engine)
+    assert seen, f"no vLLM/SGLang/KTransformers launch on {hardware}"
+
+
+def test_instant_mode_sampling_is_documented_as_the_clients() -> None:
+    text = (ROOT / "docs" / "reference" / "engines-and-variants.md").read_text()
+    section = text.split("## Sampling defaults", 1)[1].split("\n## ", 1)[0]
+    instant = load_model("kimi-k2.5").modes["sampling"]["instant"]["temperature"]
+    assert f"{instant}" in section and "client" in section and "chat_template_kwargs" in section

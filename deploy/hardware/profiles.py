@@ -103,7 +103,7 @@ class HardwareProfile:
         for n in self.nodes:
             d = {
                 "name": n.name,
-                "address": n.address,
+                **({} if self.hypothetical else {"address": n.address}),
                 "gpus": {"model": n.gpu_model, "count": n.gpu_count, "memory_mib": n.gpu_memory_mib},
                 "cpu": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(n.cpu).items()},
                 "ram_gib": n.ram_gib,
@@ -118,7 +118,11 @@ class HardwareProfile:
                 if getattr(n, key) is not None:
                     d[key] = getattr(n, key)
             nodes.append(d)
-        return {"name": self.name, "description": self.description, "nodes": nodes}
+        out: dict[str, Any] = {"name": self.name, "description": self.description, "nodes": nodes}
+        if self.hypothetical:
+            # render refuses what needs real addresses or interfaces (deploy.serving.argv.require_real_nodes)
+            out["hypothetical"] = True
+        return out
 
 
 _gpu_table_cache: dict[Path, dict[str, GpuSpec]] = {}
@@ -344,7 +348,8 @@ def profile_from_gpus(spec: str, ram_gib: float = 2048, cpu_cores: int = 112) ->
             weights_dir="/models",
             disk_free_gib=7000,
             shm_gib=ram_gib / 2,
-            network_interface="eth0",
+            # nobody knows the interface yet: a guessed "eth0" made Gloo fail on hosts without one
+            network_interface="",
             address=f"node{i}",
         )
         for i in range(n_nodes)

@@ -142,9 +142,65 @@ def plan_nodes(plan: Plan, cand: Candidate) -> list[dict[str, Any]]:
     return nodes[:count]
 
 
+def _guessed(hardware: dict[str, Any], n: dict[str, Any]) -> bool:
+    """A node of a plan written by ``plan --gpus`` before plans said ``hypothetical``: its address was its
+    own name and its interface an invented ``eth0``."""
+    old = str(hardware.get("description") or "").startswith("hypothetical ")
+    return old and n.get("network_interface") == "eth0" and n.get("address") == n.get("name")
+
+
+def require_real_nodes(plan: Plan, cand: Candidate) -> None:
+    """PlanError unless every node of a multi-node ``cand`` has a real address and network interface: the
+    ranks meet at the head's address and NCCL/Gloo bind the named interface, so a guess (``node0``,
+    ``eth0``) fails at init on a real host. A single node needs neither (it binds loopback/its own ports).
+
+    >>> from deploy.hardware.profiles import profile_from_gpus
+    >>> from deploy.planning.planner import plan as make_plan
+    >>> p = make_plan(profile_from_gpus("16xH200"))
+    >>> require_real_nodes(p, next(c for c in p.candidates if c.nodes == 2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    deploy.errors.PlanError: candidate ... runs on 2 nodes but the plan's hardware ...
+    """
+    if cand.nodes <= 1:
+        return
+    hardware = plan.hardware
+    nodes = plan_nodes(plan, cand)
+    missing = [
+        str(n.get("name") or f"node{i}")
+        for i, n in enumerate(nodes)
+        if not n.get("address") or not n.get("network_interface") or _guessed(hardware, n)
+    ]
+    if missing:
+        source = str(hardware.get("name") or "") if hardware.get("hypothetical") else ""
+        raise PlanError(
+            f"candidate {cand.id!r} runs on {len(nodes)} nodes but the plan's hardware"
+            f"{f' (--gpus {source})' if source else ''} gives no address and network interface for "
+            f"{', '.join(missing)}: launch files need them (head address for the ranks, "
+            "NCCL/GLOO_SOCKET_IFNAME); re-plan with --hardware PROFILE whose nodes set address and "
+            "network_interface (kimi-deploy inventory writes them on each node)"
+        )
+
+
 def _flag(args: list[Arg], name: str, value: Any) -> None:
     if value is not None and value is not False:
         args.extend([name] if value is True else [name, str(value)])
+
+
+def sampling_defaults(a: dict[str, Any]) -> dict[str, float]:
+    """The plan's default sampling (``engine_args.sampling``) under the OpenAI request names, for the
+    engines that take it as JSON; min_p only where the plan sets it.
+
+    >>> sampling_defaults({"sampling": {"temp": 1.0, "top_p": 0.95, "min_p": None}})
+    {'temperature': 1.0, 'top_p': 0.95}
+    """
+    s = a.get("sampling") or {}
+    names = {"temp": "temperature", "top_p": "top_p", "min_p": "min_p"}
+    return {names[k]: float(s[k]) for k in names if s.get(k) is not None}
+
+
+def _sampling_json(a: dict[str, Any]) -> str | None:
+    values = sampling_defaults(a)
+    return json.dumps(values, separators=(",", ":")) if values else None
 
 
 def _common_parsers(a: dict[str, Any], args: list[Arg]) -> None:
@@ -242,6 +298,10 @@ def _vllm_flags(plan: Plan, cand: Candidate, chat_template: Path | None) -> list
             "num_speculative_tokens": int(spec["num_steps"]),
         }
         base += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
+    # what a request without sampling fields gets, merged over the model's generation_config.json (vLLM
+    # 0.33.0 vllm/config/model.py override_generation_config, with the default --generation-config auto);
+    # the values are the Kimi-K2.5 model card's thinking mode (temperature 1.0, top_p 0.95)
+    _flag(base, "--override-generation-config", _sampling_json(a))
     _common_parsers(a, base)
     _flag(
         base, "--enable-auto-tool-choice", bool(a.get("enable_auto_tool_choice") or a.get("tool_call_parser"))
@@ -441,6 +501,10 @@ def _sglang(
         _flag(base, "--enable-mixed-chunk", bool(a.get("enable_mixed_chunk")))
         _flag(base, "--enable-p2p-check", bool(a.get("enable_p2p_check")))
         _flag(base, "--disable-shared-experts-fusion", bool(a.get("disable_shared_experts_fusion")))
+    # SGLang 0.5.23 and the KTransformers fork sglang-kt 0.7.2 merge --preferred-sampling-params under a
+    # request's own fields (srt/managers/tokenizer_manager.py) and report them in /model_info
+    # (srt/entrypoints/http_server.py); values: the model card's thinking mode
+    _flag(base, "--preferred-sampling-params", _sampling_json(a))
     _common_parsers(a, base)
     _flag(base, "--enable-metrics", bool(a.get("enable_metrics")))
     if len(nodes) == 1:
@@ -561,6 +625,7 @@ def node_commands(
     if "served_model_name" not in a:
         raise PlanError(f"candidate {cand.id!r}: engine_args.served_model_name is missing")
     port = int(endpoint.port or a.get("port") or 8000)
+    require_real_nodes(plan, cand)
     launcher = registry.get(cand.engine).launcher if registry.is_known(cand.engine) else None
     build = LAUNCHERS.get(launcher) if launcher else None
     if build is None:
@@ -591,4 +656,6 @@ __all__ = [
     "llama_cpp_cuda",
     "node_commands",
     "plan_nodes",
+    "require_real_nodes",
+    "sampling_defaults",
 ]

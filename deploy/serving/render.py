@@ -413,7 +413,8 @@ def _check_unit_safe(path: Path) -> None:
 
 def _env_values(cand: Candidate, node: NodeCommand | None, shared: bool) -> list[tuple[str, Any]]:
     values: list[tuple[str, Any]] = []
-    if node is not None and node.network_interface:
+    # one node needs no interface name: NCCL and Gloo pick one themselves, and a wrong name fails their init
+    if node is not None and node.network_interface and cand.nodes > 1:
         values += [
             ("NCCL_SOCKET_IFNAME", node.network_interface),
             ("GLOO_SOCKET_IFNAME", node.network_interface),
