@@ -104,9 +104,11 @@ def test_eagle3_memory_counted(kimi):
     draft = spec["draft_params"] * 2 / tp
     # memory figures are rounded to 0.001 GiB
     assert (e.memory.weights - b.memory.weights) * GIB == pytest.approx(draft, abs=0.002 * GIB)
-    # the KV pool shrinks by the draft's weights, and each token also holds the draft layer's K and V
-    target = architecture_for(kimi, kimi.variant("int4")).kv_bytes_per_token("bf16")
-    per_token = target + 2 * spec["draft_layers"] * spec["draft_kv_heads"] * spec["draft_head_dim"] * 2 // tp
+    # the KV pool shrinks by the draft's weights, and each token also holds the MLA draft layer's latent,
+    # whole on every TP rank like the target's (lightseekorg/kimi-k2.5-eagle3-mla: the target's MLA shapes)
+    arch = architecture_for(kimi, kimi.variant("int4"))
+    target = arch.kv_bytes_per_token("bf16")
+    per_token = target + spec["draft_layers"] * target // kimi.architecture["num_hidden_layers"]
     assert e.kv_cache_tokens == pytest.approx(e.memory.kv_cache * GIB / per_token, rel=1e-3)
     assert e.kv_cache_tokens < b.kv_cache_tokens
     args = e.engine_args["speculative"]

@@ -156,3 +156,32 @@ def test_instant_mode_sampling_is_documented_as_the_clients() -> None:
     section = text.split("## Sampling defaults", 1)[1].split("\n## ", 1)[0]
     instant = load_model("kimi-k2.5").modes["sampling"]["instant"]["temperature"]
     assert f"{instant}" in section and "client" in section and "chat_template_kwargs" in section
+
+
+# ---------------------------------------------------------------------------------- speculative draft
+
+
+def test_the_draft_is_the_mla_one_with_its_own_sizes(kimi) -> None:
+    """vLLM's Kimi-K2.5 recipe and SGLang's cookbook run lightseekorg/kimi-k2.5-eagle3-mla: one decoder layer
+    with the target's MLA, so its KV per token is one layer of the target's latent (not 64 K/V heads / TP),
+    and its weights hold a full-vocab embedding and lm_head (about 2.9e9 parameters, "~6 GB" published)."""
+    spec = kimi.speculative["eagle3"]
+    assert spec["draft_repo"] == "lightseekorg/kimi-k2.5-eagle3-mla"
+    a = kimi.architecture
+    latent = a["kv_lora_rank"] + a["qk_rope_head_dim"]
+    assert spec["draft_kv_lora_rank"] + spec["draft_qk_rope_head_dim"] == latent
+    embed_and_head = 2 * a["vocab_size"] * a["hidden_size"]
+    assert embed_and_head < spec["draft_params"] < embed_and_head * 1.5
+    assert 5.5e9 < spec["draft_params"] * 2 < 6.5e9
+    base = plan(load_profile("h200x8"), PlanRequest(engine="vllm"))
+    eagle = plan(load_profile("h200x8"), PlanRequest(engine="vllm", speculative="eagle3"))
+    b = next(c for c in base.candidates if c.tensor_parallel == 8 and c.data_parallel <= 1)
+    e = next(c for c in eagle.candidates if c.tensor_parallel == 8 and c.data_parallel <= 1)
+    target = b.memory.kv_cache * 2**30 / b.kv_cache_tokens
+    per_token = e.memory.kv_cache * 2**30 / e.kv_cache_tokens
+    # one more layer's latent per token, whole on each rank: (L + 1) / L of the target's
+    layers = a["num_hidden_layers"]
+    assert per_token / target == pytest.approx((layers + spec["draft_layers"]) / layers, rel=2e-3)
+    argv = [str(x) for x in node_commands(eagle, e, "/m", Endpoint())[0].argv]
+    config = json.loads(argv[argv.index("--speculative-config") + 1])
+    assert config["model"].endswith(spec["draft_repo"]) and config["method"] == "eagle3"

@@ -356,6 +356,20 @@ def _vit(m: Model, v: Variant, engine: str) -> tuple[int, int] | None:
     return None
 
 
+def draft_kv_bytes_per_token(spec: dict[str, Any]) -> int:
+    """A BF16 draft's KV bytes per token: an MLA draft caches one latent (kv_lora_rank + rope dim) per
+    layer, as the target does (kimi-k2.5.md section 2); an MHA draft K and V of every head.
+
+    >>> draft_kv_bytes_per_token({"draft_layers": 1, "draft_attention": "mla", "draft_kv_lora_rank": 512,
+    ...                           "draft_qk_rope_head_dim": 64})
+    1152
+    """
+    layers = int(spec["draft_layers"])
+    if spec.get("draft_attention") == "mla":
+        return layers * (int(spec["draft_kv_lora_rank"]) + int(spec["draft_qk_rope_head_dim"])) * 2
+    return layers * 2 * int(spec["draft_kv_heads"]) * int(spec["draft_head_dim"]) * 2
+
+
 def _candidates(
     m: Model,
     v: Variant,
@@ -375,11 +389,8 @@ def _candidates(
             base_lay = dataclasses.replace(
                 base_lay,
                 draft_bytes=float(spec["draft_params"]) * 2,
-                draft_kv_bytes_per_token=int(spec["draft_layers"])
-                * 2
-                * int(spec["draft_kv_heads"])
-                * int(spec["draft_head_dim"])
-                * 2,
+                draft_kv_bytes_per_token=draft_kv_bytes_per_token(spec),
+                draft_kv_replicated=spec.get("draft_attention") == "mla",
                 label=f"{base_lay.label} +{req.speculative}",
             )
         for tight in tights:
