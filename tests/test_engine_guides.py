@@ -185,3 +185,80 @@ def test_the_draft_is_the_mla_one_with_its_own_sizes(kimi) -> None:
     argv = [str(x) for x in node_commands(eagle, e, "/m", Endpoint())[0].argv]
     config = json.loads(argv[argv.index("--speculative-config") + 1])
     assert config["model"].endswith(spec["draft_repo"]) and config["method"] == "eagle3"
+
+
+# ---------------------------------------------------------------------------------------------- NVFP4
+
+
+def _argv(p, cand) -> list[str]:
+    return [str(x) for x in node_commands(p, cand, "/m", Endpoint())[0].argv]
+
+
+def test_vllm_nvfp4_runs_the_recipes_fp8_kv_and_fp4_moe_kernels(kimi) -> None:
+    """vLLM's Kimi-K2.5 NVFP4 recipe: --kv-cache-dtype fp8 and FlashInfer's FP4 MoE kernels
+    (VLLM_USE_FLASHINFER_MOE_FP4=1, which the pinned vLLM 0.33.0 takes as --moe-backend); the plan sizes the
+    KV pool for FP8, twice the tokens a BF16 cache would hold in the same memory."""
+    p = plan(profile_from_gpus("8xB200"), PlanRequest(engine="vllm", variant="nvfp4"))
+    tp8 = next(c for c in p.candidates if c.tensor_parallel == 8 and c.data_parallel <= 1)
+    argv = _argv(p, tp8)
+    assert argv[argv.index("--kv-cache-dtype") + 1] == "fp8"
+    assert argv[argv.index("--moe-backend") + 1] == kimi.variant("nvfp4").engine_args["vllm"]["moe_backend"]
+    arch_kv = tp8.memory.kv_cache * 2**30 / tp8.kv_cache_tokens
+    int4 = next(
+        c
+        for c in plan(profile_from_gpus("8xB200"), PlanRequest(engine="vllm", variant="int4")).candidates
+        if c.tensor_parallel == 8 and c.data_parallel <= 1
+    )
+    assert int4.memory.kv_cache * 2**30 / int4.kv_cache_tokens == pytest.approx(2 * arch_kv, rel=1e-3)
+
+
+@pytest.mark.parametrize("gpu", ["B200", "GB200", "B300"])
+def test_sglang_nvfp4_only_where_its_cookbook_runs_it(gpu: str, kimi) -> None:
+    only = kimi.variant("nvfp4").engine_gpus["sglang"]
+    p = plan(profile_from_gpus(f"8x{gpu}"), PlanRequest(engine="sglang", variant="nvfp4"))
+    for c in p.candidates:
+        if gpu in only["gpus"]:
+            if c.runs:
+                argv = _argv(p, c)
+                assert argv[argv.index("--kv-cache-dtype") + 1] == "fp8_e4m3"
+                assert "--attention-backend" in argv and "--quantization" in argv
+        else:
+            assert not c.runs and any(only["source"] in r for r in c.reasons), c.reasons
+    assert gpu not in only["gpus"] or any(c.runs for c in p.candidates)
+
+
+def test_sglang_dp_attention_uses_attn_dp_size() -> None:
+    """SGLang 0.5.23 deprecates `--dp-size N --enable-dp-attention` for `--attn-dp-size N`; the
+    KTransformers fork (sglang-kt 0.7.2) has only the old pair."""
+    p = plan(load_profile("h200x8"), PlanRequest(engine="sglang"))
+    dp = next(c for c in p.candidates if c.data_parallel > 1 and c.engine_args.get("enable_dp_attention"))
+    argv = _argv(p, dp)
+    assert argv[argv.index("--attn-dp-size") + 1] == str(dp.data_parallel)
+    assert "--enable-dp-attention" not in argv and "--dp-size" not in argv
+    assert int(argv[argv.index("--tp-size") + 1]) == dp.tensor_parallel * dp.data_parallel
+
+
+@pytest.mark.slow
+def test_the_guides_flags_pass_the_pinned_parsers() -> None:
+    """The flags these rules add (sampling JSON, --attn-dp-size, --moe-backend, SGLang's NVFP4 backend and KV
+    dtype on B300, the MLA draft) through the pinned engines' own parsers, on hardware no profile file has."""
+    from deploy.engines import builds as engines
+    from deploy.serving import parser_check
+
+    batch = []
+    for spec, req in [
+        ("8xB300", PlanRequest(variant="nvfp4")),
+        ("4xGB200", PlanRequest(variant="int4")),
+        ("8xB200", PlanRequest(variant="int4", speculative="eagle3")),
+    ]:
+        p = plan(profile_from_gpus(spec), req)
+        for c in p.candidates:
+            if c.runs and c.engine in parser_check.CHECKED:
+                node = node_commands(p, c, c.weights.local_dir, Endpoint())[0]
+                batch.append((f"{spec}/{c.id}", node.program, node.argv))
+    assert any("8xB300/sglang-nvfp4" in label for label, _, _ in batch)
+    python = engines.parser_python()
+    assert python.is_file(), f"parser venv missing at {python}: run `make setup`"
+    report = parser_check.check_argvs([(prog, argv) for _, prog, argv in batch], python=python)
+    bad = [f"{label}: {r.summary()}" for (label, _, _), r in zip(batch, report.results, strict=True) if not r.ok]
+    assert not bad, bad

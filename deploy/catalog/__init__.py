@@ -44,6 +44,8 @@ class Variant:
     requires_gpu: tuple[str, ...] = ()
     #: extra engine arguments this variant needs, per engine (``{"sglang": {"quantization": ...}}``)
     engine_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: where an engine's own guide limits this variant to some GPUs: {engine: {"gpus": [...], "source": ...}}
+    engine_gpus: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 #: GPU features a variant may require (keys of hardware/gpus.yaml entries).
@@ -222,6 +224,7 @@ def load_model(name: str, catalog_dir: Path | None = None) -> Model:
                 serves_vision=bool(v.get("serves_vision", False)),
                 requires_gpu=_gpu_features(v.get("requires_gpu") or [], f"{src}: variants[{i}]"),
                 engine_args={str(k): dict(a) for k, a in (v.get("engine_args") or {}).items()},
+                engine_gpus={str(k): dict(a) for k, a in (v.get("engine_gpus") or {}).items()},
             )
         )
     return Model(

@@ -192,9 +192,11 @@ def engine_args(engine: str, a: ArgsInput, speculative: dict[str, Any] | None) -
         # mode's values (Kimi: temperature 0.6) are the client's to send with chat_template_kwargs
         "sampling": _thinking_sampling(m),
     }
-    args.update(a.v.engine_args.get(engine, {}))
     args["speculative"] = speculative
-    if BUILDERS[registry.get(engine).memory_model](a, args):
+    multinode_set = BUILDERS[registry.get(engine).memory_model](a, args)
+    # the variant's own arguments last: its recipe's choices (NVFP4's KV dtype, attention backend) stand
+    args.update(a.v.engine_args.get(engine, {}))
+    if multinode_set:
         return args
     if a.lay.nodes > 1:
         args["multinode"] = {"backend": "mp", "master_port": MASTER_PORT, "dist_init_port": DIST_INIT_PORT}

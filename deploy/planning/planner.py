@@ -332,6 +332,11 @@ def _engine_blockers(
                 f"{head.gpu_model} has none"
             )
             fixes.append(f"GPUs with {', '.join(GPU_FEATURE_NAMES.get(f, f) for f in missing)}")
+    only = v.engine_gpus.get(engine)
+    if only and head.gpu_count and head.gpu_model not in only["gpus"]:
+        gpus = ", ".join(only["gpus"])
+        reasons.append(f"{eng.display_name} runs {v.id} only on {gpus} ({only['source']}); not on {head.gpu_model}")
+        fixes.append(f"{gpus} GPUs, or another engine for {v.id}")
     # the catalog's requirements of the engine (KTransformers: a CPU ISA, VRAM in total)
     meta = m.engines.get(engine, {})
     for flag in meta.get("requires_isa", []):
@@ -384,6 +389,9 @@ def _candidates(
     blockers, blocker_fixes = _engine_blockers(engine, v, m, profile)
     tights = (False, True) if req.tight and registry.get(engine).supports(Feature.TIGHT) else (False,)
     spec = _speculative(m, v, engine, profile, req)
+    if v.engine_args.get(engine, {}).get("kv_cache_dtype") == "fp8":
+        # the variant's recipe runs this engine with an FP8 KV cache: size the pool for it
+        req = dataclasses.replace(req, kv_cache_dtype="fp8")
     for kind, base_lay in _layouts(engine, arch, profile, req, m.engines.get(engine)):
         if spec:
             base_lay = dataclasses.replace(
@@ -760,6 +768,9 @@ def _engine_args(
     local_dir: str,
 ) -> dict[str, Any]:
     spec = _speculative(m, v, engine, profile, req)
+    if v.engine_args.get(engine, {}).get("kv_cache_dtype") == "fp8":
+        # the variant's recipe runs this engine with an FP8 KV cache: size the pool for it
+        req = dataclasses.replace(req, kv_cache_dtype="fp8")
     weights_dir = (req.weights_dir or profile.head.weights_dir).rstrip("/")
     speculative = (
         {

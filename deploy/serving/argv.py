@@ -288,6 +288,9 @@ def _vllm_flags(plan: Plan, cand: Candidate, chat_template: Path | None) -> list
     _flag(base, "--max-num-batched-tokens", a.get("max_num_batched_tokens"))
     _flag(base, "--max-num-seqs", a.get("max_num_seqs"))
     _flag(base, "--quantization", a.get("quantization"))
+    # NVFP4: vLLM's recipe selects FlashInfer's FP4 MoE kernels with VLLM_USE_FLASHINFER_MOE_FP4=1; the pinned
+    # 0.33.0 has no such variable (vllm/envs.py) and takes the choice as --moe-backend (vllm/config/kernel.py)
+    _flag(base, "--moe-backend", a.get("moe_backend"))
     spec = a.get("speculative") or {}
     if spec:
         # vLLM's recipe for Kimi-K2.5: --speculative-config {"model", "method": "eagle3",
@@ -448,8 +451,13 @@ def _sglang(
     _flag(base, "--trust-remote-code", bool(a.get("trust_remote_code")))
     base += ["--context-length", str(cand.max_model_len), "--tp-size", str(tp)]
     _flag(base, "--pp-size", cand.pipeline_parallel if cand.pipeline_parallel > 1 else None)
-    _flag(base, "--dp-size", cand.data_parallel if cand.data_parallel > 1 else None)
-    _flag(base, "--enable-dp-attention", dp_attention)
+    if dp_attention and not kt_fork:
+        # SGLang 0.5.23 deprecates `--dp-size N --enable-dp-attention` for `--attn-dp-size N` (its
+        # server_args.py: the old pair resolves to attn_dp_size N, dp_size 1); the fork has only the old pair
+        _flag(base, "--attn-dp-size", cand.data_parallel if cand.data_parallel > 1 else None)
+    else:
+        _flag(base, "--dp-size", cand.data_parallel if cand.data_parallel > 1 else None)
+        _flag(base, "--enable-dp-attention", dp_attention)
     _flag(base, "--ep-size", tp if cand.expert_parallel else None)
     _flag(base, "--mem-fraction-static", a.get("mem_fraction_static"))
     _flag(base, "--chunked-prefill-size", a.get("chunked_prefill_size"))
