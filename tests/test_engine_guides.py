@@ -262,3 +262,65 @@ def test_the_guides_flags_pass_the_pinned_parsers() -> None:
     report = parser_check.check_argvs([(prog, argv) for _, prog, argv in batch], python=python)
     bad = [f"{label}: {r.summary()}" for (label, _, _), r in zip(batch, report.results, strict=True) if not r.ok]
     assert not bad, bad
+
+
+# -------------------------------------------------------------------------------------------- systemd
+
+
+def _unit_sections(text: str) -> dict[str, dict[str, str]]:
+    sections: dict[str, dict[str, str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+            sections[current] = {}
+        elif "=" in line and current:
+            key, value = line.split("=", 1)
+            sections[current][key] = value
+    return sections
+
+
+def _render_units(tmp_path: Path, *plan_args: str) -> tuple[list[dict[str, dict[str, str]]], list[str]]:
+    plan_path = tmp_path / "plan.json"
+    assert _cli("plan", *plan_args, "-o", str(plan_path)).returncode == 0
+    data = json.loads(plan_path.read_text())
+    cand = next(c for c in data["candidates"] if c["id"] == data["chosen"])
+    weights = []
+    if cand["weights"]["format"] == "gguf":
+        # render needs only the shards' names (empty files laid out like the repo)
+        folder = cand["weights"]["allow_patterns"][0].split("/")[0]
+        shard = tmp_path / "w" / folder / f"Kimi-K2.5-{folder}-00001-of-00001.gguf"
+        shard.parent.mkdir(parents=True)
+        shard.touch()
+        weights = ["--weights-dir", str(tmp_path / "w")]
+    res = _cli("render", "--plan", str(plan_path), "--out", str(tmp_path / "r"), *weights)
+    assert res.returncode == 0, res.stderr
+    cur = tmp_path / "r" / "current"
+    units = sorted(cur.glob("kimi-deploy-*.service"))
+    launches = [(cur / u.name.replace("kimi-deploy-", "launch-").replace(".service", ".sh")) for u in units]
+    return [_unit_sections(u.read_text()) for u in units], [p.read_text() for p in launches]
+
+
+@pytest.mark.parametrize(
+    "plan_args",
+    [
+        ("--hardware", "h200x8"),
+        ("--hardware", "rtx4090-256g", "--engine", "llama.cpp"),
+        ("--hardware", "h100x8-2nodes", "--nodes", "2", "--engine", "vllm"),
+    ],
+)
+def test_units_stop_retrying_and_lock_memory_only_where_used(tmp_path: Path, plan_args) -> None:
+    """systemd.unit(5): StartLimitBurst starts within StartLimitIntervalSec, then no more restarts, so a start
+    that always fails does not reload 595 GB forever; the window must hold that many full start attempts.
+    NoNewPrivileges: nothing the engines run needs setuid. LimitMEMLOCK=infinity only beside --mlock or a GPU
+    engine (NCCL over InfiniBand registers pinned buffers); llama.cpp's mmap'd experts lock nothing."""
+    units, launches = _render_units(tmp_path, *plan_args)
+    assert units
+    for unit, launch in zip(units, launches, strict=True):
+        u, s = unit["Unit"], unit["Service"]
+        burst, window = int(u["StartLimitBurst"]), int(u["StartLimitIntervalSec"])
+        start, restart = int(s["TimeoutStartSec"]), int(s["RestartSec"])
+        assert burst >= 2 and window >= burst * (start + restart)
+        assert s["NoNewPrivileges"] == "yes" and s["Restart"] == "on-failure"
+        gpu_engine = "llama-server" not in launch and "rpc-server" not in launch
+        assert ("LimitMEMLOCK" in s) == ("--mlock" in launch or gpu_engine), launch[-400:]
