@@ -42,6 +42,11 @@ VLLM_ROUTER_VERSION = "0.1.17"
 #: venv: it fronts SGLang, KTransformers and llama.cpp fleets (docs/explanation/router.md says why).
 SGLANG_ROUTER_VERSION = "0.3.2"
 
+#: The oldest release of an engine that runs what render writes for Kimi-K2.5, where the catalog's
+#: ``min_version`` must not claim less (the catalog refuses to load otherwise): KTransformers needs 0.7.2,
+#: the first kt-kernel/sglang-kt pair with Kimi-K2.5's model and --kt-gpu-prefill-token-threshold (above).
+ENGINE_MIN_VERSIONS: dict[str, str] = {"ktransformers": KTRANSFORMERS_VERSION}
+
 ENGINE_PINS: dict[str, str] = {
     "vllm": VLLM_VERSION,
     "sglang": SGLANG_VERSION,

@@ -324,3 +324,31 @@ def test_units_stop_retrying_and_lock_memory_only_where_used(tmp_path: Path, pla
         assert s["NoNewPrivileges"] == "yes" and s["Restart"] == "on-failure"
         gpu_engine = "llama-server" not in launch and "rpc-server" not in launch
         assert ("LimitMEMLOCK" in s) == ("--mlock" in launch or gpu_engine), launch[-400:]
+
+
+# -------------------------------------------------------------------------------------- pins, catalog
+
+
+def test_catalog_min_versions_agree_with_the_pins(tmp_path: Path) -> None:
+    """deploy/pins.py: KTransformers' Kimi-K2.5 launch needs kt-kernel/sglang-kt 0.7.2 (the model and
+    --kt-gpu-prefill-token-threshold); a catalog claiming an older minimum is refused, and the real one
+    claims no less than that floor and no more than the pin."""
+    from deploy import pins
+    from deploy.constants import CATALOG_DIR
+    from deploy.errors import CatalogError
+
+    engines = load_model("kimi-k2.5").engines
+    for name, floor in pins.ENGINE_MIN_VERSIONS.items():
+        claimed = engines[name]["min_version"]
+        assert _v(floor) <= _v(claimed) <= _v(pins.ENGINE_PINS[name])
+    stale = (CATALOG_DIR / "kimi-k2.5.yaml").read_text().replace(
+        f'ktransformers: {{min_version: "{engines["ktransformers"]["min_version"]}"',
+        'ktransformers: {min_version: "0.5.0"',
+    )
+    (tmp_path / "kimi-k2.5.yaml").write_text(stale)
+    with pytest.raises(CatalogError, match=r"min_version 0\.5\.0 is older than"):
+        load_model("kimi-k2.5", catalog_dir=tmp_path)
+
+
+def _v(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
