@@ -69,7 +69,9 @@ def test_four_gb200_run_int4_tp4_at_full_context(kimi) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deploy", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "deploy", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def _rendered_texts(out: Path) -> dict[str, str]:
@@ -260,7 +262,9 @@ def test_the_guides_flags_pass_the_pinned_parsers() -> None:
     python = engines.parser_python()
     assert python.is_file(), f"parser venv missing at {python}: run `make setup`"
     report = parser_check.check_argvs([(prog, argv) for _, prog, argv in batch], python=python)
-    bad = [f"{label}: {r.summary()}" for (label, _, _), r in zip(batch, report.results, strict=True) if not r.ok]
+    bad = [
+        f"{label}: {r.summary()}" for (label, _, _), r in zip(batch, report.results, strict=True) if not r.ok
+    ]
     assert not bad, bad
 
 
@@ -341,9 +345,13 @@ def test_catalog_min_versions_agree_with_the_pins(tmp_path: Path) -> None:
     for name, floor in pins.ENGINE_MIN_VERSIONS.items():
         claimed = engines[name]["min_version"]
         assert _v(floor) <= _v(claimed) <= _v(pins.ENGINE_PINS[name])
-    stale = (CATALOG_DIR / "kimi-k2.5.yaml").read_text().replace(
-        f'ktransformers: {{min_version: "{engines["ktransformers"]["min_version"]}"',
-        'ktransformers: {min_version: "0.5.0"',
+    stale = (
+        (CATALOG_DIR / "kimi-k2.5.yaml")
+        .read_text()
+        .replace(
+            f'ktransformers: {{min_version: "{engines["ktransformers"]["min_version"]}"',
+            'ktransformers: {min_version: "0.5.0"',
+        )
     )
     (tmp_path / "kimi-k2.5.yaml").write_text(stale)
     with pytest.raises(CatalogError, match=r"min_version 0\.5\.0 is older than"):
@@ -352,3 +360,33 @@ def test_catalog_min_versions_agree_with_the_pins(tmp_path: Path) -> None:
 
 def _v(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split("."))
+
+
+# ---------------------------------------------------------------------------------------- throughput
+
+
+def test_vllm_decode_context_parallel_is_a_ranked_candidate() -> None:
+    """vLLM's Kimi-K2.5 recipe lists TP8 + DCP8 (8x the KV cache, +43% output tok/s on 8x H200): a
+    candidate of its own with its trade-off stated, ranked after plain TP, not only a rescue."""
+    p = plan(load_profile("h200x8"), PlanRequest(engine="vllm"))
+    tp = next(c for c in p.candidates if c.tensor_parallel == 8 and c.decode_context_parallel == 1 and c.runs)
+    dcp = next(c for c in p.candidates if c.decode_context_parallel == tp.tensor_parallel)
+    assert dcp.runs and dcp.rank == tp.rank + 1 and p.chosen == tp.id
+    assert dcp.kv_cache_tokens == pytest.approx(tp.kv_cache_tokens * dcp.decode_context_parallel, rel=0.01)
+    assert "decode context parallel" in dcp.reasons[0] and "all-gathers" in dcp.reasons[0]
+    argv = _argv(p, dcp)
+    assert argv[argv.index("--decode-context-parallel-size") + 1] == str(dcp.decode_context_parallel)
+
+
+def test_ktransformers_keeps_sglangs_reserve_not_the_guides_094() -> None:
+    """KTransformers' guide runs 30 GPU experts at --mem-fraction-static 0.94 on 4x RTX 4090; SGLang's own
+    rule keeps the activations and CUDA graphs outside the pool, which 0.94 does not leave room for."""
+    req = PlanRequest(engine="ktransformers", gpu_memory_utilization=0.94)
+    guide = plan(load_profile("kt-4x4090-768g"), req)
+    (c,) = guide.candidates
+    assert not c.runs and "0.94" in c.reasons[0] and "outside the pool" in c.reasons[0]
+    ours = plan(load_profile("kt-4x4090-768g"), PlanRequest(engine="ktransformers")).candidates[0]
+    total = ours.memory.total
+    outside = total * (1 - ours.engine_args["mem_fraction_static"])
+    assert ours.runs and ours.engine_args["kt"]["num_gpu_experts"] > 0
+    assert outside >= ours.memory.terms["activation_reserve"] + ours.memory.terms["cuda_graph_reserve"]

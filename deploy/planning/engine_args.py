@@ -127,7 +127,11 @@ def _thinking_sampling(m: Model, extra: str | None = None) -> dict[str, Any]:
     modes = m.modes.get("sampling", {})
     sampling = dict(modes.get("thinking", {}))
     sampling.update((modes.get(extra, {}) if extra else {}) or {})
-    return {"temp": sampling.get("temperature"), "top_p": sampling.get("top_p"), "min_p": sampling.get("min_p")}
+    return {
+        "temp": sampling.get("temperature"),
+        "top_p": sampling.get("top_p"),
+        "min_p": sampling.get("min_p"),
+    }
 
 
 def _llama(a: ArgsInput, args: dict[str, Any]) -> bool:

@@ -423,6 +423,31 @@ def _vllm(
 # ----------------------------------------------------------------------------------- SGLang / KTransformers
 
 
+def _kt_flags(cand: Candidate, model: str, base: list[Arg]) -> None:
+    """kvcache-ai's fork's ``--kt-*`` flags and the settings of KTransformers' Kimi-K2.5 guide."""
+    a = cand.engine_args
+    kt = a.get("kt")
+    if not isinstance(kt, dict):
+        raise PlanError(f"candidate {cand.id!r}: engine_args.kt is missing for KTransformers")
+    base += [
+        "--kt-weight-path",
+        str(kt.get("weight_path") or model),
+        "--kt-method",
+        str(kt["method"]),
+        "--kt-cpuinfer",
+        str(kt["cpuinfer"]),
+        "--kt-threadpool-count",
+        str(kt["threadpool_count"]),
+        "--kt-num-gpu-experts",
+        str(kt["num_gpu_experts"]),
+    ]
+    # layer-wise GPU prefill above this many tokens: the fork's flag (KTransformers' Kimi-K2.5 guide)
+    _flag(base, "--kt-gpu-prefill-token-threshold", kt.get("gpu_prefill_token_threshold"))
+    _flag(base, "--enable-mixed-chunk", bool(a.get("enable_mixed_chunk")))
+    _flag(base, "--enable-p2p-check", bool(a.get("enable_p2p_check")))
+    _flag(base, "--disable-shared-experts-fusion", bool(a.get("disable_shared_experts_fusion")))
+
+
 def _sglang(
     plan: Plan,
     cand: Candidate,
@@ -488,27 +513,8 @@ def _sglang(
             "--speculative-num-draft-tokens",
             str(spec["num_draft_tokens"]),
         ]
-    kt = a.get("kt")
     if kt_fork:
-        if not isinstance(kt, dict):
-            raise PlanError(f"candidate {cand.id!r}: engine_args.kt is missing for KTransformers")
-        base += [
-            "--kt-weight-path",
-            str(kt.get("weight_path") or model),
-            "--kt-method",
-            str(kt["method"]),
-            "--kt-cpuinfer",
-            str(kt["cpuinfer"]),
-            "--kt-threadpool-count",
-            str(kt["threadpool_count"]),
-            "--kt-num-gpu-experts",
-            str(kt["num_gpu_experts"]),
-        ]
-        # layer-wise GPU prefill above this many tokens: the fork's flag (KTransformers' Kimi-K2.5 guide)
-        _flag(base, "--kt-gpu-prefill-token-threshold", kt.get("gpu_prefill_token_threshold"))
-        _flag(base, "--enable-mixed-chunk", bool(a.get("enable_mixed_chunk")))
-        _flag(base, "--enable-p2p-check", bool(a.get("enable_p2p_check")))
-        _flag(base, "--disable-shared-experts-fusion", bool(a.get("disable_shared_experts_fusion")))
+        _kt_flags(cand, model, base)
     # SGLang 0.5.23 and the KTransformers fork sglang-kt 0.7.2 merge --preferred-sampling-params under a
     # request's own fields (srt/managers/tokenizer_manager.py) and report them in /model_info
     # (srt/entrypoints/http_server.py); values: the model card's thinking mode
