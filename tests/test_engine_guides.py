@@ -390,3 +390,36 @@ def test_ktransformers_keeps_sglangs_reserve_not_the_guides_094() -> None:
     outside = total * (1 - ours.engine_args["mem_fraction_static"])
     assert ours.runs and ours.engine_args["kt"]["num_gpu_experts"] > 0
     assert outside >= ours.memory.terms["activation_reserve"] + ours.memory.terms["cuda_graph_reserve"]
+    # and the reference says why the plan departs from the guide
+    doc = (ROOT / "docs" / "reference" / "engines-and-variants.md").read_text()
+    section = doc.split("## KTransformers (CPU/GPU hybrid)", 1)[1]
+    assert "0.94" in section and f"runs {ours.engine_args['kt']['num_gpu_experts']} at" in section
+
+
+# ------------------------------------------------------------------------------ multi-node restarts
+
+
+def test_a_broken_group_reforms_or_stops_together(tmp_path: Path) -> None:
+    """The procedure in docs/reference/engines-and-variants.md ("When a rank dies"): every vLLM rank times out
+    of a collective at the same --distributed-timeout-seconds and restarts (Restart=on-failure); the units
+    share one start-limit window that holds StartLimitBurst cycles of timeout + restart, so a group that
+    cannot form stops on every node after the same number of tries."""
+    units, launches = _render_units(
+        tmp_path, "--hardware", "h100x8-2nodes", "--nodes", "2", "--engine", "vllm"
+    )
+    assert len(units) == 2
+    timeouts = {int(sh.split("--distributed-timeout-seconds ", 1)[1].split()[0]) for sh in launches}
+    (timeout,) = timeouts
+    windows = {int(u["Unit"]["StartLimitIntervalSec"]) for u in units}
+    (window,) = windows
+    for u in units:
+        burst, restart = int(u["Unit"]["StartLimitBurst"]), int(u["Service"]["RestartSec"])
+        assert u["Service"]["Restart"] == "on-failure"
+        assert burst * (timeout + restart) <= window
+    # the head's launch script states the order the procedure uses
+    head = next(sh for sh in launches if "--headless" not in sh)
+    assert "Start every worker first" in head
+    doc = (ROOT / "docs" / "reference" / "engines-and-variants.md").read_text()
+    section = doc.split("### When a rank dies", 1)[1].split("\n## ", 1)[0]
+    for step in ("--distributed-timeout-seconds", "Restart=on-failure", "systemctl reset-failed", "head"):
+        assert step in section

@@ -722,7 +722,9 @@ def systemd_unit(
             "out_dir": out,
             # the predicted time to ready times its factor of safety (margins.READY_SAFETY_FACTOR)
             "timeout_start_s": timeout_start_s,
-            "start_limit_interval_s": start_limit_interval_s(timeout_start_s),
+            # every rank of a group loads its weights and waits for the others as long as the head: one
+            # window for all, so a group that cannot form stops on every node after the same tries
+            "start_limit_interval_s": start_limit_interval_s(int(cand.start_deadline_s)),
             "start_limit_burst": START_LIMIT_BURST,
             "restart_s": RESTART_S,
             "timeout_stop_s": TIMEOUT_STOP_S,
