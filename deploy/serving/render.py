@@ -706,6 +706,18 @@ def start_limit_interval_s(timeout_start_s: int) -> int:
     return START_LIMIT_BURST * (timeout_start_s + RESTART_S + TIMEOUT_STOP_S)
 
 
+def unit_limits(deadline_s: int, memlock: bool) -> dict[str, Any]:
+    """The restart and resource values of a unit (kimi-deploy.service.j2); ``deadline_s`` sizes the start
+    limit window (deploy.serving.render.start_limit_interval_s)."""
+    return {
+        "start_limit_interval_s": start_limit_interval_s(deadline_s),
+        "start_limit_burst": START_LIMIT_BURST,
+        "restart_s": RESTART_S,
+        "timeout_stop_s": TIMEOUT_STOP_S,
+        "memlock": memlock,
+    }
+
+
 def systemd_unit(
     cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, ep: Endpoint, port: int, out: Path
 ) -> RenderedFile:
@@ -722,16 +734,15 @@ def systemd_unit(
             "out_dir": out,
             # the predicted time to ready times its factor of safety (margins.READY_SAFETY_FACTOR)
             "timeout_start_s": timeout_start_s,
-            # every rank of a group loads its weights and waits for the others as long as the head: one
-            # window for all, so a group that cannot form stops on every node after the same tries
-            "start_limit_interval_s": start_limit_interval_s(int(cand.start_deadline_s)),
-            "start_limit_burst": START_LIMIT_BURST,
-            "restart_s": RESTART_S,
-            "timeout_stop_s": TIMEOUT_STOP_S,
-            # unlimited locked memory only where something locks it: a launch with --mlock, or a GPU engine
+            # the start-limit window: every rank of a group loads its weights and waits for the others as
+            # long as the head, one window for all, so a group that cannot form stops everywhere alike.
+            # Unlimited locked memory only where something locks it: a launch with --mlock, or a GPU engine
             # whose NCCL registers host buffers with InfiniBand verbs (NCCL's docs ask for unlimited memlock);
             # llama.cpp reads its experts through mmap's page cache and locks nothing without --mlock
-            "memlock": "--mlock" in argv_strings(n.argv) or registry.get(cand.engine).needs_gpu,
+            **unit_limits(
+                int(cand.start_deadline_s),
+                memlock="--mlock" in argv_strings(n.argv) or registry.get(cand.engine).needs_gpu,
+            ),
             # systemd counts the wait for /health in TimeoutStartSec: a stuck load fails the unit
             "ready_command": _ready_command(ep, port) if n.serves_http else None,
         },
@@ -992,6 +1003,8 @@ def router_release(
             "out_dir": inputs.out_dir,
             "timeout_start_s": 120,
             "ready_command": _ready_command(Endpoint(bind=bind), port),
+            # the router loads no weights and locks no memory
+            **unit_limits(120, memlock=False),
         },
     )
     files = {
