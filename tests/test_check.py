@@ -282,7 +282,17 @@ def test_ok_kimi_passes_with_both_shapes(fault_server, engine: str) -> None:
         ("bad-tool-id", {"tool_call"}, "functions.<name>:<n>"),
         (
             "stay-503",
-            {"liveness", "models", "instant", "thinking", "tool_call", "streaming", "vision", "metrics"},
+            {
+                "liveness",
+                "models",
+                "instant",
+                "thinking",
+                "tool_call",
+                "streaming",
+                "vision",
+                "metrics",
+                "sampling",
+            },
             "503",
         ),
     ],

@@ -22,6 +22,7 @@ import requests
 from helpers.check_plans import demo_plan
 
 from deploy import constants, pins
+from deploy.catalog import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -31,6 +32,7 @@ SAMPLES = REPO / "tests" / "fixtures" / "tool_calls" / "demo_fewshot.jsonl"
 KD = [sys.executable, "-m", "deploy"]
 #: the context the server is started with; the check must read the same number back from the engine
 CTX = 2048
+DEMO_SAMPLING = load_model("demo").modes["sampling"]["thinking"]
 
 
 def llama_server_binary() -> Path:
@@ -76,7 +78,7 @@ def llama_server(demo_gguf: Path, tmp_path: Path) -> Iterator[Callable[..., str]
         )
     procs: list[subprocess.Popen] = []
 
-    def start(reasoning_format: str = "deepseek", metrics: bool = True) -> str:
+    def start(reasoning_format: str = "deepseek", metrics: bool = True, sampling: bool = True) -> str:
         port = _free_port()
         log = (tmp_path / f"llama-{port}.log").open("w")
         cmd = [
@@ -101,6 +103,12 @@ def llama_server(demo_gguf: Path, tmp_path: Path) -> Iterator[Callable[..., str]
             "--port",
             str(port),
             *(["--metrics"] if metrics else []),
+            # the demo's thinking-mode sampling, as render passes it (engine_args.sampling)
+            *(
+                ["--temp", str(DEMO_SAMPLING["temperature"]), "--top-p", str(DEMO_SAMPLING["top_p"])]
+                if sampling
+                else []
+            ),
         ]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         procs.append(proc)
@@ -159,6 +167,7 @@ def test_demo_passes_every_declared_check(llama_server, tmp_path: Path) -> None:
         "streaming": "pass",
         "vision": "skip",
         "metrics": "pass",
+        "sampling": "pass",
         "tool_call_set": "pass",
     }
     assert results["models"]["details"]["reported_context"] == CTX
@@ -187,3 +196,17 @@ def test_metrics_required_but_disabled_fails(llama_server) -> None:
     rc, report, _ = _run("--url", url, "--model", "demo", "--flavor", "llama.cpp", "--metrics")
     results = {r["name"]: r for r in report["results"]}
     assert rc == 7 and results["metrics"]["status"] == "fail" and "501" in results["metrics"]["reason"]
+
+
+def test_a_server_without_the_plans_sampling_fails_the_check(llama_server) -> None:
+    """llama-server started without --temp/--top-p serves its own defaults, not the model's thinking-mode
+    sampling: `check` reads /props and says which value is wrong."""
+    url = llama_server(sampling=False)
+    rc, report, _ = _run(
+        "--url", url, "--model", "demo", "--flavor", "llama.cpp", "--max-model-len", str(CTX)
+    )
+    results = {r["name"]: r for r in report["results"]}
+    assert rc == 7 and results["sampling"]["status"] == "fail", results["sampling"]
+    served = results["sampling"]["details"]["served"]
+    assert served["temperature"] != DEMO_SAMPLING["temperature"]
+    assert "temperature" in results["sampling"]["reason"] and "/props" in results["sampling"]["reason"]

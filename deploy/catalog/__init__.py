@@ -11,11 +11,12 @@ so a sibling with the same architecture (Kimi-K2.6) is a few lines.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy import constants, schema
+from deploy import constants, pins, schema
 from deploy.engines import registry
 from deploy.errors import CatalogError
 
@@ -44,6 +45,8 @@ class Variant:
     requires_gpu: tuple[str, ...] = ()
     #: extra engine arguments this variant needs, per engine (``{"sglang": {"quantization": ...}}``)
     engine_args: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: where an engine's own guide limits this variant to some GPUs: {engine: {"gpus": [...], "source": ...}}
+    engine_gpus: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 #: GPU features a variant may require (keys of hardware/gpus.yaml entries).
@@ -222,6 +225,7 @@ def load_model(name: str, catalog_dir: Path | None = None) -> Model:
                 serves_vision=bool(v.get("serves_vision", False)),
                 requires_gpu=_gpu_features(v.get("requires_gpu") or [], f"{src}: variants[{i}]"),
                 engine_args={str(k): dict(a) for k, a in (v.get("engine_args") or {}).items()},
+                engine_gpus={str(k): dict(a) for k, a in (v.get("engine_gpus") or {}).items()},
             )
         )
     return Model(
@@ -233,12 +237,30 @@ def load_model(name: str, catalog_dir: Path | None = None) -> Model:
         capabilities=dict(data["capabilities"]),
         parsers=dict(data["parsers"]),
         modes=dict(data["modes"]),
-        engines=dict(data["engines"]),
+        engines=_engines(data["engines"], src),
         variants=variants,
         expected=dict(data.get("expected") or {}),
         source_file=src,
         speculative={str(k): dict(x) for k, x in (data.get("speculative") or {}).items()},
     )
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+
+
+def _engines(engines: dict[str, Any], src: str) -> dict[str, Any]:
+    """The catalog's engines, refused where a ``min_version`` is older than the release the launch needs
+    (``deploy.pins.ENGINE_MIN_VERSIONS``): the catalog must not promise an engine that cannot run it."""
+    for name, meta in engines.items():
+        floor = pins.ENGINE_MIN_VERSIONS.get(name)
+        claimed = str((meta or {}).get("min_version") or "")
+        if floor and (not claimed or _version(claimed) < _version(floor)):
+            raise CatalogError(
+                f"{src}: engines.{name}.min_version {claimed or '(none)'} is older than {floor}, the first "
+                "release that runs the rendered launch (deploy/pins.py ENGINE_MIN_VERSIONS)"
+            )
+    return dict(engines)
 
 
 def _gpu_features(value: Any, where: str) -> tuple[str, ...]:

@@ -27,9 +27,10 @@ from urllib.parse import urlsplit
 
 import requests
 
-from deploy.checking import bounded, providers
+from deploy.checking import bounded, providers, sampling
 from deploy.checking.calls import WEATHER_TOOL, chat_request, complete, create, error_reason, headers
 from deploy.checking.result import FAIL, PASS, SKIP, CheckReport, CheckResult, render_table
+from deploy.checking.sampling import check_sampling
 from deploy.checking.shapes import (
     ID_RULE_GENERIC,
     ID_RULE_KIMI,
@@ -362,6 +363,7 @@ CHECKS: list[tuple[str, Callable[[CheckTarget], CheckResult]]] = [
     ("streaming", check_streaming),
     ("vision", check_vision),
     ("metrics", check_metrics),
+    ("sampling", check_sampling),
 ]
 
 
@@ -378,6 +380,8 @@ def run_checks(target: CheckTarget, only: Iterable[str] | None = None) -> CheckR
     blocked = ""
     for name, fn in CHECKS:
         if name == "rpc_workers" and not target.rpc_servers:
+            continue
+        if name == "sampling" and not sampling.applies(target):
             continue
         if wanted is not None and name not in wanted and name not in GATES:
             continue

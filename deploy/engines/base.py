@@ -233,6 +233,9 @@ class Engine:
     #: a route beyond /v1/models that reports the served context (llama-server's ``/props``:
     #: ``default_generation_settings.n_ctx``)
     props_path: str | None = None
+    #: where the server reports the default sampling a request without those fields gets: (route, dotted
+    #: path to an object with ``temperature`` and ``top_p``); None: the engine reports none
+    sampling_report: tuple[str, str] | None = None
     #: seconds the HTTP server keeps an idle kept-alive connection before closing it (uvicorn's
     #: timeout_keep_alive, which vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE and SGLang's SGLANG_TIMEOUT_KEEP_ALIVE
     #: set; cpp-httplib's CPPHTTPLIB_KEEPALIVE_TIMEOUT_SECOND in llama-server): reuse none older

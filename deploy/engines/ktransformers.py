@@ -24,6 +24,8 @@ HEALTH = Health(
 SYSTEM_LIBS = ("libnuma", "libhwloc")
 
 ENGINE = Engine(
+    # the fork keeps upstream SGLang's /model_info with --preferred-sampling-params
+    sampling_report=("/model_info", "preferred_sampling_params"),
     name="ktransformers",
     display_name="KTransformers",
     memory_model="sglang-kt",

@@ -106,6 +106,8 @@ STARTUP_LOG = StartupLog(
 )
 
 ENGINE = Engine(
+    # llama-server /props: default_generation_settings.params holds --temp/--top-p (probed on the pin)
+    sampling_report=("/props", "default_generation_settings.params"),
     name="llama.cpp",
     display_name="llama.cpp",
     memory_model="llama.cpp",

@@ -100,6 +100,8 @@ STARTUP_LOG = StartupLog(
 )
 
 ENGINE = Engine(
+    # SGLang /model_info returns --preferred-sampling-params (srt/entrypoints/http_server.py, 0.5.23)
+    sampling_report=("/model_info", "preferred_sampling_params"),
     name="sglang",
     display_name="SGLang",
     memory_model="sglang",

@@ -138,6 +138,17 @@ def inject_stream(mode: str, engine: str, kind: str, chunks: list[dict[str, Any]
     return out
 
 
+def _thinking_sampling(model: str) -> dict[str, float]:
+    """The catalog's thinking-mode sampling of ``model`` (what render gives the engine as its default)."""
+    from deploy.catalog import load_model
+    from deploy.errors import KimiDeployError
+
+    try:
+        return dict(load_model(model).modes.get("sampling", {}).get("thinking", {}))
+    except KimiDeployError:
+        return {}
+
+
 class FaultHandler(BaseHTTPRequestHandler):
     server: FaultServer
 
@@ -174,6 +185,12 @@ class FaultHandler(BaseHTTPRequestHandler):
             for card in models["data"]:
                 card["id"] = srv.model
             return self._json(200, models)
+        if path in ("/props", "/model_info"):
+            # what a server rendered from the plan reports as its default sampling (deploy.checking.sampling)
+            values = _thinking_sampling(srv.model)
+            if path == "/props":
+                return self._json(200, {"default_generation_settings": {"params": values}})
+            return self._json(200, {"model_path": srv.model, "preferred_sampling_params": values})
         if path == "/metrics":
             text = (
                 "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"

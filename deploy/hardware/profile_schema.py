@@ -79,6 +79,8 @@ PLAN_HARDWARE: dict[str, Any] = {
         "name": schema.TEXT,
         "description": schema.TEXT,
         "nodes": {"type": "array", "maxItems": schema.MAX_NODES, "items": NODE},
+        #: described by ``plan --gpus``, not probed: no node has a real address or interface name
+        "hypothetical": {"type": "boolean"},
     },
 }
 

@@ -38,6 +38,8 @@ class GpuSpec:
     memory_bandwidth_gbs: float = 0.0
     #: dense BF16 tensor-core TFLOPS per GPU (the vendor's figure, no sparsity), for capacity's prefill bound
     dense_bf16_tflops: float = 0.0
+    #: GPUs one node holds (HGX boards 8, a GB200 compute tray 4): how `plan --gpus` splits a count into nodes
+    gpus_per_node: int = 8
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class HardwareProfile:
         for n in self.nodes:
             d = {
                 "name": n.name,
-                "address": n.address,
+                **({} if self.hypothetical else {"address": n.address}),
                 "gpus": {"model": n.gpu_model, "count": n.gpu_count, "memory_mib": n.gpu_memory_mib},
                 "cpu": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(n.cpu).items()},
                 "ram_gib": n.ram_gib,
@@ -118,7 +120,11 @@ class HardwareProfile:
                 if getattr(n, key) is not None:
                     d[key] = getattr(n, key)
             nodes.append(d)
-        return {"name": self.name, "description": self.description, "nodes": nodes}
+        out: dict[str, Any] = {"name": self.name, "description": self.description, "nodes": nodes}
+        if self.hypothetical:
+            # render refuses what needs real addresses or interfaces (deploy.serving.argv.require_real_nodes)
+            out["hypothetical"] = True
+        return out
 
 
 _gpu_table_cache: dict[Path, dict[str, GpuSpec]] = {}
@@ -132,7 +138,11 @@ GPU_TABLE_SCHEMA: dict[str, Any] = {
             "additionalProperties": {
                 "type": "object",
                 "required": ["memory_mib", "compute_capability", "fp8", "int4_w4a16", "interconnect"],
-                "properties": {"memory_mib": schema.POSITIVE, "interconnect_gbps": schema.COUNT},
+                "properties": {
+                    "memory_mib": schema.POSITIVE,
+                    "interconnect_gbps": schema.COUNT,
+                    "gpus_per_node": {"type": "integer", "minimum": 1, "maximum": schema.MAX_GPUS_PER_NODE},
+                },
             },
         }
     },
@@ -161,6 +171,7 @@ def load_gpu_table(path: Path | None = None) -> dict[str, GpuSpec]:
                 nvml_names=tuple(spec.get("nvml_names", ())),
                 memory_bandwidth_gbs=float(spec.get("memory_bandwidth_gbs", 0.0)),
                 dense_bf16_tflops=float(spec.get("dense_bf16_tflops", 0.0)),
+                gpus_per_node=int(spec.get("gpus_per_node", 8)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ProfileError(f"{path}: gpus.{name}: missing or bad key {exc}") from None
@@ -283,9 +294,31 @@ def load_profile(path: str | Path) -> HardwareProfile:
 _GPUS_RE = re.compile(r"^(?:(\d+)x)?(\d+)x([A-Za-z0-9_.-]+)$")
 
 
+def _node_shape(spec: str, nodes: int | None, count: int, gpu: GpuSpec) -> tuple[int, int]:
+    """(nodes, GPUs per node) for ``--gpus``: a bare count larger than one node holds (``gpu.gpus_per_node``)
+    fills whole nodes; a count that does not fill them, or an explicit node wider than the GPU's node, is
+    refused rather than planned as a node that cannot be bought."""
+    per = gpu.gpus_per_node
+    if count > per and nodes is None:
+        if count % per:
+            raise InputError(
+                f"--gpus {spec!r}: a {gpu.name} node holds {per} GPUs and {count} is not a multiple; "
+                f"write {count // per + 1}x{per}x{gpu.name} or a smaller count"
+            )
+        return count // per, per
+    if count > per:
+        raise InputError(f"--gpus {spec!r}: a {gpu.name} node holds at most {per} GPUs (gpus_per_node)")
+    return nodes or 1, count
+
+
 def profile_from_gpus(spec: str, ram_gib: float = 2048, cpu_cores: int = 112) -> HardwareProfile:
     """A hypothetical profile from ``8xH200`` or ``2x8xH100`` (nodes x GPUs per node x model), for
-    planning hardware the user does not have yet. Host values are those of a typical HGX node."""
+    planning hardware the user does not have yet. Host values are those of a typical HGX node; a count
+    above what one node holds (the GPU table's ``gpus_per_node``) becomes several nodes.
+
+    >>> [n.gpu_count for n in profile_from_gpus("8xGB200").nodes]
+    [4, 4]
+    """
     m = _GPUS_RE.match(spec.strip())
     if not m:
         raise InputError(
@@ -294,11 +327,12 @@ def profile_from_gpus(spec: str, ram_gib: float = 2048, cpu_cores: int = 112) ->
     n_nodes, count, model = int(m.group(1) or 1), int(m.group(2)), m.group(3)
     if n_nodes < 1 or count < 1:
         raise InputError(f"--gpus {spec!r}: counts must be at least 1")
+    gpu = gpu_spec(model)
+    n_nodes, count = _node_shape(spec, int(m.group(1)) if m.group(1) else None, count, gpu)
     if n_nodes > schema.MAX_NODES or count > schema.MAX_GPUS_PER_NODE:
         raise InputError(
             f"--gpus {spec!r}: at most {schema.MAX_NODES} nodes of at most {schema.MAX_GPUS_PER_NODE} GPUs"
         )
-    gpu = gpu_spec(model)
     cpu = Cpu(
         model="typical 2-socket server",
         physical_cores=cpu_cores,
@@ -317,7 +351,8 @@ def profile_from_gpus(spec: str, ram_gib: float = 2048, cpu_cores: int = 112) ->
             weights_dir="/models",
             disk_free_gib=7000,
             shm_gib=ram_gib / 2,
-            network_interface="eth0",
+            # nobody knows the interface yet: a guessed "eth0" made Gloo fail on hosts without one
+            network_interface="",
             address=f"node{i}",
         )
         for i in range(n_nodes)

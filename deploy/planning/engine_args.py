@@ -121,10 +121,21 @@ def _sglang_kt(a: ArgsInput, args: dict[str, Any]) -> bool:
     return False
 
 
+def _thinking_sampling(m: Model, extra: str | None = None) -> dict[str, Any]:
+    """The catalog's thinking-mode sampling as ``{temp, top_p, min_p}`` (``extra``: a second
+    ``modes.sampling`` entry merged over it, ``gguf_extra`` for llama.cpp's min_p)."""
+    modes = m.modes.get("sampling", {})
+    sampling = dict(modes.get("thinking", {}))
+    sampling.update((modes.get(extra, {}) if extra else {}) or {})
+    return {
+        "temp": sampling.get("temperature"),
+        "top_p": sampling.get("top_p"),
+        "min_p": sampling.get("min_p"),
+    }
+
+
 def _llama(a: ArgsInput, args: dict[str, Any]) -> bool:
     """llama-server's arguments; True when the RPC layout already set ``multinode``."""
-    sampling = dict(a.m.modes.get("sampling", {}).get("thinking", {}))
-    sampling.update(a.m.modes.get("sampling", {}).get("gguf_extra", {}) or {})
     settings = a.settings
     args.update(
         {
@@ -138,11 +149,7 @@ def _llama(a: ArgsInput, args: dict[str, Any]) -> bool:
             "metrics": True,
             "ctx_size": a.max_len,
             "cache_type_k": "f16" if a.kv_cache_dtype == "bf16" else "q8_0",
-            "sampling": {
-                "temp": sampling.get("temperature"),
-                "top_p": sampling.get("top_p"),
-                "min_p": sampling.get("min_p"),
-            },
+            "sampling": _thinking_sampling(a.m, "gguf_extra"),
             "rpc_servers": [],
         }
     )
@@ -185,10 +192,15 @@ def engine_args(engine: str, a: ArgsInput, speculative: dict[str, Any] | None) -
         "reasoning_parser": m.parsers.get("reasoning"),
         "api_key_env": API_KEY_ENV,
         "kv_cache_dtype": "auto" if a.kv_cache_dtype == "bf16" else "fp8",
+        # the model card's thinking-mode sampling, served as the default to clients that send none; instant
+        # mode's values (Kimi: temperature 0.6) are the client's to send with chat_template_kwargs
+        "sampling": _thinking_sampling(m),
     }
-    args.update(a.v.engine_args.get(engine, {}))
     args["speculative"] = speculative
-    if BUILDERS[registry.get(engine).memory_model](a, args):
+    multinode_set = BUILDERS[registry.get(engine).memory_model](a, args)
+    # the variant's own arguments last: its recipe's choices (NVFP4's KV dtype, attention backend) stand
+    args.update(a.v.engine_args.get(engine, {}))
+    if multinode_set:
         return args
     if a.lay.nodes > 1:
         args["multinode"] = {"backend": "mp", "master_port": MASTER_PORT, "dist_init_port": DIST_INIT_PORT}

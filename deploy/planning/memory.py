@@ -155,6 +155,8 @@ class Layout:
     #: speculative decoding: the draft model's weight bytes and KV bytes per token, whole (split by TP here)
     draft_bytes: float = 0.0
     draft_kv_bytes_per_token: int = 0
+    #: an MLA draft's latent cache is whole on every TP rank, as the target's is (not split by TP)
+    draft_kv_replicated: bool = False
     #: the vision tower the engine loads (layers, hidden size), for SGLang's VLM fraction reduction
     vit: tuple[int, int] | None = None
     #: ``plan --tight``: the engine's own reserves may be overridden (SGLang's 10 GiB floor and VLM reduction,
@@ -437,7 +439,8 @@ def _kv_per_token(arch: Architecture, layout: Layout, layers: range, dtype: str)
     per = arch.kv_bytes_per_token(dtype, layers=len(layers))
     per = max(1, per // max(1, layout.decode_context_parallel))
     # the draft model keeps a KV cache of its own for every token of the target's (one pool per token)
-    return per + layout.draft_kv_bytes_per_token // max(1, layout.tensor_parallel)
+    split = 1 if layout.draft_kv_replicated else max(1, layout.tensor_parallel)
+    return per + layout.draft_kv_bytes_per_token // split
 
 
 def _draft_weights(layout: Layout) -> float:

@@ -53,6 +53,7 @@ ENGINE_ARGS: dict[str, Any] = {
         "cache_type_k": _MAYBE_WORD,
         "mm_encoder_tp_mode": _MAYBE_WORD,
         "quantization": _MAYBE_WORD,
+        "moe_backend": _MAYBE_WORD,
         "device": {"enum": ["cuda", "cpu"]},
         "distributed_executor_backend": {"enum": ["mp", "ray"]},
         "mem_fraction_static": {"anyOf": [schema.FRACTION, {"type": "null"}]},

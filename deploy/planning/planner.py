@@ -70,7 +70,14 @@ DISK_READ_GBPS = 1.0
 #: llama.cpp over RPC moves activations over the network between layers: only when no single node fits.
 PLACEMENT_ORDER = {"gpu": 0, "hybrid": 1, "cpu": 2, "rpc": 3}
 #: Tie-break among layouts of one engine: keep traffic inside a node, then pipeline across nodes.
-LAYOUT_ORDER = ("tp", "tp-pp", "dp-ep", "tp-nodes", "kt", "gpu", "hybrid", "cpu", "rpc")
+#: vLLM's Kimi-K2.5 recipe (vllm-project/recipes moonshotai/Kimi-K2.5.md, decode context parallel): TP8 +
+#: DCP8 holds 8x the KV cache and measured +43% output tok/s on 8x H200; the cost is an all-gather of the
+#: attention across the DCP ranks in every decode step, so a short-context, low-concurrency load gains little
+DCP_TRADE_OFF = (
+    "decode context parallel {n}: {n}x the KV tokens of TP alone, for many long requests at once (vLLM's "
+    "recipe: +43% output tok/s on 8x H200); each decode step all-gathers attention across {n} ranks"
+)
+LAYOUT_ORDER = ("tp", "tp-dcp", "tp-pp", "dp-ep", "tp-nodes", "kt", "gpu", "hybrid", "cpu", "rpc")
 STATUS_ORDER = {RUNNABLE: 0, REDUCED: 1, INCOMPATIBLE: 2}
 #: vLLM multi-node: ``--distributed-timeout-seconds`` = time_to_ready_s x this (slow disks, first compile).
 DIST_TIMEOUT_SAFETY = 2.0
@@ -180,6 +187,11 @@ def _layouts(
         out.append(
             ("tp", Layout(engine, 1, g, tp, decode_context_parallel=d, label=f"TP{tp}" if g else "no GPU"))
         )
+        if d == 1 and tp > 1 and eng.supports(Feature.DECODE_CONTEXT_PARALLEL):
+            # vLLM's Kimi-K2.5 recipe runs TP8 + DCP8 as a throughput mode, not only as a rescue for a
+            # context that does not fit: a candidate of its own, ranked after plain TP (DCP_TRADE_OFF)
+            dcp_lay = Layout(engine, 1, g, tp, decode_context_parallel=tp, label=f"TP{tp}+DCP{tp}")
+            out.append(("tp-dcp", dcp_lay))
         if g > 1 and arch.n_routed_experts:
             out.append(
                 ("dp-ep", Layout(engine, 1, g, 1, data_parallel=g, expert_parallel=True, label=f"DP{g}+EP"))
@@ -257,6 +269,8 @@ def _rpc_nodes(profile: HardwareProfile, req: PlanRequest) -> int:
 def _layout_id(kind: str, lay: Layout) -> str:
     if kind == "tp":
         return f"tp{lay.tensor_parallel}"
+    if kind == "tp-dcp":
+        return f"tp{lay.tensor_parallel}-dcp{lay.decode_context_parallel}"
     if kind == "tp-pp":
         return f"tp{lay.tensor_parallel}-pp{lay.pipeline_parallel}"
     if kind == "tp-nodes":
@@ -332,6 +346,13 @@ def _engine_blockers(
                 f"{head.gpu_model} has none"
             )
             fixes.append(f"GPUs with {', '.join(GPU_FEATURE_NAMES.get(f, f) for f in missing)}")
+    only = v.engine_gpus.get(engine)
+    if only and head.gpu_count and head.gpu_model not in only["gpus"]:
+        gpus = ", ".join(only["gpus"])
+        reasons.append(
+            f"{eng.display_name} runs {v.id} only on {gpus} ({only['source']}); not on {head.gpu_model}"
+        )
+        fixes.append(f"{gpus} GPUs, or another engine for {v.id}")
     # the catalog's requirements of the engine (KTransformers: a CPU ISA, VRAM in total)
     meta = m.engines.get(engine, {})
     for flag in meta.get("requires_isa", []):
@@ -356,6 +377,20 @@ def _vit(m: Model, v: Variant, engine: str) -> tuple[int, int] | None:
     return None
 
 
+def draft_kv_bytes_per_token(spec: dict[str, Any]) -> int:
+    """A BF16 draft's KV bytes per token: an MLA draft caches one latent (kv_lora_rank + rope dim) per
+    layer, as the target does (kimi-k2.5.md section 2); an MHA draft K and V of every head.
+
+    >>> draft_kv_bytes_per_token({"draft_layers": 1, "draft_attention": "mla", "draft_kv_lora_rank": 512,
+    ...                           "draft_qk_rope_head_dim": 64})
+    1152
+    """
+    layers = int(spec["draft_layers"])
+    if spec.get("draft_attention") == "mla":
+        return layers * (int(spec["draft_kv_lora_rank"]) + int(spec["draft_qk_rope_head_dim"])) * 2
+    return layers * 2 * int(spec["draft_kv_heads"]) * int(spec["draft_head_dim"]) * 2
+
+
 def _candidates(
     m: Model,
     v: Variant,
@@ -370,16 +405,16 @@ def _candidates(
     blockers, blocker_fixes = _engine_blockers(engine, v, m, profile)
     tights = (False, True) if req.tight and registry.get(engine).supports(Feature.TIGHT) else (False,)
     spec = _speculative(m, v, engine, profile, req)
+    if v.engine_args.get(engine, {}).get("kv_cache_dtype") == "fp8":
+        # the variant's recipe runs this engine with an FP8 KV cache: size the pool for it
+        req = dataclasses.replace(req, kv_cache_dtype="fp8")
     for kind, base_lay in _layouts(engine, arch, profile, req, m.engines.get(engine)):
         if spec:
             base_lay = dataclasses.replace(
                 base_lay,
                 draft_bytes=float(spec["draft_params"]) * 2,
-                draft_kv_bytes_per_token=int(spec["draft_layers"])
-                * 2
-                * int(spec["draft_kv_heads"])
-                * int(spec["draft_head_dim"])
-                * 2,
+                draft_kv_bytes_per_token=draft_kv_bytes_per_token(spec),
+                draft_kv_replicated=spec.get("draft_attention") == "mla",
                 label=f"{base_lay.label} +{req.speculative}",
             )
         for tight in tights:
@@ -438,6 +473,8 @@ def _one_candidate(
             _calibrate_step(s, m, v, engine, node, req, target, calibration)
     if s.fit is not None and not s.reasons:
         _context_step(s, m, v, arch, engine, node, req, target, calibration)
+    if kind == "tp-dcp" and s.status != INCOMPATIBLE:
+        s.reasons.insert(0, DCP_TRADE_OFF.format(n=s.lay.decode_context_parallel))
     tight_note = s.fit.settings.get("tight") if s.fit is not None else None
     if tight_note:
         s.reasons.insert(0, f"tight: {tight_note}")
@@ -749,6 +786,9 @@ def _engine_args(
     local_dir: str,
 ) -> dict[str, Any]:
     spec = _speculative(m, v, engine, profile, req)
+    if v.engine_args.get(engine, {}).get("kv_cache_dtype") == "fp8":
+        # the variant's recipe runs this engine with an FP8 KV cache: size the pool for it
+        req = dataclasses.replace(req, kv_cache_dtype="fp8")
     weights_dir = (req.weights_dir or profile.head.weights_dir).rstrip("/")
     speculative = (
         {
@@ -945,6 +985,8 @@ def _layout_kind(c: Candidate) -> str:
         return "dp-ep"
     if c.pipeline_parallel > 1:
         return "tp-pp"
+    if c.nodes == 1 and c.decode_context_parallel > 1:
+        return "tp-dcp"
     return "tp-nodes" if c.nodes > 1 else "tp"
 
 

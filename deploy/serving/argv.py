@@ -142,9 +142,65 @@ def plan_nodes(plan: Plan, cand: Candidate) -> list[dict[str, Any]]:
     return nodes[:count]
 
 
+def _guessed(hardware: dict[str, Any], n: dict[str, Any]) -> bool:
+    """A node of a plan written by ``plan --gpus`` before plans said ``hypothetical``: its address was its
+    own name and its interface an invented ``eth0``."""
+    old = str(hardware.get("description") or "").startswith("hypothetical ")
+    return old and n.get("network_interface") == "eth0" and n.get("address") == n.get("name")
+
+
+def require_real_nodes(plan: Plan, cand: Candidate) -> None:
+    """PlanError unless every node of a multi-node ``cand`` has a real address and network interface: the
+    ranks meet at the head's address and NCCL/Gloo bind the named interface, so a guess (``node0``,
+    ``eth0``) fails at init on a real host. A single node needs neither (it binds loopback/its own ports).
+
+    >>> from deploy.hardware.profiles import profile_from_gpus
+    >>> from deploy.planning.planner import plan as make_plan
+    >>> p = make_plan(profile_from_gpus("16xH200"))
+    >>> require_real_nodes(p, next(c for c in p.candidates if c.nodes == 2))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    deploy.errors.PlanError: candidate ... runs on 2 nodes but the plan's hardware ...
+    """
+    if cand.nodes <= 1:
+        return
+    hardware = plan.hardware
+    nodes = plan_nodes(plan, cand)
+    missing = [
+        str(n.get("name") or f"node{i}")
+        for i, n in enumerate(nodes)
+        if not n.get("address") or not n.get("network_interface") or _guessed(hardware, n)
+    ]
+    if missing:
+        source = str(hardware.get("name") or "") if hardware.get("hypothetical") else ""
+        raise PlanError(
+            f"candidate {cand.id!r} runs on {len(nodes)} nodes but the plan's hardware"
+            f"{f' (--gpus {source})' if source else ''} gives no address and network interface for "
+            f"{', '.join(missing)}: launch files need them (head address for the ranks, "
+            "NCCL/GLOO_SOCKET_IFNAME); re-plan with --hardware PROFILE whose nodes set address and "
+            "network_interface (kimi-deploy inventory writes them on each node)"
+        )
+
+
 def _flag(args: list[Arg], name: str, value: Any) -> None:
     if value is not None and value is not False:
         args.extend([name] if value is True else [name, str(value)])
+
+
+def sampling_defaults(a: dict[str, Any]) -> dict[str, float]:
+    """The plan's default sampling (``engine_args.sampling``) under the OpenAI request names, for the
+    engines that take it as JSON; min_p only where the plan sets it.
+
+    >>> sampling_defaults({"sampling": {"temp": 1.0, "top_p": 0.95, "min_p": None}})
+    {'temperature': 1.0, 'top_p': 0.95}
+    """
+    s = a.get("sampling") or {}
+    names = {"temp": "temperature", "top_p": "top_p", "min_p": "min_p"}
+    return {names[k]: float(s[k]) for k in names if s.get(k) is not None}
+
+
+def _sampling_json(a: dict[str, Any]) -> str | None:
+    values = sampling_defaults(a)
+    return json.dumps(values, separators=(",", ":")) if values else None
 
 
 def _common_parsers(a: dict[str, Any], args: list[Arg]) -> None:
@@ -232,6 +288,9 @@ def _vllm_flags(plan: Plan, cand: Candidate, chat_template: Path | None) -> list
     _flag(base, "--max-num-batched-tokens", a.get("max_num_batched_tokens"))
     _flag(base, "--max-num-seqs", a.get("max_num_seqs"))
     _flag(base, "--quantization", a.get("quantization"))
+    # NVFP4: vLLM's recipe selects FlashInfer's FP4 MoE kernels with VLLM_USE_FLASHINFER_MOE_FP4=1; the pinned
+    # 0.33.0 has no such variable (vllm/envs.py) and takes the choice as --moe-backend (vllm/config/kernel.py)
+    _flag(base, "--moe-backend", a.get("moe_backend"))
     spec = a.get("speculative") or {}
     if spec:
         # vLLM's recipe for Kimi-K2.5: --speculative-config {"model", "method": "eagle3",
@@ -242,6 +301,10 @@ def _vllm_flags(plan: Plan, cand: Candidate, chat_template: Path | None) -> list
             "num_speculative_tokens": int(spec["num_steps"]),
         }
         base += ["--speculative-config", json.dumps(config, separators=(",", ":"))]
+    # what a request without sampling fields gets, merged over the model's generation_config.json (vLLM
+    # 0.33.0 vllm/config/model.py override_generation_config, with the default --generation-config auto);
+    # the values are the Kimi-K2.5 model card's thinking mode (temperature 1.0, top_p 0.95)
+    _flag(base, "--override-generation-config", _sampling_json(a))
     _common_parsers(a, base)
     _flag(
         base, "--enable-auto-tool-choice", bool(a.get("enable_auto_tool_choice") or a.get("tool_call_parser"))
@@ -360,6 +423,31 @@ def _vllm(
 # ----------------------------------------------------------------------------------- SGLang / KTransformers
 
 
+def _kt_flags(cand: Candidate, model: str, base: list[Arg]) -> None:
+    """kvcache-ai's fork's ``--kt-*`` flags and the settings of KTransformers' Kimi-K2.5 guide."""
+    a = cand.engine_args
+    kt = a.get("kt")
+    if not isinstance(kt, dict):
+        raise PlanError(f"candidate {cand.id!r}: engine_args.kt is missing for KTransformers")
+    base += [
+        "--kt-weight-path",
+        str(kt.get("weight_path") or model),
+        "--kt-method",
+        str(kt["method"]),
+        "--kt-cpuinfer",
+        str(kt["cpuinfer"]),
+        "--kt-threadpool-count",
+        str(kt["threadpool_count"]),
+        "--kt-num-gpu-experts",
+        str(kt["num_gpu_experts"]),
+    ]
+    # layer-wise GPU prefill above this many tokens: the fork's flag (KTransformers' Kimi-K2.5 guide)
+    _flag(base, "--kt-gpu-prefill-token-threshold", kt.get("gpu_prefill_token_threshold"))
+    _flag(base, "--enable-mixed-chunk", bool(a.get("enable_mixed_chunk")))
+    _flag(base, "--enable-p2p-check", bool(a.get("enable_p2p_check")))
+    _flag(base, "--disable-shared-experts-fusion", bool(a.get("disable_shared_experts_fusion")))
+
+
 def _sglang(
     plan: Plan,
     cand: Candidate,
@@ -388,8 +476,13 @@ def _sglang(
     _flag(base, "--trust-remote-code", bool(a.get("trust_remote_code")))
     base += ["--context-length", str(cand.max_model_len), "--tp-size", str(tp)]
     _flag(base, "--pp-size", cand.pipeline_parallel if cand.pipeline_parallel > 1 else None)
-    _flag(base, "--dp-size", cand.data_parallel if cand.data_parallel > 1 else None)
-    _flag(base, "--enable-dp-attention", dp_attention)
+    if dp_attention and not kt_fork:
+        # SGLang 0.5.23 deprecates `--dp-size N --enable-dp-attention` for `--attn-dp-size N` (its
+        # server_args.py: the old pair resolves to attn_dp_size N, dp_size 1); the fork has only the old pair
+        _flag(base, "--attn-dp-size", cand.data_parallel if cand.data_parallel > 1 else None)
+    else:
+        _flag(base, "--dp-size", cand.data_parallel if cand.data_parallel > 1 else None)
+        _flag(base, "--enable-dp-attention", dp_attention)
     _flag(base, "--ep-size", tp if cand.expert_parallel else None)
     _flag(base, "--mem-fraction-static", a.get("mem_fraction_static"))
     _flag(base, "--chunked-prefill-size", a.get("chunked_prefill_size"))
@@ -420,27 +513,12 @@ def _sglang(
             "--speculative-num-draft-tokens",
             str(spec["num_draft_tokens"]),
         ]
-    kt = a.get("kt")
     if kt_fork:
-        if not isinstance(kt, dict):
-            raise PlanError(f"candidate {cand.id!r}: engine_args.kt is missing for KTransformers")
-        base += [
-            "--kt-weight-path",
-            str(kt.get("weight_path") or model),
-            "--kt-method",
-            str(kt["method"]),
-            "--kt-cpuinfer",
-            str(kt["cpuinfer"]),
-            "--kt-threadpool-count",
-            str(kt["threadpool_count"]),
-            "--kt-num-gpu-experts",
-            str(kt["num_gpu_experts"]),
-        ]
-        # layer-wise GPU prefill above this many tokens: the fork's flag (KTransformers' Kimi-K2.5 guide)
-        _flag(base, "--kt-gpu-prefill-token-threshold", kt.get("gpu_prefill_token_threshold"))
-        _flag(base, "--enable-mixed-chunk", bool(a.get("enable_mixed_chunk")))
-        _flag(base, "--enable-p2p-check", bool(a.get("enable_p2p_check")))
-        _flag(base, "--disable-shared-experts-fusion", bool(a.get("disable_shared_experts_fusion")))
+        _kt_flags(cand, model, base)
+    # SGLang 0.5.23 and the KTransformers fork sglang-kt 0.7.2 merge --preferred-sampling-params under a
+    # request's own fields (srt/managers/tokenizer_manager.py) and report them in /model_info
+    # (srt/entrypoints/http_server.py); values: the model card's thinking mode
+    _flag(base, "--preferred-sampling-params", _sampling_json(a))
     _common_parsers(a, base)
     _flag(base, "--enable-metrics", bool(a.get("enable_metrics")))
     if len(nodes) == 1:
@@ -561,6 +639,7 @@ def node_commands(
     if "served_model_name" not in a:
         raise PlanError(f"candidate {cand.id!r}: engine_args.served_model_name is missing")
     port = int(endpoint.port or a.get("port") or 8000)
+    require_real_nodes(plan, cand)
     launcher = registry.get(cand.engine).launcher if registry.is_known(cand.engine) else None
     build = LAUNCHERS.get(launcher) if launcher else None
     if build is None:
@@ -591,4 +670,6 @@ __all__ = [
     "llama_cpp_cuda",
     "node_commands",
     "plan_nodes",
+    "require_real_nodes",
+    "sampling_defaults",
 ]

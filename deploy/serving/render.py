@@ -413,7 +413,8 @@ def _check_unit_safe(path: Path) -> None:
 
 def _env_values(cand: Candidate, node: NodeCommand | None, shared: bool) -> list[tuple[str, Any]]:
     values: list[tuple[str, Any]] = []
-    if node is not None and node.network_interface:
+    # one node needs no interface name: NCCL and Gloo pick one themselves, and a wrong name fails their init
+    if node is not None and node.network_interface and cand.nodes > 1:
         values += [
             ("NCCL_SOCKET_IFNAME", node.network_interface),
             ("GLOO_SOCKET_IFNAME", node.network_interface),
@@ -701,12 +702,43 @@ def install_script(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand) ->
     return RenderedFile(text, 0o755)
 
 
+#: systemd: seconds between restarts of a failed engine, and how long a stop may take
+RESTART_S = 15
+TIMEOUT_STOP_S = 120
+#: failed starts after which systemd stops restarting: each one re-reads the weights (595 GB for Kimi)
+START_LIMIT_BURST = 3
+
+
+def start_limit_interval_s(timeout_start_s: int) -> int:
+    """systemd's StartLimitIntervalSec: long enough to hold START_LIMIT_BURST starts that each run to the
+    start deadline, then restart and stop, so a start that always fails stops after that many tries instead
+    of reloading the weights forever (systemd.unit: StartLimitIntervalSec/StartLimitBurst).
+
+    >>> start_limit_interval_s(2040)
+    6525
+    """
+    return START_LIMIT_BURST * (timeout_start_s + RESTART_S + TIMEOUT_STOP_S)
+
+
+def unit_limits(deadline_s: int, memlock: bool) -> dict[str, Any]:
+    """The restart and resource values of a unit (kimi-deploy.service.j2); ``deadline_s`` sizes the start
+    limit window (deploy.serving.render.start_limit_interval_s)."""
+    return {
+        "start_limit_interval_s": start_limit_interval_s(deadline_s),
+        "start_limit_burst": START_LIMIT_BURST,
+        "restart_s": RESTART_S,
+        "timeout_stop_s": TIMEOUT_STOP_S,
+        "memlock": memlock,
+    }
+
+
 def systemd_unit(
     cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, ep: Endpoint, port: int, out: Path
 ) -> RenderedFile:
     """``kimi-deploy-<node>.service``: runs the launch script in ``out``; the head waits for /health."""
     served = _one_line(str(cand.engine_args["served_model_name"]))
     what = f"{cand.engine} {n.role} on {_one_line(n.node)} (rank {n.rank})"
+    timeout_start_s = int(cand.start_deadline_s) if n.serves_http else 300
     text = render_template(
         "kimi-deploy.service.j2",
         {
@@ -715,7 +747,16 @@ def systemd_unit(
             "launch_script": out / f"launch-{n.node}.sh",
             "out_dir": out,
             # the predicted time to ready times its factor of safety (margins.READY_SAFETY_FACTOR)
-            "timeout_start_s": int(cand.start_deadline_s) if n.serves_http else 300,
+            "timeout_start_s": timeout_start_s,
+            # the start-limit window: every rank of a group loads its weights and waits for the others as
+            # long as the head, one window for all, so a group that cannot form stops everywhere alike.
+            # Unlimited locked memory only where something locks it: a launch with --mlock, or a GPU engine
+            # whose NCCL registers host buffers with InfiniBand verbs (NCCL's docs ask for unlimited memlock);
+            # llama.cpp reads its experts through mmap's page cache and locks nothing without --mlock
+            **unit_limits(
+                int(cand.start_deadline_s),
+                memlock="--mlock" in argv_strings(n.argv) or registry.get(cand.engine).needs_gpu,
+            ),
             # systemd counts the wait for /health in TimeoutStartSec: a stuck load fails the unit
             "ready_command": _ready_command(ep, port) if n.serves_http else None,
         },
@@ -976,6 +1017,8 @@ def router_release(
             "out_dir": inputs.out_dir,
             "timeout_start_s": 120,
             "ready_command": _ready_command(Endpoint(bind=bind), port),
+            # the router loads no weights and locks no memory
+            **unit_limits(120, memlock=False),
         },
     )
     files = {

@@ -23,6 +23,7 @@ exec vllm serve /models/moonshotai/Kimi-K2.5 \
     --gpu-memory-utilization 0.9 \
     --max-num-batched-tokens 8192 \
     --max-num-seqs 1024 \
+    --override-generation-config '{"temperature":1.0,"top_p":0.95}' \
     --tool-call-parser kimi_k2 \
     --reasoning-parser kimi_k2 \
     --enable-auto-tool-choice \

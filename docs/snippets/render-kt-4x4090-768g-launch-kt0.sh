@@ -33,6 +33,7 @@ exec python3 -m sglang.launch_server \
     --enable-mixed-chunk \
     --enable-p2p-check \
     --disable-shared-experts-fusion \
+    --preferred-sampling-params '{"temperature":1.0,"top_p":0.95}' \
     --tool-call-parser kimi_k2 \
     --reasoning-parser kimi_k2 \
     --enable-metrics \
