@@ -213,8 +213,17 @@ def test_the_engine_argv_and_env_equal_the_systemd_renders(
         bind="0.0.0.0",
         api_key_env="KIMI_API_KEY",
     )
-    inputs = render.resolve_inputs(p, ropts, {"KIMI_API_KEY": CANARY_KEY})
-    release = render.compose_release(p, inputs, ropts)
+    sd_plan = p
+    if p.hardware.get("hypothetical"):
+        # systemd launches need real addresses (argv.require_real_nodes refuses a --gpus plan's): give the
+        # nodes some, as `inventory` would; LWS fills its own, so the argv must match whatever they are
+        nodes = [
+            {**n, "address": f"10.0.0.{i + 1}", "network_interface": "ib0"}
+            for i, n in enumerate(p.hardware["nodes"])
+        ]
+        sd_plan = dataclasses.replace(p, hardware={**p.hardware, "nodes": nodes, "hypothetical": False})
+    inputs = render.resolve_inputs(sd_plan, ropts, {"KIMI_API_KEY": CANARY_KEY})
+    release = render.compose_release(sd_plan, inputs, ropts)
     leader, worker = templates(result.documents)
     nodes = release.nodes
     leader_roles = {nodes[0].address: "<leader>"}

@@ -631,15 +631,24 @@ LAUNCHERS: dict[str, Launcher] = {
 
 
 def node_commands(
-    plan: Plan, cand: Candidate, model_path: str, endpoint: Endpoint, chat_template: Path | None = None
+    plan: Plan,
+    cand: Candidate,
+    model_path: str,
+    endpoint: Endpoint,
+    chat_template: Path | None = None,
+    *,
+    addresses_from_scheduler: bool = False,
 ) -> list[NodeCommand]:
     """Every node's command for ``cand``, head first; ``model_path`` is the weights folder (vLLM, SGLang) or
-    the first GGUF shard (llama.cpp)."""
+    the first GGUF shard (llama.cpp). ``addresses_from_scheduler``: the nodes' addresses are variables a
+    scheduler fills at start (the Kubernetes target's LWS addresses), so the plan need not carry real ones;
+    systemd launches always need them (``require_real_nodes``)."""
     a = cand.engine_args
     if "served_model_name" not in a:
         raise PlanError(f"candidate {cand.id!r}: engine_args.served_model_name is missing")
     port = int(endpoint.port or a.get("port") or 8000)
-    require_real_nodes(plan, cand)
+    if not addresses_from_scheduler:
+        require_real_nodes(plan, cand)
     launcher = registry.get(cand.engine).launcher if registry.is_known(cand.engine) else None
     build = LAUNCHERS.get(launcher) if launcher else None
     if build is None:

@@ -124,7 +124,9 @@ def lws_commands(
     engine_dir: str = "",
 ) -> LwsCommands:
     """The leader's and the workers' commands of ``cand`` on LWS (see the module docstring)."""
-    nodes = node_commands(lws_plan(plan, cand, interface), cand, model_path, ep, chat_template)
+    nodes = node_commands(
+        lws_plan(plan, cand, interface), cand, model_path, ep, chat_template, addresses_from_scheduler=True
+    )
     for n in nodes:
         if n.pre:
             raise PlanError(
