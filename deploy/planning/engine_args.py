@@ -144,6 +144,10 @@ def _llama(a: ArgsInput, args: dict[str, Any]) -> bool:
                 "min_p": sampling.get("min_p"),
             },
             "rpc_servers": [],
+            # a base model's turn end is plain text to its tokenizer: the server stops there (and drops
+            # it) for every client, and bounds an answer whose client sets no max_tokens
+            "reverse_prompt": [str(x) for x in a.m.modes.get("stop") or []],
+            "n_predict": a.m.modes.get("default_max_tokens"),
         }
     )
     if a.demo:
