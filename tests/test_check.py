@@ -14,6 +14,7 @@ import base64
 import copy
 import doctest
 import json
+import math
 import socket
 import struct
 import subprocess
@@ -31,6 +32,7 @@ from deploy.checking import result as check_result
 from deploy.checking import shapes as check_shapes
 from deploy.checking import suite as check
 from deploy.checking import target as check_target
+from deploy.checking import tokens as check_tokens
 from deploy.checking import toolset as check_toolset
 from deploy.fakes import faultserver
 from deploy.planning.contract import plan_from_dict
@@ -50,7 +52,7 @@ def recorded(engine: str, kind: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "module", [check, check_requests, check_result, check_shapes, check_target, check_toolset]
+    "module", [check, check_requests, check_result, check_shapes, check_target, check_tokens, check_toolset]
 )
 def test_doctests(module) -> None:
     assert doctest.testmod(module).failed == 0
@@ -527,3 +529,117 @@ def test_rendered_manifest_decides_address_and_key(fault_server, tmp_path: Path)
     assert rc == 7 and secret not in json.dumps(report) + err
     rc, _, err = run_check("--plan", str(plan), "--rendered", str(tmp_path / "nothing"))
     assert rc == 2 and "manifest.json: not found" in err
+
+
+# ------------------------------------------------------------------------------------ special tokens
+
+
+def test_special_tokens_come_from_the_tokenizer_config(tmp_path: Path) -> None:
+    decoder = {
+        "163586": {"content": "<|im_end|>", "special": True},
+        "163587": {"content": "<|im_user|>", "special": True},
+        "200": {"content": "plain_added", "special": False},
+    }
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": decoder}))
+    found = check_tokens.for_plan({"name": "kimi-k2.5"}, str(tmp_path))
+    special = [e["content"] for e in decoder.values() if e["special"]]
+    assert list(found.tokens) == special + list(check_tokens.THINK_TAGS)
+    assert str(tmp_path / "tokenizer_config.json") in found.source
+    # a weights folder without one (a GGUF): the catalog entry the plan names
+    assert "catalog entry 'demo'" in check_tokens.for_plan({"name": "demo"}, str(tmp_path / "none")).source
+
+
+def test_bad_tokenizer_config_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {"1": {"x": 1}}}))
+    with pytest.raises(check_target.InputError, match="tokenizer_config.json"):
+        check_tokens.for_plan({"name": "demo"}, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "model, entry", [("demo", "demo"), ("kimi-k2.5", "kimi-k2.5"), ("other", "kimi-k2.5")]
+)
+def test_special_token_set_follows_the_served_model(model: str, entry: str) -> None:
+    from deploy.catalog import load_model
+
+    target = check.target_from_url("http://127.0.0.1:9", model, flavor="llama.cpp")
+    fact = load_model(entry).special_tokens
+    assert set(fact["tokens"]) <= set(target.special_tokens)
+    assert f"catalog entry {entry!r}" in target.special_tokens_source
+    assert fact["source"] in target.special_tokens_source
+    assert ("default" in target.special_tokens_source) == (model == "other")
+
+
+@pytest.mark.parametrize(
+    "engine, model", [("vllm", "kimi-k2.5"), ("sglang", "kimi-k2.5"), ("sglang", "demo")]
+)
+def test_leaked_special_token_fails_streamed_and_not(fault_server, engine: str, model: str) -> None:
+    # FAULT INJECTION: no engine serving Kimi-K2.5 runs here, so the deployment that prints special tokens is
+    # the fault server appending the end-of-turn token to every answer (deploy/fakes/faultserver.py)
+    url = fault_server("leak-special", engine, model=model)
+    rc, report, err = run_check("--url", url, "--model", model, "--flavor", engine, "--samples", "2")
+    assert rc == 7, (err, report)
+    failed = {r["name"]: r for r in report["results"] if r["status"] == "fail"}
+    assert {"instant", "thinking", "tool_call", "streaming"} <= set(failed), failed
+    for name in ("instant", "streaming"):
+        assert faultserver.LEAKED_TOKEN in failed[name]["reason"], failed[name]
+        assert report["target"]["special_tokens_source"] in failed[name]["reason"]
+    assert faultserver.LEAKED_TOKEN in report["target"]["special_tokens"]
+
+
+def test_report_names_the_special_tokens(fault_server) -> None:
+    url = fault_server("ok-kimi", "sglang")
+    rc, report, err = run_check("--url", url, "--model", "kimi-k2.5", "--flavor", "sglang", "--metrics")
+    assert rc == 0, (err, report)
+    proc = subprocess.run(
+        [*KD, "check", "--url", url, "--model", "kimi-k2.5", "--flavor", "sglang", "--samples", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("special tokens looked for"))
+    assert report["target"]["special_tokens_source"] in line and "<|im_end|>" in line
+
+
+# ------------------------------------------------------------------------------------------ samples
+
+
+def _one(status_of: dict[int, tuple[str, dict]]):
+    def one(i: int) -> check.CheckResult:
+        status, details = status_of.get(i, (check.PASS, {}))
+        return check.CheckResult("instant", status, f"answer {i}", 0.0, details)
+
+    return one
+
+
+def test_samples_show_a_rate_and_the_bad_answer() -> None:
+    target = check.target_from_url("http://127.0.0.1:9", "kimi-k2.5", flavor="vllm")
+    target.samples = 5
+    need = math.ceil(check.THRESHOLDS["instant"] * 5)
+    bad = 5 - need  # as many failures as the threshold allows
+    r = check.sampled("instant", target, _one({i: (check.FAIL, {}) for i in range(bad)}))
+    assert r.status == check.PASS and r.reason.startswith(f"{need}/5 passed, needs {need}; sample 1:")
+    assert r.details["samples"] == {"passed": need, "total": 5, "needs": need, "threshold": 0.8}
+    r = check.sampled("instant", target, _one({i: (check.FAIL, {}) for i in range(bad + 1)}))
+    assert r.status == check.FAIL
+    # one answer with a special token fails the check whatever the rate
+    leak = {"special_token": "special token <|im_end|> in content"}
+    r = check.sampled("instant", target, _one({4: (check.FAIL, leak)} if bad else {}))
+    assert r.status == (check.FAIL if bad else check.PASS)
+
+
+@pytest.mark.parametrize("value", [0, -1, check.MAX_SAMPLES + 1])
+def test_bad_samples_is_one_line(value: int) -> None:
+    proc = subprocess.run(
+        [*KD, "check", "--url", "http://127.0.0.1:9", "--model", "demo", "--samples", str(value)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0 and "--samples" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_samples_ask_different_questions() -> None:
+    target = check.target_from_url("http://127.0.0.1:9", "demo", flavor="llama.cpp")
+    asked = {requests_.chat_request(target, "instant", i)["messages"][-1]["content"] for i in range(5)}
+    cities = {requests_.chat_request(target, "tool", i)["messages"][-1]["content"] for i in range(5)}
+    assert len(asked) == len(cities) == 5

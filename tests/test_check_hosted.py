@@ -27,6 +27,7 @@ import pytest
 from deploy.checking import calls as check_calls
 from deploy.checking import meter as check_meter
 from deploy.checking import providers, session, trigger
+from deploy.checking import suite as check_suite
 from deploy.errors import InputError
 from deploy.fakes import providerserver
 
@@ -39,8 +40,9 @@ KEY = "sk-canary-" + "5f3a9c" * 5
 REF_KEY = "sk-refcanary-" + "71d2" * 6
 #: how each provider spells Kimi-K2.5 (deploy/checking/providers.py cites where)
 MODEL_IDS = {"nim": "moonshotai/kimi-k2.5", "moonshot": "kimi-k2.5", "oxen": "moonshotai-kimi-k2-5"}
-#: chat requests the suite sends for Kimi-K2.5 (instant, thinking, tool_call, streaming, vision)
-SUITE_CHATS = 5
+#: chat requests the suite sends for Kimi-K2.5: each probe (instant, thinking, tool_call, streaming, vision)
+#: asked `check --samples`' default number of questions
+SUITE_CHATS = session.SUITE_CHAT_REQUESTS * check_suite.DEFAULT_SAMPLES
 TOKENS_PER_ANSWER = providerserver.PROMPT_TOKENS + providerserver.COMPLETION_TOKENS
 REFERENCE_WORDS = ("weather", "time")
 CANDIDATE_WORDS = ("weather", "please")

@@ -69,62 +69,79 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def llama_server(demo_gguf: Path, tmp_path: Path) -> Iterator[Callable[..., str]]:
-    binary = llama_server_binary()
-    if not binary.is_file():
+def server_command(
+    gguf: Path,
+    port: int,
+    reasoning_format: str = "deepseek",
+    metrics: bool = True,
+    with_sampling: bool = True,
+) -> list[str]:
+    """llama-server as the demo's plan starts it: the template, and the catalog's stop strings and answer
+    bound (modes.stop, modes.default_max_tokens), which make a base model stop for any client."""
+    from deploy.catalog import load_model
+
+    modes = load_model("demo").modes
+    stops = [arg for stop in modes.get("stop") or [] for arg in ("--reverse-prompt", str(stop))]
+    bound = ["--n-predict", str(modes["default_max_tokens"])] if modes.get("default_max_tokens") else []
+    # the plan's sampling defaults (engine_args.sampling -> --temp/--top-p), for clients that send none
+    sampling = ((modes.get("sampling") or {}).get("thinking") or {}) if with_sampling else {}
+    bound += [
+        arg
+        for k, flag in (("temperature", "--temp"), ("top_p", "--top-p"))
+        if k in sampling
+        for arg in (flag, str(sampling[k]))
+    ]
+    return [
+        str(llama_server_binary()),
+        "-m",
+        str(gguf),
+        "-t",
+        "1",
+        "-c",
+        str(CTX),
+        "-np",
+        "1",
+        "--alias",
+        "demo",
+        "--jinja",
+        "--chat-template-file",
+        str(TEMPLATE),
+        "--reasoning-format",
+        reasoning_format,
+        *stops,
+        *bound,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *(["--metrics"] if metrics else []),
+    ]
+
+
+def start_server(cmd: list[str], log_path: Path, procs: list[subprocess.Popen]) -> str:
+    """Start one llama-server and wait until /health answers 200 (or it exits)."""
+    if not Path(cmd[0]).is_file():
         pytest.fail(
-            f"llama-server not found at {binary}: run `make setup` (kimi-deploy engine install llama.cpp)"
+            f"llama-server not found at {cmd[0]}: run `make setup` (kimi-deploy engine install llama.cpp)"
         )
-    procs: list[subprocess.Popen] = []
+    port = cmd[cmd.index("--port") + 1]
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log_path.read_text()[-2000:]
+        try:
+            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                return url
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"llama-server not ready in 90 s: {log_path.read_text()[-2000:]}")
 
-    def start(reasoning_format: str = "deepseek", metrics: bool = True, sampling: bool = True) -> str:
-        port = _free_port()
-        log = (tmp_path / f"llama-{port}.log").open("w")
-        cmd = [
-            str(binary),
-            "-m",
-            str(demo_gguf),
-            "-t",
-            "1",
-            "-c",
-            str(CTX),
-            "-np",
-            "1",
-            "--alias",
-            "demo",
-            "--jinja",
-            "--chat-template-file",
-            str(TEMPLATE),
-            "--reasoning-format",
-            reasoning_format,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            *(["--metrics"] if metrics else []),
-            # the demo's thinking-mode sampling, as render passes it (engine_args.sampling)
-            *(
-                ["--temp", str(DEMO_SAMPLING["temperature"]), "--top-p", str(DEMO_SAMPLING["top_p"])]
-                if sampling
-                else []
-            ),
-        ]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (tmp_path / f"llama-{port}.log").read_text()[-2000:]
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    return url
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        pytest.fail(f"llama-server not ready in 90 s: {(tmp_path / f'llama-{port}.log').read_text()[-2000:]}")
 
-    yield start
+def stop_servers(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         proc.terminate()
         try:
@@ -132,6 +149,19 @@ def llama_server(demo_gguf: Path, tmp_path: Path) -> Iterator[Callable[..., str]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def llama_server(demo_gguf: Path, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    procs: list[subprocess.Popen] = []
+
+    def start(reasoning_format: str = "deepseek", metrics: bool = True, sampling: bool = True) -> str:
+        port = _free_port()
+        cmd = server_command(demo_gguf, port, reasoning_format, metrics, with_sampling=sampling)
+        return start_server(cmd, tmp_path / f"llama-{port}.log", procs)
+
+    yield start
+    stop_servers(procs)
 
 
 def _plan(port: int) -> dict:
@@ -180,6 +210,20 @@ def test_demo_passes_every_declared_check(llama_server, tmp_path: Path) -> None:
     assert report["tool_call_set"]["schema_accuracy"] == 1.0
 
 
+def test_a_server_without_the_plans_sampling_fails_the_check(llama_server) -> None:
+    """llama-server started without --temp/--top-p serves its own defaults, not the model's thinking-mode
+    sampling: `check` reads /props and says which value is wrong."""
+    url = llama_server(sampling=False)
+    rc, report, _ = _run(
+        "--url", url, "--model", "demo", "--flavor", "llama.cpp", "--max-model-len", str(CTX)
+    )
+    results = {r["name"]: r for r in report["results"]}
+    assert rc == 7 and results["sampling"]["status"] == "fail", results["sampling"]
+    served = results["sampling"]["details"]["served"]
+    assert served["temperature"] != DEMO_SAMPLING["temperature"]
+    assert "temperature" in results["sampling"]["reason"] and "/props" in results["sampling"]["reason"]
+
+
 def test_real_engine_without_reasoning_parser_leaks_think(llama_server) -> None:
     url = llama_server(reasoning_format="none", metrics=False)
     rc, report, err = _run(
@@ -198,15 +242,107 @@ def test_metrics_required_but_disabled_fails(llama_server) -> None:
     assert rc == 7 and results["metrics"]["status"] == "fail" and "501" in results["metrics"]["reason"]
 
 
-def test_a_server_without_the_plans_sampling_fails_the_check(llama_server) -> None:
-    """llama-server started without --temp/--top-p serves its own defaults, not the model's thinking-mode
-    sampling: `check` reads /props and says which value is wrong."""
-    url = llama_server(sampling=False)
-    rc, report, _ = _run(
-        "--url", url, "--model", "demo", "--flavor", "llama.cpp", "--max-model-len", str(CTX)
+# ------------------------------------------------------------------ the model card's own client code
+
+
+@pytest.fixture(scope="module")
+def card_server(demo_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One demo server, as the plan starts it, for every model-card call below."""
+    procs: list[subprocess.Popen] = []
+    port = _free_port()
+    log = tmp_path_factory.mktemp("card") / f"llama-{port}.log"
+    try:
+        yield start_server(server_command(demo_gguf, port), log, procs)
+    finally:
+        stop_servers(procs)
+
+
+def _card_client(url: str):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key="EMPTY", timeout=300, max_retries=0)
+
+
+#: the model card's system prompt and question (Kimi-K2.5's usage guide)
+CARD_MESSAGES = [
+    {"role": "system", "content": "You are Kimi, an AI assistant created by Moonshot AI."},
+    {"role": "user", "content": "which one is bigger, 9.11 or 9.9? think carefully."},
+]
+CARD_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": (
+                "Retrieve current weather information. Call this when the user asks about the weather."
+            ),
+            "parameters": {
+                "type": "object",
+                "required": ["city"],
+                "properties": {"city": {"type": "string", "description": "Name of the city"}},
+            },
+        },
+    }
+]
+
+
+def _special_tokens() -> tuple[str, ...]:
+    from deploy.catalog import load_model
+    from deploy.checking.tokens import from_catalog
+
+    return from_catalog(load_model("demo"), "catalog entry 'demo'").tokens
+
+
+def _clean(text: str | None) -> None:
+    leaked = [t for t in _special_tokens() if t in (text or "")]
+    assert not leaked, (leaked, text)
+
+
+def test_model_card_thinking_mode(card_server: str) -> None:
+    # the card's thinking call: no max_tokens, reasoning read from message.reasoning_content
+    r = _card_client(card_server).chat.completions.create(model="demo", messages=CARD_MESSAGES)
+    msg = r.choices[0].message
+    reasoning = getattr(msg, "reasoning_content", None)
+    assert reasoning and reasoning.strip(), msg
+    _clean(reasoning)
+    _clean(msg.content)
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_model_card_instant_mode(card_server: str) -> None:
+    r = _card_client(card_server).chat.completions.create(
+        model="demo", messages=CARD_MESSAGES, extra_body={"chat_template_kwargs": {"thinking": False}}
     )
-    results = {r["name"]: r for r in report["results"]}
-    assert rc == 7 and results["sampling"]["status"] == "fail", results["sampling"]
-    served = results["sampling"]["details"]["served"]
-    assert served["temperature"] != DEMO_SAMPLING["temperature"]
-    assert "temperature" in results["sampling"]["reason"] and "/props" in results["sampling"]["reason"]
+    msg = r.choices[0].message
+    assert not getattr(msg, "reasoning_content", None), msg
+    _clean(msg.content)
+
+
+def test_model_card_tool_call(card_server: str) -> None:
+    question = "What's the weather like in Beijing today? Use the tool to check."
+    messages = [CARD_MESSAGES[0], {"role": "user", "content": question}]
+    r = _card_client(card_server).chat.completions.create(
+        model="demo", messages=messages, tools=CARD_TOOLS, tool_choice="auto"
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls, choice
+    call = choice.message.tool_calls[0]
+    args = json.loads(call.function.arguments)
+    assert call.function.name == "get_weather" and isinstance(args.get("city"), str), call
+    _clean(choice.message.content)
+    _clean(getattr(choice.message, "reasoning_content", None))
+
+
+def test_model_card_streaming(card_server: str) -> None:
+    stream = _card_client(card_server).chat.completions.create(
+        model="demo", messages=[{"role": "user", "content": "Hello, who are you?"}], stream=True
+    )
+    content, reasoning, finish = [], [], None
+    for chunk in stream:
+        for choice in chunk.choices:
+            content.append(choice.delta.content or "")
+            reasoning.append(getattr(choice.delta, "reasoning_content", None) or "")
+            finish = choice.finish_reason or finish
+    assert finish in ("stop", "length") and "".join(content + reasoning).strip()
+    _clean("".join(content))
+    _clean("".join(reasoning))

@@ -126,6 +126,8 @@ def test_demo_on_ci(kimi):
     assert (a["threads"], a["parallel"], a["metrics"], a["jinja"]) == (1, 1, True, True)
     assert a["chat_template"] == "demo-hermes-think.jinja" and a["reasoning_format"] == "deepseek"
     demo = load_model("demo")
+    # a base model's plain-text turn end stops llama-server for every client (modes.stop -> --reverse-prompt)
+    assert a["reverse_prompt"] == demo.modes["stop"] and a["n_predict"] == demo.modes["default_max_tokens"]
     assert c.max_model_len == demo.expected["context_length"]
     assert c.weights.bytes == demo.expected["file_bytes"]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import stat
 import subprocess
 import time
@@ -634,6 +635,11 @@ def test_demo_plan_chat_template_and_cpu_env(tmp_path: Path, run_cli) -> None:
     launch = (out / node["launch"]).read_text()
     assert f'/.cache/kimi-deploy}}"/engines/llama.cpp/{engines.llama_cpp_layout().key}\n' in launch
     assert flag_value(argv, "--threads") == str(cand.engine_args["threads"])
+    # the base model's turn markers stop the server for any client, quoted for the shell
+    stops = [argv[i + 1] for i, tok in enumerate(argv) if tok == "--reverse-prompt"]
+    assert stops == cand.engine_args["reverse_prompt"] and stops
+    assert all(shlex.quote(s) in launch for s in stops)
+    assert flag_value(argv, "--n-predict") == str(cand.engine_args["n_predict"])
     # a template shipped with the llama.cpp build is found in the engine's templates folder
     vendored = sorted(engines.llama_cpp_layout().templates_dir.glob("*.jinja"))
     assert vendored, "the llama.cpp build has no templates/: run `kimi-deploy engine install llama.cpp`"

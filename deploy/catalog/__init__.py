@@ -71,6 +71,9 @@ class Model:
     source_file: str = ""
     #: optional speculative-decoding methods (``eagle3``: draft repo, engines, GPUs, sizes), off by default
     speculative: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the tokenizer's special tokens (``tokens``) and the file they were read from (``source``): what
+    #: `check` looks for in answers when the deployment's own tokenizer files are not at hand
+    special_tokens: dict[str, Any] = field(default_factory=dict)
 
     def variant(self, variant_id: str) -> Variant:
         for v in self.variants:
@@ -101,6 +104,14 @@ def catalog_schema(engines: list[str] | tuple[str, ...] = ENGINES) -> dict[str, 
             "capabilities": {"type": "object", "additionalProperties": {"type": "boolean"}},
             "parsers": {"type": "object"},
             "modes": {"type": "object"},
+            "special_tokens": {
+                "type": "object",
+                "properties": {
+                    "tokens": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                    "source": schema.TEXT,
+                },
+                "required": ["tokens", "source"],
+            },
             "engines": {"type": "object", "propertyNames": {"enum": list(engines)}},
             "variants": {
                 "type": "array",
@@ -242,6 +253,7 @@ def load_model(name: str, catalog_dir: Path | None = None) -> Model:
         expected=dict(data.get("expected") or {}),
         source_file=src,
         speculative={str(k): dict(x) for k, x in (data.get("speculative") or {}).items()},
+        special_tokens=dict(data.get("special_tokens") or {}),
     )
 
 

@@ -41,6 +41,18 @@ WEATHER_TOOL: dict[str, Any] = {
 }
 
 
+#: the questions the probes cycle through (`check --samples N` asks the first N); none is in the few-shot
+#: history, so a base model cannot copy an earlier answer
+QUESTIONS = (
+    "What is the capital of France?",
+    "What is the capital of Japan?",
+    "What is the capital of Spain?",
+    "What is the capital of Canada?",
+    "What is the capital of Egypt?",
+)
+CITIES = ("Berlin", "Madrid", "Oslo", "Cairo", "Lima")
+
+
 def mode_body(flavor: str, thinking: bool) -> dict[str, Any]:
     """The extra body that selects instant or thinking mode in this flavor's dialect.
 
@@ -134,15 +146,17 @@ def _sampling(target: CheckTarget, thinking: bool) -> dict[str, Any]:
     return out
 
 
-def chat_request(target: CheckTarget, kind: str) -> dict[str, Any]:
+def chat_request(target: CheckTarget, kind: str, sample: int = 0) -> dict[str, Any]:
     """The keyword arguments of ``client.chat.completions.create`` for one check (``instant``,
-    ``thinking``, ``tool``, ``stream``, ``vision``); unknown fields travel in ``extra_body``."""
+    ``thinking``, ``tool``, ``stream``, ``vision``); unknown fields travel in ``extra_body``. ``sample``
+    picks the question (:data:`QUESTIONS`, :data:`CITIES`, cycling)."""
     thinking = kind == "thinking"
     req: dict[str, Any] = {"model": target.model, **_sampling(target, thinking)}
     req["max_tokens"] = target.thinking_max_tokens if thinking else target.max_tokens
     if kind == "tool":
         history = few_shot_tools() if target.few_shot else []
-        req["messages"] = history + [{"role": "user", "content": "What is the weather in Berlin?"}]
+        city = CITIES[sample % len(CITIES)]
+        req["messages"] = history + [{"role": "user", "content": f"What is the weather in {city}?"}]
         req["tools"] = [WEATHER_TOOL]
         req["tool_choice"] = "auto"
         # Kimi answers tool calls in instant mode without spending the budget on thinking first.
@@ -161,7 +175,7 @@ def chat_request(target: CheckTarget, kind: str) -> dict[str, Any]:
         req["extra_body"] = mode_body(target.flavor, False)
         return req
     history = few_shot_chat(with_reasoning=thinking) if target.few_shot else []
-    req["messages"] = history + [{"role": "user", "content": "What is the capital of France?"}]
+    req["messages"] = history + [{"role": "user", "content": QUESTIONS[sample % len(QUESTIONS)]}]
     req["extra_body"] = mode_body(target.flavor, thinking)
     if kind == "stream":
         req["stream"] = True

@@ -65,6 +65,18 @@ def _header(report: CheckReport) -> list[str]:
     return [
         f"target: {t['api_base']}  model: {t['model']}  flavor: {t['flavor']}",
         f"capabilities: {t['capabilities_source']}; tool-call ids: {t['id_rule_source']}",
+        *_special_line(t),
+    ]
+
+
+def _special_line(t: dict[str, Any]) -> list[str]:
+    tokens = t.get("special_tokens") or []
+    if not tokens:
+        return []
+    samples = t.get("samples") or 1
+    return [
+        f"special tokens looked for ({len(tokens)}, {t.get('special_tokens_source')}): {' '.join(tokens)}",
+        f"samples per probe: {samples}",
     ]
 
 

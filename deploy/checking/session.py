@@ -121,10 +121,11 @@ def prepare_run(
         load_reference_results(ref.results, run.samples)  # bad input shows before any request
         run.reference_results = ref.results
     endpoints = 1 + (run.reference is not None)
-    needed = SUITE_CHAT_REQUESTS + len(run.samples) * endpoints
+    probes = SUITE_CHAT_REQUESTS * max(1, run.target.samples)
+    needed = probes + len(run.samples) * endpoints
     if budget.max_requests is not None and needed > budget.max_requests:
         raise InputError(
-            f"this run sends up to {needed} requests ({SUITE_CHAT_REQUESTS} checks + {len(run.samples)} "
+            f"this run sends up to {needed} requests ({probes} probe answers + {len(run.samples)} "
             f"samples x {endpoints} endpoint(s)) but --max-requests is {budget.max_requests}"
         )
     return run

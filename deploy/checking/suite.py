@@ -19,6 +19,7 @@ The pieces: targets (deploy.checking.target), requests (deploy.checking.calls), 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +29,15 @@ from urllib.parse import urlsplit
 import requests
 
 from deploy.checking import bounded, providers, sampling
-from deploy.checking.calls import WEATHER_TOOL, chat_request, complete, create, error_reason, headers
+from deploy.checking.calls import (
+    QUESTIONS,
+    WEATHER_TOOL,
+    chat_request,
+    complete,
+    create,
+    error_reason,
+    headers,
+)
 from deploy.checking.result import FAIL, PASS, SKIP, CheckReport, CheckResult, render_table
 from deploy.checking.sampling import check_sampling
 from deploy.checking.shapes import (
@@ -51,11 +60,13 @@ from deploy.checking.target import (
 )
 from deploy.checking.toolset import run_tool_call_set
 from deploy.engines import registry
+from deploy.errors import InputError
 from deploy.secrets import redact
 from deploy.serving import readiness
 
 __all__ = [
     "CHECKS",
+    "DEFAULT_SAMPLES",
     "GATES",
     "FAIL",
     "FLAVORS",
@@ -63,14 +74,17 @@ __all__ = [
     "ID_RULE_KIMI",
     "PASS",
     "SKIP",
+    "THRESHOLDS",
     "WEATHER_TOOL",
     "CheckReport",
     "CheckResult",
     "CheckTarget",
     "render_table",
     "require_key",
+    "check_samples",
     "run_checks",
     "run_tool_call_set",
+    "sampled",
     "target_from_plan",
     "target_from_rendered",
     "target_from_url",
@@ -243,27 +257,111 @@ def check_models(target: CheckTarget) -> CheckResult:
     return CheckResult("models", PASS, f"{target.model!r} listed; {where} {ctx}{want}", dt, details)
 
 
-def _chat_check(
-    name: str, target: CheckTarget, kind: str, validate: Callable[[dict[str, Any]], tuple[bool, str]]
+#: The share of samples each sampled check needs (`check --samples N`); a special token in any answer
+#: fails the check whatever the rate, since a client shows every one of them.
+THRESHOLDS: dict[str, float] = {
+    "instant": 0.8,
+    "thinking": 0.8,
+    "tool_call": 0.8,
+    "streaming": 0.8,
+    "vision": 0.8,
+}
+
+
+#: `check --samples`' default: three questions per probe keep the demo's whole check under a minute on a
+#: 2-core CPU and still show a rate
+DEFAULT_SAMPLES = 3
+MAX_SAMPLES = len(QUESTIONS) * 4
+
+
+def check_samples(value: int) -> int:
+    """``--samples`` as given, when it is 1 to :data:`MAX_SAMPLES`; bad input otherwise.
+
+    >>> check_samples(5)
+    5
+    """
+    if not isinstance(value, int) or not 1 <= value <= MAX_SAMPLES:
+        raise InputError(f"--samples {value!r}: give 1 to {MAX_SAMPLES}")
+    return value
+
+
+def _leaked(target: CheckTarget, msg: dict[str, Any]) -> str | None:
+    """Which of the target's special tokens an answer carries, and in which field; None when clean."""
+    found = []
+    for field_name, text in (("content", str(msg.get("content") or "")), ("reasoning", reasoning_text(msg))):
+        hits = [t for t in target.special_tokens if t in text]
+        if hits:
+            found.append(f"{', '.join(hits)} in {field_name}")
+    if not found:
+        return None
+    return f"special token {'; '.join(found)} (set: {target.special_tokens_source})"
+
+
+def _chat_sample(
+    name: str,
+    target: CheckTarget,
+    kind: str,
+    validate: Callable[[dict[str, Any]], tuple[bool, str]],
+    sample: int,
 ) -> CheckResult:
     t0 = time.monotonic()
-    req = chat_request(target, kind)
+    req = chat_request(target, kind, sample)
     try:
         payload = complete(target, req)
     except Exception as exc:  # noqa: BLE001 - any client failure is this check's verdict, not a crash
         return CheckResult(name, FAIL, error_reason(exc, target), time.monotonic() - t0)
     dt = time.monotonic() - t0
     try:
+        msg, finish = first_message(payload)
+        # the shape rules name the likelier cause (a missing reasoning or tool parser) of what they see
         ok, why = validate(payload)
+        leak = _leaked(target, msg)
+        ok, why = (False, leak) if ok and leak else (ok, why)
     except (ValueError, KeyError, TypeError) as exc:
         return CheckResult(name, FAIL, f"malformed response: {exc}", dt)
-    msg, finish = first_message(payload)
-    details = {"finish_reason": finish, "content": str(msg.get("content") or "")[:200]}
+    details: dict[str, Any] = {"finish_reason": finish, "content": str(msg.get("content") or "")[:200]}
+    if leak:
+        details["special_token"] = leak
     if reasoning_text(msg):
         details["reasoning"] = reasoning_text(msg)[:200]
     if msg.get("tool_calls"):
         details["tool_calls"] = msg["tool_calls"][:2]
     return CheckResult(name, PASS if ok else FAIL, why, dt, details)
+
+
+def sampled(name: str, target: CheckTarget, one: Callable[[int], CheckResult]) -> CheckResult:
+    """Ask one probe ``target.samples`` times and judge the rate against :data:`THRESHOLDS`.
+
+    The reason starts with the rate (``4/5 passed, needs 4``) and names the first failed sample even when
+    the rate passes; a special token in any sample fails the check.
+
+    >>> t = CheckTarget("http://h:1", "m", "vllm", {}, samples=2)
+    >>> sampled("instant", t, lambda i: CheckResult("instant", PASS if i else FAIL, f"why {i}")).reason
+    '1/2 passed, needs 2; sample 1: why 0'
+    """
+    n = max(1, target.samples)
+    runs = [one(i) for i in range(n)]
+    passed = sum(r.status == PASS for r in runs)
+    need = max(1, math.ceil(THRESHOLDS.get(name, 1.0) * n - 1e-9))
+    bad = next((i for i, r in enumerate(runs) if r.status == FAIL), None)
+    leak = next((r for r in runs if r.details.get("special_token")), None)
+    shown = runs[bad] if bad is not None else runs[0]
+    reason = f"{passed}/{n} passed, needs {need}; "
+    reason += f"sample {bad + 1}: {shown.reason}" if bad is not None else shown.reason
+    ok = passed >= need and leak is None
+    base = next((r for r in runs if r.status == PASS), runs[0])
+    details = dict(base.details)
+    details["samples"] = {"passed": passed, "total": n, "needs": need, "threshold": THRESHOLDS.get(name, 1.0)}
+    details["sample_results"] = [{"status": r.status, "reason": r.reason} for r in runs]
+    if leak is not None:
+        details["special_token"] = leak.details["special_token"]
+    return CheckResult(name, PASS if ok else FAIL, reason, sum(r.seconds for r in runs), details)
+
+
+def _chat_check(
+    name: str, target: CheckTarget, kind: str, validate: Callable[[dict[str, Any]], tuple[bool, str]]
+) -> CheckResult:
+    return sampled(name, target, lambda i: _chat_sample(name, target, kind, validate, i))
 
 
 def check_instant(target: CheckTarget) -> CheckResult:
@@ -294,13 +392,12 @@ def check_tool_call(target: CheckTarget) -> CheckResult:
     )
 
 
-def check_streaming(target: CheckTarget) -> CheckResult:
-    """SSE chunks arrive; time to first token is recorded; the folded answer passes the instant rules."""
+def _stream_sample(target: CheckTarget, sample: int) -> CheckResult:
     t0 = time.monotonic()
     ttft = None
     chunks: list[dict[str, Any]] = []
     try:
-        for event in create(target, chat_request(target, "stream")):
+        for event in create(target, chat_request(target, "stream", sample)):
             chunk = event.model_dump()
             chunks.append(chunk)
             if ttft is None:
@@ -314,17 +411,28 @@ def check_streaming(target: CheckTarget) -> CheckResult:
         )
     dt = time.monotonic() - t0
     target.meter.add_usage(next((c for c in chunks if c.get("usage")), None))
-    details = {"chunks": len(chunks), "ttft_s": round(ttft, 3) if ttft is not None else None}
+    details: dict[str, Any] = {"chunks": len(chunks), "ttft_s": round(ttft, 3) if ttft is not None else None}
     if not chunks:
         return CheckResult("streaming", FAIL, "no SSE chunks", dt, details)
     if ttft is None:
         return CheckResult("streaming", FAIL, f"{len(chunks)} chunks but no token in any delta", dt, details)
-    ok, why = validate_instant(assemble_stream(chunks))
+    folded = assemble_stream(chunks)
+    ok, why = validate_instant(folded)
+    leak = _leaked(target, first_message(folded)[0])
+    if leak:
+        details["special_token"] = leak
+        ok, why = (False, why if not ok else leak)
     if not ok:
         return CheckResult("streaming", FAIL, f"streamed answer: {why}", dt, details)
     return CheckResult(
         "streaming", PASS, f"{len(chunks)} chunks, first token after {ttft:.2f} s", dt, details
     )
+
+
+def check_streaming(target: CheckTarget) -> CheckResult:
+    """SSE chunks arrive; time to first token is recorded; the folded answer passes the instant rules and
+    carries no special token."""
+    return sampled("streaming", target, lambda i: _stream_sample(target, i))
 
 
 def check_vision(target: CheckTarget) -> CheckResult:

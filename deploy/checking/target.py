@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy import constants
-from deploy.checking import providers
+from deploy.checking import providers, tokens
 from deploy.checking.bounded import check_timeout
 from deploy.checking.meter import Meter
 from deploy.checking.providers import FLAVORS
@@ -73,6 +73,11 @@ class CheckTarget:
     rpc_servers_source: str = ""
     max_tokens: int = 64
     thinking_max_tokens: int = 1024
+    #: tokens no answer may carry (deploy.checking.tokens), and the file or catalog fact they came from
+    special_tokens: list[str] = field(default_factory=list)
+    special_tokens_source: str = ""
+    #: prompts each conformance probe is asked (`check --samples`)
+    samples: int = 1
     #: requests, tokens, 429s and the concurrency gate of this endpoint (never in the report as such)
     meter: Meter = field(default_factory=lambda: Meter("candidate"), repr=False, compare=False)
 
@@ -225,6 +230,7 @@ def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: floa
     )
     vision, vision_src = _plan_vision(plan, caps)
     few_shot, stop = _modes_request_profile(model.get("modes") or {})
+    special = tokens.for_plan(model, cand.weights.local_dir)
     return CheckTarget(
         base_url=f"http://{host}:{port}",
         model=str(args.get("served_model_name") or model.get("served_model_name") or model.get("name")),
@@ -246,6 +252,8 @@ def target_from_plan(plan: Plan, api_key_env: str | None = None, timeout_s: floa
         timeout_s=timeout_s,
         rpc_servers=[str(s) for s in args.get("rpc_servers") or []],
         rpc_servers_source="plan engine_args.rpc_servers",
+        special_tokens=list(special.tokens),
+        special_tokens_source=special.source,
     )
 
 
@@ -354,6 +362,7 @@ def target_from_url(
     caps = {k: bool(v) for k, v in entry.capabilities.items()}
     id_rule, id_source = _id_rule(entry.parsers)
     catalog_few_shot, stop = _modes_request_profile(entry.modes)
+    special = tokens.from_catalog(entry, source)
     key, key_env = hosted_key(flavor, api_key_env)
     if metrics is None:
         eng = registry.find(flavor)
@@ -391,4 +400,6 @@ def target_from_url(
         stop=stop,
         sampling=dict(entry.modes.get("sampling") or {}),
         timeout_s=timeout_s,
+        special_tokens=list(special.tokens),
+        special_tokens_source=special.source,
     )

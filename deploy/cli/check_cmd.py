@@ -62,6 +62,14 @@ from deploy.secrets import redact
     "(base models; default from the catalog's modes.few_shot).",
 )
 @click.option(
+    "--samples",
+    type=int,
+    default=check.DEFAULT_SAMPLES,
+    show_default=True,
+    help="Prompts each conformance probe (instant, thinking, tool_call, streaming, vision) is asked; the "
+    "report shows a pass rate per check against its threshold.",
+)
+@click.option(
     "--metrics/--no-metrics", default=None, help="Require /metrics (with --url; default: vLLM only)."
 )
 @click.option(
@@ -149,6 +157,7 @@ def check_command(
     flavor: str | None,
     catalog_model: str | None,
     few_shot: bool | None,
+    samples: int,
     metrics: bool | None,
     vision: bool | None,
     max_model_len: int | None,
@@ -220,6 +229,7 @@ def check_command(
         if few_shot is not None:
             target.few_shot = few_shot
         replicas = fleet_check.replica_targets(plan, target)
+    target.samples = check.check_samples(samples)
     check.require_key(target)
     run = session.prepare_run(
         target, ref_opts, tool_calls, limit, concurrency, max_requests, max_retry_wait, timeout_s

@@ -14,7 +14,9 @@ Modes:
 - ``leak-tool-markers``: raw ``<|tool_calls_section_begin|>``/``<|tool_call_begin|>`` in ``content`` and no
   ``tool_calls``;
 - ``bad-tool-id``: tool calls carry random ``call_<hex>`` ids instead of ``functions.<name>:<n>``;
-- ``stay-503``: every path answers 503 ``Loading model`` forever.
+- ``stay-503``: every path answers 503 ``Loading model`` forever;
+- ``leak-special``: every answer's ``content`` ends with ``<|im_end|>``, as an engine that prints special
+  tokens (llama.cpp ``--special``, ``skip_special_tokens: false``) returns it (streamed: one more delta).
 
 Load-test modes (for `kimi-deploy bench`): a streamed chat request gets ``max_completion_tokens`` (or
 ``max_tokens``) chunks of generated words, one every ``--token-delay`` seconds, then usage and ``[DONE]``;
@@ -44,7 +46,10 @@ from deploy.engines import registry
 from deploy.fsutil import read_json
 
 STREAM_MODES = ("ok-stream", "drop-mid-stream", "500-some", "stall")
-MODES = ("ok-kimi", "leak-think", "leak-tool-markers", "bad-tool-id", "stay-503", *STREAM_MODES)
+FAULT_MODES = ("ok-kimi", "leak-think", "leak-tool-markers", "bad-tool-id", "stay-503", "leak-special")
+MODES = (*FAULT_MODES, *STREAM_MODES)
+#: the end-of-turn token of Kimi's tokenizer, as a server printing special tokens appends it
+LEAKED_TOKEN = "<|im_end|>"
 ENGINES = ("vllm", "sglang")
 DEFAULT_FIXTURES = constants.REPO_ROOT / "tests" / "fixtures" / "kimi"
 BANNER = "FAULT-INJECTING TEST SERVER"
@@ -96,6 +101,8 @@ def inject(mode: str, engine: str, kind: str, payload: dict[str, Any]) -> dict[s
     elif mode == "bad-tool-id" and kind == "tool_call":
         for call in msg["tool_calls"]:
             call["id"] = f"call_{uuid.uuid4().hex[:24]}"
+    elif mode == "leak-special":
+        msg["content"] = f"{msg.get('content') or ''}{LEAKED_TOKEN}"
     return out
 
 
@@ -113,6 +120,11 @@ def inject_stream(mode: str, engine: str, kind: str, chunks: list[dict[str, Any]
         last["choices"][0]["finish_reason"] = "stop"
         middle = {**first, "choices": [{"index": 0, "delta": {"content": raw}, "finish_reason": None}]}
         return [first, middle, last]
+    if mode == "leak-special":
+        out = copy.deepcopy(chunks)
+        delta = {"index": 0, "delta": {"content": LEAKED_TOKEN}, "finish_reason": None}
+        leak = {**out[0], "choices": [delta]}
+        return [*out[:-1], leak, out[-1]]
     for chunk in copy.deepcopy(chunks):
         delta = chunk["choices"][0]["delta"]
         if mode == "leak-think":

@@ -151,6 +151,10 @@ def _llama(a: ArgsInput, args: dict[str, Any]) -> bool:
             "cache_type_k": "f16" if a.kv_cache_dtype == "bf16" else "q8_0",
             "sampling": _thinking_sampling(a.m, "gguf_extra"),
             "rpc_servers": [],
+            # a base model's turn end is plain text to its tokenizer: the server stops there (and drops
+            # it) for every client, and bounds an answer whose client sets no max_tokens
+            "reverse_prompt": [str(x) for x in a.m.modes.get("stop") or []],
+            "n_predict": a.m.modes.get("default_max_tokens"),
         }
     )
     if a.demo:

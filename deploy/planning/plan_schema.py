@@ -68,6 +68,8 @@ ENGINE_ARGS: dict[str, Any] = {
         "threads": _POSITIVE_OR_NULL,
         "parallel": _POSITIVE_OR_NULL,
         "chat_template": {"anyOf": [schema.PATH, {"type": "null"}]},
+        "reverse_prompt": {"type": "array", "maxItems": 16, "items": schema.TEXT},
+        "n_predict": _POSITIVE_OR_NULL,
         "override_tensor": {"type": "array", "maxItems": 1024, "items": schema.TEXT},
         "rpc_servers": {"type": "array", "maxItems": schema.MAX_NODES, "items": _HOST_PORT},
         "tensor_split": {"type": "array", "maxItems": schema.MAX_NODES, "items": schema.AMOUNT},

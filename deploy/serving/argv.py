@@ -588,6 +588,9 @@ def _llama(
     _flag(args, "-lv", 4)
     _flag(args, "--chat-template-file", str(chat_template) if chat_template else None)
     _flag(args, "--reasoning-format", a.get("reasoning_format"))
+    for stop in a.get("reverse_prompt") or []:
+        _flag(args, "--reverse-prompt", stop)
+    _flag(args, "--n-predict", a.get("n_predict"))
     sampling = a.get("sampling") or {}
     _flag(args, "--temp", sampling.get("temp"))
     _flag(args, "--top-p", sampling.get("top_p"))
