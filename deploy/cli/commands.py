@@ -14,6 +14,7 @@ VERB_MODULES: dict[str, str] = {
     "inventory": "inventory_cmd",
     "calibrate": "calibrate_cmd",
     "plan": "plan_cmd",
+    "preflight": "preflight_cmd",
     "download": "download_cmd",
     "verify": "download_cmd",
     "mirror": "mirror_cmd",
