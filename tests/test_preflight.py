@@ -131,3 +131,47 @@ def test_clean_single_node_demo_passes(tmp_path: Path) -> None:
     p = subprocess.run([KD, "preflight", "--plan", str(plan)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
     assert " 0 failed" in p.stdout
+
+
+def test_missing_iperf3_is_a_skip_with_the_install_line() -> None:
+    from deploy.preflight import measured, remote
+
+    check = measured.check_bandwidth(remote.Ssh(), "10.0.0.2", "worker", {}, remote_iperf=False)
+    assert (check.status, check.value) == ("skip", "iperf3 missing on worker")
+    assert "apt-get install iperf3" in check.hint
+
+
+def test_skip_option_reports_a_check_as_skipped(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.json"
+    subprocess.run(
+        [KD, "plan", "--model", "demo", "--weights-dir", str(tmp_path / "w"), "-o", str(plan)],
+        check=True,
+        capture_output=True,
+    )
+    p = subprocess.run(
+        [KD, "preflight", "--plan", str(plan), "--json", "--skip", "ports_free"],
+        capture_output=True,
+        text=True,
+    )
+    rows = {c["name"]: c for c in json.loads(p.stdout)}
+    assert rows["ports_free"]["status"] == "skip" and "--skip" in rows["ports_free"]["hint"]
+
+
+def test_network_facts_in_profiles_are_validated(tmp_path: Path) -> None:
+    from deploy.errors import InputError
+    from deploy.hardware.profiles import load_profile
+
+    assert load_profile(REPO / "hardware" / "ci-24g.yaml").head.network is None  # older profiles stay valid
+    good = load_profile(REPO / "hardware" / "h100x8-2nodes.yaml")
+    assert good.head.network == {
+        "fabric": "infiniband",
+        "rdma_devices": [f"mlx5_{i}" for i in range(8)],
+        "link_gbps": 400,
+    }
+    bad = tmp_path / "p.yaml"
+    text = (REPO / "hardware" / "ci-24g.yaml").read_text()
+    bad.write_text(
+        text.replace("network_interface: lo", "network_interface: lo\n    network: {fabric: token-ring}", 1)
+    )
+    with pytest.raises(InputError, match="fabric"):
+        load_profile(bad)

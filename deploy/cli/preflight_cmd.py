@@ -19,7 +19,18 @@ from deploy.errors import PreflightFailed
     "--ssh-option", "ssh_options", multiple=True, help="An ssh -o option (repeat): StrictHostKeyChecking=no."
 )
 @click.option("--remote-python", default="python3", show_default=True, help="Python on the other nodes.")
+@click.option(
+    "--torch-python",
+    help="A python with torch, at the same path on every node, for the Gloo all-reduce "
+    "(default: the first cached venv with torch here).",
+)
 @click.option("--no-measure", is_flag=True, help="Skip the bandwidth measurements (iperf3).")
+@click.option(
+    "--skip",
+    "skipped",
+    multiple=True,
+    help="Report this check as skipped (repeat): ports_free when the deployment already runs.",
+)
 @click.option(
     "--json", "as_json", is_flag=True, help="A JSON list of checks (name, status, value, hint, node)."
 )
@@ -29,7 +40,9 @@ def preflight_command(
     ssh_key: str | None,
     ssh_options: tuple[str, ...],
     remote_python: str,
+    torch_python: str | None,
     no_measure: bool,
+    skipped: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Check this host as the plan's head and the other nodes over ssh: driver, GPUs, fabric manager,
@@ -43,7 +56,7 @@ def preflight_command(
     plan = load_plan(plan_path).to_dict()
     options = tuple(arg for o in ssh_options for arg in ("-o", o))
     ssh = remote.Ssh(user=ssh_user, key=ssh_key, options=options, python=remote_python)
-    checks = preflight(plan, ssh, measure=not no_measure)
+    checks = preflight(plan, ssh, measure=not no_measure, skip=frozenset(skipped), torch_python=torch_python)
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in checks], indent=2))
     else:

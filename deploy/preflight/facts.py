@@ -135,9 +135,8 @@ def collect(request: dict[str, Any]) -> dict[str, Any]:
     shm = os.statvfs("/dev/shm") if Path("/dev/shm").is_dir() else None
     disk = os.statvfs(nearest_existing(weights_dir))
     mem = _meminfo()
-    return {
+    found = {
         "hostname": socket.gethostname(),
-        "clock": time.time(),
         "interfaces": interfaces(),
         "shm_bytes": shm.f_frsize * shm.f_blocks if shm else 0,
         "disk_free_bytes": disk.f_frsize * disk.f_bavail,
@@ -154,6 +153,9 @@ def collect(request: dict[str, Any]) -> dict[str, Any]:
         "iperf3": shutil.which("iperf3"),
         "versions": {"python": sys.version.split()[0], "kimi-deploy": _toolkit_version()},
     }
+    # read last, just before the facts travel back: the head compares it with when they arrive
+    found["clock"] = time.time()
+    return found
 
 
 def listen(ports: list[int]) -> None:
@@ -176,14 +178,14 @@ def listen(ports: list[int]) -> None:
         sock.close()
 
 
-def remote_argv(python: str, *args: str) -> list[str]:
-    """The remote command that runs this file with ``args``: the source travels base64 in the argv, so
-    stdin stays free (``listen`` holds its ports until stdin closes).
+def remote_argv(python: str, *args: str, script: str | Path | None = None) -> list[str]:
+    """The remote command that runs this file (or ``script``) with ``args``: the source travels base64 in
+    the argv, so stdin stays free (``listen`` holds its ports until stdin closes).
 
     >>> remote_argv("python3", "collect", "{}")[:2]
     ['python3', '-c']
     """
-    source = base64.b64encode(Path(__file__).read_bytes()).decode()
+    source = base64.b64encode(Path(script or __file__).read_bytes()).decode()
     boot = f"import base64,sys;sys.argv[0]='facts';exec(compile(base64.b64decode('{source}'),'facts','exec'))"
     return [python, "-c", boot, *args]
 

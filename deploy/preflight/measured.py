@@ -4,7 +4,8 @@
     >>> threshold_gbps({"link_gbps": 400})
     200.0
 
-The collective test (NCCL all_reduce_perf, or Gloo through torch) is a skip with its reason for now.
+The collective test is a Gloo all-reduce through torch (``allreduce.py`` on every node, the plan's
+interface), reported as bus bandwidth; NCCL's all_reduce_perf on GPU nodes is not wired in yet.
 """
 
 from __future__ import annotations
@@ -12,10 +13,18 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
-from deploy.preflight import remote
+from deploy import constants
+from deploy.preflight import facts, remote
 from deploy.preflight.result import Check
+
+ALLREDUCE = Path(__file__).with_name("allreduce.py")
+ALLREDUCE_MIB = 64
+ALLREDUCE_ITERS = 5
+#: The all-reduce's rendezvous port when the plan has no torch.distributed port of its own.
+DEFAULT_RENDEZVOUS_PORT = 29500
 
 IPERF_PORT = 5201
 IPERF_SECONDS = 2
@@ -85,7 +94,68 @@ def check_bandwidth(
     )
 
 
-def check_collective() -> Check:
-    return Check(
-        "collective", "skip", "", "not built yet: NCCL all_reduce_perf / Gloo all-reduce bus bandwidth"
+def find_torch_python(cache: Path | None = None) -> str | None:
+    """A python with torch: the first cached venv (``~/.cache/kimi-deploy/venvs/*``) that has one."""
+    for venv in sorted((cache or constants.CACHE_DIR / "venvs").glob("*")):
+        if (
+            list(venv.glob("lib/python3*/site-packages/torch/__init__.py"))
+            and (venv / "bin" / "python").exists()
+        ):
+            return str(venv / "bin" / "python")
+    return None
+
+
+def check_collective(
+    ssh: remote.Ssh, nodes: list[dict[str, Any]], port: int | None, torch_python: str | None
+) -> Check:
+    """Gloo all-reduce over every node of the plan (rank 0 here), as bus bandwidth in Gbit/s."""
+    if torch_python is None:
+        hint = (
+            "no python with torch here (give --torch-python, e.g. the engine's venv); the engines install it"
+        )
+        return Check("collective", "skip", "Gloo all-reduce not run", hint)
+    head = nodes[0]
+    init = f"tcp://{head.get('address')}:{port or DEFAULT_RENDEZVOUS_PORT}"
+    world = str(len(nodes))
+
+    def args(rank: int, node: dict[str, Any]) -> list[str]:
+        iface = str(node.get("network_interface") or "")
+        return [str(rank), world, init, iface, str(ALLREDUCE_MIB), str(ALLREDUCE_ITERS)]
+
+    ranks = [
+        subprocess.Popen(
+            ssh.argv(str(n.get("address")), facts.remote_argv(torch_python, *args(i, n), script=ALLREDUCE)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, n in enumerate(nodes[1:], start=1)
+    ]
+    ranks.insert(
+        0,
+        subprocess.Popen(
+            [torch_python, str(ALLREDUCE), *args(0, head)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
     )
+    outs = []
+    for proc in ranks:
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        outs.append((proc.returncode, out, err))
+    bad = [(i, rc, err.strip().splitlines()[-1:] or [""]) for i, (rc, _, err) in enumerate(outs) if rc != 0]
+    if bad:
+        i, rc, last = bad[0]
+        hint = (
+            f"ranks must reach {init} and each other on the plan's interface (firewall, GLOO_SOCKET_IFNAME)"
+        )
+        return Check("collective", "fail", f"rank {i} exit {rc}: {last[0][-200:]}", hint)
+    result = json.loads(outs[0][1].strip().splitlines()[-1])
+    busbw = result["busbw_gbps"]
+    value = f"{busbw:.2f} Gbit/s bus bandwidth (Gloo all-reduce, {ALLREDUCE_MIB} MiB x {world})"
+    return Check("collective", "pass", value)

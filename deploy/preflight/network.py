@@ -81,7 +81,7 @@ def check_clocks(offsets: dict[str, tuple[float, float]]) -> Check:
     if not offsets:
         return Check("clocks", "skip", "", "one node")
     worst = max(offsets.items(), key=lambda kv: abs(kv[1][0]))
-    value = ", ".join(f"{n} {o:+.2f}s (+-{u:.2f})" for n, (o, u) in offsets.items())
+    value = ", ".join(f"{n} {o:+.2f} s (within {u:.2f} s)" for n, (o, u) in offsets.items())
     if abs(worst[1][0]) - worst[1][1] > MAX_CLOCK_SKEW_S:
         return Check(
             "clocks", "fail", value, f"sync the clocks (chrony/NTP): more than {MAX_CLOCK_SKEW_S} s apart"

@@ -163,7 +163,9 @@ def check_ports_free(facts: dict[str, Any], needs: Needs, node: str) -> Check:
     if busy:
         hint = "stop what listens there (`ss -ltnp`), or re-plan with other ports"
         return Check("ports_free", "fail", "in use: " + ", ".join(busy), hint, node)
-    return Check("ports_free", "pass", ", ".join(str(p) for p in needs.ports.values()), node=node)
+    return Check(
+        "ports_free", "pass", ", ".join(str(p) for p in sorted(set(needs.ports.values()))), node=node
+    )
 
 
 def node_checks(facts: dict[str, Any], needs: Needs, node: str) -> list[Check]:

@@ -44,12 +44,28 @@ def _gather(
                 )
                 continue
             found[name] = got
-            offsets[name] = (float(got["clock"]) - (sent + back) / 2, (back - sent) / 2)
+            # the node read its clock between `sent` and `back`, most likely just before `back`
+            offsets[name] = (float(got["clock"]) - back, back - sent)
     return found, offsets, failures
 
 
-def preflight(plan: dict[str, Any], ssh: remote.Ssh, measure: bool = True) -> list[Check]:
-    """Every check the plan calls for, per node first, then across nodes, then measured."""
+def preflight(
+    plan: dict[str, Any],
+    ssh: remote.Ssh,
+    measure: bool = True,
+    skip: frozenset[str] = frozenset(),
+    torch_python: str | None = None,
+) -> list[Check]:
+    """Every check the plan calls for, per node first, then across nodes, then measured; those named in
+    ``skip`` are reported as skipped (a re-run over a running deployment skips ``ports_free``)."""
+    checks = _checks(plan, ssh, measure, torch_python or measured.find_torch_python())
+    return [
+        Check(c.name, "skip", c.value, "skipped as asked (--skip)", c.node) if c.name in skip else c
+        for c in checks
+    ]
+
+
+def _checks(plan: dict[str, Any], ssh: remote.Ssh, measure: bool, torch_python: str | None) -> list[Check]:
     needs = plan_needs(plan)
     found, offsets, checks = _gather(needs, ssh)
     ifaces = {str(n["name"]): str(n.get("network_interface") or "") for n in needs.nodes}
@@ -72,6 +88,7 @@ def preflight(plan: dict[str, Any], ssh: remote.Ssh, measure: bool = True) -> li
                 checks.append(
                     measured.check_bandwidth(ssh, address, name, n.get("network") or {}, remote_iperf)
                 )
-        if measure:
-            checks.append(measured.check_collective())
+        if measure and all(str(n["name"]) in found for n in needs.nodes):
+            port = needs.ports.get("dist_init_port") or needs.ports.get("master_port")
+            checks.append(measured.check_collective(ssh, needs.nodes, port, torch_python))
     return checks
