@@ -88,8 +88,11 @@ def plan(lab: netns.TwoHostLab) -> Path:
     return _plan(lab, "plan")
 
 
-def preflight(lab: netns.TwoHostLab, plan: Path) -> tuple[int, dict[tuple[str, str], dict[str, Any]], float]:
-    """`kimi-deploy preflight --json` run on the head, as a user there runs it; checks by (name, node)."""
+def preflight(
+    lab: netns.TwoHostLab, plan: Path, measure: bool = False
+) -> tuple[int, dict[tuple[str, str], dict[str, Any]], float]:
+    """`kimi-deploy preflight --json` run on the head, as a user there runs it; checks by (name, node).
+    The fault tests leave out the measurements (iperf3, the Gloo all-reduce): the clean run has them."""
     argv = [
         support.KD,
         "preflight",
@@ -105,6 +108,7 @@ def preflight(lab: netns.TwoHostLab, plan: Path) -> tuple[int, dict[tuple[str, s
     ]
     for option in SSH_OPTIONS:
         argv += ["--ssh-option", option]
+    argv += [] if measure else ["--no-measure"]
     started = time.monotonic()
     p = subprocess.run(lab.ssh_argv("head", shlex.join(argv)), capture_output=True, text=True, timeout=120)
     took = time.monotonic() - started
@@ -117,7 +121,7 @@ def _failed(checks: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, st
 
 
 def test_clean_run_passes_and_measures(lab: netns.TwoHostLab, plan: Path) -> None:
-    rc, checks, took = preflight(lab, plan)
+    rc, checks, took = preflight(lab, plan, measure=True)
     assert rc == 0 and not _failed(checks), checks
     assert took < 60
     bandwidth = checks[("bandwidth", "worker")]
@@ -181,15 +185,34 @@ def test_small_shm(lab: netns.TwoHostLab, plan: Path) -> None:
     assert checks[("shm", "head")]["value"] == "1 MiB (need 64 MiB)"
 
 
-def test_differing_weights_lock(lab: netns.TwoHostLab, plan: Path) -> None:
+def _write_locks(lab: netns.TwoHostLab, plan: Path, locks: dict[str, dict[str, Any]]) -> list[Path]:
     local_dir = Path(json.loads(plan.read_text())["candidates"][0]["weights"]["local_dir"])
-    rel = local_dir.relative_to(lab.node_root)
-    locks = []
-    for host, revision in (("head", "aaaa"), ("worker", "bbbb")):
-        lock = lab.hosts[host].disk / rel / "weights.lock"
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        lock.write_text(json.dumps({"repo": "kimi-deploy-demo/gemma-3-270m-GGUF", "revision": revision}))
-        locks.append(lock)
+    written = []
+    for host, lock in locks.items():
+        path = lab.hosts[host].disk / local_dir.relative_to(lab.node_root) / "weights.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(lock))
+        written.append(path)
+    return written
+
+
+def _lock(commit: str, sha256: str, endpoint: str) -> dict[str, Any]:
+    """A weights.lock as `download` writes it (deploy/weights/lockfile.py)."""
+    files = [{"path": "model.gguf", "size": 253113024, "sha256": sha256, "git_oid": None}]
+    return {
+        "schema": 1,
+        "repo": "kimi-deploy-demo/gemma-3-270m-GGUF",
+        "commit": commit,
+        "revision": "main",
+        "endpoint": endpoint,
+        "files": files,
+    }
+
+
+def test_differing_weights_lock(lab: netns.TwoHostLab, plan: Path) -> None:
+    locks = _write_locks(
+        lab, plan, {"head": _lock("a" * 40, "1" * 64, ""), "worker": _lock("a" * 40, "2" * 64, "")}
+    )
     try:
         rc, checks, _ = preflight(lab, plan)
     finally:
@@ -198,3 +221,17 @@ def test_differing_weights_lock(lab: netns.TwoHostLab, plan: Path) -> None:
     assert rc == PreflightFailed.exit_code
     assert _failed(checks) == [("weights_lock", "")]
     assert "re-run `kimi-deploy download`" in checks[("weights_lock", "")]["hint"]
+
+
+def test_same_weights_from_the_head_mirror_match(lab: netns.TwoHostLab, plan: Path) -> None:
+    """The worker's lock names the head's LAN mirror as its endpoint: the same weights all the same (found
+    by the Ansible two-host run, whose second pass failed on the lock's bytes)."""
+    head, worker = _lock("a" * 40, "1" * 64, ""), _lock("a" * 40, "1" * 64, "http://10.214.0.1:8090")
+    locks = _write_locks(lab, plan, {"head": head, "worker": worker})
+    try:
+        rc, checks, _ = preflight(lab, plan)
+    finally:
+        for lock in locks:
+            lock.unlink()
+    assert rc == 0, _failed(checks)
+    assert checks[("weights_lock", "")]["status"] == "pass"

@@ -97,11 +97,24 @@ def infiniband() -> dict[str, dict[str, str]]:
 
 
 def lock_sha256(weights_dir: str) -> str | None:
+    """sha256 of what weights.lock pins: repo, commit and each file's path, size and digests. Not of its
+    bytes: a worker that fetched from the head's LAN mirror records another ``endpoint`` for the same
+    weights."""
     path = Path(weights_dir) / LOCK_NAME
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        raw = path.read_bytes()
     except OSError:
         return None
+    try:
+        data = json.loads(raw)
+        files = sorted(
+            ({k: f.get(k) for k in ("path", "size", "sha256", "git_oid")} for f in data.get("files", [])),
+            key=lambda f: str(f["path"]),
+        )
+        pinned = {"repo": data.get("repo"), "commit": data.get("commit"), "files": files}
+        return hashlib.sha256(json.dumps(pinned, sort_keys=True).encode()).hexdigest()
+    except (ValueError, AttributeError, TypeError):  # not a lock this reader knows: compare the bytes
+        return hashlib.sha256(raw).hexdigest()
 
 
 def _meminfo() -> dict[str, int]:
