@@ -175,3 +175,34 @@ def test_network_facts_in_profiles_are_validated(tmp_path: Path) -> None:
     )
     with pytest.raises(InputError, match="fabric"):
         load_profile(bad)
+
+
+@pytest.mark.parametrize(("layer", "fabric"), [("InfiniBand", "infiniband"), ("Ethernet", "roce")])
+def test_inventory_network_facts_from_sysfs(tmp_path: Path, layer: str, fabric: str) -> None:
+    """A sysfs tree as a ConnectX node shows it (no RDMA device on this machine)."""
+    from deploy.hardware.inventory import probe_network
+
+    for dev in ("mlx5_0", "mlx5_1"):
+        port = tmp_path / "infiniband" / dev / "ports" / "1"
+        port.mkdir(parents=True)
+        (port / "link_layer").write_text(layer + "\n")
+    (tmp_path / "net" / "ens10f0").mkdir(parents=True)
+    (tmp_path / "net" / "ens10f0" / "speed").write_text("400000\n")
+    assert probe_network("ens10f0", tmp_path) == {
+        "fabric": fabric,
+        "rdma_devices": ["mlx5_0", "mlx5_1"],
+        "link_gbps": 400.0,
+    }
+
+
+def test_rdma_ports_must_be_active() -> None:
+    """sysfs port states as `ibstat` reports them (no InfiniBand here)."""
+    from deploy.preflight.network import check_rdma
+
+    net = {"fabric": "infiniband", "rdma_devices": ["mlx5_0", "mlx5_1"]}
+    up = {"infiniband": {"mlx5_0": {"1": "4: ACTIVE"}, "mlx5_1": {"1": "4: ACTIVE"}}}
+    down = {"infiniband": {"mlx5_0": {"1": "4: ACTIVE"}, "mlx5_1": {"1": "1: DOWN"}}}
+    assert check_rdma(up, net, "head").status == "pass"
+    failed = check_rdma(down, net, "head")
+    assert failed.status == "fail" and "mlx5_1: 1: DOWN" in failed.value
+    assert check_rdma({}, {"fabric": "ethernet"}, "head").status == "skip"
