@@ -62,7 +62,7 @@ cached-llama.cpp cached-parsers cached-parsers-kt cached-aiperf cached-router: $
 cached-vllm-cpu: $(BIN)/kimi-deploy
 	$(KD) engine install vllm --cpu
 
-setup-system: ## Debian packages the tests need (iproute2, openssh-server, prometheus); installs only what is missing
+setup-system: ## Debian packages the tests need (iproute2, openssh-server, prometheus, iperf3, iptables); installs only what is missing
 	bash scripts/ci-deps.sh
 
 # --- inventory (deploy/hardware/inventory.py) -------------------------------------------------------------------
@@ -97,7 +97,10 @@ capacity: $(BIN)/kimi-deploy ## replicas, nodes, GPUs and cost per million token
 # --- download / verify / mirror (deploy/weights/download.py, deploy/weights/lockfile.py, deploy/weights/mirror.py) --
 MIRROR_DIR ?= weights
 MIRROR_PORT ?= 8090
-.PHONY: download verify mirror
+.PHONY: preflight download verify mirror
+
+preflight: setup ## prove this node (the plan's head) and the others over ssh before download and up: driver, GPUs, fabric manager, /dev/shm, disk, ports, MTU, bandwidth (PREFLIGHT_ARGS="--ssh-key k --json"); exit 9 on a failure
+	$(KD) preflight --plan $(PLAN) $(PREFLIGHT_ARGS)
 
 download: setup ## fetch the plan's weights (ENDPOINT=http://head:8090 for a mirror), write weights.lock, verify
 	$(KD) download --plan $(PLAN) $(if $(ENDPOINT),--endpoint $(ENDPOINT)) $(if $(DEST),--dest $(DEST))
@@ -209,9 +212,9 @@ demo-vllm: ## `make demo` on vLLM's CPU build instead of llama-server (same as `
 
 # --- ansible: the pipeline over an inventory of nodes (deploy/ansible/, playbooks/) -----------------------------
 .PHONY: deploy
-deploy: setup ## run playbooks/site.yml over INVENTORY=file [TAGS=plan,render,...] [CHECK=1 for a dry run with diffs]
+deploy: setup ## run playbooks/site.yml over INVENTORY=file [TAGS=plan,render,...] [CHECK=1 for a dry run with diffs] [SKIP_PREFLIGHT=1]
 	@test -n "$(INVENTORY)" || { echo "usage: make deploy INVENTORY=inventory.yml [TAGS=stage,...] [CHECK=1]" >&2; exit 2; }
-	$(KD) ansible site.yml -i $(INVENTORY) $(if $(TAGS),--tags $(TAGS)) $(if $(CHECK),--check --diff)
+	$(KD) ansible site.yml -i $(INVENTORY) $(if $(TAGS),--tags $(TAGS)) $(if $(CHECK),--check --diff) $(if $(SKIP_PREFLIGHT),--skip-preflight)
 
 # --- docs (mkdocs.yml, docs/, scripts/docs_snippets.py; tests/test_docs.py builds the site strictly in make test) ---
 .PHONY: docs docs-serve docs-snippets

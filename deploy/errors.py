@@ -1,7 +1,8 @@
 """The toolkit's error hierarchy, all in this file. Each error carries the exit code the CLI returns for it.
 
 Exit codes: 1 generic failure, 2 bad input, 3 nothing runnable, 4 not enough disk, 5 verification
-failed, 6 launch failed, 7 conformance check failed, 8 benchmark missed its SLO (`bench --gate`).
+failed, 6 launch failed, 7 conformance check failed, 8 benchmark missed its SLO (`bench --gate`), 9 pre-flight
+failed (`preflight`: a node, driver or the fabric is not ready).
 Three errors take the code of their cause (``AnsibleRunError``, ``DemoStepFailed``, ``UpgradeFailed``).
 
 Every subclass of ``KimiDeployError`` is defined here (the stages import them from here) but the ones in
@@ -86,6 +87,12 @@ class SloMissedError(KimiDeployError):
     """`bench --gate`: even the lowest concurrency point misses the SLO (the report is still written)."""
 
     exit_code = 8
+
+
+class PreflightFailed(KimiDeployError):
+    """`preflight`: at least one check failed (the table or JSON of every check is still printed)."""
+
+    exit_code = 9
 
 
 # ------------------------------------------------------------------------- by stage, in pipeline order

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # System packages the tests need: `ip netns` from iproute2 and sshd from Debian's openssh-server (the two-host
 # tests, tests/test_ansible_twohost.py); prometheus + promtool from Debian's prometheus package (the monitoring
-# tests, tests/test_monitoring*.py). Idempotent; installs only what is missing. Run as root (CI is).
+# tests, tests/test_monitoring*.py); iperf3 and iptables (tests/test_preflight_twohost.py). Idempotent; installs only what is missing. Run as root (CI is).
 set -euo pipefail
 
 need=()
@@ -9,9 +9,12 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# pre-flight: iperf3 measures the bandwidth between nodes; iptables blocks a port in the two-host tests
+command -v iperf3 >/dev/null 2>&1 || need+=(iperf3)
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 
 if [ ${#need[@]} -eq 0 ]; then
-    echo "ci-deps: iproute2, openssh-server and prometheus already installed"
+    echo "ci-deps: iproute2, openssh-server, prometheus, iperf3 and iptables already installed"
     exit 0
 fi
 if [ "$(id -u)" -ne 0 ]; then

@@ -85,7 +85,7 @@ def _kill_pids(pids: list[int]) -> None:
         pids = [p for p in alive if Path(f"/proc/{p}").exists()]
 
 
-def cleanup_leftovers() -> list[str]:
+def cleanup_leftovers(prefix: str = PREFIX, bridge: str = BRIDGE) -> list[str]:
     """Remove namespaces and the bridge a crashed earlier run of these tests left behind.
 
     Only names with this module's prefix are touched, and only processes inside those namespaces
@@ -94,16 +94,16 @@ def cleanup_leftovers() -> list[str]:
     listing = _ip("netns", "list", check=False).stdout
     for line in listing.splitlines():
         name = line.split()[0] if line.split() else ""
-        if name.startswith(PREFIX):
+        if name.startswith(prefix):
             out = _ip("netns", "pids", name, check=False).stdout
             _kill_pids([int(p) for p in out.split() if p.isdigit()])
             _ip("netns", "del", name, check=False)
             removed.append(name)
-    if _ip("link", "show", BRIDGE, check=False).returncode == 0:
-        _ip("link", "del", BRIDGE, check=False)
+    if _ip("link", "show", bridge, check=False).returncode == 0:
+        _ip("link", "del", bridge, check=False)
     for line in _ip("-o", "link", "show", check=False).stdout.splitlines():
         parts = line.split(":")
-        if len(parts) > 1 and parts[1].strip().split("@")[0].startswith("kdtv"):
+        if len(parts) > 1 and parts[1].strip().split("@")[0].startswith(prefix.rstrip("-") + "v"):
             _ip("link", "del", parts[1].strip().split("@")[0], check=False)
     return removed
 
@@ -111,11 +111,20 @@ def cleanup_leftovers() -> list[str]:
 class TwoHostLab:
     """A head and a worker host, each a namespace with sshd, reachable from the test over SSH."""
 
-    def __init__(self, workdir: Path, names: tuple[str, ...] = ("head", "worker")) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        names: tuple[str, ...] = ("head", "worker"),
+        prefix: str = PREFIX,
+        bridge: str = BRIDGE,
+        subnet: str = SUBNET,
+    ) -> None:
+        """``prefix``/``bridge``/``subnet``: another lab's names, so two suites can run side by side."""
         self.workdir = workdir
+        self.prefix, self.bridge, self.subnet = prefix, bridge, subnet
         self.hosts = {
             name: Host(
-                name=name, netns=f"{PREFIX}{name}", address=f"{SUBNET}.{i + 1}", disk=workdir / "disks" / name
+                name=name, netns=f"{prefix}{name}", address=f"{subnet}.{i + 1}", disk=workdir / "disks" / name
             )
             for i, name in enumerate(names)
         }
@@ -126,16 +135,16 @@ class TwoHostLab:
 
     def start(self) -> None:
         (self.workdir / "ssh").mkdir(parents=True, exist_ok=True)
-        _ip("link", "add", BRIDGE, "type", "bridge")
+        _ip("link", "add", self.bridge, "type", "bridge")
         self._made_bridge = True
-        _ip("addr", "add", f"{CONTROLLER_ADDRESS}/24", "dev", BRIDGE)
-        _ip("link", "set", BRIDGE, "up")
+        _ip("addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)], check=True)
         for i, host in enumerate(self.hosts.values()):
-            outer = f"kdtv{i}"
+            outer = f"{self.prefix.rstrip('-')}v{i}"
             _ip("netns", "add", host.netns)
             _ip("link", "add", outer, "type", "veth", "peer", "name", host.iface, "netns", host.netns)
-            _ip("link", "set", outer, "master", BRIDGE)
+            _ip("link", "set", outer, "master", self.bridge)
             _ip("link", "set", outer, "up")
             _ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", host.iface)
             _ip("-n", host.netns, "link", "set", host.iface, "up")
@@ -215,4 +224,4 @@ class TwoHostLab:
                 host.sshd.wait(timeout=10)
             _ip("netns", "del", host.netns, check=False)
         if self._made_bridge:
-            _ip("link", "del", BRIDGE, check=False)
+            _ip("link", "del", self.bridge, check=False)

@@ -100,14 +100,17 @@ def test_site_playbook_and_roles_resolve() -> None:
     assert book == (ansible.PLAYBOOKS_DIR / "site.yml").resolve()
     plays = yaml.safe_load(book.read_text())
     stage_tags = [tag for play in plays for tag in play["tags"]]
-    for stage in ("inventory", "plan", "download", "render", "up", "check"):
+    for stage in ("inventory", "plan", "preflight", "download", "render", "up", "check"):
         assert stage in stage_tags
+    # pre-flight comes with download and up, before them, and can be skipped alone
+    first_download = next(i for i, play in enumerate(plays) if "download" in play["tags"])
+    assert "preflight" in plays[first_download]["tags"] and "up" in plays[first_download]["tags"]
     roles = {r["role"] for play in plays for r in play.get("roles") or []}
     for role in roles:
         for part in ("defaults/main.yml", "tasks/main.yml", "meta/main.yml", "meta/argument_specs.yml"):
             assert (ansible.PLAYBOOKS_DIR / "roles" / role / part).is_file(), f"{role}/{part}"
     # workers start before the head, a fleet's router after both
-    up_hosts = [play["hosts"] for play in plays if "up" in play["tags"]]
+    up_hosts = [play["hosts"] for play in plays if "up" in play["tags"] and "preflight" not in play["tags"]]
     assert up_hosts == ["kimi_workers", "kimi_head", "kimi_head:kimi_workers"]
 
 

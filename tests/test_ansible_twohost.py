@@ -93,6 +93,10 @@ def deployment(lab: netns.TwoHostLab) -> dict[str, object]:
             "kimi_weights_dir": str(lab.node_root / "models"),
             "kimi_bind": head.address,
             "kimi_api_key": API_KEY_CANARY,
+            # pre-flight runs on the head and reaches the worker over ssh with the lab's key
+            "kimi_preflight_ssh_key": str(lab.key),
+            "kimi_preflight_ssh_options": SSH_ARGS.replace("-o ", "").split(),
+            "kimi_preflight_remote_python": f"{support.VENV}/bin/python",
         },
     )
     lock = lockfile.read_lock(staged)

@@ -24,6 +24,7 @@ STAGES = [
     "calibration",
     "planning",
     "weights",
+    "preflight",
     "monitoring",
     "serving",
     "targets",

@@ -17,9 +17,13 @@ from deploy.errors import AnsibleRunError
     "-t",
     "--tags",
     multiple=True,
-    help="Only these stages: inventory, plan, download, render, up, check (repeat or comma-separate).",
+    help="Only these stages: inventory, plan, preflight, download, render, up, check (repeat or "
+    "comma-separate).",
 )
 @click.option("--skip-tags", multiple=True, help="Skip these stages.")
+@click.option(
+    "--skip-preflight", is_flag=True, help="Do not run the pre-flight checks before download and up."
+)
 @click.option("-l", "--limit", help="Limit to these hosts (Ansible pattern).")
 @click.option("-C", "--check", "check_mode", is_flag=True, help="Show what would change without changing it.")
 @click.option("-D", "--diff", is_flag=True, help="Show the differences in changed files.")
@@ -36,6 +40,7 @@ def ansible_command(
     inventory: str,
     tags: tuple[str, ...],
     skip_tags: tuple[str, ...],
+    skip_preflight: bool,
     limit: str | None,
     check_mode: bool,
     diff: bool,
@@ -51,7 +56,7 @@ def ansible_command(
         playbook,
         inventory,
         tags=_split(tags),
-        skip_tags=_split(skip_tags),
+        skip_tags=_split(skip_tags) + (["preflight"] if skip_preflight else []),
         limit=limit,
         check=check_mode,
         diff=diff,

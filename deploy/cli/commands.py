@@ -15,6 +15,7 @@ VERB_MODULES: dict[str, str] = {
     "calibrate": "calibrate_cmd",
     "plan": "plan_cmd",
     "capacity": "capacity_cmd",
+    "preflight": "preflight_cmd",
     "download": "download_cmd",
     "verify": "download_cmd",
     "mirror": "mirror_cmd",

@@ -389,6 +389,32 @@ def interface_address(iface: str, if_addrs: dict[str, list[Any]]) -> str:
     return "127.0.0.1"
 
 
+def probe_network(iface: str, sys_class: str | Path = "/sys/class") -> dict[str, Any]:
+    """The profile's ``network`` facts: the RDMA devices (their ports' link layer says InfiniBand or RoCE)
+    and the interface's link speed, from sysfs. ``gid_index`` is left to the profile's author (RoCE v2
+    usually 3, but only the fabric's admin knows).
+
+    >>> probe_network("lo", "/nonexistent")
+    {'fabric': 'ethernet'}
+    """
+    root = Path(sys_class)
+    devices, layers = [], set()
+    for dev in sorted((root / "infiniband").glob("*")):
+        devices.append(dev.name)
+        for port in (dev / "ports").glob("*"):
+            with contextlib.suppress(OSError):
+                layers.add((port / "link_layer").read_text().strip())
+    fabric = "infiniband" if "InfiniBand" in layers else "roce" if devices else "ethernet"
+    out: dict[str, Any] = {"fabric": fabric}
+    if devices:
+        out["rdma_devices"] = devices
+    with contextlib.suppress(OSError, ValueError):
+        speed = int((root / "net" / iface / "speed").read_text().strip())
+        if speed > 0:  # virtual links report -1
+            out["link_gbps"] = speed / 1000
+    return out
+
+
 def _read(path: str) -> str:
     try:
         return Path(path).read_text()
@@ -486,6 +512,7 @@ def probe(
         network_interface=iface,
         address=interface_address(iface, psutil.net_if_addrs()),
         disk_read_gbps=read_rate_gbps(weights) if measure_read else None,
+        network=probe_network(iface),
     )
     if memory_bandwidth:
         total, one = measure_memory_bandwidth(node.cpu.physical_cores)

@@ -43,6 +43,18 @@ NODE_PROPERTIES: dict[str, Any] = {
     "disk_free_gib": {**schema.AMOUNT, "maximum": 1e9},
     "shm_gib": {**schema.AMOUNT, "maximum": 1024 * 1024},
     "network_interface": schema.INTERFACE,
+    # the fabric between the nodes, for pre-flight and the multi-node plans (all optional: older profiles
+    # have none)
+    "network": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "fabric": {"enum": ["ethernet", "infiniband", "roce"]},
+            "rdma_devices": {"type": "array", "items": schema.WORD, "maxItems": 64},
+            "gid_index": {"type": "integer", "minimum": 0, "maximum": 255},
+            "link_gbps": {**schema.AMOUNT, "maximum": 1e5},
+        },
+    },
 }
 
 NODE: dict[str, Any] = {"type": "object", "properties": NODE_PROPERTIES}

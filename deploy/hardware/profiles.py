@@ -76,6 +76,8 @@ class Node:
     #: RAM bandwidth in GB/s with every core reading, and with one thread (measured by `inventory`)
     memory_bandwidth_gbs: float | None = None
     memory_bandwidth_per_thread_gbs: float | None = None
+    #: the fabric to the other nodes: ``{fabric, rdma_devices, gid_index, link_gbps}`` (each optional)
+    network: dict[str, Any] | None = None
 
     @property
     def gpu_memory_gib(self) -> float:
@@ -119,6 +121,8 @@ class HardwareProfile:
             for key in ("memory_bandwidth_gbs", "memory_bandwidth_per_thread_gbs"):
                 if getattr(n, key) is not None:
                     d[key] = getattr(n, key)
+            if n.network:
+                d["network"] = dict(n.network)
             nodes.append(d)
         out: dict[str, Any] = {"name": self.name, "description": self.description, "nodes": nodes}
         if self.hypothetical:
@@ -242,6 +246,7 @@ def _node_from_dict(d: Any, where: str) -> Node:
         disk_read_gbps=_read_rate(d, where),
         memory_bandwidth_gbs=_bandwidth(d, "memory_bandwidth_gbs", where),
         memory_bandwidth_per_thread_gbs=_bandwidth(d, "memory_bandwidth_per_thread_gbs", where),
+        network=dict(d["network"]) if isinstance(d.get("network"), dict) else None,
     )
 
 

@@ -1,0 +1,159 @@
+"""Cross-node checks: the plan's ports reachable from the head, the interface and its MTU on every node,
+identical versions and weights.lock digests, clocks within a bound, InfiniBand/RoCE ports active.
+
+    >>> from deploy.preflight.network import check_mtu
+    >>> facts = {"a": {"interfaces": {"eth0": {"mtu": 9000}}}, "w": {"interfaces": {"eth0": {"mtu": 1500}}}}
+    >>> check_mtu(facts, {"a": "eth0", "w": "eth0"}).status
+    'fail'
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from deploy.preflight import remote
+from deploy.preflight.driver import parse_smi
+from deploy.preflight.result import Check
+
+#: Clocks further apart than this break TLS, log correlation and the calibration store's timestamps.
+MAX_CLOCK_SKEW_S = 2.0
+#: A SYN answered within this on a LAN; a dropped one (firewall DROP) is reported after it.
+CONNECT_TIMEOUT_S = 3.0
+
+
+def check_interface(node_facts: dict[str, Any], iface: str, node: str) -> Check:
+    """The interface the plan names for NCCL/Gloo exists on the node and carries an address."""
+    found = (node_facts.get("interfaces") or {}).get(iface)
+    if not iface:
+        return Check("interface", "skip", "", "the plan names no network interface", node)
+    if found is None:
+        have = ", ".join(sorted(node_facts.get("interfaces") or {})) or "none"
+        hint = f"set network_interface to one of this node's interfaces ({have}) in the profile, then re-plan"
+        return Check("interface", "fail", f"{iface} does not exist", hint, node)
+    if not found.get("addresses"):
+        return Check("interface", "fail", f"{iface} has no address", f"configure an address on {iface}", node)
+    return Check("interface", "pass", f"{iface} {found['addresses'][0]} mtu {found.get('mtu')}", node=node)
+
+
+def check_mtu(all_facts: dict[str, dict[str, Any]], ifaces: dict[str, str]) -> Check:
+    """The same MTU on every node's interface: a mismatch hangs NCCL/Gloo on the first large message."""
+    mtus = {
+        name: ((f.get("interfaces") or {}).get(ifaces.get(name, "")) or {}).get("mtu")
+        for name, f in all_facts.items()
+    }
+    value = ", ".join(f"{n} {m}" for n, m in mtus.items())
+    known = {m for m in mtus.values() if m is not None}
+    if len(known) > 1:
+        return Check(
+            "mtu", "fail", value, "set the same MTU on every node's interface (`ip link set DEV mtu N`)"
+        )
+    if not known:
+        return Check("mtu", "skip", value, "no node has the plan's interface")
+    return Check("mtu", "pass", value)
+
+
+def _driver(f: dict[str, Any]) -> str:
+    smi = f.get("nvidia_smi") or {}
+    try:
+        gpus = parse_smi(smi.get("out", "")) if smi.get("rc") == 0 else []
+    except Exception:  # noqa: BLE001 - the driver check reports an unreadable nvidia-smi
+        gpus = []
+    return gpus[0].driver if gpus else "-"
+
+
+def check_versions(all_facts: dict[str, dict[str, Any]]) -> Check:
+    """Driver and toolkit versions identical on every node (one node on another driver breaks NCCL)."""
+    seen = {
+        name: (_driver(f), (f.get("versions") or {}).get("kimi-deploy") or "-")
+        for name, f in all_facts.items()
+    }
+    value = ", ".join(f"{n} driver {d} kimi-deploy {k}" for n, (d, k) in seen.items())
+    if len(set(seen.values())) > 1:
+        return Check(
+            "versions", "fail", value, "install the same driver and toolkit on every node (make deploy)"
+        )
+    return Check("versions", "pass", value)
+
+
+def check_clocks(offsets: dict[str, tuple[float, float]]) -> Check:
+    """``offsets``: node -> (offset from the head's clock, uncertainty), both in seconds."""
+    if not offsets:
+        return Check("clocks", "skip", "", "one node")
+    worst = max(offsets.items(), key=lambda kv: abs(kv[1][0]))
+    value = ", ".join(f"{n} {o:+.2f} s (within {u:.2f} s)" for n, (o, u) in offsets.items())
+    if abs(worst[1][0]) - worst[1][1] > MAX_CLOCK_SKEW_S:
+        return Check(
+            "clocks", "fail", value, f"sync the clocks (chrony/NTP): more than {MAX_CLOCK_SKEW_S} s apart"
+        )
+    return Check("clocks", "pass", value)
+
+
+def check_weights_lock(all_facts: dict[str, dict[str, Any]]) -> Check:
+    """Every node that has weights.lock has the same one (the same revision and files)."""
+    digests = {name: f.get("lock_sha256") for name, f in all_facts.items()}
+    present = {n: d for n, d in digests.items() if d}
+    if not present:
+        return Check(
+            "weights_lock", "skip", "no weights.lock yet", "checked again once the weights are there"
+        )
+    value = ", ".join(f"{n} {d[:12] if d else 'none'}" for n, d in digests.items())
+    if len(set(present.values())) > 1:
+        hint = "the nodes hold different weights: re-run `kimi-deploy download` from one source on every node"
+        return Check("weights_lock", "fail", value, hint)
+    return Check("weights_lock", "pass", value)
+
+
+def check_rdma(node_facts: dict[str, Any], network: dict[str, Any], node: str) -> Check:
+    """IB/RoCE: every device the profile lists has an ACTIVE port (sysfs, as `ibstat` reports it)."""
+    fabric = str(network.get("fabric") or "")
+    if fabric not in ("infiniband", "roce"):
+        return Check(
+            "rdma", "skip", fabric or "ethernet", "the profile names no InfiniBand/RoCE fabric", node
+        )
+    ib = node_facts.get("infiniband") or {}
+    wanted = list(network.get("rdma_devices") or sorted(ib))
+    down = [d for d in wanted if not any("ACTIVE" in s for s in (ib.get(d) or {}).values())]
+    value = (
+        ", ".join(f"{d}: {','.join((ib.get(d) or {}).values()) or 'absent'}" for d in wanted) or "no device"
+    )
+    if down or not wanted:
+        hint = "bring the ports up (`ibstat`; subnet manager running?) or fix rdma_devices in the profile"
+        return Check("rdma", "fail", value, hint, node)
+    return Check("rdma", "pass", value, node=node)
+
+
+def connect(address: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when a TCP connection opens, else why not."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def check_reachable(ssh: remote.Ssh, address: str, ports: dict[str, int], node: str) -> Check:
+    """A listener on the node on each of the plan's ports, connected to from here (the head)."""
+    if not ports:
+        return Check("reachable", "skip", "", "the plan names no ports", node)
+    try:
+        proc, bound = remote.remote_listen(ssh, address, sorted(set(ports.values())))
+    except remote.RemoteError as exc:
+        return Check("reachable", "fail", str(exc), "check ssh access to the node", node)
+    try:
+        failures = [
+            f"{name} {port}: {why}"
+            for name, port in ports.items()
+            if port in bound
+            for why in [connect(address, port)]
+            if why
+        ]
+    finally:
+        remote.stop(proc)
+    value = f"{address}: " + (", ".join(failures) if failures else ", ".join(str(p) for p in bound))
+    if failures:
+        hint = f"open these ports from the head to {node} (firewall, security group): " + ", ".join(
+            f.split(":")[0] for f in failures
+        )
+        return Check("reachable", "fail", value, hint, node)
+    return Check("reachable", "pass", value, node=node)
