@@ -25,6 +25,8 @@ def _path_from_env(name: str, default: Path) -> Path:
 
 #: Cache for heavy one-time builds (llama-server, parser venv, vLLM CPU venv), keyed by pinned version.
 CACHE_DIR = _path_from_env("KIMI_DEPLOY_CACHE", Path.home() / ".cache" / "kimi-deploy")
+#: Where the install step puts the pinned engines' venvs on a GPU node (render writes, pre-flight reads).
+ENGINE_VENV_ROOT = "/opt/kimi-deploy/venvs"
 #: The calibration store (measured starts, predicted against measured); `plan` reads it.
 CALIBRATION_DIR = _path_from_env("KIMI_DEPLOY_CALIBRATION_DIR", CACHE_DIR / "calibration")
 #: Hardware profiles and the GPU spec table.

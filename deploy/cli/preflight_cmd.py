@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -24,6 +25,13 @@ from deploy.errors import PreflightFailed
     help="A python with torch, at the same path on every node, for the Gloo all-reduce "
     "(default: the first cached venv with torch here).",
 )
+@click.option(
+    "--release",
+    "release_dir",
+    type=click.Path(file_okay=False),
+    help="A rendered folder (render --out) whose env files the NCCL fabric check reads "
+    "(default: what render would write).",
+)
 @click.option("--no-measure", is_flag=True, help="Skip the bandwidth measurements (iperf3).")
 @click.option(
     "--skip",
@@ -41,12 +49,14 @@ def preflight_command(
     ssh_options: tuple[str, ...],
     remote_python: str,
     torch_python: str | None,
+    release_dir: str | None,
     no_measure: bool,
     skipped: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Check this host as the plan's head and the other nodes over ssh: driver, GPUs, fabric manager,
-    /dev/shm, disk, RAM, ISA, ports, interface and MTU, versions, clocks, weights.lock, bandwidth.
+    /dev/shm, disk, RAM, ISA, ports, interface and MTU, NCCL's fabric env, driver/CUDA/engine versions,
+    clocks, weights.lock, bandwidth and the collective (NCCL all_reduce_perf, else Gloo).
 
     Exits 9 when a check failed (every check is still printed)."""
     from deploy.planning.contract import load_plan
@@ -56,7 +66,14 @@ def preflight_command(
     plan = load_plan(plan_path).to_dict()
     options = tuple(arg for o in ssh_options for arg in ("-o", o))
     ssh = remote.Ssh(user=ssh_user, key=ssh_key, options=options, python=remote_python)
-    checks = preflight(plan, ssh, measure=not no_measure, skip=frozenset(skipped), torch_python=torch_python)
+    checks = preflight(
+        plan,
+        ssh,
+        measure=not no_measure,
+        skip=frozenset(skipped),
+        torch_python=torch_python,
+        release=Path(release_dir) if release_dir else None,
+    )
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in checks], indent=2))
     else:

@@ -3,7 +3,7 @@
     >>> from deploy.preflight.facts import collect
     >>> facts = collect({"weights_dir": "/models", "interface": "eth0", "ports": [8000]})
     >>> sorted(facts)[:3]
-    ['clock', 'cpu_flags', 'disk_free_bytes']
+    ['clock', 'cpu_flags', 'cuda_version']
 
 Standard library only and no import of the toolkit: ``remote_argv`` sends this file's source over ssh to
 the other nodes (to whatever ``python3`` they have), so a node needs no toolkit to be checked. Run as a
@@ -88,12 +88,63 @@ def ports_busy(ports: list[int]) -> list[int]:
     return busy
 
 
-def infiniband() -> dict[str, dict[str, str]]:
+IB_SYSFS = "/sys/class/infiniband"
+#: A GID slot nobody configured reads as all zeroes.
+EMPTY_GID = "0000:0000:0000:0000:0000:0000:0000:0000"
+
+
+def infiniband(root: str | Path = IB_SYSFS) -> dict[str, dict[str, str]]:
     """``{device: {port: state}}`` from /sys/class/infiniband (``"4: ACTIVE"`` is up), as ibstat shows."""
     found: dict[str, dict[str, str]] = {}
-    for port in sorted(Path("/sys/class/infiniband").glob("*/ports/*")):
+    for port in sorted(Path(root).glob("*/ports/*")):
         found.setdefault(port.parent.parent.name, {})[port.name] = _read(port / "state").strip()
     return found
+
+
+def gids(indexes: list[int], root: str | Path = IB_SYSFS) -> dict[str, dict[str, dict[str, str]]]:
+    """``{device: {port: {index: "RoCE v2" | "IB/RoCE v1" | "" (empty slot)}}}`` for the GID ``indexes``
+    (sysfs ``gids/N`` and ``gid_attrs/types/N``, what ``show_gids`` prints)."""
+    found: dict[str, dict[str, dict[str, str]]] = {}
+    for port in sorted(Path(root).glob("*/ports/*")):
+        slots = found.setdefault(port.parent.parent.name, {}).setdefault(port.name, {})
+        for i in indexes:
+            gid = _read(port / "gids" / str(i)).strip()
+            kind = _read(port / "gid_attrs" / "types" / str(i)).strip()
+            slots[str(i)] = kind if gid and gid != EMPTY_GID else ""
+    return found
+
+
+def cuda_version() -> str | None:
+    """The CUDA version the driver supports, from the header plain ``nvidia-smi`` prints."""
+    smi = _run(["nvidia-smi"])
+    if not smi or smi["rc"] != 0:
+        return None
+    for line in smi["out"].splitlines():
+        if "CUDA Version:" in line:
+            return line.split("CUDA Version:", 1)[1].strip(" |").split()[0]
+    return None
+
+
+def engine_version(request: dict[str, Any]) -> str | None:
+    """The pinned engine as installed here: its distribution's version in the engine venv (asked of that
+    venv's python, which proves the venv runs), or the cached llama.cpp build's ``BUILD_INFO.json``."""
+    venv, dist = request.get("engine_venv"), request.get("engine_dist")
+    if venv and dist:
+        python = str(Path(venv) / "bin" / "python")
+        got = _run([python, "-c", f"import importlib.metadata as m; print(m.version({str(dist)!r}))"], 60)
+        return got["out"].strip() if got and got["rc"] == 0 else None
+    builds = request.get("llama_cpp_builds")
+    if builds:
+        ids = set()
+        for info in sorted(Path(os.path.expanduser(str(builds))).glob("*/BUILD_INFO.json")):
+            try:
+                data = json.loads(info.read_text())
+            except (OSError, ValueError):
+                continue
+            # the variant (cpu, cuda-sm90) differs by node on purpose; the source must not
+            ids.add(f"llama-cpp-python {data.get('llama_cpp_python')} ({data.get('llama_cpp_commit')})")
+        return "; ".join(sorted(ids)) or None
+    return None
 
 
 def lock_sha256(weights_dir: str) -> str | None:
@@ -163,6 +214,10 @@ def collect(request: dict[str, Any]) -> dict[str, Any]:
         "ports_busy": ports_busy([int(p) for p in request.get("ports", [])]),
         "lock_sha256": lock_sha256(weights_dir),
         "infiniband": infiniband(),
+        "gids": gids([int(i) for i in request.get("gid_indexes", [])]),
+        "cuda_version": cuda_version(),
+        "engine_version": engine_version(request),
+        "nccl_tests": shutil.which("all_reduce_perf"),
         "iperf3": shutil.which("iperf3"),
         "versions": {"python": sys.version.split()[0], "kimi-deploy": _toolkit_version()},
     }

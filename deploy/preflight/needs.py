@@ -1,7 +1,7 @@
 """What a plan needs from its nodes, read from plan.json: ports, GPUs, driver, /dev/shm, disk, RAM, ISA.
 
 >>> from deploy.preflight.needs import plan_needs
->>> needs = plan_needs(plan)                    # plan: a loaded plan.json
+>>> needs = plan_needs(plan)                    # doctest: +SKIP
 >>> needs.ports                                 # doctest: +SKIP
 {'engine': 8001, 'rpc_port': 50052}
 """
@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deploy import constants
 from deploy.constants import GIB, MIB
+from deploy.engines import registry
+from deploy.engines.builds import LLAMA_CPP_CACHE_SUBDIR
 from deploy.errors import InputError, PlanError
 from deploy.hardware.profiles import gpu_spec
 from deploy.preflight.driver import DriverNeed, required_driver
@@ -38,6 +41,8 @@ class Needs:
     isa: dict[str, list[str]] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     nvswitch: bool = False
+    #: what ``facts.engine_version`` is asked: the engine venv and its distribution, or the llama.cpp cache
+    engine_probe: dict[str, str] = field(default_factory=dict)
 
 
 def chosen(plan: dict[str, Any]) -> dict[str, Any]:
@@ -90,7 +95,32 @@ def plan_needs(plan: dict[str, Any]) -> Needs:
         isa={name: list(b.get("cpu_isa") or []) for name, b in builds.items() if isinstance(b, dict)},
         ports=plan_ports(plan, c),
         nvswitch=gpus >= 8 and _nvlink(str(head_gpus.get("model", ""))),
+        engine_probe=engine_probe(str(c.get("engine", ""))),
     )
+
+
+def engine_probe(engine: str) -> dict[str, str]:
+    """Where a node holds the pinned ``engine``: its venv and the distribution it installs, or (a cache
+    build) the llama.cpp cache folder, ``~`` standing for the ssh user's home on the other nodes.
+
+    >>> engine_probe("vllm")["engine_dist"]
+    'vllm'
+    """
+    try:
+        install = registry.get(engine).install
+    except InputError:  # an engine the registry lacks has nothing to probe
+        return {}
+    if install.venv and install.packages:
+        return {
+            "engine_venv": f"{constants.ENGINE_VENV_ROOT}/{install.venv}",
+            "engine_dist": install.packages[0].split("==")[0],
+        }
+    if install.cache_install:
+        cache = constants.CACHE_DIR / LLAMA_CPP_CACHE_SUBDIR
+        home = Path.home()
+        shown = f"~/{cache.relative_to(home)}" if cache.is_relative_to(home) else str(cache)
+        return {"llama_cpp_builds": shown}
+    return {}
 
 
 def _nvlink(model: str) -> bool:

@@ -76,6 +76,40 @@ def check_versions(all_facts: dict[str, dict[str, Any]]) -> Check:
     return Check("versions", "pass", value)
 
 
+def _same_everywhere(name: str, seen: dict[str, str | None], missing: str, hint: str) -> Check:
+    """One value per node; a fail when two nodes differ, a skip when no node reports one."""
+    value = ", ".join(f"{n} {v or '-'}" for n, v in seen.items())
+    known = {v for v in seen.values() if v}
+    if not known:
+        return Check(name, "skip", value, missing)
+    if len(set(seen.values())) > 1:
+        return Check(name, "fail", value, hint)
+    return Check(name, "pass", value)
+
+
+def check_cuda_versions(all_facts: dict[str, dict[str, Any]]) -> Check:
+    """The CUDA version the drivers support (``nvidia-smi``'s header) identical on every node."""
+    seen = {name: f.get("cuda_version") for name, f in all_facts.items()}
+    return _same_everywhere(
+        "cuda_version",
+        seen,
+        "no node runs nvidia-smi",
+        "install the same NVIDIA driver branch on every node: the CUDA each supports differs",
+    )
+
+
+def check_engine_versions(all_facts: dict[str, dict[str, Any]], engine: str) -> Check:
+    """The pinned engine as each node has it installed (venv or llama.cpp build), identical everywhere;
+    a node without it differs too (its ranks would start another build or none)."""
+    seen = {name: f.get("engine_version") for name, f in all_facts.items()}
+    return _same_everywhere(
+        "engine_version",
+        seen,
+        f"{engine} not installed on any node yet (the install step of `make deploy` puts it there)",
+        f"install the same {engine} on every node: re-run the release's install step (make deploy)",
+    )
+
+
 def check_clocks(offsets: dict[str, tuple[float, float]]) -> Check:
     """``offsets``: node -> (offset from the head's clock, uncertainty), both in seconds."""
     if not offsets:

@@ -117,6 +117,8 @@ class NodeCommand:
     key_config: EnvRef | None = None
     #: llama.cpp: the build this node runs (its folder under the node's cache is ENGINE_DIR_VAR)
     build: engines.LlamaCppBuild | None = None
+    #: the profile's fabric facts of this node (``{fabric, rdma_devices, gid_index, link_gbps}``)
+    network: dict[str, Any] = field(default_factory=dict)
 
 
 def is_loopback(address: str) -> bool:
@@ -246,6 +248,7 @@ def _node(n: dict[str, Any], rank: int, argv: list[Arg], program: str, **kw: Any
         role="head" if rank == 0 else "worker",
         address=str(n.get("address") or "127.0.0.1"),
         network_interface=str(n.get("network_interface") or ""),
+        network=dict(n.get("network") or {}),
         argv=argv,
         program=program,
         **kw,

@@ -35,6 +35,7 @@ from deploy.engines import builds as engines
 from deploy.engines import registry
 from deploy.engines.base import Install
 from deploy.errors import InputError, PlanError, RenderError
+from deploy.hardware.fabric import nccl_fabric_env
 from deploy.monitoring import promtool
 from deploy.monitoring.render import monitoring_texts
 from deploy.monitoring.spec import (
@@ -74,7 +75,7 @@ MONITORING_DIR = release_dir.MONITORING
 ENV_FILE = "kimi-deploy.env"
 MANIFEST_SCHEMA = 1
 #: Where install-<node>.sh puts each engine's venv on a GPU node; the launch script puts its bin/ on PATH.
-ENGINE_VENV_ROOT = "/opt/kimi-deploy/venvs"
+ENGINE_VENV_ROOT = constants.ENGINE_VENV_ROOT
 CHAT_TEMPLATES_DIR = constants.PACKAGE_DIR / "data" / "chat_templates"
 #: The env file's promise about secrets, below its first line.
 ENV_FILE_HEADER = (
@@ -419,6 +420,9 @@ def _env_values(cand: Candidate, node: NodeCommand | None, shared: bool) -> list
             ("NCCL_SOCKET_IFNAME", node.network_interface),
             ("GLOO_SOCKET_IFNAME", node.network_interface),
         ]
+    # NCCL between GPU nodes: the profile's RDMA devices and RoCE GID (pre-flight checks them against sysfs)
+    if node is not None and cand.nodes > 1 and cand.gpus_per_node:
+        values += nccl_fabric_env(node.network)
     eng = registry.get(cand.engine)
     if node is not None and not shared and eng.host_ip_env:
         values.append((eng.host_ip_env, node.address))
