@@ -71,7 +71,7 @@ def preflight(
     ]
 
 
-def _fabric_checks(
+def _node_and_fabric_checks(
     needs: Needs, found: dict[str, dict[str, Any]], release: Path | None, ifaces: dict[str, str]
 ) -> list[Check]:
     checks: list[Check] = []
@@ -109,7 +109,7 @@ def _checks(
     needs = plan_needs(plan)
     found, offsets, checks = _gather(needs, ssh)
     ifaces = {str(n["name"]): str(n.get("network_interface") or "") for n in needs.nodes}
-    checks += _fabric_checks(needs, found, release, ifaces)
+    checks += _node_and_fabric_checks(needs, found, release, ifaces)
     nccl = _nccl_tests(needs, found, ssh) if measure else None
     checks += nccl or []
     if len(needs.nodes) > 1:
