@@ -16,6 +16,8 @@ reaches the unit unquoted, so it is validated first (systemd's and useradd's por
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,35 @@ def test_a_fleet_router_unit_runs_as_the_user_too(tmp_path: Path, run_cli) -> No
     assert (
         f"runuser -u {USER} -- kimi-deploy engine install router" in (release / router["install"]).read_text()
     )
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_itself_reads_the_units_without_a_complaint(tmp_path: Path, run_cli) -> None:
+    """systemd's own parser (`systemd-analyze verify`, offline): every unit of a fleet rendered with a service
+    user, the router's included, parses with no warning (a quoted or odd User= draws "does not match strict
+    user/group name rules"; an unknown key or a bad RuntimeDirectory= is named too)."""
+    release = _cpu_fleet(tmp_path, "--service-user", USER, run_cli=run_cli)
+    path, _ = plan_file(tmp_path, "h200x8", engine="sglang")
+    out = tmp_path / "sglang"
+    r = run_cli(
+        [
+            "render",
+            "--plan",
+            str(path),
+            "--out",
+            str(out),
+            "--bind",
+            "0.0.0.0",
+            "--api-key-env",
+            "KIMI_API_KEY",
+        ]
+        + ["--service-user", USER],
+        {"KIMI_API_KEY": KEY},
+    )
+    assert r.exit_code == 0, r.stderr
+    units = sorted(release.glob("*.service")) + sorted((out / "current").resolve().glob("*.service"))
+    assert any("RuntimeDirectory=" in u.read_text() for u in units)
+    done = subprocess.run(
+        ["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and not done.stderr.strip(), done.stderr
