@@ -189,6 +189,27 @@ def test_the_draft_is_the_mla_one_with_its_own_sizes(kimi) -> None:
     assert config["model"].endswith(spec["draft_repo"]) and config["method"] == "eagle3"
 
 
+@pytest.mark.parametrize("gpu", ["H200", "B200", "B300", "GB200"])
+def test_sglang_gets_the_draft_only_on_the_gpus_its_cookbook_lists(gpu: str, kimi) -> None:
+    """SGLang's Kimi-K2.5 cookbook: "Speculative decoding is only supported on H200 and B300" (sgl-cookbook
+    KimiK25ConfigGenerator, and docs/cookbook/autoregressive/Moonshotai/Kimi-K2.5.mdx in sgl-project/sglang);
+    vLLM's recipe runs the draft on every GPU of the catalog's list. Elsewhere SGLang runs without it."""
+    spec = kimi.speculative["eagle3"]
+    only = spec["engine_gpus"]["sglang"]["gpus"]
+    assert set(only) < set(spec["gpus"])
+    for engine, listed in (("sglang", only), ("vllm", spec["gpus"])):
+        p = plan(profile_from_gpus(f"8x{gpu}"), PlanRequest(engine=engine, speculative="eagle3"))
+        cands = [c for c in p.candidates if c.engine == engine]
+        assert cands, engine
+        for c in cands:
+            assert bool(c.engine_args.get("speculative")) == (gpu in listed), (engine, c.id)
+            if c.runs and c.nodes == 1:
+                argv = _argv(p, c)
+                assert ("--speculative-algorithm" in argv or "--speculative-config" in argv) == (
+                    gpu in listed
+                )
+
+
 # ---------------------------------------------------------------------------------------------- NVFP4
 
 
@@ -251,7 +272,8 @@ def test_the_guides_flags_pass_the_pinned_parsers() -> None:
     for spec, req in [
         ("8xB300", PlanRequest(variant="nvfp4")),
         ("4xGB200", PlanRequest(variant="int4")),
-        ("8xB200", PlanRequest(variant="int4", speculative="eagle3")),
+        # H200: both engines' guides run the draft there (SGLang's cookbook: H200 and B300 only)
+        ("8xH200", PlanRequest(variant="int4", speculative="eagle3")),
     ]:
         p = plan(profile_from_gpus(spec), req)
         for c in p.candidates:

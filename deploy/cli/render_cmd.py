@@ -49,6 +49,12 @@ from deploy.targets.k8s import K8sOptions
     help="Copy HF_TOKEN and the API key from the environment into the 0600 env file (for systemd).",
 )
 @click.option(
+    "--service-user",
+    metavar="NAME",
+    help="Run every systemd unit as this existing user (User=) instead of root; install-<node>.sh builds the "
+    "cache as it. systemd target only.",
+)
+@click.option(
     "--ttft-slo",
     "ttft_slo",
     type=click.FloatRange(min=0.001),
@@ -86,6 +92,7 @@ def render_command(
     api_key_env: str | None,
     multinode_backend: str | None,
     secrets_to_env_file: bool,
+    service_user: str | None,
     ttft_slo: float | None,
     fast_alerts: bool,
     keep: int,
@@ -103,7 +110,9 @@ def render_command(
     DIR instead, validated against the schemas (docs/how-to/kubernetes.md).
     """
     if target == "k8s":
-        refuse_systemd_only(secrets_to_env_file=secrets_to_env_file, fast_alerts=fast_alerts)
+        refuse_systemd_only(
+            secrets_to_env_file=secrets_to_env_file, fast_alerts=fast_alerts, service_user=service_user
+        )
         k8s_opts = K8sOptions(
             out_dir=out_dir,
             candidate_id=candidate_id,
@@ -126,6 +135,7 @@ def render_command(
         api_key_env=api_key_env,
         multinode_backend=multinode_backend,
         secrets_to_env_file=secrets_to_env_file,
+        service_user=service_user,
         plan_path=plan_path,
         ttft_p95_slo_s=ttft_slo,
         check_monitoring=True,

@@ -152,8 +152,11 @@ def render_k8s(plan_path: str, opts: k8s.K8sOptions, check_parsers: bool = False
     )
 
 
-def refuse_systemd_only(**flags: bool) -> None:
-    """One line for an option that means nothing on Kubernetes."""
+def refuse_systemd_only(**flags: object) -> None:
+    """One line for an option that means nothing on Kubernetes (given: true or a value).
+
+    >>> refuse_systemd_only(fast_alerts=False, service_user=None)
+    """
     for name, given in flags.items():
         if given:
             raise InputError(f"--{name.replace('_', '-')} applies to the systemd target, not --target k8s")

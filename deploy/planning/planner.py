@@ -657,13 +657,16 @@ def _speculative(
     m: Model, v: Variant, engine: str, profile: HardwareProfile, req: PlanRequest
 ) -> dict[str, Any]:
     """The catalog's speculative-decoding entry when it was asked for and a published recipe covers this
-    engine, variant and GPU (``{}`` otherwise: the candidate runs without it)."""
+    engine, variant and GPU (``{}`` otherwise: the candidate runs without it). An engine whose own guide lists
+    fewer GPUs (``engine_gpus``: SGLang's cookbook) gets the draft only on those."""
     spec = m.speculative.get(req.speculative or "", {})
+    gpus = (spec.get("engine_gpus") or {}).get(engine, {}).get("gpus", spec.get("gpus", []))
     ok = (
         spec
         and engine in spec.get("engines", [])
         and v.id in spec.get("variants", [v.id])
         and profile.head.gpu_model in spec.get("gpus", [])
+        and profile.head.gpu_model in gpus
     )
     return dict(spec, method=req.speculative) if ok else {}
 

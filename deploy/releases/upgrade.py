@@ -717,6 +717,7 @@ def _render_new(
             api_key_env=kept.get("api_key_env"),
             multinode_backend=kept.get("multinode_backend"),
             secrets_to_env_file=bool(kept.get("secrets_to_env_file")),
+            service_user=kept.get("service_user"),
             plan_path=str(opts.plan_path),
             switch_current=False,
             keep=opts.keep,

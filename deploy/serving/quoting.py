@@ -62,6 +62,30 @@ def systemd_path(value: Any) -> str:
     return text.replace("%", "%%")
 
 
+#: a user name systemd's User= and useradd both take: systemd's portable name rule (a letter or '_'
+#: first, then letters, digits, '_' or '-', at most 32 characters; systemd.exec(5) "User=", useradd(8)
+#: "CAVEATS"), lower case only as useradd's default NAME_REGEX asks
+_SERVICE_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def check_service_user(value: Any, what: str = "--service-user") -> str:
+    """A user name for the units' ``User=`` and the install script's ``runuser -u``; anything else (a number,
+    a space, a quote, a newline) is InputError naming the rule. ``root`` is refused: it is the default.
+
+    >>> check_service_user("kimi")
+    'kimi'
+    """
+    text = str(value)
+    if not _SERVICE_USER.fullmatch(text):
+        raise InputError(
+            f"{what} {text!r}: a user name is a lower-case letter or '_', then up to 31 lower-case letters, "
+            "digits, '_' or '-'"
+        )
+    if text == "root":
+        raise InputError(f"{what} root: the units run as root without it; name a dedicated user")
+    return text
+
+
 def check_env_value(name: str, value: Any) -> str:
     """The value for ``NAME=value`` in the env file, refused (exit 2) unless it is made of
     ENV_VALUE_CHARS only (no quoting needed by bash, systemd or ``parse_env_file``)."""
@@ -114,6 +138,7 @@ def parse_env_file(path: str | Path) -> dict[str, str]:
 __all__ = [
     "ENV_VALUE_CHARS",
     "check_env_value",
+    "check_service_user",
     "env_line",
     "parse_env_file",
     "systemd_path",

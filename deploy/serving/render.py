@@ -64,7 +64,14 @@ from deploy.serving.argv import (
     NodeCommand,
     argv_strings,
 )
-from deploy.serving.quoting import ENV_VALUE_CHARS, check_env_value, systemd_path, systemd_text, systemd_word
+from deploy.serving.quoting import (
+    ENV_VALUE_CHARS,
+    check_env_value,
+    check_service_user,
+    systemd_path,
+    systemd_text,
+    systemd_word,
+)
 from deploy.serving.release_dir import RenderedFile, json_file
 from deploy.serving.replicas import Replica
 from deploy.weights import lockfile
@@ -109,6 +116,8 @@ class RenderOptions:
     switch_current: bool = True
     #: releases kept besides ``current`` and the one before it (deploy.serving.release_dir.prune)
     keep: int = release_dir.DEFAULT_KEEP
+    #: the user every unit runs as (``User=``); None: root, as before
+    service_user: str | None = None
 
 
 @dataclass
@@ -389,13 +398,15 @@ def _ready_command(ep: Endpoint, port: int) -> str:
     return f"until curl -fsS -o /dev/null --max-time 5 {url}; do sleep 2; done"
 
 
-def _key_config(node: NodeCommand) -> dict[str, Any] | None:
-    """What the launch script needs to hand SGLang its API key in a --config file (deploy.serving.argv)."""
+def _key_config(node: NodeCommand, user: str | None = None) -> dict[str, Any] | None:
+    """What the launch script needs to hand SGLang its API key in a --config file (deploy.serving.argv).
+    With a service ``user`` the file goes into the unit's RuntimeDirectory: the release folder is root's."""
     if node.key_config is None:
         return None
     return {
         "key": node.key_config,
         "var": SGLANG_KEY_CONFIG_VAR,
+        "dir": '"${RUNTIME_DIRECTORY:-$here}"' if user else '"$here"',
         "file": SGLANG_KEY_CONFIG_FILE,
         "chars": ENV_VALUE_CHARS,
         "comment": [
@@ -527,6 +538,8 @@ class RenderInputs:
     lock: dict[str, Any] | None = None
     #: the secrets the env file may carry (only with ``secrets_to_env_file``): name -> value
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    #: the user the units run as (``--service-user``, validated); None: root
+    service_user: str | None = None
 
 
 def resolve_inputs(plan: Plan, opts: RenderOptions, environ: dict[str, str]) -> RenderInputs:
@@ -564,8 +577,10 @@ def resolve_inputs(plan: Plan, opts: RenderOptions, environ: dict[str, str]) -> 
         for name in (ep.api_key_env, "HF_TOKEN", router_key)
         if opts.secrets_to_env_file and name and environ.get(name)
     }
+    # it reaches User=, RuntimeDirectory's owner and `runuser -u`: checked before any file is composed
+    user = check_service_user(opts.service_user) if opts.service_user is not None else None
     return RenderInputs(
-        cand, out, ep, weights_dir, model_path, chat_template, _lock_reference(weights_dir), secrets
+        cand, out, ep, weights_dir, model_path, chat_template, _lock_reference(weights_dir), secrets, user
     )
 
 
@@ -664,7 +679,9 @@ def _launch_header(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand) ->
     return header
 
 
-def launch_script(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, ep: Endpoint) -> RenderedFile:
+def launch_script(
+    cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, ep: Endpoint, user: str | None = None
+) -> RenderedFile:
     """``launch-<node>.sh`` (mode 0755): reads the env files, then execs the node's argv."""
     venv = _engine_venv(cand)
     text = render_template(
@@ -675,7 +692,7 @@ def launch_script(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, ep:
             "path_prepend": f"{venv}/bin" if venv else None,
             "required_env": _required_env(ep) if n.serves_http else [],
             "exports": sorted(n.env.items()),
-            "key_config": _key_config(n),
+            "key_config": _key_config(n, user),
             "pre": [_argv_lines(c) for c in n.pre],
             "argv_lines": _argv_lines(n.argv),
             "engine_dir_var": ENGINE_DIR_VAR,
@@ -687,8 +704,37 @@ def launch_script(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, ep:
     return RenderedFile(text, 0o755)
 
 
-def install_script(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand) -> RenderedFile:
-    """``install-<node>.sh`` (mode 0755): the pinned install steps (``install_steps``)."""
+def as_service_user(steps: list[dict[str, Any]], user: str | None) -> list[dict[str, Any]]:
+    """Run the steps that build into the kimi-deploy cache (``kimi-deploy engine install``) as the units'
+    ``user``, so the build lands in that user's ~/.cache/kimi-deploy, where its launch script looks
+    (``runuser -u`` keeps PATH; it needs root, as the apt and /opt steps do). Other steps are unchanged.
+
+    >>> step = {"comment": "c", "argv": ["kimi-deploy", "engine", "install"]}
+    >>> as_service_user([step], "kimi")[0]["argv"][:4]
+    ['runuser', '-u', 'kimi', '--']
+    """
+    if user is None:
+        return steps
+    return [
+        s | {"argv": ["runuser", "-u", user, "--", *s["argv"]]} if s["argv"][:1] == ["kimi-deploy"] else s
+        for s in steps
+    ]
+
+
+def _service_user_header(user: str | None) -> list[str]:
+    if user is None:
+        return []
+    return [
+        f"Run it as root: the engine runs as {user} (User= in its unit), so the steps that build into the",
+        f"kimi-deploy cache run as {user} (its home must exist and `kimi-deploy` be on PATH for it).",
+    ]
+
+
+def install_script(
+    cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, user: str | None = None
+) -> RenderedFile:
+    """``install-<node>.sh`` (mode 0755): the pinned install steps (``install_steps``), the cache builds as
+    the service ``user`` when there is one (``as_service_user``)."""
     ray = any(c.program == "ray" for c in nodes)
     text = render_template(
         "install.sh.j2",
@@ -696,10 +742,11 @@ def install_script(cand: Candidate, nodes: list[NodeCommand], n: NodeCommand) ->
             "header": [
                 f"Rendered by kimi-deploy {__version__}: install {cand.engine} on node {_one_line(n.node)}.",
                 "Versions pinned in deploy/pins.py (the parser tests use the same pins).",
+                *_service_user_header(user),
             ],
             "steps": [
                 {"comment": _one_line(s["comment"]), "argv": s["argv"]}
-                for s in install_steps(cand, n, uses_ray=ray)
+                for s in as_service_user(install_steps(cand, n, uses_ray=ray), user)
             ],
         },
     )
@@ -736,10 +783,33 @@ def unit_limits(deadline_s: int, memlock: bool) -> dict[str, Any]:
     }
 
 
+def service_user_lines(user: str | None, runtime_directory: str | None = None) -> dict[str, Any]:
+    """The unit's ``User=`` (None: root, no line) and, for a launch that writes a file of its own (SGLang's
+    key config), a ``RuntimeDirectory=`` that systemd creates owned by that user (systemd.exec(5)). The env
+    files stay root's 0600: systemd reads EnvironmentFile= itself before it drops to ``User=``.
+
+    >>> service_user_lines("kimi", "kimi-deploy-node0")
+    {'user': 'kimi', 'runtime_directory': 'kimi-deploy-node0'}
+    """
+    # both land unquoted (systemd takes User= literally): a user name and a node name (_NODE_NAME) only
+    if user is not None:
+        check_service_user(user)
+    if runtime_directory is not None and not _NODE_NAME.match(runtime_directory):
+        raise RenderError(f"RuntimeDirectory {runtime_directory!r}: not a plain folder name")
+    return {"user": user, "runtime_directory": runtime_directory if user else None}
+
+
 def systemd_unit(
-    cand: Candidate, nodes: list[NodeCommand], n: NodeCommand, ep: Endpoint, port: int, out: Path
+    cand: Candidate,
+    nodes: list[NodeCommand],
+    n: NodeCommand,
+    ep: Endpoint,
+    port: int,
+    out: Path,
+    user: str | None = None,
 ) -> RenderedFile:
-    """``kimi-deploy-<node>.service``: runs the launch script in ``out``; the head waits for /health."""
+    """``kimi-deploy-<node>.service``: runs the launch script in ``out``; the head waits for /health; as
+    ``user`` when given (``service_user_lines``)."""
     served = _one_line(str(cand.engine_args["served_model_name"]))
     what = f"{cand.engine} {n.role} on {_one_line(n.node)} (rank {n.rank})"
     timeout_start_s = int(cand.start_deadline_s) if n.serves_http else 300
@@ -763,6 +833,7 @@ def systemd_unit(
             ),
             # systemd counts the wait for /health in TimeoutStartSec: a stuck load fails the unit
             "ready_command": _ready_command(ep, port) if n.serves_http else None,
+            **service_user_lines(user, f"kimi-deploy-{n.node}" if n.key_config is not None else None),
         },
     )
     return RenderedFile(text, 0o644)
@@ -788,6 +859,8 @@ def release_id_for(
             k: str(v) if v is not None else None
             for k, v in sorted(vars(opts).items())
             if k not in ("out_dir", "plan_path", "switch_current", "keep")
+            # an option added later and left unset keeps the ids releases rendered before it had
+            and not (k == "service_user" and v is None)
         },
         "weights": inputs.lock,
         "toolkit_version": __version__,
@@ -903,6 +976,7 @@ def release_meta(inputs: RenderInputs, opts: RenderOptions) -> dict[str, Any]:
             "weights_dir": str(opts.weights_dir) if opts.weights_dir else None,
             "candidate_id": opts.candidate_id,
             "secrets_to_env_file": opts.secrets_to_env_file,
+            "service_user": opts.service_user,
         },
     }
 
@@ -955,6 +1029,31 @@ def _router_env_text(
     )
 
 
+def _router_install_text(router: Any, user: str | None) -> str:
+    """install-router.sh: the pinned router in its own venv in the kimi-deploy cache, as ``user`` if given."""
+    return render_template(
+        "install.sh.j2",
+        {
+            "header": [
+                f"Rendered by kimi-deploy {__version__}: install {router.display_name} {router.version}.",
+                "Versions pinned in deploy/pins.py (the parser tests use the same pins).",
+                *_service_user_header(user),
+            ],
+            "steps": as_service_user(
+                [
+                    {
+                        "comment": (
+                            f"{router.package}=={router.version} in its own venv in the kimi-deploy cache"
+                        ),
+                        "argv": ["kimi-deploy", "engine", "install", "router", "--router", router.name],
+                    }
+                ],
+                user,
+            ),
+        },
+    )
+
+
 def router_release(
     spec: dict[str, Any], group: list[Replica], ep: Endpoint, inputs: RenderInputs
 ) -> RouterRelease:
@@ -997,21 +1096,7 @@ def router_release(
             "install_script": ROUTER_INSTALL,
         },
     )
-    install_text = render_template(
-        "install.sh.j2",
-        {
-            "header": [
-                f"Rendered by kimi-deploy {__version__}: install {router.display_name} {router.version}.",
-                "Versions pinned in deploy/pins.py (the parser tests use the same pins).",
-            ],
-            "steps": [
-                {
-                    "comment": f"{router.package}=={router.version} in its own venv in the kimi-deploy cache",
-                    "argv": ["kimi-deploy", "engine", "install", "router", "--router", router.name],
-                }
-            ],
-        },
-    )
+    install_text = _router_install_text(router, inputs.service_user)
     unit_text = render_template(
         "kimi-deploy.service.j2",
         {
@@ -1023,6 +1108,7 @@ def router_release(
             "ready_command": _ready_command(Endpoint(bind=bind), port),
             # the router loads no weights and locks no memory
             **unit_limits(120, memlock=False),
+            **service_user_lines(inputs.service_user),
         },
     )
     files = {
@@ -1068,7 +1154,7 @@ class Release:
     meta: dict[str, Any]
 
 
-def _node_files(r: Replica, ep: Endpoint, out: Path) -> dict[str, RenderedFile]:
+def _node_files(r: Replica, ep: Endpoint, out: Path, user: str | None = None) -> dict[str, RenderedFile]:
     """Each node's launch script, install script, unit and (multi-node) own env file, of one replica."""
     cand, files = r.candidate, {}
     for n in r.nodes:
@@ -1078,9 +1164,9 @@ def _node_files(r: Replica, ep: Endpoint, out: Path) -> dict[str, RenderedFile]:
             )
         if len(r.nodes) > 1:
             files[f"kimi-deploy-{n.node}.env"] = node_env_file(cand, n)
-        files[f"launch-{n.node}.sh"] = launch_script(cand, r.nodes, n, r.endpoint)
-        files[f"install-{n.node}.sh"] = install_script(cand, r.nodes, n)
-        files[f"kimi-deploy-{n.node}.service"] = systemd_unit(cand, r.nodes, n, r.endpoint, r.port, out)
+        files[f"launch-{n.node}.sh"] = launch_script(cand, r.nodes, n, r.endpoint, user)
+        files[f"install-{n.node}.sh"] = install_script(cand, r.nodes, n, user)
+        files[f"kimi-deploy-{n.node}.service"] = systemd_unit(cand, r.nodes, n, r.endpoint, r.port, out, user)
     return files
 
 
@@ -1096,7 +1182,7 @@ def compose_release(plan: Plan, inputs: RenderInputs, opts: RenderOptions | None
         check_port(r.port, "port")
     files = {ENV_FILE: env_file(cand, nodes, ep, inputs.secrets)}
     for r in group:
-        files.update(_node_files(r, ep, inputs.out_dir))
+        files.update(_node_files(r, ep, inputs.out_dir, inputs.service_user))
     fleet = replicas.fleet_of(plan)
     router = (
         router_release(replicas.reachable(plan, fleet["router"], ep), group, ep, inputs) if fleet else None
@@ -1157,6 +1243,7 @@ __all__ = [
     "RenderOptions",
     "RenderResult",
     "RenderedFile",
+    "as_service_user",
     "compose_release",
     "endpoint_for",
     "engine_environment",
@@ -1175,6 +1262,7 @@ __all__ = [
     "resolve_chat_template",
     "resolve_model_path",
     "resolve_inputs",
+    "service_user_lines",
     "shell_quote",
     "systemd_unit",
     "template_env",
