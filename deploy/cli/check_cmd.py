@@ -16,7 +16,7 @@ from deploy.cli import params
 from deploy.errors import CheckFailedError
 from deploy.fsutil import atomic_write_json
 from deploy.planning.contract import load_plan
-from deploy.secrets import redact
+from deploy.secrets import redact, redact_data
 
 
 @click.command("check")
@@ -236,7 +236,7 @@ def check_command(
     report = session.execute(run, threshold, f1_threshold)
     report.results += fleet_check.check_replicas(replicas)
     secrets = run.secrets()
-    data = json.loads(redact(json.dumps(report.to_dict()), secrets))
+    data = redact_data(report.to_dict(), secrets)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

@@ -93,6 +93,8 @@ SECONDS = Finite(0, WEEK_S, low_open=True)
 #: Seconds a single request may take (the checker's own ceiling).
 REQUEST_SECONDS = Finite(0, 3600, low_open=True)
 FRACTION = Finite(0, 1)
+
+
 class Port(Whole):
     """A TCP port: 1-65535 (``any_free``: 0 too, the kernel picks one)."""
 
