@@ -31,6 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
+from deploy.errors import InputError
+from deploy.fsutil import read_regular_bytes
+
 #: What the support bundle puts in a secret's place; ``SHORT_MASK`` is what logs and reports show.
 MASK = "<redacted>"
 SHORT_MASK = "***"
@@ -203,9 +206,9 @@ def file_secrets(paths: Iterable[Path]) -> list[str]:
     / ``=value`` in it. A file that cannot be read holds none."""
     values: set[str] = set()
     for path in paths:
-        try:
-            text = Path(path).read_text(errors="replace")
-        except OSError:
+        try:  # never blocks on a FIFO, never reads a device or an endless file
+            text = read_regular_bytes(path, 1 << 20).decode("utf-8", "replace")
+        except (OSError, InputError):
             continue
         for line in text.splitlines():
             line = line.strip()
