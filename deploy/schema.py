@@ -187,7 +187,7 @@ def parse_yaml(text: str, source: str, error: type[InputError] = InputError) -> 
     except (ValueError, RecursionError) as exc:
         raise error(f"{source}: not valid YAML ({_one_line(exc)})") from None
     if not finite(data):
-        raise error(f"{source}: NaN or infinity (or an integer too large) is not a value this toolkit accepts")
+        raise error(f"{source}: NaN or infinity (or an integer too large) is not a value this toolkit takes")
     return data
 
 

@@ -239,7 +239,7 @@ def test_one_bad_record_never_bricks_the_store(cache: Path, h200_plan: Path, bad
     the next write moves it to the quarantine file beside the store instead of failing or losing it."""
     store = cache / "calibration" / "records.json"
     store.parent.mkdir(parents=True)
-    store.write_text('{"schema": 1, "records": [%s]}' % bad)
+    store.write_text('{"schema": 1, "records": [' + bad + "]}")
     r = kd(cache, "calibrate", "list", "--json")
     assert r.returncode == 0 and json.loads(r.stdout) == [] and "skipped" in r.stderr
     r = kd(cache, "calibrate", "import", str(VLLM_LOG), "--plan", str(h200_plan))

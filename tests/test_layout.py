@@ -39,6 +39,7 @@ STAGES = [
 BASE = {
     "console",
     "constants",
+    "deadline",
     "errors",
     "pins",
     "fsutil",

@@ -69,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # noqa: BLE001 - the last net: a bug is one line and exit 1, not a traceback
         if os.environ.get("KIMI_DEPLOY_DEBUG"):
             raise
-        _error(
-            f"internal error ({exc.__class__.__name__}: {exc}); KIMI_DEPLOY_DEBUG=1 shows the traceback"
-        )
+        _error(f"internal error ({exc.__class__.__name__}: {exc}); KIMI_DEPLOY_DEBUG=1 shows the traceback")
         sys.exit(1)
     # with standalone_mode=False, ctx.exit(n) comes back as the return value
     sys.exit(code if isinstance(code, int) else 0)
