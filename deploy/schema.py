@@ -241,6 +241,25 @@ def check_port(value: Any, what: str = "--port") -> int:
     return value
 
 
+def check_url(value: Any, what: str = "--url") -> str:
+    """An http(s) URL with a host and, if any, a numeric port in 1-65535; anything else (``http://[::1``,
+    ``http://h:abc``, ``ftp://x``) is InputError. ``check_url("http://127.0.0.1:8000/v1")`` returns it."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not re.match(r"^https?://[^\s]{1,2000}\Z", value.strip()):
+        raise InputError(f"{what} {value!r}: expected an http:// or https:// URL")
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise InputError(f"{what} {value!r}: not a valid URL ({exc})") from None
+    if not parts.hostname or not is_host(parts.hostname):
+        raise InputError(f"{what} {value!r}: no valid host in the URL")
+    if port is not None and not 1 <= port <= 65535:
+        raise InputError(f"{what} {value!r}: not a port (1-65535)")
+    return value
+
+
 def check_env_name(value: str, what: str = "--api-key-env") -> str:
     if not isinstance(value, str) or not re.match(ENV_NAME_PATTERN, value):
         raise InputError(f"{what} {value!r}: not an environment variable name")
@@ -287,6 +306,7 @@ __all__ = [
     "check_env_name",
     "check_host",
     "check_port",
+    "check_url",
     "inside",
     "is_host",
     "is_relpath",

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from deploy import constants
+from deploy import constants, schema
 from deploy.errors import AuthError, DiskSpaceError, DownloadError, InputError, VerificationError
 from deploy.planning.contract import Weights
 from deploy.secrets import redact_url
@@ -129,6 +129,7 @@ def resolve_endpoint(endpoint: str | None) -> str:
     value = (endpoint or constants.HF_ENDPOINT).rstrip("/")
     if not value.startswith(("http://", "https://")):
         raise InputError(f"endpoint {redact_url(value)!r}: expected an http(s) URL")
+    schema.check_url(value, "endpoint")
     return value
 
 
