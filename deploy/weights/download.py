@@ -193,7 +193,42 @@ def _signed_url_refused(exc: BaseException, endpoint: str) -> bool:
     return urlsplit(url).netloc not in ("", urlsplit(endpoint).netloc)
 
 
+def _refused(exc: BaseException | None) -> bool:
+    """Whether a failure is (caused by) a refused connection: nothing listens there, so retrying with
+    backoff only delays the same answer by a minute."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ConnectionRefusedError) or "Connection refused" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def check_reachable(endpoint: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (DownloadError, before any folder is made) when nothing listens at ``endpoint``; a proxy
+    in the environment for it skips the check (the proxy, not the endpoint, is what we connect to)."""
+    import socket
+    import urllib.request
+
+    parts = urlsplit(endpoint)
+    proxies = urllib.request.getproxies()
+    if proxies.get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname or ""):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            return
+    except ConnectionRefusedError:
+        raise DownloadError(
+            f"endpoint {redact_url(endpoint)}: connection refused (nothing listens there)"
+        ) from None
+    except OSError:
+        return  # DNS or routing: the download's own retries and messages handle it
+
+
 def _retryable(exc: BaseException) -> bool:
+    if _refused(exc):
+        return False
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status is not None:
         return status in (408, 429) or status >= 500
@@ -642,6 +677,7 @@ def download_weights(
     if offline or constants.HF_HUB_OFFLINE:
         return _offline(weights, dest)
     endpoint = resolve_endpoint(endpoint)
+    check_reachable(endpoint)
     _hub()  # its chunk size and quiet progress, before any transfer
     from huggingface_hub import constants as hf_constants
 
