@@ -204,7 +204,7 @@ def _refused(exc: BaseException | None) -> bool:
     return False
 
 
-def check_reachable(endpoint: str, timeout_s: float = 5.0) -> None:
+def check_reachable(endpoint: str, repo: str = "", timeout_s: float = 5.0) -> None:
     """Fail fast (DownloadError, before any folder is made) when nothing listens at ``endpoint``; a proxy
     in the environment for it skips the check (the proxy, not the endpoint, is what we connect to)."""
     import socket
@@ -219,8 +219,9 @@ def check_reachable(endpoint: str, timeout_s: float = 5.0) -> None:
         with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
             return
     except ConnectionRefusedError:
+        where = f"{repo}: " if repo else ""
         raise DownloadError(
-            f"endpoint {redact_url(endpoint)}: connection refused (nothing listens there)"
+            f"{where}connection refused at {redact_url(endpoint)} (nothing listens)"
         ) from None
     except OSError:
         return  # DNS or routing: the download's own retries and messages handle it
@@ -677,7 +678,7 @@ def download_weights(
     if offline or constants.HF_HUB_OFFLINE:
         return _offline(weights, dest)
     endpoint = resolve_endpoint(endpoint)
-    check_reachable(endpoint)
+    check_reachable(endpoint, weights.repo)
     _hub()  # its chunk size and quiet progress, before any transfer
     from huggingface_hub import constants as hf_constants
 
