@@ -278,3 +278,22 @@ def test_sglang_record_scales_to_another_fraction():
     # another GPU, engine version or layout does not match
     other = plan(load_profile("b200x8"), PlanRequest(engine="sglang"), calibration=[rec])
     assert all(x.calibrated_from == 0 for x in other.candidates)
+
+
+@pytest.mark.parametrize("claim", ["1e400", "99999999999999", "1" + "0" * 400 + ".0"])
+def test_a_log_claiming_absurd_memory_never_reaches_the_store(
+    cache: Path, h200_plan: Path, tmp_path: Path, claim: str
+):
+    """A start-up log claiming 1e400 GiB or more memory than any host has is never recorded (refused with
+    one error line, or the line is not read as a figure); the store stays readable, finite, for the next
+    import."""
+    log = tmp_path / "absurd.log"
+    good = "Available KV cache memory: 46.80 GiB"
+    log.write_text(VLLM_LOG.read_text().replace(good, f"Available KV cache memory: {claim} GiB"))
+    r = kd(cache, "calibrate", "import", str(log), "--plan", str(h200_plan))
+    assert r.returncode in (0, 2) and "Traceback" not in r.stderr, r.stderr
+    r = kd(cache, "calibrate", "import", str(VLLM_LOG), "--plan", str(h200_plan))
+    assert r.returncode == 0, r.stderr
+    store = cache / "calibration" / "records.json"
+    assert "Infinity" not in store.read_text() and "NaN" not in store.read_text()
+    assert json.loads(kd(cache, "calibrate", "list", "--json").stdout)
