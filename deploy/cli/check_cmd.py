@@ -98,7 +98,7 @@ from deploy.secrets import redact, redact_data
 )
 @click.option(
     "--threshold",
-    type=params.FRACTION,
+    type=float,
     default=0.95,
     show_default=True,
     help="Schema accuracy --tool-calls must reach.",
@@ -125,7 +125,7 @@ from deploy.secrets import redact, redact_data
 )
 @click.option(
     "--f1-threshold",
-    type=params.FRACTION,
+    type=float,
     default=session.DEFAULT_F1_THRESHOLD,
     show_default=True,
     help="Trigger F1 the samples must reach against the reference (Moonshot's bar for K2-Thinking).",
