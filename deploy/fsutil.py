@@ -25,6 +25,43 @@ from deploy.errors import DiskSpaceError, InputError, NotJson, NotReadable
 
 #: The largest input file (plan, profile, lock, manifest, state) any reader accepts.
 MAX_INPUT_BYTES = 64 * 1024 * 1024
+#: The most digits an integer in an input file may have: 20 holds every 64-bit count, byte size or
+#: timestamp in ns; more is a typo or an attack (Python would spend quadratic time converting it).
+MAX_INT_DIGITS = 20
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number this toolkit accepts")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is not a plausible value")
+    return int(text)
+
+
+def loads_strict(text: str) -> Any:
+    """``json.loads`` that refuses what no measurement is: NaN, Infinity, a float that overflows to
+    infinity (``1e999``) and integers of more than MAX_INT_DIGITS digits (ValueError). Every JSON
+    reader in the toolkit parses through it, so each refuses them in the same words.
+
+    >>> loads_strict('{"gib": 1.5}')
+    {'gib': 1.5}
+    >>> loads_strict('[1e999]')
+    Traceback (most recent call last):
+    ...
+    ValueError: 1e999 is not a finite number
+    """
+    return json.loads(
+        text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int
+    )
 
 
 def kind_of(mode: int) -> str:
@@ -91,7 +128,13 @@ def atomic_write_text(path: str | Path, text: str, mode: int = 0o644) -> Path:
 
 
 def atomic_write_json(path: str | Path, data: Any, mode: int = 0o644) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n", mode=mode)
+    """Write ``data`` as JSON; a NaN or infinity in it is InputError, never written (a reader would refuse
+    the whole file afterwards, so one bad figure would brick a store)."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError:
+        raise InputError(f"{path}: refusing to write NaN or infinity") from None
+    return atomic_write_text(path, text + "\n", mode=mode)
 
 
 def read_regular_bytes(path: str | Path, limit: int = MAX_INPUT_BYTES) -> bytes:
@@ -149,8 +192,10 @@ def read_json(path: str | Path, limit: int = MAX_INPUT_BYTES) -> Any:
     JSON. Files with a schema go through ``deploy.schema.load_json`` instead."""
     text = read_regular_text(path, limit)
     try:
-        return json.loads(text)
+        return loads_strict(text)
     except RecursionError:
         raise NotJson(f"{path}: nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise NotJson(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    except ValueError as exc:
+        raise NotJson(f"{path}: not valid JSON ({exc})") from None

@@ -28,7 +28,7 @@ import jsonschema
 import yaml
 
 from deploy.errors import InputError
-from deploy.fsutil import MAX_INPUT_BYTES, read_regular_text
+from deploy.fsutil import MAX_INPUT_BYTES, MAX_INT_DIGITS, loads_strict, read_regular_text
 
 #: Deepest nesting any input may have (plan.json is 5 deep); deeper is refused before Python recurses.
 MAX_DEPTH = 32
@@ -128,7 +128,7 @@ def validate(data: Any, schema: dict[str, Any], source: str, error: type[InputEr
     raise error(_one_line(f"{source}: {where + ': ' if where else ''}{reason}", 300))
 
 
-def _depth_ok(text: str) -> bool:
+def depth_ok(text: str) -> bool:
     """Whether the brackets of a JSON text (outside its strings) nest at most MAX_DEPTH deep."""
     depth, in_string, escaped = 0, False, False
     for ch in text:
@@ -150,29 +150,29 @@ def _depth_ok(text: str) -> bool:
     return True
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number this toolkit accepts")
-
-
 def parse_json(text: str, source: str, error: type[InputError] = InputError) -> Any:
     """JSON without NaN/Infinity, nesting at most MAX_DEPTH: ``parse_json('{"a": 1}', "x.json")``."""
-    if not _depth_ok(text):
+    if not depth_ok(text):
         raise error(f"{source}: nested more than {MAX_DEPTH} levels deep")
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return loads_strict(text)
     except json.JSONDecodeError as exc:
         raise error(f"{source}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except (ValueError, RecursionError) as exc:
         raise error(f"{source}: not valid JSON ({_one_line(exc)})") from None
 
 
-def _finite(data: Any) -> bool:
+def finite(data: Any) -> bool:
+    """Whether every number in ``data`` is finite and every integer has at most MAX_INT_DIGITS digits:
+    ``finite({"a": [1.0, float("inf")]})`` -> False."""
     if isinstance(data, float):
         return math.isfinite(data)
+    if isinstance(data, int) and not isinstance(data, bool):
+        return abs(data) < 10**MAX_INT_DIGITS
     if isinstance(data, dict):
-        return all(_finite(v) for v in data.values())
+        return all(finite(v) for v in data.values())
     if isinstance(data, list):
-        return all(_finite(v) for v in data)
+        return all(finite(v) for v in data)
     return True
 
 
@@ -186,8 +186,8 @@ def parse_yaml(text: str, source: str, error: type[InputError] = InputError) -> 
         raise error(f"{source}: not valid YAML{where}") from None
     except (ValueError, RecursionError) as exc:
         raise error(f"{source}: not valid YAML ({_one_line(exc)})") from None
-    if not _finite(data):
-        raise error(f"{source}: NaN or infinity is not a number this toolkit accepts")
+    if not finite(data):
+        raise error(f"{source}: NaN or infinity (or an integer too large) is not a value this toolkit takes")
     return data
 
 
@@ -241,6 +241,25 @@ def check_port(value: Any, what: str = "--port") -> int:
     return value
 
 
+def check_url(value: Any, what: str = "--url") -> str:
+    """An http(s) URL with a host and, if any, a numeric port in 1-65535; anything else (``http://[::1``,
+    ``http://h:abc``, ``ftp://x``) is InputError. ``check_url("http://127.0.0.1:8000/v1")`` returns it."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(value, str) or not re.match(r"^https?://[^\s]{1,2000}\Z", value.strip()):
+        raise InputError(f"{what} {value!r}: expected an http:// or https:// URL")
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise InputError(f"{what} {value!r}: not a valid URL ({exc})") from None
+    if not parts.hostname or not is_host(parts.hostname):
+        raise InputError(f"{what} {value!r}: no valid host in the URL")
+    if port is not None and not 1 <= port <= 65535:
+        raise InputError(f"{what} {value!r}: not a port (1-65535)")
+    return value
+
+
 def check_env_name(value: str, what: str = "--api-key-env") -> str:
     if not isinstance(value, str) or not re.match(ENV_NAME_PATTERN, value):
         raise InputError(f"{what} {value!r}: not an environment variable name")
@@ -287,6 +306,7 @@ __all__ = [
     "check_env_name",
     "check_host",
     "check_port",
+    "check_url",
     "inside",
     "is_host",
     "is_relpath",

@@ -23,11 +23,16 @@ never logged; only counts are reported.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
+
+from deploy.errors import InputError
+from deploy.fsutil import read_regular_bytes
 
 #: What the support bundle puts in a secret's place; ``SHORT_MASK`` is what logs and reports show.
 MASK = "<redacted>"
@@ -38,32 +43,133 @@ MIN_SECRET_LEN = 6
 SECRET_FILES = ("api-key", ".sglang-api-key.yaml", "token", "stored_tokens")
 
 _SECRET_NAME = r"[A-Za-z0-9_]*(?:TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL)[A-Za-z0-9_]*"
-_PATTERNS = [
-    # Authorization: Bearer X / bearer X anywhere
-    (re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=:-]{4,}"), r"\1" + MASK),
-    # Authorization: Basic X, X-Api-Key: X style headers
-    (
-        re.compile(r"(?i)(\b(?:authorization|x-api-key|api-key)\s*:\s*)(?!bearer\b)(?!<redacted>)\S+"),
-        r"\1" + MASK,
-    ),
-    # Hugging Face user tokens
-    (re.compile(r"\bhf_[A-Za-z0-9]{6,}"), MASK),
-    # --api-key VALUE / --api-key=VALUE / --hf-token VALUE
-    (re.compile(r"(--(?:api-key|hf-token|token)(?:=|\s+))(?!<redacted>)\S+"), r"\1" + MASK),
-    # NAME=value lines (env files, `env` dumps) whose name says secret
-    (
-        re.compile(rf"(?im)^(\s*(?:export\s+)?{_SECRET_NAME}=)(?!['\"]?<redacted>['\"]?$).+$"),
-        r"\1" + MASK,
-    ),
-    # YAML / JSON api_key fields
+#: The last word of a field, header, flag or query parameter whose value is a credential, whatever the
+#: case style (``apiKey``, ``API_KEY``, ``x-api-key``, ``NAME_KEY``, ``hf_token``, ``X-Auth-Token``).
+SECRET_WORDS = frozenset(
+    {"key", "apikey", "token", "secret", "password", "passwd", "pwd", "credential", "credentials", "auth"}
+)
+_SKIP_VALUES = frozenset({"", "null", "none", "true", "false", MASK, SHORT_MASK})
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z0-9]+")
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a field, header, flag or parameter name says its value is a credential (its last word).
+
+    >>> [is_secret_key(n) for n in ("apiKey", "NAME_KEY", "x-auth-token", "max_tokens", "api_key_env")]
+    [True, True, True, False, False]
+    """
+    words = _WORDS.findall(name)
+    return bool(words) and words[-1].lower() in SECRET_WORDS
+
+
+_Sub = tuple["re.Pattern[str]", "Callable[[re.Match[str], str], str | None]"]
+
+
+def _keep(m: re.Match[str], group: str, mask: str) -> str | None:
+    """``m`` with ``group`` replaced by ``mask``; None (no change) when it already is a mask or no value."""
+    value = m.group(group)
+    inner = value[1:-1] if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'" else value
+    if inner.strip().lower() in _SKIP_VALUES or inner in (MASK, SHORT_MASK):
+        return None
+    quoted = mask if inner is value else value[0] + mask + value[-1]
+    start, end = m.span(group)
+    return m.group(0)[: start - m.start()] + quoted + m.group(0)[end - m.start() :]
+
+
+def _named(m: re.Match[str], mask: str) -> str | None:
+    return _keep(m, "value", mask) if is_secret_key(m.group("name")) else None
+
+
+def _compound(m: re.Match[str], mask: str) -> str | None:
+    return _named(m, mask) if len(_WORDS.findall(m.group("name"))) > 1 else None
+
+
+_VALUE = r"""(?P<value>"(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^\s,;}\]&#"'<>]+)"""
+_SHAPES: list[_Sub] = [
+    # any Authorization header, whatever its scheme: the scheme word stays, the credential goes
     (
         re.compile(
-            r"""(?im)((?:^\s*|["'])(?:api_key|api-key|hf_token|token|password)["']?\s*:\s*)"""
-            r"""(?!<redacted>)(?!null\b)[^\s,}]+"""
+            r"""(?i)\b(?:proxy-)?authorization["']?\s*[:=]\s*["']?(?:[A-Za-z][\w-]*\s+)?"""
+            r"""(?P<value>[^\s"',}]+)"""
         ),
-        r"\1" + MASK,
+        lambda m, mask: _keep(m, "value", mask),
+    ),
+    # cookies carry sessions: the whole header value
+    (re.compile(r"(?im)^\s*(?:set-)?cookie\s*:\s*(?P<value>.+)$"), lambda m, mask: _keep(m, "value", mask)),
+    # URL userinfo: scheme://user:password@host
+    (
+        re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://(?P<value>[^/\s@?#\"'<>]+)@"),
+        lambda m, mask: _keep(m, "value", mask),
+    ),
+    # bearer credentials anywhere (a log line quoting a header)
+    (
+        re.compile(r"(?i)\bbearer\s+(?P<value>[A-Za-z0-9._~+/=:-]{4,})"),
+        lambda m, mask: _keep(m, "value", mask),
+    ),
+    # token formats that announce themselves: Hugging Face, OpenAI-style keys
+    (
+        re.compile(r"\b(?P<value>hf_[A-Za-z0-9]{6,}|sk-[A-Za-z0-9_-]{16,})(?![A-Za-z0-9_-])"),
+        lambda m, mask: _keep(m, "value", mask),
+    ),
+    # --api-key VALUE / --hf-token=VALUE: any flag whose last word says credential
+    (
+        re.compile(r"--(?P<name>[A-Za-z0-9][A-Za-z0-9-]*)(?:=|[ \t]+)(?P<value>(?!-)[^\s\"']+)"),
+        _named,
+    ),
+    # "name": "value" (JSON, Python reprs), a YAML/header line ``name: value``, and ``name=value`` (env
+    # files, query strings, log fields); prose ("per token: 2") is neither, so it stays readable
+    (re.compile(r"""["'](?P<name>[A-Za-z_][A-Za-z0-9_.-]*)["'][ \t]*:[ \t]*""" + _VALUE), _named),
+    (
+        re.compile(
+            r"""(?m)^[ \t-]*(?:export[ \t]+)?(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)[ \t]*[:=][ \t]*""" + _VALUE
+        ),
+        _named,
+    ),
+    (re.compile(r"""(?<![\w.-])(?P<name>[A-Za-z_][A-Za-z0-9_.-]*)=""" + _VALUE), _named),
+    # a header quoted mid-line (``... X-Api-Key: v``): compound names only, so prose stays readable
+    (
+        re.compile(
+            r"""(?<![\w.-])(?P<name>"""
+            + r"""[A-Za-z][A-Za-z0-9]*(?:[_.-][A-Za-z0-9]+)+|[a-z]+[A-Z][A-Za-z0-9]*)[ \t]*:[ \t]+"""
+            + _VALUE
+        ),
+        _compound,
     ),
 ]
+
+
+def encoded_forms(value: str) -> list[str]:
+    """``value`` as it may appear in text: raw, URL-encoded (both ways) and JSON-escaped.
+
+    >>> encoded_forms('a/b"c')
+    ['a/b"c', 'a%2Fb%22c', 'a/b\\\\"c']
+    """
+    forms = [value, quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1]]
+    return list(dict.fromkeys(forms))
+
+
+def scrub(text: str, secrets: Iterable[str | None], mask: str = MASK) -> tuple[str, int]:
+    """``text`` with every known secret (in each of its encoded forms) and every credential by shape
+    replaced by ``mask``, and how many were replaced. The one redaction every report, log tail and
+    support bundle goes through."""
+    count = 0
+    values = {f for s in secrets if s and len(s) >= 4 for f in encoded_forms(s)}
+    for value in sorted(values, key=len, reverse=True):
+        if value in text:
+            count += text.count(value)
+            text = text.replace(value, mask)
+    for pattern, fix in _SHAPES:
+
+        def sub(m: re.Match[str], fix=fix) -> str:
+            nonlocal count
+            out = fix(m, mask)
+            if out is None:
+                return m.group(0)
+            count += 1
+            return out
+
+        text = pattern.sub(sub, text)
+    return text, count
 
 
 def is_secret_name(name: str) -> bool:
@@ -100,9 +206,9 @@ def file_secrets(paths: Iterable[Path]) -> list[str]:
     / ``=value`` in it. A file that cannot be read holds none."""
     values: set[str] = set()
     for path in paths:
-        try:
-            text = Path(path).read_text(errors="replace")
-        except OSError:
+        try:  # never blocks on a FIFO, never reads a device or an endless file
+            text = read_regular_bytes(path, 1 << 20).decode("utf-8", "replace")
+        except (OSError, InputError):
             continue
         for line in text.splitlines():
             line = line.strip()
@@ -114,19 +220,44 @@ def file_secrets(paths: Iterable[Path]) -> list[str]:
 
 
 def redact(text: str, secrets: Iterable[str | None], mask: str = SHORT_MASK) -> str:
-    """``text`` with every secret value replaced by ``mask`` (servers may echo the key they were given)."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, mask)
-    return text
+    """``text`` with every secret value and credential shape replaced by ``mask`` (see ``scrub``)."""
+    return scrub(text, secrets, mask)[0]
+
+
+def redact_data(data: Any, secrets: Iterable[str | None], mask: str = SHORT_MASK) -> Any:
+    """A JSON-like value with every string redacted and every field whose name says credential masked,
+    keeping its structure (a report stays valid JSON).
+
+    >>> redact_data({"apiKey": 12345678, "url": "http://u:pw@h/x", "n": 1}, [])
+    {'apiKey': '***', 'url': 'http://***@h/x', 'n': 1}
+    """
+    known = [s for s in secrets if s]
+    if isinstance(data, dict):
+        return {
+            k: mask
+            if isinstance(k, str) and is_secret_key(k) and data[k] not in (None, "", True, False)
+            else redact_data(data[k], known, mask)
+            for k in data
+        }
+    if isinstance(data, list):
+        return [redact_data(v, known, mask) for v in data]
+    if isinstance(data, str):
+        return redact(data, known, mask)
+    return data
 
 
 def redact_url(url: str) -> str:
-    """Drop credentials and query strings from a URL before it is printed or stored."""
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
+    """Drop credentials and query strings from a URL before it is printed or stored; a URL that does not
+    parse is shown with its credential shapes masked instead."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.hostname or ""
+        if ":" in netloc:
+            netloc = f"[{netloc}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+    except ValueError:
+        return redact(url, [])
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
@@ -138,13 +269,8 @@ class Redactor:
         self.count = 0
 
     def text(self, text: str) -> str:
-        for value in self.secrets:
-            if value in text:
-                self.count += text.count(value)
-                text = text.replace(value, MASK)
-        for pattern, repl in _PATTERNS:
-            text, n = pattern.subn(repl, text)
-            self.count += n
+        text, n = scrub(text, self.secrets, MASK)
+        self.count += n
         return text
 
     def is_secret_file(self, path: Path) -> bool:
@@ -158,9 +284,13 @@ __all__ = [
     "SHORT_MASK",
     "Redactor",
     "file_secrets",
+    "encoded_forms",
     "hf_token_files",
+    "is_secret_key",
     "is_secret_name",
     "redact",
+    "redact_data",
     "redact_url",
+    "scrub",
     "secret_values",
 ]

@@ -223,14 +223,29 @@ def test_import_changes_the_next_plan(cache: Path, h200_plan: Path, tmp_path: Pa
 def test_a_corrupt_store(cache: Path, h200_plan: Path):
     store = cache / "calibration" / "records.json"
     store.parent.mkdir(parents=True)
-    store.write_text('{"schema": 1, "records": [{"model": 3}]}')
+    store.write_text('{"schema": 2, "records": []}')
     r = kd(cache, "calibrate", "list")
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "records.json" in r.stderr
     # planning still works: the store is reported and left out
     r = kd(cache, "plan", "--hardware", "h200x8", "--engine", "vllm")
     assert r.returncode == 0 and "warning:" in r.stderr and "planning without calibration" in r.stderr
     r = kd(cache, "calibrate", "import", str(VLLM_LOG), "--plan", str(h200_plan))
-    assert r.returncode == 2 and store.read_text() == '{"schema": 1, "records": [{"model": 3}]}'
+    assert r.returncode == 2 and store.read_text() == '{"schema": 2, "records": []}'
+
+
+@pytest.mark.parametrize("bad", ['{"model": 3}', '{"model": "m", "load_s": 1e999}', "Infinity"])
+def test_one_bad_record_never_bricks_the_store(cache: Path, h200_plan: Path, bad: str):
+    """A record that is invalid, or holds a number that overflows to infinity, is skipped with a warning;
+    the next write moves it to the quarantine file beside the store instead of failing or losing it."""
+    store = cache / "calibration" / "records.json"
+    store.parent.mkdir(parents=True)
+    store.write_text('{"schema": 1, "records": [' + bad + "]}")
+    r = kd(cache, "calibrate", "list", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == [] and "skipped" in r.stderr
+    r = kd(cache, "calibrate", "import", str(VLLM_LOG), "--plan", str(h200_plan))
+    assert r.returncode == 0, r.stderr
+    assert len(json.loads(kd(cache, "calibrate", "list", "--json").stdout)) == 1
+    assert len((store.parent / "records.quarantine.jsonl").read_text().splitlines()) == 1
 
 
 def test_list_when_empty(cache: Path):
@@ -263,3 +278,22 @@ def test_sglang_record_scales_to_another_fraction():
     # another GPU, engine version or layout does not match
     other = plan(load_profile("b200x8"), PlanRequest(engine="sglang"), calibration=[rec])
     assert all(x.calibrated_from == 0 for x in other.candidates)
+
+
+@pytest.mark.parametrize("claim", ["1e400", "99999999999999", "1" + "0" * 400 + ".0"])
+def test_a_log_claiming_absurd_memory_never_reaches_the_store(
+    cache: Path, h200_plan: Path, tmp_path: Path, claim: str
+):
+    """A start-up log claiming 1e400 GiB or more memory than any host has is never recorded (refused with
+    one error line, or the line is not read as a figure); the store stays readable, finite, for the next
+    import."""
+    log = tmp_path / "absurd.log"
+    good = "Available KV cache memory: 46.80 GiB"
+    log.write_text(VLLM_LOG.read_text().replace(good, f"Available KV cache memory: {claim} GiB"))
+    r = kd(cache, "calibrate", "import", str(log), "--plan", str(h200_plan))
+    assert r.returncode in (0, 2) and "Traceback" not in r.stderr, r.stderr
+    r = kd(cache, "calibrate", "import", str(VLLM_LOG), "--plan", str(h200_plan))
+    assert r.returncode == 0, r.stderr
+    store = cache / "calibration" / "records.json"
+    assert "Infinity" not in store.read_text() and "NaN" not in store.read_text()
+    assert json.loads(kd(cache, "calibrate", "list", "--json").stdout)

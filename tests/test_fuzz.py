@@ -34,10 +34,15 @@ REPO = Path(__file__).resolve().parents[1]
 #: 0 ok, 1 failure, 2 bad input, 3 nothing runnable, 4 disk, 5 verification, 6 launch, 7 check
 EXIT_CODES = {0, 1, 2, 3, 4, 5, 6, 7}
 RUN_DEADLINE_S = 60
-EXAMPLES = {"plan": 16, "profile": 20, "lock": 20, "manifest": 12, "args": 24}
+EXAMPLES = {"plan": 16, "profile": 20, "lock": 20, "manifest": 12, "args": 24, "hostile": 6}
 #: runs per example: plan -> render, download --offline, up; the others one each
 FUZZ_RUNS = (
-    3 * EXAMPLES["plan"] + EXAMPLES["profile"] + EXAMPLES["lock"] + EXAMPLES["manifest"] + EXAMPLES["args"]
+    3 * EXAMPLES["plan"]
+    + EXAMPLES["profile"]
+    + EXAMPLES["lock"]
+    + EXAMPLES["manifest"]
+    + EXAMPLES["args"]
+    + 4 * EXAMPLES["hostile"]
 )
 
 HOSTILE_STRINGS = [
@@ -374,5 +379,88 @@ def test_fuzz_command_line_values(seeds: dict[str, Any], args: list[str], value:
         (run.dir / "src").mkdir()
         (run.dir / "src" / "a.bin").write_text("a")
         run.kd(*[a.replace("{v}", value) for a in args])
+    finally:
+        run.close()
+
+
+#: Issue 27: what no measurement is, as a raw JSON literal (NaN, infinity, past the double range, 5,000
+#: digits), and what a file may be that is not a regular file.
+HOSTILE_LITERALS = st.one_of(
+    st.sampled_from(["NaN", "-Infinity", "1e999", "-1e400"]),
+    st.integers(21, 5000).map(lambda n: "9" * n),
+)
+NOT_A_FILE = st.sampled_from(["fifo", "symlink-out", "dangling", "directory"])
+
+
+def _numeric_leaves(doc: Any, at: tuple = ()) -> list[tuple]:
+    if isinstance(doc, dict):
+        return [p for k, v in doc.items() for p in _numeric_leaves(v, (*at, k))]
+    if isinstance(doc, list):
+        return [p for i, v in enumerate(doc) for p in _numeric_leaves(v, (*at, i))]
+    return [at] if isinstance(doc, int | float) and not isinstance(doc, bool) else []
+
+
+def _not_a_file(path: Path, kind: str, outside: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "fifo":
+        os.mkfifo(path)  # nobody writes: a blocking open would hang the verb for ever
+    elif kind == "symlink-out":
+        path.symlink_to(outside)
+    elif kind == "dangling":
+        path.symlink_to(path.parent / "nowhere")
+    else:
+        path.mkdir()
+
+
+@settings(SETTINGS, max_examples=EXAMPLES["hostile"])
+@given(literal=HOSTILE_LITERALS, pick=st.integers(0, 10**6), kind=NOT_A_FILE)
+def test_fuzz_hostile_numbers_and_files_that_are_not_files(
+    seeds: dict[str, Any], literal: str, pick: int, kind: str
+) -> None:
+    """A hostile number at a generated place in plan.json (render, calibrate import), and a FIFO, a link
+    out, a dangling link or a folder where a verb reads a file (the store, a log, a report): one line,
+    a documented exit code, never a hang."""
+    run = Run()
+    try:
+        doc = seeds["plans"][0]
+        leaves = _numeric_leaves(doc)
+        text = json.dumps(doc)
+        path = leaves[pick % len(leaves)]
+        node = json.loads(text)
+        target = node
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = "__HOSTILE__"
+        (run.dir / "plan.json").write_text(json.dumps(node).replace('"__HOSTILE__"', literal))
+        r = run.kd("render", "--plan", "plan.json", "--out", "rendered")
+        assert r.returncode == 2, r.stderr
+        secret = run.base / "run" / "home" / "outside-secret.txt"
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_text("fuzz-outside-canary")
+        cache = run.dir / "cache"
+        run.env["KIMI_DEPLOY_CACHE"] = str(cache)
+        _not_a_file(cache / "calibration" / "records.json", kind, secret)
+        run.kd("calibrate", "list")
+        _not_a_file(run.dir / "state" / "run" / "head.log", kind, secret)
+        # a report the user names may be a link to anywhere (they chose it); the others may not lead out
+        _not_a_file(run.dir / "report.json", "fifo" if kind == "symlink-out" else kind, secret)
+        (run.dir / "rendered").mkdir(exist_ok=True)
+        _not_a_file(run.dir / "rendered" / "extra.txt", kind, secret)
+        run.kd(
+            "support-bundle",
+            "-o",
+            "b.tar.gz",
+            "--report",
+            "report.json",
+            "--no-inventory",
+            "--no-engine-report",
+        )
+        if (run.dir / "b.tar.gz").exists():
+            import tarfile
+
+            with tarfile.open(run.dir / "b.tar.gz") as tar:
+                for m in tar.getmembers():
+                    data = tar.extractfile(m)
+                    assert data is None or b"fuzz-outside-canary" not in data.read()
     finally:
         run.close()

@@ -810,3 +810,53 @@ def test_verify_never_moves_a_folder_or_its_own_bookkeeping(tmp_path: Path, entr
     (d / "sub" / "m.bin").write_text("keep me")
     assert one_error_line(kd(tmp_path, "verify", str(d)), code)
     assert (d / "sub" / "m.bin").read_text() == "keep me" and (d / "weights.lock").is_file()
+
+
+# ---------------------------------------------------------------------- issue 27: remaining tracebacks
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://h:abc/v1", "http://h:99999/v1", "http://[::1/v1"])
+@pytest.mark.parametrize("verb", ["check", "check-reference", "bench", "download"])
+def test_a_malformed_url_is_one_error_line(tmp_path: Path, h200_plan: Path, url: str, verb: str) -> None:
+    args = {
+        "check": ["check", "--url", url, "--model", "m"],
+        "check-reference": [
+            "check",
+            "--plan",
+            str(h200_plan),
+            "--reference-url",
+            url,
+            "--reference-model",
+            "m",
+        ],
+        "bench": ["bench", "--url", url, "--model", "m", "--tokenizer", str(tmp_path)],
+        "download": ["download", "--plan", str(h200_plan), "--offline", "--endpoint", url],
+    }[verb]
+    r = kd(tmp_path, *args, env={"KIMI_API_KEY": KEY})
+    line = one_error_line(r, 2)
+    assert "internal error" not in line
+
+
+def test_aiperf_error_summary_of_the_wrong_type_is_one_error_line(tmp_path: Path) -> None:
+    from deploy.benchmark.export import read_export
+    from deploy.errors import KimiDeployError
+
+    doc = json.loads(
+        (REPO / "tests" / "fixtures" / "aiperf" / "profile_export_aiperf-llamacpp-c1.json").read_text()
+    )
+    for bad in ([{"count": "many"}], [{"count": 2, "error_details": "boom"}], [{"count": -4}]):
+        doc["error_summary"] = bad
+        path = tmp_path / "export.json"
+        path.write_text(json.dumps(doc))
+        with pytest.raises(KimiDeployError, match="error_summary"):
+            read_export(path, 1)
+
+
+@pytest.mark.parametrize("port", ['"8000x"', "8000.5", "70000", '"abc"'])
+def test_a_pidfile_with_a_port_that_is_not_one_is_no_pidfile(tmp_path: Path, port: str) -> None:
+    """`status` reads it as no pidfile (never a traceback, never a signal to what it names)."""
+    run = tmp_path / "state" / "run"
+    run.mkdir(parents=True)
+    (run / "head.json").write_text(f'{{"pid": {os.getpid()}, "port": {port}, "listen": "127.0.0.1:{port}"}}')
+    r = kd(tmp_path, "status")
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr

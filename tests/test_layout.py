@@ -40,6 +40,7 @@ STAGES = [
 BASE = {
     "console",
     "constants",
+    "deadline",
     "errors",
     "pins",
     "fsutil",

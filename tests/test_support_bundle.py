@@ -237,3 +237,38 @@ def test_bundle_of_a_failed_start_has_the_cause_and_no_secret(tmp_path: Path) ->
     env_text = files[f"{root}/rendered/kimi-deploy.env"].decode()
     assert f"HF_TOKEN={MASK}" in env_text and f"MY_SERVICE_TOKEN={MASK}" in env_text
     assert files[f"{root}/rendered/monitoring/api-key"].decode().strip() == MASK
+
+
+def test_bundle_reads_only_regular_files_inside_its_folders(tmp_path: Path) -> None:
+    """A FIFO as --report and as an engine log never blocks the bundle (nobody ever writes to them: a
+    blocking open would hang for ever), and a symlink in the rendered folder to a file elsewhere on the host
+    is listed as not read, its content never in the archive. Real FIFOs and symlinks on this filesystem."""
+    outside = tmp_path / "host-file.txt"
+    outside.write_text("canary-outside-the-rendered-folder-7c1d\n")
+    rendered = tmp_path / "rendered"
+    rendered.mkdir()
+    (rendered / "launch-head.sh").write_text("#!/bin/sh\nexec true\n")
+    (rendered / "escape.txt").symlink_to(outside)
+    (rendered / "sub").mkdir()
+    (rendered / "sub" / "up.txt").symlink_to("../../host-file.txt")
+    os.mkfifo(rendered / "pipe.json")
+    run_dir = tmp_path / "state" / "run"
+    run_dir.mkdir(parents=True)
+    os.mkfifo(run_dir / "head.log")
+    (run_dir / "worker.log").symlink_to(outside)
+    report = tmp_path / "report.json"
+    os.mkfifo(report)
+    env = {**os.environ, "KIMI_DEPLOY_STATE_DIR": str(tmp_path / "state")}
+    out = tmp_path / "bundle.tar.gz"
+    r = _kd(
+        ["support-bundle", "-o", str(out), "--plan", str(tmp_path / "plan.json"), "--rendered", str(rendered),
+         "--report", str(report), "--no-inventory", "--no-engine-report"],
+        env, tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    files = _read_bundle(out)
+    assert not any(b"canary-outside" in data for data in files.values())
+    manifest = json.loads(next(v for k, v in files.items() if k.endswith("MANIFEST.json")))
+    reasons = " ".join(m["reason"] for m in manifest["missing"])
+    assert "FIFO" in reasons and "leads outside" in reasons
+    assert any(k.endswith("rendered/launch-head.sh") for k in files)

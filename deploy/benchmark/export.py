@@ -27,7 +27,18 @@ from deploy.fsutil import read_json
 KNOWN_MAJORS = (1,)
 PERCENTILES = ("p50", "p90", "p95", "p99")
 
-_STAT = {"type": ["number", "null"]}
+#: Every figure AIPerf exports is a count, a time or a rate: never negative (non-finite ones never parse).
+_STAT = {"type": ["number", "null"], "minimum": 0}
+_ERROR = {
+    "type": "object",
+    "properties": {
+        "count": {"type": ["integer", "null"], "minimum": 0},
+        "error_details": {
+            "type": ["object", "null"],
+            "properties": {"message": {"type": ["string", "null"]}},
+        },
+    },
+}
 _METRIC = {
     "type": "object",
     "required": ["unit"],
@@ -51,7 +62,7 @@ EXPORT_SCHEMA: dict[str, Any] = {
         "output_sequence_length": _METRIC,
         "osl_mismatch_count": _METRIC,
         "input_sequence_length": _METRIC,
-        "error_summary": {"type": ["array", "null"]},
+        "error_summary": {"type": ["array", "null"], "items": _ERROR},
         "was_cancelled": {"type": ["boolean", "null"]},
         "is_complete": {"type": ["boolean", "null"]},
     },

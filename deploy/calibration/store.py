@@ -23,6 +23,9 @@ the file atomically (temp + fsync + rename), so the store is never half-written.
 from __future__ import annotations
 
 import fcntl
+import json
+import math
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,27 +33,47 @@ from typing import Any
 
 import jsonschema
 
-from deploy import constants
+from deploy import constants, schema
 from deploy.engines import registry
 from deploy.errors import CalibrationError
-from deploy.fsutil import atomic_write_json
-from deploy.schema import parse_json, read_text, validate
+from deploy.fsutil import MAX_INT_DIGITS, atomic_write_json
+from deploy.schema import read_text, validate
 
 SCHEMA_VERSION = 1
 #: Records kept per key (the newest); older ones are dropped on write.
 MAX_PER_KEY = 20
 
 _NUM_OR_NULL = {"type": ["number", "null"], "minimum": 0}
+
+
+def _upto(maximum: float, kind: str = "number") -> dict[str, Any]:
+    return {"type": [kind, "null"], "minimum": 0, "maximum": maximum}
+
+
+#: Plausible ceilings, from what each figure measures: no GPU holds 1 TiB, no host 64 TiB, no start
+#: takes a week, and 2^40 KV tokens is a thousand times the largest pool any engine reports.
+MAX_GIB_PER_GPU = 1024
+MAX_GIB_HOST = 64 * 1024
+MAX_LOAD_S = 7 * 24 * 3600
+MAX_KV_TOKENS = 2**40
 _FIGURES = {
     "type": "object",
     "properties": {
-        "kv_cache_tokens": {"type": ["integer", "null"], "minimum": 0},
-        "kv_cache_gib": _NUM_OR_NULL,
-        "weights_gib_per_gpu": _NUM_OR_NULL,
-        "weights_gib_host": _NUM_OR_NULL,
-        "load_s": _NUM_OR_NULL,
+        "kv_cache_tokens": _upto(MAX_KV_TOKENS, "integer"),
+        "kv_cache_gib": _upto(MAX_GIB_HOST),
+        "weights_gib_per_gpu": _upto(MAX_GIB_PER_GPU),
+        "weights_gib_host": _upto(MAX_GIB_HOST),
+        "load_s": _upto(MAX_LOAD_S),
     },
     "required": ["kv_cache_tokens", "weights_gib_per_gpu", "load_s"],
+}
+#: What a start-up log measured: a KV pool of zero tokens is a parse error, not a measurement.
+_MEASURED = {
+    **_FIGURES,
+    "properties": {
+        **_FIGURES["properties"],
+        "kv_cache_tokens": {**_upto(MAX_KV_TOKENS, "integer"), "minimum": 1},
+    },
 }
 RECORD_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -65,14 +88,14 @@ RECORD_SCHEMA: dict[str, Any] = {
         "knobs": {
             "type": "object",
             "properties": {
-                "gpu_memory_utilization": _NUM_OR_NULL,
+                "gpu_memory_utilization": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
                 "kv_cache_dtype": {"type": "string"},
-                "max_model_len": {"type": "integer", "minimum": 0},
+                "max_model_len": {"type": "integer", "minimum": 0, "maximum": MAX_KV_TOKENS},
             },
             "required": ["gpu_memory_utilization", "kv_cache_dtype", "max_model_len"],
         },
         "predicted": _FIGURES,
-        "measured": _FIGURES,
+        "measured": _MEASURED,
         "source": {"type": "string"},
         "recorded_at": {"type": "string"},
     },
@@ -88,11 +111,12 @@ RECORD_SCHEMA: dict[str, Any] = {
         "measured",
     ],
 }
+#: The envelope only: each record is checked on its own, so one bad record is skipped, not fatal.
 STORE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "schema": {"const": SCHEMA_VERSION},
-        "records": {"type": "array", "items": RECORD_SCHEMA},
+        "records": {"type": "array"},
     },
     "required": ["schema", "records"],
 }
@@ -119,6 +143,9 @@ def record_key(r: dict[str, Any]) -> tuple:
 
 def validate_record(record: Any, source: str = "record") -> dict[str, Any]:
     """The record if it matches RECORD_SCHEMA, else CalibrationError naming the first problem."""
+    if not schema.finite(record):
+        # NaN passes every minimum/maximum comparison, so the schema alone would let it through
+        raise CalibrationError(f"{source}: NaN, infinity or a huge number in a calibration record")
     try:
         jsonschema.validate(record, RECORD_SCHEMA)
     except jsonschema.ValidationError as exc:
@@ -127,15 +154,46 @@ def validate_record(record: Any, source: str = "record") -> dict[str, Any]:
     return record
 
 
-def _read(path: Path) -> list[dict[str, Any]]:
+def _lenient(text: str, source: str) -> Any:
+    """The store as JSON, where a non-finite or huge number becomes NaN (its record is then skipped)
+    instead of making the whole file unreadable: a store written before the writer refused them, or
+    edited by hand, keeps its good records."""
+    if not schema.depth_ok(text):
+        raise CalibrationError(f"{source}: nested more than {schema.MAX_DEPTH} levels deep")
+    nan = float("nan")
+    try:
+        return json.loads(
+            text,
+            parse_constant=lambda _name: nan,
+            parse_float=lambda t: v if math.isfinite(v := float(t)) else nan,
+            parse_int=lambda t: nan if len(t.lstrip("-")) > MAX_INT_DIGITS else int(t),
+        )
+    except (ValueError, RecursionError) as exc:
+        raise CalibrationError(f"{source}: not valid JSON ({str(exc)[:120]})") from None
+
+
+def quarantine_path(path: Path) -> Path:
+    """Where records a write found invalid are moved (one JSON line each), so a rewrite never loses them."""
+    return path.with_name(path.stem + ".quarantine.jsonl")
+
+
+def _read(path: Path, skipped: list[Any] | None = None) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     text = read_text(path, CalibrationError)
-    data = parse_json(text, str(path), CalibrationError)
+    data = _lenient(text, str(path))
     validate(
         data, STORE_SCHEMA, f"{path} (calibration store; move it away to start afresh)", CalibrationError
     )
-    return list(data["records"])
+    kept = []
+    for n, record in enumerate(data["records"]):
+        try:
+            kept.append(validate_record(record, f"{path}: record {n}"))
+        except CalibrationError as exc:
+            print(f"warning: {exc}; skipped", file=sys.stderr)
+            if skipped is not None:
+                skipped.append(record)
+    return kept
 
 
 def load_records(path: Path | None = None) -> list[dict[str, Any]]:
@@ -159,7 +217,14 @@ def add_record(record: dict[str, Any], path: Path | None = None) -> Path:
     validate_record(record)
     path = path or store_path()
     with _locked(path):
-        records = _read(path) + [record]
+        skipped: list[Any] = []
+        records = _read(path, skipped) + [record]
+        if skipped:
+            with open(quarantine_path(path), "a", encoding="utf-8") as out:
+                out.writelines(json.dumps(r) + "\n" for r in skipped)
+            print(
+                f"warning: moved {len(skipped)} invalid record(s) to {quarantine_path(path)}", file=sys.stderr
+            )
         key = record_key(record)
         same = [i for i, r in enumerate(records) if record_key(r) == key]
         drop = set(same[:-MAX_PER_KEY])

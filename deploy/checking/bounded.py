@@ -25,10 +25,9 @@ try:  # the openai client this toolkit pins ships its HTTP stack as httpx2; olde
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
+from deploy.deadline import MAX_RESPONSE_BYTES, DeadlineExceeded, TooLarge, http_get, within
 from deploy.errors import InputError
 
-#: The largest answer any check reads (a chat completion with a long reasoning trace is well under this).
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: The longest `check --timeout` may be, in seconds.
 MAX_TIMEOUT_S = 3600.0
 
@@ -44,14 +43,6 @@ def check_timeout(value: Any, what: str = "--timeout") -> float:
     return seconds
 
 
-class DeadlineExceeded(requests.Timeout):
-    """The whole answer did not arrive within the overall deadline."""
-
-
-class TooLarge(requests.RequestException):
-    """The answer is larger than MAX_RESPONSE_BYTES."""
-
-
 def get(
     url: str,
     *,
@@ -59,22 +50,8 @@ def get(
     headers: dict[str, str] | None = None,
     max_bytes: int = MAX_RESPONSE_BYTES,
 ) -> requests.Response:
-    """``requests.get`` that gives up after ``timeout_s`` in all (connect + every read) and past
-    ``max_bytes`` of body; the returned response has its body read (``.text``/``.json()`` work)."""
-    deadline = time.monotonic() + timeout_s
-    r = requests.get(url, headers=headers, timeout=timeout_s, stream=True)
-    try:
-        body = bytearray()
-        for chunk in r.iter_content(chunk_size=65536):
-            body += chunk
-            if len(body) > max_bytes:
-                raise TooLarge(f"answer larger than {max_bytes} bytes from {url}")
-            if time.monotonic() > deadline:
-                raise DeadlineExceeded(f"no complete answer within {timeout_s:g} s from {url}")
-        r._content = bytes(body)  # what .text/.json() read
-    finally:
-        r.close()
-    return r
+    """``requests.get`` bounded in all, headers included (deploy.deadline.http_get)."""
+    return http_get(url, timeout_s=timeout_s, headers=headers, max_bytes=max_bytes)
 
 
 class _BoundedStream(httpx.SyncByteStream):
@@ -103,7 +80,11 @@ class BoundedTransport(httpx.HTTPTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         deadline = time.monotonic() + self.deadline_s
-        response = super().handle_request(request)
+        response = within(
+            self.deadline_s,
+            lambda: super(BoundedTransport, self).handle_request(request),
+            lambda: httpx.ReadTimeout(f"no answer's headers within {self.deadline_s:g} s", request=request),
+        )
         response.stream = _BoundedStream(response.stream, deadline, self.max_bytes, str(request.url))
         return response
 
@@ -122,4 +103,5 @@ __all__ = [
     "check_timeout",
     "get",
     "http_client",
+    "within",
 ]

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 from deploy.engines import registry
 from deploy.errors import InputError
+from deploy.schema import check_url
 
 #: Instant-mode dialects: Moonshot's API reads a ``thinking`` object, the engines' chat template a kwarg.
 DIALECT_THINKING_OBJECT = "thinking_object"
@@ -135,7 +136,10 @@ def guess_flavor(url: str, default: str = "vllm") -> str:
     >>> guess_flavor("https://api.moonshot.cn/v1"), guess_flavor("http://10.0.0.5:8000")
     ('moonshot', 'vllm')
     """
-    host = (urlsplit(url.strip()).hostname or "").lower()
+    try:
+        host = (urlsplit(url.strip()).hostname or "").lower()
+    except ValueError:  # split_url names what is wrong with it
+        return default
     for f in _TABLE.values():
         if host in f.hosts:
             return f.name
@@ -157,6 +161,7 @@ def split_url(url: str) -> tuple[str, str]:
     url = url.strip().rstrip("/")
     if not re.match(r"^https?://[^/?#\s]+", url):
         raise InputError(f"--url {url!r}: expected http:// or https://")
+    check_url(url)
     parts = urlsplit(url)
     if parts.query or parts.fragment:
         raise InputError(f"--url {url!r}: give the API base without ?query or #fragment")

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterable
 from typing import Any
 
 import jsonschema
+
+from deploy.fsutil import loads_strict
 
 #: Raw tool-call markers that must never reach ``content``: Kimi's own, and the Hermes-style tags.
 KIMI_TOOL_MARKERS = (
@@ -91,13 +95,30 @@ def tool_schema(tools: Iterable[dict[str, Any]], name: str) -> dict[str, Any] | 
     return None
 
 
-def validate_arguments(arguments: Any, schema: dict[str, Any]) -> str | None:
-    """None when the arguments are a JSON object valid against the schema, else why not."""
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError as exc:
-            return f"arguments are not valid JSON ({exc.msg} at char {exc.pos})"
+#: How long a tool schema's own regular expressions may run against one call's arguments.
+PATTERN_DEADLINE_S = 3.0
+#: Validates stdin's {"schema", "arguments"} and prints why not (or nothing): run in a child process so a
+#: catastrophic ``pattern`` (``^(a+)+$``) is killed at the deadline; Python's re cannot be interrupted.
+_CHILD = (
+    "import json, sys\n"
+    "from deploy.checking.shapes import _validate_here\n"
+    "job = json.load(sys.stdin)\n"
+    "print(_validate_here(job['arguments'], job['schema']) or '', end='')\n"
+)
+
+
+def _has_pattern(schema: Any) -> bool:
+    """Whether a schema holds a user regular expression anywhere (``pattern``, ``patternProperties``)."""
+    if isinstance(schema, dict):
+        if isinstance(schema.get("pattern"), str) or isinstance(schema.get("patternProperties"), dict):
+            return True
+        return any(_has_pattern(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_has_pattern(v) for v in schema)
+    return False
+
+
+def _validate_here(arguments: Any, schema: dict[str, Any]) -> str | None:
     try:
         cls = jsonschema.validators.validator_for(schema)
         cls.check_schema(schema)
@@ -106,7 +127,41 @@ def validate_arguments(arguments: Any, schema: dict[str, Any]) -> str | None:
         return f"the tool's schema is invalid: {exc.message}"
     except jsonschema.ValidationError as exc:
         return f"arguments do not match the schema: {exc.message}"
+    except Exception as exc:  # noqa: BLE001
+        # an unresolvable $ref (never fetched), a regex re cannot compile, a schema nested too deep:
+        # referencing's errors share no base class with jsonschema's
+        return f"the tool's schema cannot be checked: {exc.__class__.__name__}: {str(exc)[:120]}"
     return None
+
+
+def validate_arguments(arguments: Any, schema: dict[str, Any]) -> str | None:
+    """None when the arguments are a JSON object valid against the schema, else why not. A schema with its
+    own regular expressions is checked in a child process killed after PATTERN_DEADLINE_S."""
+    if isinstance(arguments, str):
+        try:
+            arguments = loads_strict(arguments)
+        except json.JSONDecodeError as exc:
+            return f"arguments are not valid JSON ({exc.msg} at char {exc.pos})"
+        except (ValueError, RecursionError) as exc:
+            return f"arguments are not valid JSON ({str(exc)[:120]})"
+    if not _has_pattern(schema):
+        return _validate_here(arguments, schema)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD],
+            input=json.dumps({"arguments": arguments, "schema": schema}),
+            capture_output=True,
+            text=True,
+            timeout=PATTERN_DEADLINE_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return (
+            f"the tool's schema patterns did not finish within {PATTERN_DEADLINE_S:g} s (catastrophic regex?)"
+        )
+    if done.returncode != 0:
+        return f"the tool's schema cannot be checked (validator exit {done.returncode})"
+    return done.stdout or None
 
 
 def validate_tool_id(call_id: Any, name: str, rule: str) -> str | None:

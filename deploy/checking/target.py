@@ -354,10 +354,10 @@ def target_from_url(
     >>> target_from_url("https://api.moonshot.ai/v1", "kimi-k2.5").flavor
     'moonshot'
     """
+    root, api_base = providers.split_url(url)  # first: a URL that does not parse is one error line
     flavor = flavor or providers.guess_flavor(url)
     if flavor not in FLAVORS:
         raise InputError(f"unknown flavor {flavor!r} (known: {', '.join(FLAVORS)})")
-    root, api_base = providers.split_url(url)
     entry, source = _catalog_entry(model, catalog_model)
     caps = {k: bool(v) for k, v in entry.capabilities.items()}
     id_rule, id_source = _id_rule(entry.parsers)

@@ -34,6 +34,7 @@ import jsonschema
 from deploy.checking.result import FAIL, PASS, CheckResult
 from deploy.checking.toolset import Sample, schema_summary
 from deploy.errors import InputError
+from deploy.fsutil import loads_strict
 
 #: One line of the verifier's results.jsonl, as far as the F1 needs it (other fields are allowed).
 RESULT_SCHEMA: dict[str, Any] = {
@@ -70,9 +71,11 @@ def load_reference_results(path: str | Path, samples: list[Sample]) -> dict[int,
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = loads_strict(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{p}:{n}: not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:
+            raise InputError(f"{p}:{n}: not valid JSON ({exc})") from None
         error = next(iter(validator.iter_errors(rec)), None)
         if error is not None:
             where = "/".join(str(x) for x in error.absolute_path) or "line"

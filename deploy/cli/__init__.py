@@ -7,6 +7,7 @@ prints; errors from the library (deploy.errors) become one line on stderr and th
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 import click
@@ -27,6 +28,14 @@ def cli() -> None:
     """
 
 
+def _error(text: str) -> None:
+    """One ``error:`` line on stderr, with every secret (known from the environment, or by its shape:
+    URL userinfo, credential parameters and headers) masked: errors quote URLs and server answers."""
+    from deploy.secrets import redact, secret_values
+
+    click.echo(redact(f"error: {' '.join(text.split())}", secret_values()), err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="kimi-deploy", standalone_mode=False)
@@ -35,16 +44,16 @@ def main(argv: list[str] | None = None) -> None:
     except click.UsageError as exc:
         # one line, like every other error: "error: Invalid value for '--port': ... (kimi-deploy plan -h)"
         where = f" ({exc.ctx.command_path} -h)" if exc.ctx is not None else ""
-        click.echo(f"error: {' '.join(exc.format_message().split())}{where}", err=True)
+        _error(f"{exc.format_message()}{where}")
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        _error(exc.format_message())
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except KimiDeployError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
@@ -53,9 +62,14 @@ def main(argv: list[str] | None = None) -> None:
         # the last net under the library's own errors: a full disk is exit 4, any other OS error one line
         where = f"{exc.filename}: " if exc.filename else ""
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            click.echo(f"error: {where}disk full ({exc.strerror})", err=True)
+            _error(f"{where}disk full ({exc.strerror})")
             sys.exit(DiskSpaceError.exit_code)
-        click.echo(f"error: {where}{exc.strerror or exc}", err=True)
+        _error(f"{where}{exc.strerror or exc}")
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last net: a bug is one line and exit 1, not a traceback
+        if os.environ.get("KIMI_DEPLOY_DEBUG"):
+            raise
+        _error(f"internal error ({exc.__class__.__name__}: {exc}); KIMI_DEPLOY_DEBUG=1 shows the traceback")
         sys.exit(1)
     # with standalone_mode=False, ctx.exit(n) comes back as the return value
     sys.exit(code if isinstance(code, int) else 0)

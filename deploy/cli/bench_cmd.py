@@ -7,17 +7,19 @@ from pathlib import Path
 
 import click
 
+from deploy.cli import params
 from deploy.errors import InputError, SloMissedError
 from deploy.fsutil import atomic_write_json
 
 
 def _ints(text: str | None, name: str) -> list[int] | None:
-    if text is None:
-        return None
+    high = params.MAX_CONCURRENCY if name == "--concurrency" else params.MAX_TOKENS
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return params.whole_list(text, 1, high)
     except ValueError:
-        raise InputError(f"{name} {text!r}: expected comma-separated integers, e.g. 1,2,4") from None
+        raise InputError(
+            f"{name} {text!r}: expected comma-separated integers from 1 to {high}, e.g. 1,2,4"
+        ) from None
 
 
 @click.command("bench")
@@ -52,8 +54,15 @@ def _ints(text: str | None, name: str) -> list[int] | None:
     "concurrency_text",
     help="Concurrency points, e.g. 1,2,4 (default: sized for the target).",
 )
-@click.option("--requests", type=int, help="Requests per point (default: sized for the target).")
-@click.option("--duration", "duration_s", type=float, help="Seconds per point instead of a request count.")
+@click.option(
+    "--requests", type=params.Whole(1, 10**7), help="Requests per point (default: sized for the target)."
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=params.Finite(0, 86400, low_open=True),
+    help="Seconds per point instead of a request count.",
+)
 @click.option("--mode", type=click.Choice(["instant", "thinking"]), default="instant", show_default=True)
 @click.option(
     "--workload",
@@ -67,7 +76,12 @@ def _ints(text: str | None, name: str) -> list[int] | None:
 )
 @click.option("--gate", is_flag=True, help="Exit 8 when even the lowest concurrency point misses --slo.")
 @click.option(
-    "--timeout", "timeout_s", type=float, default=120.0, show_default=True, help="Seconds per request."
+    "--timeout",
+    "timeout_s",
+    type=params.REQUEST_SECONDS,
+    default=120.0,
+    show_default=True,
+    help="Seconds per request.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report instead of the table.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Also write the JSON report to FILE.")

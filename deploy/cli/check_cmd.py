@@ -12,10 +12,11 @@ from deploy.checking import session
 from deploy.checking import suite as check
 from deploy.checking.result import print_table
 from deploy.checking.target import choose_target
+from deploy.cli import params
 from deploy.errors import CheckFailedError
 from deploy.fsutil import atomic_write_json
 from deploy.planning.contract import load_plan
-from deploy.secrets import redact
+from deploy.secrets import redact, redact_data
 
 
 @click.command("check")
@@ -77,7 +78,11 @@ from deploy.secrets import redact
     default=None,
     help="Whether the URL serves images (with --url; default from the catalog).",
 )
-@click.option("--max-model-len", type=int, help="Context the URL must report at least (with --url).")
+@click.option(
+    "--max-model-len",
+    type=params.Whole(1, params.MAX_TOKENS),
+    help="Context the URL must report at least (with --url).",
+)
 @click.option(
     "--tool-calls",
     "tool_calls",
@@ -86,11 +91,15 @@ from deploy.secrets import redact
     help="Also run a K2-Vendor-Verifier sample set (one request body per line).",
 )
 @click.option(
-    "--limit", type=int, default=50, show_default=True, help="At most this many --tool-calls requests."
+    "--limit",
+    type=params.Whole(1, 10**6),
+    default=50,
+    show_default=True,
+    help="At most this many --tool-calls requests.",
 )
 @click.option(
     "--concurrency",
-    type=int,
+    type=params.Whole(1, params.MAX_CONCURRENCY),
     default=4,
     show_default=True,
     help="Requests in flight per endpoint (samples; the reference has its own).",
@@ -131,14 +140,14 @@ from deploy.secrets import redact
 )
 @click.option(
     "--max-requests",
-    type=int,
+    type=params.Whole(0, 10**9),
     default=session.DEFAULT_MAX_REQUESTS,
     show_default=True,
     help="Chat requests this run may send in all (both endpoints, retries included); 0: no limit.",
 )
 @click.option(
     "--max-retry-wait",
-    type=float,
+    type=params.Finite(0, 3600),
     default=30.0,
     show_default=True,
     help="Longest Retry-After (seconds) a 429 is waited out; longer asks fail the request.",
@@ -237,7 +246,7 @@ def check_command(
     report = session.execute(run, threshold, f1_threshold)
     report.results += fleet_check.check_replicas(replicas)
     secrets = run.secrets()
-    data = json.loads(redact(json.dumps(report.to_dict()), secrets))
+    data = redact_data(report.to_dict(), secrets)
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from deploy.cli import params
 from deploy.demo import run as demo
 
 
@@ -23,7 +24,7 @@ from deploy.demo import run as demo
 )
 @click.option(
     "--port",
-    type=int,
+    type=params.PORT_OR_ANY,
     help="Serve on this port instead of the catalog's (0: any free port); check then goes by --url.",
 )
 @click.option(

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from deploy.cli import params
 from deploy.serving import fleet_launch
 from deploy.serving import watch as live_status
 
@@ -34,7 +35,7 @@ from deploy.serving import watch as live_status
 @click.option("--systemd", is_flag=True, help="Install and start the rendered systemd unit instead.")
 @click.option(
     "--deadline",
-    type=float,
+    type=params.SECONDS,
     metavar="SECONDS",
     help="How long to wait for /health 200 (default: the plan's ready_deadline_s, its predicted time to "
     "ready times the factor of safety).",
@@ -70,7 +71,7 @@ def up_command(
 )
 @click.option(
     "--grace",
-    type=float,
+    type=params.Finite(0, 3600),
     default=30.0,
     show_default=True,
     metavar="SECONDS",
@@ -87,13 +88,13 @@ def down_command(rendered: str | None, node: str | None, grace: float) -> None:
 @click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C (or --count).")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.2),
+    type=params.Finite(0.2, 86400),
     default=2.0,
     show_default=True,
     metavar="SECONDS",
     help="Seconds between refreshes with --watch.",
 )
-@click.option("--count", type=click.IntRange(min=1), metavar="N", help="Stop --watch after N refreshes.")
+@click.option("--count", type=params.Whole(1, 10**9), metavar="N", help="Stop --watch after N refreshes.")
 @click.option(
     "--api-key-env",
     default="KIMI_API_KEY",

@@ -9,6 +9,7 @@ import threading
 
 import click
 
+from deploy.cli import params
 from deploy.errors import InputError
 
 
@@ -20,9 +21,15 @@ def mirror() -> None:
 @mirror.command("serve")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (0.0.0.0 for the LAN).")
-@click.option("--port", default=8090, show_default=True, help="Hub port (0 = any free port).")
 @click.option(
-    "--lfs-port", default=0, show_default=True, help="Port of the second origin large files redirect to."
+    "--port", type=params.PORT_OR_ANY, default=8090, show_default=True, help="Hub port (0 = any free port)."
+)
+@click.option(
+    "--lfs-port",
+    type=params.PORT_OR_ANY,
+    default=0,
+    show_default=True,
+    help="Port of the second origin large files redirect to.",
 )
 @click.option(
     "--token", help="Require `Authorization: Bearer <token>` (prefer --token-env: argv is visible)."

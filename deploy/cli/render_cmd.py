@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from deploy.cli import params
 from deploy.cli.render_k8s import k8s_options, refuse_systemd_only, render_k8s
 from deploy.errors import ParserCheckFailed
 from deploy.monitoring.spec import Timings
@@ -31,7 +32,7 @@ from deploy.targets.k8s import K8sOptions
 @click.option("--out", "out_dir", default="rendered", show_default=True, metavar="DIR", help="Output folder.")
 @click.option("--weights-dir", metavar="DIR", help="The folder with the weights (default: the plan's).")
 @click.option("--bind", metavar="ADDR", help="Address the head serves on (default: the plan's, loopback).")
-@click.option("--port", type=int, metavar="N", help="Port the head serves on (default: the plan's).")
+@click.option("--port", type=params.PORT, metavar="N", help="Port the head serves on (default: the plan's).")
 @click.option(
     "--api-key-env",
     metavar="NAME",

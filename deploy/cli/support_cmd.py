@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from deploy.checking.target import DEFAULT_PLAN, DEFAULT_RENDERED, choose_target
+from deploy.cli import params
 from deploy.support import bundle
 
 
@@ -32,7 +33,7 @@ from deploy.support import bundle
 )
 @click.option(
     "--log-bytes",
-    type=int,
+    type=params.Whole(0, 1 << 30),
     default=bundle.LOG_BYTES,
     show_default=True,
     metavar="N",

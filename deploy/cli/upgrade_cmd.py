@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 import click
 
+from deploy.cli import params
 from deploy.releases import upgrade as releases
 
 
 def _node_and_deadline(command: Callable[..., None]) -> Callable[..., None]:
     """--node and --deadline, which upgrade and rollback share."""
     command = click.option(
-        "--deadline", type=float, metavar="SECONDS", help="How long to wait for /health 200."
+        "--deadline", type=params.SECONDS, metavar="SECONDS", help="How long to wait for /health 200."
     )(command)
     return click.option(
         "--node",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import requests
 
+from deploy.deadline import http_get
 from deploy.monitoring.engines import metrics_for
 
 _LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s+(\S+)(\s+\S+)?$")
@@ -103,10 +104,10 @@ def fetch(url: str, api_key: str | None = None, timeout_s: float = 3.0) -> str:
     """GET ``url`` (an engine's /metrics) and return its text."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        with requests.get(url, headers=headers, timeout=timeout_s, stream=True) as r:
-            if r.status_code != 200:
-                raise ScrapeError(f"{url}: HTTP {r.status_code}")
-            body = r.raw.read(MAX_BYTES, decode_content=True)
+        r = http_get(url, headers=headers, timeout_s=timeout_s, max_bytes=MAX_BYTES)
+        if r.status_code != 200:
+            raise ScrapeError(f"{url}: HTTP {r.status_code}")
+        body = r.content
     except requests.RequestException as exc:
         raise ScrapeError(f"{url}: {type(exc).__name__}") from None
     return body.decode("utf-8", "replace")

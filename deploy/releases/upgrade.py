@@ -363,7 +363,9 @@ def _weights(cand: Candidate, old: dict[str, Any], opts: UpgradeOptions, say: Ca
     if old and str(dest) == str(old.get("dir")) and lockfile.is_verified(dest):
         say(f"  weights: {w.repo}@{w.revision} already in {dest} (verified), nothing to download")
     else:
-        dest.mkdir(parents=True, exist_ok=True)
+        # the endpoint first: a refused connection fails now, before a folder is made or a file linked
+        if not constants.HF_HUB_OFFLINE:
+            download.check_reachable(download.resolve_endpoint(opts.endpoint), w.repo)
         _link_known_files(dest, old.get("dir"), say)
         say(f"  weights: {w.repo}@{w.revision} -> {dest} (the old weights stay in {old.get('dir') or '-'})")
         result = download.download_weights(w, dest, endpoint=opts.endpoint)

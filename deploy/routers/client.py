@@ -34,6 +34,7 @@ from typing import Any
 
 import requests
 
+from deploy.deadline import http_get
 from deploy.errors import RouterRequestError
 from deploy.routers import registry
 from deploy.routers.argv import worker_url
@@ -159,7 +160,7 @@ class RouterClient:
     def served_model(self, url: str) -> str | None:
         """The first model ``url`` (a worker) lists on its ``/v1/models``, asked with the key."""
         try:
-            data = requests.get(f"{url}/v1/models", headers=self._headers, timeout=self.timeout_s).json()
+            data = http_get(f"{url}/v1/models", headers=self._headers, timeout_s=self.timeout_s).json()
             return str(data["data"][0]["id"])
         except (requests.RequestException, ValueError, KeyError, IndexError, TypeError):
             return None
@@ -179,7 +180,7 @@ class RouterClient:
         if not self.metrics_url:
             raise RouterRequestError("router metrics: no metrics URL given")
         try:
-            reply = requests.get(self.metrics_url + "/metrics", timeout=self.timeout_s)
+            reply = http_get(self.metrics_url + "/metrics", timeout_s=self.timeout_s)
         except requests.RequestException as exc:
             raise RouterRequestError(f"router metrics {self.metrics_url}: {exc.__class__.__name__}") from None
         return parse_worker_series(reply.text)

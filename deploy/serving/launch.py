@@ -610,6 +610,8 @@ def _node_status(name: str, run: supervise.Running) -> NodeStatus:
     listen = str(meta.get("listen") or "")
     if listen:
         host, _, port = listen.rpartition(":")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            return NodeStatus(name, True, False, run.pid, "", f"pidfile names no port ({listen!r})", meta)
         p = readiness.probe_listen(host, int(port))
         detail = f"listening on {listen}" if p.state == readiness.READY else f"not listening on {listen}"
         return NodeStatus(name, True, p.state == readiness.READY, run.pid, "", detail, meta)

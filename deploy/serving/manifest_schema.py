@@ -115,6 +115,8 @@ PIDFILE_SCHEMA: dict[str, Any] = {
         "pid": {"type": "integer", "minimum": 2, "maximum": 1 << 22},
         "pgid": {"type": "integer", "minimum": 2, "maximum": 1 << 22},
         "run_id": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        # url, listen and port stay unconstrained on purpose: a pidfile the schema refused would be no
+        # pidfile, and `down` could not stop what it names; their readers refuse a bad value instead
     },
 }
 

@@ -30,6 +30,7 @@ import contextlib
 import errno
 import http.client
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,10 +129,26 @@ def health_url(engine: str, host: str, port: int) -> str:
     return f"http://{h}:{port}{engine_health(engine).path}"
 
 
+def _shut(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def probe(url: str, engine: str, timeout_s: float = 2.0) -> Probe:
     """GET the health URL once (``Connection: close``) and classify the answer for ``engine``."""
-    parsed = http.client.urlsplit(url)
-    conn = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port or 80, timeout=timeout_s)
+    try:
+        parsed = http.client.urlsplit(url)
+        host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    except ValueError as exc:  # "http://[::1", a port that is not a number
+        return Probe(UNHEALTHY, detail=f"not a URL ({exc})")
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
+    # the whole probe, headers included, ends at timeout_s: a server trickling its status line one byte
+    # at a time never trips the per-read timeout, so a timer shuts the socket down under it
+    cutoff = threading.Timer(timeout_s, _shut, args=(conn,))
+    cutoff.daemon = True
+    cutoff.start()
     try:
         conn.request("GET", parsed.path or "/", headers={"Connection": "close"})
         resp = conn.getresponse()
@@ -144,6 +161,7 @@ def probe(url: str, engine: str, timeout_s: float = 2.0) -> Probe:
         # reset/closed mid-answer happens while a server is still coming up
         return Probe(NO_ANSWER, detail=exc.__class__.__name__)
     finally:
+        cutoff.cancel()
         conn.close()
     if resp.status == 200:
         return Probe(READY, 200, body[:80])

@@ -195,7 +195,7 @@ def switch_current(root: str | Path, rid: str, reason: str = "render") -> str | 
 def failed(release: str | Path) -> bool:
     """Whether the release's last start failed its gate and was rolled back (``reports/outcome.json``)."""
     with contextlib.suppress(OSError, ValueError):
-        data = json.loads((Path(release) / REPORTS / "outcome.json").read_text())
+        data = read_json(Path(release) / REPORTS / "outcome.json")
         return isinstance(data, dict) and data.get("ok") is False
     return False
 

@@ -24,6 +24,7 @@ from typing import Any
 import requests
 
 from deploy import console
+from deploy.deadline import http_get
 from deploy.engines import registry
 from deploy.errors import KimiDeployError
 from deploy.monitoring import scrape
@@ -89,7 +90,7 @@ def _slots(base: str, key: str | None, cache: dict[str, int]) -> int:
         cache[base] = 1
         with contextlib.suppress(requests.RequestException, ValueError, TypeError):
             headers = {"Authorization": f"Bearer {key}"} if key else {}
-            r = requests.get(f"{base}/props", headers=headers, timeout=3)
+            r = http_get(f"{base}/props", headers=headers, timeout_s=3)
             if r.status_code == 200:
                 cache[base] = max(1, int(r.json().get("total_slots") or 1))
     return cache[base]

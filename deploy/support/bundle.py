@@ -34,6 +34,7 @@ import os
 import platform
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -45,7 +46,7 @@ from typing import Any
 
 from deploy import __version__, constants, pins
 from deploy.errors import InputError
-from deploy.fsutil import read_json
+from deploy.fsutil import kind_of, read_json
 from deploy.secrets import MASK, Redactor, file_secrets, hf_token_files
 from deploy.serving import diagnosis, launch
 from deploy.serving import target as launch_target
@@ -79,6 +80,45 @@ class BundleResult:
     manifest: dict[str, Any]
 
 
+def read_bounded(
+    path: Path, limit: int, tail: bool = False, within: Path | None = None
+) -> tuple[bytes, int] | str:
+    """(bytes, size) of a regular file, at most ``limit`` bytes (the last ones with ``tail``), or why it
+    was not read. Never blocks (a FIFO is opened ``O_NONBLOCK`` and refused after ``fstat``), never follows
+    a symlink out of ``within`` (resolved first, then opened ``O_NOFOLLOW``), never reads a device.
+
+    >>> read_bounded(Path("/dev/null"), 10)
+    '/dev/null: is a character device, not a regular file; not read'
+    """
+    target = path
+    if within is not None:
+        target = path.resolve()
+        root = within.resolve()
+        if target != root and root not in target.parents:
+            return f"{path}: leads outside {within} (a symlink); not read"
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (os.O_NOFOLLOW if within else 0)
+    try:
+        fd = os.open(target, flags)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return f"{path}: is a {kind_of(st.st_mode)}, not a regular file; not read"
+        os.set_blocking(fd, True)
+        if st.st_size > limit:
+            os.lseek(fd, st.st_size - limit if tail else 0, os.SEEK_SET)
+        chunks, left = [], limit
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks), st.st_size
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
+
+
 class _Bundle:
     def __init__(self, root: str, redactor: Redactor) -> None:
         self.root = root
@@ -105,25 +145,31 @@ class _Bundle:
     def add_json(self, name: str, data: Any, source: str) -> None:
         self.add_text(name, json.dumps(data, indent=2, default=str) + "\n", source)
 
-    def add_file(self, name: str, path: Path, limit: int = FILE_BYTES, tail: bool = False) -> None:
-        try:
-            size = path.stat().st_size
-            with open(path, "rb") as fh:
-                if size > limit:
-                    fh.seek(size - limit if tail else 0)
-                raw = fh.read(limit)
-        except OSError as exc:
-            self.miss(name, f"{path}: {exc.strerror or exc}")
-            return
+    def add_file(
+        self,
+        name: str,
+        path: Path,
+        limit: int = FILE_BYTES,
+        tail: bool = False,
+        within: Path | None = None,
+    ) -> str | None:
+        """Add a regular file's (last, with ``tail``) ``limit`` bytes, redacted; the text added, or None
+        when it was not read (the reason is listed). ``within``: the folder it must resolve inside."""
+        got = read_bounded(path, limit, tail, within)
+        if isinstance(got, str):
+            self.miss(name, got)
+            return None
+        raw, size = got
         if self.redactor.is_secret_file(path):
             self.add_text(
                 name, MASK + "\n" if raw.strip() else "", f"{path} (a secret file: content replaced)"
             )
-            return
+            return None
         text = raw.decode("utf-8", "replace")
         if size > limit and tail:
             text = text.split("\n", 1)[-1]  # drop the partial first line
         self.add_text(name, text, str(path), truncated=size > limit)
+        return text
 
     def miss(self, item: str, reason: str) -> None:
         self.missing.append({"item": item, "reason": self.redactor.text(reason)})
@@ -264,12 +310,11 @@ def _status(b: _Bundle, state: Path, log_bytes: int) -> list[str]:
         nodes.append(entry)
     logs = sorted(run_dir.glob("*.log")) if run_dir.is_dir() else []
     for log in logs:
-        b.add_file(f"logs/{log.name}", log, limit=log_bytes, tail=True)
+        text = b.add_file(f"logs/{log.name}", log, limit=log_bytes, tail=True, within=run_dir)
         node = log.stem
-        if not any(n["node"] == node and n["running"] for n in nodes):
+        if text is not None and not any(n["node"] == node and n["running"] for n in nodes):
             # a stopped or failed engine: name the cause from its log, as `up` did
             with contextlib.suppress(OSError):
-                text = log.read_bytes()[-log_bytes:].decode("utf-8", "replace")
                 found = diagnosis.diagnose(text, returncode=1)
                 cause = {"kind": found.kind, "summary": found.summary, "evidence": found.evidence}
                 match = next((n for n in nodes if n["node"] == node), None)
@@ -279,7 +324,7 @@ def _status(b: _Bundle, state: Path, log_bytes: int) -> list[str]:
                     match["cause"] = cause
     prom_log = state / launch.PROMETHEUS_DIR / "prometheus.log"
     if prom_log.is_file():
-        b.add_file("logs/prometheus.log", prom_log, limit=log_bytes, tail=True)
+        b.add_file("logs/prometheus.log", prom_log, limit=log_bytes, tail=True, within=state)
     if not logs:
         b.miss("logs/", f"{run_dir}: no engine log (nothing was started here with `kimi-deploy up`)")
     b.add_json("status.json", nodes, f"kimi-deploy status (state {state})")
@@ -374,10 +419,12 @@ def write_bundle(opts: BundleOptions) -> BundleResult:
     if rendered.is_dir():
         # the release that runs (rendered/current), not every release kept on disk; the others are listed
         source = rendered / "current" if (rendered / "current").is_dir() else rendered
-        for f in sorted(p for p in source.resolve().rglob("*") if p.is_file()):
-            b.add_file(f"rendered/{f.relative_to(source.resolve()).as_posix()}", f)
+        root = source.resolve()
+        # every entry that is not a folder: a link out, a FIFO or a device is listed as not read
+        for f in sorted(p for p in root.rglob("*") if p.is_symlink() or not p.is_dir()):
+            b.add_file(f"rendered/{f.relative_to(root).as_posix()}", f, within=root)
         if (rendered / "history.json").is_file():
-            b.add_file("rendered/history.json", rendered / "history.json")
+            b.add_file("rendered/history.json", rendered / "history.json", within=rendered)
         releases = rendered / "releases"
         if releases.is_dir():
             b.add_json("releases.json", sorted(p.name for p in releases.iterdir()), str(releases))

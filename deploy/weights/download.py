@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from deploy import constants
+from deploy import constants, schema
 from deploy.errors import AuthError, DiskSpaceError, DownloadError, InputError, VerificationError
 from deploy.planning.contract import Weights
 from deploy.secrets import redact_url
@@ -129,6 +129,7 @@ def resolve_endpoint(endpoint: str | None) -> str:
     value = (endpoint or constants.HF_ENDPOINT).rstrip("/")
     if not value.startswith(("http://", "https://")):
         raise InputError(f"endpoint {redact_url(value)!r}: expected an http(s) URL")
+    schema.check_url(value, "endpoint")
     return value
 
 
@@ -192,7 +193,43 @@ def _signed_url_refused(exc: BaseException, endpoint: str) -> bool:
     return urlsplit(url).netloc not in ("", urlsplit(endpoint).netloc)
 
 
+def _refused(exc: BaseException | None) -> bool:
+    """Whether a failure is (caused by) a refused connection: nothing listens there, so retrying with
+    backoff only delays the same answer by a minute."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ConnectionRefusedError) or "Connection refused" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def check_reachable(endpoint: str, repo: str = "", timeout_s: float = 5.0) -> None:
+    """Fail fast (DownloadError, before any folder is made) when nothing listens at ``endpoint``; a proxy
+    in the environment for it skips the check (the proxy, not the endpoint, is what we connect to)."""
+    import socket
+    import urllib.request
+
+    parts = urlsplit(endpoint)
+    proxies = urllib.request.getproxies()
+    if proxies.get(parts.scheme) and not urllib.request.proxy_bypass(parts.hostname or ""):
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout_s):
+            return
+    except ConnectionRefusedError:
+        where = f"{repo}: " if repo else ""
+        raise DownloadError(
+            f"{where}connection refused at {redact_url(endpoint)} (nothing listens)"
+        ) from None
+    except OSError:
+        return  # DNS or routing: the download's own retries and messages handle it
+
+
 def _retryable(exc: BaseException) -> bool:
+    if _refused(exc):
+        return False
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status is not None:
         return status in (408, 429) or status >= 500
@@ -641,6 +678,7 @@ def download_weights(
     if offline or constants.HF_HUB_OFFLINE:
         return _offline(weights, dest)
     endpoint = resolve_endpoint(endpoint)
+    check_reachable(endpoint, weights.repo)
     _hub()  # its chunk size and quiet progress, before any transfer
     from huggingface_hub import constants as hf_constants
 

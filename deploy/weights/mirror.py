@@ -32,6 +32,7 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -207,6 +208,14 @@ class _BoundedThreadingServer(ThreadingHTTPServer):
         self.open_sockets.add(request)
         self.pool.submit(self.process_request_thread, request, client_address)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ANN401
+        """A client that disconnects or stalls is routine, not a traceback on stderr; anything else is
+        one line."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            return
+        print(f"mirror: error serving {client_address[0]}: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+
     def shutdown_request(self, request: Any) -> None:  # noqa: ANN401
         self.open_sockets.discard(request)
         super().shutdown_request(request)
@@ -303,10 +312,39 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+#: Seconds a connection may take to send a whole request line and headers (an idle keep-alive connection
+#: is closed after as long): a client trickling them, or a few dozen idle ones, never hold the pool.
+HEADER_DEADLINE_S = 5.0
+#: Seconds any one read or write on a connection may wait (a stalled download is dropped, not kept).
+READ_TIMEOUT_S = 60.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "kimi-deploy-mirror"
     protocol_version = "HTTP/1.1"
     server: _BoundedThreadingServer
+    timeout = READ_TIMEOUT_S
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_one_request(self) -> None:
+        self._header_timer = threading.Timer(HEADER_DEADLINE_S, self._cut)
+        self._header_timer.daemon = True
+        self._header_timer.start()
+        try:
+            super().handle_one_request()
+        except (ConnectionError, TimeoutError):
+            # the client went away or stalled: nothing to answer, nobody to tell
+            self.close_connection = True
+        finally:
+            self._header_timer.cancel()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._header_timer.cancel()  # the request is in; the transfer has its per-read timeout
+        return ok
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         # Access lines go to the JSON log (without headers, so never a token).
