@@ -316,7 +316,8 @@ def test_a_second_replicas_host_fetches_the_weights_from_the_heads_mirror(
     fleet = support.run(
         deployment["inventory"],
         tags=["plan", "download"],
-        extra_vars=["kimi_replicas=2", f"kimi_weights_dir={models}"],
+        # one node per replica (the inventory plans one replica over both nodes with kimi_nodes: 2)
+        extra_vars=["kimi_replicas=2", "kimi_nodes=1", f"kimi_weights_dir={models}"],
     )
     assert fleet.result.ok, fleet.text[-4000:]
     plan = support.read_json(_disk(lab, "head") / "kimi" / "state" / "plan.json")

@@ -22,7 +22,7 @@ from deploy.planning.contract import Plan
 from deploy.serving import replicas
 
 #: What each replica is checked for on its own URL (the gates come with them).
-REPLICA_CHECKS = ("liveness", "models", "metrics")
+REPLICA_CHECKS = ("liveness", "models", "metrics", "sampling")
 
 
 def replica_targets(plan: Plan, front: CheckTarget) -> list[tuple[str, CheckTarget]]:
@@ -33,6 +33,7 @@ def replica_targets(plan: Plan, front: CheckTarget) -> list[tuple[str, CheckTarg
         return []
     engine_metrics = front.metrics
     front.metrics = False
+    front.router_front = True
     front.metrics_source = "the router serves no engine metrics: each replica's are checked (replica_<id>)"
     out = []
     for r in fleet["replicas"]:
@@ -45,6 +46,7 @@ def replica_targets(plan: Plan, front: CheckTarget) -> list[tuple[str, CheckTarg
             api_base=f"{url}/v1",
             meter=Meter(f"replica {r['id']}"),
             metrics=engine_metrics,
+            router_front=False,
             metrics_source="the replica's engine (plan engine_args)",
         )
         out.append((str(r["id"]), target))
@@ -52,7 +54,8 @@ def replica_targets(plan: Plan, front: CheckTarget) -> list[tuple[str, CheckTarg
 
 
 def check_replicas(replicas: list[tuple[str, CheckTarget]]) -> list[CheckResult]:
-    """One result per replica (``replica_<id>``): pass when its liveness, models and metrics pass."""
+    """One result per replica (``replica_<id>``): pass when its liveness, models, metrics and (where its
+    engine reports it) served default sampling pass."""
     out = []
     for rid, target in replicas:
         report = run_checks(target, only=REPLICA_CHECKS)

@@ -48,6 +48,8 @@ def served_values(body: Any, path: str) -> dict[str, float]:
 def applies(target: CheckTarget) -> bool:
     """Whether the target's engine reports its default sampling (hosted APIs and vLLM do not: the check is
     not listed for them, as rpc_workers is not without RPC workers)."""
+    if target.router_front:
+        return False  # the engine's own endpoint: each replica's check reads it (REPLICA_CHECKS)
     eng = registry.find(target.flavor)
     return eng is not None and eng.sampling_report is not None
 

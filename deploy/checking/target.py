@@ -61,6 +61,9 @@ class CheckTarget:
     max_model_len: int | None = None
     metrics: bool = False
     metrics_source: str = ""
+    #: a fleet's router in front of the replicas: it proxies the API but serves none of the engine's own
+    #: endpoints (/metrics, /props, /model_info); those are checked on each replica (deploy.checking.fleet)
+    router_front: bool = False
     vision: bool = False
     vision_source: str = ""
     few_shot: bool = False
