@@ -643,3 +643,25 @@ def test_samples_ask_different_questions() -> None:
     asked = {requests_.chat_request(target, "instant", i)["messages"][-1]["content"] for i in range(5)}
     cities = {requests_.chat_request(target, "tool", i)["messages"][-1]["content"] for i in range(5)}
     assert len(asked) == len(cities) == 5
+
+
+def test_through_a_router_the_engine_only_checks_run_on_each_replica(tmp_path: Path) -> None:
+    """A fleet's router proxies the API but serves no /metrics or /props: the front door's suite leaves
+    metrics and the served-sampling check to each replica's own check."""
+    from deploy.checking import fleet, sampling
+    from deploy.checking.target import target_from_plan
+    from deploy.cli import main
+    from deploy.planning.contract import load_plan
+
+    out = tmp_path / "plan.json"
+    with pytest.raises(SystemExit) as done:
+        main(["plan", "--hardware", "ci-24g", "--model", "demo", "--replicas", "2", "-o", str(out)])
+    assert done.value.code in (0, None)
+    plan = load_plan(out)
+    front = target_from_plan(plan)
+    assert sampling.applies(front)  # llama-server reports its default sampling in /props
+    replicas = fleet.replica_targets(plan, front)
+    assert [rid for rid, _ in replicas] == [r.id for r in plan.fleet.replicas]
+    assert front.router_front and not front.metrics and not sampling.applies(front)
+    assert all(sampling.applies(t) and not t.router_front for _, t in replicas)
+    assert {"metrics", "sampling"} <= set(fleet.REPLICA_CHECKS)
