@@ -193,17 +193,6 @@ def _signed_url_refused(exc: BaseException, endpoint: str) -> bool:
     return urlsplit(url).netloc not in ("", urlsplit(endpoint).netloc)
 
 
-def _refused(exc: BaseException | None) -> bool:
-    """Whether a failure is (caused by) a refused connection: nothing listens there, so retrying with
-    backoff only delays the same answer by a minute."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, ConnectionRefusedError) or "Connection refused" in str(exc):
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
-
-
 def check_reachable(endpoint: str, repo: str = "", timeout_s: float = 5.0) -> None:
     """Fail fast (DownloadError, before any folder is made) when nothing listens at ``endpoint``; a proxy
     in the environment for it skips the check (the proxy, not the endpoint, is what we connect to)."""
@@ -228,8 +217,9 @@ def check_reachable(endpoint: str, repo: str = "", timeout_s: float = 5.0) -> No
 
 
 def _retryable(exc: BaseException) -> bool:
-    if _refused(exc):
-        return False
+    # A refused connection is retried: here the endpoint answered `check_reachable` before the download
+    # began, so a refusal now is a server restarting (a mirror coming back on its port), and the retry
+    # resumes from the bytes kept. An endpoint refused from the start fails in seconds before this point.
     status = getattr(getattr(exc, "response", None), "status_code", None)
     if status is not None:
         return status in (408, 429) or status >= 500
