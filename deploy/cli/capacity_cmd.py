@@ -228,10 +228,7 @@ def replan_for_users(
 ) -> Any:
     """`plan --users U`: the plan again with ``--replicas`` from the chosen candidate's capacity at the SLO
     (capped at what the profile holds, with a line saying so)."""
-    import dataclasses
-
-    from deploy.planning.capacity import capacity, replica_of
-    from deploy.planning.planner import plan
+    from deploy.planning.capacity import plan_for_load
 
     if users is None:
         raise InputError("--itl-p95, --tokens-per-user and --workload size replicas for --users U; give it")
@@ -242,11 +239,10 @@ def replan_for_users(
     slo = Slo(
         request.ttft_p95_slo_s, seconds(itl_p95, "--itl-p95"), number(tokens_per_user, "--tokens-per-user")
     )
-    cap = capacity(
-        replica_of(result, result.chosen_candidate), WORKLOADS[workload or "chat"], slo, _load(users, None)
+    again, cap = plan_for_load(
+        profile, request, records, result, WORKLOADS[workload or "chat"], slo, _load(users, None)
     )
     wanted = int(cap.replicas.value)
-    again = plan(profile, dataclasses.replace(request, replicas=wanted), calibration=records)
     held = len(again.fleet.replicas) if again.fleet else 1
     per = cap.per_replica
     click.echo(

@@ -110,31 +110,29 @@ def render_command(
     --target k8s writes a LeaderWorkerSet, its Service, a ConfigMap, a PodMonitor and a PrometheusRule into
     DIR instead, validated against the schemas (docs/how-to/kubernetes.md).
     """
+    # what the systemd and the Kubernetes targets both take, in the same words
+    both = {
+        "out_dir": out_dir,
+        "candidate_id": candidate_id,
+        "weights_dir": weights_dir,
+        "bind": bind,
+        "port": port,
+        "api_key_env": api_key_env,
+        "multinode_backend": multinode_backend,
+    }
     if target == "k8s":
         refuse_systemd_only(
             secrets_to_env_file=secrets_to_env_file, fast_alerts=fast_alerts, service_user=service_user
         )
         k8s_opts = K8sOptions(
-            out_dir=out_dir,
-            candidate_id=candidate_id,
-            weights_dir=weights_dir,
-            bind=bind,
-            port=port,
-            api_key_env=api_key_env,
-            multinode_backend=multinode_backend,
+            **both,
             ttft_p95_slo_s=ttft_slo,
             **{k.removeprefix("k8s_"): v for k, v in k8s_args.items()},  # type: ignore[arg-type]
         )
         render_k8s(plan_path, k8s_opts, check_parsers)
         return
     opts = render.RenderOptions(
-        out_dir=out_dir,
-        candidate_id=candidate_id,
-        weights_dir=weights_dir,
-        bind=bind,
-        port=port,
-        api_key_env=api_key_env,
-        multinode_backend=multinode_backend,
+        **both,
         secrets_to_env_file=secrets_to_env_file,
         service_user=service_user,
         plan_path=plan_path,

@@ -379,6 +379,20 @@ def capacity(
     )
 
 
+def plan_for_load(
+    profile: Any, request: Any, records: list, result: Any, workload: Workload, slo: Slo, load: Load
+) -> tuple[Any, Capacity]:
+    """The plan again with ``replicas`` from the chosen candidate's capacity for ``load`` at ``slo``, and
+    that capacity (`plan --users U`); the planner caps the replicas at what the profile holds."""
+    import dataclasses
+
+    from deploy.planning.planner import plan
+
+    cap = capacity(replica_of(result, result.chosen_candidate), workload, slo, load)
+    again = plan(profile, dataclasses.replace(request, replicas=int(cap.replicas.value)), calibration=records)
+    return again, cap
+
+
 __all__ = [
     "WORKLOADS",
     "Capacity",
@@ -391,6 +405,7 @@ __all__ = [
     "capacity",
     "measured_figure",
     "modelled_figure",
+    "plan_for_load",
     "published_figure",
     "replica_of",
 ]
