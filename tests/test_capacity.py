@@ -241,8 +241,13 @@ def test_plan_users_sets_the_replicas_from_capacity(capsys, store, tmp_path):
     assert len(load_plan(out_file).fleet.replicas) == wanted
     code, out, err = run(capsys, "plan", "--gpus", "4x8xH200", "--users", "60", "--replicas", "2")
     assert code == 2 and "not both" in err
-    code, out, err = run(capsys, "plan", "--gpus", "4x8xH200", "--itl-p95", "50ms")
+    code, out, err = run(capsys, "plan", "--gpus", "4x8xH200", "--tokens-per-user", "20")
     assert code == 2 and "--users" in err
+    # without --users an ITL ranks the fleet options (deploy.planning.disaggregation) and sizes nothing
+    code, out, err = run(capsys, "plan", "--gpus", "4x8xH200", "--itl-p95", "80ms", "--json")
+    assert code == 0, err
+    fleet = json.loads(out)["fleet"]
+    assert {o["itl_s"] for o in fleet["options"]} == {0.08} and len(fleet["replicas"]) == 4
 
 
 def test_a_rate_sizes_by_requests_per_second(capsys, store):

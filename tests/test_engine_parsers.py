@@ -47,6 +47,31 @@ def _cases() -> list[tuple[str, str, list]]:
                         if n.program in parser_check.CHECKED:
                             label = f"{profile}/{cand.id}/{backend or 'single'}/{bind}/rank{n.rank}"
                             cases.append((label, n.program, n.argv))
+    return cases + _split_cases()
+
+
+def _split_cases() -> list[tuple[str, str, list]]:
+    """Every role of the prefill/decode splits the 4-node H200 profile plans: both engines, a decode-heavy
+    and a prefill-heavy workload (decode TP8 and decode DP8+EP), SGLang over both transfer backends, each
+    replica through render's own path (deploy.serving.replicas: the role's candidate and engine_args)."""
+    from deploy.serving.replicas import replicas
+
+    profile = load_profile("h200x8-4nodes")
+    requests = [
+        PlanRequest(engine=engine, workload=workload, fleet_mode="disaggregated", transfer_backend=backend)
+        for engine, backends in (("sglang", ("mooncake", "nixl")), ("vllm", ("nixl",)))
+        for backend in backends
+        for workload in ("chat", "long")
+    ]
+    cases = []
+    for req in requests:
+        p = plan(profile, req)
+        assert p.fleet.mode == "disaggregated", req
+        for bind in ("127.0.0.1", "10.0.1.11"):
+            for r in replicas(p, p.chosen_candidate, "/models/kimi", Endpoint(bind=bind, api_key_env=KEY_ENV)):
+                for n in r.nodes:
+                    label = f"split/{req.engine}/{req.transfer_backend}/{req.workload}/{bind}/{r.id}-{r.role}"
+                    cases.append((label, n.program, n.argv))
     return cases
 
 
@@ -149,6 +174,13 @@ def test_cases_cover_every_profile_and_every_rank() -> None:
                     assert ranks == set(range(cand.nodes)), (cand.id, ranks)
     assert profiles_with_gpu_engines, "no profile plans vLLM or SGLang: the parser checks would check nothing"
     assert any("/rank1" in c[0] for c in CASES), "no multi-node command is checked"
+
+
+def test_split_cases_cover_both_roles_of_both_engines() -> None:
+    seen = {(c[0].split("/")[1], c[0].rsplit("-", 1)[1]) for c in CASES if c[0].startswith("split/")}
+    assert seen == {(e, r) for e in ("sglang", "vllm") for r in ("prefill", "decode")}
+    roles = [argv for label, _, argv in CASES if label.startswith("split/sglang/nixl/long/")]
+    assert all("nixl" in argv and "--disaggregation-mode" in argv for argv in roles)
 
 
 def test_probe_uses_the_pinned_engines(report: parser_check.ParserReport) -> None:

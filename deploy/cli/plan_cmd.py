@@ -8,6 +8,7 @@ import click
 
 from deploy import constants
 from deploy.cli import plan_diff_cmd
+from deploy.cli.capacity_cmd import seconds
 from deploy.errors import InputError, NothingRunnableError
 from deploy.planning.contract import save_plan
 from deploy.planning.inputs import calibration_records, hardware_profile
@@ -70,12 +71,34 @@ def _number(value: str | None, option: str, kind: type) -> int | float | None:
     help="Set --replicas from capacity: enough replicas for U concurrent users at --itl-p95 / "
     "--tokens-per-user / --ttft-slo (`kimi-deploy capacity`; --workload shape, default chat).",
 )
-@click.option("--itl-p95", metavar="T", help="With --users: inter-token latency p95 limit, e.g. 50ms.")
+@click.option(
+    "--itl-p95",
+    metavar="T",
+    help="Inter-token latency p95 limit, e.g. 50ms: the fleet options are ranked at it (default 50ms), and "
+    "with --users the replicas are sized for it.",
+)
 @click.option("--tokens-per-user", metavar="N", help="With --users: output tok/s each user must get.")
 @click.option(
     "--workload",
     type=click.Choice(["chat", "agentic", "long"]),
-    help="With --users: the request shape (as `capacity --workload`; default chat).",
+    help="The request shape the fleet is planned for (as `capacity --workload`; default chat): the "
+    "prefill/decode split and, with --users, the replicas.",
+)
+@click.option("--isl", metavar="N", help="Input tokens per request (with --osl; instead of --workload).")
+@click.option("--osl", metavar="N", help="Output tokens per request (with --isl).")
+@click.option(
+    "--fleet-mode",
+    type=click.Choice(["auto", "aggregated", "disaggregated"]),
+    default="auto",
+    show_default=True,
+    help="Aggregated replicas, a prefill/decode split (4+ GPU nodes), or auto: the split where it predicts "
+    "10%+ more output tok/s per GPU and every node names its RDMA devices.",
+)
+@click.option(
+    "--transfer-backend",
+    metavar="NAME",
+    help="KV transfer of a prefill/decode split (SGLang: mooncake or nixl; vLLM: nixl); default: the "
+    "engine's first.",
 )
 @click.option(
     "--router-port",
@@ -124,6 +147,10 @@ def plan_command(
     itl_p95: str | None,
     tokens_per_user: str | None,
     workload: str | None,
+    isl: str | None,
+    osl: str | None,
+    fleet_mode: str,
+    transfer_backend: str | None,
     router_port: str | None,
     weights_dir: str | None,
     speculative: str | None,
@@ -160,9 +187,15 @@ def plan_command(
         tight=tight,
         revision=revision,
         ttft_p95_slo_s=_number(ttft_slo, "--ttft-slo", float),
+        workload=workload or "chat",
+        isl=_number(isl, "--isl", int),
+        osl=_number(osl, "--osl", int),
+        itl_p95_s=seconds(itl_p95, "--itl-p95"),
+        fleet_mode=fleet_mode,
+        transfer_backend=transfer_backend,
     )
     result = plan(profile, request, calibration=records)
-    if users is not None or itl_p95 or tokens_per_user or workload:
+    if users is not None or tokens_per_user:
         from deploy.cli.capacity_cmd import replan_for_users
 
         result = replan_for_users(

@@ -61,6 +61,29 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class Disaggregation:
+    """How the engine serves prefill and decode on separate instances with the KV cache moved between them
+    (``plan --fleet-mode disaggregated``), as data: the transfer backends it takes, the ports its transfer
+    opens, and the engine_args each role adds (``role_args``). The router's prefill/decode mode is the
+    router's data (deploy.routers.base.Router)."""
+
+    #: KV transfer backends, the default first (SGLang: mooncake, nixl; vLLM: NIXL's connector)
+    transfer_backends: tuple[str, ...]
+    #: the router's ``--kv-connector`` value for this engine's transfer (None: the router takes none)
+    router_kv_connector: str | None
+    #: port a prefill instance's bootstrap server listens on, given to the router per prefill worker
+    #: (SGLang's --disaggregation-bootstrap-port); None: the engine has no bootstrap server
+    bootstrap_port: int | None
+    #: port each instance's KV side channel listens on (vLLM's VLLM_NIXL_SIDE_CHANNEL_PORT); None: none
+    side_channel_port: int | None
+    #: (role, transfer backend, RDMA devices, the role candidate's engine_args, the sequences a decode
+    #: instance's KV cache holds for the workload) -> the engine_args the role adds ("prefill"/"decode")
+    role_args: Callable[[str, str, tuple[str, ...], dict[str, Any], int], dict[str, Any]]
+    #: where these facts come from (the engine's guide and source)
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Health:
     """How the engine reports readiness on HTTP (what ``deploy.serving.readiness`` branches on).
 
@@ -270,6 +293,8 @@ class Engine:
     openmp_threads: bool = False
     #: the variable the CPU build reads its KV cache size from (GiB), when the plan gives no byte count
     cpu_kv_space_env: str | None = None
+    #: prefill/decode disaggregation (None: the engine serves only aggregated replicas)
+    disaggregation: Disaggregation | None = None
     #: the distribution its build comes from when that is not the engine's own name (llama.cpp:
     #: llama-cpp-python): a rendered manifest's ``pins`` key it, and its version reads ``<dist>-<version>``
     source_dist: str | None = None
@@ -326,4 +351,13 @@ class Engine:
         return self.metrics_flag is None or bool(engine_args.get(self.metrics_flag))
 
 
-__all__ = ["Engine", "EngineMetrics", "ErrorRatio", "Feature", "Health", "Install", "StartupLog"]
+__all__ = [
+    "Disaggregation",
+    "Engine",
+    "EngineMetrics",
+    "ErrorRatio",
+    "Feature",
+    "Health",
+    "Install",
+    "StartupLog",
+]

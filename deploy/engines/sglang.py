@@ -8,9 +8,19 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from deploy import pins
-from deploy.engines.base import Engine, EngineMetrics, ErrorRatio, Feature, Health, Install, StartupLog
+from deploy.engines.base import (
+    Disaggregation,
+    Engine,
+    EngineMetrics,
+    ErrorRatio,
+    Feature,
+    Health,
+    Install,
+    StartupLog,
+)
 from deploy.engines.startup import NUM, StartupFacts, last, span_s, to_float
 
 METRICS = EngineMetrics(
@@ -99,6 +109,44 @@ STARTUP_LOG = StartupLog(
     detect=_detect,
 )
 
+#: SGLang's prefill bootstrap server (--disaggregation-bootstrap-port's default in 0.5.23,
+#: srt/arg_groups/fields/disagg.py): the router hands each prefill worker's port to the decode side
+BOOTSTRAP_PORT = 8998
+
+
+def _role_args(
+    role: str, backend: str, rdma: tuple[str, ...], args: dict[str, Any], kv_batch: int
+) -> dict[str, Any]:
+    """SGLang 0.5.23's flags for one role of a prefill/decode split (srt/arg_groups/fields/disagg.py): the
+    mode, the transfer backend, the HCAs it moves KV over; a decode instance caps its running requests at
+    the batch its KV pool holds for the workload (the planner's figure) and, under expert parallelism,
+    rebalances hot experts (--enable-eplb, LMSYS's Kimi-K2 large-EP decode); a prefill instance keeps the
+    candidate's chunked prefill."""
+    out: dict[str, Any] = {
+        "disaggregation_mode": role,
+        "disaggregation_transfer_backend": backend,
+        "disaggregation_ib_device": ",".join(rdma) or None,
+    }
+    if role == "prefill":
+        out["disaggregation_bootstrap_port"] = BOOTSTRAP_PORT
+    else:
+        out["max_running_requests"] = max(1, kv_batch)
+        out["enable_eplb"] = bool(args.get("enable_dp_attention"))
+    return out
+
+
+DISAGGREGATION = Disaggregation(
+    transfer_backends=("mooncake", "nixl"),
+    router_kv_connector=None,
+    bootstrap_port=BOOTSTRAP_PORT,
+    side_channel_port=None,
+    role_args=_role_args,
+    source=(
+        f"sglang {pins.SGLANG_VERSION} srt/arg_groups/fields/disagg.py (--disaggregation-mode, "
+        "-transfer-backend, -ib-device, -bootstrap-port); LMSYS blog 2025-07-17 (Kimi-K2 4P12D, Mooncake)"
+    ),
+)
+
 ENGINE = Engine(
     # SGLang /model_info returns --preferred-sampling-params (srt/entrypoints/http_server.py, 0.5.23)
     sampling_report=("/model_info", "preferred_sampling_params"),
@@ -134,5 +182,6 @@ ENGINE = Engine(
     needs_gpu=True,
     metrics_flag="enable_metrics",
     host_ip_env="SGLANG_HOST_IP",
+    disaggregation=DISAGGREGATION,
     startup_overhead_s=300,
 )

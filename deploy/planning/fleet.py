@@ -16,6 +16,7 @@ Pure, like the planner: no subprocess, no file.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -223,6 +224,88 @@ def build_fleet(
     return Fleet(tuple(replicas), router, fleet_reason(c, ports, profile, req, candidates, router))
 
 
+def build_split_fleet(
+    option: Any, profile: HardwareProfile, req: PlanRequest, candidates: list[Candidate], why: str
+) -> Fleet:
+    """The fleet of a prefill/decode split (``option``, a deploy.planning.disaggregation.FleetOption):
+    ``option.prefill`` prefill replicas then ``option.decode`` decode replicas, one node group each in
+    profile order, ids r0, r1, ...; the router in its prefill/decode mode; each role's candidate and the
+    engine_args the role adds (the engine's data); the transfer's ports checked against the others."""
+    from deploy.planning import disaggregation as pd
+
+    by_id = {c.id: c for c in candidates}
+    prefill_c, decode_c = by_id[option.prefill_candidate], by_id[option.decode_candidate]
+    eng = engines.get(prefill_c.engine)
+    spec = eng.disaggregation
+    assert spec is not None, prefill_c.engine
+    backend = pd.transfer_backend(prefill_c.engine, req)
+    width = max(1, option.nodes_per_instance)
+    count = option.prefill + option.decode
+    placed = [tuple(profile.nodes[i * width : (i + 1) * width]) for i in range(count)]
+    names = [n.name for group in placed for n in group]
+    rdma = pd._rdma(profile, names)
+    engine_host = str(prefill_c.engine_args.get("host", "127.0.0.1"))
+    engine_port = int(prefill_c.engine_args.get("port", 8000))
+    ports = [engine_port + 1 + i for i in range(count)]
+    router = router_dict(prefill_c, profile, req.router_port or engine_port)
+    router["pd"] = {
+        "kv_connector": spec.router_kv_connector,
+        "prefill_policy": pd.PREFILL_POLICY,
+        "decode_policy": pd.DECODE_POLICY,
+    }
+    named = {"the router": int(router["port"]), "the router's metrics": int(router["metrics_port"])}
+    if spec.bootstrap_port is not None:
+        named["the prefill bootstrap server"] = spec.bootstrap_port
+    if spec.side_channel_port is not None:
+        named["the KV side channel"] = spec.side_channel_port
+    _check_ports(prefill_c, {**named, **{f"replica r{i}": p for i, p in enumerate(ports)}})
+    replicas = []
+    for i, (nodes, port) in enumerate(zip(placed, ports, strict=True)):
+        role = "prefill" if i < option.prefill else "decode"
+        cand = prefill_c if role == "prefill" else decode_c
+        host = _host(profile, nodes[0], engine_host)
+        replicas.append(
+            Replica(
+                f"r{i}", tuple(n.name for n in nodes), cand.layout, host, port, url_of(host, port), None, role
+            )
+        )
+
+    def role(name: str, cand: Candidate, instances: int) -> dict[str, Any]:
+        return {
+            "instances": instances,
+            "candidate": cand.id,
+            "layout": cand.layout,
+            "engine_args": pd.role_engine_args(name, cand, option, backend, rdma),
+        }
+
+    split = {
+        "transfer_backend": backend,
+        "rdma_devices": list(rdma),
+        "bootstrap_port": spec.bootstrap_port,
+        "side_channel_port": spec.side_channel_port,
+        "prefill": role("prefill", prefill_c, option.prefill),
+        "decode": role("decode", decode_c, option.decode),
+        "predicted": {
+            "output_tok_s_per_gpu": option.output_tok_s_per_gpu,
+            "low": option.low,
+            "high": option.high,
+            "itl_s": option.itl_s,
+            "source": option.source,
+            "workload": dataclasses.asdict(req.workload_shape()),
+        },
+        "reason": option.reason,
+    }
+    no_rdma = (
+        "" if rdma else "; the profile names no RDMA device common to every node: the backend picks its own"
+    )
+    reason = (
+        f"{option.prefill} prefill + {option.decode} decode instance(s) ({_nodes(width)} each): {why}; "
+        f"{router['program']} {router['version']} fronts them on port {router['port']} in its "
+        f"prefill/decode mode; KV moves over {backend}{no_rdma}."
+    )
+    return Fleet(tuple(replicas), router, reason, mode="disaggregated", disaggregation=split)
+
+
 def remote_loopback_warning(fleet: Fleet) -> str | None:
     """A line for the explanation when replicas run on other nodes than the router but the engine binds
     loopback (the plan's default): the router reaches them only once the release binds beyond it.
@@ -316,6 +399,7 @@ def fleet_reason(
 
 __all__ = [
     "build_fleet",
+    "build_split_fleet",
     "fleet_reason",
     "is_loopback",
     "node_groups",

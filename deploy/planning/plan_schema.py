@@ -35,6 +35,8 @@ PLACEMENTS = ["gpu", "hybrid", "cpu", "rpc"]
 _PARALLEL = {"type": "integer", "minimum": 1, "maximum": 65536}
 _MAYBE_WORD = {"anyOf": [schema.WORD, {"type": "null"}]}
 _POSITIVE_OR_NULL = {"anyOf": [schema.POSITIVE, {"type": "null"}]}
+#: comma-separated RDMA device names (SGLang's --disaggregation-ib-device list form)
+_DEVICES = {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}(,[A-Za-z0-9_.-]{1,64}){0,63}\Z"}
 _HOST_PORT = {"type": "string", "pattern": r"^[A-Za-z0-9.:\[\]-]{1,300}:[0-9]{1,5}\Z"}
 
 ENGINE_ARGS: dict[str, Any] = {
@@ -64,6 +66,24 @@ ENGINE_ARGS: dict[str, Any] = {
         "cuda_graph_max_bs": _POSITIVE_OR_NULL,
         "cpu_kvcache_space_gib": {"anyOf": [schema.AMOUNT, {"type": "null"}]},
         "cpu_kvcache_bytes": {"anyOf": [schema.COUNT, {"type": "null"}]},
+        # one role of a prefill/decode split (deploy/engines/<engine>.py role_args)
+        "disaggregation_mode": {"enum": ["prefill", "decode"]},
+        "disaggregation_transfer_backend": schema.WORD,
+        "disaggregation_ib_device": {"anyOf": [_DEVICES, {"type": "null"}]},
+        "disaggregation_bootstrap_port": schema.PORT,
+        "max_running_requests": _POSITIVE_OR_NULL,
+        "enable_eplb": {"type": "boolean"},
+        "kv_transfer_config": {
+            "type": "object",
+            "required": ["kv_connector", "kv_role"],
+            "additionalProperties": False,
+            "properties": {
+                "kv_connector": schema.WORD,
+                "kv_role": {"enum": ["kv_both", "kv_producer", "kv_consumer"]},
+            },
+        },
+        "kv_transfer_side_channel_port": schema.PORT,
+        "kv_transfer_rdma_devices": {"type": "array", "maxItems": 64, "items": schema.WORD},
         "n_gpu_layers": {"anyOf": [{"type": "integer", "minimum": -1, "maximum": 100000}, {"type": "null"}]},
         "threads": _POSITIVE_OR_NULL,
         "parallel": _POSITIVE_OR_NULL,
@@ -122,6 +142,7 @@ REPLICA: dict[str, Any] = {
         "port": schema.PORT,
         "url": URL,
         "threads": _POSITIVE_OR_NULL,
+        "role": {"enum": ["prefill", "decode"]},
     },
 }
 ROUTER: dict[str, Any] = {
@@ -152,6 +173,60 @@ ROUTER: dict[str, Any] = {
         "queue_size": _SMALL_COUNT,
         "queue_timeout_s": _SECONDS,
         "request_timeout_s": _SECONDS,
+        "pd": {
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "required": ["kv_connector", "prefill_policy", "decode_policy"],
+                    "properties": {
+                        "kv_connector": _MAYBE_WORD,
+                        "prefill_policy": schema.WORD,
+                        "decode_policy": schema.WORD,
+                    },
+                },
+            ]
+        },
+    },
+}
+_ROLE: dict[str, Any] = {
+    "type": "object",
+    "required": ["instances", "candidate", "layout", "engine_args"],
+    "properties": {
+        "instances": {"type": "integer", "minimum": 1, "maximum": schema.MAX_NODES},
+        "candidate": schema.TEXT,
+        "layout": schema.TEXT,
+        "engine_args": ENGINE_ARGS,
+    },
+}
+DISAGGREGATION: dict[str, Any] = {
+    "type": "object",
+    "required": ["transfer_backend", "rdma_devices", "prefill", "decode", "reason"],
+    "properties": {
+        "transfer_backend": schema.WORD,
+        "rdma_devices": {"type": "array", "maxItems": 64, "items": schema.WORD},
+        "bootstrap_port": {"anyOf": [schema.PORT, {"type": "null"}]},
+        "side_channel_port": {"anyOf": [schema.PORT, {"type": "null"}]},
+        "prefill": _ROLE,
+        "decode": _ROLE,
+        "predicted": {"type": "object"},
+        "reason": schema.TEXT,
+    },
+}
+FLEET_OPTION: dict[str, Any] = {
+    "type": "object",
+    "required": ["mode", "label", "prefill", "decode", "output_tok_s_per_gpu", "source", "reason", "rank"],
+    "properties": {
+        "mode": {"enum": ["aggregated", "disaggregated"]},
+        "label": schema.TEXT,
+        "prefill": {"type": "integer", "minimum": 0, "maximum": schema.MAX_NODES},
+        "decode": {"type": "integer", "minimum": 0, "maximum": schema.MAX_NODES},
+        "output_tok_s_per_gpu": {"type": "number", "minimum": 0, "maximum": 1e9},
+        "low": {"type": "number", "minimum": 0, "maximum": 1e9},
+        "high": {"type": "number", "minimum": 0, "maximum": 1e9},
+        "source": {"enum": ["measured", "published", "modelled"]},
+        "reason": schema.TEXT,
+        "rank": {"type": "integer", "minimum": 1, "maximum": 1000},
     },
 }
 FLEET: dict[str, Any] = {
@@ -161,6 +236,9 @@ FLEET: dict[str, Any] = {
         "replicas": {"type": "array", "maxItems": schema.MAX_NODES, "items": REPLICA},
         "router": {"anyOf": [ROUTER, {"type": "null"}]},
         "reason": schema.TEXT,
+        "mode": {"enum": ["aggregated", "disaggregated"]},
+        "disaggregation": {"anyOf": [DISAGGREGATION, {"type": "null"}]},
+        "options": {"type": "array", "maxItems": 64, "items": FLEET_OPTION},
     },
 }
 

@@ -39,8 +39,9 @@ from deploy.planning.contract import (
     Plan,
     Weights,
 )
+from deploy.planning.disaggregation import choose, fleet_options
 from deploy.planning.engine_args import KT_GUIDE_TOTAL_TOKENS, ArgsInput, engine_args
-from deploy.planning.fleet import build_fleet, remote_loopback_warning, replicas_for
+from deploy.planning.fleet import build_fleet, build_split_fleet, remote_loopback_warning, replicas_for
 from deploy.planning.margins import (
     CALIBRATED_ERROR,
     READY_SAFETY_FACTOR,
@@ -124,7 +125,7 @@ def plan(
         c.replicas = replicas_for(c, profile, req)
     _rank(candidates, m)
     chosen = next((c for c in candidates if c.runs), None)
-    fleet = build_fleet(chosen, profile, req, candidates) if chosen else Fleet((), None, "nothing runs")
+    fleet = _fleet(chosen, profile, req, candidates, archs) if chosen else Fleet((), None, "nothing runs")
     explanation = _explain(candidates, chosen, profile, m)
     if chosen is not None:
         warning = remote_loopback_warning(fleet)
@@ -147,6 +148,26 @@ def plan(
         explanation=explanation,
         fleet_spec=fleet,
     )
+
+
+def _fleet(
+    chosen: Candidate,
+    profile: HardwareProfile,
+    req: PlanRequest,
+    candidates: list[Candidate],
+    archs: dict[str, Architecture],
+) -> Fleet:
+    """Aggregated replicas of ``chosen`` or a prefill/decode split, whichever ``req.fleet_mode`` and the
+    ranking of the options pick (deploy.planning.disaggregation), with the options compared."""
+    options, why_not = fleet_options(profile, chosen, candidates, req, archs[chosen.variant])
+    option, why = choose(options, why_not, req, profile)
+    listed = tuple(o.to_dict() for o in options)
+    if option is not None:
+        return dataclasses.replace(build_split_fleet(option, profile, req, candidates, why), options=listed)
+    fleet = build_fleet(chosen, profile, req, candidates)
+    if not options:
+        return fleet
+    return dataclasses.replace(fleet, reason=f"{fleet.reason[:-1]}; {why}.", options=listed)
 
 
 # ---- engines ---------------------------------------------------------------------------------------

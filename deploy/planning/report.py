@@ -131,11 +131,59 @@ def render_memory(c: Candidate) -> str:
     return "\n".join(lines)
 
 
+def render_fleet_options(plan: Plan) -> str:
+    """The ways to run the profile's nodes the planner compared (aggregated replicas, prefill/decode
+    splits), best first, with the predicted output tok/s per GPU, its band and source; "" with none.
+
+        >>> from deploy.hardware.profiles import profile_from_gpus
+        >>> from deploy.planning.planner import plan
+        >>> render_fleet_options(plan(profile_from_gpus("4x8xH200"))).splitlines()[0]  # doctest: +ELLIPSIS
+        'Fleet options (chat 1024/1024 tokens, ranked by output tok/s per GPU at ITL 50 ms; modelled...'
+    """
+    opts = plan.fleet.options
+    if not opts:
+        return ""
+    req = plan.request
+    w = (
+        f"{req.get('isl')}/{req.get('osl')} tokens"
+        if req.get("isl")
+        else f"{req.get('workload', 'chat')} {_preset(req.get('workload'))} tokens"
+    )
+    itl = float(opts[0]["itl_s"]) * 1000
+    lines = [
+        f"Fleet options ({w}, ranked by output tok/s per GPU at ITL {itl:.0f} ms; modelled at one fitted "
+        "efficiency, so the band moves every option together):"
+    ]
+    runs = plan.fleet.mode
+    chosen_label = (
+        next((o["label"] for o in opts if o["mode"] == "disaggregated"), None)
+        if runs == "disaggregated"
+        else next((o["label"] for o in opts if o["mode"] == "aggregated"), None)
+    )
+    for o in opts:
+        mark = "*" if o["label"] == chosen_label and o["mode"] == runs else " "
+        lines.append(
+            f" {mark}{o['rank']}. {o['label']}: {o['output_tok_s_per_gpu']:,.1f} tok/s per GPU "
+            f"({o['low']:,.1f}..{o['high']:,.1f}, {o['source']}): {o['reason']}"
+        )
+    return "\n".join(lines)
+
+
+def _preset(name: Any) -> str:
+    from deploy.planning.capacity import WORKLOADS
+
+    w = WORKLOADS.get(str(name or "chat"))
+    return f"{w.isl}/{w.osl}" if w else ""
+
+
 def render_report(plan: Plan) -> str:
-    """Table, then the chosen plan's memory breakdown, then the explanation."""
+    """Table, then the chosen plan's memory breakdown, the fleet options, then the explanation."""
     parts = [_title(plan), render_table(plan), ""]
     if plan.chosen is not None:
         parts += [render_memory(plan.chosen_candidate), ""]
+    options = render_fleet_options(plan)
+    if options:
+        parts += [options, ""]
     parts += plan.explanation
     return "\n".join(parts)
 
@@ -155,6 +203,9 @@ def rich_report(plan: Plan) -> list[Any]:
     ]
     if plan.chosen is not None:
         parts += [Text(render_memory(plan.chosen_candidate)), Text("")]
+    options = render_fleet_options(plan)
+    if options:
+        parts += [Text(options), Text("")]
     parts += [Text(line) for line in plan.explanation]
     return parts
 
@@ -164,4 +215,12 @@ def print_report(plan: Plan) -> None:
     console.show(render_report(plan), *rich_report(plan))
 
 
-__all__ = ["candidate_row", "print_report", "render_memory", "render_report", "render_table", "rich_report"]
+__all__ = [
+    "candidate_row",
+    "print_report",
+    "render_fleet_options",
+    "render_memory",
+    "render_report",
+    "render_table",
+    "rich_report",
+]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import Any
 
 from deploy import constants, schema
 from deploy.catalog import Model, Variant
@@ -31,6 +32,10 @@ KV_CACHE_DTYPES = ("bf16", "fp8")
 #: The most replicas a plan may ask for: one per node of the largest profile (deploy/schema.py MAX_NODES);
 #: more is a typo, and each one is a process and a port.
 MAX_REPLICAS = schema.MAX_NODES
+#: ``plan --fleet-mode``: aggregated replicas, a prefill/decode split, or whichever ranks first
+FLEET_MODES = ("auto", "aggregated", "disaggregated")
+#: the longest prompt or output a workload may name (the largest context any catalog model has, 4x over)
+MAX_WORKLOAD_TOKENS = 1 << 20
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$")
 
 
@@ -63,6 +68,18 @@ class PlanRequest:
     replicas: int | None = None
     #: the router's port; None: the chosen engine's own port (users keep their URL)
     router_port: int | None = None
+    #: the request shape the fleet is planned for: a capacity preset (chat, agentic, long) or, with ``isl``
+    #: and ``osl``, those token counts (the prefill:decode split and the fleet ranking read it)
+    workload: str = "chat"
+    isl: int | None = None
+    osl: int | None = None
+    #: the inter-token latency p95 the fleet options are ranked at (seconds); None: DEFAULT_ITL_S
+    itl_p95_s: float | None = None
+    #: aggregated replicas, a prefill/decode split, or auto (the split where it ranks first by a margin and
+    #: every node names its RDMA devices)
+    fleet_mode: str = "auto"
+    #: the KV transfer backend of a prefill/decode split; None: the engine's default
+    transfer_backend: str | None = None
 
     def __post_init__(self) -> None:
         if self.revision is not None and not _REVISION.match(self.revision):
@@ -91,6 +108,36 @@ class PlanRequest:
             raise InputError(f"--replicas {self.replicas}: must be between 1 and {MAX_REPLICAS}")
         if self.router_port is not None:
             schema.check_port(self.router_port, "--router-port")
+        from deploy.planning.capacity import WORKLOADS
+
+        if self.workload not in WORKLOADS:
+            raise InputError(f"--workload {self.workload!r}: expected one of {', '.join(WORKLOADS)}")
+        if (self.isl is None) != (self.osl is None):
+            raise InputError("--isl and --osl go together (or use --workload chat|agentic|long)")
+        for name, tokens in (("--isl", self.isl), ("--osl", self.osl)):
+            if tokens is not None and not 1 <= tokens <= MAX_WORKLOAD_TOKENS:
+                raise InputError(f"{name} {tokens}: must be between 1 and {MAX_WORKLOAD_TOKENS:,} tokens")
+        itl = self.itl_p95_s
+        if itl is not None and not (math.isfinite(itl) and 0 < itl <= 60):
+            raise InputError(f"--itl-p95 {itl}: must be a positive number of seconds, at most 60")
+        if self.fleet_mode not in FLEET_MODES:
+            raise InputError(f"--fleet-mode {self.fleet_mode!r}: expected one of {', '.join(FLEET_MODES)}")
+        if self.transfer_backend is not None and not re.fullmatch(
+            r"[a-z][a-z0-9_-]{0,31}", self.transfer_backend
+        ):
+            raise InputError(f"--transfer-backend {self.transfer_backend!r}: expected a backend name")
+
+    def workload_shape(self) -> Any:
+        """The request shape the fleet is planned for (a deploy.planning.capacity.Workload).
+
+        >>> PlanRequest(isl=2000, osl=100).workload_shape().isl, PlanRequest().workload_shape().name
+        (2000, 'chat')
+        """
+        from deploy.planning.capacity import WORKLOADS, Workload
+
+        if self.isl is not None and self.osl is not None:
+            return Workload("custom", self.isl, self.osl)
+        return WORKLOADS[self.workload]
 
     def variants_for(self, m: Model, profile: HardwareProfile) -> list[Variant]:
         """The variants of ``m`` to plan on ``profile``; InputError where the request does not fit them."""
@@ -130,4 +177,4 @@ class PlanRequest:
             )
 
 
-__all__ = ["KV_CACHE_DTYPES", "MAX_REPLICAS", "PlanRequest"]
+__all__ = ["FLEET_MODES", "KV_CACHE_DTYPES", "MAX_REPLICAS", "PlanRequest"]

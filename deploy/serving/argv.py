@@ -317,7 +317,27 @@ def _vllm_flags(plan: Plan, cand: Candidate, chat_template: Path | None) -> list
     _flag(base, "--language-model-only", bool(a.get("language_model_only")))
     _flag(base, "--enforce-eager", bool(a.get("enforce_eager")))
     _flag(base, "--chat-template", str(chat_template) if chat_template else None)
+    # one role of a prefill/decode split (deploy/engines/vllm.py role_args): NIXL's connector both ways
+    transfer = a.get("kv_transfer_config")
+    if transfer:
+        base += ["--kv-transfer-config", json.dumps(dict(transfer), separators=(",", ":"))]
+    _flag(base, "--enable-eplb", bool(a.get("enable_eplb")))
     return base
+
+
+def _kv_transfer_env(a: dict[str, Any], nodes: list[NodeCommand]) -> list[NodeCommand]:
+    """A vLLM prefill/decode role's NIXL side channel (each node's own address, so the other role reaches
+    it; vLLM's default is localhost) and UCX's devices (the profile's HCAs, the transfer's path)."""
+    if not a.get("kv_transfer_config"):
+        return nodes
+    devices = [str(d) for d in a.get("kv_transfer_rdma_devices") or []]
+    for n in nodes:
+        n.env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = n.address
+        n.env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = str(int(a.get("kv_transfer_side_channel_port") or 5600))
+        if devices:
+            # UCX names an HCA by its port (`ucx_info -d` lists mlx5_0:1); the profile names the HCA
+            n.env["UCX_NET_DEVICES"] = ",".join(f"{d}:1" for d in devices)
+    return nodes
 
 
 def _vllm_ray(
@@ -409,18 +429,18 @@ def _vllm(
         args = [*prog, *base]
         _flag(args, "--data-parallel-size", cand.data_parallel if cand.data_parallel > 1 else None)
         _http(args, ep, port)
-        return [_node(nodes[0], 0, args, "vllm", serves_http=True)]
+        return _kv_transfer_env(a, [_node(nodes[0], 0, args, "vllm", serves_http=True)])
 
     mn = _multinode(a, ep)
     # the ranks wait in init_process_group while every node loads its weights (the plan sizes the wait)
     _flag(base, "--distributed-timeout-seconds", mn.get("distributed_timeout_s"))
     if mn["backend"] == "ray":
-        return _vllm_ray(cand, nodes, [*prog, *base], mn, ep, port)
+        return _kv_transfer_env(a, _vllm_ray(cand, nodes, [*prog, *base], mn, ep, port))
     if mn["backend"] != "mp":
         raise PlanError(
             f"candidate {cand.id!r}: multinode backend {mn['backend']!r} is not one of mp, ray for vLLM"
         )
-    return _vllm_mp(cand, nodes, [*prog, *base], mn, ep, port)
+    return _kv_transfer_env(a, _vllm_mp(cand, nodes, [*prog, *base], mn, ep, port))
 
 
 # ----------------------------------------------------------------------------------- SGLang / KTransformers
@@ -524,6 +544,13 @@ def _sglang(
     _flag(base, "--preferred-sampling-params", _sampling_json(a))
     _common_parsers(a, base)
     _flag(base, "--enable-metrics", bool(a.get("enable_metrics")))
+    # one role of a prefill/decode split (deploy/engines/sglang.py role_args)
+    _flag(base, "--disaggregation-mode", a.get("disaggregation_mode"))
+    _flag(base, "--disaggregation-transfer-backend", a.get("disaggregation_transfer_backend"))
+    _flag(base, "--disaggregation-ib-device", a.get("disaggregation_ib_device"))
+    _flag(base, "--disaggregation-bootstrap-port", a.get("disaggregation_bootstrap_port"))
+    _flag(base, "--max-running-requests", a.get("max_running_requests"))
+    _flag(base, "--enable-eplb", bool(a.get("enable_eplb")))
     if len(nodes) == 1:
         args = list(base)
         _http(args, ep, port)

@@ -97,6 +97,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                             "nodes": {"type": "array", "minItems": 1, "items": schema.NAME},
                             "head": schema.NAME,
                             "url": schema.TEXT,
+                            "role": {"enum": ["prefill", "decode"]},
                         },
                     },
                 },

@@ -943,13 +943,21 @@ def manifest(
 
 
 def fleet_section(group: list[Replica], router: RouterRelease | None) -> dict[str, Any] | None:
-    """The manifest's ``fleet``: the router's entry and each replica (id, nodes, head, URL); None without."""
+    """The manifest's ``fleet``: the router's entry and each replica (id, nodes, head, URL, and its role in a
+    prefill/decode split); None without."""
     if router is None:
         return None
     return {
         "router": router.entry,
         "replicas": [
-            {"id": r.id, "nodes": [n.node for n in r.nodes], "head": r.head.node, "url": r.url} for r in group
+            {
+                "id": r.id,
+                "nodes": [n.node for n in r.nodes],
+                "head": r.head.node,
+                "url": r.url,
+                **({"role": r.role} if r.role else {}),
+            }
+            for r in group
         ],
     }
 
@@ -1054,6 +1062,22 @@ def _router_install_text(router: Any, user: str | None) -> str:
     )
 
 
+def _router_workers(spec: dict[str, Any], group: list[Replica]) -> tuple[list[str], dict[str, Any]]:
+    """The router's workers: every replica's URL, or in prefill/decode mode (``fleet.router.pd``) none,
+    and the prefill replicas (each with the bootstrap port its role runs, where the engine has one) and
+    decode replicas as ``router_argv``'s keyword arguments."""
+    if not spec.get("pd"):
+        return [r.url for r in group], {}
+    return [], {
+        "prefill": [
+            (r.url, r.candidate.engine_args.get("disaggregation_bootstrap_port"))
+            for r in group
+            if r.role == "prefill"
+        ],
+        "decode": [r.url for r in group if r.role == "decode"],
+    }
+
+
 def router_release(
     spec: dict[str, Any], group: list[Replica], ep: Endpoint, inputs: RenderInputs
 ) -> RouterRelease:
@@ -1064,9 +1088,9 @@ def router_release(
     bind, host = _router_host(spec, ep)
     port = check_port(spec["port"], "fleet router port")
     metrics_port = check_port(spec["metrics_port"], "fleet router metrics_port")
-    workers = [r.url for r in group]
     # the router binds where the replicas bind; the plan's host is where users reach it
-    args = router_args.router_argv({**spec, "host": bind}, workers)
+    workers, roles = _router_workers(spec, group)
+    args = router_args.router_argv({**spec, "host": bind}, workers, **roles)
     argv: list[Arg] = [EnvPath(ENGINE_DIR_VAR, "/bin/python"), EnvPath("here", f"/{ROUTER_LAUNCHER}"), *args]
     loopback = ep.loopback
     key_envs = [router.api_key_env] if not loopback else []

@@ -35,6 +35,8 @@ class Replica:
     nodes: list[NodeCommand]
     #: where the router reaches it (``http://host:port``); "" without a router
     url: str = ""
+    #: "prefill" or "decode" in a prefill/decode split; None when aggregated
+    role: str | None = None
 
     @property
     def head(self) -> NodeCommand:
@@ -52,6 +54,18 @@ def fleet_of(plan: Plan) -> dict[str, Any] | None:
     if fleet.router is None:
         return None
     return {"router": dict(fleet.router), "replicas": [r.to_dict() for r in fleet.replicas]}
+
+
+def role_candidate(plan: Plan, cand: Candidate, replica: dict[str, Any]) -> Candidate:
+    """What ``replica`` runs: ``cand`` in an aggregated fleet; in a prefill/decode split its role's
+    candidate with the engine_args the role adds (plan.json ``fleet.disaggregation.<role>``)."""
+    role = replica.get("role")
+    split = plan.fleet.disaggregation
+    if not role or split is None:
+        return cand
+    spec = split[role]
+    base = plan.candidate(str(spec["candidate"]))
+    return dataclasses.replace(base, engine_args={**base.engine_args, **spec["engine_args"]})
 
 
 def _replica_candidate(cand: Candidate, replica: dict[str, Any]) -> Candidate:
@@ -122,13 +136,32 @@ def replicas(
     out = []
     for spec in fleet["replicas"]:
         spec = reachable(plan, spec, endpoint)
-        rc = _replica_candidate(cand, spec)
+        rc = _replica_candidate(role_candidate(plan, cand, spec), spec)
         ep = dataclasses.replace(endpoint, port=int(rc.engine_args["port"]))
         nodes = node_commands(_replica_plan(plan, rc, spec), rc, model_path, ep, chat_template)
         for n in nodes:
             n.node = node_name(str(spec["id"]), n.node)
-        out.append(Replica(str(spec["id"]), rc, ep, int(rc.engine_args["port"]), nodes, replica_url(spec)))
+        out.append(
+            Replica(
+                str(spec["id"]),
+                rc,
+                ep,
+                int(rc.engine_args["port"]),
+                nodes,
+                replica_url(spec),
+                spec.get("role"),
+            )
+        )
     return out
 
 
-__all__ = ["Replica", "fleet_of", "node_address", "node_name", "reachable", "replica_url", "replicas"]
+__all__ = [
+    "Replica",
+    "fleet_of",
+    "node_address",
+    "node_name",
+    "reachable",
+    "replica_url",
+    "replicas",
+    "role_candidate",
+]
