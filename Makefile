@@ -81,9 +81,9 @@ calibrate-import: $(BIN)/kimi-deploy ## record a start-up log of a server starte
 
 # --- plan (deploy/planning/) ------------------------------------------------------------------------------------
 REPLICAS ?=
-PLAN_REPLICAS = $(if $(REPLICAS),--replicas $(REPLICAS))
+PLAN_REPLICAS = $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(FLEET_MODE),--fleet-mode $(FLEET_MODE)) $(if $(WORKLOAD),--workload $(WORKLOAD))
 .PHONY: plan
-plan: setup ## plan for this machine (or HARDWARE=hardware/h200x8.yaml; REPLICAS=N behind a router); writes $(PLAN)
+plan: setup ## plan for this machine (or HARDWARE=hardware/h200x8.yaml; REPLICAS=N behind a router; FLEET_MODE=disaggregated WORKLOAD=long for a prefill/decode split); writes $(PLAN)
 	@if [ -n "$(HARDWARE)" ]; then $(KD) plan --hardware $(HARDWARE) $(PLAN_REPLICAS) -o $(PLAN); \
 	else $(KD) inventory -o .kimi-deploy/this-node.yaml && \
 		$(KD) plan --hardware .kimi-deploy/this-node.yaml $(PLAN_REPLICAS) -o $(PLAN); fi

@@ -74,6 +74,13 @@ def _fleet_only(text: str) -> str:
     return json.dumps({"fleet": json.loads(text)["fleet"]}, indent=2) + "\n"
 
 
+def _from_fleet_options(text: str) -> str:
+    """The command line, then the report from its fleet options on (the table and memory are elsewhere)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Fleet options"))
+    return "\n".join([lines[0], *lines[start:]]) + "\n"
+
+
 PROFILES = ["h200x8", "h100x8", "h100x8-2nodes", "rtx4090-256g", "kt-4x4090-768g", "cpu-512g"]
 KEY = {"KIMI_API_KEY": "docs-example-key"}
 FAULTSERVER = ["deploy.fakes.faultserver"]
@@ -95,6 +102,9 @@ def snippets() -> list[Snippet]:
     # replicas: a layout on part of the nodes, once per node group, behind a router (issue 21)
     four = ["plan", "--hardware", "hardware/h100x8-4nodes.yaml", "--engine", "vllm", "--variant", "int4"]
     out.append(Snippet("plan-h100x8-4nodes-vllm.txt", four))
+    # a prefill/decode split on four 8x H200 nodes with InfiniBand (issue 26): the options and the Fleet line
+    split = ["plan", "--hardware", "hardware/h200x8-4nodes.yaml", "--engine", "sglang", "--workload", "long"]
+    out.append(Snippet("plan-h200x8-4nodes-split.txt", split, transform=_from_fleet_options))
     demo2 = ["plan", "--hardware", "hardware/ci-24g.yaml", "--model", "demo", "--replicas", "2", "--json"]
     out.append(Snippet("plan-demo-replicas-2.json", demo2, prompt=False, transform=_fleet_only))
     # render: one folder per profile, the plan written first into the temporary folder

@@ -221,9 +221,9 @@ def fleet_options(
                     decode_kv_batch=max_batch(arch, d_setup, shape),
                     source="modelled",
                     reason=(
-                        f"{best} prefill instance(s) at {prefill_rate:.1f} requests/s each ({w.isl}-token "
+                        f"{best} prefill instance(s) at {prefill_rate:.3g} requests/s each ({w.isl}-token "
                         f"prompts) feed {groups - best} decode instance(s) of {dc.layout} at "
-                        f"{dec['requests_s']:.1f} requests/s each ({dec['batch']} sequences within "
+                        f"{dec['requests_s']:.3g} requests/s each ({dec['batch']} sequences within "
                         f"{shape_text}); the split that serves the most of both"
                     ),
                 )
