@@ -462,6 +462,12 @@ def compose(plan: Plan, opts: K8sOptions | None = None) -> K8sRender:
     router's Deployment, which the user-facing Service then selects."""
     opts = opts or K8sOptions()
     check_options(opts)
+    if plan.fleet.mode == "disaggregated":
+        # one LWS runs one candidate's groups; a split needs one per role (LWS's DisaggregatedSet)
+        raise InputError(
+            "render --target k8s: a prefill/decode split renders for systemd only so far (plan with "
+            "--fleet-mode aggregated for Kubernetes)"
+        )
     cand = _candidate(plan, opts)
     ep = endpoint(cand, opts)
     weights_dir = render.weights_dir_for(plan, cand, opts.weights_dir)
