@@ -13,6 +13,12 @@ checked); it never holds the key. What this file adds to vllm-router's own ``mai
   while any one replica answers. docs/explanation/router.md shows the experiments.
 - A router bound beyond loopback without a key refuses to start (exit 2, one line): its port would let
   anyone remove or add workers (``/remove_worker``, ``/add_worker`` take no authentication otherwise).
+- Prefill/decode mode (``--vllm-pd-disaggregation``): the validation URLs are the prefill and decode
+  servers' ``/v1/models``, and the key also goes to ``OPENAI_API_KEY`` in the router's environment. In
+  this mode 0.1.17 sends the workers neither its ``--api-key`` nor the client's header but
+  ``Authorization: Bearer $OPENAI_API_KEY`` (an empty bearer without it: tests/test_router_pd.py), so
+  keyed engines would refuse every request without it. ``check`` also refuses a role policy the core
+  refuses only when it starts: power_of_two with one server of that role.
 
 ``router_args(argv, environ)`` is what ``deploy/data/router_probe.py`` checks, so the check and the launch
 parse the same way.
@@ -34,6 +40,8 @@ DIST = "vllm-router"
 API_KEY_ENV = "KIMI_ROUTER_API_KEY"
 #: Where a worker answers only a client holding its key (OpenAI-compatible servers started with a key).
 KEY_CHECK_PATH = "/v1/models"
+#: The variable whose value the prefill/decode mode sends the workers as its bearer (0.1.17's core).
+PD_WORKER_KEY_ENV = "OPENAI_API_KEY"
 
 
 class LaunchRefused(Exception):
@@ -54,6 +62,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def worker_urls(args: object) -> list[str]:
+    """Every worker ``args`` names: the replicas, or in prefill/decode mode the prefill then decode servers
+    (``--prefill URL [BOOTSTRAP_PORT]`` parses to ``(url, port)`` pairs)."""
+    prefill = [url for url, _port in getattr(args, "prefill_urls", None) or []]
+    return [*getattr(args, "worker_urls", []), *prefill, *(getattr(args, "decode_urls", None) or [])]
+
+
 def router_args(argv: list[str], environ: Mapping[str, str]) -> object:
     """vllm-router's RouterArgs for ``argv`` (its own parser: a bad flag exits 2 with argparse's message),
     with the key from ``environ`` and the client authentication it implies."""
@@ -62,7 +77,7 @@ def router_args(argv: list[str], environ: Mapping[str, str]) -> object:
     if key:
         args.api_key = key
         # not a RouterArgs field: Router.from_args hands every attribute to the Rust core's constructor
-        args.api_key_validation_urls = [url.rstrip("/") + KEY_CHECK_PATH for url in args.worker_urls]
+        args.api_key_validation_urls = [url.rstrip("/") + KEY_CHECK_PATH for url in worker_urls(args)]
     elif not is_loopback(args.host):
         raise LaunchRefused(
             f"vllm-router: refusing to listen on {args.host} without a key: set {API_KEY_ENV} "
@@ -71,12 +86,35 @@ def router_args(argv: list[str], environ: Mapping[str, str]) -> object:
     return args
 
 
+def worker_environ(args: object, environ: Mapping[str, str]) -> dict[str, str]:
+    """What the router's own environment needs for ``args``: in prefill/decode mode with a key, the key as
+    the bearer the core sends the workers (``PD_WORKER_KEY_ENV``); nothing otherwise."""
+    key = environ.get(API_KEY_ENV, "")
+    return {PD_WORKER_KEY_ENV: key} if key and getattr(args, "vllm_pd_disaggregation", False) else {}
+
+
+def check_pd_policies(args: object) -> None:
+    """ValueError, in the core's words, for a role policy the core refuses only in ``start()`` (0.1.17:
+    power_of_two for a role with one server; the role's policy named, not inherited from ``--policy``)."""
+    if not getattr(args, "vllm_pd_disaggregation", False):
+        return
+    counts = {"prefill": len(args.prefill_urls or []), "decode": len(args.decode_urls or [])}  # type: ignore[attr-defined]
+    for role, count in counts.items():
+        if getattr(args, f"{role}_policy") == "power_of_two" and count < 2:
+            raise ValueError(
+                "Configuration validation failed: Incompatible configuration: Power-of-two policy for "
+                f"{role} requires at least 2 {role} workers (checked by the core only when it starts)"
+            )
+
+
 def check(args: object) -> None:
     """What ``launch_router`` does with ``args`` before ``start()``: validate, then the Rust core's
-    constructor (which rejects an argument it does not take)."""
+    constructor (which rejects an argument it does not take); and what ``start()`` refuses in prefill/decode
+    mode."""
     validate = getattr(args, "_validate_router_args", None)
     if validate is not None:
         validate()
+    check_pd_policies(args)
     Router.from_args(args)
 
 
@@ -86,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     except LaunchRefused as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(2) from None
+    os.environ.update(worker_environ(args, os.environ))
     launch_router(args)
 
 

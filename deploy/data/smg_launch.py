@@ -17,6 +17,11 @@ it never holds the key. What this file adds to ``smg launch``:
   on the command line, a worker gets the model the router discovers from SGLang's ``/server_info``, which
   llama-server does not have: the router would list the model ``unknown`` and `check` would fail.
 
+- Prefill/decode mode (``--pd-disaggregation``): the prefill and decode servers stay on the command line
+  (the core registers them itself, each with the model its ``/server_info`` reports, which SGLang's
+  engines serve) and the key reaches both roles (tests/test_router_pd.py); nothing is registered after
+  the start.
+
 ``router_args(argv, environ)`` and ``check(args)`` are what ``router_probe.py`` runs, so the check and the
 launch parse the same way.
 """
@@ -83,7 +88,17 @@ def check(args: object) -> None:
     """What ``launch_router`` does with ``args`` before ``start()``: validate, build the Rust core's config
     (it rejects a policy the workers cannot have, a bad retry or circuit-breaker setting)."""
     args._validate_router_args()  # type: ignore[attr-defined]
-    if "power_of_two" in (args.policy, args.prefill_policy, args.decode_policy):  # type: ignore[attr-defined]
+    if args.pd_disaggregation:  # type: ignore[attr-defined]
+        # the servers are on the command line: the core's start() counts them per role (0.3.2's words);
+        # a role inheriting --policy is not checked there
+        counts = {"prefill": len(args.prefill_urls or []), "decode": len(args.decode_urls or [])}  # type: ignore[attr-defined]
+        for role, count in counts.items():
+            if getattr(args, f"{role}_policy") == "power_of_two" and count < 2:
+                raise ValueError(
+                    "Configuration error: Incompatible configuration: Power-of-two policy for "
+                    f"{role} requires at least 2 {role} workers (checked by the core only when it starts)"
+                )
+    elif "power_of_two" in (args.policy, args.prefill_policy, args.decode_policy):  # type: ignore[attr-defined]
         # the core checks this only in start(), where it failed with these words (0.3.2): the launch starts
         # without workers, so power_of_two never starts here
         raise ValueError(
@@ -180,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     router = reach(args.host, args.port)  # type: ignore[attr-defined]
     key = args.api_key or ""  # type: ignore[attr-defined]
     # a process, not a thread: the Rust core's start() holds the GIL while it serves, so a thread never runs
-    if os.fork() == 0:
+    # (prefill/decode mode: no workers here, the core has them from the command line)
+    if workers and os.fork() == 0:
         code = 0
         try:
             register_workers(router, workers, key)

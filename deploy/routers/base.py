@@ -46,6 +46,39 @@ class RouterSettings:
 
 
 @dataclass(frozen=True)
+class PrefillDecode:
+    """A router's prefill/decode (PD) mode: the flags that turn it on and list each role's servers, and what
+    each flag takes, read from the pinned router's own ``--help`` (tests/test_router_pd.py holds them to
+    its parser). ``deploy.routers.argv.router_argv`` composes them from plan.json's ``fleet.router["pd"]``.
+
+        >>> from deploy.routers import registry
+        >>> pd = registry.get("sglang-router").pd
+        >>> pd.flag, "bucket" in pd.prefill_policies, "bucket" in pd.decode_policies, pd.kv_connector_flag
+        ('--pd-disaggregation', True, False, None)
+    """
+
+    #: the flag that turns the mode on
+    flag: str
+    #: the policies ``prefill_policy_flag`` and ``decode_policy_flag`` take
+    prefill_policies: tuple[str, ...]
+    decode_policies: tuple[str, ...]
+    #: ``--prefill URL [BOOTSTRAP_PORT]``, once per prefill server (the port: where its KV bootstrap server
+    #: listens; no token when the plan has none)
+    prefill_flag: str = "--prefill"
+    #: ``--decode URL``, once per decode server
+    decode_flag: str = "--decode"
+    prefill_policy_flag: str = "--prefill-policy"
+    decode_policy_flag: str = "--decode-policy"
+    #: the flag naming the KV connector the router speaks to the engines, and the connectors it takes;
+    #: None where the router has none (the engines pick the transfer backend between themselves)
+    kv_connector_flag: str | None = None
+    kv_connectors: tuple[str, ...] = ()
+    #: role policies the router refuses with fewer than two servers of that role (its core checks it only
+    #: when it starts: "Power-of-two policy for prefill requires at least 2 prefill workers")
+    two_server_policies: tuple[str, ...] = ("power_of_two",)
+
+
+@dataclass(frozen=True)
 class Router:
     """One router program: its PyPI package, pinned version, entry point, metrics, policies and endpoints."""
 
@@ -92,6 +125,8 @@ class Router:
     #: worker's in-flight count: a drain then waits until it has grown by the in-flight count at removal
     #: (None: the ``running_requests`` gauge keeps counting a removed worker down to 0)
     drain_counter: str | None = None
+    #: its prefill/decode mode (None: it has none)
+    pd: PrefillDecode | None = None
     #: what the docs and the table say about this router
     source: str = ""
 

@@ -19,7 +19,9 @@ not), reset to 0 when the worker is removed although its requests run on; ``smg_
 from __future__ import annotations
 
 from deploy import pins
-from deploy.routers.base import Router
+from deploy.routers.base import PrefillDecode, Router
+
+POLICIES = ("random", "round_robin", "cache_aware", "power_of_two", "manual")
 
 ROUTER = Router(
     name="sglang-router",
@@ -27,7 +29,7 @@ ROUTER = Router(
     package="sglang-router",
     version=pins.SGLANG_ROUTER_VERSION,
     entry_point="smg",
-    policies=("random", "round_robin", "cache_aware", "power_of_two", "manual"),
+    policies=POLICIES,
     launcher="smg_launch.py",
     modules=("sglang_router.launch_router", "sglang_router.router", "sglang_router.sglang_router_rs"),
     log_levels=("debug", "info", "warn", "error"),
@@ -76,5 +78,13 @@ ROUTER = Router(
     add_worker_route="POST /workers",
     add_worker_json=True,
     drain_counter="processed_requests",
+    # --help of 0.3.2 (sglang_router/router_args.py): prefill also takes bucket; no connector flag: SGLang's
+    # engines choose the transfer backend (--disaggregation-transfer-backend), the router only injects
+    # bootstrap_host/bootstrap_port/bootstrap_room into the request it sends to both
+    pd=PrefillDecode(
+        flag="--pd-disaggregation",
+        prefill_policies=(*POLICIES, "bucket"),
+        decode_policies=POLICIES,
+    ),
     source="sgl-project/sglang sgl-model-gateway (PyPI sglang-router, `smg launch`)",
 )

@@ -17,7 +17,17 @@ requests the router has in flight on that worker (what a drain waits to reach 0)
 from __future__ import annotations
 
 from deploy import pins
-from deploy.routers.base import Router
+from deploy.routers.base import PrefillDecode, Router
+
+POLICIES = (
+    "random",
+    "round_robin",
+    "cache_aware",
+    "kv_aware",
+    "power_of_two",
+    "consistent_hash",
+    "sticky_least_loaded",
+)
 
 ROUTER = Router(
     name="vllm-router",
@@ -31,15 +41,7 @@ ROUTER = Router(
     # it re-serializes the request: an assistant message's reasoning_content is dropped, reasoning kept
     # (captured with an echo worker: docs/explanation/router.md, tests/test_router_history.py)
     history_reasoning_fields=("reasoning",),
-    policies=(
-        "random",
-        "round_robin",
-        "cache_aware",
-        "kv_aware",
-        "power_of_two",
-        "consistent_hash",
-        "sticky_least_loaded",
-    ),
+    policies=POLICIES,
     metrics={
         "active_workers": "vllm_router_active_workers",
         "worker_health": "vllm_router_worker_health",
@@ -78,5 +80,15 @@ ROUTER = Router(
     },
     remove_worker_route="POST /remove_worker?url={url}",
     add_worker_route="POST /add_worker?url={url}",
+    # --help of 0.1.17 (vllm_router/router_args.py): both roles take every policy; the connector names the
+    # KV transfer protocol it drives (NIXL: the prefill returns kv_transfer_params the router hands to the
+    # decode; Mooncake: it asks each prefill's bootstrap server for its engine id). moriio is AMD's MoRI-IO.
+    pd=PrefillDecode(
+        flag="--vllm-pd-disaggregation",
+        prefill_policies=POLICIES,
+        decode_policies=POLICIES,
+        kv_connector_flag="--kv-connector",
+        kv_connectors=("nixl", "mooncake", "moriio"),
+    ),
     source="vllm-project/router (PyPI vllm-router)",
 )
