@@ -68,7 +68,9 @@ def _split_cases() -> list[tuple[str, str, list]]:
         p = plan(profile, req)
         assert p.fleet.mode == "disaggregated", req
         for bind in ("127.0.0.1", "10.0.1.11"):
-            for r in replicas(p, p.chosen_candidate, "/models/kimi", Endpoint(bind=bind, api_key_env=KEY_ENV)):
+            for r in replicas(
+                p, p.chosen_candidate, "/models/kimi", Endpoint(bind=bind, api_key_env=KEY_ENV)
+            ):
                 for n in r.nodes:
                     label = f"split/{req.engine}/{req.transfer_backend}/{req.workload}/{bind}/{r.id}-{r.role}"
                     cases.append((label, n.program, n.argv))

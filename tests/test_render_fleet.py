@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import test_render
 from helpers.cpu_nodes import write_cpu_profile
-from test_render import gguf_weights, plan_file
+from test_render import flag_value, gguf_weights, plan_file
 
 from deploy.hardware.profiles import load_profile
 from deploy.planning.contract import save_plan
@@ -118,3 +118,65 @@ def test_a_fleet_planned_without_addresses_is_refused_in_one_line(tmp_path: Path
     r = run_cli(["render", "--plan", str(path), "--out", str(tmp_path / "out")])
     assert r.exit_code == 2, r.stderr
     assert "no address" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("engine", ["sglang", "vllm"])
+def test_a_prefill_decode_split_renders_each_role_and_the_router_in_its_pd_mode(
+    tmp_path: Path, run_cli, engine: str
+) -> None:
+    """The 4-node H200 profile's split (plan --fleet-mode disaggregated, the long preset): each replica runs
+    its role's candidate with the role's settings, the router lists prefill and decode servers by the
+    addresses it reaches them at, and its command passes the pinned router's own parser."""
+    path, p = plan_file(tmp_path, "h200x8-4nodes", engine=engine, workload="long", fleet_mode="disaggregated")
+    split = p.fleet.disaggregation
+    out = tmp_path / "out"
+    env = {"KIMI_API_KEY": KEY, routers.get(p.fleet.router["program"]).api_key_env: KEY}
+    r = run_cli(
+        [
+            "render",
+            "--plan",
+            str(path),
+            "--out",
+            str(out),
+            "--bind",
+            "0.0.0.0",
+            "--api-key-env",
+            "KIMI_API_KEY",
+        ],
+        env,
+    )
+    assert r.exit_code == 0, r.stderr
+    manifest = json.loads((_release(out) / "manifest.json").read_text())
+    fleet = manifest["fleet"]
+    assert [x.get("role") for x in fleet["replicas"]] == [x.role for x in p.fleet.replicas]
+    by_node = {n["name"]: n for n in manifest["nodes"]}
+    for planned, rendered in zip(p.fleet.replicas, fleet["replicas"], strict=True):
+        head = by_node[rendered["head"]]
+        role_args = split[planned.role]["engine_args"]
+        if engine == "sglang":
+            assert flag_value(head["argv"], "--disaggregation-mode") == planned.role
+            assert (
+                flag_value(head["argv"], "--disaggregation-ib-device")
+                == role_args["disaggregation_ib_device"]
+            )
+        else:
+            assert (
+                json.loads(flag_value(head["argv"], "--kv-transfer-config"))
+                == role_args["kv_transfer_config"]
+            )
+        launch = (_release(out) / f"launch-{rendered['head']}.sh").read_text()
+        if engine == "vllm":
+            address = next(n["address"] for n in p.hardware["nodes"] if n["name"] == planned.nodes[0])
+            assert f"VLLM_NIXL_SIDE_CHANNEL_HOST={address}" in launch.replace("'", "")
+    argv = fleet["router"]["argv"]
+    program = routers.get(p.fleet.router["program"])
+    assert program.pd.flag in argv and "--worker-urls" not in argv
+    prefill = [x["url"] for x in fleet["replicas"] if x.get("role") == "prefill"]
+    decode = [x["url"] for x in fleet["replicas"] if x.get("role") == "decode"]
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--decode"] == decode
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--prefill"] == prefill
+    if split["bootstrap_port"]:
+        assert argv[argv.index("--prefill") + 2] == str(split["bootstrap_port"])
+    check_router_argv(program, argv[2:])
+    r = run_cli(["render", "--target", "k8s", "--plan", str(path), "--out", str(tmp_path / "k8s")], env)
+    assert r.exit_code == 2 and "systemd only" in r.stderr and "Traceback" not in r.stderr

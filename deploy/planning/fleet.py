@@ -248,10 +248,16 @@ def build_split_fleet(
     engine_port = int(prefill_c.engine_args.get("port", 8000))
     ports = [engine_port + 1 + i for i in range(count)]
     router = router_dict(prefill_c, profile, req.router_port or engine_port)
+    two = routers.get(str(router["program"])).pd.two_server_policies
+
+    def policy(wanted: str, servers: int) -> str:
+        # a policy that picks between two (power of two) is refused by the router for a role with one
+        return wanted if servers > 1 or wanted not in two else "round_robin"
+
     router["pd"] = {
         "kv_connector": spec.router_kv_connector,
-        "prefill_policy": pd.PREFILL_POLICY,
-        "decode_policy": pd.DECODE_POLICY,
+        "prefill_policy": policy(pd.PREFILL_POLICY, option.prefill),
+        "decode_policy": policy(pd.DECODE_POLICY, option.decode),
     }
     named = {"the router": int(router["port"]), "the router's metrics": int(router["metrics_port"])}
     if spec.bootstrap_port is not None:
