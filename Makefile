@@ -81,7 +81,7 @@ calibrate-import: $(BIN)/kimi-deploy ## record a start-up log of a server starte
 
 # --- plan (deploy/planning/) ------------------------------------------------------------------------------------
 REPLICAS ?=
-PLAN_REPLICAS = $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(FLEET_MODE),--fleet-mode $(FLEET_MODE)) $(if $(WORKLOAD),--workload $(WORKLOAD))
+PLAN_REPLICAS = $(strip $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(FLEET_MODE),--fleet-mode $(FLEET_MODE)) $(if $(WORKLOAD),--workload $(WORKLOAD)))
 .PHONY: plan
 plan: setup ## plan for this machine (or HARDWARE=hardware/h200x8.yaml; REPLICAS=N behind a router; FLEET_MODE=disaggregated WORKLOAD=long for a prefill/decode split); writes $(PLAN)
 	@if [ -n "$(HARDWARE)" ]; then $(KD) plan --hardware $(HARDWARE) $(PLAN_REPLICAS) -o $(PLAN); \

@@ -220,3 +220,30 @@ def test_the_cli_prints_the_options_and_writes_the_split(capsys, tmp_path) -> No
     assert code == 2 and "error:" in err and "Traceback" not in err + out
     code, out, err = run(capsys, "plan", "--gpus", "4x8xH200", "--isl", "2000")
     assert code == 2 and "--osl" in err
+
+
+def test_make_plan_passes_the_fleet_mode_and_workload() -> None:
+    """`make plan FLEET_MODE=... WORKLOAD=...` hands both to `kimi-deploy plan` (make -n: not run)."""
+    import subprocess
+
+    from deploy import constants
+
+    proc = subprocess.run(
+        [
+            "make",
+            "-n",
+            "plan",
+            f"HARDWARE=hardware/{PROFILE}.yaml",
+            "FLEET_MODE=disaggregated",
+            "WORKLOAD=long",
+        ],
+        cwd=constants.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        f"plan --hardware hardware/{PROFILE}.yaml --fleet-mode disaggregated --workload long -o"
+        in proc.stdout
+    )
