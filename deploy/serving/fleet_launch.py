@@ -55,6 +55,9 @@ class RouterTarget:
     key_env: str
     #: the router's registry name (``fleet.router.program``)
     program: str = "vllm-router"
+    #: the replicas are prefill and decode servers (the router's prefill/decode mode), which the router takes
+    #: from its command line only: none is taken out or put back while it runs
+    split: bool = False
 
 
 def fleet(rendered: str | Path) -> dict[str, Any] | None:
@@ -82,7 +85,16 @@ def router_target(rendered: str | Path) -> RouterTarget:
         metrics=str(r.get("metrics") or ""),
         key_env=routers.get(str(r["program"])).api_key_env,
         program=str(r["program"]),
+        split=any(x.get("role") for x in spec["replicas"]),
     )
+
+
+def _refuse_in_split(target: RouterTarget, what: str) -> None:
+    if target.split:
+        raise LaunchError(
+            f"{what}: a prefill/decode router takes its servers from its command line only; stop the router "
+            "first (`kimi-deploy down --node router`), or the whole fleet (`kimi-deploy down`)"
+        )
 
 
 def client(target: RouterTarget) -> RouterClient:
@@ -165,7 +177,10 @@ def up_router(
         existing = supervise.running(files)
         if existing is not None:
             if client(target).ready():
-                for url in _missing(target) + _stuck(target):
+                lost = _missing(target) + _stuck(target)
+                if lost:
+                    _refuse_in_split(target, f"the router does not route to {', '.join(lost)}")
+                for url in lost:
                     # a replica stopped with `down --node` left the router, one that died may still have
                     # an open circuit there: started again, it goes back in afresh
                     if url not in _missing(target):
@@ -296,6 +311,7 @@ def drain(
     request routed just before the worker left has reached the engine; an engine that serves no metrics
     is drained by the router's own count."""
     target = router_target(rendered)
+    _refuse_in_split(target, f"not taking {replica} out of the running router")
     url = _replica_url(rendered, replica)
     engine = str(read_manifest(rendered).get("engine") or "")
     started = time.monotonic()
@@ -335,6 +351,7 @@ def _engine_busy(url: str, engine: str, key: str | None) -> float | None:
 def rejoin(rendered: str | Path, replica: str, *, stream: TextIO | None = None) -> None:
     """Put ``replica`` back behind the router and wait until the router sees it healthy."""
     target = router_target(rendered)
+    _refuse_in_split(target, f"not putting {replica} back in the running router")
     url = _replica_url(rendered, replica)
     client(target).add_worker(url)
     seen = _wait(lambda: bool(routable(target).get(url)), lambda: None, ROUTER_READY_S)
