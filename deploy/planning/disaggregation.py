@@ -125,6 +125,111 @@ def _why_no_split(chosen: Candidate, profile: HardwareProfile) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Roofline:
+    """What every option is modelled with: the architecture, the GPU's rates, the fitted efficiency and
+    its band, the workload and the ITL target, and the profile's node groups for ``chosen``'s layout."""
+
+    arch: Architecture
+    gpu: str
+    rates: dict[str, float]
+    efficiency: float
+    band: tuple[float, float]
+    workload: Any
+    itl_s: float
+    groups: int
+    instance_gpus: int
+
+    def per_gpu(self, served_requests_s: float, instances: int) -> tuple[float, float, float]:
+        """(output tok/s per GPU, low, high) for ``instances`` instances serving that many requests/s."""
+        v = served_requests_s * self.workload.osl / (instances * self.instance_gpus)
+        lo, hi = self.band
+        return round(v, 1), round(v / (1.0 + hi), 1), round(v / (1.0 + lo), 1)
+
+    @property
+    def shape_text(self) -> str:
+        w = self.workload
+        return f"{w.name} {w.isl}/{w.osl} tokens at ITL {self.itl_s * 1000:.0f} ms"
+
+
+def _aggregated(m: _Roofline, chosen: Candidate) -> FleetOption:
+    setup = setup_of(chosen, m.gpu)
+    assert setup is not None
+    shape = m.workload.shape
+    agg = at_itl(m.arch, setup, shape, m.itl_s, m.efficiency, **m.rates)
+    replicas = chosen.replicas or m.groups
+    value, low, high = m.per_gpu(replicas * agg["requests_s"] if agg else 0.0, replicas)
+    each = (
+        f"{agg['batch']} sequences each within {m.shape_text}"
+        if agg
+        else f"no batch meets {m.shape_text} (a prompt's prefill alone exceeds it)"
+    )
+    return FleetOption(
+        mode="aggregated",
+        label=f"{replicas} x {chosen.layout}",
+        prefill=0,
+        decode=replicas,
+        nodes_per_instance=chosen.nodes,
+        gpus=replicas * m.instance_gpus,
+        prefill_candidate=chosen.id,
+        decode_candidate=chosen.id,
+        output_tok_s_per_gpu=value,
+        low=low,
+        high=high,
+        itl_s=m.itl_s,
+        decode_batch=int(agg["batch"]) if agg else 0,
+        decode_kv_batch=max_batch(m.arch, setup, shape),
+        source="modelled",
+        reason=f"{replicas} replicas of {chosen.layout}, each prefilling between its decode steps: {each}",
+    )
+
+
+def _splits(m: _Roofline, chosen: Candidate, candidates: list[Candidate]) -> list[FleetOption]:
+    """One split per decode layout: the prefill:decode count that serves the most requests."""
+    setup = setup_of(chosen, m.gpu)
+    assert setup is not None
+    shape = m.workload.shape
+    one_prompt = prefill_seconds(m.arch, setup, shape, m.rates["gpu_tflops"], m.rates["prefill_efficiency"])
+    if one_prompt <= 0:
+        return []
+    prefill_rate = 1.0 / one_prompt
+    out = []
+    for dc in _decode_layouts(chosen, candidates):
+        d_setup = setup_of(dc, m.gpu, decode_only=True)
+        dec = at_itl(m.arch, d_setup, shape, m.itl_s, m.efficiency, **m.rates) if d_setup else None
+        if dec is None or d_setup is None:
+            continue
+        n = m.groups
+        best = max(range(1, n), key=lambda x: (min(x * prefill_rate, (n - x) * dec["requests_s"]), -x))
+        value, low, high = m.per_gpu(min(best * prefill_rate, (n - best) * dec["requests_s"]), n)
+        out.append(
+            FleetOption(
+                mode="disaggregated",
+                label=f"{best}P{n - best}D (prefill {chosen.layout}, decode {dc.layout})",
+                prefill=best,
+                decode=n - best,
+                nodes_per_instance=chosen.nodes,
+                gpus=n * m.instance_gpus,
+                prefill_candidate=chosen.id,
+                decode_candidate=dc.id,
+                output_tok_s_per_gpu=value,
+                low=low,
+                high=high,
+                itl_s=m.itl_s,
+                decode_batch=int(dec["batch"]),
+                decode_kv_batch=max_batch(m.arch, d_setup, shape),
+                source="modelled",
+                reason=(
+                    f"{best} prefill instance(s) at {prefill_rate:.3g} requests/s each "
+                    f"({m.workload.isl}-token prompts) feed {n - best} decode instance(s) of {dc.layout} at "
+                    f"{dec['requests_s']:.3g} requests/s each ({dec['batch']} sequences within "
+                    f"{m.shape_text}); the split that serves the most of both"
+                ),
+            )
+        )
+    return out
+
+
 def fleet_options(
     profile: HardwareProfile,
     chosen: Candidate,
@@ -136,98 +241,24 @@ def fleet_options(
     is no split when there is none (None when there is one). Empty without a GPU roofline."""
     gpu = gpu_name(profile.to_dict(), chosen)
     rates = published.gpu_rates(gpu) if gpu not in ("cpu", "unknown") else {}
-    agg_setup = setup_of(chosen, gpu)
-    if agg_setup is None or not rates.get("bandwidth_gbs") or not rates.get("gpu_tflops"):
+    if setup_of(chosen, gpu) is None or not rates.get("bandwidth_gbs") or not rates.get("gpu_tflops"):
         return [], "the roofline covers GPUs with a known bandwidth and FLOPs (hardware/gpus.yaml)"
     fit = published.bundled_fit()
-    eff, (band_lo, band_hi) = fit.efficiency, fit.band
-    w = req.workload_shape()
-    shape = w.shape
-    itl = req.itl_p95_s or DEFAULT_ITL_S
-    per_instance_gpus = chosen.nodes * chosen.gpus_per_node
-    groups = max(1, len(profile.nodes) // max(1, chosen.nodes))
-    shape_text = f"{w.name} {w.isl}/{w.osl} tokens at ITL {itl * 1000:.0f} ms"
-
-    def band(v: float) -> tuple[float, float]:
-        return v / (1.0 + band_hi), v / (1.0 + band_lo)
-
-    options: list[FleetOption] = []
-    agg = at_itl(arch, agg_setup, shape, itl, eff, **rates)
-    replicas = chosen.replicas or groups
-    agg_total = replicas * agg["output_tok_s"] if agg else 0.0
-    per_gpu = agg_total / (replicas * per_instance_gpus)
-    lo, hi = band(per_gpu)
-    options.append(
-        FleetOption(
-            mode="aggregated",
-            label=f"{replicas} x {chosen.layout}",
-            prefill=0,
-            decode=replicas,
-            nodes_per_instance=chosen.nodes,
-            gpus=replicas * per_instance_gpus,
-            prefill_candidate=chosen.id,
-            decode_candidate=chosen.id,
-            output_tok_s_per_gpu=round(per_gpu, 1),
-            low=round(lo, 1),
-            high=round(hi, 1),
-            itl_s=itl,
-            decode_batch=int(agg["batch"]) if agg else 0,
-            decode_kv_batch=max_batch(arch, agg_setup, shape),
-            source="modelled",
-            reason=(
-                f"{replicas} replicas of {chosen.layout}, each prefilling between its decode steps: "
-                + (
-                    f"{agg['batch']} sequences each within {shape_text}"
-                    if agg
-                    else f"no batch meets {shape_text} (a prompt's prefill alone exceeds it)"
-                )
-            ),
-        )
+    m = _Roofline(
+        arch=arch,
+        gpu=gpu,
+        rates=rates,
+        efficiency=fit.efficiency,
+        band=fit.band,
+        workload=req.workload_shape(),
+        itl_s=req.itl_p95_s or DEFAULT_ITL_S,
+        groups=max(1, len(profile.nodes) // max(1, chosen.nodes)),
+        instance_gpus=chosen.nodes * chosen.gpus_per_node,
     )
+    options = [_aggregated(m, chosen)]
     why_not = _why_no_split(chosen, profile)
     if why_not is None:
-        prefill_setup = agg_setup
-        one_prompt = prefill_seconds(
-            arch, prefill_setup, shape, rates["gpu_tflops"], rates["prefill_efficiency"]
-        )
-        prefill_rate = 1.0 / one_prompt if one_prompt > 0 else 0.0
-        for dc in _decode_layouts(chosen, candidates):
-            d_setup = setup_of(dc, gpu, decode_only=True)
-            dec = at_itl(arch, d_setup, shape, itl, eff, **rates) if d_setup else None
-            if dec is None or prefill_rate <= 0:
-                continue
-            best = max(
-                range(1, groups),
-                key=lambda x: (min(x * prefill_rate, (groups - x) * dec["requests_s"]), -x),
-            )
-            served = min(best * prefill_rate, (groups - best) * dec["requests_s"])
-            per_gpu = served * w.osl / (groups * per_instance_gpus)
-            lo, hi = band(per_gpu)
-            options.append(
-                FleetOption(
-                    mode="disaggregated",
-                    label=f"{best}P{groups - best}D (prefill {chosen.layout}, decode {dc.layout})",
-                    prefill=best,
-                    decode=groups - best,
-                    nodes_per_instance=chosen.nodes,
-                    gpus=groups * per_instance_gpus,
-                    prefill_candidate=chosen.id,
-                    decode_candidate=dc.id,
-                    output_tok_s_per_gpu=round(per_gpu, 1),
-                    low=round(lo, 1),
-                    high=round(hi, 1),
-                    itl_s=itl,
-                    decode_batch=int(dec["batch"]),
-                    decode_kv_batch=max_batch(arch, d_setup, shape),
-                    source="modelled",
-                    reason=(
-                        f"{best} prefill instance(s) at {prefill_rate:.3g} requests/s each ({w.isl}-token "
-                        f"prompts) feed {groups - best} decode instance(s) of {dc.layout} at "
-                        f"{dec['requests_s']:.3g} requests/s each ({dec['batch']} sequences within "
-                        f"{shape_text}); the split that serves the most of both"
-                    ),
-                )
-            )
+        options += _splits(m, chosen, candidates)
     options.sort(key=lambda o: (-o.output_tok_s_per_gpu, o.mode != "aggregated"))
     return [_ranked(o, i + 1) for i, o in enumerate(options)], why_not
 
