@@ -81,6 +81,9 @@ class Disaggregation:
     role_args: Callable[[str, str, tuple[str, ...], dict[str, Any], int], dict[str, Any]]
     #: where these facts come from (the engine's guide and source)
     source: str = ""
+    #: each data-parallel rank's engine listens on ``side_channel_port`` + its rank (vLLM), so a node
+    #: holding ranks i..j listens on that many ports; False: one port per instance
+    side_channel_per_dp_rank: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,44 @@ class ErrorRatio:
 
 
 @dataclass(frozen=True)
+class TransferCounter:
+    """A Prometheus sample that grows by one for each KV transfer one side of a prefill/decode split
+    completes (a counter, or a histogram's ``_count``): the sum of every series of ``sample`` whose labels
+    include ``labels``. ``counts`` says what one step is, in words.
+
+    >>> TransferCounter("sglang:kv_transfer_total_mb_count", "KV transfers sent").labels
+    {}
+    """
+
+    sample: str
+    counts: str
+    labels: dict[str, str] = field(default_factory=dict)
+    #: the pinned engine's file that registers and observes it
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class KvTransferMetrics:
+    """The counters that show the KV cache moved in a prefill/decode split (``check`` reads them on each
+    role's replicas before and after its suite): ``sent`` on a prefill instance, ``received`` on a decode
+    instance; None where the engine counts nothing on that side, with the reason in ``missing`` (keyed
+    ``prefill``/``decode``). ``failed``: counters of failed transfers on either side (growth fails).
+
+    >>> KvTransferMetrics(None, None, missing={"prefill": "none"}).counter("prefill") is None
+    True
+    """
+
+    sent: TransferCounter | None
+    received: TransferCounter | None
+    failed: tuple[str, ...] = ()
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def counter(self, role: str) -> TransferCounter | None:
+        """The counter a ``role`` ("prefill" or "decode") instance moves."""
+        return {"prefill": self.sent, "decode": self.received}.get(role)
+
+
+@dataclass(frozen=True)
 class EngineMetrics:
     """The metric names of one engine family at its pinned version (``/metrics``).
 
@@ -144,6 +185,8 @@ class EngineMetrics:
     generation_seconds: str | None = None
     missing: dict[str, str] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
+    #: the KV transfer's counters in a prefill/decode split (None: the engine has no split)
+    kv_transfer: KvTransferMetrics | None = None
 
     @property
     def slot_based(self) -> bool:
@@ -359,5 +402,7 @@ __all__ = [
     "Feature",
     "Health",
     "Install",
+    "KvTransferMetrics",
     "StartupLog",
+    "TransferCounter",
 ]

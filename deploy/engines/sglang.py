@@ -19,7 +19,9 @@ from deploy.engines.base import (
     Feature,
     Health,
     Install,
+    KvTransferMetrics,
     StartupLog,
+    TransferCounter,
 )
 from deploy.engines.startup import NUM, StartupFacts, last, span_s, to_float
 
@@ -42,6 +44,29 @@ METRICS = EngineMetrics(
         "SchedulerMetricsCollector.__init__, TokenizerMetricsCollector.__init__",
         f"sglang {pins.SGLANG_VERSION} sglang/srt/observability/http_request_metrics.py "
         "_HttpRequestMetrics.__init__ (sglang:http_responses_total{endpoint,status_code,method})",
+    ),
+    # with --disaggregation-mode (and --enable-metrics) the scheduler observes each request's transfer:
+    # a prefill the KV it sent (a histogram, one observation per request), a decode the stage in which
+    # the KV arrived (per-stage latency, stage "decode_transferred"); both count failed transfers
+    kv_transfer=KvTransferMetrics(
+        sent=TransferCounter(
+            "sglang:kv_transfer_total_mb_count",
+            "KV transfers sent",
+            source=f"sglang {pins.SGLANG_VERSION} srt/observability/metrics_collector.py "
+            "SchedulerMetricsCollector (sglang:kv_transfer_total_mb), observed by "
+            "srt/observability/req_time_stats.py compute_and_observe_kv_transfer_metrics, which "
+            "srt/disaggregation/prefill.py calls for each request whose KV went out",
+        ),
+        received=TransferCounter(
+            "sglang:per_stage_req_latency_seconds_count",
+            "KV transfers received",
+            labels={"stage": "decode_transferred"},
+            source=f"sglang {pins.SGLANG_VERSION} srt/observability/req_time_stats.py "
+            "set_wait_queue_entry_time (RequestStage.DECODE_TRANSFERRED), which "
+            "srt/disaggregation/decode.py DecodeTransferQueue._commit_transfer_to_req calls once a "
+            "request's KV has arrived",
+        ),
+        failed=("sglang:num_transfer_failed_reqs_total",),
     ),
 )
 

@@ -19,7 +19,9 @@ from deploy.engines.base import (
     Feature,
     Health,
     Install,
+    KvTransferMetrics,
     StartupLog,
+    TransferCounter,
 )
 from deploy.engines.startup import NUM, StartupFacts, last, span_s, to_float
 
@@ -41,6 +43,27 @@ METRICS = EngineMetrics(
         f"vllm {pins.VLLM_VERSION} vllm/v1/metrics/loggers.py PrometheusStatLogger.__init__ (vllm:* names)",
         f"vllm {pins.VLLM_VERSION} vllm/entrypoints/serve/instrumentator/metrics.py attach_router "
         "(Instrumentator().add(): http_requests_total{handler,status,method})",
+    ),
+    # NixlConnector is NIXL's pull connector (nixl/connector.py): the decode instance READs the KV from
+    # the prefill's blocks and records each finished read; the Prometheus logger exports those records
+    # (v1/metrics/loggers.py -> KVConnectorProm -> nixl/stats.py NixlPromMetrics)
+    kv_transfer=KvTransferMetrics(
+        sent=None,
+        received=TransferCounter(
+            "vllm:nixl_bytes_transferred_count",
+            "NIXL KV reads completed",
+            source=f"vllm {pins.VLLM_VERSION} vllm/distributed/kv_transfer/kv_connector/v1/nixl/stats.py "
+            "NixlPromMetrics (vllm:nixl_bytes_transferred, a histogram observed per transfer that "
+            "nixl/base_worker.py _pop_done_transfers records on the reading side)",
+        ),
+        failed=("vllm:nixl_num_failed_transfers_total",),
+        missing={
+            "prefill": (
+                f"vLLM {pins.VLLM_VERSION}'s NixlConnector pulls: the decode instance reads the KV and "
+                "counts each transfer; a prefill instance counts none it served, only failures and "
+                "expired KV (nixl/base_worker.py _pop_done_transfers, nixl/stats.py)"
+            )
+        },
     ),
 )
 
@@ -152,6 +175,9 @@ DISAGGREGATION = Disaggregation(
     router_kv_connector="nixl",
     bootstrap_port=None,
     side_channel_port=NIXL_SIDE_CHANNEL_PORT,
+    # vllm/distributed/kv_transfer/kv_connector/v1/nixl/base_scheduler.py: VLLM_NIXL_SIDE_CHANNEL_PORT
+    # + parallel_config.data_parallel_index (the global data-parallel rank)
+    side_channel_per_dp_rank=True,
     role_args=_role_args,
     source=(
         f"vllm {pins.VLLM_VERSION} vllm/config/kv_transfer.py (KVTransferConfig), vllm/envs.py "
