@@ -56,7 +56,8 @@ def preflight_command(
 ) -> None:
     """Check this host as the plan's head and the other nodes over ssh: driver, GPUs, fabric manager,
     /dev/shm, disk, RAM, ISA, ports, interface and MTU, NCCL's fabric env, driver/CUDA/engine versions,
-    clocks, weights.lock, bandwidth and the collective (NCCL all_reduce_perf, else Gloo).
+    clocks, weights.lock, bandwidth and the collective (NCCL all_reduce_perf, else Gloo); in a
+    prefill/decode split, every role node's RDMA devices and the KV transfer's ports between the roles.
 
     Exits 9 when a check failed (every check is still printed)."""
     from deploy.planning.contract import load_plan

@@ -8,7 +8,9 @@
 Standard library only and no import of the toolkit: ``remote_argv`` sends this file's source over ssh to
 the other nodes (to whatever ``python3`` they have), so a node needs no toolkit to be checked. Run as a
 script, ``collect`` prints the facts as JSON; ``listen PORT...`` binds the ports (TCP, every address),
-prints the bound ones and holds them until its stdin closes, so the head can test that they are reachable.
+prints the bound ones and holds them until its stdin closes, so the head can test that they are reachable;
+``connect ADDRESS PORT...`` tries a TCP connection to each and prints the ones that failed, so a node other
+than the head can test that it reaches another (the KV transfer of a prefill/decode split).
 """
 
 from __future__ import annotations
@@ -246,6 +248,22 @@ def listen(ports: list[int]) -> None:
         sock.close()
 
 
+#: A SYN answered within this on a LAN; a dropped one (firewall DROP) is reported after it.
+CONNECT_TIMEOUT_S = 3.0
+
+
+def connect(address: str, ports: list[int], timeout: float = CONNECT_TIMEOUT_S) -> dict[str, str]:
+    """``{port: why}`` for each of ``ports`` on ``address`` that no TCP connection from here opens."""
+    failed = {}
+    for port in ports:
+        try:
+            with socket.create_connection((address, port), timeout=timeout):
+                pass
+        except OSError as exc:
+            failed[str(port)] = exc.strerror or type(exc).__name__
+    return failed
+
+
 def remote_argv(python: str, *args: str, script: str | Path | None = None) -> list[str]:
     """The remote command that runs this file (or ``script``) with ``args``: the source travels base64 in
     the argv, so stdin stays free (``listen`` holds its ports until stdin closes).
@@ -261,6 +279,9 @@ def remote_argv(python: str, *args: str, script: str | Path | None = None) -> li
 def main(argv: list[str]) -> int:
     if argv[:1] == ["listen"]:
         listen([int(p) for p in argv[1:]])
+        return 0
+    if argv[:1] == ["connect"] and len(argv) > 1:
+        print(json.dumps({"failed": connect(argv[1], [int(p) for p in argv[2:]])}))
         return 0
     request = json.loads(argv[1]) if len(argv) > 1 else {}
     print(json.dumps(collect(request)))

@@ -43,6 +43,47 @@ class Needs:
     nvswitch: bool = False
     #: what ``facts.engine_version`` is asked: the engine venv and its distribution, or the llama.cpp cache
     engine_probe: dict[str, str] = field(default_factory=dict)
+    #: a prefill/decode split's KV transfer path (None: aggregated replicas)
+    transfer: Transfer | None = None
+
+    def ports_on(self, node: str) -> dict[str, int]:
+        """Every port ``node`` listens on: the plan's, and the KV transfer's where the node listens."""
+        return {**self.ports, **(self.transfer.ports_on(node) if self.transfer else {})}
+
+
+@dataclass(frozen=True)
+class TransferListener:
+    """One node that listens for the KV transfer: its ``role``, its ports by name, and the nodes of the
+    other role that connect to it (``clients``)."""
+
+    node: str
+    role: str
+    ports: dict[str, int]
+    clients: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """The KV transfer path of a prefill/decode split: the backend, the RDMA devices it moves KV over
+    (plan.json ``fleet.disaggregation.rdma_devices``), each node's role and who listens where.
+
+    >>> t = Transfer("mooncake", ("mlx5_0",), {"n0": "prefill", "n1": "decode"},
+    ...              (TransferListener("n0", "prefill", {"KV bootstrap": 8998}, ("n1",)),))
+    >>> t.ports_on("n0"), t.ports_on("n1")
+    ({'KV bootstrap': 8998}, {})
+    """
+
+    backend: str
+    rdma_devices: tuple[str, ...]
+    roles: dict[str, str]
+    listeners: tuple[TransferListener, ...]
+
+    def ports_on(self, node: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for listener in self.listeners:
+            if listener.node == node:
+                out.update(listener.ports)
+        return out
 
 
 def chosen(plan: dict[str, Any]) -> dict[str, Any]:
@@ -72,10 +113,74 @@ def plan_ports(plan: dict[str, Any], candidate: dict[str, Any]) -> dict[str, int
     return ports
 
 
+def _dp_ranks_on(candidate: dict[str, Any], index: int) -> range:
+    """The data-parallel ranks the ``index``-th node of one instance of ``candidate`` holds (spread evenly,
+    head first: DP 8 on one node holds 0-7; DP 1 on two nodes, TP across them, holds 0 on the head only)."""
+    dp = max(1, int(candidate.get("data_parallel") or 1))
+    per_node = max(1, dp // max(1, int(candidate.get("nodes") or 1)))
+    return range(index * per_node, min(dp, (index + 1) * per_node))
+
+
+def transfer_needs(plan: dict[str, Any]) -> Transfer | None:
+    """The KV transfer path of a prefill/decode split (plan.json ``fleet.mode`` "disaggregated"), None for
+    aggregated replicas. A prefill instance's bootstrap server (``bootstrap_port``) runs with its HTTP
+    server, on the instance's head node, and every decode node asks it; each instance's side channel
+    (``side_channel_port``, plus the data-parallel rank where the engine says so) listens on its nodes and
+    the other role's nodes connect to it."""
+    fleet = plan.get("fleet") or {}
+    split = fleet.get("disaggregation")
+    if fleet.get("mode") != "disaggregated" or not isinstance(split, dict):
+        return None
+    replicas = [r for r in fleet.get("replicas") or [] if r.get("role") in ("prefill", "decode")]
+    roles = {str(n): str(r["role"]) for r in replicas for n in r.get("nodes") or []}
+    by_role = {role: [n for n, rr in roles.items() if rr == role] for role in ("prefill", "decode")}
+    other = {"prefill": tuple(by_role["decode"]), "decode": tuple(by_role["prefill"])}
+    candidates = {str(c.get("id")): c for c in plan.get("candidates") or []}
+    listeners: list[TransferListener] = []
+    bootstrap, side = split.get("bootstrap_port"), split.get("side_channel_port")
+    for r in replicas:
+        role, nodes = str(r["role"]), [str(n) for n in r.get("nodes") or []]
+        cand = candidates.get(str((split.get(role) or {}).get("candidate")), {})
+        for i, node in enumerate(nodes):
+            ports: dict[str, int] = {}
+            if isinstance(bootstrap, int) and role == "prefill" and i == 0:
+                ports["KV bootstrap"] = bootstrap
+            if isinstance(side, int):
+                ranks = _dp_ranks_on(cand, i) if _side_channel_per_rank(cand) else range(int(i == 0))
+                for rank in ranks:
+                    ports[f"KV side channel{f' (DP rank {rank})' if rank else ''}"] = side + rank
+            if ports:
+                listeners.append(TransferListener(node, role, ports, other[role]))
+    return Transfer(
+        backend=str(split.get("transfer_backend") or ""),
+        rdma_devices=tuple(str(d) for d in split.get("rdma_devices") or ()),
+        roles=roles,
+        listeners=tuple(listeners),
+    )
+
+
+def _side_channel_per_rank(candidate: dict[str, Any]) -> bool:
+    try:
+        spec = registry.get(str(candidate.get("engine", ""))).disaggregation
+    except InputError:  # an engine the registry lacks: one side channel per instance
+        return False
+    return spec is not None and spec.side_channel_per_dp_rank
+
+
+def _plan_nodes(plan: dict[str, Any], c: dict[str, Any], transfer: Transfer | None) -> list[dict[str, Any]]:
+    """The nodes pre-flight checks, head first: the chosen candidate's; in a prefill/decode split every
+    node a role runs on (each runs an engine and takes part in the KV transfer)."""
+    nodes = list((plan.get("hardware") or {}).get("nodes") or [])
+    if transfer is not None:
+        return [n for n in nodes if str(n.get("name")) in transfer.roles]
+    return nodes[: max(1, int(c.get("nodes") or 1))]
+
+
 def plan_needs(plan: dict[str, Any]) -> Needs:
-    """The needs of ``plan``'s chosen candidate on each of its nodes."""
+    """The needs of ``plan``'s chosen candidate on each of its nodes (every role's, in a split)."""
     c = chosen(plan)
-    nodes = list((plan.get("hardware") or {}).get("nodes") or [])[: max(1, int(c.get("nodes") or 1))]
+    transfer = transfer_needs(plan)
+    nodes = _plan_nodes(plan, c, transfer)
     if not nodes:
         raise PlanError("plan.json: hardware.nodes is empty; re-run `kimi-deploy plan`")
     gpus = int(c.get("gpus_per_node") or 0)
@@ -96,6 +201,7 @@ def plan_needs(plan: dict[str, Any]) -> Needs:
         ports=plan_ports(plan, c),
         nvswitch=gpus >= 8 and _nvlink(str(head_gpus.get("model", ""))),
         engine_probe=engine_probe(str(c.get("engine", ""))),
+        transfer=transfer,
     )
 
 

@@ -1,5 +1,6 @@
 """Cross-node checks: the plan's ports reachable from the head, the interface and its MTU on every node,
-identical versions and weights.lock digests, clocks within a bound, InfiniBand/RoCE ports active.
+identical versions and weights.lock digests, clocks within a bound, InfiniBand/RoCE ports active, and a
+prefill/decode split's KV transfer ports reachable from the other role's nodes.
 
     >>> from deploy.preflight.network import check_mtu
     >>> facts = {"a": {"interfaces": {"eth0": {"mtu": 9000}}}, "w": {"interfaces": {"eth0": {"mtu": 1500}}}}
@@ -14,6 +15,7 @@ from typing import Any
 
 from deploy.preflight import remote
 from deploy.preflight.driver import parse_smi
+from deploy.preflight.needs import TransferListener
 from deploy.preflight.result import Check
 
 #: Clocks further apart than this break TLS, log correlation and the calibration store's timestamps.
@@ -138,21 +140,37 @@ def check_weights_lock(all_facts: dict[str, dict[str, Any]]) -> Check:
     return Check("weights_lock", "pass", value)
 
 
-def check_rdma(node_facts: dict[str, Any], network: dict[str, Any], node: str) -> Check:
-    """IB/RoCE: every device the profile lists has an ACTIVE port (sysfs, as `ibstat` reports it)."""
+def check_rdma(
+    node_facts: dict[str, Any],
+    network: dict[str, Any],
+    node: str,
+    role: str | None = None,
+    transfer: tuple[str, ...] = (),
+) -> Check:
+    """IB/RoCE: every device the profile lists has an ACTIVE port (sysfs, as `ibstat` reports it). On a
+    node of a prefill/decode split (``role``), the devices the KV transfer moves over (``transfer``,
+    plan.json ``fleet.disaggregation.rdma_devices``) too, whatever the profile's fabric; the value names
+    the role."""
     fabric = str(network.get("fabric") or "")
-    if fabric not in ("infiniband", "roce"):
-        return Check(
-            "rdma", "skip", fabric or "ethernet", "the profile names no InfiniBand/RoCE fabric", node
-        )
+    label = ""
+    if role:
+        over = ", ".join(transfer) if transfer else "the devices its backend picks (the plan names none)"
+        label = f"{role} node, KV transfer over {over}: "
+    if fabric not in ("infiniband", "roce") and not transfer:
+        hint = "the profile names no InfiniBand/RoCE fabric"
+        return Check("rdma", "skip", label + (fabric or "ethernet"), hint, node)
     ib = node_facts.get("infiniband") or {}
-    wanted = list(network.get("rdma_devices") or sorted(ib))
+    profile = list(network.get("rdma_devices") or ([] if transfer else sorted(ib)))
+    wanted = profile + [d for d in transfer if d not in profile]
     down = [d for d in wanted if not any("ACTIVE" in s for s in (ib.get(d) or {}).values())]
-    value = (
+    value = label + (
         ", ".join(f"{d}: {','.join((ib.get(d) or {}).values()) or 'absent'}" for d in wanted) or "no device"
     )
     if down or not wanted:
         hint = "bring the ports up (`ibstat`; subnet manager running?) or fix rdma_devices in the profile"
+        moved = [d for d in transfer if d in down]
+        if moved:
+            hint += f" and re-plan: the {role} instance moves KV over {', '.join(moved)}"
         return Check("rdma", "fail", value, hint, node)
     return Check("rdma", "pass", value, node=node)
 
@@ -191,3 +209,61 @@ def check_reachable(ssh: remote.Ssh, address: str, ports: dict[str, int], node: 
         )
         return Check("reachable", "fail", value, hint, node)
     return Check("reachable", "pass", value, node=node)
+
+
+def check_transfer_reachable(
+    ssh: remote.Ssh,
+    listener: TransferListener,
+    nodes: dict[str, dict[str, Any]],
+    head: str,
+    answered: set[str],
+) -> Check:
+    """A prefill/decode split's transfer ports on ``listener``'s node, connected to from each node of the
+    other role (``listener.clients``): a listener there (``facts listen``; a port already taken keeps what
+    holds it, which answers as well), then ``facts connect`` on each client, here or over ssh. ``nodes``:
+    the plan's nodes by name; ``answered``: those whose facts came back (the others are not asked)."""
+    name, role = listener.node, listener.role
+    ports = sorted(set(listener.ports.values()))
+    shown = ", ".join(f"{what} {port}" for what, port in listener.ports.items())
+    clients = [c for c in listener.clients if c in answered]
+    silent = [c for c in listener.clients if c not in answered]
+    if name not in answered or not clients:
+        who = [name] if name not in answered else silent
+        why = f"{', '.join(who)} did not answer over ssh" if who else "no node of the other role"
+        why = f"not tested: {why}"
+        return Check("transfer_reachable", "skip", f"{role} node: {shown}", why, name)
+    address = str(nodes[name].get("address") or "127.0.0.1")
+    try:
+        proc, bound = remote.remote_listen(ssh, address, ports, here=name == head)
+    except remote.RemoteError as exc:
+        return Check("transfer_reachable", "fail", str(exc), "check ssh access to the node", name)
+    failures: list[str] = []
+    try:
+        for client in clients:
+            c_address = str(nodes[client].get("address") or "127.0.0.1")
+            try:
+                failed = remote.remote_connect(ssh, c_address, address, ports, here=client == head)
+            except remote.RemoteError as exc:
+                failures.append(f"from {client}: {exc}")
+                continue
+            failures += [
+                f"from {client}: {what} {port}: {failed[str(port)]}"
+                for what, port in listener.ports.items()
+                if str(port) in failed
+            ]
+    finally:
+        remote.stop(proc)
+    taken = [p for p in ports if p not in bound]
+    note = f" ({', '.join(map(str, taken))} already held there: what holds it answered)" if taken else ""
+    value = f"{role} node {address}: {shown} from {', '.join(clients)}"
+    value += f"; {'; '.join(failures)}" if failures else note
+    if failures:
+        others = "decode" if role == "prefill" else "prefill"
+        hint = (
+            f"open {', '.join(map(str, ports))} on {name} to the {others} nodes (firewall, security group): "
+            "the KV transfer's handshake goes there"
+        )
+        return Check("transfer_reachable", "fail", value, hint, name)
+    if silent:
+        value += f"; not from {', '.join(silent)} (no answer over ssh)"
+    return Check("transfer_reachable", "pass", value, node=name)

@@ -157,15 +157,15 @@ def check_isa(facts: dict[str, Any], needs: Needs, node: str) -> Check:
 
 
 def check_ports_free(facts: dict[str, Any], needs: Needs, node: str) -> Check:
-    busy = [
-        f"{name} {port}" for name, port in needs.ports.items() if port in set(facts.get("ports_busy") or [])
-    ]
+    """The plan's ports, and on a node that listens for a prefill/decode split's KV transfer its ports
+    (``Needs.ports_on``), free on the node."""
+    ports = needs.ports_on(node)
+    taken = set(facts.get("ports_busy") or [])
+    busy = [f"{name} {port}" for name, port in ports.items() if port in taken]
     if busy:
         hint = "stop what listens there (`ss -ltnp`), or re-plan with other ports"
         return Check("ports_free", "fail", "in use: " + ", ".join(busy), hint, node)
-    return Check(
-        "ports_free", "pass", ", ".join(str(p) for p in sorted(set(needs.ports.values()))), node=node
-    )
+    return Check("ports_free", "pass", ", ".join(str(p) for p in sorted(set(ports.values()))), node=node)
 
 
 def node_checks(facts: dict[str, Any], needs: Needs, node: str) -> list[Check]:

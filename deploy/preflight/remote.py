@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,11 +61,19 @@ def remote_facts(ssh: Ssh, address: str, request: dict[str, Any]) -> tuple[dict[
         raise RemoteError(f"ssh {address}: the facts script printed no JSON: {p.stdout[-200:]!r}") from None
 
 
-def remote_listen(ssh: Ssh, address: str, ports: list[int]) -> tuple[subprocess.Popen[str], list[int]]:
-    """Start ``facts listen`` on the node; returns the process (close its stdin to stop it) and the ports
-    it bound."""
+def _here_argv(*args: str) -> list[str]:
+    """``facts`` run on this host (the head) by this interpreter, as it runs on the other nodes."""
+    return facts.remote_argv(sys.executable, *args)
+
+
+def remote_listen(
+    ssh: Ssh, address: str, ports: list[int], here: bool = False
+) -> tuple[subprocess.Popen[str], list[int]]:
+    """Start ``facts listen`` on the node (``here``: on this host, without ssh); returns the process (close
+    its stdin to stop it) and the ports it bound."""
+    args = ("listen", *map(str, ports))
     proc = subprocess.Popen(
-        ssh.argv(address, facts.remote_argv(ssh.python, "listen", *map(str, ports))),
+        _here_argv(*args) if here else ssh.argv(address, facts.remote_argv(ssh.python, *args)),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -79,6 +88,28 @@ def remote_listen(ssh: Ssh, address: str, ports: list[int]) -> tuple[subprocess.
         raise RemoteError(
             f"ssh {address}: listener did not start: {(proc.stderr.read() if proc.stderr else '')[-200:]}"
         ) from None
+
+
+def remote_connect(
+    ssh: Ssh, address: str, target: str, ports: list[int], here: bool = False
+) -> dict[str, str]:
+    """``{port: why}`` for each of ``ports`` on ``target`` that the node at ``address`` (``here``: this
+    host) cannot open a TCP connection to; RemoteError when ssh or the script fails."""
+    args = ("connect", target, *map(str, ports))
+    argv = _here_argv(*args) if here else ssh.argv(address, facts.remote_argv(ssh.python, *args))
+    timeout = CONNECT_TIMEOUT_S + facts.CONNECT_TIMEOUT_S * max(1, len(ports)) + 30
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RemoteError(f"ssh {address}: no answer in {timeout:.0f} s") from None
+    if p.returncode != 0:
+        raise RemoteError(
+            f"ssh {address} (rc {p.returncode}): {(p.stderr.strip() or p.stdout.strip())[-200:]}"
+        )
+    try:
+        return dict(json.loads(p.stdout.strip().splitlines()[-1])["failed"])
+    except (ValueError, IndexError, KeyError):
+        raise RemoteError(f"ssh {address}: the connect script printed no JSON: {p.stdout[-200:]!r}") from None
 
 
 def stop(proc: subprocess.Popen[str]) -> None:

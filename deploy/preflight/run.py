@@ -26,7 +26,8 @@ def _gather(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[float, float]], list[Check]]:
     """Facts from every node (the head's here, the others' over ssh, in parallel), clock offsets and
     a failed ``ssh`` check for each node that did not answer."""
-    request: dict[str, Any] = {"weights_dir": needs.weights_dir, "ports": sorted(set(needs.ports.values()))}
+    ports = {p for n in needs.nodes for p in needs.ports_on(str(n["name"])).values()}
+    request: dict[str, Any] = {"weights_dir": needs.weights_dir, "ports": sorted(ports)}
     gid_indexes = {(n.get("network") or {}).get("gid_index") for n in needs.nodes}
     request["gid_indexes"] = sorted(i for i in gid_indexes if isinstance(i, int))
     request.update(needs.engine_probe)
@@ -80,7 +81,9 @@ def _node_and_fabric_checks(
         if name in found:
             checks += node_checks(found[name], needs, name)
             checks.append(network.check_interface(found[name], ifaces[name], name))
-            checks.append(network.check_rdma(found[name], n.get("network") or {}, name))
+            role = needs.transfer.roles.get(name) if needs.transfer else None
+            devices = needs.transfer.rdma_devices if needs.transfer else ()
+            checks.append(network.check_rdma(found[name], n.get("network") or {}, name, role, devices))
             if len(needs.nodes) > 1 and needs.gpus_per_node:  # render sets NCCL's fabric only there
                 rendered = nccl_env.read_env_files(release, name) if release else None
                 checks.append(nccl_env.check_nccl_env(found[name], n.get("network") or {}, rendered, name))
@@ -131,4 +134,18 @@ def _checks(
         if measure and nccl is None and all(str(n["name"]) in found for n in needs.nodes):
             port = needs.ports.get("dist_init_port") or needs.ports.get("master_port")
             checks.append(measured.check_collective(ssh, needs.nodes, port, torch_python))
+    checks += _transfer_checks(needs, found, ssh)
     return checks
+
+
+def _transfer_checks(needs: Needs, found: dict[str, dict[str, Any]], ssh: remote.Ssh) -> list[Check]:
+    """A prefill/decode split's KV transfer ports, reachable from the other role's nodes (one check per
+    node that listens); nothing for aggregated replicas."""
+    if needs.transfer is None:
+        return []
+    nodes = {str(n["name"]): n for n in needs.nodes}
+    head = str(needs.nodes[0]["name"])
+    return [
+        network.check_transfer_reachable(ssh, listener, nodes, head, set(found))
+        for listener in needs.transfer.listeners
+    ]
