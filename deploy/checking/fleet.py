@@ -7,17 +7,21 @@
 The router serves the OpenAI API of its replicas but not their engine metrics (it has its own, on its
 Prometheus port, which monitoring scrapes), so through the router the metrics check is declared skipped and
 each replica gets liveness, models and metrics on its own URL: a replica the router hides (dead, not in its
-list) still fails the check.
+list) still fails the check. On a prefill/decode split each role replica's KV transfer counter is read
+before and after the suite (deploy.checking.transfer): the transfer moved, or the check says why it cannot
+tell.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 
 from deploy.checking.meter import Meter
 from deploy.checking.result import FAIL, PASS, CheckResult
 from deploy.checking.suite import run_checks
 from deploy.checking.target import CheckTarget
+from deploy.checking.transfer import TransferWatch
 from deploy.planning.contract import Plan
 from deploy.serving import replicas
 
@@ -53,6 +57,28 @@ def replica_targets(plan: Plan, front: CheckTarget) -> list[tuple[str, CheckTarg
     return out
 
 
+@dataclass
+class FleetCheck:
+    """What `check` adds for a fleet behind a router: each replica on its own URL (``check_replicas``) and,
+    on a prefill/decode split, each role replica's KV transfer (deploy.checking.transfer). Empty for one
+    endpoint (a URL, a plan of one replica)."""
+
+    replicas: list[tuple[str, CheckTarget]] = field(default_factory=list)
+    watch: TransferWatch = field(default_factory=TransferWatch)
+
+    @classmethod
+    def start(cls, plan: Plan, front: CheckTarget) -> FleetCheck:
+        """The replicas behind ``front`` (see ``replica_targets``), their transfer counters read now: call
+        it before the suite sends anything through the router."""
+        replicas = replica_targets(plan, front)
+        return cls(replicas, TransferWatch.start(plan, replicas))
+
+    def results(self, requests_sent: int) -> list[CheckResult]:
+        """After the suite (``requests_sent``: the chat requests it sent through the router): one result per
+        replica (``replica_<id>``), then one per role replica of a split (``kv_transfer_<id>``)."""
+        return check_replicas(self.replicas) + self.watch.results(requests_sent=requests_sent)
+
+
 def check_replicas(replicas: list[tuple[str, CheckTarget]]) -> list[CheckResult]:
     """One result per replica (``replica_<id>``): pass when its liveness, models, metrics and (where its
     engine reports it) served default sampling pass."""
@@ -77,4 +103,4 @@ def check_replicas(replicas: list[tuple[str, CheckTarget]]) -> list[CheckResult]
     return out
 
 
-__all__ = ["REPLICA_CHECKS", "check_replicas", "replica_targets"]
+__all__ = ["REPLICA_CHECKS", "FleetCheck", "check_replicas", "replica_targets"]

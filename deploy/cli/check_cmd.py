@@ -186,7 +186,8 @@ def check_command(
     as_json: bool,
     output: str | None,
 ) -> None:
-    """Check liveness, models, instant and thinking chat, tool calls, streaming, vision and metrics.
+    """Check liveness, models, instant and thinking chat, tool calls, streaming, vision and metrics; on a
+    prefill/decode split, that each role replica's KV transfer counter grew (kv_transfer_<replica>).
 
     Exits 0 only when every required check passes (7 otherwise); skips come from declared capabilities.
     With --tool-calls and a reference, the trigger F1 must reach --f1-threshold as well.
@@ -215,7 +216,7 @@ def check_command(
             ("--vision/--no-vision", vision),
         ),
     )
-    replicas: list = []
+    fleet = fleet_check.FleetCheck()
     if choice.url:
         target = check.target_from_url(
             choice.url,
@@ -237,14 +238,14 @@ def check_command(
             target = check.target_from_plan(plan, api_key_env, timeout_s=timeout_s)
         if few_shot is not None:
             target.few_shot = few_shot
-        replicas = fleet_check.replica_targets(plan, target)
+        fleet = fleet_check.FleetCheck.start(plan, target)
     target.samples = check.check_samples(samples)
     check.require_key(target)
     run = session.prepare_run(
         target, ref_opts, tool_calls, limit, concurrency, max_requests, max_retry_wait, timeout_s
     )
     report = session.execute(run, threshold, f1_threshold)
-    report.results += fleet_check.check_replicas(replicas)
+    report.results += fleet.results(requests_sent=run.target.meter.requests)
     secrets = run.secrets()
     data = redact_data(report.to_dict(), secrets)
     if as_json:

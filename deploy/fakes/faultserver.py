@@ -25,6 +25,14 @@ every second request (the 2nd, 4th, ...) carries the fault:
 - ``500-some``: the request is answered 500 with an OpenAI-style error body;
 - ``stall``: after the first chunk the stream stops for ``--stall`` seconds (a client's timeout fires first);
 - ``ok-stream``: no fault (the baseline for the three above).
+
+Prefill/decode role (``--pd-role prefill|decode``, any mode): ``/metrics`` also serves the KV transfer
+counters the engine exposes for that role in a split (``EngineMetrics.kv_transfer``: the same names, labels
+and failed-transfer counter), and each chat request moves them as ``--pd-transfer`` says: ``moves`` (the
+role's counter grows by one), ``stuck`` (it never grows: a split whose KV never travels) or ``fails`` (the
+failed-transfer counter grows instead). A SGLang decode also serves another stage of the same per-stage
+histogram, which grows on every request, so a reader that ignores the stage label is caught. No engine here
+runs a split on CPU: this stands in for a role's metrics, never for the transfer itself.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from deploy import constants
 from deploy.engines import registry
 from deploy.fsutil import read_json
 
+PD_ROLES = ("prefill", "decode")
+PD_TRANSFERS = ("moves", "stuck", "fails")
 STREAM_MODES = ("ok-stream", "drop-mid-stream", "500-some", "stall")
 FAULT_MODES = ("ok-kimi", "leak-think", "leak-tool-markers", "bad-tool-id", "stay-503", "leak-special")
 MODES = (*FAULT_MODES, *STREAM_MODES)
@@ -208,7 +218,7 @@ class FaultHandler(BaseHTTPRequestHandler):
                 "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
                 "# TYPE vllm:num_requests_running gauge\n"
                 f'vllm:num_requests_running{{model_name="{srv.model}"}} 0.0\n'
-            )
+            ) + srv.transfer_metrics()
             return self._send(200, text.encode(), "text/plain; version=0.0.4")
         self._json(404, {"error": {"message": f"no route {path}", "code": 404}})
 
@@ -262,6 +272,7 @@ class FaultHandler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
         except json.JSONDecodeError:
             return self._json(400, {"error": {"message": "body is not JSON", "code": 400}})
+        srv.count_transfer()
         if srv.mode in STREAM_MODES:
             return self._stream_tokens(body)
         kind, stream = _request_kind(body)
@@ -285,6 +296,8 @@ class FaultServer(ThreadingHTTPServer):
         hosted: bool = False,
         token_delay_s: float = 0.02,
         stall_s: float = 60.0,
+        pd_role: str | None = None,
+        pd_transfer: str = "moves",
     ) -> None:
         super().__init__(address, FaultHandler)
         self.mode, self.engine, self.model, self.fixtures = mode, engine, model, fixtures
@@ -292,9 +305,45 @@ class FaultServer(ThreadingHTTPServer):
         self.token_delay_s, self.stall_s = token_delay_s, stall_s
         self.requests = 0
         self.lock = threading.Lock()
+        self.pd_role, self.pd_transfer = pd_role, pd_transfer
+        #: chat requests served in each transfer state: moved, stuck, failed
+        self.transfers = {"moves": 0, "stuck": 0, "fails": 0}
 
     def fixture(self, kind: str) -> dict[str, Any]:
         return load_fixture(self.fixtures, self.engine, kind)
+
+    def count_transfer(self) -> None:
+        """One chat request served by a role of a split: the transfer it stands for, as ``pd_transfer``."""
+        if self.pd_role is not None:
+            with self.lock:
+                self.transfers[self.pd_transfer] += 1
+
+    def transfer_metrics(self) -> str:
+        """The engine's KV transfer series for ``pd_role`` (Prometheus text; "" without a role)."""
+        spec = registry.get(self.engine).metrics.kv_transfer
+        if self.pd_role is None or spec is None:
+            return ""
+        with self.lock:
+            moved, failed, served = (
+                self.transfers["moves"],
+                self.transfers["fails"],
+                sum(self.transfers.values()),
+            )
+        labels = {"model_name": self.model}
+        lines = [_sample(name, labels, failed) for name in spec.failed]
+        counter = spec.counter(self.pd_role)
+        if counter is not None and moved:  # a labelled series appears at its first observation
+            lines.append(_sample(counter.sample, {**labels, **counter.labels}, moved))
+        if counter is not None and "stage" in counter.labels and served:
+            # another stage of the same histogram, which every request passes through
+            lines.append(_sample(counter.sample, {**labels, "stage": "decode_prepare"}, served))
+        return "".join(lines)
+
+
+def _sample(name: str, labels: dict[str, str], value: float) -> str:
+    """One Prometheus text sample line."""
+    shown = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{name}{{{shown}}} {float(value)}\n"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -312,6 +361,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hosted", action="store_true", help="no /health (404), like a hosted API")
     ap.add_argument("--token-delay", type=float, default=0.02, help="load-test modes: seconds between tokens")
     ap.add_argument("--stall", type=float, default=60.0, help="stall mode: seconds a stalled stream waits")
+    ap.add_argument("--pd-role", choices=PD_ROLES, help="serve a split role's KV transfer metrics")
+    ap.add_argument(
+        "--pd-transfer", choices=PD_TRANSFERS, default="moves", help="what each chat request does to them"
+    )
     args = ap.parse_args(argv)
     server = FaultServer(
         (args.host, args.port),
@@ -322,9 +375,15 @@ def main(argv: list[str] | None = None) -> None:
         args.hosted,
         args.token_delay,
         args.stall,
+        args.pd_role,
+        args.pd_transfer,
     )
     host, port = server.server_address[:2]
-    print(f"{BANNER} (mode {args.mode}, {args.engine} shapes) listening on http://{host}:{port}", flush=True)
+    role = f", {args.pd_role} whose KV transfer {args.pd_transfer}" if args.pd_role else ""
+    print(
+        f"{BANNER} (mode {args.mode}, {args.engine} shapes{role}) listening on http://{host}:{port}",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
