@@ -235,3 +235,66 @@ def test_same_weights_from_the_head_mirror_match(lab: netns.TwoHostLab, plan: Pa
             lock.unlink()
     assert rc == 0, _failed(checks)
     assert checks[("weights_lock", "")]["status"] == "pass"
+
+
+def _split_plan(lab: netns.TwoHostLab) -> Path:
+    """The planner's vLLM split for hardware/h200x8-4nodes cut to one prefill (head) and one decode
+    (worker) on the lab's hosts: a valid plan.json of a 1P1D split (the planner splits 4+ nodes only; the
+    contract holds any split). vLLM: each instance's NIXL side channel, reached by the other role."""
+    out = lab.workdir / "split-4nodes.json"
+    subprocess.run(
+        [
+            support.KD,
+            "plan",
+            "--hardware",
+            "h200x8-4nodes",
+            "--engine",
+            "vllm",
+            "--fleet-mode",
+            "disaggregated",
+        ]
+        + ["-o", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    data = json.loads(out.read_text())
+    names = {"node0": "head", "node1": "worker"}
+    nodes = []
+    for node, host in zip(data["hardware"]["nodes"], lab.hosts.values(), strict=False):
+        nodes.append({**node, "name": host.name, "address": host.address, "network_interface": host.iface})
+    data["hardware"]["nodes"] = nodes
+    fleet = data["fleet"]
+    fleet["replicas"] = [{**r, "nodes": [names[r["nodes"][0]]]} for r in fleet["replicas"][:2]]
+    fleet["router"]["node"] = "head"
+    fleet["disaggregation"]["decode"]["instances"] = 1
+    fleet["options"] = []
+    data["candidates"] = [c for c in data["candidates"] if c["nodes"] <= len(nodes)]
+    plan = lab.workdir / "split.json"
+    plan.write_text(json.dumps(data))
+    return plan
+
+
+def test_split_transfer_ports_between_the_roles(lab: netns.TwoHostLab) -> None:
+    """The side channel held on each role's host and connected to from the other's, over the lab's ssh:
+    the head's rejected by iptables fails from the worker (the connection ran there)."""
+    plan = _split_plan(lab)
+    port = json.loads(plan.read_text())["fleet"]["disaggregation"]["side_channel_port"]
+    _rc, checks, _ = preflight(lab, plan)
+    head, worker = checks[("transfer_reachable", "head")], checks[("transfer_reachable", "worker")]
+    assert head["status"] == worker["status"] == "pass", (head, worker)
+    assert head["value"] == f"prefill node {lab.hosts['head'].address}: KV side channel {port} from worker"
+    assert worker["value"] == f"decode node {lab.hosts['worker'].address}: KV side channel {port} from head"
+    assert checks[("rdma", "worker")]["value"].startswith("decode node, KV transfer over mlx5_0")
+    rule = ["INPUT", "-p", "tcp", "--dport", str(port), "-j", "REJECT", "--reject-with", "tcp-reset"]
+    subprocess.run(lab.hosts["head"].exec_argv("iptables", "-A", *rule), check=True)
+    try:
+        rc, checks, _ = preflight(lab, plan)
+    finally:
+        subprocess.run(lab.hosts["head"].exec_argv("iptables", "-D", *rule), check=True)
+    assert rc == PreflightFailed.exit_code
+    blocked = checks[("transfer_reachable", "head")]
+    assert blocked["status"] == "fail"
+    assert f"from worker: KV side channel {port}: Connection refused" in blocked["value"]
+    assert blocked["hint"].startswith(f"open {port} on head to the decode nodes")
+    assert checks[("transfer_reachable", "worker")]["status"] == "pass"
