@@ -91,6 +91,13 @@ def _ints(text: str | None, name: str) -> list[int] | None:
 @click.option(
     "--artifacts", type=click.Path(file_okay=False), help="Keep AIPerf's own artifacts (per point) in DIR."
 )
+@click.option(
+    "--compare-plan",
+    type=click.Path(dir_okay=False),
+    metavar="OTHER_PLAN",
+    help="Then run the same workload against this plan's front door (e.g. aggregated replicas beside a "
+    "prefill/decode split) and print each one's output tok/s per GPU and their ratio.",
+)
 def bench_command(
     plan_path: str | None,
     rendered: str | None,
@@ -113,12 +120,15 @@ def bench_command(
     output: str | None,
     plot_path: str | None,
     artifacts: str | None,
+    compare_plan: str | None,
 ) -> None:
     """Sweep concurrency with AIPerf: TTFT/ITL/E2E percentiles, throughput, errors, engine metrics from
-    /metrics, capacity at --slo, and measured against the plan's expected decode speed.
+    /metrics, capacity at --slo, and measured against the plan's expected decode speed; with
+    --compare-plan, the same sweep against a second plan and the output tok/s per GPU of both.
 
     Exits 8 under --gate when even the lowest point misses the SLO (the report is written first).
     """
+    from deploy.benchmark import compare
     from deploy.benchmark import run as bench
     from deploy.benchmark.slo import parse_slo
     from deploy.benchmark.tokenizer import resolve_tokenizer, tokenizer_for_weights
@@ -127,6 +137,8 @@ def bench_command(
 
     if gate and not slo:
         raise InputError("--gate needs --slo (what the lowest point must meet)")
+    if compare_plan and url:
+        raise InputError("--compare-plan compares two plans' front doors: give --plan, not --url")
     choice = targets.choose_target(
         url,
         plan_path,
@@ -146,8 +158,10 @@ def bench_command(
             choice.url, str(model_name), flavor=flavor or "vllm", api_key_env=api_key_env, timeout_s=timeout_s
         )
         engine_args: dict = {}
+        other = None
     else:
         plan = load_plan(choice.plan)
+        other = compare.comparable(plan, choice.plan, compare_plan)
         if choice.rendered:
             target = targets.target_from_rendered(plan, choice.rendered, api_key_env, timeout_s=timeout_s)
         else:
@@ -173,14 +187,26 @@ def bench_command(
         keep_artifacts=Path(artifacts) if artifacts else None,
         replicas=[] if choice.url else bench.replica_endpoints(plan),
     )
-    report = bench.run_bench(target, opts, tokenizer, expected, progress=lambda m: click.echo(m, err=True))
+    say = lambda m: click.echo(m, err=True)  # noqa: E731 - progress lines go to stderr
+    report = bench.run_bench(target, opts, tokenizer, expected, progress=say)
+    if other is not None:
+        report["comparison"] = compare.compare(plan, other, report, opts, tokenizer, api_key_env, say)
     _save(report, output, plot_path, None if choice.url else choice.plan)
+    _show(report, as_json, gate)
+
+
+def _show(report: dict, as_json: bool, gate: bool) -> None:
+    """Print the report (and the comparison with --compare-plan); exit 8 under --gate when the lowest
+    point misses the SLO."""
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
+        from deploy.benchmark.compare import render_comparison
         from deploy.benchmark.report import render_report
 
         click.echo(render_report(report))
+        if report.get("comparison"):
+            click.echo(render_comparison(report["comparison"]))
     if gate and not report["capacity"].get("lowest_point_meets"):
         first = (report["capacity"].get("points") or [{}])[0]
         why = "; ".join(first.get("misses") or ["no point ran"])
