@@ -126,8 +126,11 @@ def test_what_cannot_be_compared_is_one_line_before_any_run(tmp_path: Path) -> N
     demo = tmp_path / "demo.json"
     subprocess.run([*KD, "plan", "--model", "demo", "--hardware", "ci-24g", "-o", str(demo)], check=True,
                    capture_output=True)  # fmt: skip
+    cpu = tmp_path / "cpu.json"  # Kimi-K2.5 on a CPU node: the same model, no GPU to divide by
+    subprocess.run([*KD, "plan", "--hardware", "cpu-512g", "-o", str(cpu)], check=True, capture_output=True)
     cases = [
         (["--plan", str(split), "--compare-plan", str(demo)], "it serves 'demo', this plan 'kimi-k2.5'"),
+        (["--plan", str(split), "--compare-plan", str(cpu)], f"{cpu} runs on no GPU"),
         (["--plan", str(split), "--compare-plan", str(tmp_path / "none.json")], "plan not found"),
         (
             ["--url", "http://127.0.0.1:9", "--model", "m", "--compare-plan", str(split)],
