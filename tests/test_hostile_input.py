@@ -860,3 +860,35 @@ def test_a_pidfile_with_a_port_that_is_not_one_is_no_pidfile(tmp_path: Path, por
     (run / "head.json").write_text(f'{{"pid": {os.getpid()}, "port": {port}, "listen": "127.0.0.1:{port}"}}')
     r = kd(tmp_path, "status")
     assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+
+
+def test_an_unforeseen_exception_is_one_line_without_debug(tmp_path: Path) -> None:
+    """The CLI's last net (deploy.cli.main): outside tests (KIMI_DEPLOY_DEBUG unset) a bug is one `error:`
+    line naming the exception, exit 1, no Traceback; with KIMI_DEPLOY_DEBUG=1 (as tests/conftest.py sets for
+    every other test) the Traceback shows. The bug is injected (a real one is fixed as soon as it is found):
+    `inventory`'s probe is replaced by one that raises, in a real `kimi-deploy` process."""
+    program = (
+        "import sys\n"
+        "from deploy.hardware import inventory\n"
+        "def probe(*args, **kwargs):\n"
+        "    raise ZeroDivisionError('an injected bug')\n"
+        "inventory.probe = probe\n"
+        "from deploy.cli import main\n"
+        "main(['inventory', '--no-bandwidth', '--no-read-test'])\n"
+    )
+    quiet = {k: v for k, v in os.environ.items() if k != "KIMI_DEPLOY_DEBUG"}
+    r = subprocess.run(
+        [sys.executable, "-c", program], cwd=tmp_path, env=quiet, capture_output=True, text=True, timeout=60
+    )
+    line = one_error_line(r, 1)
+    assert "internal error (ZeroDivisionError: an injected bug)" in line and "KIMI_DEPLOY_DEBUG=1" in line
+    loud = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        env={**quiet, "KIMI_DEPLOY_DEBUG": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "an injected bug" in loud.stderr
+    assert "internal error" not in loud.stderr

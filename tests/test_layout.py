@@ -41,6 +41,7 @@ BASE = {
     "console",
     "constants",
     "deadline",
+    "httpx_deadline",
     "errors",
     "pins",
     "fsutil",

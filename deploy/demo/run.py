@@ -35,6 +35,7 @@ from typing import Any, TextIO
 import requests
 
 from deploy.catalog import Variant, load_model
+from deploy.deadline import http_request
 from deploy.errors import DemoStepFailed, InputError, LaunchError
 from deploy.fsutil import read_json
 from deploy.monitoring import dashboards, prometheus
@@ -566,7 +567,8 @@ def _monitoring(r: _Runner, paths: _Paths, keep_running: bool) -> str:
         manifest = launch.read_manifest(paths.rendered)
         # one request while Prometheus watches, so the throughput panels have something to show
         with contextlib.suppress(requests.RequestException):
-            requests.post(
+            http_request(
+                "POST",
                 f"http://127.0.0.1:{manifest['port']}/v1/chat/completions",
                 json={
                     "model": manifest["served_model_name"],
@@ -574,7 +576,7 @@ def _monitoring(r: _Runner, paths: _Paths, keep_running: bool) -> str:
                     "max_tokens": 24,
                 },
                 headers={"Connection": "close"},
-                timeout=120,
+                timeout_s=120,
             )
         time.sleep(3)  # a few 1 s scrapes
         board = json.loads(

@@ -27,12 +27,16 @@ from typing import Any
 
 import requests
 
+from deploy.deadline import http_get
 from deploy.errors import PrometheusError
 from deploy.fsutil import atomic_write_json, read_json
 
 RECORD = "prometheus.json"
 #: Seconds to wait for /-/ready after the start (it takes about a second here).
 READY_TIMEOUT_S = 60.0
+#: Seconds one API question may take in all, connect to last byte (deploy.deadline: a server trickling its
+#: answer, headers included, is cut there).
+API_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -43,6 +47,8 @@ class Prometheus:
     port: int
     data_dir: Path
     config: Path
+    #: seconds each API question may take in all (deploy.deadline.http_get)
+    timeout_s: float = API_TIMEOUT_S
 
     @property
     def url(self) -> str:
@@ -50,7 +56,7 @@ class Prometheus:
 
     def api(self, path: str, **params: Any) -> Any:
         try:
-            r = requests.get(f"{self.url}/api/v1/{path}", params=params, timeout=10)
+            r = http_get(f"{self.url}/api/v1/{path}", params=params, timeout_s=self.timeout_s)
             body = r.json()
         except (requests.RequestException, ValueError) as exc:
             raise PrometheusError(f"Prometheus {self.url}: {type(exc).__name__}") from None
@@ -144,7 +150,7 @@ def start(config: str | Path, data_dir: str | Path, port: int | None = None) -> 
             tail = (data / "prometheus.log").read_text(errors="replace").strip().splitlines()[-3:]
             raise PrometheusError(f"prometheus exited ({proc.returncode}): {' | '.join(tail)}")
         with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{server.url}/-/ready", timeout=2).status_code == 200:
+            if http_get(f"{server.url}/-/ready", timeout_s=2).status_code == 200:
                 record = {"pid": proc.pid, "port": port, "config": str(config), "data_dir": str(data)}
                 atomic_write_json(data / RECORD, record)
                 return server

@@ -30,13 +30,14 @@ import contextlib
 import errno
 import http.client
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
+
+from deploy.deadline import Cutoff
 
 READY = "ready"
 REFUSED = "refused"  # nothing accepts on the port yet
@@ -129,13 +130,6 @@ def health_url(engine: str, host: str, port: int) -> str:
     return f"http://{h}:{port}{engine_health(engine).path}"
 
 
-def _shut(conn: http.client.HTTPConnection) -> None:
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
 def probe(url: str, engine: str, timeout_s: float = 2.0) -> Probe:
     """GET the health URL once (``Connection: close``) and classify the answer for ``engine``."""
     try:
@@ -145,24 +139,25 @@ def probe(url: str, engine: str, timeout_s: float = 2.0) -> Probe:
         return Probe(UNHEALTHY, detail=f"not a URL ({exc})")
     conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     # the whole probe, headers included, ends at timeout_s: a server trickling its status line one byte
-    # at a time never trips the per-read timeout, so a timer shuts the socket down under it
-    cutoff = threading.Timer(timeout_s, _shut, args=(conn,))
-    cutoff.daemon = True
-    cutoff.start()
-    try:
-        conn.request("GET", parsed.path or "/", headers={"Connection": "close"})
-        resp = conn.getresponse()
-        body = resp.read(512).decode("utf-8", "replace").strip()
-    except ConnectionRefusedError:
-        return Probe(REFUSED)
-    except TimeoutError:
-        return Probe(NO_ANSWER)
-    except (ConnectionError, http.client.HTTPException, OSError) as exc:
-        # reset/closed mid-answer happens while a server is still coming up
-        return Probe(NO_ANSWER, detail=exc.__class__.__name__)
-    finally:
-        cutoff.cancel()
-        conn.close()
+    # at a time never trips the per-read timeout, so the cutoff shuts the socket down under it; an answer
+    # cut there (its headers end at the shutdown as if complete) is no answer, never a 200
+    with Cutoff(timeout_s, url) as cut:
+        try:
+            with cut.watching():
+                conn.request("GET", parsed.path or "/", headers={"Connection": "close"})
+                resp = conn.getresponse()
+                body = resp.read(512).decode("utf-8", "replace").strip()
+        except ConnectionRefusedError:
+            return Probe(REFUSED)
+        except TimeoutError:
+            return Probe(NO_ANSWER)
+        except (ConnectionError, http.client.HTTPException, OSError) as exc:
+            # reset/closed mid-answer happens while a server is still coming up
+            return Probe(NO_ANSWER, detail="" if cut.fired else exc.__class__.__name__)
+        finally:
+            conn.close()
+        if cut.fired:
+            return Probe(NO_ANSWER)
     if resp.status == 200:
         return Probe(READY, 200, body[:80])
     if resp.status in engine_health(engine).waiting_status:

@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 from deploy import constants, schema
 from deploy.errors import AuthError, DiskSpaceError, DownloadError, InputError, VerificationError
+from deploy.httpx_deadline import CutoffTransport
 from deploy.planning.contract import Weights
 from deploy.secrets import redact_url
 from deploy.weights.lockfile import (
@@ -77,6 +78,26 @@ def _hub() -> Any:  # noqa: ANN401
     hf_constants.DOWNLOAD_CHUNK_SIZE = CLIENT_CHUNK_BYTES
     disable_progress_bars()
     return huggingface_hub
+
+
+def bound_header_phase(stall_s: float) -> None:
+    """Every request the library sends gets its status line and headers within ``stall_s``, or fails as a
+    ``ReadTimeout`` (a transport error, retried like a dropped connection): a per-read timeout never fires
+    against an endpoint trickling its headers, and the stall watchdog only sees bytes on disk. The body is
+    the watchdog's: a transfer may rightly take hours (deploy.httpx_deadline, ``whole=False``)."""
+    hub = _hub()
+    library = hub.get_session()  # the library's client: its event hooks and redirects, with our transport
+    hooks, redirects, timeout = library.event_hooks, library.follow_redirects, library.timeout
+
+    def client() -> Any:  # noqa: ANN401 - an httpx2.Client
+        return type(library)(
+            event_hooks=hooks,
+            follow_redirects=redirects,
+            timeout=timeout,
+            transport=CutoffTransport(stall_s, whole=False),
+        )
+
+    hub.set_client_factory(client)
 
 
 # ---------------------------------------------------------------- selection
@@ -674,6 +695,7 @@ def download_weights(
 
     # The stall watchdog: a read that gets no byte for this long fails, and the library resumes it by Range.
     hf_constants.HF_HUB_DOWNLOAD_TIMEOUT = max(1, int(stall_s))
+    bound_header_phase(stall_s)
     existing = None
     try:
         existing = read_lock(dest)
