@@ -201,6 +201,7 @@ def _reader_calls() -> dict[str, Callable[[str, float], object]]:
         "demo --monitoring: Prometheus API": prometheus_query,
         "upgrade: router metrics": lambda url, t: router(url, t).metrics(),
         "upgrade: worker's served model": lambda url, t: router(url, t).served_model(url),
+        "status/upgrade: router's workers": lambda url, t: router(url, t).workers(),
     }
 
 
@@ -223,6 +224,7 @@ def _expected_error(name: str) -> tuple[type[BaseException], ...] | None:
         "status --watch: /metrics": (ScrapeError,),
         "demo --monitoring: Prometheus API": (PrometheusError,),
         "upgrade: router metrics": (RouterRequestError,),
+        "status/upgrade: router's workers": (RouterRequestError,),
     }.get(name)
 
 
@@ -238,6 +240,7 @@ READERS = [
     "demo --monitoring: Prometheus API",
     "upgrade: router metrics",
     "upgrade: worker's served model",
+    "status/upgrade: router's workers",
 ]
 
 

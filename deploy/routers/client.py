@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from deploy.deadline import http_get
+from deploy.deadline import http_get, http_request
 from deploy.errors import RouterRequestError
 from deploy.routers import registry
 from deploy.routers.argv import worker_url
@@ -95,8 +95,9 @@ class RouterClient:
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> requests.Response:
         try:
-            return requests.request(
-                method, self.url + path, json=body, headers=self._headers, timeout=self.timeout_s
+            # the whole answer within the timeout: a router that stalls its headers hangs no verb
+            return http_request(
+                method, self.url + path, json=body, headers=self._headers, timeout_s=self.timeout_s
             )
         except requests.RequestException as exc:
             raise RouterRequestError(f"router {self.url}{path}: {exc.__class__.__name__}") from None
