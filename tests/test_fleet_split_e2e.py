@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from test_router_pd import _process, _until
+from helpers.processes import process, until
 
 from deploy.hardware.profiles import load_profile
 from deploy.planning.contract import load_plan, save_plan
@@ -90,8 +90,8 @@ def test_a_rendered_split_starts_its_router_in_pd_mode_and_serves_through_the_fr
             port = rep["url"].rsplit(":", 1)[1]
             log = tmp_path / f"{rep['id']}.log"
             cmd = [sys.executable, str(STAND_IN), rep["role"], port, str(tmp_path / f"{rep['id']}.jsonl")]
-            proc = stack.enter_context(_process(cmd, log))
-            _until(rep["id"], lambda u=rep["url"]: requests.get(f"{u}/health", timeout=2).ok, proc, log)
+            proc = stack.enter_context(process(cmd, log))
+            until(rep["id"], lambda u=rep["url"]: requests.get(f"{u}/health", timeout=2).ok, proc, log)
         stack.callback(_run, ["down", "--rendered", str(out)], env, 60)
         up = _run(["up", "--plan", str(plan_path), "--rendered", str(out), "--node", "router"], env)
         assert up.returncode == 0, up.stdout + up.stderr

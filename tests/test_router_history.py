@@ -10,18 +10,15 @@ holds an assistant turn with both ``reasoning_content`` and ``reasoning``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from helpers.processes import process, until
 
 from deploy.engines import registry as engines
 from deploy.routers import install, registry
@@ -85,32 +82,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _until(what: str, ready, proc: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        assert proc.poll() is None, f"{what} exited: {log.read_text()[-2000:]}"
-        with contextlib.suppress(requests.RequestException):
-            if ready():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not ready in {timeout_s} s: {log.read_text()[-2000:]}")
-
-
-@contextlib.contextmanager
-def _process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _forwarded(router: str, tmp: Path) -> list[dict]:
     """Every request the echo worker got from ``router`` (one chat with ``TURN`` in its history sent)."""
     spec = registry.get(router)
@@ -125,11 +96,11 @@ def _forwarded(router: str, tmp: Path) -> list[dict]:
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), spec.api_key_env: KEY}
     url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}
     with (
-        _process([sys.executable, str(script), str(worker_port), str(seen)], tmp / "echo.log") as echo,
-        _process(launch_argv(spec, router_argv(plan_router, [worker])), tmp / "router.log", env) as proc,
+        process([sys.executable, str(script), str(worker_port), str(seen)], tmp / "echo.log") as echo,
+        process(launch_argv(spec, router_argv(plan_router, [worker])), tmp / "router.log", env) as proc,
     ):
-        _until("echo worker", lambda: requests.get(f"{worker}/health", timeout=2).ok, echo, tmp / "echo.log")
-        _until(router, lambda: requests.get(f"{url}/readiness", headers=auth, timeout=2).ok, proc,
+        until("echo worker", lambda: requests.get(f"{worker}/health", timeout=2).ok, echo, tmp / "echo.log")
+        until(router, lambda: requests.get(f"{url}/readiness", headers=auth, timeout=2).ok, proc,
                tmp / "router.log")  # fmt: skip
         history = [{"role": "user", "content": "2+3?"}, TURN, {"role": "user", "content": "Again"}]
         body = {"model": "demo", "max_tokens": 8, "messages": history}

@@ -20,9 +20,8 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import pytest
 import requests
 from helpers.pd_engine import KEY_ENV, bootstrap_engine_id
+from helpers.processes import process, until
 
 from deploy.errors import PlanError
 from deploy.routers import install, registry
@@ -334,35 +334,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _until(
-    what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout_s: float = 60
-) -> None:
-    """Poll ``ready`` until it holds; fail with ``log``'s tail if ``proc`` exits or time runs out."""
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        assert proc.poll() is None, f"{what} exited: {log.read_text()[-3000:]}"
-        with contextlib.suppress(requests.RequestException, ValueError):
-            if ready():
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not ready in {timeout_s} s: {log.read_text()[-3000:]}")
-
-
-@contextlib.contextmanager
-def _process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 COMPLETIONS = ("/v1/chat/completions", "/v1/completions")
 
 
@@ -423,18 +394,18 @@ def _pd_fleet(router: str, pd: dict[str, Any], tmp: Path) -> Iterator[Fleet]:
     with contextlib.ExitStack() as stack:
         for (role, p, extra), log in zip(roles, logs, strict=True):
             cmd = [sys.executable, str(FAKE_ENGINE), role, str(p), str(log), *extra]
-            proc = stack.enter_context(_process(cmd, tmp / f"{role}-{p}.log", engine_env))
+            proc = stack.enter_context(process(cmd, tmp / f"{role}-{p}.log", engine_env))
             health = f"http://127.0.0.1:{p}/health"
-            _until(
+            until(
                 f"{role} {p}", lambda u=health: requests.get(u, timeout=2).ok, proc, tmp / f"{role}-{p}.log"
             )
-        proc = stack.enter_context(_process(launch_argv(spec, argv), tmp / "router.log", env))
+        proc = stack.enter_context(process(launch_argv(spec, argv), tmp / "router.log", env))
 
         def ready() -> bool:
             reply = requests.get(f"{url}/readiness", headers=auth, timeout=2)
             return reply.status_code == 200 and _healthy(reply.json()) == 3
 
-        _until(router, ready, proc, tmp / "router.log")
+        until(router, ready, proc, tmp / "router.log")
         yield Fleet(url, prefill_port, bootstrap, decode_ports, logs)
 
 
