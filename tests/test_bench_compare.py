@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.plans import four_node_plan
 
 from deploy.catalog import load_model
 from deploy.planning.architecture import demo_gguf_path
@@ -27,25 +28,7 @@ DELAY = {"disaggregated": 0.02, "aggregated": 0.06}
 
 
 def _plan(tmp: Path, mode: str) -> Path:
-    out = tmp / f"plan-{mode}.json"
-    subprocess.run(
-        [
-            *KD,
-            "plan",
-            "--hardware",
-            "h200x8-4nodes",
-            "--engine",
-            "sglang",
-            "--fleet-mode",
-            mode,
-            "-o",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out
+    return four_node_plan(tmp, "sglang", mode)
 
 
 @pytest.fixture

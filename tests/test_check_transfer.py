@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers.plans import four_node_plan
 
 from deploy import constants, pins
 from deploy.checking import transfer
@@ -90,25 +91,7 @@ def test_counter_value_reads_only_its_labels() -> None:
 
 
 def _plan(tmp: Path, engine: str, mode: str) -> Path:
-    out = tmp / f"plan-{engine}-{mode}.json"
-    subprocess.run(
-        [
-            *KD,
-            "plan",
-            "--hardware",
-            "h200x8-4nodes",
-            "--engine",
-            engine,
-            "--fleet-mode",
-            mode,
-            "-o",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return out
+    return four_node_plan(tmp, engine, mode)
 
 
 @pytest.fixture

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from deploy.planning.contract import Candidate, Memory, Weights
@@ -33,3 +36,17 @@ def cpu_candidate(
     }
     values.update(fields)
     return Candidate(**values)
+
+
+def four_node_plan(tmp: Path, engine: str, mode: str) -> Path:
+    """plan.json of the 4-node H200 profile for ``engine`` and ``--fleet-mode mode``, written by the CLI in a
+    subprocess (what a user runs), into ``tmp``."""
+    out = tmp / f"plan-{engine}-{mode}.json"
+    subprocess.run(
+        [sys.executable, "-m", "deploy", "plan", "--hardware", "h200x8-4nodes", "--engine", engine,
+         "--fleet-mode", mode, "-o", str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    return out
