@@ -354,3 +354,24 @@ def test_a_fleet_plan_benches_the_router_and_scrapes_every_replica(tmp_path: Pat
     fleet = load_plan(tmp_path / "plan-2.json").fleet
     assert replica_endpoints(load_plan(tmp_path / "plan-2.json")) == [(r.id, r.url) for r in fleet.replicas]
     assert len({url for _, url in replica_endpoints(load_plan(tmp_path / "plan-2.json"))}) == 2
+
+
+@pytest.mark.parametrize(
+    ("flavor", "lifted"),
+    [("llama.cpp", True), ("vllm", False), ("sglang", False)],
+)
+def test_a_fixed_length_request_replaces_the_model_stop_strings_only_where_the_server_applies_them(
+    flavor: str, lifted: bool
+) -> None:
+    """The demo's turn markers are llama-server --reverse-prompt stops, which ignore_eos does not lift and an
+    empty ``stop`` does not clear: the request names one string no answer holds. Engines that apply no stop
+    strings of their own get no ``stop`` field (their own defaults stand)."""
+    from deploy.benchmark.run import NO_STOP, BenchOptions, _extra_body
+    from deploy.checking.target import target_from_url
+
+    target = target_from_url("http://127.0.0.1:9", "demo", flavor=flavor, catalog_model="demo")
+    assert target.stop, "the demo catalog entry names its turn markers"
+    body = _extra_body(target, BenchOptions(concurrency=[1]))
+    assert body["ignore_eos"] is True
+    assert body.get("stop") == ([NO_STOP] if lifted else None)
+    assert "\x00" in NO_STOP and not any(NO_STOP in s or s in NO_STOP for s in target.stop)

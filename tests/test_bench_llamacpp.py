@@ -87,9 +87,12 @@ def server_timings(log: str) -> list[dict[str, float]]:
 
 
 def test_bench_agrees_with_the_engines_own_timing(tmp_path: Path) -> None:
-    gguf = demo_gguf_path(load_model("demo"))
+    demo = load_model("demo")
+    gguf = demo_gguf_path(demo)
+    # the demo's turn markers as server-side stops, as its plan launches it: ignore_eos does not lift them
+    stops = [a for s in demo.modes["stop"] for a in ("--reverse-prompt", s)]
     server = llama_server(
-        tmp_path, "-c", "2048", "--jinja", "--chat-template-file", str(TEMPLATE), "--metrics"
+        tmp_path, "-c", "2048", "--jinja", "--chat-template-file", str(TEMPLATE), "--metrics", *stops
     )
     with server as (url, log_path):
         out, png = tmp_path / "bench.json", tmp_path / "bench.png"

@@ -128,6 +128,8 @@ def test_bench_through_the_router_reads_every_replicas_engine_metrics(fleet: Fle
     assert metrics["available"], metrics
     assert metrics["sources"]["replicas"] == f"{REPLICAS} of {REPLICAS} replicas' own /metrics"
     (point,) = report["points"]
+    # every request ran to its full --osl through the replicas' --reverse-prompt stops (the bench lifts them)
+    assert (point["requests"], report["errors"]) == (4, 0), point.get("error_summary")
     per_replica = point["engine_metrics"]["replicas"]
     assert sorted(per_replica) == sorted(r.id for r in plan.fleet.replicas)
     assert all(m["available"] and m["samples"] > 0 for m in per_replica.values()), per_replica

@@ -53,6 +53,14 @@ class PointSpec:
     seed: int = 1
 
 
+#: requests/s AIPerf may start at most, with --concurrency the real limit. Left to its concurrency mode alone,
+#: AIPerf 0.13.0's timing manager re-polls for a free slot without sleeping while every slot is busy
+#: (``yield_to_event_loop`` in timing/strategies/request_rate.py): a whole core for the point (measured on
+#: the demo), taken from the replicas of a server on the same host. With a rate it sleeps between polls
+#: (timerfd); a slot freed waits at most 1 / rate for its next request.
+SLOT_POLL_RATE = 1000
+
+
 def aiperf_argv(
     python: Path,
     base_url: str,
@@ -74,6 +82,8 @@ def aiperf_argv(
         "--streaming",
         "--tokenizer", tokenizer,
         "--concurrency", str(spec.concurrency),
+        # a free slot is looked for at this rate, not in a spin (see SLOT_POLL_RATE)
+        "--request-rate", str(SLOT_POLL_RATE), "--arrival-pattern", "constant",
         "--request-timeout-seconds", f"{spec.request_timeout_s:g}",
         "--output-artifact-dir", str(artifacts),
         "--export-level", "records",

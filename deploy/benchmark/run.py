@@ -119,6 +119,11 @@ def fresh_connections(flavor: str) -> bool:
     return engine is not None and engine.closes_after_stream
 
 
+#: the one stop string a fixed-length request names where the server would otherwise stop at the model's own
+#: (``Engine.server_stop_strings``): no detokenized text holds NUL characters, so the answer runs to --osl
+NO_STOP = "\u0000kimi-deploy bench: fixed length\u0000"
+
+
 def _extra_body(target: CheckTarget, opts: BenchOptions) -> dict[str, Any]:
     body = dict(mode_body(target.flavor, opts.mode == "thinking"))
     sampling = target.sampling.get(opts.mode) or {}
@@ -126,6 +131,11 @@ def _extra_body(target: CheckTarget, opts: BenchOptions) -> dict[str, Any]:
         body["temperature"] = float(sampling["temperature"])
     if accepts_ignore_eos(target.flavor):
         body["ignore_eos"] = True
+        engine = registry.find(target.flavor)
+        # ignore_eos does not lift stop strings: a base model's turn marker ended every demo answer after a
+        # few tokens (all requests of `bench --plan` failed as empty or cut short)
+        if target.stop and engine is not None and engine.server_stop_strings:
+            body["stop"] = [NO_STOP]
     return body
 
 

@@ -309,6 +309,10 @@ class Engine:
     #: the server closes the connection right after every streamed response although the response offered
     #: keep-alive: a client must open a fresh connection per request (docs/how-to/bench.md#connections)
     closes_after_stream: bool = False
+    #: the server applies the model's stop strings (the catalog's ``modes.stop``) to every request, and a
+    #: request replaces them only with a non-empty ``stop`` list of its own (an empty one falls back to the
+    #: server's): llama-server's --reverse-prompt (tools/server/server-schema.cpp, the ``stop`` field)
+    server_stop_strings: bool = False
     #: the assistant-history fields carrying earlier reasoning that the engine's chat endpoint reads (a
     #: multi-turn thinking conversation sends them back); the fleet's router must keep one of them
     history_reasoning_fields: tuple[str, ...] = ("reasoning_content",)

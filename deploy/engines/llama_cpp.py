@@ -136,6 +136,8 @@ ENGINE = Engine(
     # a cancelled response: the socket closes about a millisecond after the terminating chunk (measured;
     # tests/test_bench_llamacpp.py checks it against the pinned build)
     closes_after_stream=True,
+    # the demo's turn markers are --reverse-prompt stops (planning/engine_args.py)
+    server_stop_strings=True,
     startup_overhead_s=20,
     log_build_in_version=True,
     props_path="/props",

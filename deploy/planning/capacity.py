@@ -19,6 +19,7 @@ is then ``ceil(users / per-replica concurrency)`` (or ``ceil(rate / per-replica 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -90,6 +91,8 @@ class Replica:
     nodes: int
     candidate: str
     setup: Setup | None
+    #: replicas of the plan's fleet on the busiest node: more than 1 when replicas share a node's cores
+    sharing_a_node: int = 1
 
     def key(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("model", "engine", "variant", "layout", "gpu", "gpus", "nodes")}
@@ -183,7 +186,16 @@ def replica_of(plan: Any, cand: Any) -> Replica:
         nodes=cand.nodes,
         candidate=cand.id,
         setup=setup_of(cand, gpu),
+        sharing_a_node=_replicas_per_node(plan, cand),
     )
+
+
+def _replicas_per_node(plan: Any, cand: Any) -> int:
+    fleet = getattr(plan, "fleet", None)
+    if fleet is None or getattr(plan, "chosen", cand.id) != cand.id:
+        return 1
+    per_node = Counter(name for r in fleet.replicas for name in r.nodes)
+    return max(per_node.values(), default=1)
 
 
 def _point_meets(p: dict[str, Any], slo: Slo) -> bool:
@@ -372,6 +384,13 @@ def capacity(
             *(gpu_hour_price * g * 1e6 / (served * 3600.0) for g in (gpus.value, gpus.low, gpus.high))
         )
     notes = [] if r.gpus else ["a CPU replica: no GPU-hours or GPU cost"]
+    if r.sharing_a_node > 1:
+        # measured on the demo (docs/how-to/capacity.md): two replicas' decode on one node's cores ran
+        # slower together than one alone, which a per-replica figure does not see
+        notes.append(
+            f"{r.sharing_a_node} replicas share a node's cores and memory bandwidth: the per-replica figure "
+            "is one replica's, and replicas sharing a node slow each other (decode most)"
+        )
     return Capacity(
         per,
         n,
