@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 from helpers.check_plans import demo_plan
+from helpers.processes import stop
 
 from deploy import constants, pins
 from deploy.catalog import load_model
@@ -143,12 +144,7 @@ def start_server(cmd: list[str], log_path: Path, procs: list[subprocess.Popen]) 
 
 def stop_servers(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout_s=15)
 
 
 @pytest.fixture

@@ -34,9 +34,14 @@ def process(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Ite
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 20) -> None:
+    """Terminate ``proc`` and wait for it; kill it if it outlives ``timeout_s``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
